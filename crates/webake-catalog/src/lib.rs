@@ -1,0 +1,1 @@
+//! webake-catalog

@@ -1,0 +1,57 @@
+//! Command-line types (clap). Each subcommand's arguments live in its own module under `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "webake", version, about = "Bake, test, publish and roll out machine images")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// SQLite catalog of images and bakes [default: $XDG_DATA_HOME/webake/catalog.db]
+    #[arg(long, global = true, env = "WEBAKE_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Directory for image artifacts and bake logs [default: $XDG_DATA_HOME/webake]
+    #[arg(long, global = true, env = "WEBAKE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory for the bootstrap and layer cache [default: $XDG_CACHE_HOME/webake]
+    #[arg(long, global = true, env = "WEBAKE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Log format for diagnostics on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WEBAKE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// More output (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a recipe; errors name file:line:col and the field (exit code 2)
+    Validate(crate::cmd::validate::ValidateArgs),
+    /// Bake a recipe into an image in the local catalog
+    Bake(crate::cmd::bake::BakeArgs),
+    /// List, show and compare baked images
+    #[command(subcommand)]
+    Images(crate::cmd::images::ImagesCommand),
+    /// Remove what a crash can leave behind (temp dirs, stale bake records)
+    Clean(crate::cmd::clean::CleanArgs),
+    /// Print the JSON Schema of the recipe format
+    Schema,
+}
