@@ -1,0 +1,413 @@
+//! The recipe model, format version 1. Every struct rejects unknown fields.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::size::ByteSize;
+use crate::template::VersionTemplate;
+use crate::RecipePath;
+
+/// A recipe: one image, declared.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Recipe format version. Only `1` exists.
+    pub version: u32,
+    /// What the image is called and how its versions are named.
+    pub image: ImageSpec,
+    /// Where the root filesystem comes from.
+    pub base: Base,
+    /// The disk the root filesystem is assembled into.
+    #[serde(default)]
+    pub disk: DiskSpec,
+    /// Steps run against the root filesystem, in order.
+    #[serde(default)]
+    pub provisioners: Vec<Provisioner>,
+    /// Artifact formats to write.
+    #[serde(default = "default_outputs")]
+    pub outputs: Vec<OutputFormat>,
+    /// Boot-time identity agent installed into the image.
+    #[serde(default)]
+    pub agent: Option<AgentSpec>,
+    /// Boot test run after assembly (`webake test`, `webake bake --test`).
+    #[serde(default)]
+    pub test: Option<TestSpec>,
+    /// Hygiene lint: rules this image is allowed to break.
+    #[serde(default)]
+    pub lint: LintSpec,
+    /// Paths in this recipe may point outside the recipe's directory (off by default).
+    #[serde(default)]
+    pub allow_paths_outside_recipe_dir: bool,
+}
+
+fn default_outputs() -> Vec<OutputFormat> {
+    vec![OutputFormat::Raw, OutputFormat::Qcow2]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Image name, e.g. `debian-minimal`. Lowercase letters, digits, `-`, `.`, `_`.
+    pub name: String,
+    /// Image family (rollouts and "latest" lookups are per family). Defaults to the name.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// Version template. Placeholders: `{date}` (YYYYMMDD, UTC), `{time}` (HHMMSS),
+    /// `{timestamp}` (unix seconds). Default `{date}.{time}`.
+    #[serde(default)]
+    pub version: Option<VersionTemplate>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Role of the image (the agent's `{role}` hostname segment), e.g. `kubernetes`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Where the root filesystem comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Base {
+    /// Bootstrap a Debian-family distribution with mmdebstrap.
+    Mmdebstrap(MmdebstrapBase),
+    /// Start from an existing image in the local catalog (by id, or `family:NAME` for its latest).
+    Image(String),
+    /// Start from an existing AMI, downloaded through the EBS direct APIs.
+    Ami(AmiBase),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MmdebstrapBase {
+    /// Suite or codename, e.g. `bookworm`, `noble`.
+    pub suite: String,
+    /// mmdebstrap variant.
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    /// Debian architecture.
+    #[serde(default = "default_arch")]
+    pub architecture: String,
+    /// Archive components.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Packages to install while bootstrapping (the kernel belongs here).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Mirror URL. When absent: `$WEBAKE_MIRROR`, else the host's apt sources, else mmdebstrap's default.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// Keyring files for a non-Debian archive (e.g. Ubuntu), passed to mmdebstrap `--keyring`.
+    #[serde(default)]
+    pub keyrings: Vec<String>,
+}
+
+fn default_variant() -> String {
+    "apt".into()
+}
+fn default_arch() -> String {
+    "amd64".into()
+}
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmiBase {
+    /// AMI id, e.g. `ami-0123456789abcdef0`.
+    pub id: String,
+    /// Region the AMI lives in.
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Total disk size, e.g. `2GiB`, `1500M`.
+    #[serde(default = "default_disk_size")]
+    pub size: ByteSize,
+    /// Root filesystem type. Only `ext4`.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Boot methods. `uefi` is required.
+    #[serde(default = "default_boot")]
+    pub boot: Vec<BootMode>,
+    /// Extra kernel command line arguments (the serial console is always added).
+    #[serde(default)]
+    pub kernel_cmdline: Vec<String>,
+    /// Size of the EFI system partition.
+    #[serde(default = "default_esp_size")]
+    pub esp_size: ByteSize,
+}
+
+impl Default for DiskSpec {
+    fn default() -> Self {
+        Self {
+            size: default_disk_size(),
+            filesystem: Filesystem::Ext4,
+            boot: default_boot(),
+            kernel_cmdline: Vec::new(),
+            esp_size: default_esp_size(),
+        }
+    }
+}
+
+fn default_disk_size() -> ByteSize {
+    ByteSize(2 << 30)
+}
+fn default_esp_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_boot() -> Vec<BootMode> {
+    vec![BootMode::Uefi]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    #[default]
+    Ext4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    Uefi,
+    Bios,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Raw,
+    Qcow2,
+}
+
+impl OutputFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// One provisioning step. Written as a single-key map: `- shell: {...}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Provisioner {
+    /// Run shell commands inside the chroot.
+    Shell(ShellStep),
+    /// Copy a file from the recipe directory into the image.
+    File(FileStep),
+    /// Run Ansible inside the chroot against itself (Packer's ansible-local).
+    AnsibleLocal(AnsibleLocalStep),
+    /// Run ansible-playbook on the build host against the chroot (the image needs no Ansible).
+    Ansible(AnsibleStep),
+}
+
+impl Provisioner {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Shell(_) => "shell",
+            Self::File(_) => "file",
+            Self::AnsibleLocal(_) => "ansible-local",
+            Self::Ansible(_) => "ansible",
+        }
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Shell(s) => s.name.as_deref(),
+            Self::File(s) => s.name.as_deref(),
+            Self::AnsibleLocal(s) => s.name.as_deref(),
+            Self::Ansible(s) => s.name.as_deref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellStep {
+    /// A label for progress output and logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Commands, run in order by `/bin/sh -e`.
+    #[serde(default)]
+    pub inline: Vec<String>,
+    /// A script file (relative to the recipe) copied into the chroot and run.
+    #[serde(default)]
+    pub script: Option<RecipePath>,
+    /// Environment variables for the step.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of host environment variables passed in as secrets: never logged, never stored.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileStep {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Source file or directory, relative to the recipe.
+    pub source: RecipePath,
+    /// Absolute destination inside the image.
+    pub destination: String,
+    /// Octal mode, e.g. `"0644"`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `user:group` (names resolved inside the image, or numeric).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleLocalStep {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// One or several playbooks, relative to the recipe (run in order).
+    pub playbook_file: OneOrMany<RecipePath>,
+    /// A directory staged whole (playbooks, roles, group_vars next to them).
+    #[serde(default)]
+    pub playbook_dir: Option<RecipePath>,
+    /// Role directories staged and put on `ANSIBLE_ROLES_PATH`.
+    #[serde(default)]
+    pub role_paths: Vec<RecipePath>,
+    /// Collection directories staged and put on `ANSIBLE_COLLECTIONS_PATH`.
+    #[serde(default)]
+    pub collection_paths: Vec<RecipePath>,
+    /// A `group_vars` directory.
+    #[serde(default)]
+    pub group_vars: Option<RecipePath>,
+    /// A `host_vars` directory.
+    #[serde(default)]
+    pub host_vars: Option<RecipePath>,
+    /// Groups the local host is put in.
+    #[serde(default)]
+    pub inventory_groups: Vec<String>,
+    /// Extra arguments to ansible-playbook.
+    #[serde(default)]
+    pub extra_arguments: Vec<String>,
+    /// A galaxy requirements file; only local `src:` paths are allowed (no network).
+    #[serde(default)]
+    pub galaxy_file: Option<RecipePath>,
+    /// Extra variables.
+    #[serde(default)]
+    pub extra_vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleStep {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// One or several playbooks, relative to the recipe.
+    pub playbook_file: OneOrMany<RecipePath>,
+    #[serde(default)]
+    pub role_paths: Vec<RecipePath>,
+    #[serde(default)]
+    pub collection_paths: Vec<RecipePath>,
+    #[serde(default)]
+    pub group_vars: Option<RecipePath>,
+    #[serde(default)]
+    pub host_vars: Option<RecipePath>,
+    #[serde(default)]
+    pub inventory_groups: Vec<String>,
+    #[serde(default)]
+    pub extra_arguments: Vec<String>,
+    #[serde(default)]
+    pub extra_vars: BTreeMap<String, String>,
+}
+
+/// A single value or a list of values.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Self::One(t) => std::slice::from_ref(t),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Install the webake boot-time identity agent.
+    #[serde(default = "yes")]
+    pub install: bool,
+    /// Hostname template; default `{role}-{env}-{region_compact}-{instance_id_short}`.
+    #[serde(default)]
+    pub hostname_template: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    /// Run the boot test as part of every bake (a gate: failing images are not recorded).
+    #[serde(default)]
+    pub gate: bool,
+    /// Seconds to wait for the guest (multiplied for software emulation).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Commands run in the guest after boot; each must exit 0.
+    #[serde(default)]
+    pub checks: Vec<BootCheck>,
+    /// Instance metadata served to the guest (via qemu user networking) during the test.
+    #[serde(default)]
+    pub imds: Option<ImdsFixture>,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+}
+
+fn default_timeout() -> u64 {
+    120
+}
+fn default_memory() -> u32 {
+    1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootCheck {
+    pub name: String,
+    /// Shell command run in the guest.
+    pub run: String,
+    /// If set, the command's trimmed stdout must equal this.
+    #[serde(default)]
+    pub expect_stdout: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImdsFixture {
+    pub instance_id: String,
+    pub region: String,
+    /// Instance tags exposed through instance metadata (e.g. `Environment: prod`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LintSpec {
+    /// Lint rule ids this image may break (e.g. `ssh-host-keys`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
