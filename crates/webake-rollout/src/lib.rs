@@ -1,1 +1,480 @@
-//! webake-rollout
+//! webake-rollout: roll a new image out by pull request, with no surprises.
+//!
+//! [`rollout`] clones the cluster repository into a temp dir, finds the image references the
+//! [`Rule`]s select (kops `InstanceGroup` `spec.image`, a YAML path, a regex), replaces exactly
+//! those bytes, commits on `webake/<family>` (rebuilt from the base branch each time, so a newer
+//! image supersedes an older one), pushes it, and creates or updates one pull request through a
+//! [`Forge`]. With `dry_run` it returns the unified diff and touches nothing.
+//!
+//! The library never prints: it returns a [`RolloutOutcome`], reports steps through a
+//! [`Reporter`], and logs with `tracing`.
+
+mod error;
+pub mod forge;
+mod git;
+mod plan;
+mod reference;
+mod rules;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use error::RolloutError;
+pub use forge::{
+    Forge, ForgeConfig, ForgeError, GITHUB_API, GitHub, PullRequest, PullRequestAction, PullRequestSpec,
+};
+pub use git::{GitError, GitIdentity};
+pub use plan::{DEFAULT_KOPS_FILES, Edit};
+pub use reference::{ImageReference, ReferenceKind, region_of_zone};
+pub use rules::{DEFAULT_CONFIG_PATH, InstanceGroupRule, RegexRule, RolloutConfig, Rule, YamlPathRule};
+
+use git::Git;
+use plan::RepoFile;
+
+/// The cluster repository: a local path (working tree or bare) or a URL git can clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepoLocation {
+    Path(PathBuf),
+    Url(String),
+}
+
+impl RepoLocation {
+    /// `https://…`, `ssh://…`, `file://…` and scp-like `user@host:path` are URLs; the rest paths.
+    pub fn parse(text: &str) -> Self {
+        let scp_like = text.split_once(':').is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+        if text.contains("://") || scp_like {
+            Self::Url(text.to_string())
+        } else {
+            Self::Path(PathBuf::from(text))
+        }
+    }
+
+    /// For messages: credentials in URLs are hidden.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Path(p) => p.display().to_string(),
+            Self::Url(u) => git::redact_url(u),
+        }
+    }
+}
+
+/// Everything a rollout needs; build with [`RolloutRequest::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct RolloutRequest {
+    /// Image family: names the branch `webake/<family>` and selects family-specific rules.
+    pub family: String,
+    /// Image name and version for the title and commit message (`debian-12-k8s`, `2026.11.25`).
+    pub image_name: String,
+    pub version: String,
+    pub reference: ImageReference,
+    pub repo: RepoLocation,
+    /// Branch to start from and target; default: the config's, else the repository's HEAD.
+    pub base_branch: Option<String>,
+    /// Rules; empty: read them from `config_path` in the repository.
+    pub rules: Vec<Rule>,
+    /// Rollout config inside the repository.
+    pub config_path: String,
+    pub dry_run: bool,
+    pub forge: ForgeConfig,
+    /// Pull request title; default `Roll out <image_name> <version>`.
+    pub title: Option<String>,
+    /// Pull request body (Markdown): the image diff. A table of the changed references follows it.
+    pub pr_body_markdown: String,
+    pub labels: Vec<String>,
+    pub author: GitIdentity,
+    pub committer: GitIdentity,
+}
+
+impl RolloutRequest {
+    pub fn new(family: impl Into<String>, reference: ImageReference, repo: RepoLocation) -> Self {
+        let family = family.into();
+        Self {
+            image_name: family.clone(),
+            family,
+            version: String::new(),
+            reference,
+            repo,
+            base_branch: None,
+            rules: Vec::new(),
+            config_path: DEFAULT_CONFIG_PATH.to_string(),
+            dry_run: false,
+            forge: ForgeConfig::None,
+            title: None,
+            pr_body_markdown: String::new(),
+            labels: Vec::new(),
+            author: GitIdentity::default(),
+            committer: GitIdentity::default(),
+        }
+    }
+
+    fn display_name(&self) -> String {
+        if self.version.is_empty() {
+            self.image_name.clone()
+        } else {
+            format!("{} {}", self.image_name, self.version)
+        }
+    }
+}
+
+/// What happened to the rollout branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BranchStatus {
+    /// `--dry-run`: nothing committed or pushed.
+    DryRun,
+    /// The base branch already references this image: nothing to propose.
+    UpToDate,
+    Created,
+    /// Force-pushed over an older rollout of the family.
+    Updated,
+    /// The branch already holds exactly this change: nothing pushed.
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequestOutcome {
+    pub number: u64,
+    pub url: String,
+    pub action: PullRequestAction,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutOutcome {
+    pub branch: String,
+    pub base_branch: String,
+    pub base_commit: String,
+    pub status: BranchStatus,
+    /// The commit on the rollout branch (none for dry runs and up-to-date repositories).
+    pub commit: Option<String>,
+    /// Every matched reference, changed or not.
+    pub edits: Vec<Edit>,
+    pub changed_files: Vec<String>,
+    /// Unified diff (`--- a/path` / `+++ b/path`) of the change.
+    pub diff: String,
+    pub pull_request: Option<PullRequestOutcome>,
+}
+
+/// Progress of a rollout, for the CLI to show.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    Cloning { location: &'a str },
+    Planning { rules: usize },
+    Committing { branch: &'a str },
+    Pushing { branch: &'a str },
+    PullRequest { branch: &'a str },
+}
+
+pub trait Reporter {
+    fn step(&self, _step: Step<'_>) {}
+}
+
+/// A reporter that ignores everything.
+pub struct NoReporter;
+impl Reporter for NoReporter {}
+
+/// Files larger than this are not searched (generated blobs, vendored archives).
+const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Roll out: plan the edits, then (unless dry run) commit, push and propose them.
+pub fn rollout(req: &RolloutRequest, reporter: &dyn Reporter) -> Result<RolloutOutcome, RolloutError> {
+    let branch = git::branch_for_family(&req.family).map_err(RolloutError::InvalidRequest)?;
+    req.reference.validate().map_err(RolloutError::InvalidRequest)?;
+    if let Some(label) = req.labels.iter().find(|l| l.trim().is_empty()) {
+        return Err(RolloutError::InvalidRequest(format!("empty label {label:?}")));
+    }
+    // Read the token before anything happens, so a missing one fails first.
+    let forge = if req.dry_run { None } else { forge::forge_from_config(&req.forge)? };
+
+    let url = check_source(&req.repo)?;
+    let location = req.repo.display();
+    reporter.step(Step::Cloning { location: &location });
+    let tmp = tempfile::Builder::new()
+        .prefix("webake-rollout-")
+        .tempdir()
+        .map_err(|e| RolloutError::io("create temp dir", std::env::temp_dir(), e))?;
+    let work = tmp.path().join("repo");
+    clone(&url, &work, req.base_branch.as_deref(), &location)?;
+    let git = Git::new(&work);
+
+    // Config and rules.
+    let config = read_config(&work, &req.config_path)?;
+    let rules: &[Rule] = if req.rules.is_empty() { &config.rules } else { &req.rules };
+    if rules.is_empty() {
+        return Err(RolloutError::NoRules { config: req.config_path.clone() });
+    }
+    let base_branch = match req.base_branch.clone().or(config.base_branch.clone()) {
+        Some(b) => b,
+        None => git.run(&git::current_branch_args())?.trim().to_string(),
+    };
+    let base_ref = format!("refs/remotes/origin/{base_branch}^{{commit}}");
+    let mut base_commit = git.run_optional(&git::rev_parse_args(&base_ref))?;
+    if base_commit.is_none() {
+        // A base branch from the config that the single-branch clone did not fetch.
+        if git.run(&git::fetch_base_args(&base_branch)).is_ok() {
+            base_commit = git.run_optional(&git::rev_parse_args(&base_ref))?;
+        }
+    }
+    let base_commit = base_commit
+        .ok_or_else(|| RolloutError::BaseBranchMissing { location: location.clone(), branch: base_branch.clone() })?;
+    git.run(&[
+        "checkout".into(),
+        "--quiet".into(),
+        "--detach".into(),
+        base_commit.clone().into(),
+    ])?;
+
+    // Plan.
+    reporter.step(Step::Planning { rules: rules.len() });
+    let files = read_repo_files(&work)?;
+    let edits = plan::plan(&files, rules, &req.reference, &req.family)?;
+    if edits.is_empty() {
+        return Err(RolloutError::NoReferenceFound {
+            location,
+            family: req.family.clone(),
+            rules: rules.iter().map(Rule::describe).collect::<Vec<_>>().join("; "),
+        });
+    }
+    let (new_texts, diff) = render_changes(&files, &edits);
+    let changed_files: Vec<String> = new_texts.keys().cloned().collect();
+    let mut outcome = RolloutOutcome {
+        branch: branch.clone(),
+        base_branch: base_branch.clone(),
+        base_commit: base_commit.clone(),
+        status: BranchStatus::DryRun,
+        commit: None,
+        edits,
+        changed_files,
+        diff,
+        pull_request: None,
+    };
+    if req.dry_run {
+        return Ok(outcome);
+    }
+    if outcome.changed_files.is_empty() {
+        outcome.status = BranchStatus::UpToDate;
+        return Ok(outcome);
+    }
+
+    // Ask the forge first: an auth failure must stop us before anything is pushed.
+    let existing_pr = match &forge {
+        Some(f) => f.find_open_pull_request(&branch)?,
+        None => None,
+    };
+
+    // Commit on a branch rebuilt from the base.
+    reporter.step(Step::Committing { branch: &branch });
+    git.run(&git::checkout_new_branch_args(&branch))?;
+    for (path, text) in &new_texts {
+        let full = work.join(path);
+        std::fs::write(&full, text).map_err(|e| RolloutError::io("write", full, e))?;
+    }
+    git.run(&git::add_args(&outcome.changed_files))?;
+    let message = commit_message(req, &outcome.edits);
+    git.clone().with_env(git::identity_env(&req.author, &req.committer)).run(&git::commit_args(&message))?;
+    let commit = git.run(&git::rev_parse_args("HEAD"))?.trim().to_string();
+
+    // Push, superseding an older rollout of the family.
+    let remote = git::parse_ls_remote(&git.run(&git::ls_remote_branch_args(&branch))?, &branch);
+    let status = match &remote {
+        Some(old) if same_change(&git, &branch, &commit, &base_commit)? => {
+            tracing::info!(%branch, commit = %old, "branch already holds this change");
+            outcome.commit = Some(old.clone());
+            BranchStatus::Unchanged
+        }
+        _ => {
+            reporter.step(Step::Pushing { branch: &branch });
+            git.run(&git::push_args(&branch, remote.as_deref()))?;
+            outcome.commit = Some(commit);
+            if remote.is_some() { BranchStatus::Updated } else { BranchStatus::Created }
+        }
+    };
+    outcome.status = status;
+
+    if let Some(forge) = &forge {
+        reporter.step(Step::PullRequest { branch: &branch });
+        let mut labels = config.labels.clone();
+        for l in &req.labels {
+            if !labels.contains(l) {
+                labels.push(l.clone());
+            }
+        }
+        let spec = PullRequestSpec {
+            head_branch: branch.clone(),
+            base_branch: base_branch.clone(),
+            title: req.title.clone().unwrap_or_else(|| format!("Roll out {}", req.display_name())),
+            body: pr_body(req, &outcome.edits),
+            labels,
+        };
+        let (pr, action) = forge::ensure_pull_request(forge.as_ref(), existing_pr, &spec)?;
+        outcome.pull_request = Some(PullRequestOutcome { number: pr.number, url: pr.url, action });
+    }
+    Ok(outcome)
+}
+
+/// Validate a local repository (exists, clean) and return what to clone.
+fn check_source(repo: &RepoLocation) -> Result<String, RolloutError> {
+    let path = match repo {
+        RepoLocation::Url(url) => return Ok(url.clone()),
+        RepoLocation::Path(p) => p,
+    };
+    let not_found = || RolloutError::RepoNotFound { path: path.clone() };
+    let abs = std::fs::canonicalize(path).map_err(|_| not_found())?;
+    let git = Git::new(&abs);
+    let bare = git.run(&git::is_bare_args()).map_err(|_| not_found())?;
+    if bare.trim() == "false" {
+        let status = git.run(&git::status_args())?;
+        if !status.trim().is_empty() {
+            return Err(RolloutError::RepoDirty { path: path.clone(), status: status.trim_end().to_string() });
+        }
+    }
+    Ok(abs.to_string_lossy().into_owned())
+}
+
+fn clone(url: &str, dest: &Path, base: Option<&str>, location: &str) -> Result<(), RolloutError> {
+    let parent = dest.parent().unwrap_or(dest);
+    match Git::new(parent).run(&git::clone_args(url, dest, base)) {
+        Ok(_) => Ok(()),
+        Err(e) => match base {
+            Some(b) if e.stderr().contains("not found in upstream") => {
+                Err(RolloutError::BaseBranchMissing { location: location.to_string(), branch: b.to_string() })
+            }
+            _ => Err(RolloutError::RepoUnreachable { location: location.to_string(), stderr: e.stderr().to_string() }),
+        },
+    }
+}
+
+fn read_config(work: &Path, config_path: &str) -> Result<RolloutConfig, RolloutError> {
+    let path = work.join(config_path);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => RolloutConfig::from_yaml(&text)
+            .map_err(|message| RolloutError::Config { file: config_path.to_string(), message }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RolloutConfig::default()),
+        Err(e) => Err(RolloutError::io("read", path, e)),
+    }
+}
+
+/// Every UTF-8 text file of the working tree (not `.git`, no symlinks), `/`-separated, sorted.
+fn read_repo_files(root: &Path) -> Result<Vec<RepoFile>, RolloutError> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| RolloutError::io("read directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| RolloutError::io("read directory", &dir, e))?;
+            let path = entry.path();
+            let meta = entry.file_type().map_err(|e| RolloutError::io("stat", &path, e))?;
+            if meta.is_dir() {
+                if entry.file_name() != ".git" {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if size > MAX_FILE_BYTES {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|e| RolloutError::io("read", &path, e))?;
+            let Ok(text) = String::from_utf8(bytes) else { continue };
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            out.push(RepoFile { path: rel.join("/"), text });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// New contents of the files that change, and the unified diff of the whole change.
+fn render_changes(files: &[RepoFile], edits: &[Edit]) -> (BTreeMap<String, String>, String) {
+    let mut by_file: BTreeMap<&str, Vec<&Edit>> = BTreeMap::new();
+    for e in edits.iter().filter(|e| e.changes()) {
+        by_file.entry(e.file.as_str()).or_default().push(e);
+    }
+    let mut texts = BTreeMap::new();
+    let mut diff = String::new();
+    for (path, file_edits) in by_file {
+        let Some(file) = files.iter().find(|f| f.path == path) else { continue };
+        let new = plan::apply(&file.text, &file_edits);
+        diff.push_str(&unified_diff(path, &file.text, &new));
+        texts.insert(path.to_string(), new);
+    }
+    (texts, diff)
+}
+
+/// `diff -u` form with `a/` and `b/` prefixes, three lines of context.
+pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .to_string()
+}
+
+/// Whether the remote branch already holds this change on this base (same tree, same parent).
+fn same_change(git: &Git, branch: &str, commit: &str, base: &str) -> Result<bool, RolloutError> {
+    git.run(&git::fetch_branch_args(branch))?;
+    let tree = |rev: &str| git.run_optional(&git::rev_parse_args(&format!("{rev}^{{tree}}")));
+    let parent = git.run_optional(&git::rev_parse_args("refs/webake/previous^1"))?;
+    Ok(tree("refs/webake/previous")? == tree(commit)? && parent.as_deref() == Some(base))
+}
+
+fn commit_message(req: &RolloutRequest, edits: &[Edit]) -> String {
+    let mut msg = format!("Roll out {}\n\n", req.display_name());
+    msg.push_str(&format!("Image family: {}\nReference: {}\n\n", req.family, req.reference.describe()));
+    for e in edits.iter().filter(|e| e.changes()) {
+        msg.push_str(&format!("- {}:{} {}: {} -> {}\n", e.file, e.line, e.what, e.old, e.new));
+    }
+    msg
+}
+
+fn pr_body(req: &RolloutRequest, edits: &[Edit]) -> String {
+    let mut body = req.pr_body_markdown.trim_end().to_string();
+    if !body.is_empty() {
+        body.push_str("\n\n");
+    }
+    body.push_str("### Image references\n\n| file | what | from | to |\n|---|---|---|---|\n");
+    for e in edits.iter().filter(|e| e.changes()) {
+        body.push_str(&format!(
+            "| `{}:{}` | {} | `{}` | `{}` |\n",
+            e.file,
+            e.line,
+            e.what.replace('|', "\\|"),
+            e.old,
+            e.new
+        ));
+    }
+    body.push_str(&format!(
+        "\n<sub>Proposed by webake for image family `{}`. Merge to roll the clusters, or close to skip; \
+         a newer image updates this pull request.</sub>\n",
+        req.family
+    ));
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_locations() {
+        assert_eq!(RepoLocation::parse("/srv/git/k8s.git"), RepoLocation::Path("/srv/git/k8s.git".into()));
+        assert_eq!(RepoLocation::parse("./k8s"), RepoLocation::Path("./k8s".into()));
+        assert_eq!(RepoLocation::parse("git@github.com:acme/k8s.git"), RepoLocation::Url("git@github.com:acme/k8s.git".into()));
+        assert_eq!(RepoLocation::parse("https://h/r.git"), RepoLocation::Url("https://h/r.git".into()));
+        assert_eq!(RepoLocation::parse("https://u:tok@h/r.git").display(), "https://***@h/r.git");
+    }
+
+    #[test]
+    fn diff_has_git_headers() {
+        let d = unified_diff("a.yaml", "x: 1\ny: 2\n", "x: 1\ny: 3\n");
+        assert!(d.starts_with("--- a/a.yaml\n+++ b/a.yaml\n@@ -1,2 +1,2 @@\n"), "{d}");
+        assert!(d.contains("\n-y: 2\n+y: 3\n"), "{d}");
+    }
+}

@@ -1,0 +1,87 @@
+//! Typed errors. Every error names the file, path and line it is about; none holds a token.
+
+use std::path::PathBuf;
+
+use crate::forge::ForgeError;
+use crate::git::GitError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("invalid rollout request: {0}")]
+    InvalidRequest(String),
+
+    #[error("repository {path} does not exist or is not a git repository")]
+    RepoNotFound { path: PathBuf },
+
+    #[error("repository {path} has uncommitted changes; commit or stash them first:\n{status}")]
+    RepoDirty { path: PathBuf, status: String },
+
+    #[error("cannot clone repository {location}: {stderr}")]
+    RepoUnreachable { location: String, stderr: String },
+
+    #[error("base branch {branch:?} does not exist in {location}")]
+    BaseBranchMissing { location: String, branch: String },
+
+    #[error(transparent)]
+    Git(#[from] GitError),
+
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{file}:{line}:{col}: invalid YAML: {message}")]
+    Yaml { file: String, line: usize, col: usize, message: String },
+
+    #[error("rollout config {file}: {message}")]
+    Config { file: String, message: String },
+
+    #[error("no rollout rules: pass rules or add {config} to the repository")]
+    NoRules { config: String },
+
+    #[error("no image reference found in {location} for family {family:?} (rules: {rules})")]
+    NoReferenceFound { location: String, family: String, rules: String },
+
+    #[error(
+        "{file}:{line}: {what} matches more than one rule: rule {first} ({first_rule}) and rule {second} ({second_rule})"
+    )]
+    Ambiguous {
+        file: String,
+        line: usize,
+        what: String,
+        first: usize,
+        first_rule: String,
+        second: usize,
+        second_rule: String,
+    },
+
+    #[error("{file}:{line}: {what}: {message}")]
+    CannotEdit { file: String, line: usize, what: String, message: String },
+
+    #[error(
+        "{file}:{line}: {what}: cannot tell its region for a per-region AMI (published in {available}); \
+         set `region:` on the rule"
+    )]
+    RegionUnknown { file: String, line: usize, what: String, available: String },
+
+    #[error("{file}:{line}: {what} is in {region}, where the image is not published (published in {available})")]
+    RegionNotPublished { file: String, line: usize, what: String, region: String, available: String },
+
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
+}
+
+impl RolloutError {
+    /// Errors in the caller's input (request, rules, config), as opposed to failures of the
+    /// rollout itself; the CLI maps them to its "invalid input" exit code.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Self::InvalidRequest(_) | Self::Config { .. } | Self::NoRules { .. })
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { action, path: path.into(), source }
+    }
+}

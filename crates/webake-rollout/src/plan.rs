@@ -1,0 +1,542 @@
+//! Find the image references the rules select and plan byte-exact edits of them.
+//!
+//! Pure: takes file contents, returns edits. Applying an edit splices the bytes of one scalar (or
+//! one regex group); every other byte of the file stays as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use saphyr_parser::ScalarStyle;
+use serde::Serialize;
+
+use crate::error::RolloutError;
+use crate::reference::{ImageReference, RegionLookup, region_of_zone};
+use crate::rules::{InstanceGroupRule, RegexRule, Rule, YamlPathRule, canonical_role, glob};
+use crate::yaml::{Document, Node, Scalar, YamlError, parse_documents, parse_path};
+
+/// Files that instance-group rules look at when they name no `files` glob.
+pub const DEFAULT_KOPS_FILES: &str = "**/*.{yaml,yml}";
+
+/// One replaced reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Edit {
+    /// Path relative to the repository root, `/`-separated.
+    pub file: String,
+    /// 1-based line of the reference.
+    pub line: usize,
+    /// What was matched: `InstanceGroup nodes-eu-west-1a (cluster …) spec.image`, a YAML path, …
+    pub what: String,
+    /// Index of the rule that selected it.
+    pub rule: usize,
+    pub region: Option<String>,
+    /// The reference before and after.
+    pub old: String,
+    pub new: String,
+    #[serde(skip)]
+    pub(crate) bytes: Range<usize>,
+    /// The source text written in place of `bytes` (quoted like the original).
+    #[serde(skip)]
+    pub(crate) replacement: String,
+}
+
+impl Edit {
+    pub fn changes(&self) -> bool {
+        self.old != self.new
+    }
+}
+
+/// A file's path and text (UTF-8), as read from the clone.
+#[derive(Debug, Clone)]
+pub(crate) struct RepoFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// The files of a repository with their YAML parsed once (parse errors kept for later).
+struct Parsed<'a> {
+    files: &'a [RepoFile],
+    yaml: BTreeMap<usize, Result<Vec<Document>, YamlError>>,
+}
+
+fn yaml_error(file: &RepoFile, e: &YamlError) -> RolloutError {
+    RolloutError::Yaml { file: file.path.clone(), line: e.line, col: e.col, message: e.message.clone() }
+}
+
+impl<'a> Parsed<'a> {
+    fn new(files: &'a [RepoFile], yaml_globs: &[String]) -> Result<Self, RolloutError> {
+        let mut builder = globset::GlobSetBuilder::new();
+        for g in yaml_globs {
+            builder.add(
+                globset::GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| RolloutError::InvalidRequest(format!("bad glob {g:?}: {e}")))?,
+            );
+        }
+        let set = builder.build().map_err(|e| RolloutError::InvalidRequest(e.to_string()))?;
+        let yaml = files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| set.is_match(&f.path))
+            .map(|(i, f)| (i, parse_documents(&f.text)))
+            .collect();
+        Ok(Self { files, yaml })
+    }
+
+    /// Files matching `pattern`, with their documents (or the parse error).
+    fn yaml_matching(
+        &self,
+        pattern: &str,
+    ) -> Result<Vec<(&'a RepoFile, &Result<Vec<Document>, YamlError>)>, RolloutError> {
+        let matcher = glob(pattern).map_err(RolloutError::InvalidRequest)?;
+        Ok(self
+            .yaml
+            .iter()
+            .filter(|(i, _)| matcher.is_match(&self.files[**i].path))
+            .map(|(i, docs)| (&self.files[*i], docs))
+            .collect())
+    }
+}
+
+/// Plan the edits of every rule that applies to `family`, over all files.
+pub(crate) fn plan(
+    files: &[RepoFile],
+    rules: &[Rule],
+    reference: &ImageReference,
+    family: &str,
+) -> Result<Vec<Edit>, RolloutError> {
+    let mut active = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        rule.validate().map_err(|e| RolloutError::InvalidRequest(format!("rule {i}: {e}")))?;
+        if rule.applies_to_family(family).map_err(RolloutError::InvalidRequest)? {
+            active.push((i, rule));
+        }
+    }
+    let mut yaml_globs = vec![DEFAULT_KOPS_FILES.to_string()];
+    for (_, rule) in &active {
+        match rule {
+            Rule::InstanceGroup(r) => yaml_globs.extend(r.files.clone()),
+            Rule::YamlPath(r) => yaml_globs.push(r.files.clone()),
+            Rule::Regex(_) => {}
+        }
+    }
+    let parsed = Parsed::new(files, &yaml_globs)?;
+    let mut edits = Vec::new();
+    if active.iter().any(|(_, r)| matches!(r, Rule::InstanceGroup(_))) {
+        let kops = KopsIndex::build(&parsed)?;
+        for (i, rule) in &active {
+            if let Rule::InstanceGroup(r) = rule {
+                plan_instance_groups(&kops, *i, r, reference, &mut edits)?;
+            }
+        }
+    }
+    for (i, rule) in &active {
+        match rule {
+            Rule::InstanceGroup(_) => {}
+            Rule::YamlPath(r) => plan_yaml_path(&parsed, *i, r, reference, &mut edits)?,
+            Rule::Regex(r) => plan_regex(files, *i, r, reference, &mut edits)?,
+        }
+    }
+    check_overlaps(&mut edits, rules)?;
+    Ok(edits)
+}
+
+/// Apply the edits of one file (any order; they must not overlap).
+pub(crate) fn apply(text: &str, edits: &[&Edit]) -> String {
+    let mut sorted: Vec<&Edit> = edits.to_vec();
+    sorted.sort_by_key(|e| e.bytes.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for e in sorted {
+        out.push_str(&text[at..e.bytes.start]);
+        out.push_str(&e.replacement);
+        at = e.bytes.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+fn check_overlaps(edits: &mut [Edit], rules: &[Rule]) -> Result<(), RolloutError> {
+    edits.sort_by(|a, b| (&a.file, a.bytes.start, a.rule).cmp(&(&b.file, b.bytes.start, b.rule)));
+    for pair in edits.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.file == b.file && b.bytes.start < a.bytes.end {
+            return Err(RolloutError::Ambiguous {
+                file: a.file.clone(),
+                line: a.line,
+                what: a.what.clone(),
+                first: a.rule,
+                first_rule: rules[a.rule].describe(),
+                second: b.rule,
+                second_rule: rules[b.rule].describe(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// The reference for a match, or an error naming the match when its region has no AMI.
+fn reference_for(
+    reference: &ImageReference,
+    region: Option<&str>,
+    file: &str,
+    line: usize,
+    what: &str,
+) -> Result<String, RolloutError> {
+    reference.for_region(region).map(str::to_string).map_err(|e| match e {
+        RegionLookup::Unknown { available } => RolloutError::RegionUnknown {
+            file: file.into(),
+            line,
+            what: what.into(),
+            available: available.join(", "),
+        },
+        RegionLookup::NotPublished { region, available } => RolloutError::RegionNotPublished {
+            file: file.into(),
+            line,
+            what: what.into(),
+            region,
+            available: available.join(", "),
+        },
+    })
+}
+
+/// Plain scalars we write unquoted: what kops references look like, nothing YAML could misread.
+fn plain_safe(value: &str) -> bool {
+    let mut chars = value.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@+=".contains(c))
+        && !value.contains(": ")
+        && !value.ends_with(':')
+}
+
+/// The source text for `new` in place of `scalar`, in the scalar's own quoting style.
+fn render_scalar(
+    file: &RepoFile,
+    scalar: &Scalar,
+    what: &str,
+    new: &str,
+) -> Result<String, RolloutError> {
+    let raw = &file.text[scalar.bytes.clone()];
+    let fail = |message: String| RolloutError::CannotEdit {
+        file: file.path.clone(),
+        line: scalar.line,
+        what: what.to_string(),
+        message,
+    };
+    if raw.contains('\n') {
+        return Err(fail("the value spans several lines; cannot edit it in place".into()));
+    }
+    let double = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    match scalar.style {
+        ScalarStyle::Plain if raw == scalar.value => {
+            Ok(if plain_safe(new) { new.to_string() } else { double(new) })
+        }
+        ScalarStyle::SingleQuoted if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') => {
+            Ok(format!("'{}'", new.replace('\'', "''")))
+        }
+        ScalarStyle::DoubleQuoted if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') => {
+            Ok(double(new))
+        }
+        ScalarStyle::Literal | ScalarStyle::Folded => {
+            Err(fail("block scalars (| or >) are not edited; write the reference on one line".into()))
+        }
+        _ => Err(fail(format!("unexpected source text {raw:?} for the value; cannot edit it in place"))),
+    }
+}
+
+fn scalar_edit(
+    file: &RepoFile,
+    scalar: &Scalar,
+    what: String,
+    rule: usize,
+    region: Option<String>,
+    new: String,
+) -> Result<Edit, RolloutError> {
+    let replacement = render_scalar(file, scalar, &what, &new)?;
+    Ok(Edit {
+        file: file.path.clone(),
+        line: scalar.line,
+        what,
+        rule,
+        region,
+        old: scalar.value.clone(),
+        new,
+        bytes: scalar.bytes.clone(),
+        replacement,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// kops
+
+struct KopsCluster {
+    /// Subnet name -> region.
+    subnet_regions: BTreeMap<String, String>,
+    /// Regions of all subnets.
+    regions: BTreeSet<String>,
+}
+
+struct KopsGroup<'p> {
+    file: &'p RepoFile,
+    doc: &'p Document,
+}
+
+struct KopsIndex<'p> {
+    clusters: BTreeMap<String, KopsCluster>,
+    groups: Vec<KopsGroup<'p>>,
+}
+
+fn is_kops_kind(doc: &Document, kind: &str) -> bool {
+    doc.root.get("kind").and_then(Node::as_str) == Some(kind)
+        && doc
+            .root
+            .get("apiVersion")
+            .and_then(Node::as_str)
+            .is_none_or(|v| v.starts_with("kops.k8s.io/") || v.starts_with("kops/"))
+}
+
+fn cluster_of(doc: &Document) -> KopsCluster {
+    let mut subnet_regions = BTreeMap::new();
+    let mut regions = BTreeSet::new();
+    for subnet in doc.root.get_path(&["spec", "subnets"]).map(Node::items).unwrap_or_default() {
+        let region = subnet
+            .get("region")
+            .and_then(Node::as_str)
+            .and_then(region_of_zone)
+            .or_else(|| subnet.get("zone").and_then(Node::as_str).and_then(region_of_zone));
+        if let Some(region) = region {
+            if let Some(name) = subnet.get("name").and_then(Node::as_str) {
+                subnet_regions.insert(name.to_string(), region.clone());
+            }
+            regions.insert(region);
+        }
+    }
+    KopsCluster { subnet_regions, regions }
+}
+
+impl<'p> KopsIndex<'p> {
+    fn build(parsed: &'p Parsed<'p>) -> Result<Self, RolloutError> {
+        static MENTIONS_IG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"(?m)^\s*kind:\s*InstanceGroup\s*$").expect("static regex")
+        });
+        let mut clusters = BTreeMap::new();
+        let mut groups = Vec::new();
+        for (i, docs) in &parsed.yaml {
+            let file = &parsed.files[*i];
+            let docs = match docs {
+                Ok(docs) => docs,
+                // Templates (Helm, Jinja) are not YAML; only fail where kops would read it.
+                Err(e) if MENTIONS_IG.is_match(&file.text) => return Err(yaml_error(file, e)),
+                Err(e) => {
+                    tracing::debug!(file = %file.path, error = %e.message, "skipping a file that is not YAML");
+                    continue;
+                }
+            };
+            for doc in docs {
+                if is_kops_kind(doc, "Cluster") {
+                    if let Some(name) = doc.root.get_path(&["metadata", "name"]).and_then(Node::as_str) {
+                        clusters.insert(name.to_string(), cluster_of(doc));
+                    }
+                } else if is_kops_kind(doc, "InstanceGroup") {
+                    groups.push(KopsGroup { file, doc });
+                }
+            }
+        }
+        Ok(Self { clusters, groups })
+    }
+}
+
+/// The kops cluster an InstanceGroup belongs to.
+fn group_cluster(doc: &Document) -> Option<&str> {
+    doc.root
+        .get_path(&["metadata", "labels", "kops.k8s.io/cluster"])
+        .and_then(Node::as_str)
+}
+
+fn group_matches(rule: &InstanceGroupRule, doc: &Document) -> Result<bool, RolloutError> {
+    let bad = RolloutError::InvalidRequest;
+    let name = doc.root.get_path(&["metadata", "name"]).and_then(Node::as_str).unwrap_or("");
+    if let Some(pattern) = &rule.cluster {
+        let cluster = group_cluster(doc).unwrap_or("");
+        if !glob(pattern).map_err(bad)?.is_match(cluster) {
+            return Ok(false);
+        }
+    }
+    if !rule.names.is_empty() {
+        let mut any = false;
+        for pattern in &rule.names {
+            any |= glob(pattern).map_err(bad)?.is_match(name);
+        }
+        if !any {
+            return Ok(false);
+        }
+    }
+    if !rule.roles.is_empty() {
+        let role = doc.root.get_path(&["spec", "role"]).and_then(Node::as_str).and_then(canonical_role);
+        if !rule.roles.iter().any(|r| canonical_role(r).is_some() && canonical_role(r) == role) {
+            return Ok(false);
+        }
+    }
+    for (key, value) in &rule.labels {
+        let have = doc.root.get_path(&["metadata", "labels", key.as_str()]).and_then(Node::as_str);
+        if have != Some(value.as_str()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The one region of an InstanceGroup: from its zones, else its subnets in the cluster spec,
+/// else the cluster's subnets when they are all in one region. `None` when unknown or mixed.
+fn group_region(kops: &KopsIndex<'_>, doc: &Document) -> Option<String> {
+    let one = |regions: BTreeSet<String>| {
+        if regions.len() == 1 { regions.into_iter().next() } else { None }
+    };
+    let zones: BTreeSet<String> = doc
+        .root
+        .get_path(&["spec", "zones"])
+        .map(Node::items)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|z| z.as_str().and_then(region_of_zone))
+        .collect();
+    if !zones.is_empty() {
+        return one(zones);
+    }
+    let cluster = group_cluster(doc).and_then(|c| kops.clusters.get(c))?;
+    let subnets: Vec<&str> = doc
+        .root
+        .get_path(&["spec", "subnets"])
+        .map(Node::items)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Node::as_str)
+        .collect();
+    if !subnets.is_empty() {
+        let regions: Option<BTreeSet<String>> =
+            subnets.iter().map(|s| cluster.subnet_regions.get(*s).cloned()).collect();
+        return regions.and_then(one);
+    }
+    one(cluster.regions.clone())
+}
+
+fn plan_instance_groups(
+    kops: &KopsIndex<'_>,
+    rule_index: usize,
+    rule: &InstanceGroupRule,
+    reference: &ImageReference,
+    edits: &mut Vec<Edit>,
+) -> Result<(), RolloutError> {
+    let files = match &rule.files {
+        Some(pattern) => Some(glob(pattern).map_err(RolloutError::InvalidRequest)?),
+        None => None,
+    };
+    for group in &kops.groups {
+        if files.as_ref().is_some_and(|m| !m.is_match(&group.file.path)) {
+            continue;
+        }
+        if !group_matches(rule, group.doc)? {
+            continue;
+        }
+        let name = group.doc.root.get_path(&["metadata", "name"]).and_then(Node::as_str).unwrap_or("?");
+        let what = match group_cluster(group.doc) {
+            Some(cluster) => format!("InstanceGroup {name} (cluster {cluster}) spec.image"),
+            None => format!("InstanceGroup {name} spec.image"),
+        };
+        let Some(image) = group.doc.root.get_path(&["spec", "image"]) else {
+            tracing::warn!(file = %group.file.path, group = name, "InstanceGroup has no spec.image; skipped");
+            continue;
+        };
+        let Some(scalar) = image.as_scalar() else {
+            return Err(RolloutError::CannotEdit {
+                file: group.file.path.clone(),
+                line: 0,
+                what,
+                message: "spec.image is not a string".into(),
+            });
+        };
+        let region = rule.region.clone().or_else(|| group_region(kops, group.doc));
+        let new = reference_for(reference, region.as_deref(), &group.file.path, scalar.line, &what)?;
+        edits.push(scalar_edit(group.file, scalar, what, rule_index, region, new)?);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// generic rules
+
+fn plan_yaml_path(
+    parsed: &Parsed<'_>,
+    rule_index: usize,
+    rule: &YamlPathRule,
+    reference: &ImageReference,
+    edits: &mut Vec<Edit>,
+) -> Result<(), RolloutError> {
+    let path = parse_path(&rule.path).map_err(RolloutError::InvalidRequest)?;
+    for (file, docs) in parsed.yaml_matching(&rule.files)? {
+        let docs = docs.as_ref().map_err(|e| yaml_error(file, e))?;
+        for (d, doc) in docs.iter().enumerate() {
+            for (concrete, node) in doc.root.select(&path) {
+                let what = if docs.len() > 1 {
+                    format!("{concrete} (document {})", d + 1)
+                } else {
+                    concrete
+                };
+                let Some(scalar) = node.as_scalar() else {
+                    return Err(RolloutError::CannotEdit {
+                        file: file.path.clone(),
+                        line: 0,
+                        what,
+                        message: "not a string (a mapping, sequence or alias)".into(),
+                    });
+                };
+                let new = reference_for(reference, rule.region.as_deref(), &file.path, scalar.line, &what)?;
+                edits.push(scalar_edit(file, scalar, what, rule_index, rule.region.clone(), new)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plan_regex(
+    files: &[RepoFile],
+    rule_index: usize,
+    rule: &RegexRule,
+    reference: &ImageReference,
+    edits: &mut Vec<Edit>,
+) -> Result<(), RolloutError> {
+    let matcher = glob(&rule.files).map_err(RolloutError::InvalidRequest)?;
+    let re = crate::rules::compile_regex(&rule.pattern).map_err(RolloutError::InvalidRequest)?;
+    let named = re.capture_names().any(|n| n == Some("ref"));
+    for file in files.iter().filter(|f| matcher.is_match(&f.path)) {
+        for caps in re.captures_iter(&file.text) {
+            let m = if named {
+                caps.name("ref")
+            } else if re.captures_len() > 1 {
+                caps.get(1)
+            } else {
+                caps.get(0)
+            };
+            let Some(m) = m else { continue };
+            let line = line_of(&file.text, m.start());
+            let what = format!("match of {:?}", rule.pattern);
+            let new = reference_for(reference, rule.region.as_deref(), &file.path, line, &what)?;
+            edits.push(Edit {
+                file: file.path.clone(),
+                line,
+                what,
+                rule: rule_index,
+                region: rule.region.clone(),
+                old: m.as_str().to_string(),
+                new: new.clone(),
+                bytes: m.range(),
+                replacement: new,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Image references as kops accepts them in `spec.image`, and per-region AMI maps.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What to write in place of the current image reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageReference {
+    /// One reference for every match: `ami-…`, `owner/name`, `alias/name` or `ssm:/parameter`.
+    Single(String),
+    /// One AMI id per region (`eu-west-1 -> ami-…`); each match gets the AMI of its region.
+    PerRegion(BTreeMap<String, String>),
+}
+
+/// The kops form of a single reference (kops resolves each differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceKind {
+    /// `ami-0123456789abcdef0`: an AMI id, valid in one region only.
+    AmiId,
+    /// `ssm:/aws/service/...`: an SSM parameter that holds an AMI id.
+    Ssm,
+    /// `owner/name` (account id) or `alias/name` (`ubuntu/…`, `kope.io/…`): an image name.
+    Named,
+}
+
+impl ReferenceKind {
+    /// Classify a reference, rejecting what kops would not accept.
+    pub fn of(reference: &str) -> Result<Self, String> {
+        if reference.is_empty() {
+            return Err("the image reference is empty".into());
+        }
+        if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("image reference {reference:?} contains whitespace"));
+        }
+        if let Some(id) = reference.strip_prefix("ami-") {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("{reference:?} is not an AMI id (ami- then hex digits)"));
+            }
+            return Ok(Self::AmiId);
+        }
+        if let Some(param) = reference.strip_prefix("ssm:") {
+            if param.is_empty() {
+                return Err(format!("{reference:?} names no SSM parameter"));
+            }
+            return Ok(Self::Ssm);
+        }
+        match reference.split_once('/') {
+            Some((owner, name)) if !owner.is_empty() && !name.is_empty() => Ok(Self::Named),
+            _ => Err(format!(
+                "{reference:?} is not a kops image reference (ami-…, owner/name, alias/name or ssm:…)"
+            )),
+        }
+    }
+}
+
+impl ImageReference {
+    /// Check every reference; per-region maps hold AMI ids for plausible region names.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Single(r) => ReferenceKind::of(r).map(|_| ()),
+            Self::PerRegion(map) => {
+                if map.is_empty() {
+                    return Err("the per-region AMI map is empty".into());
+                }
+                for (region, ami) in map {
+                    if region_of_zone(region).as_deref() != Some(region.as_str()) {
+                        return Err(format!("{region:?} is not an AWS region name"));
+                    }
+                    if ReferenceKind::of(ami)? != ReferenceKind::AmiId {
+                        return Err(format!("per-region reference {ami:?} for {region} is not an AMI id"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The reference for a match in `region` (`None`: the region could not be determined).
+    pub fn for_region(&self, region: Option<&str>) -> Result<&str, RegionLookup> {
+        match self {
+            Self::Single(r) => Ok(r),
+            Self::PerRegion(map) => match region {
+                Some(region) => map.get(region).map(String::as_str).ok_or_else(|| {
+                    RegionLookup::NotPublished {
+                        region: region.to_string(),
+                        available: map.keys().cloned().collect(),
+                    }
+                }),
+                // Never guess: an AMI id is only valid in its own region.
+                None => Err(RegionLookup::Unknown { available: map.keys().cloned().collect() }),
+            },
+        }
+    }
+
+    /// A one-line description for commit messages and summaries.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Single(r) => r.clone(),
+            Self::PerRegion(map) => {
+                map.iter().map(|(region, ami)| format!("{region}={ami}")).collect::<Vec<_>>().join(", ")
+            }
+        }
+    }
+}
+
+/// Why a per-region reference has no AMI for a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionLookup {
+    Unknown { available: Vec<String> },
+    NotPublished { region: String, available: Vec<String> },
+}
+
+/// The region of an availability zone (`eu-west-1a` -> `eu-west-1`, local zones too:
+/// `us-west-2-lax-1a` -> `us-west-2`); a region name maps to itself.
+pub fn region_of_zone(zone: &str) -> Option<String> {
+    use std::sync::LazyLock;
+    static RE: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"^([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+)(?:[a-z]|-[a-z0-9-]+)?$")
+            .expect("static regex")
+    });
+    RE.captures(zone).map(|c| c[1].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kops_reference_forms() {
+        assert_eq!(ReferenceKind::of("ami-0abc123").unwrap(), ReferenceKind::AmiId);
+        assert_eq!(
+            ReferenceKind::of("ssm:/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id").unwrap(),
+            ReferenceKind::Ssm
+        );
+        assert_eq!(
+            ReferenceKind::of("099720109477/ubuntu/images/hvm-ssd/ubuntu-focal-20.04-amd64-server-20201026").unwrap(),
+            ReferenceKind::Named
+        );
+        assert_eq!(ReferenceKind::of("kope.io/k8s-1.18-debian-stretch").unwrap(), ReferenceKind::Named);
+        assert!(ReferenceKind::of("").is_err());
+        assert!(ReferenceKind::of("ami-xyz").is_err());
+        assert!(ReferenceKind::of("ami-").is_err());
+        assert!(ReferenceKind::of("ssm:").is_err());
+        assert!(ReferenceKind::of("justaname").is_err());
+        assert!(ReferenceKind::of("a/b c").is_err());
+        assert!(ReferenceKind::of("/name").is_err());
+    }
+
+    #[test]
+    fn zones_to_regions() {
+        assert_eq!(region_of_zone("eu-west-1a").as_deref(), Some("eu-west-1"));
+        assert_eq!(region_of_zone("eu-west-1").as_deref(), Some("eu-west-1"));
+        assert_eq!(region_of_zone("us-gov-west-1b").as_deref(), Some("us-gov-west-1"));
+        assert_eq!(region_of_zone("us-west-2-lax-1a").as_deref(), Some("us-west-2"));
+        assert_eq!(region_of_zone("ap-southeast-2c").as_deref(), Some("ap-southeast-2"));
+        assert_eq!(region_of_zone("utility-eu-west-1a"), None);
+        assert_eq!(region_of_zone("private"), None);
+    }
+
+    #[test]
+    fn per_region_lookup() {
+        let r = ImageReference::PerRegion(
+            [("eu-west-1".to_string(), "ami-1".to_string()), ("us-east-1".into(), "ami-2".into())].into(),
+        );
+        r.validate().unwrap();
+        assert_eq!(r.for_region(Some("us-east-1")).unwrap(), "ami-2");
+        assert!(matches!(r.for_region(Some("eu-central-1")), Err(RegionLookup::NotPublished { .. })));
+        assert!(matches!(r.for_region(None), Err(RegionLookup::Unknown { .. })));
+        let one = ImageReference::PerRegion([("eu-west-1".to_string(), "ami-1".to_string())].into());
+        assert!(matches!(one.for_region(None), Err(RegionLookup::Unknown { .. })));
+        assert!(ImageReference::PerRegion([("eu".to_string(), "ami-1".to_string())].into()).validate().is_err());
+        assert!(ImageReference::PerRegion([("eu-west-1".to_string(), "ssm:/x".to_string())].into()).validate().is_err());
+        assert!(ImageReference::Single("ubuntu/x".into()).for_region(None).is_ok());
+    }
+}
