@@ -1,1 +1,11 @@
-//! webake-sys
+//! webake-sys: the only crate with `unsafe`. Namespaces and mounts (the sandbox), the process
+//! runner, cancellation, and small filesystem helpers. It knows nothing about recipes.
+#![allow(unsafe_code)]
+
+pub mod cancel;
+pub mod fsutil;
+pub mod process;
+pub mod sandbox;
+
+pub use cancel::CancelToken;
+pub use process::{Cmd, ProcessError};

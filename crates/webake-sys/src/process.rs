@@ -1,0 +1,405 @@
+//! The one runner for external commands.
+//!
+//! Argument lists are built by pure functions elsewhere and handed over as a [`Cmd`]. The runner
+//! logs the command, streams stdout+stderr line by line to a sink (secrets redacted), keeps the
+//! tail for error messages, puts the child in its own process group, and stops it on
+//! cancellation.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cancel::CancelToken;
+
+/// Lines of output kept for error messages.
+pub const TAIL_LINES: usize = 40;
+/// How long a cancelled command gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// A command to run: program, arguments, environment, working directory.
+#[derive(Clone)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    env_clear: bool,
+    cwd: Option<PathBuf>,
+    secrets: Vec<String>,
+    /// Shown instead of the full argument list (e.g. the sandbox's JSON spec).
+    display: Option<String>,
+    kill_on_parent_death: bool,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Self {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_clear: false,
+            cwd: None,
+            secrets: Vec::new(),
+            display: None,
+            kill_on_parent_death: true,
+        }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
+    pub fn cwd(mut self, d: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(d.into());
+        self
+    }
+
+    /// Values that must never appear in logs or error messages.
+    pub fn secrets(mut self, s: impl IntoIterator<Item = String>) -> Self {
+        self.secrets.extend(s.into_iter().filter(|s| !s.is_empty()));
+        self
+    }
+
+    pub fn display_as(mut self, s: impl Into<String>) -> Self {
+        self.display = Some(s.into());
+        self
+    }
+
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+
+    pub fn get_args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    pub fn redact(&self, line: &str) -> String {
+        redact(line, &self.secrets)
+    }
+
+    fn to_command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args);
+        if self.env_clear {
+            c.env_clear();
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        let pdeath = self.kill_on_parent_death;
+        // SAFETY: only async-signal-safe calls (setpgid, prctl) between fork and exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            c.pre_exec(move || {
+                // Own process group: a terminal Ctrl-C reaches webake only, which then stops
+                // its children in order.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if pdeath && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            return f.write_str(&redact(d, &self.secrets));
+        }
+        let mut s = shell_quote(&self.program.to_string_lossy());
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&shell_quote(&a.to_string_lossy()));
+        }
+        f.write_str(&redact(&s, &self.secrets))
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cmd({self})")
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub fn redact(line: &str, secrets: &[String]) -> String {
+    let mut out = line.to_string();
+    for s in secrets {
+        if !s.is_empty() && out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[REDACTED]");
+        }
+    }
+    out
+}
+
+/// How a finished command ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub tail: Vec<String>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start `{command}`: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("`{command}` {status}{}", render_tail(.tail))]
+    Failed { command: String, status: String, code: Option<i32>, tail: Vec<String> },
+    #[error("`{command}` was cancelled")]
+    Cancelled { command: String },
+    #[error("reading output of `{command}`: {source}")]
+    Io { command: String, source: std::io::Error },
+}
+
+fn render_tail(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("; last output:");
+    for l in tail {
+        s.push_str("\n    | ");
+        s.push_str(l);
+    }
+    s
+}
+
+impl ProcessError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled { .. })
+    }
+    pub fn tail(&self) -> &[String] {
+        match self {
+            Self::Failed { tail, .. } => tail,
+            _ => &[],
+        }
+    }
+}
+
+/// Describe an exit status: `exited with status 2` or `was killed by signal SIGKILL`.
+pub fn describe_status(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| sig.to_string());
+        format!("was killed by signal {name}")
+    } else {
+        "ended abnormally".to_string()
+    }
+}
+
+/// Run to completion, streaming every output line (stdout and stderr merged) to `sink`.
+pub fn run(cmd: &Cmd, cancel: &CancelToken, sink: &mut dyn FnMut(&str)) -> Result<Output, ProcessError> {
+    let shown = cmd.to_string();
+    tracing::debug!(command = %shown, "running");
+    let (reader, writer) = std::io::pipe().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    let writer2 = writer.try_clone().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    let mut command = cmd.to_command();
+    command.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+    let start = Instant::now();
+    let mut child = command.spawn().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    // Drop our copies of the write end (held by `command`) so EOF arrives when the child exits.
+    drop(command);
+    let pid = child.id() as i32;
+
+    let (tx, rx) = mpsc::channel::<std::io::Result<String>>();
+    let reader_thread = std::thread::spawn(move || {
+        let mut r = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                    if tx.send(Ok(line)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+    let mut cancelled_at: Option<Instant> = None;
+    let mut io_error = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(line)) => {
+                let line = cmd.redact(&line);
+                sink(&line);
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Ok(Err(e)) => {
+                io_error = Some(e);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if cancel.is_cancelled() {
+            match cancelled_at {
+                None => {
+                    tracing::info!(command = %shown, "cancelling");
+                    kill_group(pid, libc::SIGTERM);
+                    cancelled_at = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > TERM_GRACE => {
+                    kill_group(pid, libc::SIGKILL);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let _ = reader_thread.join();
+    let status = child.wait().map_err(|source| ProcessError::Io { command: shown.clone(), source })?;
+    if let Some(source) = io_error {
+        return Err(ProcessError::Io { command: shown, source });
+    }
+    let tail: Vec<String> = tail.into_iter().collect();
+    if cancelled_at.is_some() || (cancel.is_cancelled() && !status.success()) {
+        return Err(ProcessError::Cancelled { command: shown });
+    }
+    if !status.success() {
+        return Err(ProcessError::Failed { command: shown, status: describe_status(&status), code: status.code(), tail });
+    }
+    Ok(Output { status, tail, duration: start.elapsed() })
+}
+
+/// Run and capture stdout (stderr goes to the tail for errors). For short query commands.
+pub fn capture(cmd: &Cmd) -> Result<String, ProcessError> {
+    let shown = cmd.to_string();
+    tracing::debug!(command = %shown, "capturing");
+    let mut command = cmd.to_command();
+    command.stdin(Stdio::null());
+    let out = command.output().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut tail: Vec<String> = stderr.lines().map(|l| cmd.redact(l)).collect();
+        if tail.len() > TAIL_LINES {
+            tail.drain(..tail.len() - TAIL_LINES);
+        }
+        return Err(ProcessError::Failed { command: shown, status: describe_status(&out.status), code: out.status.code(), tail });
+    }
+    Ok(cmd.redact(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn kill_group(pid: i32, sig: i32) {
+    // SAFETY: plain syscall; pid is our child's process group (it called setpgid(0, 0)).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-pid, sig);
+        libc::kill(pid, sig);
+    }
+}
+
+/// Is `program` on PATH (or an existing path)?
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = Path::new(program);
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_lines_and_reports_status_with_tail() {
+        let mut lines = Vec::new();
+        let cmd = Cmd::new("sh").args(["-c", "echo one; echo two >&2; exit 3"]);
+        let err = run(&cmd, &CancelToken::new(), &mut |l| lines.push(l.to_string())).unwrap_err();
+        assert_eq!(lines, vec!["one", "two"]);
+        let msg = err.to_string();
+        assert!(msg.contains("exited with status 3"), "{msg}");
+        assert!(msg.contains("| two"), "{msg}");
+    }
+
+    #[test]
+    fn signal_is_named() {
+        let cmd = Cmd::new("sh").args(["-c", "kill -9 $$"]);
+        let err = run(&cmd, &CancelToken::new(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("killed by signal SIGKILL"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let cmd = Cmd::new("sh").args(["-c", "echo token=hunter22; exit 1"]).secrets(["hunter22".to_string()]);
+        let mut lines = Vec::new();
+        let err = run(&cmd, &CancelToken::new(), &mut |l| lines.push(l.to_string())).unwrap_err();
+        assert_eq!(lines, vec!["token=[REDACTED]"]);
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+        assert!(!cmd.to_string().contains("hunter22"));
+    }
+
+    #[test]
+    fn cancellation_stops_the_process_group() {
+        let cancel = CancelToken::new();
+        let c2 = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c2.cancel();
+        });
+        let start = Instant::now();
+        // The grandchild `sleep` is in the same process group and must die too.
+        let err = run(&Cmd::new("sh").args(["-c", "sleep 30 & sleep 30; wait"]), &cancel, &mut |_| {}).unwrap_err();
+        t.join().unwrap();
+        assert!(err.is_cancelled(), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn quoting_for_display() {
+        let c = Cmd::new("echo").args(["a b", "it's", "plain"]);
+        assert_eq!(c.to_string(), "echo 'a b' 'it'\\''s' plain");
+    }
+}
