@@ -1,0 +1,152 @@
+//! SDK clients per region, built once from the standard credential chain.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_ec2::config::{Credentials, Region};
+
+/// How many attempts the SDK makes for one call (first try included). Throttling
+/// (`RequestLimitExceeded`, `ThrottlingException`) and 5xx answers are common when many bakes
+/// publish at once; EC2's documented advice is exponential backoff, and 8 attempts with the
+/// backoff below spans roughly a minute before we give up.
+pub const SDK_MAX_ATTEMPTS: u32 = 8;
+/// First retry delay of the SDK's exponential backoff (with jitter).
+pub const SDK_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Ceiling of one backoff delay: keeps the whole retry budget near a minute.
+pub const SDK_MAX_BACKOFF: Duration = Duration::from_secs(20);
+
+/// How often we poll a snapshot or AMI whose state is still pending.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// A snapshot of a multi-GiB disk completes in minutes; an hour means something is wrong.
+pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// CopyImage across regions is the slowest step (tens of minutes for large images).
+pub const DEFAULT_IMAGE_TIMEOUT: Duration = Duration::from_secs(90 * 60);
+
+/// Retry and wait policy. The defaults are the named constants above; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub poll_interval: Duration,
+    pub snapshot_timeout: Duration,
+    pub image_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            max_attempts: SDK_MAX_ATTEMPTS,
+            initial_backoff: SDK_INITIAL_BACKOFF,
+            max_backoff: SDK_MAX_BACKOFF,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            snapshot_timeout: DEFAULT_SNAPSHOT_TIMEOUT,
+            image_timeout: DEFAULT_IMAGE_TIMEOUT,
+        }
+    }
+}
+
+/// Explicit static credentials. Meant for tests against a local endpoint; real runs use the
+/// standard chain (environment, profile, web identity, IMDS). `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"** redacted **")
+            .finish()
+    }
+}
+
+/// How to reach AWS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// Endpoint override for every service (e.g. a local moto server). Without it the SDK
+    /// still honours the standard `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_EC2` variables.
+    pub endpoint_url: Option<String>,
+    /// Named profile from ~/.aws/config; `None` means the default chain.
+    pub profile: Option<String>,
+    /// Static credentials instead of the default chain (tests).
+    pub credentials: Option<StaticCredentials>,
+    pub timing: Timing,
+}
+
+/// The EC2 and EBS clients of one region.
+#[derive(Clone, Debug)]
+pub struct RegionClients {
+    pub region: String,
+    pub ec2: aws_sdk_ec2::Client,
+    pub ebs: aws_sdk_ebs::Client,
+}
+
+/// One resolved SDK configuration (credentials are loaded once) and clients per region.
+#[derive(Debug)]
+pub struct Session {
+    sdk: aws_config::SdkConfig,
+    timing: Timing,
+    clients: Mutex<BTreeMap<String, RegionClients>>,
+}
+
+impl Session {
+    /// Resolve the configuration for `home_region`. Nothing is called on AWS yet.
+    pub async fn new(home_region: &str, settings: &ClientSettings) -> Self {
+        let t = &settings.timing;
+        let retry = RetryConfig::standard()
+            .with_max_attempts(t.max_attempts)
+            .with_initial_backoff(t.initial_backoff)
+            .with_max_backoff(t.max_backoff);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(home_region.to_string()))
+            .retry_config(retry);
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(c) = &settings.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                &c.access_key_id,
+                &c.secret_access_key,
+                None,
+                None,
+                "webake-static",
+            ));
+        }
+        let sdk = loader.load().await;
+        Self { sdk, timing: settings.timing.clone(), clients: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// Clients for `region`, sharing the resolved credentials.
+    pub fn region(&self, region: &str) -> RegionClients {
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(region.to_string())
+            .or_insert_with(|| {
+                let ec2 = aws_sdk_ec2::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                let ebs = aws_sdk_ebs::config::Builder::from(&self.sdk)
+                    .region(aws_sdk_ebs::config::Region::new(region.to_string()))
+                    .build();
+                RegionClients {
+                    region: region.to_string(),
+                    ec2: aws_sdk_ec2::Client::from_conf(ec2),
+                    ebs: aws_sdk_ebs::Client::from_conf(ebs),
+                }
+            })
+            .clone()
+    }
+}
