@@ -1,0 +1,604 @@
+//! The inputs of `webake pipeline render`: the pipeline config file, the service descriptor and
+//! the few recipe fields the manifests name.
+//!
+//! The config and the service descriptor reject unknown fields; every error names the file and,
+//! where it can, the field. The recipe is read leniently (only `name` and `family`): this crate
+//! does not depend on the recipe model, and the bake validates the recipe itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::k8s::{ResourceRequirements, Toleration};
+
+/// Default CronJob schedule: Mondays 04:00 (in `timeZone`).
+pub const DEFAULT_SCHEDULE: &str = "0 4 * * 1";
+pub const DEFAULT_TIME_ZONE: &str = "Etc/UTC";
+pub const DEFAULT_REVISION: &str = "main";
+pub const DEFAULT_GIT_IMAGE: &str = "docker.io/alpine/git:v2.47.2";
+pub const DEFAULT_KANIKO_IMAGE: &str = "gcr.io/kaniko-project/executor:v1.23.2";
+pub const DEFAULT_KUBECTL_IMAGE: &str = "docker.io/bitnami/kubectl:1.30";
+
+/// The pipeline config file (YAML, camelCase keys). See docs/kubernetes.md for an example.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PipelineConfig {
+    /// Namespace of every rendered object.
+    pub namespace: String,
+    /// The webake container image reference (repository:tag); the Tekton pipeline pushes here.
+    pub image: String,
+    /// ServiceAccount of the bake pods and of the Tekton task runs.
+    pub service_account: String,
+    /// CronJob schedule (cron syntax, five fields).
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// IANA time zone of the schedule.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    pub secrets: SecretNames,
+    /// Requests and limits of the bake container (`cpu`, `memory`, `ephemeral-storage`).
+    #[serde(default)]
+    pub resources: ResourceRequirements,
+    /// Git URL of the cluster repository that rollout pull requests target.
+    pub cluster_repo: String,
+    /// Git repository holding the recipes (and the Dockerfile the pipeline builds).
+    pub source: GitSource,
+    /// PersistentVolumeClaim holding the catalog (`data/`) and the layer cache (`cache/`).
+    pub cache_pvc: String,
+    /// `sizeLimit` of the emptyDir scratch volume the bake works in, e.g. `40Gi`.
+    #[serde(default)]
+    pub work_dir_size_limit: Option<String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default)]
+    pub job: JobSettings,
+    #[serde(default)]
+    pub tool_images: ToolImages,
+}
+
+/// Names of Secrets in `namespace`; values never appear in rendered output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretNames {
+    /// Secret with keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
+    /// `AWS_SESSION_TOKEN`. Leave out when the service account gets AWS credentials from IRSA or
+    /// EKS Pod Identity.
+    #[serde(default)]
+    pub aws: Option<String>,
+    /// Secret with key `token`: the forge (GitHub/Gitea/GitLab) token that opens pull requests.
+    pub forge: String,
+    /// Secret of type `kubernetes.io/dockerconfigjson` used to push images from the pipeline.
+    #[serde(default)]
+    pub registry: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitSource {
+    pub repo: String,
+    /// Branch or tag (the Job clones with `--branch`).
+    #[serde(default = "default_revision")]
+    pub revision: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct JobSettings {
+    /// Retries of a failed bake pod. A retry reuses the layer cache on the PVC.
+    pub backoff_limit: i32,
+    /// Wall-clock limit of one bake (Job) or one pipeline run (Tekton).
+    pub active_deadline_seconds: i64,
+    /// Finished Jobs are deleted after this long.
+    pub ttl_seconds_after_finished: i32,
+    /// A CronJob run missed by more than this is skipped.
+    pub starting_deadline_seconds: i64,
+    pub successful_jobs_history_limit: i32,
+    pub failed_jobs_history_limit: i32,
+    /// Seconds between SIGTERM and SIGKILL: webake cancels and rolls back cloud resources.
+    pub termination_grace_period_seconds: i64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            backoff_limit: 1,
+            active_deadline_seconds: 3 * 3600,
+            ttl_seconds_after_finished: 24 * 3600,
+            starting_deadline_seconds: 3600,
+            successful_jobs_history_limit: 3,
+            failed_jobs_history_limit: 3,
+            termination_grace_period_seconds: 300,
+        }
+    }
+}
+
+/// Images of the helper steps in the Tekton pipelines (pin them by digest in production).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ToolImages {
+    pub git: String,
+    pub kaniko: String,
+    pub kubectl: String,
+}
+
+impl Default for ToolImages {
+    fn default() -> Self {
+        Self {
+            git: DEFAULT_GIT_IMAGE.to_owned(),
+            kaniko: DEFAULT_KANIKO_IMAGE.to_owned(),
+            kubectl: DEFAULT_KUBECTL_IMAGE.to_owned(),
+        }
+    }
+}
+
+fn default_schedule() -> String {
+    DEFAULT_SCHEDULE.to_owned()
+}
+
+fn default_time_zone() -> String {
+    DEFAULT_TIME_ZONE.to_owned()
+}
+
+fn default_revision() -> String {
+    DEFAULT_REVISION.to_owned()
+}
+
+impl PipelineConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = read(path)?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parse and validate config text; `path` names the file in errors.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, Error> {
+        let config: Self = parse(text, path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        let check = Checker { path };
+        check.dns_label("namespace", &self.namespace)?;
+        check.image("image", &self.image)?;
+        check.dns_subdomain("serviceAccount", &self.service_account)?;
+        check.schedule("schedule", &self.schedule)?;
+        check.non_blank("timeZone", &self.time_zone)?;
+        if let Some(aws) = &self.secrets.aws {
+            check.dns_subdomain("secrets.aws", aws)?;
+        }
+        check.dns_subdomain("secrets.forge", &self.secrets.forge)?;
+        if let Some(registry) = &self.secrets.registry {
+            check.dns_subdomain("secrets.registry", registry)?;
+        }
+        for (section, map) in [
+            ("requests", &self.resources.requests),
+            ("limits", &self.resources.limits),
+        ] {
+            for (name, quantity) in map {
+                let field = format!("resources.{section}.{name}");
+                if !["cpu", "memory", "ephemeral-storage"].contains(&name.as_str()) {
+                    return Err(check.invalid(&field, "expected cpu, memory or ephemeral-storage"));
+                }
+                check.quantity(&field, quantity)?;
+            }
+        }
+        check.git_url("clusterRepo", &self.cluster_repo)?;
+        check.git_url("source.repo", &self.source.repo)?;
+        check.git_ref("source.revision", &self.source.revision)?;
+        check.dns_subdomain("cachePvc", &self.cache_pvc)?;
+        if let Some(limit) = &self.work_dir_size_limit {
+            check.quantity("workDirSizeLimit", limit)?;
+        }
+        for (i, t) in self.tolerations.iter().enumerate() {
+            if let Some(op) = &t.operator
+                && !["Exists", "Equal"].contains(&op.as_str())
+            {
+                return Err(check.invalid(
+                    &format!("tolerations[{i}].operator"),
+                    "expected Exists or Equal",
+                ));
+            }
+            if let Some(effect) = &t.effect
+                && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect.as_str())
+            {
+                return Err(check.invalid(
+                    &format!("tolerations[{i}].effect"),
+                    "expected NoSchedule, PreferNoSchedule or NoExecute",
+                ));
+            }
+        }
+        let job = &self.job;
+        check.at_least("job.backoffLimit", job.backoff_limit.into(), 0)?;
+        check.at_least("job.activeDeadlineSeconds", job.active_deadline_seconds, 1)?;
+        check.at_least(
+            "job.ttlSecondsAfterFinished",
+            job.ttl_seconds_after_finished.into(),
+            0,
+        )?;
+        check.at_least(
+            "job.startingDeadlineSeconds",
+            job.starting_deadline_seconds,
+            1,
+        )?;
+        check.at_least(
+            "job.successfulJobsHistoryLimit",
+            job.successful_jobs_history_limit.into(),
+            0,
+        )?;
+        check.at_least(
+            "job.failedJobsHistoryLimit",
+            job.failed_jobs_history_limit.into(),
+            0,
+        )?;
+        check.at_least(
+            "job.terminationGracePeriodSeconds",
+            job.termination_grace_period_seconds,
+            0,
+        )?;
+        check.image("toolImages.git", &self.tool_images.git)?;
+        check.image("toolImages.kaniko", &self.tool_images.kaniko)?;
+        check.image("toolImages.kubectl", &self.tool_images.kubectl)?;
+        Ok(())
+    }
+}
+
+/// What a service is, as the onboarding service's `kind` said: it selects the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// A container service: build and push the image, then roll the Deployment.
+    Docker,
+    /// An image baked by webake: build webake's image, bake, test, publish, open the rollout PR.
+    Ami,
+}
+
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Ami => "ami",
+        }
+    }
+}
+
+/// The service descriptor (`service.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceDescriptor {
+    pub kind: ServiceKind,
+    pub name: String,
+    /// Git URL of the service's repository; defaults to the config's `source.repo`.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Image to build and push (docker kind; the ami kind builds the config's `image`).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Dockerfile path inside the repository.
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    /// Build context directory inside the repository.
+    #[serde(default = "default_context")]
+    pub context: String,
+    /// Deployment (and container) rolled by the docker kind; defaults to `name`.
+    #[serde(default)]
+    pub deployment: Option<String>,
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".to_owned()
+}
+
+fn default_context() -> String {
+    ".".to_owned()
+}
+
+impl ServiceDescriptor {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = read(path)?;
+        Self::from_yaml(&text, path)
+    }
+
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, Error> {
+        let service: Self = parse(text, path)?;
+        let check = Checker { path };
+        check.dns_label("name", &service.name)?;
+        if let Some(repo) = &service.repo {
+            check.git_url("repo", repo)?;
+        }
+        match (service.kind, &service.image) {
+            (ServiceKind::Docker, None) => {
+                return Err(check.invalid(
+                    "image",
+                    "required for kind docker (the image to build and push)",
+                ));
+            }
+            (ServiceKind::Ami, Some(_)) => {
+                return Err(check.invalid(
+                    "image",
+                    "not used by kind ami (it builds the config's `image`)",
+                ));
+            }
+            (_, Some(image)) => check.image("image", image)?,
+            (ServiceKind::Ami, None) => {}
+        }
+        check.relative_path("dockerfile", &service.dockerfile)?;
+        check.relative_path("context", &service.context)?;
+        if let Some(d) = &service.deployment {
+            check.dns_label("deployment", d)?;
+        }
+        Ok(service)
+    }
+
+    /// The descriptor used when none is given: the ami kind for the recipe's name.
+    pub fn default_ami(name: &str) -> Self {
+        Self {
+            kind: ServiceKind::Ami,
+            name: name.to_owned(),
+            repo: None,
+            image: None,
+            dockerfile: default_dockerfile(),
+            context: default_context(),
+            deployment: None,
+        }
+    }
+}
+
+/// The recipe fields the manifests need, and where the recipe lives inside the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeRef {
+    /// Path of the recipe relative to the repository root, as `webake run` is given it.
+    pub path_in_repo: String,
+    pub name: String,
+    pub family: String,
+}
+
+/// Only the fields read from a recipe; everything else is ignored here.
+#[derive(Deserialize)]
+struct RecipeHead {
+    name: Option<String>,
+    family: Option<String>,
+}
+
+impl RecipeRef {
+    /// Read `name` (required) and `family` (defaults to the name) from the recipe at `path`.
+    pub fn load(path: &Path, path_in_repo: &str) -> Result<Self, Error> {
+        let text = read(path)?;
+        Self::from_yaml(&text, path, path_in_repo)
+    }
+
+    pub fn from_yaml(text: &str, path: &Path, path_in_repo: &str) -> Result<Self, Error> {
+        let head: RecipeHead = parse(text, path)?;
+        let check = Checker { path };
+        let name = head
+            .name
+            .ok_or_else(|| check.invalid("name", "missing: the recipe must have a name"))?;
+        check.label_value("name", &name)?;
+        let family = head.family.unwrap_or_else(|| name.clone());
+        check.label_value("family", &family)?;
+        check.relative_path("recipe path in the repository", path_in_repo)?;
+        Ok(Self {
+            path_in_repo: path_in_repo.to_owned(),
+            name,
+            family,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parse YAML, keeping the position and the field path of an error (`job.backoffLimit`).
+fn parse<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, Error> {
+    let mut field = String::new();
+    serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            field = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|source| parse_error(path, &field, &source))
+}
+
+pub(crate) fn parse_error(path: &Path, field: &str, source: &serde_saphyr::Error) -> Error {
+    let (line, column) = source.location().map_or((0, 0), |l| (l.line(), l.column()));
+    // The bare message ends with " at line L, column C"; the position is kept separately.
+    let bare = source.without_snippet().to_string();
+    let message = match bare.rfind(" at line ") {
+        Some(i) if line > 0 => bare[..i].to_owned(),
+        _ => bare,
+    };
+    let field = (!field.is_empty() && field != ".").then(|| field.to_owned());
+    Error::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
+/// Field checks that name the file and the field.
+struct Checker<'a> {
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, field: &str, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            path: PathBuf::from(self.path),
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn non_blank(&self, field: &str, value: &str) -> Result<(), Error> {
+        if value.trim().is_empty() {
+            return Err(self.invalid(field, "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// RFC 1123 label: namespaces, container and Deployment names.
+    fn dns_label(&self, field: &str, value: &str) -> Result<(), Error> {
+        if !is_dns_label(value) {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "`{value}` is not a DNS label (lower-case letters, digits, '-'; at most 63)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// RFC 1123 subdomain: names of Secrets, ServiceAccounts, PVCs.
+    fn dns_subdomain(&self, field: &str, value: &str) -> Result<(), Error> {
+        let ok = !value.is_empty() && value.len() <= 253 && value.split('.').all(is_dns_label);
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "`{value}` is not a DNS subdomain name (lower-case letters, digits, '-', '.')"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A Kubernetes label value (recipe name and family become labels).
+    fn label_value(&self, field: &str, value: &str) -> Result<(), Error> {
+        let bytes = value.as_bytes();
+        let ok = !value.is_empty()
+            && value.len() <= 63
+            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b));
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` is not usable as a label (letters, digits, '-', '_', '.'; at most 63)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn image(&self, field: &str, value: &str) -> Result<(), Error> {
+        if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(field, format!("`{value}` is not an image reference")));
+        }
+        Ok(())
+    }
+
+    fn schedule(&self, field: &str, value: &str) -> Result<(), Error> {
+        let macros = [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@midnight",
+            "@hourly",
+        ];
+        if !(value.split_whitespace().count() == 5 || macros.contains(&value)) {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` is not a five-field cron schedule"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A resource quantity: a decimal number with an optional suffix (`500m`, `4Gi`, `1.5`).
+    fn quantity(&self, field: &str, value: &str) -> Result<(), Error> {
+        let suffixes = [
+            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ];
+        let digits_end = value
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(value.len());
+        let (number, suffix) = value.split_at(digits_end);
+        let ok = !number.is_empty()
+            && number.matches('.').count() <= 1
+            && number.chars().any(|c| c.is_ascii_digit())
+            && suffixes.contains(&suffix);
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` is not a quantity (e.g. 500m, 2, 4Gi)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn git_url(&self, field: &str, value: &str) -> Result<(), Error> {
+        let schemes = ["https://", "http://", "ssh://", "git://", "file://"];
+        let scp_like = value
+            .split_once(':')
+            .is_some_and(|(host, _)| host.contains('@'));
+        let ok = (schemes.iter().any(|s| value.starts_with(s)) || scp_like)
+            && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` is not a git URL (https://, ssh:// or user@host:path)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn git_ref(&self, field: &str, value: &str) -> Result<(), Error> {
+        let ok = !value.is_empty()
+            && !value.starts_with('-')
+            && !value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+        if !ok {
+            return Err(self.invalid(field, format!("`{value}` is not a branch or tag name")));
+        }
+        Ok(())
+    }
+
+    fn relative_path(&self, field: &str, value: &str) -> Result<(), Error> {
+        let ok = !value.is_empty()
+            && !value.starts_with('/')
+            && !value.starts_with('-')
+            && !value.split('/').any(|c| c == "..")
+            && !value.chars().any(|c| c.is_control());
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` must be a relative path inside the repository"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn at_least(&self, field: &str, value: i64, min: i64) -> Result<(), Error> {
+        if value < min {
+            return Err(self.invalid(field, format!("{value} is below the minimum {min}")));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn is_dns_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !value.is_empty()
+        && value.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}

@@ -1,0 +1,1180 @@
+//! Rendering: config + service descriptor + recipe -> typed resources -> YAML documents.
+//!
+//! The functions that build resources are pure; their output is pinned by golden files. The
+//! command lines webake is started with inside the pods are built in [`contract`], in one place,
+//! so the CLI and the manifests cannot drift apart unnoticed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::Error;
+use crate::config::{PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind};
+use crate::k8s::{
+    Container, CronJob, CronJobSpec, EnvVar, Job, JobSpec, JobTemplateSpec, KeyToPath, ObjectMeta,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, PersistentVolumeClaimVolumeSource,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use crate::tekton::{
+    self, Param, ParamSpec, Pipeline, PipelineRef, PipelineResult, PipelineRun, PipelineRunSpec,
+    PipelineSpec, PipelineTask, PipelineTaskRunTemplate, PipelineWorkspaceDeclaration, PodTemplate,
+    Step, Task, TaskRef, TaskResult, TaskSpec, TimeoutFields, TriggerBinding, TriggerBindingSpec,
+    TriggerParamSpec, TriggerTemplate, TriggerTemplateSpec, WorkspaceBinding, WorkspaceDeclaration,
+    WorkspacePipelineTaskBinding,
+};
+
+/// Where the bake pod keeps things (the same paths in the Job and in Tekton's bake task).
+pub mod paths {
+    /// The git checkout of the recipes (Job: emptyDir filled by the clone init container).
+    pub const SOURCE: &str = "/workspace/source";
+    /// The PVC: `data/` (catalog, artifacts) and `cache/` (bootstrap and layer cache).
+    pub const STATE: &str = "/var/lib/webake";
+    /// Scratch space (emptyDir on the node's disk). Overlayfs refuses an overlay filesystem as
+    /// its upper directory, so layers cannot be built on the container's own root filesystem.
+    pub const WORK: &str = "/var/tmp/webake";
+}
+
+/// The command lines of webake inside the pods. `webake run` and `webake rollout` must accept
+/// these arguments; change them here and the golden files show every manifest that changes.
+pub mod contract {
+    /// Env var carrying the forge token for `webake run` (rollout) and `webake rollout`.
+    pub const FORGE_TOKEN_ENV: &str = "WEBAKE_FORGE_TOKEN";
+    /// Key of the forge token in its Secret.
+    pub const FORGE_TOKEN_KEY: &str = "token";
+
+    /// The Job: bake, test, publish and open the rollout pull request.
+    pub fn run(recipe: &str, cluster_repo: &str) -> Vec<String> {
+        to_strings(&["run", recipe, "--cluster-repo", cluster_repo])
+    }
+
+    /// Tekton's bake task: everything but the pull request; ids written to result files.
+    pub fn run_no_rollout(recipe: &str, image_id_file: &str, ami_ids_file: &str) -> Vec<String> {
+        to_strings(&[
+            "run",
+            recipe,
+            "--no-rollout",
+            "--image-id-file",
+            image_id_file,
+            "--ami-ids-file",
+            ami_ids_file,
+        ])
+    }
+
+    /// Tekton's rollout task: the pull request for an image already in the catalog.
+    pub fn rollout(
+        recipe: &str,
+        image_id: &str,
+        cluster_repo: &str,
+        pr_url_file: &str,
+    ) -> Vec<String> {
+        to_strings(&[
+            "rollout",
+            recipe,
+            "--image-id",
+            image_id,
+            "--cluster-repo",
+            cluster_repo,
+            "--pr-url-file",
+            pr_url_file,
+        ])
+    }
+
+    fn to_strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+const PRIVILEGED_ANNOTATION: &str = "webake.dev/privileged-because";
+const PRIVILEGED_REASON: &str = "the bake mounts in a private mount namespace (mount/unshare need CAP_SYS_ADMIN \
+     outside the runtime's seccomp and AppArmor profiles), may attach /dev/loop* and uses /dev/kvm, which \
+     the device cgroup only opens to privileged containers; see docs/kubernetes.md";
+
+/// What the documents were rendered from, for the header comment.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub config: PipelineConfig,
+    /// The config path as the user gave it (shown in the header).
+    pub config_path: String,
+    pub service: ServiceDescriptor,
+    /// The service descriptor path, or `None` when the default ami kind was used.
+    pub service_path: Option<String>,
+    /// The recipe (required for the ami kind).
+    pub recipe: Option<RecipeRef>,
+    /// The recipe path as the user gave it (shown in the header).
+    pub recipe_path: Option<String>,
+}
+
+/// One rendered YAML document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// File name used with `--out DIR`, e.g. `job.yaml`.
+    pub file_name: String,
+    pub kind: &'static str,
+    pub name: String,
+    /// The YAML text, without header or document marker; ends with a newline.
+    pub yaml: String,
+}
+
+/// All rendered documents, in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Comment lines (each starting with `# `) naming the tool and the inputs.
+    pub header: String,
+    pub documents: Vec<Document>,
+}
+
+impl Rendered {
+    /// One multi-document YAML stream: the header, then each document after `---`.
+    pub fn to_multi_document(&self) -> String {
+        let mut out = self.header.clone();
+        for doc in &self.documents {
+            out.push_str("---\n");
+            out.push_str(&doc.yaml);
+        }
+        out
+    }
+
+    /// Write each document to `dir/<file_name>` (header included), replacing files atomically.
+    /// Returns the paths written, in order.
+    pub fn write_to_dir(&self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut written = Vec::with_capacity(self.documents.len());
+        for doc in &self.documents {
+            let path = dir.join(&doc.file_name);
+            let tmp = dir.join(format!(".{}.tmp", doc.file_name));
+            let text = format!("{}---\n{}", self.header, doc.yaml);
+            std::fs::write(&tmp, text).map_err(|source| Error::Write {
+                path: tmp.clone(),
+                source,
+            })?;
+            std::fs::rename(&tmp, &path).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// Render everything the service's kind calls for.
+pub fn render(inputs: &Inputs) -> Result<Rendered, Error> {
+    let header = header(inputs);
+    let mut docs = Vec::new();
+    match inputs.service.kind {
+        ServiceKind::Ami => {
+            let recipe = inputs.recipe.as_ref().ok_or(Error::RecipeRequired)?;
+            let r = AmiRenderer::new(&inputs.config, &inputs.service, recipe)?;
+            docs.push(document("job.yaml", "Job", &r.job())?);
+            docs.push(document("cronjob.yaml", "CronJob", &r.cronjob())?);
+            let tasks = [
+                git_clone_task(&inputs.config),
+                build_image_task(&inputs.config),
+                r.bake_task(),
+                r.rollout_task(),
+            ];
+            push_tekton(
+                &mut docs,
+                &tasks,
+                &r.pipeline(),
+                &inputs.config,
+                &r.pipeline_name,
+            )?;
+        }
+        ServiceKind::Docker => {
+            let d = DockerRenderer::new(&inputs.config, &inputs.service);
+            let tasks = [
+                git_clone_task(&inputs.config),
+                build_image_task(&inputs.config),
+                d.deploy_task(),
+            ];
+            push_tekton(
+                &mut docs,
+                &tasks,
+                &d.pipeline(),
+                &inputs.config,
+                &d.pipeline_name,
+            )?;
+        }
+    }
+    Ok(Rendered {
+        header,
+        documents: docs,
+    })
+}
+
+fn push_tekton(
+    docs: &mut Vec<Document>,
+    tasks: &[Task],
+    pipeline: &Pipeline,
+    config: &PipelineConfig,
+    pipeline_name: &str,
+) -> Result<(), Error> {
+    for task in tasks {
+        let name = task.metadata.name.clone().unwrap_or_default();
+        docs.push(document(&format!("task-{name}.yaml"), "Task", task)?);
+    }
+    docs.push(document("pipeline.yaml", "Pipeline", pipeline)?);
+    let run = pipeline_run(config, pipeline_name, &config.source.revision, pipeline);
+    docs.push(document("pipelinerun.yaml", "PipelineRun", &run)?);
+    docs.push(document(
+        "triggertemplate.yaml",
+        "TriggerTemplate",
+        &trigger_template(config, pipeline_name, pipeline),
+    )?);
+    docs.push(document(
+        "triggerbinding.yaml",
+        "TriggerBinding",
+        &trigger_binding(config, pipeline_name, pipeline),
+    )?);
+    Ok(())
+}
+
+fn header(inputs: &Inputs) -> String {
+    let mut h = String::from(
+        "# Rendered by `webake pipeline render`. Do not edit: change the inputs and render again.\n",
+    );
+    if let (Some(path), Some(recipe)) = (&inputs.recipe_path, &inputs.recipe) {
+        h.push_str(&format!(
+            "# recipe: {path} (name {}, family {}, in repository as {})\n",
+            recipe.name, recipe.family, recipe.path_in_repo
+        ));
+    }
+    h.push_str(&format!("# config: {}\n", inputs.config_path));
+    match &inputs.service_path {
+        Some(path) => h.push_str(&format!(
+            "# service: {path} (kind {}, name {})\n",
+            inputs.service.kind.as_str(),
+            inputs.service.name
+        )),
+        None => h.push_str(&format!(
+            "# service: none given (kind {}, name {})\n",
+            inputs.service.kind.as_str(),
+            inputs.service.name
+        )),
+    }
+    h
+}
+
+fn document<T: Serialize>(
+    file_name: &str,
+    kind: &'static str,
+    value: &T,
+) -> Result<Document, Error> {
+    let yaml = to_yaml(value).map_err(|message| Error::Serialize { kind, message })?;
+    let name = name_of(&yaml);
+    Ok(Document {
+        file_name: file_name.to_owned(),
+        kind,
+        name,
+        yaml,
+    })
+}
+
+/// Serialize one document as block YAML (strings that YAML 1.1 would read as another type are
+/// quoted, so Kubernetes' YAML reader sees the same values).
+pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, String> {
+    let mut yaml = serde_saphyr::to_string(value).map_err(|e| e.to_string())?;
+    if !yaml.ends_with('\n') {
+        yaml.push('\n');
+    }
+    Ok(yaml)
+}
+
+fn name_of(yaml: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        name: Option<String>,
+        #[serde(rename = "generateName")]
+        generate_name: Option<String>,
+    }
+    serde_saphyr::from_str::<Head>(yaml)
+        .ok()
+        .and_then(|h| h.metadata.name.or(h.metadata.generate_name))
+        .unwrap_or_default()
+}
+
+fn labels(service: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "webake".to_owned(),
+        ),
+        ("app.kubernetes.io/name".to_owned(), service.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "webake".to_owned()),
+    ])
+}
+
+fn meta(name: &str, config: &PipelineConfig, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(config.namespace.clone()),
+        labels,
+        ..ObjectMeta::default()
+    }
+}
+
+/// A DNS-label name `prefix-name`, checked against `max` (Kubernetes derives labels and child
+/// names from it: Job names become a label, CronJob names get an 11-character suffix).
+fn object_name(prefix: &str, name: &str, max: usize, field_path: &str) -> Result<String, Error> {
+    let mut out = String::with_capacity(prefix.len() + name.len() + 1);
+    out.push_str(prefix);
+    out.push('-');
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        out.push(if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        });
+    }
+    let out = out.trim_end_matches('-').to_owned();
+    if out.len() > max || !crate::config::is_dns_label(&out) {
+        return Err(Error::Name {
+            name: out,
+            max,
+            field: field_path.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+fn pod_env_state(state: &str) -> Vec<EnvVar> {
+    vec![
+        EnvVar::value("WEBAKE_DATA_DIR", format!("{state}/data")),
+        EnvVar::value("WEBAKE_CACHE_DIR", format!("{state}/cache")),
+        EnvVar::value("TMPDIR", paths::WORK),
+        EnvVar::value("WEBAKE_LOG_FORMAT", "json"),
+    ]
+}
+
+fn aws_env(config: &PipelineConfig) -> Vec<EnvVar> {
+    match &config.secrets.aws {
+        Some(secret) => vec![
+            EnvVar::secret("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID", false),
+            EnvVar::secret(
+                "AWS_SECRET_ACCESS_KEY",
+                secret,
+                "AWS_SECRET_ACCESS_KEY",
+                false,
+            ),
+            EnvVar::secret("AWS_SESSION_TOKEN", secret, "AWS_SESSION_TOKEN", true),
+        ],
+        None => Vec::new(),
+    }
+}
+
+fn forge_env(config: &PipelineConfig) -> EnvVar {
+    EnvVar::secret(
+        contract::FORGE_TOKEN_ENV,
+        &config.secrets.forge,
+        contract::FORGE_TOKEN_KEY,
+        false,
+    )
+}
+
+fn privileged() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(true),
+        ..SecurityContext::default()
+    }
+}
+
+fn resources(config: &PipelineConfig) -> Option<ResourceRequirements> {
+    (!config.resources.is_empty()).then(|| config.resources.clone())
+}
+
+struct AmiRenderer<'a> {
+    config: &'a PipelineConfig,
+    service: &'a ServiceDescriptor,
+    recipe: &'a RecipeRef,
+    job_name: String,
+    cronjob_name: String,
+    pipeline_name: String,
+}
+
+impl<'a> AmiRenderer<'a> {
+    fn new(
+        config: &'a PipelineConfig,
+        service: &'a ServiceDescriptor,
+        recipe: &'a RecipeRef,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            config,
+            service,
+            recipe,
+            // A Job's name becomes the `job-name` label of its pods: at most 63 characters.
+            job_name: object_name("webake-bake", &recipe.name, 63, "recipe name")?,
+            // The CronJob controller appends `-<11 digits>` to name its Jobs.
+            cronjob_name: object_name("webake-bake", &recipe.name, 52, "recipe name")?,
+            pipeline_name: object_name("webake-ami", &service.name, 63, "service name")?,
+        })
+    }
+
+    fn bake_labels(&self) -> BTreeMap<String, String> {
+        let mut l = labels(&self.service.name, "bake");
+        l.insert("webake.dev/recipe".to_owned(), self.recipe.name.clone());
+        l.insert("webake.dev/family".to_owned(), self.recipe.family.clone());
+        l
+    }
+
+    fn job_spec(&self) -> JobSpec {
+        let c = self.config;
+        let source = &c.source;
+        let clone = Container {
+            name: "clone".to_owned(),
+            image: c.image.clone(),
+            image_pull_policy: Some("IfNotPresent".to_owned()),
+            command: vec!["git".to_owned()],
+            args: vec![
+                "clone".to_owned(),
+                "--depth=1".to_owned(),
+                format!("--branch={}", source.revision),
+                "--".to_owned(),
+                source.repo.clone(),
+                paths::SOURCE.to_owned(),
+            ],
+            working_dir: None,
+            env: Vec::new(),
+            resources: None,
+            security_context: None,
+            volume_mounts: vec![VolumeMount::new("source", paths::SOURCE)],
+        };
+        let mut env = pod_env_state(paths::STATE);
+        env.extend(aws_env(c));
+        env.push(forge_env(c));
+        let bake = Container {
+            name: "bake".to_owned(),
+            image: c.image.clone(),
+            image_pull_policy: Some("IfNotPresent".to_owned()),
+            command: vec!["webake".to_owned()],
+            args: contract::run(&self.recipe.path_in_repo, &c.cluster_repo),
+            working_dir: Some(paths::SOURCE.to_owned()),
+            env,
+            resources: resources(c),
+            security_context: Some(privileged()),
+            volume_mounts: vec![
+                VolumeMount::new("source", paths::SOURCE),
+                VolumeMount::new("state", paths::STATE),
+                VolumeMount::new("work", paths::WORK),
+            ],
+        };
+        let mut pod_meta = ObjectMeta {
+            labels: self.bake_labels(),
+            ..ObjectMeta::default()
+        };
+        pod_meta.annotations.insert(
+            PRIVILEGED_ANNOTATION.to_owned(),
+            PRIVILEGED_REASON.to_owned(),
+        );
+        JobSpec {
+            backoff_limit: c.job.backoff_limit,
+            active_deadline_seconds: c.job.active_deadline_seconds,
+            ttl_seconds_after_finished: Some(c.job.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: pod_meta,
+                spec: PodSpec {
+                    service_account_name: c.service_account.clone(),
+                    // The bake talks to AWS and the forge, never to the Kubernetes API.
+                    // (IRSA / Pod Identity inject their own token volume regardless.)
+                    automount_service_account_token: Some(false),
+                    restart_policy: "Never".to_owned(),
+                    termination_grace_period_seconds: Some(c.job.termination_grace_period_seconds),
+                    node_selector: c.node_selector.clone(),
+                    tolerations: c.tolerations.clone(),
+                    init_containers: vec![clone],
+                    containers: vec![bake],
+                    volumes: vec![
+                        Volume::empty_dir("source", None),
+                        Volume::pvc("state", &c.cache_pvc),
+                        Volume::empty_dir("work", c.work_dir_size_limit.as_deref()),
+                    ],
+                },
+            },
+        }
+    }
+
+    fn job(&self) -> Job {
+        Job {
+            api_version: "batch/v1".to_owned(),
+            kind: "Job".to_owned(),
+            metadata: meta(&self.job_name, self.config, self.bake_labels()),
+            spec: self.job_spec(),
+        }
+    }
+
+    fn cronjob(&self) -> CronJob {
+        let c = self.config;
+        CronJob {
+            api_version: "batch/v1".to_owned(),
+            kind: "CronJob".to_owned(),
+            metadata: meta(&self.cronjob_name, c, self.bake_labels()),
+            spec: CronJobSpec {
+                schedule: c.schedule.clone(),
+                time_zone: Some(c.time_zone.clone()),
+                // Two bakes of one recipe would share the cache PVC and race on the catalog.
+                concurrency_policy: "Forbid".to_owned(),
+                starting_deadline_seconds: c.job.starting_deadline_seconds,
+                successful_jobs_history_limit: c.job.successful_jobs_history_limit,
+                failed_jobs_history_limit: c.job.failed_jobs_history_limit,
+                job_template: JobTemplateSpec {
+                    metadata: ObjectMeta {
+                        labels: self.bake_labels(),
+                        ..ObjectMeta::default()
+                    },
+                    spec: self.job_spec(),
+                },
+            },
+        }
+    }
+
+    fn bake_task(&self) -> Task {
+        let c = self.config;
+        let mut env = pod_env_state("$(workspaces.state.path)");
+        env.extend(aws_env(c));
+        Task {
+            api_version: tekton::API_VERSION.to_owned(),
+            kind: "Task".to_owned(),
+            metadata: meta("webake-bake", c, labels("webake", "bake")),
+            spec: TaskSpec {
+                description: Some(
+                    "Bake, boot-test and publish a recipe with webake; the rollout is a separate task.".to_owned(),
+                ),
+                params: vec![
+                    ParamSpec::string("recipe", "Recipe path inside the source workspace.", None),
+                    ParamSpec::string("webake-image", "The webake image to run (by digest).", None),
+                ],
+                results: vec![
+                    TaskResult { name: "image-id".to_owned(), description: Some("Catalog id of the image.".to_owned()) },
+                    TaskResult {
+                        name: "ami-ids".to_owned(),
+                        description: Some("JSON object: region -> AMI id.".to_owned()),
+                    },
+                ],
+                workspaces: vec![
+                    workspace_decl("source", "The recipes checkout."),
+                    workspace_decl("state", "PVC with data/ (catalog, artifacts) and cache/ (layers)."),
+                ],
+                volumes: vec![Volume::empty_dir("work", c.work_dir_size_limit.as_deref())],
+                steps: vec![Step {
+                    name: "bake".to_owned(),
+                    image: "$(params.webake-image)".to_owned(),
+                    working_dir: Some("$(workspaces.source.path)".to_owned()),
+                    command: vec!["webake".to_owned()],
+                    args: contract::run_no_rollout(
+                        "$(params.recipe)",
+                        "$(results.image-id.path)",
+                        "$(results.ami-ids.path)",
+                    ),
+                    env,
+                    script: None,
+                    compute_resources: resources(c),
+                    security_context: Some(privileged()),
+                    volume_mounts: vec![VolumeMount::new("work", paths::WORK)],
+                }],
+            },
+        }
+    }
+
+    fn rollout_task(&self) -> Task {
+        let c = self.config;
+        let mut env = pod_env_state("$(workspaces.state.path)");
+        env.push(forge_env(c));
+        Task {
+            api_version: tekton::API_VERSION.to_owned(),
+            kind: "Task".to_owned(),
+            metadata: meta("webake-rollout", c, labels("webake", "rollout")),
+            spec: TaskSpec {
+                description: Some("Open the pull request that bumps the image reference in the cluster repository.".to_owned()),
+                params: vec![
+                    ParamSpec::string("recipe", "Recipe path inside the source workspace.", None),
+                    ParamSpec::string("image-id", "Catalog id of the baked image.", None),
+                    ParamSpec::string("cluster-repo", "Git URL of the cluster repository.", None),
+                    ParamSpec::string("webake-image", "The webake image to run (by digest).", None),
+                ],
+                results: vec![TaskResult {
+                    name: "pull-request".to_owned(),
+                    description: Some("URL of the pull request.".to_owned()),
+                }],
+                workspaces: vec![
+                    workspace_decl("source", "The recipes checkout."),
+                    workspace_decl("state", "PVC with data/ (catalog) and cache/."),
+                ],
+                volumes: vec![Volume::empty_dir("work", None)],
+                steps: vec![Step {
+                    name: "rollout".to_owned(),
+                    image: "$(params.webake-image)".to_owned(),
+                    working_dir: Some("$(workspaces.source.path)".to_owned()),
+                    command: vec!["webake".to_owned()],
+                    args: contract::rollout(
+                        "$(params.recipe)",
+                        "$(params.image-id)",
+                        "$(params.cluster-repo)",
+                        "$(results.pull-request.path)",
+                    ),
+                    env,
+                    script: None,
+                    compute_resources: None,
+                    security_context: None,
+                    volume_mounts: vec![VolumeMount::new("work", paths::WORK)],
+                }],
+            },
+        }
+    }
+
+    fn pipeline(&self) -> Pipeline {
+        let c = self.config;
+        let webake_image = "$(params.image)@$(tasks.build-image.results.IMAGE_DIGEST)";
+        let mut params = common_pipeline_params(c, self.service, &c.image);
+        params.push(ParamSpec::string(
+            "recipe",
+            "Recipe path inside the repository.",
+            Some(&self.recipe.path_in_repo),
+        ));
+        params.push(ParamSpec::string(
+            "cluster-repo",
+            "Git URL of the cluster repository the pull request targets.",
+            Some(&c.cluster_repo),
+        ));
+        let mut tasks = common_pipeline_tasks();
+        tasks.push(PipelineTask {
+            name: "bake".to_owned(),
+            task_ref: TaskRef {
+                name: "webake-bake".to_owned(),
+            },
+            run_after: vec!["build-image".to_owned()],
+            params: vec![
+                Param::new("recipe", "$(params.recipe)"),
+                Param::new("webake-image", webake_image),
+            ],
+            workspaces: vec![
+                WorkspacePipelineTaskBinding::new("source", "source"),
+                WorkspacePipelineTaskBinding::new("state", "state"),
+            ],
+            timeout: None,
+        });
+        tasks.push(PipelineTask {
+            name: "rollout".to_owned(),
+            task_ref: TaskRef {
+                name: "webake-rollout".to_owned(),
+            },
+            run_after: vec!["bake".to_owned()],
+            params: vec![
+                Param::new("recipe", "$(params.recipe)"),
+                Param::new("image-id", "$(tasks.bake.results.image-id)"),
+                Param::new("cluster-repo", "$(params.cluster-repo)"),
+                Param::new("webake-image", webake_image),
+            ],
+            workspaces: vec![
+                WorkspacePipelineTaskBinding::new("source", "source"),
+                WorkspacePipelineTaskBinding::new("state", "state"),
+            ],
+            timeout: None,
+        });
+        Pipeline {
+            api_version: tekton::API_VERSION.to_owned(),
+            kind: "Pipeline".to_owned(),
+            metadata: meta(
+                &self.pipeline_name,
+                c,
+                labels(&self.service.name, "pipeline"),
+            ),
+            spec: PipelineSpec {
+                description: Some(format!(
+                    "Build the webake image, bake {} (test, publish), open the rollout pull request.",
+                    self.recipe.name
+                )),
+                params,
+                workspaces: vec![
+                    PipelineWorkspaceDeclaration {
+                        name: "source".to_owned(),
+                        description: Some("The repository checkout.".to_owned()),
+                    },
+                    PipelineWorkspaceDeclaration {
+                        name: "state".to_owned(),
+                        description: Some("webake's catalog and cache (the cache PVC).".to_owned()),
+                    },
+                ],
+                tasks,
+                results: vec![
+                    PipelineResult {
+                        name: "image-id".to_owned(),
+                        description: Some("Catalog id of the baked image.".to_owned()),
+                        value: "$(tasks.bake.results.image-id)".to_owned(),
+                    },
+                    PipelineResult {
+                        name: "ami-ids".to_owned(),
+                        description: Some("JSON object: region -> AMI id.".to_owned()),
+                        value: "$(tasks.bake.results.ami-ids)".to_owned(),
+                    },
+                    PipelineResult {
+                        name: "pull-request".to_owned(),
+                        description: Some("URL of the rollout pull request.".to_owned()),
+                        value: "$(tasks.rollout.results.pull-request)".to_owned(),
+                    },
+                ],
+            },
+        }
+    }
+}
+
+struct DockerRenderer<'a> {
+    config: &'a PipelineConfig,
+    service: &'a ServiceDescriptor,
+    pipeline_name: String,
+}
+
+impl<'a> DockerRenderer<'a> {
+    fn new(config: &'a PipelineConfig, service: &'a ServiceDescriptor) -> Self {
+        // The descriptor's name is a checked DNS label; `docker-` keeps it one.
+        let pipeline_name = format!("docker-{}", service.name);
+        let pipeline_name = if pipeline_name.len() > 63 {
+            service.name.clone()
+        } else {
+            pipeline_name
+        };
+        Self {
+            config,
+            service,
+            pipeline_name,
+        }
+    }
+
+    fn deployment(&self) -> &str {
+        self.service
+            .deployment
+            .as_deref()
+            .unwrap_or(&self.service.name)
+    }
+
+    fn deploy_task(&self) -> Task {
+        let c = self.config;
+        let kubectl = |name: &str, args: &[&str]| Step {
+            name: name.to_owned(),
+            image: c.tool_images.kubectl.clone(),
+            working_dir: None,
+            command: vec!["kubectl".to_owned()],
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
+            script: None,
+            compute_resources: None,
+            security_context: None,
+            volume_mounts: Vec::new(),
+        };
+        Task {
+            api_version: tekton::API_VERSION.to_owned(),
+            kind: "Task".to_owned(),
+            metadata: meta("webake-deploy", c, labels("webake", "deploy")),
+            spec: TaskSpec {
+                description: Some(
+                    "Point a Deployment's container at the new image and wait for the rollout."
+                        .to_owned(),
+                ),
+                params: vec![
+                    ParamSpec::string("namespace", "Namespace of the Deployment.", None),
+                    ParamSpec::string("deployment", "Deployment name.", None),
+                    ParamSpec::string("container", "Container name in the Deployment.", None),
+                    ParamSpec::string("image", "Image reference, by digest.", None),
+                ],
+                results: Vec::new(),
+                workspaces: Vec::new(),
+                volumes: Vec::new(),
+                steps: vec![
+                    kubectl(
+                        "set-image",
+                        &[
+                            "--namespace=$(params.namespace)",
+                            "set",
+                            "image",
+                            "deployment/$(params.deployment)",
+                            "$(params.container)=$(params.image)",
+                        ],
+                    ),
+                    kubectl(
+                        "wait",
+                        &[
+                            "--namespace=$(params.namespace)",
+                            "rollout",
+                            "status",
+                            "deployment/$(params.deployment)",
+                            "--timeout=15m",
+                        ],
+                    ),
+                ],
+            },
+        }
+    }
+
+    fn pipeline(&self) -> Pipeline {
+        let c = self.config;
+        let image = self.service.image.as_deref().unwrap_or(&c.image);
+        let params = common_pipeline_params(c, self.service, image);
+        let mut tasks = common_pipeline_tasks();
+        tasks.push(PipelineTask {
+            name: "deploy".to_owned(),
+            task_ref: TaskRef {
+                name: "webake-deploy".to_owned(),
+            },
+            run_after: vec!["build-image".to_owned()],
+            params: vec![
+                Param::new("namespace", c.namespace.clone()),
+                Param::new("deployment", self.deployment()),
+                Param::new("container", self.deployment()),
+                Param::new(
+                    "image",
+                    "$(params.image)@$(tasks.build-image.results.IMAGE_DIGEST)",
+                ),
+            ],
+            workspaces: Vec::new(),
+            timeout: None,
+        });
+        Pipeline {
+            api_version: tekton::API_VERSION.to_owned(),
+            kind: "Pipeline".to_owned(),
+            metadata: meta(
+                &self.pipeline_name,
+                c,
+                labels(&self.service.name, "pipeline"),
+            ),
+            spec: PipelineSpec {
+                description: Some(format!(
+                    "Build and push {}, then roll its Deployment.",
+                    self.service.name
+                )),
+                params,
+                workspaces: vec![PipelineWorkspaceDeclaration {
+                    name: "source".to_owned(),
+                    description: Some("The repository checkout.".to_owned()),
+                }],
+                tasks,
+                results: vec![PipelineResult {
+                    name: "image-digest".to_owned(),
+                    description: Some("Digest of the pushed image.".to_owned()),
+                    value: "$(tasks.build-image.results.IMAGE_DIGEST)".to_owned(),
+                }],
+            },
+        }
+    }
+}
+
+fn workspace_decl(name: &str, description: &str) -> WorkspaceDeclaration {
+    WorkspaceDeclaration {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        mount_path: None,
+        read_only: None,
+    }
+}
+
+fn common_pipeline_params(
+    c: &PipelineConfig,
+    service: &ServiceDescriptor,
+    image: &str,
+) -> Vec<ParamSpec> {
+    let repo = service.repo.as_deref().unwrap_or(&c.source.repo);
+    vec![
+        ParamSpec::string(
+            "repo-url",
+            "Git URL of the repository to build.",
+            Some(repo),
+        ),
+        ParamSpec::string(
+            "revision",
+            "Branch, tag or commit to build.",
+            Some(&c.source.revision),
+        ),
+        ParamSpec::string(
+            "image",
+            "Image to build and push (repository:tag).",
+            Some(image),
+        ),
+        ParamSpec::string(
+            "dockerfile",
+            "Dockerfile path inside the repository.",
+            Some(&service.dockerfile),
+        ),
+        ParamSpec::string(
+            "context",
+            "Build context inside the repository.",
+            Some(&service.context),
+        ),
+    ]
+}
+
+fn common_pipeline_tasks() -> Vec<PipelineTask> {
+    vec![
+        PipelineTask {
+            name: "fetch-source".to_owned(),
+            task_ref: TaskRef {
+                name: "webake-git-clone".to_owned(),
+            },
+            run_after: Vec::new(),
+            params: vec![
+                Param::new("url", "$(params.repo-url)"),
+                Param::new("revision", "$(params.revision)"),
+            ],
+            workspaces: vec![WorkspacePipelineTaskBinding::new("output", "source")],
+            timeout: None,
+        },
+        PipelineTask {
+            name: "build-image".to_owned(),
+            task_ref: TaskRef {
+                name: "webake-build-image".to_owned(),
+            },
+            run_after: vec!["fetch-source".to_owned()],
+            params: vec![
+                Param::new("image", "$(params.image)"),
+                Param::new("dockerfile", "$(params.dockerfile)"),
+                Param::new("context", "$(params.context)"),
+            ],
+            workspaces: vec![WorkspacePipelineTaskBinding::new("source", "source")],
+            timeout: None,
+        },
+    ]
+}
+
+/// Clone one revision into the `output` workspace. Parameters reach the script through the
+/// environment, never by substitution into its text.
+fn git_clone_task(c: &PipelineConfig) -> Task {
+    let script = "#!/bin/sh\n\
+set -eu\n\
+cd \"$(workspaces.output.path)\"\n\
+git init -q .\n\
+git remote add origin \"$PARAM_URL\"\n\
+git fetch -q --depth=1 origin \"$PARAM_REVISION\"\n\
+git -c advice.detachedHead=false checkout -q FETCH_HEAD\n\
+git rev-parse HEAD | tr -d '\\n' > \"$(results.commit.path)\"\n";
+    Task {
+        api_version: tekton::API_VERSION.to_owned(),
+        kind: "Task".to_owned(),
+        metadata: meta("webake-git-clone", c, labels("webake", "fetch-source")),
+        spec: TaskSpec {
+            description: Some("Shallow-clone one revision of a git repository.".to_owned()),
+            params: vec![
+                ParamSpec::string("url", "Git URL.", None),
+                ParamSpec::string("revision", "Branch, tag or commit.", None),
+            ],
+            results: vec![TaskResult {
+                name: "commit".to_owned(),
+                description: Some("The commit checked out.".to_owned()),
+            }],
+            workspaces: vec![workspace_decl("output", "Receives the checkout (empty).")],
+            volumes: Vec::new(),
+            steps: vec![Step {
+                name: "clone".to_owned(),
+                image: c.tool_images.git.clone(),
+                working_dir: None,
+                command: Vec::new(),
+                args: Vec::new(),
+                env: vec![
+                    EnvVar::value("PARAM_URL", "$(params.url)"),
+                    EnvVar::value("PARAM_REVISION", "$(params.revision)"),
+                ],
+                script: Some(script.to_owned()),
+                compute_resources: None,
+                security_context: None,
+                volume_mounts: Vec::new(),
+            }],
+        },
+    }
+}
+
+/// Build and push an image with kaniko (no privileges, no Docker daemon).
+fn build_image_task(c: &PipelineConfig) -> Task {
+    let mut volumes = Vec::new();
+    let mut volume_mounts = Vec::new();
+    if let Some(secret) = &c.secrets.registry {
+        volumes.push(Volume {
+            name: "registry-auth".to_owned(),
+            empty_dir: None,
+            persistent_volume_claim: None,
+            secret: Some(SecretVolumeSource {
+                secret_name: secret.clone(),
+                items: vec![KeyToPath {
+                    key: ".dockerconfigjson".to_owned(),
+                    path: "config.json".to_owned(),
+                }],
+            }),
+        });
+        volume_mounts.push(VolumeMount {
+            name: "registry-auth".to_owned(),
+            mount_path: "/kaniko/.docker".to_owned(),
+            sub_path: None,
+            read_only: Some(true),
+        });
+    }
+    Task {
+        api_version: tekton::API_VERSION.to_owned(),
+        kind: "Task".to_owned(),
+        metadata: meta("webake-build-image", c, labels("webake", "build-image")),
+        spec: TaskSpec {
+            description: Some(
+                "Build an image from a Dockerfile with kaniko and push it.".to_owned(),
+            ),
+            params: vec![
+                ParamSpec::string("image", "Destination (repository:tag).", None),
+                ParamSpec::string(
+                    "dockerfile",
+                    "Dockerfile path inside the source workspace.",
+                    Some("Dockerfile"),
+                ),
+                ParamSpec::string(
+                    "context",
+                    "Build context inside the source workspace.",
+                    Some("."),
+                ),
+            ],
+            results: vec![TaskResult {
+                name: "IMAGE_DIGEST".to_owned(),
+                description: Some("Digest of the pushed image (sha256:...).".to_owned()),
+            }],
+            workspaces: vec![workspace_decl("source", "The checkout to build.")],
+            volumes,
+            steps: vec![Step {
+                name: "build-and-push".to_owned(),
+                image: c.tool_images.kaniko.clone(),
+                working_dir: None,
+                command: Vec::new(),
+                args: vec![
+                    "--dockerfile=$(workspaces.source.path)/$(params.dockerfile)".to_owned(),
+                    "--context=$(workspaces.source.path)/$(params.context)".to_owned(),
+                    "--destination=$(params.image)".to_owned(),
+                    "--digest-file=$(results.IMAGE_DIGEST.path)".to_owned(),
+                    "--reproducible".to_owned(),
+                ],
+                env: Vec::new(),
+                script: None,
+                compute_resources: None,
+                security_context: None,
+                volume_mounts,
+            }],
+        },
+    }
+}
+
+fn pipeline_run(
+    c: &PipelineConfig,
+    pipeline_name: &str,
+    revision: &str,
+    pipeline: &Pipeline,
+) -> PipelineRun {
+    let mut workspaces = vec![WorkspaceBinding {
+        name: "source".to_owned(),
+        persistent_volume_claim: None,
+        volume_claim_template: Some(PersistentVolumeClaimTemplate {
+            spec: PersistentVolumeClaimSpec {
+                access_modes: vec!["ReadWriteOnce".to_owned()],
+                resources: VolumeResourceRequirements {
+                    requests: BTreeMap::from([("storage".to_owned(), "1Gi".to_owned())]),
+                },
+            },
+        }),
+    }];
+    if pipeline.spec.workspaces.iter().any(|w| w.name == "state") {
+        workspaces.push(WorkspaceBinding {
+            name: "state".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: c.cache_pvc.clone(),
+            }),
+            volume_claim_template: None,
+        });
+    }
+    let pod_template =
+        (!c.node_selector.is_empty() || !c.tolerations.is_empty()).then(|| PodTemplate {
+            node_selector: c.node_selector.clone(),
+            tolerations: c.tolerations.clone(),
+        });
+    PipelineRun {
+        api_version: tekton::API_VERSION.to_owned(),
+        kind: "PipelineRun".to_owned(),
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{pipeline_name}-")),
+            namespace: Some(c.namespace.clone()),
+            labels: pipeline.metadata.labels.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: PipelineRunSpec {
+            pipeline_ref: PipelineRef {
+                name: pipeline_name.to_owned(),
+            },
+            params: vec![Param::new("revision", revision)],
+            workspaces,
+            task_run_template: PipelineTaskRunTemplate {
+                service_account_name: c.service_account.clone(),
+                pod_template,
+            },
+            timeouts: Some(TimeoutFields {
+                pipeline: format!("{}s", c.job.active_deadline_seconds),
+            }),
+        },
+    }
+}
+
+fn trigger_template(
+    c: &PipelineConfig,
+    pipeline_name: &str,
+    pipeline: &Pipeline,
+) -> TriggerTemplate {
+    TriggerTemplate {
+        api_version: tekton::TRIGGERS_API_VERSION.to_owned(),
+        kind: "TriggerTemplate".to_owned(),
+        metadata: meta(
+            &format!("{pipeline_name}-on-merge"),
+            c,
+            labels(&pipeline_name_label(pipeline), "trigger"),
+        ),
+        spec: TriggerTemplateSpec {
+            params: vec![TriggerParamSpec {
+                name: "revision".to_owned(),
+                description: Some(
+                    "The commit that was merged (pushed to the default branch).".to_owned(),
+                ),
+                default: Some(c.source.revision.clone()),
+            }],
+            resource_templates: vec![pipeline_run(
+                c,
+                pipeline_name,
+                "$(tt.params.revision)",
+                pipeline,
+            )],
+        },
+    }
+}
+
+fn pipeline_name_label(pipeline: &Pipeline) -> String {
+    pipeline
+        .metadata
+        .labels
+        .get("app.kubernetes.io/name")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Binds a push event (GitHub, Gitea and GitLab all send `after`) to the template's `revision`.
+fn trigger_binding(c: &PipelineConfig, pipeline_name: &str, pipeline: &Pipeline) -> TriggerBinding {
+    TriggerBinding {
+        api_version: tekton::TRIGGERS_API_VERSION.to_owned(),
+        kind: "TriggerBinding".to_owned(),
+        metadata: meta(
+            &format!("{pipeline_name}-on-merge"),
+            c,
+            labels(&pipeline_name_label(pipeline), "trigger"),
+        ),
+        spec: TriggerBindingSpec {
+            params: vec![Param::new("revision", "$(body.after)")],
+        },
+    }
+}
