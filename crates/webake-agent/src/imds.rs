@@ -531,12 +531,15 @@ mod tests {
         assert!(err.contains(ENV_ENDPOINT), "{err}");
     }
 
+    /// One request whose every attempt connects and then times out waiting for an answer runs
+    /// out of attempts before the default deadline, so the log says what failed, not just
+    /// "deadline".
     #[test]
     fn backoff_schedule_fits_the_default_deadline() {
         let worst: Duration = (2..=MAX_ATTEMPTS)
             .map(|n| BACKOFF_INITIAL.saturating_mul(1 << (n - 2)).min(BACKOFF_MAX))
             .sum::<Duration>()
-            + (CONNECT_TIMEOUT + IO_TIMEOUT * 2) * MAX_ATTEMPTS;
+            + (CONNECT_TIMEOUT + IO_TIMEOUT) * MAX_ATTEMPTS;
         assert!(worst < DEFAULT_DEADLINE, "{worst:?}");
     }
 }
