@@ -30,7 +30,7 @@ if kind == "spdx":
 else:
     err = JsonStrictValidator(SchemaVersion.V1_5).validate_str(text, all_errors=True)
     if err is not None:
-        errors += [str(e) for e in (err if isinstance(err, (list, tuple)) else [err])]
+        errors += [str(e.data.message) if hasattr(e.data, "message") else str(e) for e in err]
     purls = [c["purl"] for c in doc.get("components", []) if "purl" in c]
 # Each purl must parse and print back identically with the reference implementation.
 for p in purls:
