@@ -38,7 +38,10 @@ impl fmt::Display for ApplyError {
                 source,
             } => write!(f, "cannot {action} {}: {source}", path.display()),
             ApplyError::Kernel { hostname, source } => {
-                write!(f, "cannot set the kernel hostname to {hostname}: sethostname: {source}")
+                write!(
+                    f,
+                    "cannot set the kernel hostname to {hostname}: sethostname: {source}"
+                )
             }
         }
     }
@@ -194,20 +197,35 @@ mod tests {
             // aliases on the old line go with it
             ("127.0.1.1 old.example.com old\n", "127.0.1.1 web-1\n"),
             // indented, CRLF
-            ("  127.0.1.1 old\r\n::1 x\r\n", "127.0.1.1 web-1\r\n::1 x\r\n"),
+            (
+                "  127.0.1.1 old\r\n::1 x\r\n",
+                "127.0.1.1 web-1\r\n::1 x\r\n",
+            ),
             // no line: appended
-            ("127.0.0.1 localhost\n", "127.0.0.1 localhost\n127.0.1.1 web-1\n"),
+            (
+                "127.0.0.1 localhost\n",
+                "127.0.0.1 localhost\n127.0.1.1 web-1\n",
+            ),
             // no trailing newline: one is added before the new line, nothing else changes
-            ("127.0.0.1 localhost", "127.0.0.1 localhost\n127.0.1.1 web-1\n"),
+            (
+                "127.0.0.1 localhost",
+                "127.0.0.1 localhost\n127.0.1.1 web-1\n",
+            ),
             // last line without newline is replaced without adding one
-            ("127.0.0.1 localhost\n127.0.1.1 old", "127.0.0.1 localhost\n127.0.1.1 web-1"),
+            (
+                "127.0.0.1 localhost\n127.0.1.1 old",
+                "127.0.0.1 localhost\n127.0.1.1 web-1",
+            ),
             // comments and look-alikes are not the line
             (
                 "#127.0.1.1 old\n127.0.1.10 other\n",
                 "#127.0.1.1 old\n127.0.1.10 other\n127.0.1.1 web-1\n",
             ),
             // only the first 127.0.1.1 line is rewritten
-            ("127.0.1.1 a\n127.0.1.1 b\n", "127.0.1.1 web-1\n127.0.1.1 b\n"),
+            (
+                "127.0.1.1 a\n127.0.1.1 b\n",
+                "127.0.1.1 web-1\n127.0.1.1 b\n",
+            ),
             ("", "127.0.1.1 web-1\n"),
         ] {
             assert_eq!(edit(existing), want, "existing {existing:?}");
@@ -234,15 +252,24 @@ mod tests {
     fn writes_atomically_keeps_mode_and_replaces_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hosts");
-        assert_eq!(write_if_changed(&path, b"a\n").unwrap(), FileChange::Created);
+        assert_eq!(
+            write_if_changed(&path, b"a\n").unwrap(),
+            FileChange::Created
+        );
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o644
         );
-        assert_eq!(write_if_changed(&path, b"a\n").unwrap(), FileChange::Unchanged);
+        assert_eq!(
+            write_if_changed(&path, b"a\n").unwrap(),
+            FileChange::Unchanged
+        );
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(write_if_changed(&path, b"b\n").unwrap(), FileChange::Updated);
+        assert_eq!(
+            write_if_changed(&path, b"b\n").unwrap(),
+            FileChange::Updated
+        );
         assert_eq!(fs::read(&path).unwrap(), b"b\n");
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,

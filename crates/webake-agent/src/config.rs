@@ -103,13 +103,14 @@ impl FileConfig {
             match key {
                 "role" => config.role = Some(value.to_owned()),
                 "template" => {
-                    config.template = Some(
-                        Template::parse(value).map_err(|e| err(format!("template: {e}")))?,
-                    );
+                    config.template =
+                        Some(Template::parse(value).map_err(|e| err(format!("template: {e}")))?);
                 }
                 "on_failure" => {
                     config.on_failure = Some(OnFailure::parse(value).ok_or_else(|| {
-                        err(format!("on_failure must be continue or fail, not {value:?}"))
+                        err(format!(
+                            "on_failure must be continue or fail, not {value:?}"
+                        ))
                     })?);
                 }
                 "deadline_seconds" => {
@@ -222,9 +223,8 @@ impl Cli {
                 "--endpoint" => cli.endpoint = Some(value),
                 "--role" => cli.role = Some(value),
                 "--template" => {
-                    cli.template = Some(
-                        Template::parse(&value).map_err(|e| err(format!("--template: {e}")))?,
-                    );
+                    cli.template =
+                        Some(Template::parse(&value).map_err(|e| err(format!("--template: {e}")))?);
                 }
                 "--deadline" => {
                     cli.deadline = Some(
@@ -327,17 +327,43 @@ deadline_seconds = 5
     fn config_error_table() {
         for (text, want) in [
             ("role kubernetes", "agent.conf:1: expected key = value"),
-            ("\nrol = x", "agent.conf:2: unknown key \"rol\"; known keys: role, template"),
-            ("role = a\nrole = b", "agent.conf:2: key \"role\" is set twice"),
-            ("template = {role}-{environment}", "agent.conf:1: template: unknown placeholder {environment} at column 8"),
-            ("template = {role", "agent.conf:1: template: '{' at column 1 is never closed"),
-            ("on_failure = maybe", "agent.conf:1: on_failure must be continue or fail"),
-            ("deadline_seconds = 0", "agent.conf:1: deadline_seconds must be a whole number"),
-            ("deadline_seconds = 1.5", "agent.conf:1: deadline_seconds must be a whole number"),
+            (
+                "\nrol = x",
+                "agent.conf:2: unknown key \"rol\"; known keys: role, template",
+            ),
+            (
+                "role = a\nrole = b",
+                "agent.conf:2: key \"role\" is set twice",
+            ),
+            (
+                "template = {role}-{environment}",
+                "agent.conf:1: template: unknown placeholder {environment} at column 8",
+            ),
+            (
+                "template = {role",
+                "agent.conf:1: template: '{' at column 1 is never closed",
+            ),
+            (
+                "on_failure = maybe",
+                "agent.conf:1: on_failure must be continue or fail",
+            ),
+            (
+                "deadline_seconds = 0",
+                "agent.conf:1: deadline_seconds must be a whole number",
+            ),
+            (
+                "deadline_seconds = 1.5",
+                "agent.conf:1: deadline_seconds must be a whole number",
+            ),
             ("role = \"kubernetes", "agent.conf:1: unterminated quote"),
         ] {
-            let got = FileConfig::parse(text, "agent.conf").unwrap_err().to_string();
-            assert!(got.starts_with(want), "{text:?}: got {got:?}, want {want:?}");
+            let got = FileConfig::parse(text, "agent.conf")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                got.starts_with(want),
+                "{text:?}: got {got:?}, want {want:?}"
+            );
         }
     }
 
@@ -369,7 +395,10 @@ deadline_seconds = 5
             (vec!["--root"], "--root needs a value"),
             (vec!["--bogus"], "unknown argument \"--bogus\""),
             (vec!["--fail=yes"], "--fail takes no value"),
-            (vec!["--template", "{nope}"], "--template: unknown placeholder {nope}"),
+            (
+                vec!["--template", "{nope}"],
+                "--template: unknown placeholder {nope}",
+            ),
             (vec!["--deadline", "x"], "--deadline must be a whole number"),
         ] {
             let got = Cli::parse(args.clone()).unwrap_err().to_string();
@@ -382,7 +411,11 @@ deadline_seconds = 5
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join(DEFAULT_CONFIG_PATH);
         std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
-        std::fs::write(&conf, "role = kubernetes\ntemplate = {role}-{instance_id_short}\n").unwrap();
+        std::fs::write(
+            &conf,
+            "role = kubernetes\ntemplate = {role}-{instance_id_short}\n",
+        )
+        .unwrap();
 
         let cli = Cli::parse(["--root", dir.path().to_str().unwrap()]).unwrap();
         let s = Settings::resolve(&cli).unwrap();

@@ -88,7 +88,10 @@ impl fmt::Display for TemplateError {
                 "unknown placeholder {{{name}}} at column {column}; known placeholders: {known}"
             ),
             TemplateError::EmptyPlaceholder { column } => {
-                write!(f, "empty placeholder {{}} at column {column}; known placeholders: {known}")
+                write!(
+                    f,
+                    "empty placeholder {{}} at column {column}; known placeholders: {known}"
+                )
             }
             TemplateError::Unclosed { column } => {
                 write!(f, "'{{' at column {column} is never closed")
@@ -371,7 +374,10 @@ mod tests {
         ] {
             let got = sanitize(input);
             assert_eq!(got, want, "input {input:?}");
-            assert!(got.is_empty() || is_valid_label(&got), "{got:?} is not a label");
+            assert!(
+                got.is_empty() || is_valid_label(&got),
+                "{got:?} is not a label"
+            );
         }
     }
 
@@ -379,7 +385,12 @@ mod tests {
     fn renders_the_documented_example() {
         let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
         let name = t
-            .render(&facts("kubernetes", "prod", "eu-west-1", "i-07a38e448ad62b4da"))
+            .render(&facts(
+                "kubernetes",
+                "prod",
+                "eu-west-1",
+                "i-07a38e448ad62b4da",
+            ))
             .unwrap();
         assert_eq!(name, "kubernetes-prod-euwest1-07a38e448ad62b4da");
     }
@@ -390,11 +401,20 @@ mod tests {
         let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
         for (f, want) in [
             // no Environment tag: the env segment and its separator disappear
-            (facts("kubernetes", "", "eu-west-1", id), "kubernetes-euwest1-07a38e448ad62b4da"),
+            (
+                facts("kubernetes", "", "eu-west-1", id),
+                "kubernetes-euwest1-07a38e448ad62b4da",
+            ),
             // no role anywhere
-            (facts("", "prod", "eu-west-1", id), "prod-euwest1-07a38e448ad62b4da"),
+            (
+                facts("", "prod", "eu-west-1", id),
+                "prod-euwest1-07a38e448ad62b4da",
+            ),
             // tag values are free text
-            (facts("Web_Server", "Pre Prod", "us-gov-west-1", id), "web-server-pre-prod-usgovwest1-07a38e448ad62b4da"),
+            (
+                facts("Web_Server", "Pre Prod", "us-gov-west-1", id),
+                "web-server-pre-prod-usgovwest1-07a38e448ad62b4da",
+            ),
         ] {
             assert_eq!(t.render(&f).unwrap(), want, "facts {f:?}");
         }
@@ -405,19 +425,39 @@ mod tests {
         let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
         let role = "a-very-long-role-name-that-someone-thought-was-descriptive";
         let name = t
-            .render(&facts(role, "production", "ap-southeast-4", "i-07a38e448ad62b4da"))
+            .render(&facts(
+                role,
+                "production",
+                "ap-southeast-4",
+                "i-07a38e448ad62b4da",
+            ))
             .unwrap();
         assert!(is_valid_label(&name), "{name}");
         assert_eq!(name.len(), 63);
-        assert!(name.ends_with("-production-apsoutheast4-07a38e448ad62b4da"), "{name}");
+        assert!(
+            name.ends_with("-production-apsoutheast4-07a38e448ad62b4da"),
+            "{name}"
+        );
         assert!(name.starts_with("a-very-long-role"), "{name}");
 
         // two long values are shortened evenly
         let name = t
-            .render(&facts(&"r".repeat(40), &"e".repeat(40), "eu-west-1", "i-07a38e448ad62b4da"))
+            .render(&facts(
+                &"r".repeat(40),
+                &"e".repeat(40),
+                "eu-west-1",
+                "i-07a38e448ad62b4da",
+            ))
             .unwrap();
         assert_eq!(name.len(), 63, "{name}");
-        assert_eq!(name, format!("{}-{}-euwest1-07a38e448ad62b4da", "r".repeat(18), "e".repeat(18)));
+        assert_eq!(
+            name,
+            format!(
+                "{}-{}-euwest1-07a38e448ad62b4da",
+                "r".repeat(18),
+                "e".repeat(18)
+            )
+        );
 
         // a long literal cannot be shortened by values: hard cut, still a valid label
         let t = Template::parse(&format!("{}-{{instance_id_short}}", "x".repeat(60))).unwrap();
@@ -444,8 +484,20 @@ mod tests {
                     column: 8,
                 },
             ),
-            ("{Role}", TemplateError::UnknownPlaceholder { name: "Role".into(), column: 1 }),
-            ("{ role }", TemplateError::UnknownPlaceholder { name: " role ".into(), column: 1 }),
+            (
+                "{Role}",
+                TemplateError::UnknownPlaceholder {
+                    name: "Role".into(),
+                    column: 1,
+                },
+            ),
+            (
+                "{ role }",
+                TemplateError::UnknownPlaceholder {
+                    name: " role ".into(),
+                    column: 1,
+                },
+            ),
             ("x-{}", TemplateError::EmptyPlaceholder { column: 3 }),
             ("{role", TemplateError::Unclosed { column: 1 }),
             ("role}", TemplateError::UnexpectedClose { column: 5 }),
@@ -453,8 +505,14 @@ mod tests {
             assert_eq!(Template::parse(source), Err(want), "template {source:?}");
         }
         let message = Template::parse("{environment}").unwrap_err().to_string();
-        assert!(message.contains("unknown placeholder {environment}"), "{message}");
-        assert!(message.contains("{env}"), "lists the known names: {message}");
+        assert!(
+            message.contains("unknown placeholder {environment}"),
+            "{message}"
+        );
+        assert!(
+            message.contains("{env}"),
+            "lists the known names: {message}"
+        );
     }
 
     #[test]

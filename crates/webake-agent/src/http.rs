@@ -20,9 +20,9 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `http://169.254.169.254`, `http://[fd00:ec2::254]`, `http://127.0.0.1:1338/`.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("endpoint {url:?} must start with http:// (IMDS is plain HTTP)"))?;
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("endpoint {url:?} must start with http:// (IMDS is plain HTTP)")
+        })?;
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             return Err(format!(
@@ -117,9 +117,13 @@ pub fn request(
     limits: Limits,
 ) -> io::Result<Response> {
     let mut stream = connect(endpoint, limits)?;
+    // RFC 9112: Host carries the port when it is not the scheme's default.
+    let host = match endpoint.port {
+        80 => endpoint.host.clone(),
+        port => format!("{}:{port}", endpoint.host),
+    };
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: webake-agent/{}\r\nAccept: */*\r\nConnection: close\r\n",
-        endpoint.host,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webake-agent/{}\r\nAccept: */*\r\nConnection: close\r\n",
         env!("CARGO_PKG_VERSION")
     );
     for (name, value) in headers {
@@ -174,14 +178,16 @@ fn parse_response(raw: &[u8], eof: bool) -> io::Result<Option<Response>> {
     let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&raw[..head_end])
-        .map_err(|_| invalid("response head is not UTF-8"))?;
+    let head =
+        std::str::from_utf8(&raw[..head_end]).map_err(|_| invalid("response head is not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let mut words = status_line.splitn(3, ' ');
     let (version, status) = (words.next().unwrap_or_default(), words.next());
     if !version.starts_with("HTTP/1.") {
-        return Err(invalid(format!("not an HTTP/1.x response: {status_line:?}")));
+        return Err(invalid(format!(
+            "not an HTTP/1.x response: {status_line:?}"
+        )));
     }
     let status = status
         .and_then(|s| s.parse::<u16>().ok())
@@ -236,8 +242,8 @@ fn dechunk(mut data: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
             return Ok(None);
         };
-        let size_text = std::str::from_utf8(&data[..line_end])
-            .map_err(|_| invalid("bad chunk size"))?;
+        let size_text =
+            std::str::from_utf8(&data[..line_end]).map_err(|_| invalid("bad chunk size"))?;
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| invalid(format!("bad chunk size {size_text:?}")))?;
@@ -283,7 +289,9 @@ mod tests {
             assert!(Endpoint::parse(url).is_err(), "{url} should be rejected");
         }
         assert_eq!(
-            Endpoint::parse("http://[fd00:ec2::254]/").unwrap().to_string(),
+            Endpoint::parse("http://[fd00:ec2::254]/")
+                .unwrap()
+                .to_string(),
             "http://[fd00:ec2::254]"
         );
     }
@@ -293,20 +301,29 @@ mod tests {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
         assert_eq!(
             parse_response(r, false).unwrap(),
-            Some(Response { status: 200, body: "hello".into() })
+            Some(Response {
+                status: 200,
+                body: "hello".into()
+            })
         );
         let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel";
         assert_eq!(parse_response(partial, false).unwrap(), None);
         assert!(parse_response(partial, true).is_err());
 
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked, false).unwrap().unwrap().body, "abcde");
+        assert_eq!(
+            parse_response(chunked, false).unwrap().unwrap().body,
+            "abcde"
+        );
 
         let eof = b"HTTP/1.0 404 Not Found\r\n\r\nnope";
         assert_eq!(parse_response(eof, false).unwrap(), None);
         assert_eq!(
             parse_response(eof, true).unwrap(),
-            Some(Response { status: 404, body: "nope".into() })
+            Some(Response {
+                status: 404,
+                body: "nope".into()
+            })
         );
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
     }

@@ -255,8 +255,10 @@ impl<'r> Client<'r> {
             let response = self.send("GET", path, &[(TOKEN_HEADER, &token)])?;
             match response.status {
                 200 => {
-                    self.reporter
-                        .log(Level::Info, &format!("GET {path}: {}", loggable(&response.body)));
+                    self.reporter.log(
+                        Level::Info,
+                        &format!("GET {path}: {}", loggable(&response.body)),
+                    );
                     return Ok(Some(response.body));
                 }
                 404 => {
@@ -301,7 +303,13 @@ impl<'r> Client<'r> {
         Ok(token)
     }
 
-    fn status_error(&self, method: &'static str, path: &str, status: u16, body: String) -> ImdsError {
+    fn status_error(
+        &self,
+        method: &'static str,
+        path: &str,
+        status: u16,
+        body: String,
+    ) -> ImdsError {
         ImdsError::Status {
             endpoint: self.endpoint.to_string(),
             method,
@@ -328,7 +336,11 @@ impl<'r> Client<'r> {
                     .min(BACKOFF_MAX);
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 if left <= backoff {
-                    return Err(self.deadline_error(path, last_error.as_ref(), last_status.as_ref()));
+                    return Err(self.deadline_error(
+                        path,
+                        last_error.as_ref(),
+                        last_status.as_ref(),
+                    ));
                 }
                 std::thread::sleep(backoff);
             }
@@ -518,9 +530,21 @@ mod tests {
             (None, None, Some("IPv6"), v6, EndpointSource::EnvMode),
             (None, None, Some("ipv4"), v4, EndpointSource::EnvMode),
             (None, None, Some(""), v4, EndpointSource::Default),
-            (None, Some(local), Some("IPv6"), local, EndpointSource::EnvEndpoint),
+            (
+                None,
+                Some(local),
+                Some("IPv6"),
+                local,
+                EndpointSource::EnvEndpoint,
+            ),
             (None, Some(""), Some("IPv6"), v6, EndpointSource::EnvMode),
-            (Some(local), Some(v6), Some("IPv6"), local, EndpointSource::Flag),
+            (
+                Some(local),
+                Some(v6),
+                Some("IPv6"),
+                local,
+                EndpointSource::Flag,
+            ),
         ] {
             let (endpoint, got_source) = resolve_endpoint(flag, env, mode).unwrap();
             assert_eq!((endpoint.to_string().as_str(), got_source), (want, source));
@@ -537,7 +561,11 @@ mod tests {
     #[test]
     fn backoff_schedule_fits_the_default_deadline() {
         let worst: Duration = (2..=MAX_ATTEMPTS)
-            .map(|n| BACKOFF_INITIAL.saturating_mul(1 << (n - 2)).min(BACKOFF_MAX))
+            .map(|n| {
+                BACKOFF_INITIAL
+                    .saturating_mul(1 << (n - 2))
+                    .min(BACKOFF_MAX)
+            })
             .sum::<Duration>()
             + (CONNECT_TIMEOUT + IO_TIMEOUT) * MAX_ATTEMPTS;
         assert!(worst < DEFAULT_DEADLINE, "{worst:?}");

@@ -90,10 +90,16 @@ impl From<ApplyError> for Error {
 /// How a run ended without error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Applied { hostname: String },
-    DryRun { hostname: String },
+    Applied {
+        hostname: String,
+    },
+    DryRun {
+        hostname: String,
+    },
     /// IMDS could not be read and `on_failure = continue`: nothing was changed.
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// Turns metadata plus the image's settings into template values, logging every fallback.
@@ -229,7 +235,10 @@ pub fn run(
             reporter.log(Level::Info, &format!("set kernel hostname to {hostname}"));
         }
     } else {
-        reporter.log(Level::Info, "not setting the kernel hostname (--no-sethostname)");
+        reporter.log(
+            Level::Info,
+            "not setting the kernel hostname (--no-sethostname)",
+        );
     }
     Ok(Outcome::Applied { hostname })
 }

@@ -77,7 +77,10 @@ fn sets_hostname_files_from_imds() {
     let out = run(&root, &fake.url(), &[]);
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert_eq!(root.hostname().as_deref(), Some(&*format!("{EXPECTED_HOSTNAME}\n")));
+    assert_eq!(
+        root.hostname().as_deref(),
+        Some(&*format!("{EXPECTED_HOSTNAME}\n"))
+    );
     assert_eq!(root.hosts(), expected_hosts(EXPECTED_HOSTNAME));
 
     // the log says what was queried and what was set
@@ -86,19 +89,27 @@ fn sets_hostname_files_from_imds() {
         "GET /latest/meta-data/instance-id: i-07a38e448ad62b4da",
         "GET /latest/meta-data/placement/region: eu-west-1",
         "GET /latest/meta-data/tags/instance/Environment: prod",
-        &format!("hostname {EXPECTED_HOSTNAME} from template {{role}}-{{env}}-{{region_compact}}-{{instance_id_short}}"),
+        &format!(
+            "hostname {EXPECTED_HOSTNAME} from template {{role}}-{{env}}-{{region_compact}}-{{instance_id_short}}"
+        ),
         "updated ",
         "not setting the kernel hostname (--no-sethostname)",
     ] {
         assert!(log.contains(line), "missing {line:?} in:\n{log}");
     }
-    assert!(!log.contains("AQAEAFAKE"), "token leaked into the log:\n{log}");
+    assert!(
+        !log.contains("AQAEAFAKE"),
+        "token leaked into the log:\n{log}"
+    );
 
     // a second boot changes nothing
     let out = run(&root, &fake.url(), &[]);
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(log.contains("unchanged ") && !log.contains("updated "), "{log}");
+    assert!(
+        log.contains("unchanged ") && !log.contains("updated "),
+        "{log}"
+    );
     assert_eq!(root.hosts(), expected_hosts(EXPECTED_HOSTNAME));
 }
 
@@ -115,7 +126,10 @@ fn endpoint_from_the_environment() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(root.hostname().as_deref(), Some(&*format!("{EXPECTED_HOSTNAME}\n")));
+    assert_eq!(
+        root.hostname().as_deref(),
+        Some(&*format!("{EXPECTED_HOSTNAME}\n"))
+    );
 }
 
 #[test]
@@ -148,7 +162,10 @@ fn tags_disabled_drops_the_env_segment_and_warns() {
         root.hostname().as_deref(),
         Some("kubernetes-euwest1-07a38e448ad62b4da\n")
     );
-    assert!(log.contains("warning: instance metadata tags are not exposed"), "{log}");
+    assert!(
+        log.contains("warning: instance metadata tags are not exposed"),
+        "{log}"
+    );
     assert!(log.contains("the {env} segment is dropped"), "{log}");
 }
 
@@ -159,7 +176,12 @@ fn template_and_role_from_the_command_line() {
     let out = run(
         &root,
         &fake.url(),
-        &["--role", "bastion", "--template", "{role}-{region}-{instance_id}"],
+        &[
+            "--role",
+            "bastion",
+            "--template",
+            "{role}-{region}-{instance_id}",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
@@ -174,7 +196,10 @@ fn dry_run_prints_the_hostname_and_writes_nothing() {
     let root = Root::new(Some("role = kubernetes\n"));
     let out = run(&root, &fake.url(), &["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{EXPECTED_HOSTNAME}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{EXPECTED_HOSTNAME}\n")
+    );
     assert!(stderr(&out).contains("dry run: would write"));
     assert_eq!(root.hostname(), None);
     assert_eq!(root.hosts(), DEBIAN_HOSTS);
@@ -204,7 +229,10 @@ fn absent_imds_with_fail_exits_3() {
     let out = run(&root, &url, &[]);
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{log}");
-    assert!(log.contains("error: instance metadata unavailable: cannot reach"), "{log}");
+    assert!(
+        log.contains("error: instance metadata unavailable: cannot reach"),
+        "{log}"
+    );
     assert_eq!(root.hostname(), None);
 
     let root = Root::new(Some("role = kubernetes\n"));
@@ -238,7 +266,10 @@ fn config_errors_exit_2_with_file_and_line() {
     let out = run(&root, &support::closed_port_url(), &["--check"]);
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{log}");
-    assert!(log.contains("etc/webake/agent.conf:2: template: unknown placeholder {environment}"), "{log}");
+    assert!(
+        log.contains("etc/webake/agent.conf:2: template: unknown placeholder {environment}"),
+        "{log}"
+    );
 
     let root = Root::new(None);
     let out = run(&root, &support::closed_port_url(), &["--bogus"]);
@@ -252,7 +283,11 @@ fn config_errors_exit_2_with_file_and_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("use IPv4 or IPv6"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("use IPv4 or IPv6"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -269,7 +304,8 @@ fn check_prints_the_resolved_settings() {
     assert!(stdout.contains("role: kubernetes"), "{stdout}");
     assert!(stdout.contains("template: {role}-{env}-{region_compact}-{instance_id_short}"));
     assert!(
-        stdout.contains("endpoint: http://[fd00:ec2::254] (AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE)"),
+        stdout
+            .contains("endpoint: http://[fd00:ec2::254] (AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE)"),
         "{stdout}"
     );
 }
@@ -282,7 +318,14 @@ fn sets_the_kernel_hostname_in_a_private_uts_namespace() {
     let root = Root::new(Some("role = kubernetes\n"));
     let before = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let out = Command::new("unshare")
-        .args(["--uts", "--", "sh", "-c", r#""$@" && cat /proc/sys/kernel/hostname"#, "sh"])
+        .args([
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            r#""$@" && cat /proc/sys/kernel/hostname"#,
+            "sh",
+        ])
         .arg(env!("CARGO_BIN_EXE_webake-agent"))
         .arg("--root")
         .arg(root.path())
@@ -298,9 +341,18 @@ fn sets_the_kernel_hostname_in_a_private_uts_namespace() {
         out.status.success(),
         "unshare --uts + agent failed (this test needs root): {log}"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{EXPECTED_HOSTNAME}\n"));
-    assert!(log.contains(&format!("set kernel hostname to {EXPECTED_HOSTNAME}")), "{log}");
-    assert_eq!(root.hostname().as_deref(), Some(&*format!("{EXPECTED_HOSTNAME}\n")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{EXPECTED_HOSTNAME}\n")
+    );
+    assert!(
+        log.contains(&format!("set kernel hostname to {EXPECTED_HOSTNAME}")),
+        "{log}"
+    );
+    assert_eq!(
+        root.hostname().as_deref(),
+        Some(&*format!("{EXPECTED_HOSTNAME}\n"))
+    );
     assert_eq!(
         fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
         before,
@@ -320,10 +372,15 @@ fn systemd_unit_matches_the_documented_install() {
         "ExecStart=/usr/local/bin/webake-agent",
         "WantedBy=multi-user.target",
     ] {
-        assert!(unit.lines().any(|l| l.trim() == line), "unit lacks {line:?}");
+        assert!(
+            unit.lines().any(|l| l.trim() == line),
+            "unit lacks {line:?}"
+        );
     }
     assert!(
-        !unit.lines().any(|l| l.trim_start().starts_with("ProtectHostname=")),
+        !unit
+            .lines()
+            .any(|l| l.trim_start().starts_with("ProtectHostname=")),
         "ProtectHostname would give the agent a private UTS namespace: sethostname would not stick"
     );
     let timeout: u64 = unit
@@ -333,7 +390,8 @@ fn systemd_unit_matches_the_documented_install() {
         .parse()
         .unwrap();
     assert!(
-        Duration::from_secs(timeout) > webake_agent::imds::DEFAULT_DEADLINE + Duration::from_secs(5),
+        Duration::from_secs(timeout)
+            > webake_agent::imds::DEFAULT_DEADLINE + Duration::from_secs(5),
         "the agent's own deadline must fire before systemd kills it"
     );
     let readme =
@@ -350,7 +408,10 @@ fn systemd_unit_verifies() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/webake-agent.service"),
     )
     .unwrap()
-    .replace("/usr/local/bin/webake-agent", env!("CARGO_BIN_EXE_webake-agent"));
+    .replace(
+        "/usr/local/bin/webake-agent",
+        env!("CARGO_BIN_EXE_webake-agent"),
+    );
     let path = dir.path().join("webake-agent.service");
     fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

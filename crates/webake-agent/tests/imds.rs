@@ -49,16 +49,36 @@ fn raw(fake: &FakeImds, method: &str, path: &str, headers: &[(&str, &str)]) -> h
 fn fake_imds_enforces_the_imdsv2_protocol() {
     let fake = FakeImds::start(Config::default());
     let ttl = "X-aws-ec2-metadata-token-ttl-seconds";
-    assert_eq!(raw(&fake, "PUT", "/latest/api/token", &[]).status, 400, "PUT without TTL");
-    assert_eq!(raw(&fake, "PUT", "/latest/api/token", &[(ttl, "0")]).status, 400);
-    assert_eq!(raw(&fake, "PUT", "/latest/api/token", &[(ttl, "21601")]).status, 400);
     assert_eq!(
-        raw(&fake, "PUT", "/latest/api/token", &[(ttl, "60"), ("X-Forwarded-For", "1.2.3.4")]).status,
+        raw(&fake, "PUT", "/latest/api/token", &[]).status,
+        400,
+        "PUT without TTL"
+    );
+    assert_eq!(
+        raw(&fake, "PUT", "/latest/api/token", &[(ttl, "0")]).status,
+        400
+    );
+    assert_eq!(
+        raw(&fake, "PUT", "/latest/api/token", &[(ttl, "21601")]).status,
+        400
+    );
+    assert_eq!(
+        raw(
+            &fake,
+            "PUT",
+            "/latest/api/token",
+            &[(ttl, "60"), ("X-Forwarded-For", "1.2.3.4")]
+        )
+        .status,
         403
     );
     assert_eq!(raw(&fake, "GET", "/latest/api/token", &[]).status, 405);
     let path = "/latest/meta-data/instance-id";
-    assert_eq!(raw(&fake, "GET", path, &[]).status, 401, "GET without token");
+    assert_eq!(
+        raw(&fake, "GET", path, &[]).status,
+        401,
+        "GET without token"
+    );
     let wrong = [("X-aws-ec2-metadata-token", "not-a-token")];
     assert_eq!(raw(&fake, "GET", path, &wrong).status, 401, "wrong token");
 
@@ -67,7 +87,10 @@ fn fake_imds_enforces_the_imdsv2_protocol() {
     let good = [("X-aws-ec2-metadata-token", token.body.as_str())];
     let id = raw(&fake, "GET", path, &good);
     assert_eq!((id.status, id.body.as_str()), (200, INSTANCE_ID));
-    assert_eq!(raw(&fake, "GET", "/latest/meta-data/nope", &good).status, 404);
+    assert_eq!(
+        raw(&fake, "GET", "/latest/meta-data/nope", &good).status,
+        404
+    );
 
     fake.revoke_tokens();
     assert_eq!(raw(&fake, "GET", path, &good).status, 401, "expired token");
@@ -75,7 +98,10 @@ fn fake_imds_enforces_the_imdsv2_protocol() {
     let disabled = FakeImds::start(Config::tags_disabled());
     let token = raw(&disabled, "PUT", "/latest/api/token", &[(ttl, "21600")]);
     let good = [("X-aws-ec2-metadata-token", token.body.as_str())];
-    assert_eq!(raw(&disabled, "GET", "/latest/meta-data/tags/instance", &good).status, 404);
+    assert_eq!(
+        raw(&disabled, "GET", "/latest/meta-data/tags/instance", &good).status,
+        404
+    );
 }
 
 #[test]
@@ -108,10 +134,19 @@ fn fetches_identity_and_tags_with_one_token() {
     assert_eq!(seen[0].ttl.as_deref(), Some("21600"));
     let token = seen[0].token.clone();
     assert_eq!(token, None, "the token request carries no token");
-    assert_eq!(seen.iter().filter(|s| s.method == "PUT").count(), 1, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|s| s.method == "PUT").count(),
+        1,
+        "{seen:?}"
+    );
     for s in &seen[1..] {
         assert_eq!((s.method.as_str(), s.status), ("GET", 200), "{s:?}");
-        assert!(s.token.as_deref().is_some_and(|t| t.starts_with("AQAEAFAKE")), "{s:?}");
+        assert!(
+            s.token
+                .as_deref()
+                .is_some_and(|t| t.starts_with("AQAEAFAKE")),
+            "{s:?}"
+        );
     }
     let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(
@@ -126,7 +161,10 @@ fn fetches_identity_and_tags_with_one_token() {
         ]
     );
     let text = log.text();
-    assert!(!text.contains("AQAEAFAKE"), "tokens are never logged:\n{text}");
+    assert!(
+        !text.contains("AQAEAFAKE"),
+        "tokens are never logged:\n{text}"
+    );
 }
 
 #[test]
@@ -137,7 +175,11 @@ fn tags_disabled_is_not_an_error() {
     let metadata = imds::fetch(&mut client).unwrap();
     assert_eq!(metadata.tags, Tags::NotExposed);
     // the listing's 404 is enough: no per-key request
-    assert!(fake.seen().iter().all(|s| !s.path.contains("/tags/instance/")));
+    assert!(
+        fake.seen()
+            .iter()
+            .all(|s| !s.path.contains("/tags/instance/"))
+    );
 }
 
 #[test]
@@ -164,12 +206,18 @@ fn expired_token_is_refreshed_once() {
     let log = Collect::default();
     let mut client = Client::new(endpoint(&fake.url()), Timeouts::default(), &log);
     assert_eq!(
-        client.get("/latest/meta-data/instance-id").unwrap().as_deref(),
+        client
+            .get("/latest/meta-data/instance-id")
+            .unwrap()
+            .as_deref(),
         Some(INSTANCE_ID)
     );
     fake.revoke_tokens();
     assert_eq!(
-        client.get("/latest/meta-data/placement/region").unwrap().as_deref(),
+        client
+            .get("/latest/meta-data/placement/region")
+            .unwrap()
+            .as_deref(),
         Some(REGION)
     );
     let statuses: Vec<(String, u16)> = fake
@@ -177,7 +225,13 @@ fn expired_token_is_refreshed_once() {
         .into_iter()
         .map(|s| (s.method, s.status))
         .collect();
-    let expect = [("PUT", 200), ("GET", 200), ("GET", 401), ("PUT", 200), ("GET", 200)];
+    let expect = [
+        ("PUT", 200),
+        ("GET", 200),
+        ("GET", 401),
+        ("PUT", 200),
+        ("GET", 200),
+    ];
     assert_eq!(
         statuses,
         expect.map(|(m, s)| (m.to_owned(), s)),
@@ -199,10 +253,20 @@ fn throttling_is_retried_with_backoff() {
     let metadata = imds::fetch(&mut client).unwrap();
     assert_eq!(metadata.instance_id, INSTANCE_ID);
     // two backoffs happened: 250 ms + 500 ms
-    assert!(started.elapsed() >= imds::BACKOFF_INITIAL * 3, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= imds::BACKOFF_INITIAL * 3,
+        "{:?}",
+        started.elapsed()
+    );
     let text = log.text();
-    assert!(text.contains("attempt 1/4 failed: HTTP 503; retrying"), "{text}");
-    assert!(text.contains("attempt 2/4 failed: HTTP 503; retrying"), "{text}");
+    assert!(
+        text.contains("attempt 1/4 failed: HTTP 503; retrying"),
+        "{text}"
+    );
+    assert!(
+        text.contains("attempt 2/4 failed: HTTP 503; retrying"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -214,7 +278,10 @@ fn persistent_5xx_gives_up_after_max_attempts() {
     let log = Collect::default();
     let mut client = Client::new(endpoint(&fake.url()), Timeouts::default(), &log);
     let err = imds::fetch(&mut client).unwrap_err();
-    assert!(matches!(err, ImdsError::Unreachable { attempts: 4, .. }), "{err}");
+    assert!(
+        matches!(err, ImdsError::Unreachable { attempts: 4, .. }),
+        "{err}"
+    );
     assert_eq!(fake.seen().len(), imds::MAX_ATTEMPTS as usize);
     assert!(err.to_string().contains("/latest/api/token"), "{err}");
 }
@@ -256,10 +323,17 @@ fn slow_imds_hits_the_deadline() {
     let err = imds::fetch(&mut client).unwrap_err();
     let elapsed = started.elapsed();
     assert!(err.is_deadline(), "{err}\n{}", log.text());
-    assert!(elapsed < timeouts.deadline + Duration::from_secs(1), "{elapsed:?}");
+    assert!(
+        elapsed < timeouts.deadline + Duration::from_secs(1),
+        "{elapsed:?}"
+    );
     let message = err.to_string();
     assert!(message.contains("deadline of 1.5 s reached"), "{message}");
-    assert!(log.text().contains("retrying"), "it did retry first:\n{}", log.text());
+    assert!(
+        log.text().contains("retrying"),
+        "it did retry first:\n{}",
+        log.text()
+    );
 }
 
 #[test]
@@ -280,4 +354,14 @@ fn deadline_caps_a_single_long_read() {
     let err = imds::fetch(&mut client).unwrap_err();
     assert!(err.is_deadline(), "{err}");
     assert!(started.elapsed() < timeouts.deadline + Duration::from_secs(1));
+}
+
+#[test]
+fn ipv6_endpoint_literal() {
+    let fake = FakeImds::start_on("[::1]:0", Config::default());
+    assert!(fake.url().starts_with("http://[::1]:"), "{}", fake.url());
+    let log = Collect::default();
+    let mut client = Client::new(endpoint(&fake.url()), Timeouts::default(), &log);
+    let metadata = imds::fetch(&mut client).unwrap();
+    assert_eq!(metadata.instance_id, INSTANCE_ID);
 }

@@ -86,7 +86,13 @@ pub struct FakeImds {
 
 impl FakeImds {
     pub fn start(config: Config) -> FakeImds {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake IMDS on 127.0.0.1");
+        FakeImds::start_on("127.0.0.1:0", config)
+    }
+
+    /// `bind` is a loopback address: `127.0.0.1:0` or `[::1]:0`.
+    pub fn start_on(bind: &str, config: Config) -> FakeImds {
+        let listener = TcpListener::bind(bind).expect("bind fake IMDS on loopback");
+        assert!(listener.local_addr().unwrap().ip().is_loopback());
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             config,
@@ -118,6 +124,7 @@ impl FakeImds {
         }
     }
 
+    /// `http://127.0.0.1:PORT` or `http://[::1]:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -175,11 +182,19 @@ fn handle(state: &State, mut stream: TcpStream) {
     };
     let token = header("X-aws-ec2-metadata-token");
     let ttl = header("X-aws-ec2-metadata-token-ttl-seconds");
-    let (status, body, extra) = if state.served.fetch_add(1, Ordering::SeqCst) < state.config.fail_first {
-        (503, String::new(), None)
-    } else {
-        respond(state, &method, &path, token.as_deref(), ttl.as_deref(), header("X-Forwarded-For").is_some())
-    };
+    let (status, body, extra) =
+        if state.served.fetch_add(1, Ordering::SeqCst) < state.config.fail_first {
+            (503, String::new(), None)
+        } else {
+            respond(
+                state,
+                &method,
+                &path,
+                token.as_deref(),
+                ttl.as_deref(),
+                header("X-Forwarded-For").is_some(),
+            )
+        };
     state.seen.lock().unwrap().push(Seen {
         method,
         path,
@@ -231,7 +246,10 @@ fn respond(
             _ => return (400, String::new(), None),
         };
         let n = state.issued.fetch_add(1, Ordering::SeqCst);
-        let value = format!("AQAEAFAKE-token-{n}-{}==", state.served.load(Ordering::SeqCst));
+        let value = format!(
+            "AQAEAFAKE-token-{n}-{}==",
+            state.served.load(Ordering::SeqCst)
+        );
         state.tokens.lock().unwrap().push(Token {
             value: value.clone(),
             expires: Instant::now() + Duration::from_secs(ttl),
