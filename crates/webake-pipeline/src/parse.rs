@@ -9,16 +9,16 @@ use crate::Error;
 use crate::k8s::{CronJob, Job};
 use crate::tekton::{Pipeline, PipelineRun, Task, TriggerBinding, TriggerTemplate};
 
-/// One parsed resource.
+/// One parsed resource (boxed: the variants differ a lot in size).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
-    Job(Job),
-    CronJob(CronJob),
-    Task(Task),
-    Pipeline(Pipeline),
-    PipelineRun(PipelineRun),
-    TriggerTemplate(TriggerTemplate),
-    TriggerBinding(TriggerBinding),
+    Job(Box<Job>),
+    CronJob(Box<CronJob>),
+    Task(Box<Task>),
+    Pipeline(Box<Pipeline>),
+    PipelineRun(Box<PipelineRun>),
+    TriggerTemplate(Box<TriggerTemplate>),
+    TriggerBinding(Box<TriggerBinding>),
 }
 
 impl Resource {

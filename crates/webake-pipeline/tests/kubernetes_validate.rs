@@ -67,7 +67,7 @@ fn kubernetes_validate_rejects_an_unknown_field_in_strict_mode() {
 fn validate(files: &[std::path::PathBuf]) -> std::process::Output {
     match Command::new(TOOL)
         .args(["--strict", "-k", KUBERNETES_VERSION])
-        .args(&files)
+        .args(files)
         .output()
     {
         Ok(output) => output,
