@@ -180,14 +180,24 @@ impl Reporter for NoReporter {}
 const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Roll out: plan the edits, then (unless dry run) commit, push and propose them.
+///
+/// The forge comes from `req.forge` (its token is read from the environment first of all).
 pub fn rollout(req: &RolloutRequest, reporter: &dyn Reporter) -> Result<RolloutOutcome, RolloutError> {
+    let forge = if req.dry_run { None } else { forge::forge_from_config(&req.forge)? };
+    rollout_with_forge(req, forge.as_deref(), reporter)
+}
+
+/// [`rollout`] with a given forge (`None`: local mode); `req.forge` is ignored.
+pub fn rollout_with_forge(
+    req: &RolloutRequest,
+    forge: Option<&dyn Forge>,
+    reporter: &dyn Reporter,
+) -> Result<RolloutOutcome, RolloutError> {
     let branch = git::branch_for_family(&req.family).map_err(RolloutError::InvalidRequest)?;
     req.reference.validate().map_err(RolloutError::InvalidRequest)?;
     if let Some(label) = req.labels.iter().find(|l| l.trim().is_empty()) {
         return Err(RolloutError::InvalidRequest(format!("empty label {label:?}")));
     }
-    // Read the token before anything happens, so a missing one fails first.
-    let forge = if req.dry_run { None } else { forge::forge_from_config(&req.forge)? };
 
     let url = check_source(&req.repo)?;
     let location = req.repo.display();
@@ -260,7 +270,7 @@ pub fn rollout(req: &RolloutRequest, reporter: &dyn Reporter) -> Result<RolloutO
     }
 
     // Ask the forge first: an auth failure must stop us before anything is pushed.
-    let existing_pr = match &forge {
+    let existing_pr = match forge {
         Some(f) => f.find_open_pull_request(&branch)?,
         None => None,
     };
@@ -294,7 +304,7 @@ pub fn rollout(req: &RolloutRequest, reporter: &dyn Reporter) -> Result<RolloutO
     };
     outcome.status = status;
 
-    if let Some(forge) = &forge {
+    if let Some(forge) = forge {
         reporter.step(Step::PullRequest { branch: &branch });
         let mut labels = config.labels.clone();
         for l in &req.labels {
@@ -309,7 +319,7 @@ pub fn rollout(req: &RolloutRequest, reporter: &dyn Reporter) -> Result<RolloutO
             body: pr_body(req, &outcome.edits),
             labels,
         };
-        let (pr, action) = forge::ensure_pull_request(forge.as_ref(), existing_pr, &spec)?;
+        let (pr, action) = forge::ensure_pull_request(forge, existing_pr, &spec)?;
         outcome.pull_request = Some(PullRequestOutcome { number: pr.number, url: pr.url, action });
     }
     Ok(outcome)
