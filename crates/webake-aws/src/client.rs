@@ -123,7 +123,11 @@ impl Session {
             ));
         }
         let sdk = loader.load().await;
-        Self { sdk, timing: settings.timing.clone(), clients: Mutex::new(BTreeMap::new()) }
+        Self {
+            sdk,
+            timing: settings.timing.clone(),
+            clients: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn timing(&self) -> &Timing {

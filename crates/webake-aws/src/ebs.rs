@@ -110,10 +110,19 @@ pub async fn upload_snapshot(
     on_started: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<UploadSummary> {
     let region = &clients.region;
-    let mut file = tokio::fs::File::open(path).await.map_err(Error::io("opening disk image", path))?;
-    let len = file.metadata().await.map_err(Error::io("reading metadata of", path))?.len();
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(Error::io("opening disk image", path))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(Error::io("reading metadata of", path))?
+        .len();
     if len == 0 {
-        return Err(Error::Invalid(format!("disk image {} is empty", path.display())));
+        return Err(Error::Invalid(format!(
+            "disk image {} is empty",
+            path.display()
+        )));
     }
     let needed = volume_size_gib(len);
     let size = opts.volume_size_gib.unwrap_or(needed);
@@ -140,10 +149,17 @@ pub async fn upload_snapshot(
     if let Some(token) = &opts.client_token {
         start = start.client_token(token);
     }
-    let started = start.send().await.map_err(aws("StartSnapshot", region, path.display().to_string()))?;
+    let started =
+        start
+            .send()
+            .await
+            .map_err(aws("StartSnapshot", region, path.display().to_string()))?;
     let snapshot_id = started
         .snapshot_id()
-        .ok_or_else(|| Error::Missing { what: "snapshot id", context: format!("StartSnapshot in {region}") })?
+        .ok_or_else(|| Error::Missing {
+            what: "snapshot id",
+            context: format!("StartSnapshot in {region}"),
+        })?
         .to_string();
     on_started(&snapshot_id);
     tracing::info!(%region, %snapshot_id, size_gib = size, blocks_total, "snapshot started");
@@ -157,7 +173,9 @@ pub async fn upload_snapshot(
     for index in 0..blocks_total {
         let mut buf = vec![0u8; EBS_BLOCK_SIZE];
         let want = (len - index * EBS_BLOCK_SIZE as u64).min(EBS_BLOCK_SIZE as u64) as usize;
-        file.read_exact(&mut buf[..want]).await.map_err(Error::io("reading disk image", path))?;
+        file.read_exact(&mut buf[..want])
+            .await
+            .map_err(Error::io("reading disk image", path))?;
         // The tail of the last block stays zero: EBS blocks are always full size.
         if buf.iter().all(|&b| b == 0) {
             // Unwritten blocks of a snapshot read back as zeros: skip them (sparse upload).
@@ -179,7 +197,17 @@ pub async fn upload_snapshot(
         let checksum = B64.encode(digest);
         let data = buf;
         tasks.spawn(async move {
-            put_block(&ebs, &region, &snapshot, index as i32, data, checksum, progress, backoff).await
+            put_block(
+                &ebs,
+                &region,
+                &snapshot,
+                index as i32,
+                data,
+                checksum,
+                progress,
+                backoff,
+            )
+            .await
         });
         reporter.block_done(&snapshot_id, want as u64, true);
     }
@@ -187,17 +215,30 @@ pub async fn upload_snapshot(
         join_one(&mut tasks).await?;
     }
 
-    let mut complete = clients.ebs.complete_snapshot().snapshot_id(&snapshot_id).changed_blocks_count(sent as i32);
+    let mut complete = clients
+        .ebs
+        .complete_snapshot()
+        .snapshot_id(&snapshot_id)
+        .changed_blocks_count(sent as i32);
     if sent > 0 {
         complete = complete
             .checksum(aggregate_checksum(digests.iter().flatten()))
             .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
             .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear);
     }
-    complete.send().await.map_err(aws("CompleteSnapshot", region, snapshot_id.clone()))?;
+    complete
+        .send()
+        .await
+        .map_err(aws("CompleteSnapshot", region, snapshot_id.clone()))?;
     reporter.transfer_finished(&snapshot_id);
     tracing::info!(%region, %snapshot_id, sent, skipped, "snapshot upload complete");
-    Ok(UploadSummary { snapshot_id, volume_size_gib: size, blocks_total, blocks_sent: sent, blocks_skipped: skipped })
+    Ok(UploadSummary {
+        snapshot_id,
+        volume_size_gib: size,
+        blocks_total,
+        blocks_sent: sent,
+        blocks_skipped: skipped,
+    })
 }
 
 async fn join_one(tasks: &mut JoinSet<Result<()>>) -> Result<()> {
@@ -215,7 +256,9 @@ where
 {
     use aws_sdk_ebs::error::SdkError;
     match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(se) => matches!(
             se.err().code(),
             Some(
@@ -264,7 +307,11 @@ async fn put_block(
                 attempt += 1;
             }
             Err(e) => {
-                return Err(aws("PutSnapshotBlock", region, format!("{snapshot_id} block {index}"))(e));
+                return Err(aws(
+                    "PutSnapshotBlock",
+                    region,
+                    format!("{snapshot_id} block {index}"),
+                )(e));
             }
         }
     }
@@ -321,16 +368,28 @@ pub async fn download_snapshot_to_file(
             _ => break,
         }
     }
-    let size_gib = volume_size_gib
-        .ok_or_else(|| Error::Missing { what: "volume size", context: format!("snapshot {snapshot_id}") })?;
+    let size_gib = volume_size_gib.ok_or_else(|| Error::Missing {
+        what: "volume size",
+        context: format!("snapshot {snapshot_id}"),
+    })?;
     let size_bytes = size_gib as u64 * GIB;
 
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let file = std::fs::File::create(&tmp).map_err(Error::io("creating", &tmp))?;
     let guard = TempFile(Some(tmp.clone()));
-    file.set_len(size_bytes).map_err(Error::io("sizing", &tmp))?;
+    file.set_len(size_bytes)
+        .map_err(Error::io("sizing", &tmp))?;
     let file = Arc::new(file);
 
     reporter.transfer_started(snapshot_id, blocks.len() as u64);
@@ -353,7 +412,11 @@ pub async fn download_snapshot_to_file(
                 .block_token(token)
                 .send()
                 .await
-                .map_err(aws("GetSnapshotBlock", &region, format!("{snapshot} block {index}")))?;
+                .map_err(aws(
+                    "GetSnapshotBlock",
+                    &region,
+                    format!("{snapshot} block {index}"),
+                ))?;
             let expected = out.checksum().map(str::to_string);
             let algo = out.checksum_algorithm().cloned();
             let data = out
@@ -368,15 +431,20 @@ pub async fn download_snapshot_to_file(
                     code: None,
                 })?
                 .into_bytes();
-            if let (Some(expected), Some(ChecksumAlgorithm::ChecksumAlgorithmSha256)) = (&expected, &algo)
+            if let (Some(expected), Some(ChecksumAlgorithm::ChecksumAlgorithmSha256)) =
+                (&expected, &algo)
                 && *expected != block_checksum(&data)
             {
-                return Err(Error::Checksum { snapshot_id: snapshot, block_index: index as i64 });
+                return Err(Error::Checksum {
+                    snapshot_id: snapshot,
+                    block_index: index as i64,
+                });
             }
             let offset = index as u64 * EBS_BLOCK_SIZE as u64;
             tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt as _;
-                file.write_all_at(&data, offset).map_err(Error::io("writing", &tmp))
+                file.write_all_at(&data, offset)
+                    .map_err(Error::io("writing", &tmp))
             })
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
@@ -434,7 +502,10 @@ mod tests {
     #[test]
     fn checksums_are_base64_sha256() {
         // sha256("") = e3b0c442...; its base64 is well known.
-        assert_eq!(block_checksum(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(
+            block_checksum(b""),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
         let a: [u8; 32] = Sha256::digest(b"a").into();
         let b: [u8; 32] = Sha256::digest(b"b").into();
         let mut concat = a.to_vec();

@@ -10,7 +10,13 @@ pub enum Error {
     /// A call to AWS failed (after the SDK's and our own retries).
     /// `detail` is the SDK error with its code and message (never credentials).
     #[error("{op} in {region} ({what}) failed: {detail}")]
-    Aws { op: &'static str, region: String, what: String, detail: String, code: Option<String> },
+    Aws {
+        op: &'static str,
+        region: String,
+        what: String,
+        detail: String,
+        code: Option<String>,
+    },
 
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -29,19 +35,42 @@ pub enum Error {
         "AMI name {name:?} is taken in {region} by {ami_id} with inputs digest {found:?}, \
          not {expected}; choose another name or deregister it"
     )]
-    NameConflict { region: String, name: String, ami_id: String, expected: String, found: Option<String> },
+    NameConflict {
+        region: String,
+        name: String,
+        ami_id: String,
+        expected: String,
+        found: Option<String>,
+    },
 
     #[error("snapshot {snapshot_id} in {region} ended in state {state}: {message}")]
-    SnapshotFailed { region: String, snapshot_id: String, state: String, message: String },
+    SnapshotFailed {
+        region: String,
+        snapshot_id: String,
+        state: String,
+        message: String,
+    },
 
     #[error("AMI {ami_id} in {region} ended in state {state}: {message}")]
-    ImageFailed { region: String, ami_id: String, state: String, message: String },
+    ImageFailed {
+        region: String,
+        ami_id: String,
+        state: String,
+        message: String,
+    },
 
     #[error("timed out after {waited:?} waiting for {what} in {region}")]
-    Timeout { region: String, what: String, waited: Duration },
+    Timeout {
+        region: String,
+        what: String,
+        waited: Duration,
+    },
 
     #[error("checksum mismatch for block {block_index} of snapshot {snapshot_id}")]
-    Checksum { snapshot_id: String, block_index: i64 },
+    Checksum {
+        snapshot_id: String,
+        block_index: i64,
+    },
 
     #[error("AWS returned no {what} for {context}")]
     Missing { what: &'static str, context: String },
@@ -56,7 +85,11 @@ pub enum Error {
     },
 
     #[error("NVMe device for {volume_id} not found within {waited:?}: {detail}")]
-    NvmeTimeout { volume_id: String, waited: Duration, detail: String },
+    NvmeTimeout {
+        volume_id: String,
+        waited: Duration,
+        detail: String,
+    },
 
     #[error("NVMe device for {volume_id}: {detail}")]
     NvmeMismatch { volume_id: String, detail: String },
@@ -86,14 +119,21 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
     }
 }
 
 /// Build an [`Error::Aws`] from an SDK error, keeping its code and the full error context.
-pub(crate) fn aws<E>(op: &'static str, region: &str, what: impl Into<String>) -> impl FnOnce(E) -> Error
+pub(crate) fn aws<E>(
+    op: &'static str,
+    region: &str,
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> Error
 where
     E: std::error::Error + aws_sdk_ec2::error::ProvideErrorMetadata + 'static,
 {
@@ -102,7 +142,13 @@ where
     move |e| {
         let code = e.code().map(str::to_string);
         let detail = format!("{}", aws_sdk_ec2::error::DisplayErrorContext(&e));
-        Error::Aws { op, region, what, detail, code }
+        Error::Aws {
+            op,
+            region,
+            what,
+            detail,
+            code,
+        }
     }
 }
 

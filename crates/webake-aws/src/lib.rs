@@ -23,19 +23,21 @@ mod sweep;
 pub mod wait;
 
 pub use client::{
-    ClientSettings, DEFAULT_IMAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_SNAPSHOT_TIMEOUT, RegionClients,
-    SDK_INITIAL_BACKOFF, SDK_MAX_ATTEMPTS, SDK_MAX_BACKOFF, Session, StaticCredentials, Timing,
+    ClientSettings, DEFAULT_IMAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_SNAPSHOT_TIMEOUT,
+    RegionClients, SDK_INITIAL_BACKOFF, SDK_MAX_ATTEMPTS, SDK_MAX_BACKOFF, Session,
+    StaticCredentials, Timing,
 };
 pub use ebs::{
-    BLOCK_ATTEMPTS, BLOCK_RETRY_BACKOFF, DEFAULT_CONCURRENCY, DownloadSummary, EBS_BLOCK_SIZE, UploadOptions,
-    UploadSummary, aggregate_checksum, block_checksum, download_snapshot_to_file, upload_snapshot, volume_size_gib,
+    BLOCK_ATTEMPTS, BLOCK_RETRY_BACKOFF, DEFAULT_CONCURRENCY, DownloadSummary, EBS_BLOCK_SIZE,
+    UploadOptions, UploadSummary, aggregate_checksum, block_checksum, download_snapshot_to_file,
+    upload_snapshot, volume_size_gib,
 };
 pub use error::{Error, Result};
 pub use nvme::{EBS_NVME_MODEL, nvme_serial_of, resolve_nvme_device};
 pub use publish::{
-    Architecture, BootMode, Created, Ledger, NameVars, Principal, Publication, PublishRequest, ROOT_DEVICE,
-    RegionImage, RootSnapshot, TAG_BAKE_ID, TAG_INPUTS_DIGEST, find_root_snapshot, publish, render_name,
-    validate_ami_name,
+    Architecture, BootMode, Created, Ledger, NameVars, Principal, Publication, PublishRequest,
+    ROOT_DEVICE, RegionImage, RootSnapshot, TAG_BAKE_ID, TAG_INPUTS_DIGEST, find_root_snapshot,
+    publish, render_name, validate_ami_name,
 };
 pub use reporter::{NoReporter, Reporter};
 pub use sweep::{SweepReport, sweep};

@@ -25,7 +25,9 @@ pub fn nvme_serial_of(volume_id: &str) -> Result<String> {
         .strip_prefix("vol-")
         .ok_or_else(|| Error::Invalid(format!("{volume_id:?} is not an EBS volume id (vol-…)")))?;
     if !(hex.len() == 8 || hex.len() == 17) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Invalid(format!("{volume_id:?} is not an EBS volume id (vol- and 8 or 17 hex digits)")));
+        return Err(Error::Invalid(format!(
+            "{volume_id:?} is not an EBS volume id (vol- and 8 or 17 hex digits)"
+        )));
     }
     Ok(format!("vol{hex}"))
 }
@@ -35,7 +37,12 @@ pub fn nvme_serial_of(volume_id: &str) -> Result<String> {
 /// `sysfs_root` is normally `/sys`, `dev_root` normally `/dev`; tests pass a fabricated tree.
 /// Waits (polling with backoff) until the controller and its device node exist, up to
 /// `timeout`. If the udev by-id link exists it must point at the same node.
-pub fn resolve_nvme_device(volume_id: &str, sysfs_root: &Path, dev_root: &Path, timeout: Duration) -> Result<PathBuf> {
+pub fn resolve_nvme_device(
+    volume_id: &str,
+    sysfs_root: &Path,
+    dev_root: &Path,
+    timeout: Duration,
+) -> Result<PathBuf> {
     let serial = nvme_serial_of(volume_id)?;
     let start = Instant::now();
     let mut pause = NVME_FIRST_POLL;
@@ -53,10 +60,16 @@ pub fn resolve_nvme_device(volume_id: &str, sysfs_root: &Path, dev_root: &Path, 
                     "no NVMe controller under {} has serial {serial} and model {EBS_NVME_MODEL:?}",
                     sysfs_root.join("class/nvme").display()
                 ),
-                Look::NoNode(c, p) => format!("controller {c} matches but {} does not exist", p.display()),
+                Look::NoNode(c, p) => {
+                    format!("controller {c} matches but {} does not exist", p.display())
+                }
                 Look::Found(_) => unreachable!(),
             };
-            return Err(Error::NvmeTimeout { volume_id: volume_id.to_string(), waited: elapsed, detail });
+            return Err(Error::NvmeTimeout {
+                volume_id: volume_id.to_string(),
+                waited: elapsed,
+                detail,
+            });
         }
         std::thread::sleep(pause.min(timeout - elapsed));
         pause = (pause * 2).min(NVME_MAX_POLL);
@@ -71,7 +84,9 @@ enum Look {
 }
 
 fn read_trimmed(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn look(serial: &str, sysfs_root: &Path, dev_root: &Path) -> Result<Look> {
@@ -80,32 +95,53 @@ fn look(serial: &str, sysfs_root: &Path, dev_root: &Path) -> Result<Look> {
         Ok(e) => e,
         // No NVMe at all (yet): keep waiting.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Look::NoController),
-        Err(e) => return Err(Error::Io { what: "listing", path: class, source: e }),
+        Err(e) => {
+            return Err(Error::Io {
+                what: "listing",
+                path: class,
+                source: e,
+            });
+        }
     };
     let mut controllers: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     controllers.sort();
     let mut matches = Vec::new();
     for c in controllers {
         // The controller may be half-populated while the kernel probes it: skip unreadable.
-        let (Some(s), Some(m)) = (read_trimmed(&c.join("serial")), read_trimmed(&c.join("model"))) else {
+        let (Some(s), Some(m)) = (
+            read_trimmed(&c.join("serial")),
+            read_trimmed(&c.join("model")),
+        ) else {
             continue;
         };
         if s == serial && m == EBS_NVME_MODEL {
             matches.push(c);
         }
     }
-    let Some(ctrl) = matches.first() else { return Ok(Look::NoController) };
+    let Some(ctrl) = matches.first() else {
+        return Ok(Look::NoController);
+    };
     if matches.len() > 1 {
         let names: Vec<String> = matches.iter().map(|c| c.display().to_string()).collect();
         return Err(Error::NvmeMismatch {
             volume_id: serial.to_string(),
-            detail: format!("several controllers carry serial {serial}: {}", names.join(", ")),
+            detail: format!(
+                "several controllers carry serial {serial}: {}",
+                names.join(", ")
+            ),
         });
     }
-    let ctrl_name = ctrl.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ctrl_name = ctrl
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let ns = namespace_of(ctrl, &ctrl_name);
     let node = dev_root.join(&ns);
-    if node.exists() { Ok(Look::Found(node)) } else { Ok(Look::NoNode(ctrl_name, node)) }
+    if node.exists() {
+        Ok(Look::Found(node))
+    } else {
+        Ok(Look::NoNode(ctrl_name, node))
+    }
 }
 
 /// The namespace block device of controller `nvmeN`: the `nvmeNnM` entry in its sysfs
@@ -123,11 +159,16 @@ fn namespace_of(ctrl: &Path, ctrl_name: &str) -> String {
         .filter(|n| is_ns(n))
         .collect();
     names.sort();
-    names.into_iter().next().unwrap_or_else(|| format!("{ctrl_name}n1"))
+    names
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| format!("{ctrl_name}n1"))
 }
 
 fn cross_check(volume_id: &str, serial: &str, dev_root: &Path, dev: &Path) -> Result<()> {
-    let link = dev_root.join("disk/by-id").join(format!("nvme-Amazon_Elastic_Block_Store_{serial}"));
+    let link = dev_root
+        .join("disk/by-id")
+        .join(format!("nvme-Amazon_Elastic_Block_Store_{serial}"));
     if std::fs::symlink_metadata(&link).is_err() {
         return Ok(()); // no udev: the serial match is authoritative
     }
@@ -153,7 +194,10 @@ mod tests {
 
     #[test]
     fn serial_form() {
-        assert_eq!(nvme_serial_of("vol-0123456789abcdef0").unwrap(), "vol0123456789abcdef0");
+        assert_eq!(
+            nvme_serial_of("vol-0123456789abcdef0").unwrap(),
+            "vol0123456789abcdef0"
+        );
         assert_eq!(nvme_serial_of("vol-0123abcd").unwrap(), "vol0123abcd");
         assert!(nvme_serial_of("vol0123456789abcdef0").is_err());
         assert!(nvme_serial_of("vol-xyz").is_err());

@@ -57,7 +57,9 @@ impl FromStr for Architecture {
         match s {
             "x86_64" | "amd64" => Ok(Self::X86_64),
             "arm64" | "aarch64" => Ok(Self::Arm64),
-            _ => Err(Error::Invalid(format!("unknown architecture {s:?} (x86_64 or arm64)"))),
+            _ => Err(Error::Invalid(format!(
+                "unknown architecture {s:?} (x86_64 or arm64)"
+            ))),
         }
     }
 }
@@ -94,7 +96,9 @@ impl FromStr for BootMode {
             "uefi" => Ok(Self::Uefi),
             "uefi-preferred" => Ok(Self::UefiPreferred),
             "legacy-bios" => Ok(Self::LegacyBios),
-            _ => Err(Error::Invalid(format!("unknown boot mode {s:?} (uefi, uefi-preferred, legacy-bios)"))),
+            _ => Err(Error::Invalid(format!(
+                "unknown boot mode {s:?} (uefi, uefi-preferred, legacy-bios)"
+            ))),
         }
     }
 }
@@ -140,7 +144,9 @@ impl FromStr for Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Principal::Account(s) | Principal::Organization(s) | Principal::OrganizationalUnit(s) => f.write_str(s),
+            Principal::Account(s)
+            | Principal::Organization(s)
+            | Principal::OrganizationalUnit(s) => f.write_str(s),
         }
     }
 }
@@ -217,7 +223,9 @@ mod opt_timestamp {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<jiff::Timestamp>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<jiff::Timestamp>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| s.parse().map_err(serde::de::Error::custom))
             .transpose()
@@ -290,7 +298,9 @@ pub enum Created {
 impl fmt::Display for Created {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Created::Snapshot { region, id } | Created::Image { region, id } => write!(f, "{id} ({region})"),
+            Created::Snapshot { region, id } | Created::Image { region, id } => {
+                write!(f, "{id} ({region})")
+            }
         }
     }
 }
@@ -321,13 +331,15 @@ impl Ledger {
 
     /// Keep everything (the publish succeeded).
     pub fn commit(&self) {
-        self.settled.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.settled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Delete everything recorded, AMIs first (a snapshot in use by an AMI cannot be
     /// deleted), in every region. Returns what could not be deleted.
     pub async fn rollback(&self, session: &Session) -> Vec<String> {
-        self.settled.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.settled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let items = self.items();
         let mut snapshots: Vec<(String, String)> = Vec::new();
         let mut leftovers = Vec::new();
@@ -380,10 +392,17 @@ impl Drop for Ledger {
 
 /// Deregister `ami_id` and return the snapshots of its block device mappings (to delete).
 /// An AMI that is already gone is not an error.
-pub(crate) async fn deregister_with_snapshots(clients: &RegionClients, ami_id: &str) -> Result<Vec<String>> {
+pub(crate) async fn deregister_with_snapshots(
+    clients: &RegionClients,
+    ami_id: &str,
+) -> Result<Vec<String>> {
     let region = &clients.region;
     let snaps = match clients.ec2.describe_images().image_ids(ami_id).send().await {
-        Ok(out) => out.images().first().map(image_snapshots).unwrap_or_default(),
+        Ok(out) => out
+            .images()
+            .first()
+            .map(image_snapshots)
+            .unwrap_or_default(),
         Err(e) => {
             let err = aws("DescribeImages", region, ami_id)(e);
             if is_not_found(err.aws_code()) {
@@ -404,7 +423,13 @@ pub(crate) async fn deregister_with_snapshots(clients: &RegionClients, ami_id: &
 
 pub(crate) async fn delete_snapshot(clients: &RegionClients, snapshot_id: &str) -> Result<()> {
     let region = &clients.region;
-    if let Err(e) = clients.ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
+    if let Err(e) = clients
+        .ec2
+        .delete_snapshot()
+        .snapshot_id(snapshot_id)
+        .send()
+        .await
+    {
         let err = aws("DeleteSnapshot", region, snapshot_id)(e);
         if !is_not_found(err.aws_code()) {
             return Err(err);
@@ -454,10 +479,10 @@ pub async fn find_root_snapshot(clients: &RegionClients, ami_id: &str) -> Result
         .send()
         .await
         .map_err(aws("DescribeImages", region, ami_id))?;
-    let image = out
-        .images()
-        .first()
-        .ok_or_else(|| Error::Missing { what: "image", context: format!("{ami_id} in {region}") })?;
+    let image = out.images().first().ok_or_else(|| Error::Missing {
+        what: "image",
+        context: format!("{ami_id} in {region}"),
+    })?;
     let root = image.root_device_name();
     let mapping = image
         .block_device_mappings()
@@ -465,10 +490,12 @@ pub async fn find_root_snapshot(clients: &RegionClients, ami_id: &str) -> Result
         .find(|m| m.device_name() == root)
         .or_else(|| image.block_device_mappings().first());
     let ebs = mapping.and_then(|m| m.ebs());
-    let snapshot_id = ebs.and_then(|e| e.snapshot_id()).ok_or_else(|| Error::Missing {
-        what: "root EBS snapshot",
-        context: format!("{ami_id} in {region} (root device {root:?})"),
-    })?;
+    let snapshot_id = ebs
+        .and_then(|e| e.snapshot_id())
+        .ok_or_else(|| Error::Missing {
+            what: "root EBS snapshot",
+            context: format!("{ami_id} in {region} (root device {root:?})"),
+        })?;
     Ok(RootSnapshot {
         ami_id: ami_id.to_string(),
         snapshot_id: snapshot_id.to_string(),
@@ -514,14 +541,22 @@ async fn find_existing(clients: &RegionClients, name: &str, digest: &str) -> Res
 }
 
 fn all_tags(req: &PublishRequest) -> Vec<(String, String)> {
-    let mut tags: Vec<(String, String)> =
-        req.tags.iter().filter(|(k, _)| k != TAG_BAKE_ID && k != TAG_INPUTS_DIGEST).cloned().collect();
+    let mut tags: Vec<(String, String)> = req
+        .tags
+        .iter()
+        .filter(|(k, _)| k != TAG_BAKE_ID && k != TAG_INPUTS_DIGEST)
+        .cloned()
+        .collect();
     tags.push((TAG_BAKE_ID.to_string(), req.bake_id.clone()));
     tags.push((TAG_INPUTS_DIGEST.to_string(), req.inputs_digest.clone()));
     tags
 }
 
-async fn create_tags(clients: &RegionClients, ids: &[&str], tags: &[(String, String)]) -> Result<()> {
+async fn create_tags(
+    clients: &RegionClients,
+    ids: &[&str],
+    tags: &[(String, String)],
+) -> Result<()> {
     let mut call = clients.ec2.create_tags();
     for id in ids {
         call = call.resources(*id);
@@ -529,30 +564,43 @@ async fn create_tags(clients: &RegionClients, ids: &[&str], tags: &[(String, Str
     for (k, v) in tags {
         call = call.tags(Tag::builder().key(k).value(v).build());
     }
-    call.send().await.map_err(aws("CreateTags", &clients.region, ids.join(" ")))?;
+    call.send()
+        .await
+        .map_err(aws("CreateTags", &clients.region, ids.join(" ")))?;
     Ok(())
 }
 
 /// An idempotency token (≤ 64 ASCII chars) for one call of one bake in one region.
 fn client_token(req: &PublishRequest, what: &str, region: &str) -> String {
-    let h = Sha256::digest(format!("{}\0{}\0{}\0{}\0{}", req.bake_id, req.name, req.inputs_digest, what, region));
+    let h = Sha256::digest(format!(
+        "{}\0{}\0{}\0{}\0{}",
+        req.bake_id, req.name, req.inputs_digest, what, region
+    ));
     hex::encode(&h[..24])
 }
 
 fn validate(req: &PublishRequest) -> Result<()> {
     validate_ami_name(&req.name)?;
     if req.bake_id.is_empty() || req.inputs_digest.is_empty() {
-        return Err(Error::Invalid("bake id and inputs digest are required".into()));
+        return Err(Error::Invalid(
+            "bake id and inputs digest are required".into(),
+        ));
     }
     if req.region.is_empty() {
-        return Err(Error::Invalid("no region given (flag, AWS_REGION or profile)".into()));
+        return Err(Error::Invalid(
+            "no region given (flag, AWS_REGION or profile)".into(),
+        ));
     }
     if req.tpm_support && req.boot_mode == BootMode::LegacyBios {
-        return Err(Error::Invalid("NitroTPM needs UEFI: use boot mode uefi or uefi-preferred".into()));
+        return Err(Error::Invalid(
+            "NitroTPM needs UEFI: use boot mode uefi or uefi-preferred".into(),
+        ));
     }
     for (k, _) in &req.tags {
         if k.starts_with("aws:") {
-            return Err(Error::Invalid(format!("tag key {k:?}: the aws: prefix is reserved")));
+            return Err(Error::Invalid(format!(
+                "tag key {k:?}: the aws: prefix is reserved"
+            )));
         }
     }
     Ok(())
@@ -560,7 +608,11 @@ fn validate(req: &PublishRequest) -> Result<()> {
 
 /// Publish `req.disk` as an AMI in `req.region`, copy it to `req.copy_to`, share and tag it.
 /// On error, everything this run created is rolled back in every region.
-pub async fn publish(session: &Session, req: &PublishRequest, reporter: &dyn Reporter) -> Result<Publication> {
+pub async fn publish(
+    session: &Session,
+    req: &PublishRequest,
+    reporter: &dyn Reporter,
+) -> Result<Publication> {
     validate(req)?;
     let ledger = Arc::new(Ledger::default());
     match publish_inner(session, req, reporter, &ledger).await {
@@ -573,10 +625,16 @@ pub async fn publish(session: &Session, req: &PublishRequest, reporter: &dyn Rep
             Err(e)
         }
         Err(e) => {
-            tracing::warn!("publish failed, rolling back {} resource(s): {e}", ledger.items().len());
+            tracing::warn!(
+                "publish failed, rolling back {} resource(s): {e}",
+                ledger.items().len()
+            );
             reporter.step(&req.region, "rolling back");
             let leftovers = ledger.rollback(session).await;
-            Err(Error::RolledBack { source: Box::new(e), leftovers })
+            Err(Error::RolledBack {
+                source: Box::new(e),
+                leftovers,
+            })
         }
     }
 }
@@ -613,19 +671,38 @@ async fn publish_inner(
             let region = req.region.clone();
             let recorder = {
                 let ledger = ledger.clone();
-                move |id: &str| ledger.record(Created::Snapshot { region: region.clone(), id: id.to_string() })
+                move |id: &str| {
+                    ledger.record(Created::Snapshot {
+                        region: region.clone(),
+                        id: id.to_string(),
+                    })
+                }
             };
             let summary = upload_snapshot(&home, &req.disk, &opts, reporter, &recorder).await?;
             let snapshot_id = summary.snapshot_id;
             reporter.step(&req.region, "waiting for the snapshot to complete");
-            wait::snapshot_completed(&home, &snapshot_id, timing.poll_interval, timing.snapshot_timeout).await?;
+            wait::snapshot_completed(
+                &home,
+                &snapshot_id,
+                timing.poll_interval,
+                timing.snapshot_timeout,
+            )
+            .await?;
 
             reporter.step(&req.region, "registering the AMI");
             let ami_id = register(&home, req, &snapshot_id, summary.volume_size_gib).await?;
-            ledger.record(Created::Image { region: req.region.clone(), id: ami_id.clone() });
-            wait::image_available(&home, &ami_id, timing.poll_interval, timing.image_timeout).await?;
+            ledger.record(Created::Image {
+                region: req.region.clone(),
+                id: ami_id.clone(),
+            });
+            wait::image_available(&home, &ami_id, timing.poll_interval, timing.image_timeout)
+                .await?;
             create_tags(&home, &[&ami_id, &snapshot_id], &tags).await?;
-            RegionImage { ami_id, snapshot_id, reused: false }
+            RegionImage {
+                ami_id,
+                snapshot_id,
+                reused: false,
+            }
         }
     };
     let source_ami = home_image.ami_id.clone();
@@ -633,7 +710,8 @@ async fn publish_inner(
 
     // Copies run in parallel: CopyImage is the slowest step and regions are independent.
     let mut copies: JoinSet<Result<(String, RegionImage)>> = JoinSet::new();
-    let targets: std::collections::BTreeSet<&String> = req.copy_to.iter().filter(|r| **r != req.region).collect();
+    let targets: std::collections::BTreeSet<&String> =
+        req.copy_to.iter().filter(|r| **r != req.region).collect();
     for target in targets {
         reporter.step(target, "copying the AMI");
         let clients = session.region(target);
@@ -643,7 +721,8 @@ async fn publish_inner(
         let timing = timing.clone();
         let source_ami = source_ami.clone();
         copies.spawn(async move {
-            let image = copy_to_region(&clients, &req, &source_ami, &ledger, &tags, &timing).await?;
+            let image =
+                copy_to_region(&clients, &req, &source_ami, &ledger, &tags, &timing).await?;
             Ok((clients.region.clone(), image))
         });
     }
@@ -678,14 +757,22 @@ async fn publish_inner(
     })
 }
 
-async fn register(clients: &RegionClients, req: &PublishRequest, snapshot_id: &str, size_gib: i64) -> Result<String> {
+async fn register(
+    clients: &RegionClients,
+    req: &PublishRequest,
+    snapshot_id: &str,
+    size_gib: i64,
+) -> Result<String> {
     let ebs = EbsBlockDevice::builder()
         .snapshot_id(snapshot_id)
         .volume_type(VolumeType::Gp3)
         .volume_size(size_gib as i32)
         .delete_on_termination(true)
         .build();
-    let mapping = BlockDeviceMapping::builder().device_name(ROOT_DEVICE).ebs(ebs).build();
+    let mapping = BlockDeviceMapping::builder()
+        .device_name(ROOT_DEVICE)
+        .ebs(ebs)
+        .build();
     let mut call = clients
         .ec2
         .register_image()
@@ -702,10 +789,14 @@ async fn register(clients: &RegionClients, req: &PublishRequest, snapshot_id: &s
     if req.tpm_support {
         call = call.tpm_support(TpmSupportValues::V20);
     }
-    let out = call.send().await.map_err(aws("RegisterImage", &clients.region, req.name.clone()))?;
-    let ami_id = out
-        .image_id()
-        .ok_or_else(|| Error::Missing { what: "image id", context: format!("RegisterImage {}", req.name) })?;
+    let out = call
+        .send()
+        .await
+        .map_err(aws("RegisterImage", &clients.region, req.name.clone()))?;
+    let ami_id = out.image_id().ok_or_else(|| Error::Missing {
+        what: "image id",
+        context: format!("RegisterImage {}", req.name),
+    })?;
     tracing::info!(region = %clients.region, %ami_id, name = %req.name, "registered AMI");
     Ok(ami_id.to_string())
 }
@@ -737,22 +828,47 @@ async fn copy_to_region(
     if let Some(key) = req.copy_kms_keys.get(region) {
         call = call.encrypted(true).kms_key_id(key);
     }
-    let out = call.send().await.map_err(aws("CopyImage", region, format!("{source_ami} from {}", req.region)))?;
+    let out = call.send().await.map_err(aws(
+        "CopyImage",
+        region,
+        format!("{source_ami} from {}", req.region),
+    ))?;
     let ami_id = out
         .image_id()
-        .ok_or_else(|| Error::Missing { what: "image id", context: format!("CopyImage to {region}") })?
+        .ok_or_else(|| Error::Missing {
+            what: "image id",
+            context: format!("CopyImage to {region}"),
+        })?
         .to_string();
-    ledger.record(Created::Image { region: region.clone(), id: ami_id.clone() });
+    ledger.record(Created::Image {
+        region: region.clone(),
+        id: ami_id.clone(),
+    });
     tracing::info!(%region, %ami_id, "copying AMI");
-    let image = wait::image_available(clients, &ami_id, timing.poll_interval, timing.image_timeout).await?;
-    let snapshot_id = root_snapshot_of(&image)
-        .ok_or_else(|| Error::Missing { what: "root snapshot", context: format!("{ami_id} in {region}") })?;
-    ledger.record(Created::Snapshot { region: region.clone(), id: snapshot_id.clone() });
+    let image =
+        wait::image_available(clients, &ami_id, timing.poll_interval, timing.image_timeout).await?;
+    let snapshot_id = root_snapshot_of(&image).ok_or_else(|| Error::Missing {
+        what: "root snapshot",
+        context: format!("{ami_id} in {region}"),
+    })?;
+    ledger.record(Created::Snapshot {
+        region: region.clone(),
+        id: snapshot_id.clone(),
+    });
     create_tags(clients, &[&ami_id, &snapshot_id], tags).await?;
-    Ok(RegionImage { ami_id, snapshot_id, reused: false })
+    Ok(RegionImage {
+        ami_id,
+        snapshot_id,
+        reused: false,
+    })
 }
 
-async fn share(clients: &RegionClients, ami_id: &str, snapshot_id: &str, with: &[Principal]) -> Result<()> {
+async fn share(
+    clients: &RegionClients,
+    ami_id: &str,
+    snapshot_id: &str,
+    with: &[Principal],
+) -> Result<()> {
     let region = &clients.region;
     let mut mods = LaunchPermissionModifications::builder();
     let mut accounts = Vec::new();
@@ -763,7 +879,9 @@ async fn share(clients: &RegionClients, ami_id: &str, snapshot_id: &str, with: &
                 LaunchPermission::builder().user_id(a)
             }
             Principal::Organization(arn) => LaunchPermission::builder().organization_arn(arn),
-            Principal::OrganizationalUnit(arn) => LaunchPermission::builder().organizational_unit_arn(arn),
+            Principal::OrganizationalUnit(arn) => {
+                LaunchPermission::builder().organizational_unit_arn(arn)
+            }
         };
         mods = mods.add(perm.build());
     }
@@ -809,13 +927,26 @@ mod tests {
 
     #[test]
     fn principals_parse() {
-        assert_eq!("123456789012".parse::<Principal>().unwrap(), Principal::Account("123456789012".into()));
+        assert_eq!(
+            "123456789012".parse::<Principal>().unwrap(),
+            Principal::Account("123456789012".into())
+        );
         let org = "arn:aws:organizations::123456789012:organization/o-abc123";
-        assert_eq!(org.parse::<Principal>().unwrap(), Principal::Organization(org.into()));
+        assert_eq!(
+            org.parse::<Principal>().unwrap(),
+            Principal::Organization(org.into())
+        );
         let ou = "arn:aws:organizations::123456789012:ou/o-abc123/ou-ab12-cd34";
-        assert_eq!(ou.parse::<Principal>().unwrap(), Principal::OrganizationalUnit(ou.into()));
+        assert_eq!(
+            ou.parse::<Principal>().unwrap(),
+            Principal::OrganizationalUnit(ou.into())
+        );
         assert!("12345".parse::<Principal>().is_err());
-        assert!("arn:aws:iam::123456789012:user/x".parse::<Principal>().is_err());
+        assert!(
+            "arn:aws:iam::123456789012:user/x"
+                .parse::<Principal>()
+                .is_err()
+        );
     }
 
     #[test]
@@ -826,11 +957,22 @@ mod tests {
             arch: "x86_64".into(),
             ..NameVars::default()
         };
-        assert_eq!(render_name("{family}-{version}-{arch}", &vars).unwrap(), "web-1.2.3-x86_64");
-        assert!(render_name("{family}-{nope}", &vars).unwrap_err().to_string().contains("{nope}"));
+        assert_eq!(
+            render_name("{family}-{version}-{arch}", &vars).unwrap(),
+            "web-1.2.3-x86_64"
+        );
+        assert!(
+            render_name("{family}-{nope}", &vars)
+                .unwrap_err()
+                .to_string()
+                .contains("{nope}")
+        );
         assert!(render_name("{family", &vars).is_err());
         assert!(render_name("a", &vars).is_err(), "too short");
-        assert!(render_name("web:{version}", &vars).is_err(), "':' is not allowed");
+        assert!(
+            render_name("web:{version}", &vars).is_err(),
+            "':' is not allowed"
+        );
     }
 
     #[test]
@@ -840,7 +982,10 @@ mod tests {
             region: "us-east-1".into(),
             copy_to: vec![],
             share_with: vec![],
-            tags: vec![(TAG_BAKE_ID.into(), "spoof".into()), ("team".into(), "web".into())],
+            tags: vec![
+                (TAG_BAKE_ID.into(), "spoof".into()),
+                ("team".into(), "web".into()),
+            ],
             name: "web-1".into(),
             description: String::new(),
             architecture: Architecture::X86_64,

@@ -17,7 +17,11 @@ pub struct SweepReport {
 /// `bake_ids` in each of `regions`, and delete them: AMIs first, then their snapshots and any
 /// other tagged snapshot. Pass only bakes that did not finish: a finished bake's AMI carries
 /// its bake id too. An empty `bake_ids` deletes nothing.
-pub async fn sweep(session: &Session, regions: &[String], bake_ids: &[String]) -> Result<SweepReport> {
+pub async fn sweep(
+    session: &Session,
+    regions: &[String],
+    bake_ids: &[String],
+) -> Result<SweepReport> {
     let mut report = SweepReport::default();
     if bake_ids.is_empty() {
         return Ok(report);
@@ -26,7 +30,12 @@ pub async fn sweep(session: &Session, regions: &[String], bake_ids: &[String]) -
     for region in regions {
         let clients = session.region(region);
         for ids in bake_ids.chunks(200) {
-            let filter = || Filter::builder().name(format!("tag:{TAG_BAKE_ID}")).set_values(Some(ids.to_vec())).build();
+            let filter = || {
+                Filter::builder()
+                    .name(format!("tag:{TAG_BAKE_ID}"))
+                    .set_values(Some(ids.to_vec()))
+                    .build()
+            };
             let images = clients
                 .ec2
                 .describe_images()
@@ -37,7 +46,9 @@ pub async fn sweep(session: &Session, regions: &[String], bake_ids: &[String]) -
                 .map_err(aws("DescribeImages", region, format!("tag {TAG_BAKE_ID}")))?;
             let mut snapshot_ids = Vec::new();
             for image in images.images() {
-                let Some(ami_id) = image.image_id() else { continue };
+                let Some(ami_id) = image.image_id() else {
+                    continue;
+                };
                 snapshot_ids.extend(deregister_with_snapshots(&clients, ami_id).await?);
                 report.images.push((region.clone(), ami_id.to_string()));
             }
@@ -49,8 +60,17 @@ pub async fn sweep(session: &Session, regions: &[String], bake_ids: &[String]) -
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(aws("DescribeSnapshots", region, format!("tag {TAG_BAKE_ID}")))?;
-                snapshot_ids.extend(page.snapshots().iter().filter_map(|s| s.snapshot_id()).map(str::to_string));
+                let page = page.map_err(aws(
+                    "DescribeSnapshots",
+                    region,
+                    format!("tag {TAG_BAKE_ID}"),
+                ))?;
+                snapshot_ids.extend(
+                    page.snapshots()
+                        .iter()
+                        .filter_map(|s| s.snapshot_id())
+                        .map(str::to_string),
+                );
             }
             snapshot_ids.sort();
             snapshot_ids.dedup();

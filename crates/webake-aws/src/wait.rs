@@ -32,7 +32,10 @@ pub async fn snapshot_completed(
                     region: region.clone(),
                     snapshot_id: snapshot_id.to_string(),
                     state: "error".into(),
-                    message: snap.and_then(|s| s.state_message()).unwrap_or_default().to_string(),
+                    message: snap
+                        .and_then(|s| s.state_message())
+                        .unwrap_or_default()
+                        .to_string(),
                 });
             }
             state => tracing::debug!(%region, %snapshot_id, ?state, "snapshot not completed yet"),
@@ -65,7 +68,9 @@ pub async fn image_available(
                 if let Some(image) = out.images().first() {
                     match image.state() {
                         Some(ImageState::Available) => return Ok(image.clone()),
-                        Some(s @ (ImageState::Failed | ImageState::Error | ImageState::Invalid)) => {
+                        Some(
+                            s @ (ImageState::Failed | ImageState::Error | ImageState::Invalid),
+                        ) => {
                             return Err(Error::ImageFailed {
                                 region: region.clone(),
                                 ami_id: ami_id.to_string(),
@@ -77,7 +82,9 @@ pub async fn image_available(
                                     .to_string(),
                             });
                         }
-                        state => tracing::debug!(%region, %ami_id, ?state, "image not available yet"),
+                        state => {
+                            tracing::debug!(%region, %ami_id, ?state, "image not available yet")
+                        }
                     }
                 }
             }

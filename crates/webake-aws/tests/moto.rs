@@ -12,8 +12,8 @@ use base64::Engine as _;
 use common::{Canned, Moto, Proxy, make_disk, session};
 use sha2::{Digest as _, Sha256};
 use webake_aws::{
-    Architecture, BootMode, EBS_BLOCK_SIZE, Error, NoReporter, Principal, PublishRequest, RegionClients, Session,
-    TAG_BAKE_ID, TAG_INPUTS_DIGEST,
+    Architecture, BootMode, EBS_BLOCK_SIZE, Error, NoReporter, Principal, PublishRequest,
+    RegionClients, Session, TAG_BAKE_ID, TAG_INPUTS_DIGEST,
 };
 
 const HOME: &str = "us-east-1";
@@ -26,7 +26,10 @@ fn request(disk: &Path, bake_id: &str, name: &str) -> PublishRequest {
         disk: disk.to_path_buf(),
         region: HOME.into(),
         copy_to: vec![COPY.into()],
-        share_with: vec![Principal::Account(SHARE_ACCOUNT.into()), Principal::Organization(ORG.into())],
+        share_with: vec![
+            Principal::Account(SHARE_ACCOUNT.into()),
+            Principal::Organization(ORG.into()),
+        ],
         tags: vec![("team".into(), "platform".into())],
         name: name.into(),
         description: "webake test image".into(),
@@ -45,15 +48,42 @@ fn request(disk: &Path, bake_id: &str, name: &str) -> PublishRequest {
 }
 
 fn bake_filter(bake_id: &str) -> Filter {
-    Filter::builder().name(format!("tag:{TAG_BAKE_ID}")).values(bake_id).build()
+    Filter::builder()
+        .name(format!("tag:{TAG_BAKE_ID}"))
+        .values(bake_id)
+        .build()
 }
 
 async fn tagged(clients: &RegionClients, bake_id: &str) -> (Vec<String>, Vec<String>) {
-    let images = clients.ec2.describe_images().owners("self").filters(bake_filter(bake_id)).send().await.unwrap();
-    let snaps = clients.ec2.describe_snapshots().owner_ids("self").filters(bake_filter(bake_id)).send().await.unwrap();
+    let images = clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(bake_filter(bake_id))
+        .send()
+        .await
+        .unwrap();
+    let snaps = clients
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(bake_filter(bake_id))
+        .send()
+        .await
+        .unwrap();
     (
-        images.images().iter().filter_map(|i| i.image_id()).map(str::to_string).collect(),
-        snaps.snapshots().iter().filter_map(|s| s.snapshot_id()).map(str::to_string).collect(),
+        images
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id())
+            .map(str::to_string)
+            .collect(),
+        snaps
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id())
+            .map(str::to_string)
+            .collect(),
     )
 }
 
@@ -72,7 +102,12 @@ async fn env() -> Env {
     let moto = Moto::start();
     let proxy = Proxy::start(moto.port);
     let session = session(&proxy.url(), HOME).await;
-    Env { _moto: moto, proxy, session, dir: tempfile::tempdir().unwrap() }
+    Env {
+        _moto: moto,
+        proxy,
+        session,
+        dir: tempfile::tempdir().unwrap(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,9 +119,13 @@ async fn publish_copy_share_tag_rerun_and_download() {
     req.tpm_support = true;
     req.deprecate_at = Some("2027-01-01T00:00:00Z".parse().unwrap());
     // moto has no EnableImageDeprecation: answer it here and assert the request instead.
-    env.proxy.fail("EnableImageDeprecation", None, || Canned::ec2_ok("EnableImageDeprecation"));
+    env.proxy.fail("EnableImageDeprecation", None, || {
+        Canned::ec2_ok("EnableImageDeprecation")
+    });
 
-    let publication = webake_aws::publish(&env.session, &req, &NoReporter).await.unwrap();
+    let publication = webake_aws::publish(&env.session, &req, &NoReporter)
+        .await
+        .unwrap();
     assert_eq!(publication.regions.len(), 2, "{publication:?}");
     let home = &publication.regions[HOME];
     let copy = &publication.regions[COPY];
@@ -109,13 +148,20 @@ async fn publish_copy_share_tag_rerun_and_download() {
         ("ImdsSupport", "v2.0"),
         ("TpmSupport", "v2.0"),
         ("BlockDeviceMapping.1.DeviceName", "/dev/xvda"),
-        ("BlockDeviceMapping.1.Ebs.SnapshotId", home.snapshot_id.as_str()),
+        (
+            "BlockDeviceMapping.1.Ebs.SnapshotId",
+            home.snapshot_id.as_str(),
+        ),
         ("BlockDeviceMapping.1.Ebs.VolumeType", "gp3"),
         ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
         ("BlockDeviceMapping.1.Ebs.VolumeSize", "1"),
     ];
     for (k, v) in expect {
-        assert_eq!(f.get(k).map(String::as_str), Some(v), "RegisterImage field {k} in {f:?}");
+        assert_eq!(
+            f.get(k).map(String::as_str),
+            Some(v),
+            "RegisterImage field {k} in {f:?}"
+        );
     }
 
     // Blocks: only non-zero ones, each with its own SHA-256; the tail padded to 512 KiB.
@@ -131,10 +177,16 @@ async fn publish_copy_share_tag_rerun_and_download() {
     assert_eq!(puts.len(), expected_blocks.len(), "zero blocks are skipped");
     let mut digests = Vec::new();
     for (i, block) in &expected_blocks {
-        let put = puts.iter().find(|p| p.path.ends_with(&format!("/blocks/{i}"))).expect("block uploaded");
+        let put = puts
+            .iter()
+            .find(|p| p.path.ends_with(&format!("/blocks/{i}")))
+            .expect("block uploaded");
         assert_eq!(put.body.len(), EBS_BLOCK_SIZE);
         assert_eq!(&put.body, block, "block {i} body");
-        assert_eq!(put.header("x-amz-Checksum"), Some(b64_sha256(block).as_str()));
+        assert_eq!(
+            put.header("x-amz-Checksum"),
+            Some(b64_sha256(block).as_str())
+        );
         assert_eq!(put.header("x-amz-Checksum-Algorithm"), Some("SHA256"));
         assert_eq!(put.header("x-amz-Data-Length"), Some("524288"));
         digests.extend_from_slice(&Sha256::digest(block));
@@ -142,25 +194,48 @@ async fn publish_copy_share_tag_rerun_and_download() {
     let complete = env.proxy.ops("CompleteSnapshot");
     assert_eq!(complete.len(), 1);
     let c = &complete[0];
-    assert_eq!(c.header("x-amz-ChangedBlocksCount"), Some(expected_blocks.len().to_string().as_str()));
-    assert_eq!(c.header("x-amz-Checksum"), Some(b64_sha256(&digests).as_str()), "aggregate checksum");
+    assert_eq!(
+        c.header("x-amz-ChangedBlocksCount"),
+        Some(expected_blocks.len().to_string().as_str())
+    );
+    assert_eq!(
+        c.header("x-amz-Checksum"),
+        Some(b64_sha256(&digests).as_str()),
+        "aggregate checksum"
+    );
     assert_eq!(c.header("x-amz-Checksum-Algorithm"), Some("SHA256"));
-    assert_eq!(c.header("x-amz-Checksum-Aggregation-Method"), Some("LINEAR"));
+    assert_eq!(
+        c.header("x-amz-Checksum-Aggregation-Method"),
+        Some("LINEAR")
+    );
     let start = env.proxy.ops("StartSnapshot");
     let start_body: serde_json::Value = serde_json::from_slice(&start[0].body).unwrap();
     assert_eq!(start_body["VolumeSize"], 1);
-    assert!(start_body["Tags"].to_string().contains("bake-1"), "snapshot tagged at start: {start_body}");
+    assert!(
+        start_body["Tags"].to_string().contains("bake-1"),
+        "snapshot tagged at start: {start_body}"
+    );
 
     let copies = env.proxy.ops("CopyImage");
     assert_eq!(copies.len(), 1);
     let f = copies[0].form();
     assert_eq!(f["SourceImageId"], home.ami_id);
     assert_eq!(f["SourceRegion"], HOME);
-    assert!(copies[0].header("authorization").unwrap().contains(&format!("/{COPY}/ec2/")), "copy runs in the target region");
+    assert!(
+        copies[0]
+            .header("authorization")
+            .unwrap()
+            .contains(&format!("/{COPY}/ec2/")),
+        "copy runs in the target region"
+    );
 
     let deprecations = env.proxy.ops("EnableImageDeprecation");
     assert_eq!(deprecations.len(), 2, "deprecation in every region");
-    assert!(deprecations.iter().all(|d| d.form()["DeprecateAt"].starts_with("2027-01-01T00:00:00")));
+    assert!(
+        deprecations
+            .iter()
+            .all(|d| d.form()["DeprecateAt"].starts_with("2027-01-01T00:00:00"))
+    );
 
     let shares = env.proxy.ops("ModifySnapshotAttribute");
     assert_eq!(shares.len(), 2, "snapshot shared in every region");
@@ -170,11 +245,26 @@ async fn publish_copy_share_tag_rerun_and_download() {
         let clients = env.session.region(region);
         let (images, snaps) = tagged(&clients, "bake-1").await;
         assert_eq!(images, vec![image.ami_id.clone()], "AMI tagged in {region}");
-        assert!(snaps.contains(&image.snapshot_id), "snapshot tagged in {region}: {snaps:?}");
-        let d = clients.ec2.describe_images().image_ids(&image.ami_id).send().await.unwrap();
-        let tags: BTreeMap<_, _> =
-            d.images()[0].tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect();
-        assert_eq!(tags.get(TAG_INPUTS_DIGEST).map(String::as_str), Some("sha256:bake-1-inputs"));
+        assert!(
+            snaps.contains(&image.snapshot_id),
+            "snapshot tagged in {region}: {snaps:?}"
+        );
+        let d = clients
+            .ec2
+            .describe_images()
+            .image_ids(&image.ami_id)
+            .send()
+            .await
+            .unwrap();
+        let tags: BTreeMap<_, _> = d.images()[0]
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            tags.get(TAG_INPUTS_DIGEST).map(String::as_str),
+            Some("sha256:bake-1-inputs")
+        );
         assert_eq!(tags.get("team").map(String::as_str), Some("platform"));
         let perms = clients
             .ec2
@@ -184,10 +274,24 @@ async fn publish_copy_share_tag_rerun_and_download() {
             .send()
             .await
             .unwrap();
-        let users: Vec<_> = perms.launch_permissions().iter().filter_map(|p| p.user_id()).collect();
-        assert!(users.contains(&SHARE_ACCOUNT), "launch permission in {region}: {perms:?}");
-        let orgs: Vec<_> = perms.launch_permissions().iter().filter_map(|p| p.organization_arn()).collect();
-        assert!(orgs.contains(&ORG), "org launch permission in {region}: {perms:?}");
+        let users: Vec<_> = perms
+            .launch_permissions()
+            .iter()
+            .filter_map(|p| p.user_id())
+            .collect();
+        assert!(
+            users.contains(&SHARE_ACCOUNT),
+            "launch permission in {region}: {perms:?}"
+        );
+        let orgs: Vec<_> = perms
+            .launch_permissions()
+            .iter()
+            .filter_map(|p| p.organization_arn())
+            .collect();
+        assert!(
+            orgs.contains(&ORG),
+            "org launch permission in {region}: {perms:?}"
+        );
         let sp = clients
             .ec2
             .describe_snapshot_attribute()
@@ -196,40 +300,75 @@ async fn publish_copy_share_tag_rerun_and_download() {
             .send()
             .await
             .unwrap();
-        assert!(sp.create_volume_permissions().iter().any(|p| p.user_id() == Some(SHARE_ACCOUNT)), "{sp:?}");
+        assert!(
+            sp.create_volume_permissions()
+                .iter()
+                .any(|p| p.user_id() == Some(SHARE_ACCOUNT)),
+            "{sp:?}"
+        );
     }
     let home_clients = env.session.region(HOME);
-    let s = home_clients.ec2.describe_snapshots().snapshot_ids(&home.snapshot_id).send().await.unwrap();
-    assert_eq!(s.snapshots()[0].state(), Some(&aws_sdk_ec2::types::SnapshotState::Completed));
+    let s = home_clients
+        .ec2
+        .describe_snapshots()
+        .snapshot_ids(&home.snapshot_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.snapshots()[0].state(),
+        Some(&aws_sdk_ec2::types::SnapshotState::Completed)
+    );
 
     // -- idempotent re-run: same AMIs, nothing uploaded or registered again --
     env.proxy.clear_log();
-    let again = webake_aws::publish(&env.session, &req, &NoReporter).await.unwrap();
+    let again = webake_aws::publish(&env.session, &req, &NoReporter)
+        .await
+        .unwrap();
     assert_eq!(again.regions[HOME].ami_id, home.ami_id);
     assert_eq!(again.regions[COPY].ami_id, copy.ami_id);
     assert!(again.regions.values().all(|r| r.reused));
-    for op in ["StartSnapshot", "PutSnapshotBlock", "RegisterImage", "CopyImage"] {
+    for op in [
+        "StartSnapshot",
+        "PutSnapshotBlock",
+        "RegisterImage",
+        "CopyImage",
+    ] {
         assert!(env.proxy.ops(op).is_empty(), "re-run sent {op}");
     }
 
     // Same name, other inputs: refused, nothing created.
     let mut other = req.clone();
     other.inputs_digest = "sha256:different".into();
-    let err = webake_aws::publish(&env.session, &other, &NoReporter).await.unwrap_err();
+    let err = webake_aws::publish(&env.session, &other, &NoReporter)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NameConflict { .. }), "{err}");
 
     // -- download gives back the same bytes (the volume is 1 GiB; the rest reads as zeros) --
     let out = env.dir.path().join("down.raw");
-    let summary =
-        webake_aws::download_snapshot_to_file(&home_clients, &home.snapshot_id, &out, 4, &NoReporter).await.unwrap();
+    let summary = webake_aws::download_snapshot_to_file(
+        &home_clients,
+        &home.snapshot_id,
+        &out,
+        4,
+        &NoReporter,
+    )
+    .await
+    .unwrap();
     assert_eq!(summary.blocks_written as usize, expected_blocks.len());
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got.len(), 1 << 30);
-    assert!(got[..data.len()] == data[..], "downloaded bytes differ from the disk");
+    assert!(
+        got[..data.len()] == data[..],
+        "downloaded bytes differ from the disk"
+    );
     assert!(got[data.len()..].iter().all(|&b| b == 0));
 
     // find_root_snapshot reads the root mapping of an AMI (moto invents its own snapshot).
-    let root = webake_aws::find_root_snapshot(&home_clients, &home.ami_id).await.unwrap();
+    let root = webake_aws::find_root_snapshot(&home_clients, &home.ami_id)
+        .await
+        .unwrap();
     assert!(root.snapshot_id.starts_with("snap-"), "{root:?}");
 }
 
@@ -239,18 +378,39 @@ async fn throttling_and_server_errors_are_retried() {
     let disk = env.dir.path().join("disk.raw");
     make_disk(&disk, 4);
     let p = &env.proxy;
-    p.fail("StartSnapshot", Some(1), || Canned::ebs_error(400, "ThrottlingException"));
+    p.fail("StartSnapshot", Some(1), || {
+        Canned::ebs_error(400, "ThrottlingException")
+    });
     p.fail("PutSnapshotBlock", Some(3), || Canned::plain(503));
-    p.fail("CompleteSnapshot", Some(1), || Canned::ebs_error(500, "InternalServerException"));
-    p.fail("DescribeImages", Some(1), || Canned::ec2_error(503, "Unavailable"));
-    p.fail("RegisterImage", Some(2), || Canned::ec2_error(400, "RequestLimitExceeded"));
-    p.fail("CopyImage", Some(1), || Canned::ec2_error(500, "InternalError"));
-    p.fail("ModifyImageAttribute", Some(1), || Canned::ec2_error(400, "Throttling"));
+    p.fail("CompleteSnapshot", Some(1), || {
+        Canned::ebs_error(500, "InternalServerException")
+    });
+    p.fail("DescribeImages", Some(1), || {
+        Canned::ec2_error(503, "Unavailable")
+    });
+    p.fail("RegisterImage", Some(2), || {
+        Canned::ec2_error(400, "RequestLimitExceeded")
+    });
+    p.fail("CopyImage", Some(1), || {
+        Canned::ec2_error(500, "InternalError")
+    });
+    p.fail("ModifyImageAttribute", Some(1), || {
+        Canned::ec2_error(400, "Throttling")
+    });
 
-    let publication =
-        webake_aws::publish(&env.session, &request(&disk, "bake-2", "webake-retry-1"), &NoReporter).await.unwrap();
+    let publication = webake_aws::publish(
+        &env.session,
+        &request(&disk, "bake-2", "webake-retry-1"),
+        &NoReporter,
+    )
+    .await
+    .unwrap();
     assert_eq!(publication.regions.len(), 2);
-    assert!(p.pending_rules().is_empty(), "every injected fault was hit: {:?}", p.pending_rules());
+    assert!(
+        p.pending_rules().is_empty(),
+        "every injected fault was hit: {:?}",
+        p.pending_rules()
+    );
     let registers = p.ops("RegisterImage");
     assert_eq!(registers.len(), 3, "two throttled attempts, then success");
     assert_eq!(registers.iter().filter(|r| !r.faulted).count(), 1);
@@ -263,12 +423,20 @@ async fn failure_after_snapshot_rolls_back_everything() {
     let disk = env.dir.path().join("disk.raw");
     make_disk(&disk, 3);
     // The copy fails for good (not retryable): the home AMI and snapshot exist by then.
-    env.proxy.fail("CopyImage", None, || Canned::ec2_error(400, "InvalidParameterValue"));
+    env.proxy.fail("CopyImage", None, || {
+        Canned::ec2_error(400, "InvalidParameterValue")
+    });
 
-    let err = webake_aws::publish(&env.session, &request(&disk, "bake-3", "webake-rollback-1"), &NoReporter)
-        .await
-        .unwrap_err();
-    let Error::RolledBack { source, leftovers } = &err else { panic!("expected a rollback, got {err}") };
+    let err = webake_aws::publish(
+        &env.session,
+        &request(&disk, "bake-3", "webake-rollback-1"),
+        &NoReporter,
+    )
+    .await
+    .unwrap_err();
+    let Error::RolledBack { source, leftovers } = &err else {
+        panic!("expected a rollback, got {err}")
+    };
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(source.aws_code(), Some("InvalidParameterValue"), "{source}");
     assert!(err.to_string().contains("CopyImage"), "{err}");
@@ -283,10 +451,23 @@ async fn failure_after_snapshot_rolls_back_everything() {
     assert_eq!(env.proxy.ops("DeregisterImage").len(), 1);
     for region in [HOME, COPY] {
         let (images, snaps) = tagged(&env.session.region(region), "bake-3").await;
-        assert!(images.is_empty() && snaps.is_empty(), "{region}: left {images:?} {snaps:?}");
+        assert!(
+            images.is_empty() && snaps.is_empty(),
+            "{region}: left {images:?} {snaps:?}"
+        );
     }
-    let gone = env.session.region(HOME).ec2.describe_snapshots().snapshot_ids(&snapshot_id).send().await;
-    assert!(gone.map(|o| o.snapshots().is_empty()).unwrap_or(true), "uploaded snapshot {snapshot_id} still exists");
+    let gone = env
+        .session
+        .region(HOME)
+        .ec2
+        .describe_snapshots()
+        .snapshot_ids(&snapshot_id)
+        .send()
+        .await;
+    assert!(
+        gone.map(|o| o.snapshots().is_empty()).unwrap_or(true),
+        "uploaded snapshot {snapshot_id} still exists"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,14 +475,27 @@ async fn upload_failure_deletes_the_partial_snapshot() {
     let env = env().await;
     let disk = env.dir.path().join("disk.raw");
     make_disk(&disk, 3);
-    env.proxy.fail("PutSnapshotBlock", None, || Canned::ebs_error(400, "ValidationException"));
-    let err =
-        webake_aws::publish(&env.session, &request(&disk, "bake-4", "webake-partial-1"), &NoReporter).await.unwrap_err();
-    assert!(matches!(&err, Error::RolledBack { leftovers, .. } if leftovers.is_empty()), "{err}");
+    env.proxy.fail("PutSnapshotBlock", None, || {
+        Canned::ebs_error(400, "ValidationException")
+    });
+    let err = webake_aws::publish(
+        &env.session,
+        &request(&disk, "bake-4", "webake-partial-1"),
+        &NoReporter,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::RolledBack { leftovers, .. } if leftovers.is_empty()),
+        "{err}"
+    );
     assert!(env.proxy.ops("RegisterImage").is_empty());
     assert_eq!(env.proxy.ops("DeleteSnapshot").len(), 1);
     let (images, snaps) = tagged(&env.session.region(HOME), "bake-4").await;
-    assert!(images.is_empty() && snaps.is_empty(), "left {images:?} {snaps:?}");
+    assert!(
+        images.is_empty() && snaps.is_empty(),
+        "left {images:?} {snaps:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,19 +503,44 @@ async fn sweep_deletes_only_the_given_bakes() {
     let env = env().await;
     let disk = env.dir.path().join("disk.raw");
     make_disk(&disk, 2);
-    let crashed = webake_aws::publish(&env.session, &request(&disk, "crashed", "webake-crashed-1"), &NoReporter)
-        .await
-        .unwrap();
-    let kept =
-        webake_aws::publish(&env.session, &request(&disk, "kept", "webake-kept-1"), &NoReporter).await.unwrap();
+    let crashed = webake_aws::publish(
+        &env.session,
+        &request(&disk, "crashed", "webake-crashed-1"),
+        &NoReporter,
+    )
+    .await
+    .unwrap();
+    let kept = webake_aws::publish(
+        &env.session,
+        &request(&disk, "kept", "webake-kept-1"),
+        &NoReporter,
+    )
+    .await
+    .unwrap();
 
     let regions = vec![HOME.to_string(), COPY.to_string()];
-    assert_eq!(webake_aws::sweep(&env.session, &regions, &[]).await.unwrap(), Default::default());
-    let report = webake_aws::sweep(&env.session, &regions, &["crashed".to_string()]).await.unwrap();
+    assert_eq!(
+        webake_aws::sweep(&env.session, &regions, &[])
+            .await
+            .unwrap(),
+        Default::default()
+    );
+    let report = webake_aws::sweep(&env.session, &regions, &["crashed".to_string()])
+        .await
+        .unwrap();
     assert_eq!(report.images.len(), 2, "{report:?}");
     for (region, image) in &crashed.regions {
-        assert!(report.images.contains(&(region.clone(), image.ami_id.clone())));
-        assert!(report.snapshots.contains(&(region.clone(), image.snapshot_id.clone())), "{report:?}");
+        assert!(
+            report
+                .images
+                .contains(&(region.clone(), image.ami_id.clone()))
+        );
+        assert!(
+            report
+                .snapshots
+                .contains(&(region.clone(), image.snapshot_id.clone())),
+            "{report:?}"
+        );
         let (images, snaps) = tagged(&env.session.region(region), "crashed").await;
         assert!(images.is_empty() && snaps.is_empty());
     }

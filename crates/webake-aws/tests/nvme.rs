@@ -14,7 +14,9 @@ struct Tree {
 
 impl Tree {
     fn new() -> Self {
-        let t = Tree { dir: tempfile::tempdir().unwrap() };
+        let t = Tree {
+            dir: tempfile::tempdir().unwrap(),
+        };
         std::fs::create_dir_all(t.sys().join("class/nvme")).unwrap();
         std::fs::create_dir_all(t.dev().join("disk/by-id")).unwrap();
         t
@@ -39,7 +41,9 @@ impl Tree {
     fn by_id(&self, serial: &str, target: &str) {
         std::os::unix::fs::symlink(
             format!("../../{target}"),
-            self.dev().join(format!("disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}")),
+            self.dev().join(format!(
+                "disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}"
+            )),
         )
         .unwrap();
     }
@@ -55,14 +59,24 @@ fn two_volumes_each_resolve_to_their_own_device() {
     t.controller(0, "vol0aaaaaaaaaaaaaaaa", EBS_NVME_MODEL);
     t.controller(1, "vol0fedcba9876543210", EBS_NVME_MODEL);
     t.controller(2, "vol0123456789abcdef0", EBS_NVME_MODEL);
-    t.controller(3, "vol0123456789abcdef0", "Amazon EC2 NVMe Instance Storage");
+    t.controller(
+        3,
+        "vol0123456789abcdef0",
+        "Amazon EC2 NVMe Instance Storage",
+    );
     for n in 0..4 {
         t.node(n);
     }
     t.by_id("vol0fedcba9876543210", "nvme1n1");
     t.by_id("vol0123456789abcdef0", "nvme2n1");
-    assert_eq!(t.resolve(VOL_A, Duration::from_secs(1)).unwrap(), t.dev().join("nvme2n1"));
-    assert_eq!(t.resolve(VOL_B, Duration::from_secs(1)).unwrap(), t.dev().join("nvme1n1"));
+    assert_eq!(
+        t.resolve(VOL_A, Duration::from_secs(1)).unwrap(),
+        t.dev().join("nvme2n1")
+    );
+    assert_eq!(
+        t.resolve(VOL_B, Duration::from_secs(1)).unwrap(),
+        t.dev().join("nvme1n1")
+    );
 }
 
 #[test]
@@ -70,7 +84,10 @@ fn works_without_udev_links() {
     let t = Tree::new();
     t.controller(4, "vol0123456789abcdef0", EBS_NVME_MODEL);
     t.node(4);
-    assert_eq!(t.resolve(VOL_A, Duration::from_secs(1)).unwrap(), t.dev().join("nvme4n1"));
+    assert_eq!(
+        t.resolve(VOL_A, Duration::from_secs(1)).unwrap(),
+        t.dev().join("nvme4n1")
+    );
 }
 
 #[test]
@@ -94,7 +111,10 @@ fn waits_for_a_device_that_appears_late() {
     let got = t.resolve(VOL_A, Duration::from_secs(10)).unwrap();
     attach.join().unwrap();
     assert_eq!(got, t.dev().join("nvme1n1"));
-    assert!(start.elapsed() >= Duration::from_millis(550), "returned before the node existed");
+    assert!(
+        start.elapsed() >= Duration::from_millis(550),
+        "returned before the node existed"
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
@@ -113,7 +133,10 @@ fn timeout_names_the_volume() {
 
     // controller present, node missing: the message says which node
     t.controller(1, "vol0123456789abcdef0", EBS_NVME_MODEL);
-    let msg = t.resolve(VOL_A, Duration::from_millis(100)).unwrap_err().to_string();
+    let msg = t
+        .resolve(VOL_A, Duration::from_millis(100))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("nvme1n1") && msg.contains(VOL_A), "{msg}");
 }
 
@@ -132,13 +155,21 @@ fn by_id_link_that_disagrees_is_an_error() {
 #[test]
 fn missing_sysfs_class_is_waited_for_then_times_out() {
     let dir = tempfile::tempdir().unwrap();
-    let err = resolve_nvme_device(VOL_B, &dir.path().join("sys"), Path::new("/nonexistent"), Duration::from_millis(100))
-        .unwrap_err();
+    let err = resolve_nvme_device(
+        VOL_B,
+        &dir.path().join("sys"),
+        Path::new("/nonexistent"),
+        Duration::from_millis(100),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains(VOL_B));
 }
 
 #[test]
 fn rejects_what_is_not_a_volume_id() {
     let t = Tree::new();
-    assert!(matches!(t.resolve("/dev/xvdf", Duration::from_millis(10)), Err(Error::Invalid(_))));
+    assert!(matches!(
+        t.resolve("/dev/xvdf", Duration::from_millis(10)),
+        Err(Error::Invalid(_))
+    ));
 }

@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 
 use webake_aws::{ClientSettings, Session, StaticCredentials, Timing};
 
-pub const PIP_HINT: &str = "pip install -r crates/webake-aws/requirements-test.txt   (i.e. pip install 'moto[server]')";
+pub const PIP_HINT: &str =
+    "pip install -r crates/webake-aws/requirements-test.txt   (i.e. pip install 'moto[server]')";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A moto server on 127.0.0.1:<free port>, killed on Drop.
@@ -27,7 +32,12 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Self {
         let port = free_port();
-        let has_cli = Command::new("moto_server").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+        let has_cli = Command::new("moto_server")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
         let mut cmd = if has_cli {
             Command::new("moto_server")
         } else {
@@ -38,7 +48,10 @@ impl Moto {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            assert!(ok, "moto server is not installed (neither `moto_server` nor `python3 -m moto.server` works).\nInstall it with:\n    {PIP_HINT}");
+            assert!(
+                ok,
+                "moto server is not installed (neither `moto_server` nor `python3 -m moto.server` works).\nInstall it with:\n    {PIP_HINT}"
+            );
             let mut c = Command::new("python3");
             c.args(["-m", "moto.server"]);
             c
@@ -47,7 +60,9 @@ impl Moto {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting moto server: {e}\nInstall it with:\n    {PIP_HINT}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("starting moto server: {e}\nInstall it with:\n    {PIP_HINT}")
+        });
         let start = Instant::now();
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -60,7 +75,10 @@ impl Moto {
                 }
                 panic!("moto server exited with {status}: {err}\nIs it installed? {PIP_HINT}");
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "moto server did not listen on port {port} within 30 s");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto server did not listen on port {port} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // Drain stderr so moto never blocks on a full pipe.
@@ -103,7 +121,9 @@ impl Recorded {
         parse_form(&String::from_utf8_lossy(&self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -128,12 +148,19 @@ impl Canned {
     pub fn ebs_error(status: u16, code: &str) -> Self {
         Canned {
             status,
-            headers: vec![("Content-Type".into(), "application/json".into()), ("x-amzn-ErrorType".into(), code.into())],
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("x-amzn-ErrorType".into(), code.into()),
+            ],
             body: format!("{{\"message\":\"injected {code}\"}}"),
         }
     }
     pub fn plain(status: u16) -> Self {
-        Canned { status, headers: vec![], body: String::new() }
+        Canned {
+            status,
+            headers: vec![],
+            body: String::new(),
+        }
     }
     pub fn ec2_ok(action: &str) -> Self {
         Canned {
@@ -191,7 +218,11 @@ impl Proxy {
 
     /// Answer the next `times` calls of `op` (None: all) with `make()`.
     pub fn fail(&self, op: &str, times: Option<usize>, make: impl Fn() -> Canned + Send + 'static) {
-        self.state.lock().unwrap().rules.push(Rule { op: op.into(), remaining: times, make: Box::new(make) });
+        self.state.lock().unwrap().rules.push(Rule {
+            op: op.into(),
+            remaining: times,
+            make: Box::new(make),
+        });
     }
 
     pub fn clear_rules(&self) {
@@ -201,7 +232,11 @@ impl Proxy {
     /// Fault rules that still have calls to answer.
     pub fn pending_rules(&self) -> Vec<String> {
         let s = self.state.lock().unwrap();
-        s.rules.iter().filter(|r| r.remaining.is_some_and(|n| n > 0)).map(|r| r.op.clone()).collect()
+        s.rules
+            .iter()
+            .filter(|r| r.remaining.is_some_and(|n| n > 0))
+            .map(|r| r.op.clone())
+            .collect()
     }
 
     pub fn log(&self) -> Vec<Recorded> {
@@ -237,7 +272,11 @@ fn op_of(method: &str, path: &str, body: &[u8]) -> String {
     .to_string()
 }
 
-fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<ProxyState>) -> std::io::Result<()> {
+fn handle(
+    mut client: TcpStream,
+    upstream_port: u16,
+    state: &Mutex<ProxyState>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
     loop {
@@ -262,10 +301,15 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<ProxyState>) 
         }
     }
     assert!(
-        !headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")),
+        !headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked")),
         "test proxy does not support chunked request bodies"
     );
-    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body)?;
     let op = op_of(&method, &path, &body);
@@ -294,7 +338,11 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<ProxyState>) 
     };
 
     if let Some(c) = canned {
-        let mut resp = format!("HTTP/1.1 {} Injected\r\nConnection: close\r\nContent-Length: {}\r\n", c.status, c.body.len());
+        let mut resp = format!(
+            "HTTP/1.1 {} Injected\r\nConnection: close\r\nContent-Length: {}\r\n",
+            c.status,
+            c.body.len()
+        );
         for (k, v) in &c.headers {
             resp.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -320,21 +368,53 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<ProxyState>) 
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
     // Rewrite the response head: this proxy serves one request per connection.
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(resp.len());
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(resp.len());
     let head_text = String::from_utf8_lossy(&resp[..split]).to_string();
+    let mut resp_body = resp[split..].to_vec();
+    if op == "ListSnapshotBlocks" {
+        // moto 5.2 answers `"BlockIndex": "0"` (a string, taken from the URL) where the API
+        // has an integer; real EBS and the SDK use integers. Normalise it here so the test
+        // exercises our download code rather than moto's serialisation bug.
+        resp_body = unquote_block_indexes(&String::from_utf8_lossy(&resp_body)).into_bytes();
+    }
     let mut new_head = String::new();
     for line in head_text.split("\r\n").filter(|l| !l.is_empty()) {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("connection:") && !lower.starts_with("content-length:") {
             new_head.push_str(line);
             new_head.push_str("\r\n");
         }
     }
-    new_head.push_str("Connection: close\r\n\r\n");
+    new_head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        resp_body.len()
+    ));
     client.write_all(new_head.as_bytes())?;
-    client.write_all(&resp[split..])?;
+    client.write_all(&resp_body)?;
     client.flush()?;
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// `"BlockIndex": "12"` -> `"BlockIndex": 12`.
+fn unquote_block_indexes(json: &str) -> String {
+    const KEY: &str = "\"BlockIndex\": \"";
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(pos) = rest.find(KEY) {
+        out.push_str(&rest[..pos]);
+        out.push_str("\"BlockIndex\": ");
+        let after = &rest[pos + KEY.len()..];
+        let end = after.find('"').unwrap_or(after.len());
+        out.push_str(&after[..end]);
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn parse_form(s: &str) -> BTreeMap<String, String> {
@@ -382,7 +462,10 @@ pub async fn session(endpoint: &str, region: &str) -> Session {
     let settings = ClientSettings {
         endpoint_url: Some(endpoint.to_string()),
         profile: None,
-        credentials: Some(StaticCredentials { access_key_id: "testing".into(), secret_access_key: "testing".into() }),
+        credentials: Some(StaticCredentials {
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".into(),
+        }),
         timing: fast_timing(),
     };
     Session::new(region, &settings).await
