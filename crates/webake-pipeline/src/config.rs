@@ -17,6 +17,7 @@ use crate::k8s::{ResourceRequirements, Toleration};
 pub const DEFAULT_SCHEDULE: &str = "0 4 * * 1";
 pub const DEFAULT_TIME_ZONE: &str = "Etc/UTC";
 pub const DEFAULT_REVISION: &str = "main";
+pub const DEFAULT_FORGE_TOKEN_ENV: &str = "GITHUB_TOKEN";
 pub const DEFAULT_GIT_IMAGE: &str = "docker.io/alpine/git:v2.47.2";
 pub const DEFAULT_KANIKO_IMAGE: &str = "gcr.io/kaniko-project/executor:v1.23.2";
 pub const DEFAULT_KUBECTL_IMAGE: &str = "docker.io/bitnami/kubectl:1.30";
@@ -71,6 +72,9 @@ pub struct SecretNames {
     pub aws: Option<String>,
     /// Secret with key `token`: the forge (GitHub/Gitea/GitLab) token that opens pull requests.
     pub forge: String,
+    /// Environment variable the token is given in: the `token_env` of the rollout's forge.
+    #[serde(default = "default_forge_token_env")]
+    pub forge_token_env: String,
     /// Secret of type `kubernetes.io/dockerconfigjson` used to push images from the pipeline.
     #[serde(default)]
     pub registry: Option<String>,
@@ -135,6 +139,10 @@ impl Default for ToolImages {
     }
 }
 
+fn default_forge_token_env() -> String {
+    DEFAULT_FORGE_TOKEN_ENV.to_owned()
+}
+
 fn default_schedule() -> String {
     DEFAULT_SCHEDULE.to_owned()
 }
@@ -172,6 +180,7 @@ impl PipelineConfig {
             check.dns_subdomain("secrets.aws", aws)?;
         }
         check.dns_subdomain("secrets.forge", &self.secrets.forge)?;
+        check.env_name("secrets.forgeTokenEnv", &self.secrets.forge_token_env)?;
         if let Some(registry) = &self.secrets.registry {
             check.dns_subdomain("secrets.registry", registry)?;
         }
@@ -357,15 +366,21 @@ pub struct RecipeRef {
     pub family: String,
 }
 
-/// Only the fields read from a recipe; everything else is ignored here.
+/// Only the fields read from a recipe (`image.name`, `image.family`); everything else is
+/// ignored here and checked by the bake.
 #[derive(Deserialize)]
 struct RecipeHead {
+    image: Option<RecipeImage>,
+}
+
+#[derive(Deserialize)]
+struct RecipeImage {
     name: Option<String>,
     family: Option<String>,
 }
 
 impl RecipeRef {
-    /// Read `name` (required) and `family` (defaults to the name) from the recipe at `path`.
+    /// Read `image.name` (required) and `image.family` (defaults to the name) from the recipe.
     pub fn load(path: &Path, path_in_repo: &str) -> Result<Self, Error> {
         let text = read(path)?;
         Self::from_yaml(&text, path, path_in_repo)
@@ -374,12 +389,16 @@ impl RecipeRef {
     pub fn from_yaml(text: &str, path: &Path, path_in_repo: &str) -> Result<Self, Error> {
         let head: RecipeHead = parse(text, path)?;
         let check = Checker { path };
-        let name = head
-            .name
-            .ok_or_else(|| check.invalid("name", "missing: the recipe must have a name"))?;
-        check.label_value("name", &name)?;
-        let family = head.family.unwrap_or_else(|| name.clone());
-        check.label_value("family", &family)?;
+        let image = head.image.unwrap_or(RecipeImage {
+            name: None,
+            family: None,
+        });
+        let name = image.name.ok_or_else(|| {
+            check.invalid("image.name", "missing: the recipe must name its image")
+        })?;
+        check.label_value("image.name", &name)?;
+        let family = image.family.unwrap_or_else(|| name.clone());
+        check.label_value("image.family", &family)?;
         check.relative_path("recipe path in the repository", path_in_repo)?;
         Ok(Self {
             path_in_repo: path_in_repo.to_owned(),
@@ -579,6 +598,21 @@ impl Checker<'_> {
             return Err(self.invalid(
                 field,
                 format!("`{value}` must be a relative path inside the repository"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn env_name(&self, field: &str, value: &str) -> Result<(), Error> {
+        let ok = value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` is not an environment variable name"),
             ));
         }
         Ok(())

@@ -39,8 +39,6 @@ pub mod paths {
 /// The command lines of webake inside the pods. `webake run` and `webake rollout` must accept
 /// these arguments; change them here and the golden files show every manifest that changes.
 pub mod contract {
-    /// Env var carrying the forge token for `webake run` (rollout) and `webake rollout`.
-    pub const FORGE_TOKEN_ENV: &str = "WEBAKE_FORGE_TOKEN";
     /// Key of the forge token in its Secret.
     pub const FORGE_TOKEN_KEY: &str = "token";
 
@@ -379,7 +377,7 @@ fn aws_env(config: &PipelineConfig) -> Vec<EnvVar> {
 
 fn forge_env(config: &PipelineConfig) -> EnvVar {
     EnvVar::secret(
-        contract::FORGE_TOKEN_ENV,
+        &config.secrets.forge_token_env,
         &config.secrets.forge,
         contract::FORGE_TOKEN_KEY,
         false,

@@ -181,17 +181,24 @@ fn service_descriptor_errors_name_file_and_field() {
 #[test]
 fn recipe_is_read_leniently_but_needs_a_name() {
     let path = Path::new("recipes/x.yaml");
-    let recipe =
-        RecipeRef::from_yaml("name: base\nprovision: []\n", path, "recipes/x.yaml").unwrap();
+    let text = "version: 1\nimage:\n  name: base\n  version: x\nprovisioners: []\n";
+    let recipe = RecipeRef::from_yaml(text, path, "recipes/x.yaml").unwrap();
     assert_eq!(recipe.family, "base", "family defaults to the name");
-    let err = RecipeRef::from_yaml("provision: []\n", path, "recipes/x.yaml")
+    let text = "image:\n  role: base\n";
+    let err = RecipeRef::from_yaml(text, path, "recipes/x.yaml")
         .unwrap_err()
         .to_string();
     assert_eq!(
         err,
-        "recipes/x.yaml: field `name`: missing: the recipe must have a name"
+        "recipes/x.yaml: field `image.name`: missing: the recipe must name its image"
     );
-    let err = RecipeRef::from_yaml("name: base\n", path, "../x.yaml")
+    let text = "image:\n  name: a b\n";
+    let err = RecipeRef::from_yaml(text, path, "recipes/x.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("field `image.name`"), "{err}");
+    let text = "image:\n  name: base\n";
+    let err = RecipeRef::from_yaml(text, path, "../x.yaml")
         .unwrap_err()
         .to_string();
     assert!(err.contains("relative path inside the repository"), "{err}");
@@ -215,8 +222,12 @@ fn ami_kind_without_recipe_is_an_error() {
 fn too_long_recipe_name_is_reported() {
     let config = PipelineConfig::load(&fixture("config-minimal.yaml")).unwrap();
     let name = "a".repeat(50);
-    let recipe =
-        RecipeRef::from_yaml(&format!("name: {name}\n"), Path::new("r.yaml"), "r.yaml").unwrap();
+    let recipe = RecipeRef::from_yaml(
+        &format!("image:\n  name: {name}\n"),
+        Path::new("r.yaml"),
+        "r.yaml",
+    )
+    .unwrap();
     let inputs = Inputs {
         config,
         config_path: "c.yaml".to_owned(),
@@ -254,4 +265,13 @@ fn minimal_config_renders_without_optional_sections() {
     assert!(!text.contains("registry-auth"));
     assert!(!text.contains("tolerations"));
     webake_pipeline::parse::parse_documents(&text).unwrap();
+}
+
+/// The recipe shipped in the repository is read by the lenient reader (guards format drift).
+#[test]
+fn the_example_recipe_of_the_repository_is_readable() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/debian-minimal.yaml");
+    let recipe = RecipeRef::load(&path, "recipes/debian-minimal.yaml").unwrap();
+    assert_eq!(recipe.name, "debian-minimal");
+    assert_eq!(recipe.family, "debian-12-minimal");
 }
