@@ -23,6 +23,15 @@ pub enum OnFailure {
     Fail,
 }
 
+impl fmt::Display for OnFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnFailure::Continue => "continue",
+            OnFailure::Fail => "fail",
+        })
+    }
+}
+
 impl OnFailure {
     fn parse(value: &str) -> Option<OnFailure> {
         match value {

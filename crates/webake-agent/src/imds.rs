@@ -405,8 +405,9 @@ impl<'r> Client<'r> {
         } else {
             "giving up"
         };
+        // Info, not Warn: only the final outcome is a warning (one line off EC2).
         self.reporter.log(
-            Level::Warn,
+            Level::Info,
             &format!(
                 "{method} {}{path}: attempt {attempt}/{MAX_ATTEMPTS} failed: {reason}; {what}",
                 self.endpoint

@@ -103,7 +103,7 @@ fn real_main(reporter: &StderrReporter) -> Result<i32, Error> {
         println!("template: {}", settings.template.as_str());
         println!("endpoint: {endpoint} ({source})");
         println!("deadline: {} s", settings.deadline.as_secs());
-        println!("on_failure: {:?}", settings.on_failure);
+        println!("on_failure: {}", settings.on_failure);
         return Ok(exit::OK);
     }
 

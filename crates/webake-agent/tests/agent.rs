@@ -220,6 +220,10 @@ fn absent_imds_exits_zero_and_changes_nothing() {
     );
     assert_eq!(root.hostname(), None);
     assert_eq!(root.hosts(), DEBIAN_HOSTS);
+    // retries are logged as info: off EC2 there is exactly one warning, no error
+    let warnings = log.lines().filter(|l| l.contains(": warning: ")).count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(!log.contains(": error: "), "{log}");
 }
 
 #[test]
@@ -302,6 +306,7 @@ fn check_prints_the_resolved_settings() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("role: kubernetes"), "{stdout}");
+    assert!(stdout.contains("on_failure: continue"), "{stdout}");
     assert!(stdout.contains("template: {role}-{env}-{region_compact}-{instance_id_short}"));
     assert!(
         stdout
