@@ -114,7 +114,12 @@ pub fn diff(old: &Inventory, new: &Inventory) -> InventoryDiff {
         }
     }
 
-    let kernels = |inv: &Inventory| inv.kernels.iter().map(|k| k.version.clone()).collect::<Vec<_>>();
+    let kernels = |inv: &Inventory| {
+        inv.kernels
+            .iter()
+            .map(|k| k.version.clone())
+            .collect::<Vec<_>>()
+    };
     let (ok, nk) = (kernels(old), kernels(new));
     let kernel = (ok != nk).then_some(KernelChange { old: ok, new: nk });
 
@@ -149,7 +154,8 @@ pub fn diff(old: &Inventory, new: &Inventory) -> InventoryDiff {
         }
     }
 
-    let unit_names = |inv: &Inventory| -> BTreeSet<String> { inv.units.iter().map(unit_label).collect() };
+    let unit_names =
+        |inv: &Inventory| -> BTreeSet<String> { inv.units.iter().map(unit_label).collect() };
     let (ou, nu) = (unit_names(old), unit_names(new));
 
     InventoryDiff {
@@ -226,10 +232,18 @@ impl InventoryDiff {
             sm.upgraded, sm.added, sm.removed, sm.downgraded
         );
         for c in &self.upgraded {
-            let _ = writeln!(s, "  ^ {} {} -> {} ({})", c.name, c.old_version, c.new_version, c.architecture);
+            let _ = writeln!(
+                s,
+                "  ^ {} {} -> {} ({})",
+                c.name, c.old_version, c.new_version, c.architecture
+            );
         }
         for c in &self.downgraded {
-            let _ = writeln!(s, "  v {} {} -> {} ({})", c.name, c.old_version, c.new_version, c.architecture);
+            let _ = writeln!(
+                s,
+                "  v {} {} -> {} ({})",
+                c.name, c.old_version, c.new_version, c.architecture
+            );
         }
         for p in &self.added {
             let _ = writeln!(s, "  + {} {} ({})", p.name, p.version, p.architecture);
@@ -238,10 +252,19 @@ impl InventoryDiff {
             let _ = writeln!(s, "  - {} {} ({})", p.name, p.version, p.architecture);
         }
         for c in &self.respelled {
-            let _ = writeln!(s, "  = {} {} -> {} ({}, same version)", c.name, c.old_version, c.new_version, c.architecture);
+            let _ = writeln!(
+                s,
+                "  = {} {} -> {} ({}, same version)",
+                c.name, c.old_version, c.new_version, c.architecture
+            );
         }
         if let Some(k) = &self.kernel {
-            let _ = writeln!(s, "kernel: {} -> {}", list_or_none(&k.old), list_or_none(&k.new));
+            let _ = writeln!(
+                s,
+                "kernel: {} -> {}",
+                list_or_none(&k.old),
+                list_or_none(&k.new)
+            );
         }
         if let Some(os) = &self.os {
             let _ = writeln!(s, "os: {} -> {}", os.old, os.new);
@@ -274,7 +297,12 @@ impl InventoryDiff {
     pub fn to_markdown(&self, old_label: &str, new_label: &str) -> String {
         let mut s = String::new();
         let sm = &self.summary;
-        let _ = writeln!(s, "### Image changes: `{}` → `{}`\n", md(old_label), md(new_label));
+        let _ = writeln!(
+            s,
+            "### Image changes: `{}` → `{}`\n",
+            md(old_label),
+            md(new_label)
+        );
         let mut parts = vec![
             format!("**{} upgraded**", sm.upgraded),
             format!("**{} added**", sm.added),
@@ -284,7 +312,11 @@ impl InventoryDiff {
             parts.push(format!("**{} downgraded**", sm.downgraded));
         }
         if let Some(k) = &self.kernel {
-            parts.push(format!("kernel {} → {}", code_list(&k.old), code_list(&k.new)));
+            parts.push(format!(
+                "kernel {} → {}",
+                code_list(&k.old),
+                code_list(&k.new)
+            ));
         }
         parts.push(format!("size {}", size_line(&self.size)));
         let _ = writeln!(s, "{}\n", parts.join(" · "));
@@ -294,32 +326,78 @@ impl InventoryDiff {
 
         let changes = |rows: &[PackageChange]| -> Vec<String> {
             rows.iter()
-                .map(|c| format!("| `{}` | {} | `{}` | `{}` |", md(&c.name), md(&c.architecture), md(&c.old_version), md(&c.new_version)))
+                .map(|c| {
+                    format!(
+                        "| `{}` | {} | `{}` | `{}` |",
+                        md(&c.name),
+                        md(&c.architecture),
+                        md(&c.old_version),
+                        md(&c.new_version)
+                    )
+                })
                 .collect()
         };
         let pkgs = |rows: &[Package]| -> Vec<String> {
             rows.iter()
-                .map(|p| format!("| `{}` | {} | `{}` |", md(&p.name), md(&p.architecture), md(&p.version)))
+                .map(|p| {
+                    format!(
+                        "| `{}` | {} | `{}` |",
+                        md(&p.name),
+                        md(&p.architecture),
+                        md(&p.version)
+                    )
+                })
                 .collect()
         };
-        table(&mut s, "Upgraded", "| package | arch | from | to |\n|---|---|---|---|", changes(&self.upgraded));
-        table(&mut s, "Downgraded", "| package | arch | from | to |\n|---|---|---|---|", changes(&self.downgraded));
-        table(&mut s, "Added", "| package | arch | version |\n|---|---|---|", pkgs(&self.added));
-        table(&mut s, "Removed", "| package | arch | version |\n|---|---|---|", pkgs(&self.removed));
+        table(
+            &mut s,
+            "Upgraded",
+            "| package | arch | from | to |\n|---|---|---|---|",
+            changes(&self.upgraded),
+        );
+        table(
+            &mut s,
+            "Downgraded",
+            "| package | arch | from | to |\n|---|---|---|---|",
+            changes(&self.downgraded),
+        );
+        table(
+            &mut s,
+            "Added",
+            "| package | arch | version |\n|---|---|---|",
+            pkgs(&self.added),
+        );
+        table(
+            &mut s,
+            "Removed",
+            "| package | arch | version |\n|---|---|---|",
+            pkgs(&self.removed),
+        );
         table(
             &mut s,
             "Inputs changed",
             "| input | from | to |\n|---|---|---|",
             self.inputs
                 .iter()
-                .map(|i| format!("| {} | {} | {} |", md(&i.name), short_digest(i.old.as_deref()), short_digest(i.new.as_deref())))
+                .map(|i| {
+                    format!(
+                        "| {} | {} | {} |",
+                        md(&i.name),
+                        short_digest(i.old.as_deref()),
+                        short_digest(i.new.as_deref())
+                    )
+                })
                 .collect(),
         );
         let units: Vec<String> = self
             .units_enabled
             .iter()
             .map(|u| format!("| enabled | `{}` |", md(u)))
-            .chain(self.units_disabled.iter().map(|u| format!("| disabled | `{}` |", md(u))))
+            .chain(
+                self.units_disabled
+                    .iter()
+                    .map(|u| format!("| disabled | `{}` |", md(u))),
+            )
             .collect();
         table(&mut s, "Units", "| change | unit |\n|---|---|", units);
         if self.is_empty() {
@@ -374,14 +452,21 @@ fn input_mark(i: &InputChange) -> char {
 }
 
 fn list_or_none(v: &[String]) -> String {
-    if v.is_empty() { "(none)".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn code_list(v: &[String]) -> String {
     if v.is_empty() {
         "(none)".into()
     } else {
-        v.iter().map(|k| format!("`{}`", md(k))).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|k| format!("`{}`", md(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

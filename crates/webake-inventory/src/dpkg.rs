@@ -88,7 +88,10 @@ fn package_of(stanza: &[(&str, String)], path: &Path, line: usize) -> Result<Opt
     let (source, source_version) = match field("Source") {
         None | Some("") => (name.to_owned(), version.to_owned()),
         Some(src) => match src.split_once('(') {
-            Some((n, v)) => (n.trim().to_owned(), v.trim_end_matches(')').trim().to_owned()),
+            Some((n, v)) => (
+                n.trim().to_owned(),
+                v.trim_end_matches(')').trim().to_owned(),
+            ),
             None => (src.to_owned(), version.to_owned()),
         },
     };

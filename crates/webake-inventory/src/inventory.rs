@@ -226,7 +226,8 @@ fn read_kernels(r: &Root) -> Result<Vec<Kernel>> {
             .modules = true;
     }
     let mut kernels: Vec<Kernel> = found.into_values().collect();
-    kernels.sort_by(|a, b| compare_versions(&a.version, &b.version).then(a.version.cmp(&b.version)));
+    kernels
+        .sort_by(|a, b| compare_versions(&a.version, &b.version).then(a.version.cmp(&b.version)));
     Ok(kernels)
 }
 

@@ -17,14 +17,13 @@ mod sbom;
 mod version;
 
 pub use diff::{
-    Change, DiffSummary, InputChange, InventoryDiff, KernelChange, PackageChange, SizeChange,
-    diff,
+    Change, DiffSummary, InputChange, InventoryDiff, KernelChange, PackageChange, SizeChange, diff,
 };
 pub use dpkg::{Package, parse_status};
 pub use error::{Error, Result};
 pub use inventory::{
-    Dependency, EnabledUnit, INVENTORY_FORMAT, Inventory, Kernel, OsRelease, Provenance,
-    TreeSize, collect, enabled_units, kernels, os_release, packages, parse_os_release, tree_size,
+    Dependency, EnabledUnit, INVENTORY_FORMAT, Inventory, Kernel, OsRelease, Provenance, TreeSize,
+    collect, enabled_units, kernels, os_release, packages, parse_os_release, tree_size,
 };
 pub use lint::{Finding, LintConfig, Rule, Severity, lint};
 pub use packer::{PackerBuild, PackerFile, PackerManifest};

@@ -304,7 +304,9 @@ fn apt_lists(r: &Root, out: &mut Findings) -> Result<()> {
         out.add(
             Rule::AptLists,
             "/var/lib/apt/lists",
-            format!("{count} package index files ({bytes} bytes) left; remove them after installing"),
+            format!(
+                "{count} package index files ({bytes} bytes) left; remove them after installing"
+            ),
         );
     }
     Ok(())
@@ -321,7 +323,11 @@ fn apt_cache(r: &Root, out: &mut Findings) -> Result<()> {
         out.add(
             Rule::AptCache,
             "/var/cache/apt/archives",
-            format!("{} downloaded .deb files ({} bytes); run apt-get clean", debs.len(), debs.iter().sum::<u64>()),
+            format!(
+                "{} downloaded .deb files ({} bytes); run apt-get clean",
+                debs.len(),
+                debs.iter().sum::<u64>()
+            ),
         );
     }
     for (name, meta) in r.list("var/cache/apt")? {
@@ -428,7 +434,16 @@ fn staging(r: &Root, out: &mut Findings) -> Result<()> {
 
 // ---- secrets ---------------------------------------------------------------------------
 
-const SCAN_ROOTS: &[&str] = &["etc", "root", "home", "opt", "srv", "usr/local", "tmp", "var"];
+const SCAN_ROOTS: &[&str] = &[
+    "etc",
+    "root",
+    "home",
+    "opt",
+    "srv",
+    "usr/local",
+    "tmp",
+    "var",
+];
 const SCAN_SKIP: &[&str] = &[
     "var/lib/dpkg",
     "var/lib/apt/lists",
@@ -550,14 +565,24 @@ fn scan_file(r: &Root, path: &Path, s: &Scanner, out: &mut Findings) -> Result<(
             out.add(
                 Rule::SecretAwsKey,
                 image_path.clone(),
-                format!("AWS access key id {} at line {}", redact(m.as_bytes()), line_of(&bytes, m.start())),
+                format!(
+                    "AWS access key id {} at line {}",
+                    redact(m.as_bytes()),
+                    line_of(&bytes, m.start())
+                ),
             );
         }
-        if let Some(m) = AWS_SECRET.find(&bytes) {
+        let secret = AWS_SECRET
+            .find_iter(&bytes)
+            .find(|m| !m.as_bytes().ends_with(b"EXAMPLEKEY"));
+        if let Some(m) = secret {
             out.add(
                 Rule::SecretAwsKey,
                 image_path.clone(),
-                format!("aws_secret_access_key with a value at line {}", line_of(&bytes, m.start())),
+                format!(
+                    "aws_secret_access_key with a value at line {}",
+                    line_of(&bytes, m.start())
+                ),
             );
         }
     }
@@ -581,14 +606,19 @@ fn scan_file(r: &Root, path: &Path, s: &Scanner, out: &mut Findings) -> Result<(
         out.add(
             Rule::SecretToken,
             image_path,
-            format!("token {} at line {}", redact(m.as_bytes()), line_of(&bytes, m.start())),
+            format!(
+                "token {} at line {}",
+                redact(m.as_bytes()),
+                line_of(&bytes, m.start())
+            ),
         );
     }
     Ok(())
 }
 
 fn is_ssh_host_key_path(p: &str) -> bool {
-    p.strip_prefix("/etc/ssh/").is_some_and(is_ssh_host_key_name)
+    p.strip_prefix("/etc/ssh/")
+        .is_some_and(is_ssh_host_key_name)
 }
 
 fn line_of(bytes: &[u8], offset: usize) -> usize {
@@ -598,10 +628,23 @@ fn line_of(bytes: &[u8], offset: usize) -> usize {
 /// The recognizable prefix of a secret, never the secret: `ghp_…`, `AKIA…`.
 fn redact(secret: &[u8]) -> String {
     let s = String::from_utf8_lossy(secret);
-    let keep = ["github_pat_", "glpat-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-"]
-        .iter()
-        .find(|p| s.starts_with(*p))
-        .map_or(4, |p| p.len());
+    let keep = [
+        "github_pat_",
+        "glpat-",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "xoxa-",
+        "xoxb-",
+        "xoxp-",
+        "xoxr-",
+        "xoxs-",
+    ]
+    .iter()
+    .find(|p| s.starts_with(*p))
+    .map_or(4, |p| p.len());
     format!("{}…", s.chars().take(keep).collect::<String>())
 }
 

@@ -72,7 +72,9 @@ impl PackerManifest {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let name = path.file_name().map_or_else(|| "manifest.json".into(), |n| n.to_string_lossy());
+        let name = path
+            .file_name()
+            .map_or_else(|| "manifest.json".into(), |n| n.to_string_lossy());
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let result = (|| {
             let mut f = fs::File::create(&tmp).at(&tmp)?;

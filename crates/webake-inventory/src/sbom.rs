@@ -121,7 +121,8 @@ pub fn cyclonedx_json(inv: &Inventory, opts: &SbomOptions) -> String {
             ],
         }));
     }
-    let mut properties = vec![json!({"name": "webake:recipe_digest", "value": inv.provenance.recipe_digest})];
+    let mut properties =
+        vec![json!({"name": "webake:recipe_digest", "value": inv.provenance.recipe_digest})];
     if let Some(base) = &inv.provenance.base_digest {
         properties.push(json!({"name": "webake:base_digest", "value": base}));
     }
@@ -194,7 +195,13 @@ fn pct(s: &str, keep_colon: bool) -> String {
 fn unique_spdx_id(taken: &mut BTreeSet<String>, raw: &str) -> String {
     let clean: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let mut id = format!("SPDXRef-{clean}");
     let mut n = 2;

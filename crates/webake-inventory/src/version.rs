@@ -209,10 +209,7 @@ mod tests {
     #[test]
     fn parts() {
         let v = DebVersion::parse("1:2.3-4-5");
-        assert_eq!(
-            (v.epoch(), v.upstream(), v.revision()),
-            (1, "2.3-4", "5")
-        );
+        assert_eq!((v.epoch(), v.upstream(), v.revision()), (1, "2.3-4", "5"));
         assert_eq!(v.to_string(), "1:2.3-4-5");
     }
 
@@ -225,7 +222,11 @@ mod tests {
             "dpkg is required for this test (the build host is Debian)"
         );
         for (a, b, want) in TABLE {
-            for (op, holds) in [("lt", *want == Less), ("eq", *want == Equal), ("gt", *want == Greater)] {
+            for (op, holds) in [
+                ("lt", *want == Less),
+                ("eq", *want == Equal),
+                ("gt", *want == Greater),
+            ] {
                 let out = std::process::Command::new("dpkg")
                     .args(["--compare-versions", a, op, b])
                     .status()

@@ -36,9 +36,13 @@ fn inventory(packages: Vec<Package>) -> Inventory {
             dependency: Dependency::Wants,
             unit_file: Some("/usr/lib/systemd/system/ssh.service".into()),
         }],
-        size: TreeSize { bytes: 734_003_200, files: 21_000 },
+        size: TreeSize {
+            bytes: 734_003_200,
+            files: 21_000,
+        },
         provenance: Provenance {
-            recipe_digest: "sha256:4f2a9c0d11e3b5a7c9d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a1b3c5d7e9f1a3b5".into(),
+            recipe_digest:
+                "sha256:4f2a9c0d11e3b5a7c9d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a1b3c5d7e9f1a3b5".into(),
             inputs: [("role:base".to_owned(), "sha256:aaaa1111bbbb2222".to_owned())].into(),
             base_digest: None,
         },
@@ -46,7 +50,11 @@ fn inventory(packages: Vec<Package>) -> Inventory {
 }
 
 fn base() -> Vec<Package> {
-    vec![pkg("bash", "5.2.15-2+b7"), pkg("libc6", "2.36-9+deb12u9"), pkg("openssl", "3.0.15-1~deb12u1")]
+    vec![
+        pkg("bash", "5.2.15-2+b7"),
+        pkg("libc6", "2.36-9+deb12u9"),
+        pkg("openssl", "3.0.15-1~deb12u1"),
+    ]
 }
 
 #[test]
@@ -70,7 +78,10 @@ fn one_upgraded_package_in_all_renderers() {
     );
 
     let json: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
-    assert_eq!(json["summary"], serde_json::json!({"added": 0, "removed": 0, "upgraded": 1, "downgraded": 0}));
+    assert_eq!(
+        json["summary"],
+        serde_json::json!({"added": 0, "removed": 0, "upgraded": 1, "downgraded": 0})
+    );
     assert_eq!(json["upgraded"][0]["name"], "openssl");
     assert_eq!(json["upgraded"][0]["old_version"], "3.0.15-1~deb12u1");
     assert_eq!(json["upgraded"][0]["new_version"], "3.0.16-1~deb12u1");
@@ -89,7 +100,10 @@ fn one_added_package() {
     more.push(pkg("curl", "7.88.1-10+deb12u8"));
     let new = inventory(more);
     let d = diff(&old, &new);
-    assert_eq!(d.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["curl"]);
+    assert_eq!(
+        d.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["curl"]
+    );
     assert!(d.upgraded.is_empty() && d.removed.is_empty());
     assert!(d.to_text().contains("  + curl 7.88.1-10+deb12u8 (amd64)\n"));
     let md = d.to_markdown("a", "b");
@@ -98,30 +112,72 @@ fn one_added_package() {
     assert_eq!(json["added"][0]["name"], "curl");
     // And back: the same package removed.
     let back = diff(&new, &old);
-    assert_eq!(back.removed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["curl"]);
+    assert_eq!(
+        back.removed
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["curl"]
+    );
 }
 
 #[test]
 fn versions_compare_like_dpkg() {
     // A string comparison would call both of these the other way round.
-    let old = inventory(vec![pkg("a", "1.0~rc1-1"), pkg("b", "1:1.0-1"), pkg("c", "1.10-1"), pkg("d", "0:2.0")]);
-    let new = inventory(vec![pkg("a", "1.0-1"), pkg("b", "2.0-1"), pkg("c", "1.9-1"), pkg("d", "2.0")]);
+    let old = inventory(vec![
+        pkg("a", "1.0~rc1-1"),
+        pkg("b", "1:1.0-1"),
+        pkg("c", "1.10-1"),
+        pkg("d", "0:2.0"),
+    ]);
+    let new = inventory(vec![
+        pkg("a", "1.0-1"),
+        pkg("b", "2.0-1"),
+        pkg("c", "1.9-1"),
+        pkg("d", "2.0"),
+    ]);
     let d = diff(&old, &new);
-    assert_eq!(d.upgraded.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a"]);
-    assert_eq!(d.downgraded.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b", "c"]);
-    assert_eq!(d.respelled.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["d"]);
+    assert_eq!(
+        d.upgraded
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_eq!(
+        d.downgraded
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    assert_eq!(
+        d.respelled
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["d"]
+    );
 }
 
 #[test]
 fn big_rollout_folds_long_lists_and_shows_kernel_size_inputs() {
-    let old_pkgs: Vec<Package> = (0..30).map(|i| pkg(&format!("lib{i:02}"), "1.0-1")).collect();
-    let new_pkgs: Vec<Package> = (0..30).map(|i| pkg(&format!("lib{i:02}"), "1.0-2")).collect();
+    let old_pkgs: Vec<Package> = (0..30)
+        .map(|i| pkg(&format!("lib{i:02}"), "1.0-1"))
+        .collect();
+    let new_pkgs: Vec<Package> = (0..30)
+        .map(|i| pkg(&format!("lib{i:02}"), "1.0-2"))
+        .collect();
     let old = inventory(old_pkgs);
     let mut new = inventory(new_pkgs);
     new.kernels[0].version = "6.1.0-26-amd64".into();
     new.size.bytes += 3 * 1024 * 1024;
-    new.provenance.inputs.insert("role:base".into(), "sha256:cccc3333dddd4444".into());
-    new.provenance.inputs.insert("role:nginx".into(), "sha256:eeee5555".into());
+    new.provenance
+        .inputs
+        .insert("role:base".into(), "sha256:cccc3333dddd4444".into());
+    new.provenance
+        .inputs
+        .insert("role:nginx".into(), "sha256:eeee5555".into());
     new.units.clear();
     let d = diff(&old, &new);
     assert_eq!(d.summary.upgraded, 30);

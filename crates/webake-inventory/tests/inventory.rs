@@ -17,10 +17,17 @@ fn dpkg_query(admindir: Option<&Path>) -> BTreeSet<Row> {
         cmd.arg(format!("--admindir={}", dir.display()));
     }
     let out = cmd
-        .args(["-W", "-f=${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"])
+        .args([
+            "-W",
+            "-f=${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n",
+        ])
         .output()
         .expect("dpkg-query is required (the build host is Debian)");
-    assert!(out.status.success(), "dpkg-query failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dpkg-query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -44,10 +51,22 @@ fn ours(root: &Path) -> BTreeSet<Row> {
 #[test]
 fn host_packages_match_dpkg_query() {
     let theirs = dpkg_query(None);
-    assert!(theirs.len() > 50, "expected a real Debian host, dpkg-query listed {}", theirs.len());
+    assert!(
+        theirs.len() > 50,
+        "expected a real Debian host, dpkg-query listed {}",
+        theirs.len()
+    );
     let ours = ours(Path::new("/"));
-    assert_eq!(ours.difference(&theirs).collect::<Vec<_>>(), Vec::<&Row>::new(), "only in ours");
-    assert_eq!(theirs.difference(&ours).collect::<Vec<_>>(), Vec::<&Row>::new(), "only in dpkg-query");
+    assert_eq!(
+        ours.difference(&theirs).collect::<Vec<_>>(),
+        Vec::<&Row>::new(),
+        "only in ours"
+    );
+    assert_eq!(
+        theirs.difference(&ours).collect::<Vec<_>>(),
+        Vec::<&Row>::new(),
+        "only in dpkg-query"
+    );
 }
 
 #[test]
@@ -93,12 +112,29 @@ fn fixture_inventory() {
     assert_eq!(inv.os.id.as_deref(), Some("debian"));
     assert_eq!(inv.os.version_id.as_deref(), Some("12"));
     assert_eq!(inv.os.version_codename.as_deref(), Some("bookworm"));
-    assert_eq!(inv.os.pretty_name.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+    assert_eq!(
+        inv.os.pretty_name.as_deref(),
+        Some("Debian GNU/Linux 12 (bookworm)")
+    );
 
-    let libstd = inv.packages.iter().find(|p| p.name == "libstdc++6").unwrap();
-    assert_eq!((libstd.source.as_str(), libstd.source_version.as_str()), ("gcc-12", "12.2.0-14+deb12u1"));
-    let base = inv.packages.iter().find(|p| p.name == "base-files").unwrap();
-    assert_eq!((base.source.as_str(), base.source_version.as_str()), ("base-files", "12.4+deb12u8"));
+    let libstd = inv
+        .packages
+        .iter()
+        .find(|p| p.name == "libstdc++6")
+        .unwrap();
+    assert_eq!(
+        (libstd.source.as_str(), libstd.source_version.as_str()),
+        ("gcc-12", "12.2.0-14+deb12u1")
+    );
+    let base = inv
+        .packages
+        .iter()
+        .find(|p| p.name == "base-files")
+        .unwrap();
+    assert_eq!(
+        (base.source.as_str(), base.source_version.as_str()),
+        ("base-files", "12.4+deb12u8")
+    );
 
     let ks: Vec<(&str, bool, bool)> = inv
         .kernels
@@ -106,26 +142,61 @@ fn fixture_inventory() {
         .map(|k| (k.version.as_str(), k.image.is_some(), k.modules))
         .collect();
     // Ordered as versions, not strings (9 < 25).
-    assert_eq!(ks, [("6.1.0-9-amd64", false, true), ("6.1.0-25-amd64", true, true)]);
-    assert_eq!(inv.kernels[1].image.as_deref(), Some("/boot/vmlinuz-6.1.0-25-amd64"));
+    assert_eq!(
+        ks,
+        [
+            ("6.1.0-9-amd64", false, true),
+            ("6.1.0-25-amd64", true, true)
+        ]
+    );
+    assert_eq!(
+        inv.kernels[1].image.as_deref(),
+        Some("/boot/vmlinuz-6.1.0-25-amd64")
+    );
 
     let units: Vec<(&str, &str, Dependency, Option<&str>)> = inv
         .units
         .iter()
-        .map(|u| (u.unit.as_str(), u.wanted_by.as_str(), u.dependency, u.unit_file.as_deref()))
+        .map(|u| {
+            (
+                u.unit.as_str(),
+                u.wanted_by.as_str(),
+                u.dependency,
+                u.unit_file.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         units,
         [
-            ("getty@tty1.service", "getty.target", Dependency::Wants, Some("/usr/lib/systemd/system/getty@.service")),
+            (
+                "getty@tty1.service",
+                "getty.target",
+                Dependency::Wants,
+                Some("/usr/lib/systemd/system/getty@.service")
+            ),
             ("gone.service", "multi-user.target", Dependency::Wants, None),
-            ("ssh.service", "multi-user.target", Dependency::Wants, Some("/usr/lib/systemd/system/ssh.service")),
-            ("systemd-networkd.service", "network-online.target", Dependency::Requires, Some("/usr/lib/systemd/system/systemd-networkd.service")),
+            (
+                "ssh.service",
+                "multi-user.target",
+                Dependency::Wants,
+                Some("/usr/lib/systemd/system/ssh.service")
+            ),
+            (
+                "systemd-networkd.service",
+                "network-online.target",
+                Dependency::Requires,
+                Some("/usr/lib/systemd/system/systemd-networkd.service")
+            ),
         ]
     );
 
     // Regular files only, symlinks not followed, hard links once.
-    std::fs::hard_link(dir.path().join("usr/bin/tool"), dir.path().join("usr/bin/tool2")).unwrap();
+    std::fs::hard_link(
+        dir.path().join("usr/bin/tool"),
+        dir.path().join("usr/bin/tool2"),
+    )
+    .unwrap();
     let again = collect(dir.path(), provenance()).unwrap();
     let expected: u64 = walk_sizes(dir.path());
     assert_eq!(again.size.bytes, expected);
@@ -143,7 +214,11 @@ fn walk_sizes(root: &Path) -> u64 {
         .args(["-type", "f", "-links", "1", "-printf", "%s\n"])
         .output()
         .unwrap();
-    let single: u64 = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse::<u64>().unwrap()).sum();
+    let single: u64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse::<u64>().unwrap())
+        .sum();
     single + 5000 // usr/bin/tool, now with two links, counted once
 }
 
@@ -166,11 +241,21 @@ fn hostile_symlinks_resolve_inside_the_root() {
     std::fs::remove_file(root.join("etc/os-release")).unwrap();
     common::link(root, "etc/os-release", "/etc/shadow");
     common::write(root, "etc/shadow", "ID=inside\n");
-    assert_eq!(collect(root, Provenance::default()).unwrap().os.id.as_deref(), Some("inside"));
+    assert_eq!(
+        collect(root, Provenance::default())
+            .unwrap()
+            .os
+            .id
+            .as_deref(),
+        Some("inside")
+    );
 }
 
 #[test]
 fn missing_root_names_the_path() {
     let err = collect(Path::new("/nonexistent/webake-root"), Provenance::default()).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/webake-root: "), "{err}");
+    assert!(
+        err.to_string().starts_with("/nonexistent/webake-root: "),
+        "{err}"
+    );
 }

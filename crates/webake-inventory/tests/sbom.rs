@@ -98,10 +98,16 @@ fn fixture_sboms_validate_and_are_complete() {
     validate("cyclonedx", &cdx);
 
     let spdx: serde_json::Value = serde_json::from_str(&spdx).unwrap();
-    assert_eq!(spdx["documentNamespace"], "https://webake.dev/spdx/images/img-7");
+    assert_eq!(
+        spdx["documentNamespace"],
+        "https://webake.dev/spdx/images/img-7"
+    );
     assert_eq!(spdx["creationInfo"]["created"], "2026-11-18T11:06:40Z");
     // One package per installed package, plus the image itself; multi-arch libc6 twice.
-    assert_eq!(spdx["packages"].as_array().unwrap().len(), inv.packages.len() + 1);
+    assert_eq!(
+        spdx["packages"].as_array().unwrap().len(),
+        inv.packages.len() + 1
+    );
     let purls: Vec<&str> = spdx["packages"]
         .as_array()
         .unwrap()
@@ -110,10 +116,15 @@ fn fixture_sboms_validate_and_are_complete() {
         .collect();
     assert!(purls.contains(&"pkg:deb/debian/libc6@2.36-9%2Bdeb12u9?arch=i386&distro=debian-12"));
     assert!(purls.contains(&"pkg:deb/debian/vim-tiny@2:9.0.1378-2?arch=amd64&distro=debian-12"));
-    assert!(purls.contains(&"pkg:deb/debian/libstdc%2B%2B6@12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12"));
+    assert!(purls.contains(
+        &"pkg:deb/debian/libstdc%2B%2B6@12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12"
+    ));
 
     let cdx: serde_json::Value = serde_json::from_str(&cdx).unwrap();
-    assert_eq!(cdx["components"].as_array().unwrap().len(), inv.packages.len());
+    assert_eq!(
+        cdx["components"].as_array().unwrap().len(),
+        inv.packages.len()
+    );
     assert_eq!(cdx["metadata"]["timestamp"], "2026-11-18T11:06:40Z");
     assert_eq!(cdx["metadata"]["component"]["type"], "operating-system");
 }
@@ -122,7 +133,10 @@ fn fixture_sboms_validate_and_are_complete() {
 fn output_is_deterministic_and_unique_per_image() {
     let inv = host_inventory();
     assert_eq!(spdx_json(&inv, &opts("a")), spdx_json(&inv, &opts("a")));
-    assert_eq!(cyclonedx_json(&inv, &opts("a")), cyclonedx_json(&inv, &opts("a")));
+    assert_eq!(
+        cyclonedx_json(&inv, &opts("a")),
+        cyclonedx_json(&inv, &opts("a"))
+    );
     let ns = |id| {
         serde_json::from_str::<serde_json::Value>(&spdx_json(&inv, &opts(id))).unwrap()["documentNamespace"].clone()
     };

@@ -147,16 +147,44 @@ pub fn debian_tree(root: &Path) {
     link(root, "lib", "usr/lib");
     write(root, "usr/lib/systemd/system/ssh.service", "[Unit]\n");
     write(root, "usr/lib/systemd/system/getty@.service", "[Unit]\n");
-    write(root, "usr/lib/systemd/system/systemd-networkd.service", "[Unit]\n");
-    link(root, "etc/systemd/system/multi-user.target.wants/ssh.service", "/lib/systemd/system/ssh.service");
-    link(root, "etc/systemd/system/getty.target.wants/getty@tty1.service", "/usr/lib/systemd/system/getty@.service");
-    link(root, "etc/systemd/system/sshd.service", "/usr/lib/systemd/system/ssh.service");
-    link(root, "etc/systemd/system/network-online.target.requires/systemd-networkd.service", "../../../../usr/lib/systemd/system/systemd-networkd.service");
-    link(root, "etc/systemd/system/multi-user.target.wants/gone.service", "/usr/lib/systemd/system/gone.service");
+    write(
+        root,
+        "usr/lib/systemd/system/systemd-networkd.service",
+        "[Unit]\n",
+    );
+    link(
+        root,
+        "etc/systemd/system/multi-user.target.wants/ssh.service",
+        "/lib/systemd/system/ssh.service",
+    );
+    link(
+        root,
+        "etc/systemd/system/getty.target.wants/getty@tty1.service",
+        "/usr/lib/systemd/system/getty@.service",
+    );
+    link(
+        root,
+        "etc/systemd/system/sshd.service",
+        "/usr/lib/systemd/system/ssh.service",
+    );
+    link(
+        root,
+        "etc/systemd/system/network-online.target.requires/systemd-networkd.service",
+        "../../../../usr/lib/systemd/system/systemd-networkd.service",
+    );
+    link(
+        root,
+        "etc/systemd/system/multi-user.target.wants/gone.service",
+        "/usr/lib/systemd/system/gone.service",
+    );
     write(root, "etc/hostname", "");
     write(root, "etc/machine-id", "");
     link(root, "var/lib/dbus/machine-id", "/etc/machine-id");
-    link(root, "etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf");
+    link(
+        root,
+        "etc/resolv.conf",
+        "../run/systemd/resolve/stub-resolv.conf",
+    );
     write(root, "etc/ssh/sshd_config", "PermitRootLogin no\n");
     write(root, "var/lib/apt/lists/lock", "");
     mkdir(root, "var/lib/apt/lists/partial");
@@ -168,8 +196,16 @@ pub fn debian_tree(root: &Path) {
     mkdir(root, "root");
     write(root, "root/.bashrc", "PS1='# '\n");
     write(root, "home/admin/.profile", "umask 022\n");
-    write(root, "etc/ssl/certs/ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    write(
+        root,
+        "etc/ssl/certs/ca.pem",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    );
     // Look-alikes that must not fire: AWS's documented example key, a short "ghp_".
-    write(root, "etc/example.conf", "# e.g. AKIAIOSFODNN7EXAMPLE\n# tokens look like ghp_xxx\npassword_file=/run/secrets/db\n");
+    write(
+        root,
+        "etc/example.conf",
+        "# e.g. AKIAIOSFODNN7EXAMPLE\n# tokens look like ghp_xxx\npassword_file=/run/secrets/db\n",
+    );
     write(root, "usr/bin/tool", vec![7u8; 5000]);
 }
