@@ -1,1 +1,21 @@
-//! webake-build
+//! webake-build: from a validated recipe to disk images.
+//!
+//! bootstrap (mmdebstrap, cached) -> provision (each step an overlay layer, cached by its
+//! inputs) -> export (the merged tree, once) -> finalize (environment-agnostic) ->
+//! assemble (GPT disk offline: ESP + ext4 root, GRUB for UEFI) -> artifacts (raw, qcow2, sha256).
+//! It never talks to clouds or git.
+
+pub mod assemble;
+pub mod bake;
+pub mod bootstrap;
+pub mod digest;
+pub mod error;
+pub mod finalize;
+pub mod provision;
+pub mod reporter;
+pub mod workspace;
+
+pub use bake::{BakeRequest, BakeResult, bake};
+pub use error::BuildError;
+pub use reporter::{CacheStatus, Reporter};
+pub use workspace::Workspace;

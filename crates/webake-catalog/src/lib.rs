@@ -1,1 +1,541 @@
-//! webake-catalog
+//! webake-catalog: the SQLite catalog of bakes, images, artifacts and publications.
+//!
+//! WAL mode with a busy timeout, so several bakes on one host can record concurrently. An
+//! image row and its artifact rows are written in one transaction, after the artifacts are
+//! complete on disk: there is never an image whose artifacts are missing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("catalog {path}: cannot create its directory: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("no image matches {0:?} (try `webake images list`)")]
+    NotFound(String),
+    #[error("{query:?} matches several images: {}", .ids.join(", "))]
+    Ambiguous { query: String, ids: Vec<String> },
+    #[error("catalog {path} has schema version {found}, newer than this webake understands ({supported})")]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BakeStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BakeStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bake {
+    pub id: String,
+    pub recipe_path: String,
+    pub name: String,
+    pub family: String,
+    pub status: BakeStatus,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub log_path: String,
+    pub error: Option<String>,
+    pub image_id: Option<String>,
+    pub pid: i64,
+    pub inputs_digest: String,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artifact {
+    pub format: String,
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    pub target: String,
+    pub region: String,
+    pub ami_id: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub id: String,
+    pub bake_id: String,
+    pub name: String,
+    pub family: String,
+    pub version: String,
+    pub created_at: i64,
+    pub inputs_digest: String,
+    pub recipe_digest: String,
+    pub kernel: Option<String>,
+    /// Apparent size of the root tree in bytes.
+    pub tree_size: u64,
+    /// Inventory JSON (packages, kernel, os-release, units), as produced by webake-inventory.
+    pub inventory: Option<serde_json::Value>,
+    /// Provenance JSON: recipe, base and step input digests.
+    pub provenance: serde_json::Value,
+    /// Boot test result, if one ran: "passed" / "failed".
+    pub test_result: Option<String>,
+    pub artifacts: Vec<Artifact>,
+    pub publications: Vec<Publication>,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).map_err(|source| CatalogError::Dir { path: d.into(), source })?;
+        }
+        let e = |source| CatalogError::Sqlite { path: path.into(), source };
+        let conn = Connection::open(path).map_err(e)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(e)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+        let cat = Self { conn, path: path.into() };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn e(&self) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
+        move |source| CatalogError::Sqlite { path: self.path.clone(), source }
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let v: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(self.e())?;
+        if v > SCHEMA_VERSION {
+            return Err(CatalogError::TooNew { path: self.path.clone(), found: v, supported: SCHEMA_VERSION });
+        }
+        if v < 1 {
+            self.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                    CREATE TABLE IF NOT EXISTS bakes (
+                        id TEXT PRIMARY KEY, recipe_path TEXT NOT NULL, name TEXT NOT NULL, family TEXT NOT NULL,
+                        status TEXT NOT NULL, started_at INTEGER NOT NULL, finished_at INTEGER,
+                        log_path TEXT NOT NULL, error TEXT, image_id TEXT, pid INTEGER NOT NULL,
+                        inputs_digest TEXT NOT NULL, host TEXT NOT NULL DEFAULT '');
+                    CREATE TABLE IF NOT EXISTS images (
+                        id TEXT PRIMARY KEY, bake_id TEXT NOT NULL, name TEXT NOT NULL, family TEXT NOT NULL,
+                        version TEXT NOT NULL, created_at INTEGER NOT NULL, inputs_digest TEXT NOT NULL,
+                        recipe_digest TEXT NOT NULL, kernel TEXT, tree_size INTEGER NOT NULL,
+                        inventory TEXT, provenance TEXT NOT NULL, test_result TEXT);
+                    CREATE INDEX IF NOT EXISTS images_family ON images(family, created_at);
+                    CREATE INDEX IF NOT EXISTS images_inputs ON images(inputs_digest);
+                    CREATE TABLE IF NOT EXISTS artifacts (
+                        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE, format TEXT NOT NULL,
+                        path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+                        PRIMARY KEY (image_id, format));
+                    CREATE TABLE IF NOT EXISTS publications (
+                        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE, target TEXT NOT NULL,
+                        region TEXT NOT NULL, ami_id TEXT, snapshot_id TEXT, name TEXT NOT NULL,
+                        created_at INTEGER NOT NULL, PRIMARY KEY (image_id, target, region));
+                    PRAGMA user_version = 1;
+                    COMMIT;",
+                )
+                .map_err(self.e())?;
+        }
+        Ok(())
+    }
+
+    pub fn begin_bake(&self, b: &Bake) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO bakes (id, recipe_path, name, family, status, started_at, log_path, pid, inputs_digest, host)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9)",
+                params![b.id, b.recipe_path, b.name, b.family, b.started_at, b.log_path, b.pid, b.inputs_digest, b.host],
+            )
+            .map_err(self.e())?;
+        Ok(())
+    }
+
+    pub fn end_bake(&self, id: &str, status: BakeStatus, error: Option<&str>, finished_at: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE bakes SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
+                params![id, status.as_str(), error, finished_at],
+            )
+            .map_err(self.e())?;
+        Ok(())
+    }
+
+    /// Record an image and its artifacts, and mark its bake succeeded, in one transaction.
+    pub fn record_image(&mut self, img: &Image, finished_at: i64) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| CatalogError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
+        tx.execute(
+            "INSERT INTO images (id, bake_id, name, family, version, created_at, inputs_digest, recipe_digest, kernel, tree_size, inventory, provenance, test_result)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                img.id,
+                img.bake_id,
+                img.name,
+                img.family,
+                img.version,
+                img.created_at,
+                img.inputs_digest,
+                img.recipe_digest,
+                img.kernel,
+                img.tree_size as i64,
+                img.inventory.as_ref().map(|v| v.to_string()),
+                img.provenance.to_string(),
+                img.test_result,
+            ],
+        )
+        .map_err(e)?;
+        for a in &img.artifacts {
+            tx.execute(
+                "INSERT INTO artifacts (image_id, format, path, sha256, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![img.id, a.format, a.path, a.sha256, a.size as i64],
+            )
+            .map_err(e)?;
+        }
+        tx.execute(
+            "UPDATE bakes SET status = 'succeeded', image_id = ?2, finished_at = ?3, error = NULL WHERE id = ?1",
+            params![img.bake_id, img.id, finished_at],
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(())
+    }
+
+    pub fn set_test_result(&self, image_id: &str, result: &str) -> Result<()> {
+        self.conn.execute("UPDATE images SET test_result = ?2 WHERE id = ?1", params![image_id, result]).map_err(self.e())?;
+        Ok(())
+    }
+
+    pub fn add_publication(&self, image_id: &str, p: &Publication) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO publications (image_id, target, region, ami_id, snapshot_id, name, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![image_id, p.target, p.region, p.ami_id, p.snapshot_id, p.name, p.created_at],
+            )
+            .map_err(self.e())?;
+        Ok(())
+    }
+
+    fn image_from_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Image> {
+        let inv: Option<String> = r.get("inventory")?;
+        let prov: String = r.get("provenance")?;
+        Ok(Image {
+            id: r.get("id")?,
+            bake_id: r.get("bake_id")?,
+            name: r.get("name")?,
+            family: r.get("family")?,
+            version: r.get("version")?,
+            created_at: r.get("created_at")?,
+            inputs_digest: r.get("inputs_digest")?,
+            recipe_digest: r.get("recipe_digest")?,
+            kernel: r.get("kernel")?,
+            tree_size: r.get::<_, i64>("tree_size")? as u64,
+            inventory: inv.and_then(|s| serde_json::from_str(&s).ok()),
+            provenance: serde_json::from_str(&prov).unwrap_or(serde_json::Value::Null),
+            test_result: r.get("test_result")?,
+            artifacts: Vec::new(),
+            publications: Vec::new(),
+        })
+    }
+
+    fn fill(&self, mut img: Image) -> Result<Image> {
+        let mut st = self.conn.prepare("SELECT format, path, sha256, size FROM artifacts WHERE image_id = ?1 ORDER BY format").map_err(self.e())?;
+        img.artifacts = st
+            .query_map([&img.id], |r| Ok(Artifact { format: r.get(0)?, path: r.get(1)?, sha256: r.get(2)?, size: r.get::<_, i64>(3)? as u64 }))
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())?;
+        let mut st = self
+            .conn
+            .prepare("SELECT target, region, ami_id, snapshot_id, name, created_at FROM publications WHERE image_id = ?1 ORDER BY target, region")
+            .map_err(self.e())?;
+        img.publications = st
+            .query_map([&img.id], |r| {
+                Ok(Publication { target: r.get(0)?, region: r.get(1)?, ami_id: r.get(2)?, snapshot_id: r.get(3)?, name: r.get(4)?, created_at: r.get(5)? })
+            })
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())?;
+        Ok(img)
+    }
+
+    /// Find an image by id, unique id prefix, `family:NAME` (latest of a family) or `NAME:VERSION`.
+    pub fn find_image(&self, query: &str) -> Result<Image> {
+        let rows: Vec<Image> = if let Some(fam) = query.strip_prefix("family:") {
+            let mut st = self.conn.prepare("SELECT * FROM images WHERE family = ?1 ORDER BY created_at DESC, id DESC LIMIT 1").map_err(self.e())?;
+            st.query_map([fam], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?
+        } else if let Some((name, version)) = query.split_once(':') {
+            let mut st = self.conn.prepare("SELECT * FROM images WHERE name = ?1 AND version = ?2").map_err(self.e())?;
+            st.query_map([name, version], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?
+        } else {
+            let like = format!("{}%", query.replace(['%', '_'], ""));
+            let mut st = self.conn.prepare("SELECT * FROM images WHERE id = ?1 OR id LIKE ?2 ORDER BY id").map_err(self.e())?;
+            let mut v: Vec<Image> = st.query_map([query, &like], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?;
+            if let Some(exact) = v.iter().position(|i| i.id == query) {
+                v = vec![v.swap_remove(exact)];
+            }
+            v
+        };
+        match rows.len() {
+            0 => Err(CatalogError::NotFound(query.into())),
+            1 => self.fill(rows.into_iter().next().expect("one")),
+            _ => Err(CatalogError::Ambiguous { query: query.into(), ids: rows.into_iter().map(|i| i.id).collect() }),
+        }
+    }
+
+    pub fn list_images(&self, family: Option<&str>) -> Result<Vec<Image>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM images WHERE (?1 IS NULL OR family = ?1) ORDER BY created_at DESC, id DESC")
+            .map_err(self.e())?;
+        let v: Vec<Image> = st.query_map([family], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?;
+        v.into_iter().map(|i| self.fill(i)).collect()
+    }
+
+    /// The newest image of a family baked from exactly these inputs.
+    pub fn find_by_inputs(&self, family: &str, inputs_digest: &str) -> Result<Option<Image>> {
+        let img = self
+            .conn
+            .query_row(
+                "SELECT * FROM images WHERE family = ?1 AND inputs_digest = ?2 ORDER BY created_at DESC LIMIT 1",
+                [family, inputs_digest],
+                |r| self.image_from_row(r),
+            )
+            .optional()
+            .map_err(self.e())?;
+        img.map(|i| self.fill(i)).transpose()
+    }
+
+    /// The image of `family` created just before `image_id` (for diffs and rollouts).
+    pub fn previous_in_family(&self, img: &Image) -> Result<Option<Image>> {
+        let prev = self
+            .conn
+            .query_row(
+                "SELECT * FROM images WHERE family = ?1 AND id != ?2 AND (created_at < ?3 OR (created_at = ?3 AND id < ?2)) ORDER BY created_at DESC, id DESC LIMIT 1",
+                params![img.family, img.id, img.created_at],
+                |r| self.image_from_row(r),
+            )
+            .optional()
+            .map_err(self.e())?;
+        prev.map(|i| self.fill(i)).transpose()
+    }
+
+    fn bake_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bake> {
+        Ok(Bake {
+            id: r.get("id")?,
+            recipe_path: r.get("recipe_path")?,
+            name: r.get("name")?,
+            family: r.get("family")?,
+            status: BakeStatus::parse(&r.get::<_, String>("status")?),
+            started_at: r.get("started_at")?,
+            finished_at: r.get("finished_at")?,
+            log_path: r.get("log_path")?,
+            error: r.get("error")?,
+            image_id: r.get("image_id")?,
+            pid: r.get("pid")?,
+            inputs_digest: r.get("inputs_digest")?,
+            host: r.get("host")?,
+        })
+    }
+
+    pub fn list_bakes(&self, limit: usize) -> Result<Vec<Bake>> {
+        let mut st = self.conn.prepare("SELECT * FROM bakes ORDER BY started_at DESC, id DESC LIMIT ?1").map_err(self.e())?;
+        st.query_map([limit as i64], Self::bake_from_row).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())
+    }
+
+    pub fn get_bake(&self, id: &str) -> Result<Option<Bake>> {
+        self.conn.query_row("SELECT * FROM bakes WHERE id = ?1", [id], Self::bake_from_row).optional().map_err(self.e())
+    }
+
+    /// Bakes recorded as running whose process is gone (crashed or killed): marked failed.
+    pub fn reap_stale_bakes(&self, host: &str, is_alive: &dyn Fn(i64) -> bool, now: i64) -> Result<Vec<Bake>> {
+        let mut st = self.conn.prepare("SELECT * FROM bakes WHERE status = 'running' AND host = ?1").map_err(self.e())?;
+        let running: Vec<Bake> = st.query_map([host], Self::bake_from_row).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?;
+        let mut stale = Vec::new();
+        for b in running {
+            if !is_alive(b.pid) {
+                self.end_bake(&b.id, BakeStatus::Failed, Some("the bake process ended without finishing (crash or kill); cleaned by `webake clean`"), now)?;
+                stale.push(b);
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Ids of bakes that did not finish successfully (for sweeping cloud resources).
+    pub fn unfinished_bake_ids(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT id FROM bakes WHERE status != 'succeeded'").map_err(self.e())?;
+        st.query_map([], |r| r.get(0)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())
+    }
+
+    /// Integrity: every image's artifacts exist with their recorded size. Returns problems.
+    pub fn check_artifacts(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        for img in self.list_images(None)? {
+            if img.artifacts.is_empty() {
+                problems.push(format!("image {} has no artifacts", img.id));
+            }
+            for a in &img.artifacts {
+                match std::fs::metadata(&a.path) {
+                    Ok(m) if m.len() == a.size => {}
+                    Ok(m) => problems.push(format!("image {}: {} is {} bytes, recorded {}", img.id, a.path, m.len(), a.size)),
+                    Err(e) => problems.push(format!("image {}: {}: {e}", img.id, a.path)),
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bake(id: &str) -> Bake {
+        Bake {
+            id: id.into(),
+            recipe_path: "r.yaml".into(),
+            name: "n".into(),
+            family: "f".into(),
+            status: BakeStatus::Running,
+            started_at: 1,
+            finished_at: None,
+            log_path: "/l".into(),
+            error: None,
+            image_id: None,
+            pid: 999_999,
+            inputs_digest: "d".into(),
+            host: "h".into(),
+        }
+    }
+
+    fn image(id: &str, bake: &str, created: i64) -> Image {
+        Image {
+            id: id.into(),
+            bake_id: bake.into(),
+            name: "n".into(),
+            family: "f".into(),
+            version: format!("v{created}"),
+            created_at: created,
+            inputs_digest: "d".into(),
+            recipe_digest: "r".into(),
+            kernel: Some("6.1".into()),
+            tree_size: 10,
+            inventory: Some(serde_json::json!({"packages": []})),
+            provenance: serde_json::json!({"recipe": "r"}),
+            test_result: None,
+            artifacts: vec![Artifact { format: "raw".into(), path: "/x.raw".into(), sha256: "ab".into(), size: 3 }],
+            publications: vec![],
+        }
+    }
+
+    #[test]
+    fn records_and_finds_images() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("sub/catalog.db")).unwrap();
+        c.begin_bake(&bake("b1")).unwrap();
+        c.record_image(&image("img-aaa1", "b1", 10), 11).unwrap();
+        c.begin_bake(&bake("b2")).unwrap();
+        c.record_image(&image("img-aab2", "b2", 20), 21).unwrap();
+        assert_eq!(c.find_image("img-aaa1").unwrap().artifacts.len(), 1);
+        assert_eq!(c.find_image("img-aab").unwrap().id, "img-aab2");
+        assert!(matches!(c.find_image("img-aa"), Err(CatalogError::Ambiguous { .. })));
+        assert!(matches!(c.find_image("nope"), Err(CatalogError::NotFound(_))));
+        assert_eq!(c.find_image("family:f").unwrap().id, "img-aab2");
+        assert_eq!(c.find_image("n:v10").unwrap().id, "img-aaa1");
+        let latest = c.find_image("family:f").unwrap();
+        assert_eq!(c.previous_in_family(&latest).unwrap().unwrap().id, "img-aaa1");
+        assert_eq!(c.get_bake("b1").unwrap().unwrap().status, BakeStatus::Succeeded);
+        assert_eq!(c.find_by_inputs("f", "d").unwrap().unwrap().id, "img-aab2");
+        c.add_publication("img-aab2", &Publication { target: "aws".into(), region: "eu-west-1".into(), ami_id: Some("ami-1".into()), snapshot_id: Some("snap-1".into()), name: "n".into(), created_at: 5 }).unwrap();
+        assert_eq!(c.find_image("img-aab2").unwrap().publications[0].ami_id.as_deref(), Some("ami-1"));
+    }
+
+    #[test]
+    fn failed_image_insert_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("c.db")).unwrap();
+        c.begin_bake(&bake("b1")).unwrap();
+        let mut img = image("img-1", "b1", 1);
+        img.artifacts.push(img.artifacts[0].clone()); // duplicate primary key -> the insert fails
+        assert!(c.record_image(&img, 2).is_err());
+        assert!(c.list_images(None).unwrap().is_empty());
+        assert_eq!(c.get_bake("b1").unwrap().unwrap().status, BakeStatus::Running);
+    }
+
+    #[test]
+    fn stale_running_bakes_are_reaped() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.db")).unwrap();
+        c.begin_bake(&bake("dead")).unwrap();
+        let stale = c.reap_stale_bakes("h", &|_| false, 5).unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(c.get_bake("dead").unwrap().unwrap().status, BakeStatus::Failed);
+        assert_eq!(c.unfinished_bake_ids().unwrap(), vec!["dead".to_string()]);
+    }
+
+    #[test]
+    fn concurrent_writers_do_not_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("c.db");
+        Catalog::open(&path).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut c = Catalog::open(&path).unwrap();
+                    for i in 0..25 {
+                        let b = format!("b{t}-{i}");
+                        c.begin_bake(&bake(&b)).unwrap();
+                        c.record_image(&image(&format!("img-{t}-{i}"), &b, i), i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(Catalog::open(&path).unwrap().list_images(None).unwrap().len(), 100);
+    }
+}

@@ -44,12 +44,20 @@ pub struct Bind {
     pub readonly: bool,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// What to run and where.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxSpec {
     /// The tree to chroot into (the overlay's `merged` when an overlay is given). `None`: do
     /// not chroot (the command sees the host tree plus the overlay mount).
     pub root: Option<PathBuf>,
+    /// chroot into `root` (false: mount the API filesystems in `root` but stay on the host,
+    /// e.g. for ansible's chroot connection run from the build host).
+    #[serde(default = "yes")]
+    pub chroot: bool,
     pub overlay: Option<Overlay>,
     /// Mount proc, sys, dev, devpts, run and tmp in the root.
     pub api_filesystems: bool,
@@ -70,6 +78,7 @@ impl SandboxSpec {
     pub fn chroot(root: impl Into<PathBuf>, argv: Vec<String>) -> Self {
         Self {
             root: Some(root.into()),
+            chroot: true,
             overlay: None,
             api_filesystems: true,
             binds: Vec::new(),
@@ -86,6 +95,7 @@ impl SandboxSpec {
     pub fn host(argv: Vec<String>) -> Self {
         Self {
             root: None,
+            chroot: false,
             overlay: None,
             api_filesystems: false,
             binds: Vec::new(),
@@ -272,7 +282,9 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
                 m(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
             }
         }
-        chroot(root).map_err(|e| format!("chroot {}: {e}", root.display()))?;
+        if spec.chroot {
+            chroot(root).map_err(|e| format!("chroot {}: {e}", root.display()))?;
+        }
     } else {
         for b in &spec.binds {
             m(Some(&b.source.to_string_lossy()), &b.target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
@@ -280,7 +292,7 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
     }
     chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
 
-    let in_root = spec.root.is_some();
+    let in_root = spec.root.is_some() && spec.chroot;
     let resolv_guard = match (&host_resolv, in_root) {
         (Some(bytes), true) => Some(ReplacedFile::install(Path::new("/etc/resolv.conf"), bytes, 0o644)?),
         _ => None,

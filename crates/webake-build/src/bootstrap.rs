@@ -1,0 +1,275 @@
+//! Bootstrap a root filesystem with mmdebstrap, cached by a hash of its inputs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use webake_spec::MmdebstrapBase;
+
+use crate::digest::{sha256_file, sha256_hex};
+use crate::error::{BuildError, Result};
+
+/// Everything that determines a bootstrap's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapPlan {
+    pub suite: String,
+    pub variant: String,
+    pub architecture: String,
+    pub components: Vec<String>,
+    pub include: Vec<String>,
+    /// Resolved mirror (`None`: mmdebstrap's default for the suite).
+    pub mirror: Option<String>,
+    /// Where the mirror came from: recipe, environment, host apt sources, default.
+    pub mirror_source: String,
+    pub keyrings: Vec<PathBuf>,
+    pub keyring_digests: Vec<String>,
+    /// Cache key: sha256 of the above (and the format version of this plan).
+    pub key: String,
+}
+
+const PLAN_VERSION: &str = "webake-bootstrap-v2";
+
+/// Debian codenames and aliases for which the host's Debian mirror is a sensible default.
+const DEBIAN_SUITES: &[&str] =
+    &["buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable", "oldstable"];
+
+impl BootstrapPlan {
+    pub fn new(base: &MmdebstrapBase, recipe_dir: &Path, env_mirror: Option<String>, host_sources: &HostSources) -> Result<Self> {
+        let (mirror, mirror_source) = if let Some(m) = &base.mirror {
+            (Some(m.clone()), "recipe".to_string())
+        } else if let Some(m) = env_mirror.filter(|m| !m.is_empty()) {
+            (Some(m), "environment (WEBAKE_MIRROR)".to_string())
+        } else if DEBIAN_SUITES.contains(&base.suite.as_str()) {
+            match &host_sources.debian_mirror {
+                Some(m) => (Some(m.clone()), format!("host apt sources ({})", host_sources.origin)),
+                None => (None, "mmdebstrap default".to_string()),
+            }
+        } else {
+            (None, "mmdebstrap default".to_string())
+        };
+        let mut keyrings = Vec::new();
+        let mut keyring_digests = Vec::new();
+        for k in &base.keyrings {
+            let p = if Path::new(k).is_absolute() { PathBuf::from(k) } else { recipe_dir.join(k) };
+            keyring_digests.push(sha256_file(&p)?);
+            keyrings.push(p);
+        }
+        let mut include = base.include.clone();
+        include.sort();
+        include.dedup();
+        let mut plan = Self {
+            suite: base.suite.clone(),
+            variant: base.variant.clone(),
+            architecture: base.architecture.clone(),
+            components: base.components.clone(),
+            include,
+            mirror,
+            mirror_source,
+            keyrings,
+            keyring_digests,
+            key: String::new(),
+        };
+        let keyed = serde_json::json!({
+            "v": PLAN_VERSION,
+            "suite": plan.suite, "variant": plan.variant, "arch": plan.architecture,
+            "components": plan.components, "include": plan.include, "mirror": plan.mirror,
+            "keyrings": plan.keyring_digests,
+        });
+        plan.key = sha256_hex(keyed.to_string().as_bytes());
+        Ok(plan)
+    }
+
+    /// mmdebstrap's argument list (without the program name) for `target`.
+    pub fn args(&self, target: &Path, package_cache: Option<&Path>) -> Vec<String> {
+        let mut a = vec![
+            "--mode=root".to_string(),
+            format!("--variant={}", self.variant),
+            format!("--architectures={}", self.architecture),
+            format!("--components={}", self.components.join(",")),
+            "--aptopt=Acquire::Retries \"3\"".to_string(),
+            "--aptopt=APT::Install-Recommends \"false\"".to_string(),
+        ];
+        if !self.include.is_empty() {
+            a.push(format!("--include={}", self.include.join(",")));
+        }
+        for k in &self.keyrings {
+            a.push(format!("--keyring={}", k.display()));
+        }
+        if let Some(cache) = package_cache {
+            // Share downloaded .debs between bakes; never leave them in the tree.
+            let c = cache.display();
+            a.push("--skip=essential/unlink".to_string());
+            a.push(format!("--setup-hook=mkdir -p \"$1/var/cache/apt/archives/\" && find '{c}' -maxdepth 1 -name '*.deb' -exec cp -l {{}} \"$1/var/cache/apt/archives/\" \\; 2>/dev/null || true"));
+            a.push(format!("--customize-hook=find \"$1/var/cache/apt/archives/\" -maxdepth 1 -name '*.deb' -exec cp -ln {{}} '{c}/' \\; 2>/dev/null; rm -f \"$1\"/var/cache/apt/archives/*.deb"));
+        }
+        a.push(self.suite.clone());
+        a.push(target.display().to_string());
+        if let Some(m) = &self.mirror {
+            a.push(format!("deb {} {} {}", m, self.suite, self.components.join(" ")));
+        }
+        a
+    }
+}
+
+/// The host's apt configuration, as far as it names a Debian mirror.
+#[derive(Debug, Clone, Default)]
+pub struct HostSources {
+    pub debian_mirror: Option<String>,
+    pub origin: String,
+}
+
+impl HostSources {
+    /// Read `/etc/apt/sources.list` and `/etc/apt/sources.list.d/*` (one-line and deb822).
+    pub fn read(etc_apt: &Path) -> Self {
+        let mut files = vec![etc_apt.join("sources.list")];
+        if let Ok(rd) = std::fs::read_dir(etc_apt.join("sources.list.d")) {
+            let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            more.sort();
+            files.extend(more);
+        }
+        for f in files {
+            let Ok(text) = std::fs::read_to_string(&f) else { continue };
+            if let Some(m) = parse_debian_mirror(&text) {
+                return Self { debian_mirror: Some(m), origin: f.display().to_string() };
+            }
+        }
+        Self::default()
+    }
+}
+
+/// The first non-security Debian mirror URI in apt sources text (one-line or deb822).
+pub fn parse_debian_mirror(text: &str) -> Option<String> {
+    let usable = |uri: &str, suites: &str| {
+        (uri.starts_with("http://") || uri.starts_with("https://"))
+            && !uri.contains("security")
+            && suites.split_whitespace().any(|s| DEBIAN_SUITES.iter().any(|d| s == *d || s.starts_with(&format!("{d}-updates"))))
+    };
+    // one-line format: deb [opts] URI SUITE COMPONENTS...
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("deb ") {
+            let rest = rest.trim();
+            let rest = if rest.starts_with('[') { rest.split_once(']').map(|(_, r)| r.trim()).unwrap_or("") } else { rest };
+            let mut it = rest.split_whitespace();
+            if let (Some(uri), Some(suite)) = (it.next(), it.next()) {
+                if usable(uri, suite) {
+                    return Some(uri.trim_end_matches('/').to_string());
+                }
+            }
+        }
+    }
+    // deb822: paragraphs with Types/URIs/Suites
+    for para in text.split("\n\n") {
+        let mut types = "";
+        let mut uris = "";
+        let mut suites = "";
+        for line in para.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                match k.trim() {
+                    "Types" => types = v.trim(),
+                    "URIs" => uris = v.trim(),
+                    "Suites" => suites = v.trim(),
+                    _ => {}
+                }
+            }
+        }
+        if types.split_whitespace().any(|t| t == "deb") {
+            if let Some(uri) = uris.split_whitespace().find(|u| usable(u, suites)) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A finished bootstrap in the cache: `<bootstrap_dir>/<key>/rootfs` + `meta.json`.
+pub fn cached_rootfs(bootstrap_dir: &Path, key: &str) -> Option<PathBuf> {
+    let entry = bootstrap_dir.join(key);
+    // meta.json is written before the entry is renamed into place: without it the entry is
+    // not ours or not complete, and is ignored.
+    (entry.join("meta.json").is_file() && entry.join("rootfs").is_dir()).then(|| entry.join("rootfs"))
+}
+
+pub fn staging_name(key: &str, bake_id: &str) -> String {
+    format!(".staging-{}-{bake_id}", &key[..16.min(key.len())])
+}
+
+/// Move a finished staging entry into place. If another bake won the race, keep theirs.
+pub fn commit_entry(staging: &Path, dest: &Path) -> Result<()> {
+    match std::fs::rename(staging, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if dest.is_dir() && matches!(e.raw_os_error(), Some(39) | Some(17)) => {
+            // ENOTEMPTY / EEXIST: an identical entry was committed concurrently.
+            std::fs::remove_dir_all(staging).map_err(|e| BuildError::io(staging, e))
+        }
+        Err(e) => Err(BuildError::io(dest, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> MmdebstrapBase {
+        MmdebstrapBase {
+            suite: "bookworm".into(),
+            variant: "apt".into(),
+            architecture: "amd64".into(),
+            components: vec!["main".into()],
+            include: vec!["systemd-sysv".into(), "linux-image-cloud-amd64".into()],
+            mirror: None,
+            keyrings: vec![],
+        }
+    }
+
+    #[test]
+    fn mirror_precedence_recipe_env_host_default() {
+        let host = HostSources { debian_mirror: Some("http://host.example/debian".into()), origin: "x".into() };
+        let mut b = base();
+        let p = BootstrapPlan::new(&b, Path::new("."), Some("http://env.example/debian".into()), &host).unwrap();
+        assert_eq!(p.mirror.as_deref(), Some("http://env.example/debian"));
+        let p = BootstrapPlan::new(&b, Path::new("."), None, &host).unwrap();
+        assert_eq!(p.mirror.as_deref(), Some("http://host.example/debian"));
+        b.mirror = Some("http://recipe.example/debian".into());
+        let p = BootstrapPlan::new(&b, Path::new("."), Some("http://env.example/debian".into()), &host).unwrap();
+        assert_eq!(p.mirror.as_deref(), Some("http://recipe.example/debian"));
+        let mut ubuntu = base();
+        ubuntu.suite = "noble".into();
+        let p = BootstrapPlan::new(&ubuntu, Path::new("."), None, &host).unwrap();
+        assert_eq!(p.mirror, None, "a Debian host mirror is never used for another distribution");
+    }
+
+    #[test]
+    fn key_depends_on_inputs_not_on_include_order() {
+        let host = HostSources::default();
+        let a = BootstrapPlan::new(&base(), Path::new("."), None, &host).unwrap();
+        let mut b2 = base();
+        b2.include.reverse();
+        let b = BootstrapPlan::new(&b2, Path::new("."), None, &host).unwrap();
+        assert_eq!(a.key, b.key);
+        b2.include.push("openssh-server".into());
+        let c = BootstrapPlan::new(&b2, Path::new("."), None, &host).unwrap();
+        assert_ne!(a.key, c.key);
+    }
+
+    #[test]
+    fn args_end_with_suite_target_mirror() {
+        let host = HostSources { debian_mirror: Some("http://deb.example/debian".into()), origin: "x".into() };
+        let p = BootstrapPlan::new(&base(), Path::new("."), None, &host).unwrap();
+        let a = p.args(Path::new("/t"), None);
+        let n = a.len();
+        assert_eq!(a[n - 3], "bookworm");
+        assert_eq!(a[n - 2], "/t");
+        assert_eq!(a[n - 1], "deb http://deb.example/debian bookworm main");
+        assert!(a.contains(&"--include=linux-image-cloud-amd64,systemd-sysv".to_string()));
+        assert!(a.contains(&"--variant=apt".to_string()));
+    }
+
+    #[test]
+    fn parses_host_sources_in_both_formats() {
+        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n";
+        assert_eq!(parse_debian_mirror(deb822).as_deref(), Some("http://deb.debian.org/debian"));
+        let one = "# comment\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
+        assert_eq!(parse_debian_mirror(one).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(parse_debian_mirror("deb http://security.debian.org/ bookworm-security main\n"), None);
+    }
+}

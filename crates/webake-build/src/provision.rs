@@ -1,0 +1,411 @@
+//! Provisioners: what each recipe step runs inside the chroot, and what its cache key covers.
+//!
+//! Every step runs in the sandbox against an overlay: the lower layers are the bootstrap tree
+//! and the previous steps' layers, the upper dir receives this step's changes and becomes its
+//! cached layer. Inputs from the host are bind-mounted read-only under `/run/webake` (a tmpfs
+//! in the sandbox), so nothing of them stays in the image.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use webake_spec::{LoadedRecipe, Provisioner};
+use webake_sys::sandbox::Bind;
+
+use crate::digest::{sha256_hex, sha256_path};
+use crate::error::{BuildError, Result};
+
+/// Where host inputs appear inside the chroot during a step.
+pub const STAGING: &str = "/run/webake";
+
+/// A planned step: its label, cache key and the digests of the inputs it reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPlan {
+    pub index: usize,
+    pub label: String,
+    pub kind: String,
+    pub key: String,
+    /// Input name -> sha256 (the step definition itself is `definition`).
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// What the sandbox runs for a step.
+#[derive(Debug, Clone)]
+pub struct StepCommand {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub binds: Vec<Bind>,
+    pub secrets: Vec<String>,
+    /// Files written by webake into a per-step host dir that is bound at STAGING/gen.
+    pub generated: Vec<(String, Vec<u8>, u32)>,
+    /// Run on the build host against the merged tree instead of inside the chroot.
+    pub on_host: bool,
+}
+
+pub fn step_label(i: usize, p: &Provisioner) -> String {
+    match p.name() {
+        Some(n) => format!("{}. {} ({})", i + 1, n, p.kind()),
+        None => format!("{}. {}", i + 1, p.kind()),
+    }
+}
+
+/// Paths a step reads from the host, by input name.
+pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    let mut add = |name: String, rp: &webake_spec::RecipePath| v.push((name, recipe.resolve(rp)));
+    match p {
+        Provisioner::Shell(s) => {
+            if let Some(sc) = &s.script {
+                add(format!("script:{sc}"), sc);
+            }
+        }
+        Provisioner::File(f) => add(format!("source:{}", f.source), &f.source),
+        Provisioner::AnsibleLocal(a) => {
+            for pb in a.playbook_file.as_slice() {
+                add(format!("playbook:{pb}"), pb);
+            }
+            if let Some(d) = &a.playbook_dir {
+                add(format!("playbook_dir:{d}"), d);
+            }
+            for r in &a.role_paths {
+                add(format!("roles:{r}"), r);
+            }
+            for r in &a.collection_paths {
+                add(format!("collections:{r}"), r);
+            }
+            for (k, d) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars), ("galaxy_file", &a.galaxy_file)] {
+                if let Some(d) = d {
+                    add(format!("{k}:{d}"), d);
+                }
+            }
+        }
+        Provisioner::Ansible(a) => {
+            for pb in a.playbook_file.as_slice() {
+                add(format!("playbook:{pb}"), pb);
+            }
+            for r in &a.role_paths {
+                add(format!("roles:{r}"), r);
+            }
+            for r in &a.collection_paths {
+                add(format!("collections:{r}"), r);
+            }
+            for (k, d) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars)] {
+                if let Some(d) = d {
+                    add(format!("{k}:{d}"), d);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Plan every step: key_i = sha256(key_{i-1}, definition, input digests).
+pub fn plan_steps(recipe: &LoadedRecipe, base_key: &str, extra: &[(String, String)]) -> Result<Vec<StepPlan>> {
+    let mut prev = base_key.to_string();
+    let mut out = Vec::new();
+    for (i, p) in recipe.recipe.provisioners.iter().enumerate() {
+        let mut inputs = BTreeMap::new();
+        let def = serde_json::to_string(p).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        inputs.insert("definition".to_string(), sha256_hex(def.as_bytes()));
+        for (name, path) in step_inputs(recipe, p) {
+            let d = sha256_path(&path).map_err(|e| match e {
+                BuildError::Io { path, source } => BuildError::Invalid(format!("{}: input {} of step {}: {source}", recipe.path.display(), path.display(), i + 1)),
+                other => other,
+            })?;
+            inputs.insert(name, d);
+        }
+        for (k, v) in extra {
+            if matches!(p, Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_)) {
+                inputs.insert(k.clone(), sha256_hex(v.as_bytes()));
+            }
+        }
+        let keyed = serde_json::json!({"v": "webake-step-v1", "prev": prev, "inputs": inputs});
+        let key = sha256_hex(keyed.to_string().as_bytes());
+        out.push(StepPlan { index: i, label: step_label(i, p), kind: p.kind().to_string(), key: key.clone(), inputs });
+        prev = key;
+    }
+    Ok(out)
+}
+
+fn ro(source: PathBuf, target: impl Into<PathBuf>) -> Bind {
+    Bind { source, target: target.into(), readonly: true }
+}
+
+/// Variables describing the bake, given to every step (and to Ansible as extra vars).
+#[derive(Debug, Clone)]
+pub struct BakeVars {
+    pub image_name: String,
+    pub image_family: String,
+    pub image_version: String,
+    pub bake_id: String,
+}
+
+impl BakeVars {
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("WEBAKE_IMAGE_NAME".into(), self.image_name.clone()),
+            ("WEBAKE_IMAGE_FAMILY".into(), self.image_family.clone()),
+            ("WEBAKE_IMAGE_VERSION".into(), self.image_version.clone()),
+            ("WEBAKE_BAKE_ID".into(), self.bake_id.clone()),
+            ("WEBAKE_BUILD".into(), "1".into()),
+        ]
+    }
+}
+
+/// Build the command for step `p`.
+pub fn step_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, host_env: &dyn Fn(&str) -> Option<String>) -> Result<StepCommand> {
+    let mut env = webake_sys::sandbox::default_env();
+    env.extend(vars.env());
+    match p {
+        Provisioner::Shell(s) => {
+            let mut secrets = Vec::new();
+            for (k, v) in &s.env {
+                env.push((k.clone(), v.clone()));
+            }
+            for k in &s.secret_env {
+                let v = host_env(k).ok_or_else(|| BuildError::Invalid(format!("secret environment variable {k} is not set on the build host")))?;
+                secrets.push(v.clone());
+                env.push((k.clone(), v));
+            }
+            let mut binds = Vec::new();
+            let mut generated = Vec::new();
+            let argv = if let Some(script) = &s.script {
+                let src = recipe.resolve(script);
+                binds.push(ro(src.clone(), format!("{STAGING}/script")));
+                let text = std::fs::read(&src).map_err(|e| BuildError::io(&src, e))?;
+                if text.starts_with(b"#!") {
+                    let line = String::from_utf8_lossy(text.split(|b| *b == b'\n').next().unwrap_or_default()).to_string();
+                    let mut parts: Vec<String> = line[2..].split_whitespace().map(String::from).collect();
+                    parts.push(format!("{STAGING}/script"));
+                    parts
+                } else {
+                    vec!["/bin/sh".into(), "-e".into(), format!("{STAGING}/script")]
+                }
+            } else {
+                let mut body = String::from("set -e\n");
+                for l in &s.inline {
+                    body.push_str(l);
+                    body.push('\n');
+                }
+                generated.push(("inline.sh".to_string(), body.into_bytes(), 0o644));
+                vec!["/bin/sh".into(), "-e".into(), format!("{STAGING}/gen/inline.sh")]
+            };
+            Ok(StepCommand { argv, env, binds, secrets, generated, on_host: false })
+        }
+        Provisioner::File(f) => {
+            let src = recipe.resolve(&f.source);
+            let md = std::fs::metadata(&src).map_err(|e| BuildError::io(&src, e))?;
+            let staged = format!("{STAGING}/src");
+            let binds = vec![ro(src, staged.clone())];
+            // cp runs inside the chroot, so the destination (and any symlink on its way) is
+            // resolved by the kernel inside the image root: it can never land on the host.
+            let owner = f.owner.clone().unwrap_or_else(|| "root:root".into());
+            let mut script = String::from("set -e\n");
+            script.push_str("dest=\"$WEBAKE_DEST\"\n");
+            if md.is_dir() {
+                script.push_str("mkdir -p \"$dest\"\ncp -a --no-preserve=ownership \"$WEBAKE_SRC/.\" \"$dest/\"\nchown -R \"$WEBAKE_OWNER\" \"$dest\"\n");
+                if f.mode.is_some() {
+                    script.push_str("find \"$dest\" -type f -exec chmod \"$WEBAKE_MODE\" {} +\n");
+                }
+            } else {
+                script.push_str("mkdir -p \"$(dirname \"$dest\")\"\nrm -f \"$dest\"\ncp --no-preserve=ownership \"$WEBAKE_SRC\" \"$dest\"\nchown \"$WEBAKE_OWNER\" \"$dest\"\n");
+                if f.mode.is_some() {
+                    script.push_str("chmod \"$WEBAKE_MODE\" \"$dest\"\n");
+                }
+            }
+            env.push(("WEBAKE_SRC".into(), staged));
+            env.push(("WEBAKE_DEST".into(), f.destination.clone()));
+            env.push(("WEBAKE_OWNER".into(), owner));
+            if let Some(m) = &f.mode {
+                env.push(("WEBAKE_MODE".into(), m.clone()));
+            }
+            Ok(StepCommand {
+                argv: vec!["/bin/sh".into(), "-c".into(), script],
+                env,
+                binds,
+                secrets: vec![],
+                generated: vec![],
+                on_host: false,
+            })
+        }
+        Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_) => crate::provision::ansible_command(recipe, p, vars, env),
+    }
+}
+
+/// Ansible steps (implemented in [`crate::provision`] for both modes).
+pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, mut env: Vec<(String, String)>) -> Result<StepCommand> {
+    let extra_vars = |user: &BTreeMap<String, String>| {
+        let mut m = serde_json::Map::new();
+        m.insert("webake_build".into(), true.into());
+        m.insert("webake_image_name".into(), vars.image_name.clone().into());
+        m.insert("webake_image_family".into(), vars.image_family.clone().into());
+        m.insert("webake_image_version".into(), vars.image_version.clone().into());
+        m.insert("webake_bake_id".into(), vars.bake_id.clone().into());
+        m.insert("packer_build_name".into(), vars.image_name.clone().into());
+        for (k, v) in user {
+            m.insert(k.clone(), v.clone().into());
+        }
+        serde_json::Value::Object(m).to_string()
+    };
+    env.push(("ANSIBLE_FORCE_COLOR".into(), "0".into()));
+    env.push(("ANSIBLE_NOCOLOR".into(), "1".into()));
+    env.push(("ANSIBLE_RETRY_FILES_ENABLED".into(), "0".into()));
+    env.push(("ANSIBLE_HOST_KEY_CHECKING".into(), "0".into()));
+    env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    env.push(("ANSIBLE_LOCAL_TEMP".into(), "/tmp/.ansible-local".into()));
+    env.push(("ANSIBLE_REMOTE_TEMP".into(), "/tmp/.ansible-remote".into()));
+    env.push(("ANSIBLE_GALAXY_SERVER_LIST".into(), String::new()));
+    match p {
+        Provisioner::AnsibleLocal(a) => {
+            let mut binds = Vec::new();
+            let mut playbooks = Vec::new();
+            for (i, pb) in a.playbook_file.as_slice().iter().enumerate() {
+                let src = recipe.resolve(pb);
+                // A playbook is staged with its directory so relative includes, group_vars
+                // and roles/ next to it keep working (as Packer's ansible-local does).
+                let dir = src.parent().map(Path::to_path_buf).unwrap_or_else(|| recipe.dir.clone());
+                let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let target = format!("{STAGING}/playbook{i}");
+                binds.push(ro(dir, target.clone()));
+                playbooks.push(format!("{target}/{name}"));
+            }
+            if let Some(d) = &a.playbook_dir {
+                binds.push(ro(recipe.resolve(d), format!("{STAGING}/playbook_dir")));
+            }
+            let mut roles = Vec::new();
+            for (i, r) in a.role_paths.iter().enumerate() {
+                let t = format!("{STAGING}/roles{i}");
+                binds.push(ro(recipe.resolve(r), t.clone()));
+                roles.push(t);
+            }
+            if a.playbook_dir.is_some() {
+                roles.push(format!("{STAGING}/playbook_dir/roles"));
+            }
+            let mut collections = Vec::new();
+            for (i, r) in a.collection_paths.iter().enumerate() {
+                let t = format!("{STAGING}/collections{i}");
+                binds.push(ro(recipe.resolve(r), t.clone()));
+                collections.push(t);
+            }
+            if !roles.is_empty() {
+                env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
+            }
+            if !collections.is_empty() {
+                env.push(("ANSIBLE_COLLECTIONS_PATH".into(), collections.join(":")));
+            }
+            // Inventory: the local host in the requested groups, connection local.
+            let mut inv = String::from("[all]\n127.0.0.1 ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n");
+            for g in &a.inventory_groups {
+                inv.push_str(&format!("\n[{g}]\n127.0.0.1\n"));
+            }
+            let mut generated = vec![("inventory/hosts".to_string(), inv.into_bytes(), 0o644)];
+            if let Some(g) = &a.group_vars {
+                binds.push(ro(recipe.resolve(g), format!("{STAGING}/gen/inventory/group_vars")));
+            }
+            if let Some(h) = &a.host_vars {
+                binds.push(ro(recipe.resolve(h), format!("{STAGING}/gen/inventory/host_vars")));
+            }
+            let mut script = String::from("set -e\ncommand -v ansible-playbook >/dev/null || { echo 'ansible-playbook is not installed in the image: install ansible in an earlier shell step, or use the `ansible` (host) provisioner' >&2; exit 127; }\n");
+            if let Some(g) = &a.galaxy_file {
+                let gf = recipe.resolve(g);
+                let text = std::fs::read_to_string(&gf).map_err(|e| BuildError::io(&gf, e))?;
+                check_galaxy_local_only(&text).map_err(|m| BuildError::Invalid(format!("{}: {m}", gf.display())))?;
+                binds.push(ro(gf.parent().unwrap_or(Path::new(".")).to_path_buf(), format!("{STAGING}/galaxy")));
+                let name = gf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                script.push_str(&format!(
+                    "cd {STAGING}/galaxy && ansible-galaxy install -r {name} -p /tmp/.webake-galaxy/roles --ignore-errors=false\nexport ANSIBLE_ROLES_PATH=\"/tmp/.webake-galaxy/roles${{ANSIBLE_ROLES_PATH:+:$ANSIBLE_ROLES_PATH}}\"\n"
+                ));
+            }
+            let ev = extra_vars(&a.extra_vars);
+            generated.push(("extra_vars.json".to_string(), ev.into_bytes(), 0o600));
+            for pb in &playbooks {
+                let dir = Path::new(pb).parent().map(|p| p.display().to_string()).unwrap_or_default();
+                let mut cmd = format!("cd {} && ansible-playbook -i {STAGING}/gen/inventory/hosts -c local --extra-vars @{STAGING}/gen/extra_vars.json", sh_quote(&dir));
+                for x in &a.extra_arguments {
+                    cmd.push(' ');
+                    cmd.push_str(&sh_quote(x));
+                }
+                cmd.push(' ');
+                cmd.push_str(&sh_quote(pb));
+                script.push_str(&cmd);
+                script.push('\n');
+            }
+            generated.push(("ansible.sh".to_string(), script.into_bytes(), 0o644));
+            Ok(StepCommand { argv: vec!["/bin/sh".into(), "-e".into(), format!("{STAGING}/gen/ansible.sh")], env, binds, secrets: vec![], generated, on_host: false })
+        }
+        Provisioner::Ansible(a) => {
+            // Host mode: argv is completed by the bake (it knows the merged root path).
+            let mut args = Vec::new();
+            for pb in a.playbook_file.as_slice() {
+                args.push(recipe.resolve(pb).display().to_string());
+            }
+            let roles: Vec<String> = a.role_paths.iter().map(|r| recipe.resolve(r).display().to_string()).collect();
+            if !roles.is_empty() {
+                env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
+            }
+            let cols: Vec<String> = a.collection_paths.iter().map(|r| recipe.resolve(r).display().to_string()).collect();
+            if !cols.is_empty() {
+                env.push(("ANSIBLE_COLLECTIONS_PATH".into(), cols.join(":")));
+            }
+            let mut generated = vec![("extra_vars.json".to_string(), extra_vars(&a.extra_vars).into_bytes(), 0o600)];
+            let mut groups = String::new();
+            for g in &a.inventory_groups {
+                groups.push_str(&format!("\n[{g}]\nimage\n"));
+            }
+            generated.push(("inventory.groups".to_string(), groups.into_bytes(), 0o644));
+            args.extend(a.extra_arguments.iter().cloned());
+            // group_vars / host_vars sit next to the generated inventory (symlinks made by the bake).
+            let mut links = Vec::new();
+            if let Some(g) = &a.group_vars {
+                links.push(("group_vars".to_string(), recipe.resolve(g)));
+            }
+            if let Some(h) = &a.host_vars {
+                links.push(("host_vars".to_string(), recipe.resolve(h)));
+            }
+            for (name, target) in links {
+                generated.push((format!("link:{name}"), target.display().to_string().into_bytes(), 0));
+            }
+            Ok(StepCommand { argv: args, env, binds: vec![], secrets: vec![], generated, on_host: true })
+        }
+        _ => unreachable!("only ansible steps"),
+    }
+}
+
+/// A galaxy requirements file may only name local sources (no network to a galaxy server).
+pub fn check_galaxy_local_only(text: &str) -> std::result::Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim().trim_start_matches("- ").trim();
+        if let Some(v) = l.strip_prefix("src:").or_else(|| l.strip_prefix("source:")) {
+            let v = v.trim().trim_matches(['"', '\'']);
+            let local = v.starts_with('/') || v.starts_with("./") || v.starts_with("../") || v.starts_with("file://");
+            if !local {
+                return Err(format!("line {}: galaxy source {v:?} is not a local path; webake never fetches from a galaxy server or the network", n + 1));
+            }
+        } else if (l.starts_with("name:") || l.starts_with("- name:")) && !text.contains("src:") && !text.contains("source:") {
+            return Err(format!("line {}: requirement without a local `src:`; webake never fetches from a galaxy server", n + 1));
+        }
+    }
+    Ok(())
+}
+
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn galaxy_requirements_must_be_local() {
+        assert!(check_galaxy_local_only("- src: ./roles/foo\n  name: foo\n").is_ok());
+        assert!(check_galaxy_local_only("- src: file:///srv/roles/foo.tar.gz\n").is_ok());
+        let e = check_galaxy_local_only("- src: geerlingguy.docker\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("not a local path"), "{e}");
+        assert!(check_galaxy_local_only("- src: https://github.com/x/y\n").is_err());
+    }
+}
