@@ -1,8 +1,8 @@
 //! The agent's configuration file (`/etc/webake/agent.conf`, written at bake time) and its
 //! command line. Precedence: command line > environment (endpoint only) > file > defaults.
 //!
-//! File format: one `key = value` per line, `#` starts a comment line, blank lines are
-//! ignored, values may be wrapped in double quotes. Unknown keys are errors, so a typo in an
+//! File format: one `key = value` per line, `#` starts a comment (also after a value, unless
+//! inside double quotes), blank lines are ignored, values may be wrapped in double quotes. Unknown keys are errors, so a typo in an
 //! image is caught by `webake-agent --check` at bake time rather than ignored at boot.
 
 use std::fmt;
@@ -132,12 +132,21 @@ impl FileConfig {
     }
 }
 
+/// The value part of `key = value`: `#` starts a comment unless inside double quotes.
 fn unquote(value: &str) -> Result<&str, String> {
     match value.strip_prefix('"') {
-        None => Ok(value),
-        Some(rest) => rest
-            .strip_suffix('"')
-            .ok_or_else(|| format!("unterminated quote in {value:?}")),
+        None => Ok(value.split('#').next().unwrap_or_default().trim_end()),
+        Some(rest) => {
+            let (inner, after) = rest
+                .split_once('"')
+                .ok_or_else(|| format!("unterminated quote in {value:?}"))?;
+            let after = after.trim_start();
+            if after.is_empty() || after.starts_with('#') {
+                Ok(inner)
+            } else {
+                Err(format!("unexpected text after the quoted value: {after:?}"))
+            }
+        }
     }
 }
 
@@ -322,14 +331,37 @@ mod tests {
 role = kubernetes
 template = \"{role}-{instance_id_short}\"
 
-on_failure=fail
-deadline_seconds = 5
+on_failure=fail   # exit 3 off EC2
+deadline_seconds = 5#
 ";
         let c = FileConfig::parse(text, "agent.conf").unwrap();
         assert_eq!(c.role.as_deref(), Some("kubernetes"));
         assert_eq!(c.template.unwrap().as_str(), "{role}-{instance_id_short}");
         assert_eq!(c.on_failure, Some(OnFailure::Fail));
         assert_eq!(c.deadline, Some(Duration::from_secs(5)));
+
+        let c = FileConfig::parse("role = \"a#b\"  # comment\n", "agent.conf").unwrap();
+        assert_eq!(c.role.as_deref(), Some("a#b"));
+    }
+
+    #[test]
+    fn readme_example_config_parses() {
+        let readme = include_str!("../README.md");
+        let example: String = readme
+            .lines()
+            .skip_while(|l| *l != "    # /etc/webake/agent.conf")
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        assert!(
+            example.contains("role = kubernetes"),
+            "example not found in README"
+        );
+        let c = FileConfig::parse(&example, "README.md").unwrap();
+        assert_eq!(c.role.as_deref(), Some("kubernetes"));
+        assert_eq!(c.template.unwrap().as_str(), DEFAULT_TEMPLATE);
+        assert_eq!(c.on_failure, Some(OnFailure::Continue));
+        assert_eq!(c.deadline, Some(crate::imds::DEFAULT_DEADLINE));
     }
 
     #[test]
@@ -365,6 +397,10 @@ deadline_seconds = 5
                 "agent.conf:1: deadline_seconds must be a whole number",
             ),
             ("role = \"kubernetes", "agent.conf:1: unterminated quote"),
+            (
+                "role = \"a\" b",
+                "agent.conf:1: unexpected text after the quoted value",
+            ),
         ] {
             let got = FileConfig::parse(text, "agent.conf")
                 .unwrap_err()
