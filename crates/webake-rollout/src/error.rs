@@ -34,7 +34,12 @@ pub enum RolloutError {
     },
 
     #[error("{file}:{line}:{col}: invalid YAML: {message}")]
-    Yaml { file: String, line: usize, col: usize, message: String },
+    Yaml {
+        file: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
 
     #[error("rollout config {file}: {message}")]
     Config { file: String, message: String },
@@ -43,7 +48,11 @@ pub enum RolloutError {
     NoRules { config: String },
 
     #[error("no image reference found in {location} for family {family:?} (rules: {rules})")]
-    NoReferenceFound { location: String, family: String, rules: String },
+    NoReferenceFound {
+        location: String,
+        family: String,
+        rules: String,
+    },
 
     #[error(
         "{file}:{line}: {what} matches more than one rule: rule {first} ({first_rule}) and rule {second} ({second_rule})"
@@ -59,16 +68,34 @@ pub enum RolloutError {
     },
 
     #[error("{file}:{line}: {what}: {message}")]
-    CannotEdit { file: String, line: usize, what: String, message: String },
+    CannotEdit {
+        file: String,
+        line: usize,
+        what: String,
+        message: String,
+    },
 
     #[error(
         "{file}:{line}: {what}: cannot tell its region for a per-region AMI (published in {available}); \
          set `region:` on the rule"
     )]
-    RegionUnknown { file: String, line: usize, what: String, available: String },
+    RegionUnknown {
+        file: String,
+        line: usize,
+        what: String,
+        available: String,
+    },
 
-    #[error("{file}:{line}: {what} is in {region}, where the image is not published (published in {available})")]
-    RegionNotPublished { file: String, line: usize, what: String, region: String, available: String },
+    #[error(
+        "{file}:{line}: {what} is in {region}, where the image is not published (published in {available})"
+    )]
+    RegionNotPublished {
+        file: String,
+        line: usize,
+        what: String,
+        region: String,
+        available: String,
+    },
 
     #[error(transparent)]
     Forge(#[from] ForgeError),
@@ -78,10 +105,21 @@ impl RolloutError {
     /// Errors in the caller's input (request, rules, config), as opposed to failures of the
     /// rollout itself; the CLI maps them to its "invalid input" exit code.
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, Self::InvalidRequest(_) | Self::Config { .. } | Self::NoRules { .. })
+        matches!(
+            self,
+            Self::InvalidRequest(_) | Self::Config { .. } | Self::NoRules { .. }
+        )
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }

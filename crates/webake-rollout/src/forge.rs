@@ -58,13 +58,35 @@ pub enum ForgeError {
         "{forge} refused the credentials ({status}) for {method} {path}: check the token in ${env} \
          and its access to the repository"
     )]
-    Auth { forge: &'static str, method: &'static str, path: String, status: u16, env: String },
+    Auth {
+        forge: &'static str,
+        method: &'static str,
+        path: String,
+        status: u16,
+        env: String,
+    },
     #[error("{forge} {method} {path} failed with HTTP {status}: {message}")]
-    Http { forge: &'static str, method: &'static str, path: String, status: u16, message: String },
+    Http {
+        forge: &'static str,
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+    },
     #[error("{forge} {method} {path}: {message}")]
-    Transport { forge: &'static str, method: &'static str, path: String, message: String },
+    Transport {
+        forge: &'static str,
+        method: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("{forge} {method} {path}: unexpected response: {message}")]
-    Decode { forge: &'static str, method: &'static str, path: String, message: String },
+    Decode {
+        forge: &'static str,
+        method: &'static str,
+        path: String,
+        message: String,
+    },
 }
 
 /// A forge that holds pull requests.
@@ -73,7 +95,11 @@ pub trait Forge {
     fn find_open_pull_request(&self, head_branch: &str) -> Result<Option<PullRequest>, ForgeError>;
     fn create_pull_request(&self, spec: &PullRequestSpec) -> Result<PullRequest, ForgeError>;
     /// Replace title, body and base of an existing pull request.
-    fn update_pull_request(&self, number: u64, spec: &PullRequestSpec) -> Result<PullRequest, ForgeError>;
+    fn update_pull_request(
+        &self,
+        number: u64,
+        spec: &PullRequestSpec,
+    ) -> Result<PullRequest, ForgeError>;
     fn add_labels(&self, number: u64, labels: &[String]) -> Result<(), ForgeError>;
 }
 
@@ -84,7 +110,10 @@ pub fn ensure_pull_request(
     spec: &PullRequestSpec,
 ) -> Result<(PullRequest, PullRequestAction), ForgeError> {
     let (pr, action) = match existing {
-        Some(pr) => (forge.update_pull_request(pr.number, spec)?, PullRequestAction::Updated),
+        Some(pr) => (
+            forge.update_pull_request(pr.number, spec)?,
+            PullRequestAction::Updated,
+        ),
         None => (forge.create_pull_request(spec)?, PullRequestAction::Created),
     };
     if !spec.labels.is_empty() {
@@ -134,15 +163,34 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl GitHub {
     /// Build from the config, reading the token from `token_env` now.
-    pub fn from_env(api_base: &str, owner: &str, repo: &str, token_env: &str) -> Result<Self, ForgeError> {
+    pub fn from_env(
+        api_base: &str,
+        owner: &str,
+        repo: &str,
+        token_env: &str,
+    ) -> Result<Self, ForgeError> {
         let token = std::env::var(token_env)
             .ok()
             .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| ForgeError::TokenMissing { env: token_env.to_string() })?;
-        Ok(Self::with_token(api_base, owner, repo, token_env, token.trim().to_string()))
+            .ok_or_else(|| ForgeError::TokenMissing {
+                env: token_env.to_string(),
+            })?;
+        Ok(Self::with_token(
+            api_base,
+            owner,
+            repo,
+            token_env,
+            token.trim().to_string(),
+        ))
     }
 
-    pub fn with_token(api_base: &str, owner: &str, repo: &str, token_env: &str, token: String) -> Self {
+    pub fn with_token(
+        api_base: &str,
+        owner: &str,
+        repo: &str,
+        token_env: &str,
+        token: String,
+    ) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -164,7 +212,11 @@ impl GitHub {
 
     /// Remove the token from any text that could reach an error.
     fn redact(&self, text: &str) -> String {
-        if self.token.is_empty() { text.to_string() } else { text.replace(&self.token, "***") }
+        if self.token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.token, "***")
+        }
     }
 
     fn request(
@@ -212,7 +264,11 @@ impl GitHub {
                 Ok(e) => format!(
                     "{} ({})",
                     e.message,
-                    e.errors.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
+                    e.errors
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
                 Err(_) => text.chars().take(500).collect(),
             };
@@ -235,14 +291,21 @@ impl GitHub {
         })
     }
 
-    fn pull(method: &'static str, path: &str, value: serde_json::Value) -> Result<PullRequest, ForgeError> {
+    fn pull(
+        method: &'static str,
+        path: &str,
+        value: serde_json::Value,
+    ) -> Result<PullRequest, ForgeError> {
         let pr: PullJson = serde_json::from_value(value).map_err(|e| ForgeError::Decode {
             forge: FORGE,
             method,
             path: path.to_string(),
             message: e.to_string(),
         })?;
-        Ok(PullRequest { number: pr.number, url: pr.html_url })
+        Ok(PullRequest {
+            number: pr.number,
+            url: pr.html_url,
+        })
     }
 }
 
@@ -264,13 +327,17 @@ impl Forge for GitHub {
         let head = query_escape(&format!("{}:{head_branch}", self.owner));
         let path = self.repo_path(&format!("/pulls?head={head}&state=open"));
         let value = self.request("GET", &path, None)?;
-        let list: Vec<PullJson> = serde_json::from_value(value).map_err(|e| ForgeError::Decode {
-            forge: FORGE,
-            method: "GET",
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(list.into_iter().next().map(|p| PullRequest { number: p.number, url: p.html_url }))
+        let list: Vec<PullJson> =
+            serde_json::from_value(value).map_err(|e| ForgeError::Decode {
+                forge: FORGE,
+                method: "GET",
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(list.into_iter().next().map(|p| PullRequest {
+            number: p.number,
+            url: p.html_url,
+        }))
     }
 
     fn create_pull_request(&self, spec: &PullRequestSpec) -> Result<PullRequest, ForgeError> {
@@ -285,7 +352,11 @@ impl Forge for GitHub {
         Self::pull("POST", &path, self.request("POST", &path, Some(body))?)
     }
 
-    fn update_pull_request(&self, number: u64, spec: &PullRequestSpec) -> Result<PullRequest, ForgeError> {
+    fn update_pull_request(
+        &self,
+        number: u64,
+        spec: &PullRequestSpec,
+    ) -> Result<PullRequest, ForgeError> {
         let path = self.repo_path(&format!("/pulls/{number}"));
         let body = serde_json::json!({
             "title": spec.title,
@@ -306,9 +377,14 @@ impl Forge for GitHub {
 pub fn forge_from_config(config: &ForgeConfig) -> Result<Option<Box<dyn Forge>>, ForgeError> {
     match config {
         ForgeConfig::None => Ok(None),
-        ForgeConfig::GitHub { api_base, owner, repo, token_env } => {
-            Ok(Some(Box::new(GitHub::from_env(api_base, owner, repo, token_env)?)))
-        }
+        ForgeConfig::GitHub {
+            api_base,
+            owner,
+            repo,
+            token_env,
+        } => Ok(Some(Box::new(GitHub::from_env(
+            api_base, owner, repo, token_env,
+        )?))),
     }
 }
 
@@ -318,7 +394,10 @@ mod tests {
 
     #[test]
     fn query_values_are_escaped() {
-        assert_eq!(query_escape("acme:webake/debian-12"), "acme%3Awebake%2Fdebian-12");
+        assert_eq!(
+            query_escape("acme:webake/debian-12"),
+            "acme%3Awebake%2Fdebian-12"
+        );
     }
 
     #[test]
@@ -330,8 +409,16 @@ mod tests {
 
     #[test]
     fn missing_token_names_the_variable() {
-        let err = GitHub::from_env("http://127.0.0.1:1", "o", "r", "WEBAKE_TEST_SURELY_UNSET_TOKEN")
-            .unwrap_err();
-        assert!(err.to_string().contains("WEBAKE_TEST_SURELY_UNSET_TOKEN"), "{err}");
+        let err = GitHub::from_env(
+            "http://127.0.0.1:1",
+            "o",
+            "r",
+            "WEBAKE_TEST_SURELY_UNSET_TOKEN",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("WEBAKE_TEST_SURELY_UNSET_TOKEN"),
+            "{err}"
+        );
     }
 }

@@ -14,7 +14,10 @@ pub struct GitIdentity {
 
 impl Default for GitIdentity {
     fn default() -> Self {
-        Self { name: "webake".into(), email: "webake@localhost".into() }
+        Self {
+            name: "webake".into(),
+            email: "webake@localhost".into(),
+        }
     }
 }
 
@@ -27,7 +30,11 @@ pub enum GitError {
         source: std::io::Error,
     },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Failed { command: String, status: String, stderr: String },
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 impl GitError {
@@ -81,15 +88,32 @@ pub(crate) fn status_args() -> Vec<OsString> {
 }
 
 pub(crate) fn ls_remote_branch_args(branch: &str) -> Vec<OsString> {
-    os(&["ls-remote", "--heads", "origin", &format!("refs/heads/{branch}")])
+    os(&[
+        "ls-remote",
+        "--heads",
+        "origin",
+        &format!("refs/heads/{branch}"),
+    ])
 }
 
 pub(crate) fn fetch_branch_args(branch: &str) -> Vec<OsString> {
-    os(&["fetch", "--quiet", "--no-tags", "origin", &format!("+refs/heads/{branch}:refs/webake/previous")])
+    os(&[
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "origin",
+        &format!("+refs/heads/{branch}:refs/webake/previous"),
+    ])
 }
 
 pub(crate) fn fetch_base_args(base: &str) -> Vec<OsString> {
-    os(&["fetch", "--quiet", "--no-tags", "origin", &format!("+refs/heads/{base}:refs/remotes/origin/{base}")])
+    os(&[
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "origin",
+        &format!("+refs/heads/{base}:refs/remotes/origin/{base}"),
+    ])
 }
 
 /// A fresh branch at the base commit (a newer image supersedes the older commit, not stacks on it).
@@ -105,7 +129,15 @@ pub(crate) fn add_args(paths: &[String]) -> Vec<OsString> {
 
 /// Commit with a fixed identity and no signing or hooks from the user's config.
 pub(crate) fn commit_args(message: &str) -> Vec<OsString> {
-    os(&["-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "--message", message])
+    os(&[
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "--quiet",
+        "--no-verify",
+        "--message",
+        message,
+    ])
 }
 
 /// Environment for the commit: author and committer.
@@ -120,8 +152,18 @@ pub(crate) fn identity_env(author: &GitIdentity, committer: &GitIdentity) -> Vec
 
 /// Push HEAD to `branch`, forcing only over the commit we saw (`expected`, or "no branch").
 pub(crate) fn push_args(branch: &str, expected: Option<&str>) -> Vec<OsString> {
-    let lease = format!("--force-with-lease=refs/heads/{branch}:{}", expected.unwrap_or(""));
-    os(&["push", "--quiet", "--porcelain", &lease, "origin", &format!("HEAD:refs/heads/{branch}")])
+    let lease = format!(
+        "--force-with-lease=refs/heads/{branch}:{}",
+        expected.unwrap_or("")
+    );
+    os(&[
+        "push",
+        "--quiet",
+        "--porcelain",
+        &lease,
+        "origin",
+        &format!("HEAD:refs/heads/{branch}"),
+    ])
 }
 
 /// Parse `ls-remote` output: the commit of the one ref, if any.
@@ -136,7 +178,9 @@ pub(crate) fn parse_ls_remote(stdout: &str, branch: &str) -> Option<String> {
 /// A branch name component for an image family (`webake/<family>`): git's ref rules, conservatively.
 pub(crate) fn branch_for_family(family: &str) -> Result<String, String> {
     let ok = !family.is_empty()
-        && family.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && family
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && !family.starts_with(['.', '-'])
         && !family.ends_with(['.'])
         && !family.contains("..")
@@ -178,7 +222,10 @@ impl Git {
     }
 
     fn display(args: &[OsString]) -> String {
-        let joined: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         redact_url(&format!("git {}", joined.join(" ")))
     }
 
@@ -192,7 +239,10 @@ impl Git {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| GitError::Spawn { command: command.clone(), source })?;
+            .map_err(|source| GitError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
@@ -201,7 +251,11 @@ impl Git {
                 None => "killed by a signal".into(),
             };
             let stderr = redact_url(String::from_utf8_lossy(&output.stderr).trim());
-            Err(GitError::Failed { command, status, stderr })
+            Err(GitError::Failed {
+                command,
+                status,
+                stderr,
+            })
         }
     }
 
@@ -227,11 +281,29 @@ mod tests {
     fn clone_args_separate_options_from_url() {
         assert_eq!(
             s(clone_args("-oops", Path::new("/tmp/x"), Some("main"))),
-            ["clone", "--quiet", "--no-tags", "--single-branch", "--branch", "main", "--", "-oops", "/tmp/x"]
+            [
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--single-branch",
+                "--branch",
+                "main",
+                "--",
+                "-oops",
+                "/tmp/x"
+            ]
         );
         assert_eq!(
             s(clone_args("https://h/r.git", Path::new("/d"), None)),
-            ["clone", "--quiet", "--no-tags", "--single-branch", "--", "https://h/r.git", "/d"]
+            [
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--single-branch",
+                "--",
+                "https://h/r.git",
+                "/d"
+            ]
         );
     }
 
@@ -258,16 +330,45 @@ mod tests {
     fn commit_add_fetch_args() {
         assert_eq!(
             s(commit_args("msg")),
-            ["-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "--message", "msg"]
+            [
+                "-c",
+                "commit.gpgsign=false",
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "--message",
+                "msg"
+            ]
         );
-        assert_eq!(s(add_args(&["a b.yaml".into(), "-x".into()])), ["add", "--", "a b.yaml", "-x"]);
+        assert_eq!(
+            s(add_args(&["a b.yaml".into(), "-x".into()])),
+            ["add", "--", "a b.yaml", "-x"]
+        );
         assert_eq!(
             s(fetch_branch_args("webake/f")),
-            ["fetch", "--quiet", "--no-tags", "origin", "+refs/heads/webake/f:refs/webake/previous"]
+            [
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "origin",
+                "+refs/heads/webake/f:refs/webake/previous"
+            ]
         );
-        assert_eq!(s(ls_remote_branch_args("webake/f")), ["ls-remote", "--heads", "origin", "refs/heads/webake/f"]);
-        assert_eq!(s(checkout_new_branch_args("webake/f")), ["checkout", "--quiet", "-B", "webake/f"]);
-        let env = identity_env(&GitIdentity::default(), &GitIdentity { name: "c".into(), email: "c@x".into() });
+        assert_eq!(
+            s(ls_remote_branch_args("webake/f")),
+            ["ls-remote", "--heads", "origin", "refs/heads/webake/f"]
+        );
+        assert_eq!(
+            s(checkout_new_branch_args("webake/f")),
+            ["checkout", "--quiet", "-B", "webake/f"]
+        );
+        let env = identity_env(
+            &GitIdentity::default(),
+            &GitIdentity {
+                name: "c".into(),
+                email: "c@x".into(),
+            },
+        );
         assert!(env.contains(&("GIT_AUTHOR_EMAIL".into(), "webake@localhost".into())));
         assert!(env.contains(&("GIT_COMMITTER_NAME".into(), "c".into())));
     }
@@ -282,8 +383,13 @@ mod tests {
 
     #[test]
     fn family_branches() {
-        assert_eq!(branch_for_family("debian-12_k8s.v1").unwrap(), "webake/debian-12_k8s.v1");
-        for bad in ["", "a b", "a..b", "-a", ".a", "a.lock", "a/b", "a~1", "a:b", "a.", "é"] {
+        assert_eq!(
+            branch_for_family("debian-12_k8s.v1").unwrap(),
+            "webake/debian-12_k8s.v1"
+        );
+        for bad in [
+            "", "a b", "a..b", "-a", ".a", "a.lock", "a/b", "a~1", "a:b", "a.", "é",
+        ] {
             assert!(branch_for_family(bad).is_err(), "{bad}");
         }
     }
@@ -294,6 +400,9 @@ mod tests {
             redact_url("fatal: https://x-access-token:ghp_secret@github.com/o/r.git not found"),
             "fatal: https://***@github.com/o/r.git not found"
         );
-        assert_eq!(redact_url("git@github.com:o/r.git"), "git@github.com:o/r.git");
+        assert_eq!(
+            redact_url("git@github.com:o/r.git"),
+            "git@github.com:o/r.git"
+        );
     }
 }

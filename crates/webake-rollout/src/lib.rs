@@ -24,12 +24,15 @@ use serde::Serialize;
 
 pub use error::RolloutError;
 pub use forge::{
-    Forge, ForgeConfig, ForgeError, GITHUB_API, GitHub, PullRequest, PullRequestAction, PullRequestSpec,
+    Forge, ForgeConfig, ForgeError, GITHUB_API, GitHub, PullRequest, PullRequestAction,
+    PullRequestSpec,
 };
 pub use git::{GitError, GitIdentity};
 pub use plan::{DEFAULT_KOPS_FILES, Edit};
 pub use reference::{ImageReference, ReferenceKind, region_of_zone};
-pub use rules::{DEFAULT_CONFIG_PATH, InstanceGroupRule, RegexRule, RolloutConfig, Rule, YamlPathRule};
+pub use rules::{
+    DEFAULT_CONFIG_PATH, InstanceGroupRule, RegexRule, RolloutConfig, Rule, YamlPathRule,
+};
 
 use git::Git;
 use plan::RepoFile;
@@ -45,7 +48,9 @@ pub enum RepoLocation {
 impl RepoLocation {
     /// `https://…`, `ssh://…`, `file://…` and scp-like `user@host:path` are URLs; the rest paths.
     pub fn parse(text: &str) -> Self {
-        let scp_like = text.split_once(':').is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+        let scp_like = text
+            .split_once(':')
+            .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
         if text.contains("://") || scp_like {
             Self::Url(text.to_string())
         } else {
@@ -182,8 +187,15 @@ const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Roll out: plan the edits, then (unless dry run) commit, push and propose them.
 ///
 /// The forge comes from `req.forge` (its token is read from the environment first of all).
-pub fn rollout(req: &RolloutRequest, reporter: &dyn Reporter) -> Result<RolloutOutcome, RolloutError> {
-    let forge = if req.dry_run { None } else { forge::forge_from_config(&req.forge)? };
+pub fn rollout(
+    req: &RolloutRequest,
+    reporter: &dyn Reporter,
+) -> Result<RolloutOutcome, RolloutError> {
+    let forge = if req.dry_run {
+        None
+    } else {
+        forge::forge_from_config(&req.forge)?
+    };
     rollout_with_forge(req, forge.as_deref(), reporter)
 }
 
@@ -194,14 +206,20 @@ pub fn rollout_with_forge(
     reporter: &dyn Reporter,
 ) -> Result<RolloutOutcome, RolloutError> {
     let branch = git::branch_for_family(&req.family).map_err(RolloutError::InvalidRequest)?;
-    req.reference.validate().map_err(RolloutError::InvalidRequest)?;
+    req.reference
+        .validate()
+        .map_err(RolloutError::InvalidRequest)?;
     if let Some(label) = req.labels.iter().find(|l| l.trim().is_empty()) {
-        return Err(RolloutError::InvalidRequest(format!("empty label {label:?}")));
+        return Err(RolloutError::InvalidRequest(format!(
+            "empty label {label:?}"
+        )));
     }
 
     let url = check_source(&req.repo)?;
     let location = req.repo.display();
-    reporter.step(Step::Cloning { location: &location });
+    reporter.step(Step::Cloning {
+        location: &location,
+    });
     let tmp = tempfile::Builder::new()
         .prefix("webake-rollout-")
         .tempdir()
@@ -212,9 +230,15 @@ pub fn rollout_with_forge(
 
     // Config and rules.
     let config = read_config(&work, &req.config_path)?;
-    let rules: &[Rule] = if req.rules.is_empty() { &config.rules } else { &req.rules };
+    let rules: &[Rule] = if req.rules.is_empty() {
+        &config.rules
+    } else {
+        &req.rules
+    };
     if rules.is_empty() {
-        return Err(RolloutError::NoRules { config: req.config_path.clone() });
+        return Err(RolloutError::NoRules {
+            config: req.config_path.clone(),
+        });
     }
     let base_branch = match req.base_branch.clone().or(config.base_branch.clone()) {
         Some(b) => b,
@@ -228,8 +252,10 @@ pub fn rollout_with_forge(
             base_commit = git.run_optional(&git::rev_parse_args(&base_ref))?;
         }
     }
-    let base_commit = base_commit
-        .ok_or_else(|| RolloutError::BaseBranchMissing { location: location.clone(), branch: base_branch.clone() })?;
+    let base_commit = base_commit.ok_or_else(|| RolloutError::BaseBranchMissing {
+        location: location.clone(),
+        branch: base_branch.clone(),
+    })?;
     git.run(&[
         "checkout".into(),
         "--quiet".into(),
@@ -245,7 +271,11 @@ pub fn rollout_with_forge(
         return Err(RolloutError::NoReferenceFound {
             location,
             family: req.family.clone(),
-            rules: rules.iter().map(Rule::describe).collect::<Vec<_>>().join("; "),
+            rules: rules
+                .iter()
+                .map(Rule::describe)
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     let (new_texts, diff) = render_changes(&files, &edits);
@@ -284,7 +314,9 @@ pub fn rollout_with_forge(
     }
     git.run(&git::add_args(&outcome.changed_files))?;
     let message = commit_message(req, &outcome.edits);
-    git.clone().with_env(git::identity_env(&req.author, &req.committer)).run(&git::commit_args(&message))?;
+    git.clone()
+        .with_env(git::identity_env(&req.author, &req.committer))
+        .run(&git::commit_args(&message))?;
     let commit = git.run(&git::rev_parse_args("HEAD"))?.trim().to_string();
 
     // Push, superseding an older rollout of the family.
@@ -299,7 +331,11 @@ pub fn rollout_with_forge(
             reporter.step(Step::Pushing { branch: &branch });
             git.run(&git::push_args(&branch, remote.as_deref()))?;
             outcome.commit = Some(commit);
-            if remote.is_some() { BranchStatus::Updated } else { BranchStatus::Created }
+            if remote.is_some() {
+                BranchStatus::Updated
+            } else {
+                BranchStatus::Created
+            }
         }
     };
     outcome.status = status;
@@ -315,12 +351,19 @@ pub fn rollout_with_forge(
         let spec = PullRequestSpec {
             head_branch: branch.clone(),
             base_branch: base_branch.clone(),
-            title: req.title.clone().unwrap_or_else(|| format!("Roll out {}", req.display_name())),
+            title: req
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("Roll out {}", req.display_name())),
             body: pr_body(req, &outcome.edits),
             labels,
         };
         let (pr, action) = forge::ensure_pull_request(forge, existing_pr, &spec)?;
-        outcome.pull_request = Some(PullRequestOutcome { number: pr.number, url: pr.url, action });
+        outcome.pull_request = Some(PullRequestOutcome {
+            number: pr.number,
+            url: pr.url,
+            action,
+        });
     }
     Ok(outcome)
 }
@@ -338,7 +381,10 @@ fn check_source(repo: &RepoLocation) -> Result<String, RolloutError> {
     if bare.trim() == "false" {
         let status = git.run(&git::status_args())?;
         if !status.trim().is_empty() {
-            return Err(RolloutError::RepoDirty { path: path.clone(), status: status.trim_end().to_string() });
+            return Err(RolloutError::RepoDirty {
+                path: path.clone(),
+                status: status.trim_end().to_string(),
+            });
         }
     }
     Ok(abs.to_string_lossy().into_owned())
@@ -350,9 +396,15 @@ fn clone(url: &str, dest: &Path, base: Option<&str>, location: &str) -> Result<(
         Ok(_) => Ok(()),
         Err(e) => match base {
             Some(b) if e.stderr().contains("not found in upstream") => {
-                Err(RolloutError::BaseBranchMissing { location: location.to_string(), branch: b.to_string() })
+                Err(RolloutError::BaseBranchMissing {
+                    location: location.to_string(),
+                    branch: b.to_string(),
+                })
             }
-            _ => Err(RolloutError::RepoUnreachable { location: location.to_string(), stderr: e.stderr().to_string() }),
+            _ => Err(RolloutError::RepoUnreachable {
+                location: location.to_string(),
+                stderr: e.stderr().to_string(),
+            }),
         },
     }
 }
@@ -360,8 +412,10 @@ fn clone(url: &str, dest: &Path, base: Option<&str>, location: &str) -> Result<(
 fn read_config(work: &Path, config_path: &str) -> Result<RolloutConfig, RolloutError> {
     let path = work.join(config_path);
     match std::fs::read_to_string(&path) {
-        Ok(text) => RolloutConfig::from_yaml(&text)
-            .map_err(|message| RolloutError::Config { file: config_path.to_string(), message }),
+        Ok(text) => RolloutConfig::from_yaml(&text).map_err(|message| RolloutError::Config {
+            file: config_path.to_string(),
+            message,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RolloutConfig::default()),
         Err(e) => Err(RolloutError::io("read", path, e)),
     }
@@ -372,11 +426,14 @@ fn read_repo_files(root: &Path) -> Result<Vec<RepoFile>, RolloutError> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| RolloutError::io("read directory", &dir, e))?;
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| RolloutError::io("read directory", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| RolloutError::io("read directory", &dir, e))?;
             let path = entry.path();
-            let meta = entry.file_type().map_err(|e| RolloutError::io("stat", &path, e))?;
+            let meta = entry
+                .file_type()
+                .map_err(|e| RolloutError::io("stat", &path, e))?;
             if meta.is_dir() {
                 if entry.file_name() != ".git" {
                     dirs.push(path);
@@ -391,10 +448,18 @@ fn read_repo_files(root: &Path) -> Result<Vec<RepoFile>, RolloutError> {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(|e| RolloutError::io("read", &path, e))?;
-            let Ok(text) = String::from_utf8(bytes) else { continue };
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
             let rel = path.strip_prefix(root).unwrap_or(&path);
-            let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-            out.push(RepoFile { path: rel.join("/"), text });
+            let rel: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(RepoFile {
+                path: rel.join("/"),
+                text,
+            });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -410,7 +475,9 @@ fn render_changes(files: &[RepoFile], edits: &[Edit]) -> (BTreeMap<String, Strin
     let mut texts = BTreeMap::new();
     let mut diff = String::new();
     for (path, file_edits) in by_file {
-        let Some(file) = files.iter().find(|f| f.path == path) else { continue };
+        let Some(file) = files.iter().find(|f| f.path == path) else {
+            continue;
+        };
         let new = plan::apply(&file.text, &file_edits);
         diff.push_str(&unified_diff(path, &file.text, &new));
         texts.insert(path.to_string(), new);
@@ -437,9 +504,16 @@ fn same_change(git: &Git, branch: &str, commit: &str, base: &str) -> Result<bool
 
 fn commit_message(req: &RolloutRequest, edits: &[Edit]) -> String {
     let mut msg = format!("Roll out {}\n\n", req.display_name());
-    msg.push_str(&format!("Image family: {}\nReference: {}\n\n", req.family, req.reference.describe()));
+    msg.push_str(&format!(
+        "Image family: {}\nReference: {}\n\n",
+        req.family,
+        req.reference.describe()
+    ));
     for e in edits.iter().filter(|e| e.changes()) {
-        msg.push_str(&format!("- {}:{} {}: {} -> {}\n", e.file, e.line, e.what, e.old, e.new));
+        msg.push_str(&format!(
+            "- {}:{} {}: {} -> {}\n",
+            e.file, e.line, e.what, e.old, e.new
+        ));
     }
     msg
 }
@@ -474,17 +548,35 @@ mod tests {
 
     #[test]
     fn repo_locations() {
-        assert_eq!(RepoLocation::parse("/srv/git/k8s.git"), RepoLocation::Path("/srv/git/k8s.git".into()));
-        assert_eq!(RepoLocation::parse("./k8s"), RepoLocation::Path("./k8s".into()));
-        assert_eq!(RepoLocation::parse("git@github.com:acme/k8s.git"), RepoLocation::Url("git@github.com:acme/k8s.git".into()));
-        assert_eq!(RepoLocation::parse("https://h/r.git"), RepoLocation::Url("https://h/r.git".into()));
-        assert_eq!(RepoLocation::parse("https://u:tok@h/r.git").display(), "https://***@h/r.git");
+        assert_eq!(
+            RepoLocation::parse("/srv/git/k8s.git"),
+            RepoLocation::Path("/srv/git/k8s.git".into())
+        );
+        assert_eq!(
+            RepoLocation::parse("./k8s"),
+            RepoLocation::Path("./k8s".into())
+        );
+        assert_eq!(
+            RepoLocation::parse("git@github.com:acme/k8s.git"),
+            RepoLocation::Url("git@github.com:acme/k8s.git".into())
+        );
+        assert_eq!(
+            RepoLocation::parse("https://h/r.git"),
+            RepoLocation::Url("https://h/r.git".into())
+        );
+        assert_eq!(
+            RepoLocation::parse("https://u:tok@h/r.git").display(),
+            "https://***@h/r.git"
+        );
     }
 
     #[test]
     fn diff_has_git_headers() {
         let d = unified_diff("a.yaml", "x: 1\ny: 2\n", "x: 1\ny: 3\n");
-        assert!(d.starts_with("--- a/a.yaml\n+++ b/a.yaml\n@@ -1,2 +1,2 @@\n"), "{d}");
+        assert!(
+            d.starts_with("--- a/a.yaml\n+++ b/a.yaml\n@@ -1,2 +1,2 @@\n"),
+            "{d}"
+        );
         assert!(d.contains("\n-y: 2\n+y: 3\n"), "{d}");
     }
 }

@@ -52,14 +52,22 @@ pub(crate) struct RepoFile {
     pub text: String,
 }
 
+/// A file's documents, or why it is not YAML.
+type ParsedYaml = Result<Vec<Document>, YamlError>;
+
 /// The files of a repository with their YAML parsed once (parse errors kept for later).
 struct Parsed<'a> {
     files: &'a [RepoFile],
-    yaml: BTreeMap<usize, Result<Vec<Document>, YamlError>>,
+    yaml: BTreeMap<usize, ParsedYaml>,
 }
 
 fn yaml_error(file: &RepoFile, e: &YamlError) -> RolloutError {
-    RolloutError::Yaml { file: file.path.clone(), line: e.line, col: e.col, message: e.message.clone() }
+    RolloutError::Yaml {
+        file: file.path.clone(),
+        line: e.line,
+        col: e.col,
+        message: e.message.clone(),
+    }
 }
 
 impl<'a> Parsed<'a> {
@@ -73,7 +81,9 @@ impl<'a> Parsed<'a> {
                     .map_err(|e| RolloutError::InvalidRequest(format!("bad glob {g:?}: {e}")))?,
             );
         }
-        let set = builder.build().map_err(|e| RolloutError::InvalidRequest(e.to_string()))?;
+        let set = builder
+            .build()
+            .map_err(|e| RolloutError::InvalidRequest(e.to_string()))?;
         let yaml = files
             .iter()
             .enumerate()
@@ -87,7 +97,7 @@ impl<'a> Parsed<'a> {
     fn yaml_matching(
         &self,
         pattern: &str,
-    ) -> Result<Vec<(&'a RepoFile, &Result<Vec<Document>, YamlError>)>, RolloutError> {
+    ) -> Result<Vec<(&'a RepoFile, &ParsedYaml)>, RolloutError> {
         let matcher = glob(pattern).map_err(RolloutError::InvalidRequest)?;
         Ok(self
             .yaml
@@ -107,8 +117,12 @@ pub(crate) fn plan(
 ) -> Result<Vec<Edit>, RolloutError> {
     let mut active = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        rule.validate().map_err(|e| RolloutError::InvalidRequest(format!("rule {i}: {e}")))?;
-        if rule.applies_to_family(family).map_err(RolloutError::InvalidRequest)? {
+        rule.validate()
+            .map_err(|e| RolloutError::InvalidRequest(format!("rule {i}: {e}")))?;
+        if rule
+            .applies_to_family(family)
+            .map_err(RolloutError::InvalidRequest)?
+        {
             active.push((i, rule));
         }
     }
@@ -122,7 +136,10 @@ pub(crate) fn plan(
     }
     let parsed = Parsed::new(files, &yaml_globs)?;
     let mut edits = Vec::new();
-    if active.iter().any(|(_, r)| matches!(r, Rule::InstanceGroup(_))) {
+    if active
+        .iter()
+        .any(|(_, r)| matches!(r, Rule::InstanceGroup(_)))
+    {
         let kops = KopsIndex::build(&parsed)?;
         for (i, rule) in &active {
             if let Rule::InstanceGroup(r) = rule {
@@ -187,28 +204,33 @@ fn reference_for(
     line: usize,
     what: &str,
 ) -> Result<String, RolloutError> {
-    reference.for_region(region).map(str::to_string).map_err(|e| match e {
-        RegionLookup::Unknown { available } => RolloutError::RegionUnknown {
-            file: file.into(),
-            line,
-            what: what.into(),
-            available: available.join(", "),
-        },
-        RegionLookup::NotPublished { region, available } => RolloutError::RegionNotPublished {
-            file: file.into(),
-            line,
-            what: what.into(),
-            region,
-            available: available.join(", "),
-        },
-    })
+    reference
+        .for_region(region)
+        .map(str::to_string)
+        .map_err(|e| match e {
+            RegionLookup::Unknown { available } => RolloutError::RegionUnknown {
+                file: file.into(),
+                line,
+                what: what.into(),
+                available: available.join(", "),
+            },
+            RegionLookup::NotPublished { region, available } => RolloutError::RegionNotPublished {
+                file: file.into(),
+                line,
+                what: what.into(),
+                region,
+                available: available.join(", "),
+            },
+        })
 }
 
 /// Plain scalars we write unquoted: what kops references look like, nothing YAML could misread.
 fn plain_safe(value: &str) -> bool {
     let mut chars = value.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@+=".contains(c))
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@+=".contains(c))
         && !value.contains(": ")
         && !value.ends_with(':')
 }
@@ -228,23 +250,33 @@ fn render_scalar(
         message,
     };
     if raw.contains('\n') {
-        return Err(fail("the value spans several lines; cannot edit it in place".into()));
+        return Err(fail(
+            "the value spans several lines; cannot edit it in place".into(),
+        ));
     }
     let double = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
     match scalar.style {
-        ScalarStyle::Plain if raw == scalar.value => {
-            Ok(if plain_safe(new) { new.to_string() } else { double(new) })
-        }
-        ScalarStyle::SingleQuoted if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') => {
+        ScalarStyle::Plain if raw == scalar.value => Ok(if plain_safe(new) {
+            new.to_string()
+        } else {
+            double(new)
+        }),
+        ScalarStyle::SingleQuoted
+            if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') =>
+        {
             Ok(format!("'{}'", new.replace('\'', "''")))
         }
-        ScalarStyle::DoubleQuoted if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') => {
+        ScalarStyle::DoubleQuoted
+            if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') =>
+        {
             Ok(double(new))
         }
-        ScalarStyle::Literal | ScalarStyle::Folded => {
-            Err(fail("block scalars (| or >) are not edited; write the reference on one line".into()))
-        }
-        _ => Err(fail(format!("unexpected source text {raw:?} for the value; cannot edit it in place"))),
+        ScalarStyle::Literal | ScalarStyle::Folded => Err(fail(
+            "block scalars (| or >) are not edited; write the reference on one line".into(),
+        )),
+        _ => Err(fail(format!(
+            "unexpected source text {raw:?} for the value; cannot edit it in place"
+        ))),
     }
 }
 
@@ -302,12 +334,22 @@ fn is_kops_kind(doc: &Document, kind: &str) -> bool {
 fn cluster_of(doc: &Document) -> KopsCluster {
     let mut subnet_regions = BTreeMap::new();
     let mut regions = BTreeSet::new();
-    for subnet in doc.root.get_path(&["spec", "subnets"]).map(Node::items).unwrap_or_default() {
+    for subnet in doc
+        .root
+        .get_path(&["spec", "subnets"])
+        .map(Node::items)
+        .unwrap_or_default()
+    {
         let region = subnet
             .get("region")
             .and_then(Node::as_str)
             .and_then(region_of_zone)
-            .or_else(|| subnet.get("zone").and_then(Node::as_str).and_then(region_of_zone));
+            .or_else(|| {
+                subnet
+                    .get("zone")
+                    .and_then(Node::as_str)
+                    .and_then(region_of_zone)
+            });
         if let Some(region) = region {
             if let Some(name) = subnet.get("name").and_then(Node::as_str) {
                 subnet_regions.insert(name.to_string(), region.clone());
@@ -315,7 +357,10 @@ fn cluster_of(doc: &Document) -> KopsCluster {
             regions.insert(region);
         }
     }
-    KopsCluster { subnet_regions, regions }
+    KopsCluster {
+        subnet_regions,
+        regions,
+    }
 }
 
 impl<'p> KopsIndex<'p> {
@@ -338,7 +383,11 @@ impl<'p> KopsIndex<'p> {
             };
             for doc in docs {
                 if is_kops_kind(doc, "Cluster") {
-                    if let Some(name) = doc.root.get_path(&["metadata", "name"]).and_then(Node::as_str) {
+                    if let Some(name) = doc
+                        .root
+                        .get_path(&["metadata", "name"])
+                        .and_then(Node::as_str)
+                    {
                         clusters.insert(name.to_string(), cluster_of(doc));
                     }
                 } else if is_kops_kind(doc, "InstanceGroup") {
@@ -359,7 +408,11 @@ fn group_cluster(doc: &Document) -> Option<&str> {
 
 fn group_matches(rule: &InstanceGroupRule, doc: &Document) -> Result<bool, RolloutError> {
     let bad = RolloutError::InvalidRequest;
-    let name = doc.root.get_path(&["metadata", "name"]).and_then(Node::as_str).unwrap_or("");
+    let name = doc
+        .root
+        .get_path(&["metadata", "name"])
+        .and_then(Node::as_str)
+        .unwrap_or("");
     if let Some(pattern) = &rule.cluster {
         let cluster = group_cluster(doc).unwrap_or("");
         if !glob(pattern).map_err(bad)?.is_match(cluster) {
@@ -376,13 +429,24 @@ fn group_matches(rule: &InstanceGroupRule, doc: &Document) -> Result<bool, Rollo
         }
     }
     if !rule.roles.is_empty() {
-        let role = doc.root.get_path(&["spec", "role"]).and_then(Node::as_str).and_then(canonical_role);
-        if !rule.roles.iter().any(|r| canonical_role(r).is_some() && canonical_role(r) == role) {
+        let role = doc
+            .root
+            .get_path(&["spec", "role"])
+            .and_then(Node::as_str)
+            .and_then(canonical_role);
+        if !rule
+            .roles
+            .iter()
+            .any(|r| canonical_role(r).is_some() && canonical_role(r) == role)
+        {
             return Ok(false);
         }
     }
     for (key, value) in &rule.labels {
-        let have = doc.root.get_path(&["metadata", "labels", key.as_str()]).and_then(Node::as_str);
+        let have = doc
+            .root
+            .get_path(&["metadata", "labels", key.as_str()])
+            .and_then(Node::as_str);
         if have != Some(value.as_str()) {
             return Ok(false);
         }
@@ -394,7 +458,11 @@ fn group_matches(rule: &InstanceGroupRule, doc: &Document) -> Result<bool, Rollo
 /// else the cluster's subnets when they are all in one region. `None` when unknown or mixed.
 fn group_region(kops: &KopsIndex<'_>, doc: &Document) -> Option<String> {
     let one = |regions: BTreeSet<String>| {
-        if regions.len() == 1 { regions.into_iter().next() } else { None }
+        if regions.len() == 1 {
+            regions.into_iter().next()
+        } else {
+            None
+        }
     };
     let zones: BTreeSet<String> = doc
         .root
@@ -417,8 +485,10 @@ fn group_region(kops: &KopsIndex<'_>, doc: &Document) -> Option<String> {
         .filter_map(Node::as_str)
         .collect();
     if !subnets.is_empty() {
-        let regions: Option<BTreeSet<String>> =
-            subnets.iter().map(|s| cluster.subnet_regions.get(*s).cloned()).collect();
+        let regions: Option<BTreeSet<String>> = subnets
+            .iter()
+            .map(|s| cluster.subnet_regions.get(*s).cloned())
+            .collect();
         return regions.and_then(one);
     }
     one(cluster.regions.clone())
@@ -436,13 +506,21 @@ fn plan_instance_groups(
         None => None,
     };
     for group in &kops.groups {
-        if files.as_ref().is_some_and(|m| !m.is_match(&group.file.path)) {
+        if files
+            .as_ref()
+            .is_some_and(|m| !m.is_match(&group.file.path))
+        {
             continue;
         }
         if !group_matches(rule, group.doc)? {
             continue;
         }
-        let name = group.doc.root.get_path(&["metadata", "name"]).and_then(Node::as_str).unwrap_or("?");
+        let name = group
+            .doc
+            .root
+            .get_path(&["metadata", "name"])
+            .and_then(Node::as_str)
+            .unwrap_or("?");
         let what = match group_cluster(group.doc) {
             Some(cluster) => format!("InstanceGroup {name} (cluster {cluster}) spec.image"),
             None => format!("InstanceGroup {name} spec.image"),
@@ -459,9 +537,20 @@ fn plan_instance_groups(
                 message: "spec.image is not a string".into(),
             });
         };
-        let region = rule.region.clone().or_else(|| group_region(kops, group.doc));
-        let new = reference_for(reference, region.as_deref(), &group.file.path, scalar.line, &what)?;
-        edits.push(scalar_edit(group.file, scalar, what, rule_index, region, new)?);
+        let region = rule
+            .region
+            .clone()
+            .or_else(|| group_region(kops, group.doc));
+        let new = reference_for(
+            reference,
+            region.as_deref(),
+            &group.file.path,
+            scalar.line,
+            &what,
+        )?;
+        edits.push(scalar_edit(
+            group.file, scalar, what, rule_index, region, new,
+        )?);
     }
     Ok(())
 }
@@ -494,8 +583,21 @@ fn plan_yaml_path(
                         message: "not a string (a mapping, sequence or alias)".into(),
                     });
                 };
-                let new = reference_for(reference, rule.region.as_deref(), &file.path, scalar.line, &what)?;
-                edits.push(scalar_edit(file, scalar, what, rule_index, rule.region.clone(), new)?);
+                let new = reference_for(
+                    reference,
+                    rule.region.as_deref(),
+                    &file.path,
+                    scalar.line,
+                    &what,
+                )?;
+                edits.push(scalar_edit(
+                    file,
+                    scalar,
+                    what,
+                    rule_index,
+                    rule.region.clone(),
+                    new,
+                )?);
             }
         }
     }

@@ -31,12 +31,17 @@ impl ReferenceKind {
         if reference.is_empty() {
             return Err("the image reference is empty".into());
         }
-        if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(format!("image reference {reference:?} contains whitespace"));
         }
         if let Some(id) = reference.strip_prefix("ami-") {
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("{reference:?} is not an AMI id (ami- then hex digits)"));
+                return Err(format!(
+                    "{reference:?} is not an AMI id (ami- then hex digits)"
+                ));
             }
             return Ok(Self::AmiId);
         }
@@ -69,7 +74,9 @@ impl ImageReference {
                         return Err(format!("{region:?} is not an AWS region name"));
                     }
                     if ReferenceKind::of(ami)? != ReferenceKind::AmiId {
-                        return Err(format!("per-region reference {ami:?} for {region} is not an AMI id"));
+                        return Err(format!(
+                            "per-region reference {ami:?} for {region} is not an AMI id"
+                        ));
                     }
                 }
                 Ok(())
@@ -81,16 +88,20 @@ impl ImageReference {
     pub fn for_region(&self, region: Option<&str>) -> Result<&str, RegionLookup> {
         match self {
             Self::Single(r) => Ok(r),
-            Self::PerRegion(map) => match region {
-                Some(region) => map.get(region).map(String::as_str).ok_or_else(|| {
-                    RegionLookup::NotPublished {
-                        region: region.to_string(),
+            Self::PerRegion(map) => {
+                match region {
+                    Some(region) => map.get(region).map(String::as_str).ok_or_else(|| {
+                        RegionLookup::NotPublished {
+                            region: region.to_string(),
+                            available: map.keys().cloned().collect(),
+                        }
+                    }),
+                    // Never guess: an AMI id is only valid in its own region.
+                    None => Err(RegionLookup::Unknown {
                         available: map.keys().cloned().collect(),
-                    }
-                }),
-                // Never guess: an AMI id is only valid in its own region.
-                None => Err(RegionLookup::Unknown { available: map.keys().cloned().collect() }),
-            },
+                    }),
+                }
+            }
         }
     }
 
@@ -98,9 +109,11 @@ impl ImageReference {
     pub fn describe(&self) -> String {
         match self {
             Self::Single(r) => r.clone(),
-            Self::PerRegion(map) => {
-                map.iter().map(|(region, ami)| format!("{region}={ami}")).collect::<Vec<_>>().join(", ")
-            }
+            Self::PerRegion(map) => map
+                .iter()
+                .map(|(region, ami)| format!("{region}={ami}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 }
@@ -108,8 +121,13 @@ impl ImageReference {
 /// Why a per-region reference has no AMI for a match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegionLookup {
-    Unknown { available: Vec<String> },
-    NotPublished { region: String, available: Vec<String> },
+    Unknown {
+        available: Vec<String>,
+    },
+    NotPublished {
+        region: String,
+        available: Vec<String>,
+    },
 }
 
 /// The region of an availability zone (`eu-west-1a` -> `eu-west-1`, local zones too:
@@ -129,16 +147,25 @@ mod tests {
 
     #[test]
     fn kops_reference_forms() {
-        assert_eq!(ReferenceKind::of("ami-0abc123").unwrap(), ReferenceKind::AmiId);
+        assert_eq!(
+            ReferenceKind::of("ami-0abc123").unwrap(),
+            ReferenceKind::AmiId
+        );
         assert_eq!(
             ReferenceKind::of("ssm:/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id").unwrap(),
             ReferenceKind::Ssm
         );
         assert_eq!(
-            ReferenceKind::of("099720109477/ubuntu/images/hvm-ssd/ubuntu-focal-20.04-amd64-server-20201026").unwrap(),
+            ReferenceKind::of(
+                "099720109477/ubuntu/images/hvm-ssd/ubuntu-focal-20.04-amd64-server-20201026"
+            )
+            .unwrap(),
             ReferenceKind::Named
         );
-        assert_eq!(ReferenceKind::of("kope.io/k8s-1.18-debian-stretch").unwrap(), ReferenceKind::Named);
+        assert_eq!(
+            ReferenceKind::of("kope.io/k8s-1.18-debian-stretch").unwrap(),
+            ReferenceKind::Named
+        );
         assert!(ReferenceKind::of("").is_err());
         assert!(ReferenceKind::of("ami-xyz").is_err());
         assert!(ReferenceKind::of("ami-").is_err());
@@ -152,9 +179,18 @@ mod tests {
     fn zones_to_regions() {
         assert_eq!(region_of_zone("eu-west-1a").as_deref(), Some("eu-west-1"));
         assert_eq!(region_of_zone("eu-west-1").as_deref(), Some("eu-west-1"));
-        assert_eq!(region_of_zone("us-gov-west-1b").as_deref(), Some("us-gov-west-1"));
-        assert_eq!(region_of_zone("us-west-2-lax-1a").as_deref(), Some("us-west-2"));
-        assert_eq!(region_of_zone("ap-southeast-2c").as_deref(), Some("ap-southeast-2"));
+        assert_eq!(
+            region_of_zone("us-gov-west-1b").as_deref(),
+            Some("us-gov-west-1")
+        );
+        assert_eq!(
+            region_of_zone("us-west-2-lax-1a").as_deref(),
+            Some("us-west-2")
+        );
+        assert_eq!(
+            region_of_zone("ap-southeast-2c").as_deref(),
+            Some("ap-southeast-2")
+        );
         assert_eq!(region_of_zone("utility-eu-west-1a"), None);
         assert_eq!(region_of_zone("private"), None);
     }
@@ -162,16 +198,42 @@ mod tests {
     #[test]
     fn per_region_lookup() {
         let r = ImageReference::PerRegion(
-            [("eu-west-1".to_string(), "ami-1".to_string()), ("us-east-1".into(), "ami-2".into())].into(),
+            [
+                ("eu-west-1".to_string(), "ami-1".to_string()),
+                ("us-east-1".into(), "ami-2".into()),
+            ]
+            .into(),
         );
         r.validate().unwrap();
         assert_eq!(r.for_region(Some("us-east-1")).unwrap(), "ami-2");
-        assert!(matches!(r.for_region(Some("eu-central-1")), Err(RegionLookup::NotPublished { .. })));
-        assert!(matches!(r.for_region(None), Err(RegionLookup::Unknown { .. })));
-        let one = ImageReference::PerRegion([("eu-west-1".to_string(), "ami-1".to_string())].into());
-        assert!(matches!(one.for_region(None), Err(RegionLookup::Unknown { .. })));
-        assert!(ImageReference::PerRegion([("eu".to_string(), "ami-1".to_string())].into()).validate().is_err());
-        assert!(ImageReference::PerRegion([("eu-west-1".to_string(), "ssm:/x".to_string())].into()).validate().is_err());
-        assert!(ImageReference::Single("ubuntu/x".into()).for_region(None).is_ok());
+        assert!(matches!(
+            r.for_region(Some("eu-central-1")),
+            Err(RegionLookup::NotPublished { .. })
+        ));
+        assert!(matches!(
+            r.for_region(None),
+            Err(RegionLookup::Unknown { .. })
+        ));
+        let one =
+            ImageReference::PerRegion([("eu-west-1".to_string(), "ami-1".to_string())].into());
+        assert!(matches!(
+            one.for_region(None),
+            Err(RegionLookup::Unknown { .. })
+        ));
+        assert!(
+            ImageReference::PerRegion([("eu".to_string(), "ami-1".to_string())].into())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ImageReference::PerRegion([("eu-west-1".to_string(), "ssm:/x".to_string())].into())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ImageReference::Single("ubuntu/x".into())
+                .for_region(None)
+                .is_ok()
+        );
     }
 }

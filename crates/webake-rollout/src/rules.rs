@@ -166,9 +166,11 @@ impl Rule {
                     || !r.roles.is_empty()
                     || !r.labels.is_empty();
                 if !selects && !r.all {
-                    return Err("an instance-group rule needs a selector (cluster, names, roles, labels) \
+                    return Err(
+                        "an instance-group rule needs a selector (cluster, names, roles, labels) \
                                 or `all: true`"
-                        .into());
+                            .into(),
+                    );
                 }
                 check_region(r.region.as_deref())
             }
@@ -274,7 +276,9 @@ rules:
         assert_eq!(config.labels, vec!["image-rollout"]);
         assert_eq!(config.base_branch.as_deref(), Some("main"));
         assert_eq!(config.rules.len(), 3);
-        let Rule::InstanceGroup(ig) = &config.rules[0] else { panic!("{:?}", config.rules[0]) };
+        let Rule::InstanceGroup(ig) = &config.rules[0] else {
+            panic!("{:?}", config.rules[0])
+        };
         assert_eq!(ig.roles, vec!["Node", "master"]);
         assert_eq!(ig.labels.get("team").map(String::as_str), Some("platform"));
         assert!(config.rules[0].applies_to_family("debian-12").unwrap());
@@ -290,12 +294,24 @@ rules:
         assert!(RolloutConfig::from_yaml(unknown_kind).is_err());
         let no_selector = "rules:\n  - kind: instance-group\n";
         let err = RolloutConfig::from_yaml(no_selector).unwrap_err();
-        assert!(err.contains("rules[0]") && err.contains("all: true"), "{err}");
+        assert!(
+            err.contains("rules[0]") && err.contains("all: true"),
+            "{err}"
+        );
         let bad_role = "rules:\n  - kind: instance-group\n    roles: [Worker]\n";
-        assert!(RolloutConfig::from_yaml(bad_role).unwrap_err().contains("Worker"));
+        assert!(
+            RolloutConfig::from_yaml(bad_role)
+                .unwrap_err()
+                .contains("Worker")
+        );
         let bad_regex = "rules:\n  - kind: regex\n    files: a\n    pattern: '('\n";
-        assert!(RolloutConfig::from_yaml(bad_regex).unwrap_err().contains("bad regex"));
-        let bad_region = "rules:\n  - kind: yaml-path\n    files: a\n    path: b\n    region: eu-west-1a\n";
+        assert!(
+            RolloutConfig::from_yaml(bad_regex)
+                .unwrap_err()
+                .contains("bad regex")
+        );
+        let bad_region =
+            "rules:\n  - kind: yaml-path\n    files: a\n    path: b\n    region: eu-west-1a\n";
         assert!(RolloutConfig::from_yaml(bad_region).is_err());
         let all = "rules:\n  - kind: instance-group\n    all: true\n";
         assert!(RolloutConfig::from_yaml(all).is_ok());

@@ -63,9 +63,10 @@ impl Node {
     /// The value of `key` in a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match self {
-            Node::Map(entries) => {
-                entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
-            }
+            Node::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -94,7 +95,13 @@ fn select_into<'a>(node: &'a Node, path: &[Seg], here: String, out: &mut Vec<(St
         out.push((here, node));
         return;
     };
-    let key_path = |k: &str| if here.is_empty() { k.to_string() } else { format!("{here}.{k}") };
+    let key_path = |k: &str| {
+        if here.is_empty() {
+            k.to_string()
+        } else {
+            format!("{here}.{k}")
+        }
+    };
     match (seg, node) {
         (Seg::Key(k), Node::Map(_)) => {
             if let Some(v) = node.get(k) {
@@ -207,7 +214,10 @@ impl CharToByte {
     }
 
     fn byte(&self, mark: &Marker) -> usize {
-        self.offsets.get(mark.index()).copied().unwrap_or(*self.offsets.last().unwrap_or(&0))
+        self.offsets
+            .get(mark.index())
+            .copied()
+            .unwrap_or(*self.offsets.last().unwrap_or(&0))
     }
 }
 
@@ -284,7 +294,9 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
             Event::StreamEnd => break,
             Event::DocumentStart(_) => root = None,
             Event::DocumentEnd => {
-                docs.push(Document { root: root.take().unwrap_or(Node::Alias) });
+                docs.push(Document {
+                    root: root.take().unwrap_or(Node::Alias),
+                });
             }
             Event::Alias(_) => push(&mut stack, &mut root, Node::Alias),
             Event::Scalar(value, style, _anchor, _tag) => {
@@ -357,8 +369,14 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].root.get("kind").and_then(Node::as_str), Some("B"));
         let all = docs[0].root.select(&parse_path("spec.list[*].x").unwrap());
-        let paths: Vec<_> = all.iter().map(|(p, n)| (p.as_str(), n.as_str().unwrap())).collect();
-        assert_eq!(paths, vec![("spec.list[0].x", "1"), ("spec.list[1].x", "2")]);
+        let paths: Vec<_> = all
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![("spec.list[0].x", "1"), ("spec.list[1].x", "2")]
+        );
         assert_eq!(scalar_at(&docs[0], "spec.list[1].x").value, "2");
     }
 

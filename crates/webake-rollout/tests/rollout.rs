@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use support::{FakeGitHub, FixtureRepo, assert_expected, git, tree_files};
 use webake_rollout::{
-    BranchStatus, ForgeError, GitHub, ImageReference, InstanceGroupRule, NoReporter, PullRequestAction,
-    RepoLocation, RolloutError, RolloutRequest, Rule, rollout, rollout_with_forge,
+    BranchStatus, ForgeError, GitHub, ImageReference, InstanceGroupRule, NoReporter,
+    PullRequestAction, RepoLocation, RolloutError, RolloutRequest, Rule, rollout,
+    rollout_with_forge,
 };
 
 const FIXTURE: &str = "platform-kubernetes";
@@ -17,18 +18,34 @@ const STAGING: &str = "clusters/staging.k8s.example.com/kops.yaml";
 const BASTION_TF: &str = "terraform/bastion/variables.tf";
 
 fn per_region(pairs: &[(&str, &str)]) -> ImageReference {
-    ImageReference::PerRegion(pairs.iter().map(|(r, a)| (r.to_string(), a.to_string())).collect())
+    ImageReference::PerRegion(
+        pairs
+            .iter()
+            .map(|(r, a)| (r.to_string(), a.to_string()))
+            .collect(),
+    )
 }
 
 fn k8s_node_v2() -> ImageReference {
-    per_region(&[("eu-west-1", "ami-0123456789abcdef0"), ("us-east-1", "ami-0fedcba9876543210")])
+    per_region(&[
+        ("eu-west-1", "ami-0123456789abcdef0"),
+        ("us-east-1", "ami-0fedcba9876543210"),
+    ])
 }
 
 fn k8s_node_v3() -> ImageReference {
-    per_region(&[("eu-west-1", "ami-0333333333333333e"), ("us-east-1", "ami-0444444444444444f")])
+    per_region(&[
+        ("eu-west-1", "ami-0333333333333333e"),
+        ("us-east-1", "ami-0444444444444444f"),
+    ])
 }
 
-fn request(repo: &FixtureRepo, family: &str, version: &str, reference: ImageReference) -> RolloutRequest {
+fn request(
+    repo: &FixtureRepo,
+    family: &str,
+    version: &str,
+    reference: ImageReference,
+) -> RolloutRequest {
     let mut req = RolloutRequest::new(family, reference, RepoLocation::Path(repo.bare.clone()));
     req.version = version.to_string();
     req
@@ -38,7 +55,11 @@ fn request(repo: &FixtureRepo, family: &str, version: &str, reference: ImageRefe
 /// only by the reference (old value on the old line, new value on the new line).
 fn assert_only_references_changed(repo: &FixtureRepo, rev: &str, changed: &[&str], refs: &[&str]) {
     let original = tree_files(&repo.fixture);
-    assert_eq!(repo.ls_tree(rev), original.keys().cloned().collect::<Vec<_>>(), "same file list");
+    assert_eq!(
+        repo.ls_tree(rev),
+        original.keys().cloned().collect::<Vec<_>>(),
+        "same file list"
+    );
     for (path, before) in &original {
         let after = repo.show(rev, path);
         if !changed.contains(&path.as_str()) {
@@ -46,17 +67,35 @@ fn assert_only_references_changed(repo: &FixtureRepo, rev: &str, changed: &[&str
             continue;
         }
         assert_ne!(&after, before, "{path} must change");
-        let (before, after) = (String::from_utf8(before.clone()).unwrap(), String::from_utf8(after).unwrap());
-        assert_eq!(before.split_inclusive('\n').count(), after.split_inclusive('\n').count(), "{path}: line count");
-        for (old, new) in before.split_inclusive('\n').zip(after.split_inclusive('\n')) {
+        let (before, after) = (
+            String::from_utf8(before.clone()).unwrap(),
+            String::from_utf8(after).unwrap(),
+        );
+        assert_eq!(
+            before.split_inclusive('\n').count(),
+            after.split_inclusive('\n').count(),
+            "{path}: line count"
+        );
+        for (old, new) in before
+            .split_inclusive('\n')
+            .zip(after.split_inclusive('\n'))
+        {
             if old == new {
                 continue;
             }
             let strip = |line: &str| {
-                refs.iter().fold(line.to_string(), |l, r| l.replace(r, "<REF>"))
+                refs.iter()
+                    .fold(line.to_string(), |l, r| l.replace(r, "<REF>"))
             };
-            assert_eq!(strip(old), strip(new), "{path}: only the reference may change:\n-{old}+{new}");
-            assert!(strip(new).contains("<REF>"), "{path}: the new line holds a new reference: {new}");
+            assert_eq!(
+                strip(old),
+                strip(new),
+                "{path}: only the reference may change:\n-{old}+{new}"
+            );
+            assert!(
+                strip(new).contains("<REF>"),
+                "{path}: the new line holds a new reference: {new}"
+            );
         }
     }
 }
@@ -65,23 +104,55 @@ fn assert_only_references_changed(repo: &FixtureRepo, rev: &str, changed: &[&str
 fn per_region_rollout_pushes_one_commit_with_only_image_lines_changed() {
     let repo = FixtureRepo::new(FIXTURE);
     let main = repo.main_sha();
-    let outcome = rollout(&request(&repo, "k8s-node", "2026.11.25", k8s_node_v2()), &NoReporter).unwrap();
+    let outcome = rollout(
+        &request(&repo, "k8s-node", "2026.11.25", k8s_node_v2()),
+        &NoReporter,
+    )
+    .unwrap();
 
     assert_eq!(outcome.branch, "webake/k8s-node");
     assert_eq!(outcome.base_branch, "main");
     assert_eq!(outcome.base_commit, main);
     assert_eq!(outcome.status, BranchStatus::Created);
-    assert_eq!(outcome.changed_files, vec![PROD_IGS.to_string(), STAGING.to_string()]);
-    assert!(outcome.pull_request.is_none(), "local mode opens no pull request");
+    assert_eq!(
+        outcome.changed_files,
+        vec![PROD_IGS.to_string(), STAGING.to_string()]
+    );
+    assert!(
+        outcome.pull_request.is_none(),
+        "local mode opens no pull request"
+    );
     let commit = outcome.commit.clone().unwrap();
     assert_eq!(repo.webake_branches(), vec!["refs/heads/webake/k8s-node"]);
-    assert_eq!(git(&repo.bare, &["rev-parse", "webake/k8s-node"]).trim(), commit);
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "webake/k8s-node"]).trim(),
+        commit
+    );
 
     // One commit on top of main, by webake, with a clear message.
-    assert_eq!(git(&repo.bare, &["rev-list", "main..webake/k8s-node"]).lines().count(), 1);
-    assert_eq!(git(&repo.bare, &["rev-parse", "webake/k8s-node^"]).trim(), main);
-    let meta = git(&repo.bare, &["log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", "webake/k8s-node"]);
-    assert_eq!(meta.trim(), "webake <webake@localhost>|webake <webake@localhost>|Roll out k8s-node 2026.11.25");
+    assert_eq!(
+        git(&repo.bare, &["rev-list", "main..webake/k8s-node"])
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "webake/k8s-node^"]).trim(),
+        main
+    );
+    let meta = git(
+        &repo.bare,
+        &[
+            "log",
+            "-1",
+            "--format=%an <%ae>|%cn <%ce>|%s",
+            "webake/k8s-node",
+        ],
+    );
+    assert_eq!(
+        meta.trim(),
+        "webake <webake@localhost>|webake <webake@localhost>|Roll out k8s-node 2026.11.25"
+    );
     let body = git(&repo.bare, &["log", "-1", "--format=%b", "webake/k8s-node"]);
     assert!(body.contains("Image family: k8s-node"), "{body}");
     assert!(
@@ -98,16 +169,32 @@ fn per_region_rollout_pushes_one_commit_with_only_image_lines_changed() {
         &repo,
         "webake/k8s-node",
         &[PROD_IGS, STAGING],
-        &["ami-0a1b2c3d4e5f60718", "ami-0f0e0d0c0b0a09080", "ami-0123456789abcdef0", "ami-0fedcba9876543210"],
+        &[
+            "ami-0a1b2c3d4e5f60718",
+            "ami-0f0e0d0c0b0a09080",
+            "ami-0123456789abcdef0",
+            "ami-0fedcba9876543210",
+        ],
     );
     // The region decides the AMI: prod is eu-west-1 (subnets), staging us-east-1 (zones, subnets).
     let edits: BTreeMap<String, (String, Option<String>)> = outcome
         .edits
         .iter()
-        .map(|e| (format!("{}:{}", e.file, e.line), (e.new.clone(), e.region.clone())))
+        .map(|e| {
+            (
+                format!("{}:{}", e.file, e.line),
+                (e.new.clone(), e.region.clone()),
+            )
+        })
         .collect();
-    let eu = ("ami-0123456789abcdef0".to_string(), Some("eu-west-1".to_string()));
-    let us = ("ami-0fedcba9876543210".to_string(), Some("us-east-1".to_string()));
+    let eu = (
+        "ami-0123456789abcdef0".to_string(),
+        Some("eu-west-1".to_string()),
+    );
+    let us = (
+        "ami-0fedcba9876543210".to_string(),
+        Some("us-east-1".to_string()),
+    );
     assert_eq!(edits.len(), 5, "{edits:?}");
     assert_eq!(edits[&format!("{PROD_IGS}:11")], eu);
     assert_eq!(edits[&format!("{PROD_IGS}:27")], eu);
@@ -127,25 +214,64 @@ fn per_region_rollout_pushes_one_commit_with_only_image_lines_changed() {
 fn newer_image_supersedes_the_branch_and_a_rerun_changes_nothing() {
     let repo = FixtureRepo::new(FIXTURE);
     let main = repo.main_sha();
-    let first = rollout(&request(&repo, "k8s-node", "2026.11.25", k8s_node_v2()), &NoReporter).unwrap();
+    let first = rollout(
+        &request(&repo, "k8s-node", "2026.11.25", k8s_node_v2()),
+        &NoReporter,
+    )
+    .unwrap();
     assert_eq!(first.status, BranchStatus::Created);
 
-    let second = rollout(&request(&repo, "k8s-node", "2026.12.02", k8s_node_v3()), &NoReporter).unwrap();
+    let second = rollout(
+        &request(&repo, "k8s-node", "2026.12.02", k8s_node_v3()),
+        &NoReporter,
+    )
+    .unwrap();
     assert_eq!(second.status, BranchStatus::Updated);
     assert_ne!(second.commit, first.commit);
-    assert_eq!(repo.webake_branches(), vec!["refs/heads/webake/k8s-node"], "no second branch");
+    assert_eq!(
+        repo.webake_branches(),
+        vec!["refs/heads/webake/k8s-node"],
+        "no second branch"
+    );
     // Rebuilt from main: one commit, the newer image, not stacked on the older rollout.
-    assert_eq!(git(&repo.bare, &["rev-list", "main..webake/k8s-node"]).lines().count(), 1);
-    assert_eq!(git(&repo.bare, &["rev-parse", "webake/k8s-node^"]).trim(), main);
+    assert_eq!(
+        git(&repo.bare, &["rev-list", "main..webake/k8s-node"])
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "webake/k8s-node^"]).trim(),
+        main
+    );
     let prod = String::from_utf8(repo.show("webake/k8s-node", PROD_IGS)).unwrap();
-    assert!(prod.contains("ami-0333333333333333e") && !prod.contains("ami-0123456789abcdef0"), "{prod}");
+    assert!(
+        prod.contains("ami-0333333333333333e") && !prod.contains("ami-0123456789abcdef0"),
+        "{prod}"
+    );
     // The diff is against main, not against the older rollout.
-    assert!(second.diff.contains("-  image: ami-0a1b2c3d4e5f60718\n+  image: ami-0333333333333333e\n"), "{}", second.diff);
+    assert!(
+        second
+            .diff
+            .contains("-  image: ami-0a1b2c3d4e5f60718\n+  image: ami-0333333333333333e\n"),
+        "{}",
+        second.diff
+    );
 
-    let third = rollout(&request(&repo, "k8s-node", "2026.12.02", k8s_node_v3()), &NoReporter).unwrap();
+    let third = rollout(
+        &request(&repo, "k8s-node", "2026.12.02", k8s_node_v3()),
+        &NoReporter,
+    )
+    .unwrap();
     assert_eq!(third.status, BranchStatus::Unchanged);
-    assert_eq!(third.commit, second.commit, "nothing pushed when the branch already holds the change");
-    assert_eq!(git(&repo.bare, &["rev-parse", "webake/k8s-node"]).trim(), second.commit.unwrap());
+    assert_eq!(
+        third.commit, second.commit,
+        "nothing pushed when the branch already holds the change"
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "webake/k8s-node"]).trim(),
+        second.commit.unwrap()
+    );
 }
 
 #[test]
@@ -165,10 +291,20 @@ fn dry_run_returns_the_diff_and_touches_nothing() {
 #[test]
 fn bastion_family_rolls_the_bastion_group_and_the_terraform_variable() {
     let repo = FixtureRepo::new(FIXTURE);
-    let reference = per_region(&[("eu-west-1", "ami-0b0b0b0b0b0b0b0b0"), ("us-east-1", "ami-0c0c0c0c0c0c0c0c0")]);
-    let outcome = rollout(&request(&repo, "bastion", "2026.11.25", reference), &NoReporter).unwrap();
+    let reference = per_region(&[
+        ("eu-west-1", "ami-0b0b0b0b0b0b0b0b0"),
+        ("us-east-1", "ami-0c0c0c0c0c0c0c0c0"),
+    ]);
+    let outcome = rollout(
+        &request(&repo, "bastion", "2026.11.25", reference),
+        &NoReporter,
+    )
+    .unwrap();
     assert_eq!(outcome.branch, "webake/bastion");
-    assert_eq!(outcome.changed_files, vec![PROD_IGS.to_string(), BASTION_TF.to_string()]);
+    assert_eq!(
+        outcome.changed_files,
+        vec![PROD_IGS.to_string(), BASTION_TF.to_string()]
+    );
     assert_only_references_changed(
         &repo,
         "webake/bastion",
@@ -204,13 +340,20 @@ fn explicit_reference_and_command_line_rules_keep_the_quoting() {
     assert_eq!(outcome.edits.len(), 1);
     assert_expected("canary-ssm.diff", &outcome.diff);
     let staging = String::from_utf8(repo.show("webake/k8s-node-canary", STAGING)).unwrap();
-    assert!(staging.contains("  image:    \"ssm:/webake/images/k8s-node/latest\"\n"), "{staging}");
+    assert!(
+        staging.contains("  image:    \"ssm:/webake/images/k8s-node/latest\"\n"),
+        "{staging}"
+    );
 }
 
 // --- errors: clear, and nothing pushed ---------------------------------------------------------
 
 fn assert_nothing_pushed(repo: &FixtureRepo) {
-    assert!(repo.webake_branches().is_empty(), "nothing may be pushed: {:?}", repo.webake_branches());
+    assert!(
+        repo.webake_branches().is_empty(),
+        "nothing may be pushed: {:?}",
+        repo.webake_branches()
+    );
 }
 
 #[test]
@@ -222,13 +365,22 @@ fn no_reference_found_is_an_error() {
         ..Default::default()
     })];
     let err = rollout(&req, &NoReporter).unwrap_err();
-    assert!(matches!(err, RolloutError::NoReferenceFound { .. }), "{err:?}");
-    assert!(err.to_string().contains("cluster=dev.k8s.example.com"), "{err}");
+    assert!(
+        matches!(err, RolloutError::NoReferenceFound { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("cluster=dev.k8s.example.com"),
+        "{err}"
+    );
     assert_nothing_pushed(&repo);
 
     // A family no rule of the repository config applies to finds nothing either.
     let err = rollout(&request(&repo, "windows", "1", k8s_node_v2()), &NoReporter).unwrap_err();
-    assert!(matches!(err, RolloutError::NoReferenceFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, RolloutError::NoReferenceFound { .. }),
+        "{err:?}"
+    );
     assert_nothing_pushed(&repo);
 }
 
@@ -237,31 +389,70 @@ fn a_reference_selected_by_two_rules_is_ambiguous() {
     let repo = FixtureRepo::new(FIXTURE);
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     req.rules = vec![
-        Rule::InstanceGroup(InstanceGroupRule { roles: vec!["Node".into()], ..Default::default() }),
-        Rule::InstanceGroup(InstanceGroupRule { names: vec!["nodes-eu-*".into()], ..Default::default() }),
+        Rule::InstanceGroup(InstanceGroupRule {
+            roles: vec!["Node".into()],
+            ..Default::default()
+        }),
+        Rule::InstanceGroup(InstanceGroupRule {
+            names: vec!["nodes-eu-*".into()],
+            ..Default::default()
+        }),
     ];
     let err = rollout(&req, &NoReporter).unwrap_err();
-    let RolloutError::Ambiguous { file, line, first, second, .. } = &err else { panic!("{err:?}") };
-    assert_eq!((file.as_str(), *line, *first, *second), (PROD_IGS, 27, 0, 1));
+    let RolloutError::Ambiguous {
+        file,
+        line,
+        first,
+        second,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (file.as_str(), *line, *first, *second),
+        (PROD_IGS, 27, 0, 1)
+    );
     let text = err.to_string();
-    assert!(text.contains(&format!("{PROD_IGS}:27")) && text.contains("nodes-eu-west-1a"), "{text}");
+    assert!(
+        text.contains(&format!("{PROD_IGS}:27")) && text.contains("nodes-eu-west-1a"),
+        "{text}"
+    );
     assert_nothing_pushed(&repo);
 }
 
 #[test]
 fn a_region_without_an_ami_is_an_error() {
     let repo = FixtureRepo::new(FIXTURE);
-    let req = request(&repo, "k8s-node", "1", per_region(&[("eu-west-1", "ami-0123456789abcdef0")]));
+    let req = request(
+        &repo,
+        "k8s-node",
+        "1",
+        per_region(&[("eu-west-1", "ami-0123456789abcdef0")]),
+    );
     let err = rollout(&req, &NoReporter).unwrap_err();
-    let RolloutError::RegionNotPublished { file, line, region, .. } = &err else { panic!("{err:?}") };
-    assert_eq!((file.as_str(), *line, region.as_str()), (STAGING, 22, "us-east-1"));
+    let RolloutError::RegionNotPublished {
+        file, line, region, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (file.as_str(), *line, region.as_str()),
+        (STAGING, 22, "us-east-1")
+    );
     assert_nothing_pushed(&repo);
 }
 
 #[test]
 fn an_up_to_date_repository_pushes_nothing() {
     let repo = FixtureRepo::new(FIXTURE);
-    let mut req = request(&repo, "k8s-node", "1", ImageReference::Single("ami-0a1b2c3d4e5f60718".into()));
+    let mut req = request(
+        &repo,
+        "k8s-node",
+        "1",
+        ImageReference::Single("ami-0a1b2c3d4e5f60718".into()),
+    );
     req.rules = vec![Rule::InstanceGroup(InstanceGroupRule {
         cluster: Some("prod.k8s.example.com".into()),
         roles: vec!["Node".into(), "Master".into()],
@@ -292,13 +483,19 @@ fn dirty_missing_and_unreachable_repositories_are_errors() {
     let url = format!("file://{}", repo.tmp.path().join("missing.git").display());
     req.repo = RepoLocation::Url(url);
     let err = rollout(&req, &NoReporter).unwrap_err();
-    assert!(matches!(err, RolloutError::RepoUnreachable { .. }), "{err:?}");
+    assert!(
+        matches!(err, RolloutError::RepoUnreachable { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("missing.git"), "{err}");
 
     req.repo = RepoLocation::Path(repo.bare.clone());
     req.base_branch = Some("release".into());
     let err = rollout(&req, &NoReporter).unwrap_err();
-    assert!(matches!(err, RolloutError::BaseBranchMissing { .. }), "{err:?}");
+    assert!(
+        matches!(err, RolloutError::BaseBranchMissing { .. }),
+        "{err:?}"
+    );
     assert_nothing_pushed(&repo);
 }
 
@@ -313,17 +510,35 @@ fn a_clean_working_tree_rolls_out_to_itself() {
     assert_eq!(Some(branch.trim().to_string()), outcome.commit);
     // The checked-out branch and the files of the working tree are untouched.
     assert_eq!(git(&repo.work, &["status", "--porcelain"]), "");
-    assert_eq!(git(&repo.work, &["symbolic-ref", "--short", "HEAD"]).trim(), "main");
+    assert_eq!(
+        git(&repo.work, &["symbolic-ref", "--short", "HEAD"]).trim(),
+        "main"
+    );
 }
 
 #[test]
 fn invalid_requests_are_rejected_before_cloning() {
     let repo = FixtureRepo::new(FIXTURE);
-    let err = rollout(&request(&repo, "bad family", "1", k8s_node_v2()), &NoReporter).unwrap_err();
+    let err = rollout(
+        &request(&repo, "bad family", "1", k8s_node_v2()),
+        &NoReporter,
+    )
+    .unwrap_err();
     assert!(err.is_invalid_input(), "{err:?}");
-    let err = rollout(&request(&repo, "k8s-node", "1", ImageReference::Single("latest".into())), &NoReporter)
-        .unwrap_err();
-    assert!(err.is_invalid_input() && err.to_string().contains("latest"), "{err}");
+    let err = rollout(
+        &request(
+            &repo,
+            "k8s-node",
+            "1",
+            ImageReference::Single("latest".into()),
+        ),
+        &NoReporter,
+    )
+    .unwrap_err();
+    assert!(
+        err.is_invalid_input() && err.to_string().contains("latest"),
+        "{err}"
+    );
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     req.config_path = ".webake/missing.yaml".into();
     let err = rollout(&req, &NoReporter).unwrap_err();
@@ -336,21 +551,38 @@ fn invalid_requests_are_rejected_before_cloning() {
 const TOKEN: &str = "ghp_test_token_0123456789abcdefABCDEF";
 
 fn github(fake: &FakeGitHub, token: &str) -> GitHub {
-    GitHub::with_token(&fake.base, "acme", "platform-kubernetes", "WEBAKE_FORGE_TOKEN", token.to_string())
+    GitHub::with_token(
+        &fake.base,
+        "acme",
+        "platform-kubernetes",
+        "WEBAKE_FORGE_TOKEN",
+        token.to_string(),
+    )
 }
 
 fn github_request(repo: &FixtureRepo, version: &str, reference: ImageReference) -> RolloutRequest {
     let mut req = request(repo, "k8s-node", version, reference);
     req.image_name = "k8s-node".into();
-    req.pr_body_markdown = format!("## k8s-node {version}\n\n| package | from | to |\n|---|---|---|\n| linux-image | 6.1.0-26 | 6.1.0-27 |\n");
+    req.pr_body_markdown = format!(
+        "## k8s-node {version}\n\n| package | from | to |\n|---|---|---|\n| linux-image | 6.1.0-26 | 6.1.0-27 |\n"
+    );
     req.labels = vec!["automated".into()];
     req
 }
 
 fn assert_github_headers(r: &support::Recorded) {
-    assert_eq!(r.headers.get("authorization").map(String::as_str), Some(format!("Bearer {TOKEN}").as_str()));
-    assert_eq!(r.headers.get("accept").map(String::as_str), Some("application/vnd.github+json"));
-    assert_eq!(r.headers.get("x-github-api-version").map(String::as_str), Some("2022-11-28"));
+    assert_eq!(
+        r.headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(
+        r.headers.get("accept").map(String::as_str),
+        Some("application/vnd.github+json")
+    );
+    assert_eq!(
+        r.headers.get("x-github-api-version").map(String::as_str),
+        Some("2022-11-28")
+    );
 }
 
 #[test]
@@ -359,18 +591,31 @@ fn github_pull_request_is_created_then_updated_in_place() {
     let fake = FakeGitHub::start("acme", "platform-kubernetes", TOKEN);
     let forge = github(&fake, TOKEN);
 
-    let first = rollout_with_forge(&github_request(&repo, "2026.11.25", k8s_node_v2()), Some(&forge), &NoReporter)
-        .unwrap();
+    let first = rollout_with_forge(
+        &github_request(&repo, "2026.11.25", k8s_node_v2()),
+        Some(&forge),
+        &NoReporter,
+    )
+    .unwrap();
     let pr = first.pull_request.clone().unwrap();
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Created));
-    assert_eq!(pr.url, "https://github.example/acme/platform-kubernetes/pull/1");
+    assert_eq!(
+        pr.url,
+        "https://github.example/acme/platform-kubernetes/pull/1"
+    );
 
     let reqs = fake.requests();
-    let calls: Vec<(String, String)> = reqs.iter().map(|r| (r.method.clone(), r.target.clone())).collect();
+    let calls: Vec<(String, String)> = reqs
+        .iter()
+        .map(|r| (r.method.clone(), r.target.clone()))
+        .collect();
     assert_eq!(
         calls,
         [
-            ("GET", "/repos/acme/platform-kubernetes/pulls?head=acme%3Awebake%2Fk8s-node&state=open"),
+            (
+                "GET",
+                "/repos/acme/platform-kubernetes/pulls?head=acme%3Awebake%2Fk8s-node&state=open"
+            ),
             ("POST", "/repos/acme/platform-kubernetes/pulls"),
             ("POST", "/repos/acme/platform-kubernetes/issues/1/labels"),
         ]
@@ -382,7 +627,10 @@ fn github_pull_request_is_created_then_updated_in_place() {
     assert_eq!(create["head"], "webake/k8s-node");
     assert_eq!(create["base"], "main");
     let body = create["body"].as_str().unwrap();
-    assert!(body.starts_with("## k8s-node 2026.11.25\n\n| package | from | to |"), "{body}");
+    assert!(
+        body.starts_with("## k8s-node 2026.11.25\n\n| package | from | to |"),
+        "{body}"
+    );
     assert!(
         body.contains(&format!(
             "| `{PROD_IGS}:27` | InstanceGroup nodes-eu-west-1a (cluster prod.k8s.example.com) spec.image | \
@@ -390,20 +638,33 @@ fn github_pull_request_is_created_then_updated_in_place() {
         )),
         "{body}"
     );
-    assert_eq!(reqs[2].json(), serde_json::json!({"labels": ["image-rollout", "automated"]}));
+    assert_eq!(
+        reqs[2].json(),
+        serde_json::json!({"labels": ["image-rollout", "automated"]})
+    );
 
     // A newer image: the same pull request is updated, no second one is created.
-    let second = rollout_with_forge(&github_request(&repo, "2026.12.02", k8s_node_v3()), Some(&forge), &NoReporter)
-        .unwrap();
+    let second = rollout_with_forge(
+        &github_request(&repo, "2026.12.02", k8s_node_v3()),
+        Some(&forge),
+        &NoReporter,
+    )
+    .unwrap();
     let pr = second.pull_request.clone().unwrap();
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Updated));
     assert_eq!(second.status, BranchStatus::Updated);
     let reqs = fake.requests();
-    let later: Vec<(String, String)> = reqs[3..].iter().map(|r| (r.method.clone(), r.target.clone())).collect();
+    let later: Vec<(String, String)> = reqs[3..]
+        .iter()
+        .map(|r| (r.method.clone(), r.target.clone()))
+        .collect();
     assert_eq!(
         later,
         [
-            ("GET", "/repos/acme/platform-kubernetes/pulls?head=acme%3Awebake%2Fk8s-node&state=open"),
+            (
+                "GET",
+                "/repos/acme/platform-kubernetes/pulls?head=acme%3Awebake%2Fk8s-node&state=open"
+            ),
             ("PATCH", "/repos/acme/platform-kubernetes/pulls/1"),
             ("POST", "/repos/acme/platform-kubernetes/issues/1/labels"),
         ]
@@ -413,7 +674,12 @@ fn github_pull_request_is_created_then_updated_in_place() {
     let patch = reqs[4].json();
     assert_eq!(patch["title"], "Roll out k8s-node 2026.12.02");
     assert_eq!(patch["base"], "main");
-    assert!(patch["body"].as_str().unwrap().contains("`ami-0333333333333333e`"));
+    assert!(
+        patch["body"]
+            .as_str()
+            .unwrap()
+            .contains("`ami-0333333333333333e`")
+    );
     let pulls = fake.pulls();
     assert_eq!(pulls.len(), 1, "no duplicate pull request");
     assert_eq!(pulls[0].title, "Roll out k8s-node 2026.12.02");
@@ -426,22 +692,38 @@ fn github_auth_failure_is_clear_hides_the_token_and_pushes_nothing() {
     let repo = FixtureRepo::new(FIXTURE);
     let fake = FakeGitHub::start("acme", "platform-kubernetes", "the-right-token");
     let forge = github(&fake, TOKEN);
-    let err = rollout_with_forge(&github_request(&repo, "1", k8s_node_v2()), Some(&forge), &NoReporter)
-        .unwrap_err();
-    assert!(matches!(err, RolloutError::Forge(ForgeError::Auth { status: 401, .. })), "{err:?}");
+    let err = rollout_with_forge(
+        &github_request(&repo, "1", k8s_node_v2()),
+        Some(&forge),
+        &NoReporter,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::Forge(ForgeError::Auth { status: 401, .. })
+        ),
+        "{err:?}"
+    );
     let mut chain = format!("{err} {err:?}");
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
         chain.push_str(&format!(" {s} {s:?}"));
         source = s.source();
     }
-    assert!(!chain.contains(TOKEN) && !chain.contains("ghp_"), "token leaked: {chain}");
+    assert!(
+        !chain.contains(TOKEN) && !chain.contains("ghp_"),
+        "token leaked: {chain}"
+    );
     assert!(err.to_string().contains("WEBAKE_FORGE_TOKEN"), "{err}");
     assert!(err.to_string().contains("401"), "{err}");
     // The token was sent (to the fake only), and nothing was pushed or created.
     assert_eq!(fake.requests().len(), 1);
     assert_eq!(
-        fake.requests()[0].headers.get("authorization").map(String::as_str),
+        fake.requests()[0]
+            .headers
+            .get("authorization")
+            .map(String::as_str),
         Some(format!("Bearer {TOKEN}").as_str())
     );
     assert!(fake.pulls().is_empty());
@@ -459,6 +741,9 @@ fn github_config_without_a_token_fails_before_cloning() {
         token_env: "WEBAKE_ROLLOUT_TEST_UNSET_TOKEN".into(),
     };
     let err = rollout(&req, &NoReporter).unwrap_err();
-    assert!(matches!(err, RolloutError::Forge(ForgeError::TokenMissing { .. })), "{err:?}");
+    assert!(
+        matches!(err, RolloutError::Forge(ForgeError::TokenMissing { .. })),
+        "{err:?}"
+    );
     assert_nothing_pushed(&repo);
 }

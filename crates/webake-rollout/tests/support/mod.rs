@@ -49,7 +49,11 @@ pub fn tree_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
                     dirs.push(path);
                 }
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.insert(rel, std::fs::read(&path).unwrap());
             }
         }
@@ -76,7 +80,10 @@ pub struct FixtureRepo {
 
 impl FixtureRepo {
     pub fn new(fixture: &str) -> Self {
-        let tmp = tempfile::Builder::new().prefix("webake-rollout-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("webake-rollout-test-")
+            .tempdir()
+            .unwrap();
         let fixture = fixtures().join(fixture);
         let work = tmp.path().join("work");
         let bare = tmp.path().join("remote.git");
@@ -84,21 +91,44 @@ impl FixtureRepo {
         copy_tree(&fixture, &work);
         git(&work, &["init", "--quiet", "--initial-branch=main"]);
         git(&work, &["add", "--all"]);
-        git(&work, &["-c", "commit.gpgsign=false", "commit", "--quiet", "--message", "Cluster specs"]);
-        git(tmp.path(), &["clone", "--quiet", "--bare", "work", "remote.git"]);
-        Self { tmp, work, bare, fixture }
+        git(
+            &work,
+            &[
+                "-c",
+                "commit.gpgsign=false",
+                "commit",
+                "--quiet",
+                "--message",
+                "Cluster specs",
+            ],
+        );
+        git(
+            tmp.path(),
+            &["clone", "--quiet", "--bare", "work", "remote.git"],
+        );
+        Self {
+            tmp,
+            work,
+            bare,
+            fixture,
+        }
     }
 
     pub fn main_sha(&self) -> String {
-        git(&self.bare, &["rev-parse", "refs/heads/main"]).trim().to_string()
+        git(&self.bare, &["rev-parse", "refs/heads/main"])
+            .trim()
+            .to_string()
     }
 
     /// Branches under `refs/heads/webake/` in the remote.
     pub fn webake_branches(&self) -> Vec<String> {
-        git(&self.bare, &["for-each-ref", "--format=%(refname)", "refs/heads/webake/"])
-            .lines()
-            .map(str::to_string)
-            .collect()
+        git(
+            &self.bare,
+            &["for-each-ref", "--format=%(refname)", "refs/heads/webake/"],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 
     /// A file's bytes on a branch of the remote.
@@ -108,13 +138,20 @@ impl FixtureRepo {
             .current_dir(&self.bare)
             .output()
             .unwrap();
-        assert!(out.status.success(), "git show {rev}:{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git show {rev}:{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 
     /// All file paths on a branch of the remote.
     pub fn ls_tree(&self, rev: &str) -> Vec<String> {
-        git(&self.bare, &["ls-tree", "-r", "--name-only", rev]).lines().map(str::to_string).collect()
+        git(&self.bare, &["ls-tree", "-r", "--name-only", rev])
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -127,7 +164,10 @@ pub fn assert_expected(name: &str, actual: &str) {
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("expected file {} is missing ({e}); run with UPDATE_EXPECT=1 and review it", path.display())
+        panic!(
+            "expected file {} is missing ({e}); run with UPDATE_EXPECT=1 and review it",
+            path.display()
+        )
     });
     if expected != actual {
         panic!(
@@ -153,7 +193,8 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body of {} {}: {e}", self.method, self.target))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body of {} {}: {e}", self.method, self.target))
     }
 }
 
@@ -201,7 +242,13 @@ impl FakeGitHub {
                 serve(stream, &st, &prefix, &owner, &token);
             }
         });
-        Self { base: format!("http://{addr}"), state, stop, addr, thread: Some(thread) }
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            stop,
+            addr,
+            thread: Some(thread),
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -258,11 +305,22 @@ fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
         let (k, v) = h.split_once(':')?;
         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
-    assert!(!headers.contains_key("transfer-encoding"), "the fake reads Content-Length bodies only");
-    let len: usize = headers.get("content-length").map(|v| v.parse().unwrap()).unwrap_or(0);
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "the fake reads Content-Length bodies only"
+    );
+    let len: usize = headers
+        .get("content-length")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body).ok()?;
-    Some(Recorded { method, target, headers, body: String::from_utf8(body).unwrap() })
+    Some(Recorded {
+        method,
+        target,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    })
 }
 
 fn pull_json(p: &FakePull, base: &str) -> serde_json::Value {
@@ -275,14 +333,22 @@ fn pull_json(p: &FakePull, base: &str) -> serde_json::Value {
 }
 
 fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, prefix: &str, owner: &str, token: &str) {
-    let Some(req) = read_request(&mut stream) else { return };
+    let Some(req) = read_request(&mut stream) else {
+        return;
+    };
     let mut st = state.lock().unwrap();
     st.requests.push(req.clone());
     let slug = prefix.trim_start_matches("/repos/").to_string();
-    let (status, body): (u16, serde_json::Value) = if req.headers.get("authorization").map(String::as_str)
+    let (status, body): (u16, serde_json::Value) = if req
+        .headers
+        .get("authorization")
+        .map(String::as_str)
         != Some(&format!("Bearer {token}"))
     {
-        (401, serde_json::json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}))
+        (
+            401,
+            serde_json::json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
+        )
     } else {
         let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
         let query: BTreeMap<String, String> = query
@@ -309,7 +375,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, prefix: &str, owner: &
                 let b = req.json();
                 let head = b["head"].as_str().unwrap().to_string();
                 if st.pulls.iter().any(|p| p.head == head && p.state == "open") {
-                    (422, serde_json::json!({"message": "Validation Failed", "errors": [{"message": "A pull request already exists"}]}))
+                    (
+                        422,
+                        serde_json::json!({"message": "Validation Failed", "errors": [{"message": "A pull request already exists"}]}),
+                    )
                 } else {
                     let p = FakePull {
                         number: st.pulls.len() as u64 + 1,
@@ -353,7 +422,11 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, prefix: &str, owner: &
                                 p.labels.push(l);
                             }
                         }
-                        let labels: Vec<_> = p.labels.iter().map(|l| serde_json::json!({"name": l})).collect();
+                        let labels: Vec<_> = p
+                            .labels
+                            .iter()
+                            .map(|l| serde_json::json!({"name": l}))
+                            .collect();
                         (200, serde_json::Value::Array(labels))
                     }
                     None => (404, serde_json::json!({"message": "Not Found"})),

@@ -1,0 +1,313 @@
+//! `webake rollout`: propose an image in a cluster repository (branch, commit, push, pull request).
+//!
+//! Parses and resolves; the work is `webake_rollout::rollout`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use webake_rollout::{
+    BranchStatus, ForgeConfig, GitIdentity, ImageReference, InstanceGroupRule, PullRequestAction, RepoLocation,
+    RolloutRequest, Rule, Step,
+};
+
+use crate::exit::{INVALID_INPUT, ROLLOUT_FAILED, coded};
+use crate::settings::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
+    /// Catalog image to roll out (`family` for the latest, or `family@version`)
+    #[arg(required_unless_present_any = ["to", "ami"], conflicts_with_all = ["to", "ami"])]
+    pub image: Option<String>,
+
+    /// Cluster repository: a local path or a URL git can clone and push to
+    #[arg(long, value_name = "PATH|URL")]
+    pub repo: String,
+
+    /// Roll out this reference instead of a catalog image (ami-…, owner/name, alias/name, ssm:…)
+    #[arg(long, value_name = "REFERENCE", requires = "family", conflicts_with = "ami")]
+    pub to: Option<String>,
+
+    /// Roll out per-region AMIs instead of a catalog image (repeat: --ami eu-west-1=ami-…)
+    #[arg(long, value_name = "REGION=AMI", requires = "family", value_parser = parse_region_ami)]
+    pub ami: Vec<(String, String)>,
+
+    /// Image family (names the branch webake/FAMILY); required with --to and --ami
+    #[arg(long)]
+    pub family: Option<String>,
+
+    /// Image version, for the title and commit message
+    #[arg(long)]
+    pub version: Option<String>,
+
+    /// Branch to start from and propose to [default: the config's, else the repository HEAD]
+    #[arg(long, value_name = "BRANCH")]
+    pub base: Option<String>,
+
+    /// Rollout config inside the repository
+    #[arg(long, value_name = "PATH", default_value = webake_rollout::DEFAULT_CONFIG_PATH)]
+    pub config: String,
+
+    /// Select InstanceGroups by role instead of the config's rules (repeat; Node, Master, Bastion, …)
+    #[arg(long, value_name = "ROLE")]
+    pub role: Vec<String>,
+
+    /// Select InstanceGroups by name (glob; repeat)
+    #[arg(long = "instance-group", value_name = "NAME")]
+    pub instance_group: Vec<String>,
+
+    /// Select every InstanceGroup
+    #[arg(long, conflicts_with_all = ["role", "instance_group"])]
+    pub all_instance_groups: bool,
+
+    /// Only InstanceGroups of this cluster (glob on the kops.k8s.io/cluster label)
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// Region of the selected InstanceGroups, when their zones and subnets do not tell it
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Print the unified diff of the repository and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Open the pull request on GitHub (OWNER/REPO); without it: branch, commit and push only
+    #[arg(long, value_name = "OWNER/REPO")]
+    pub github: Option<String>,
+
+    /// GitHub API base URL (GitHub Enterprise: https://HOST/api/v3)
+    #[arg(long, value_name = "URL", env = "WEBAKE_GITHUB_API", default_value = webake_rollout::GITHUB_API)]
+    pub github_api: String,
+
+    /// Environment variable holding the forge token [default: WEBAKE_FORGE_TOKEN if set, else GITHUB_TOKEN]
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+
+    /// Label for the pull request (repeat)
+    #[arg(long)]
+    pub label: Vec<String>,
+
+    /// Pull request title [default: Roll out IMAGE VERSION]
+    #[arg(long)]
+    pub title: Option<String>,
+
+    /// Markdown file for the pull request body [default: the catalog's image diff]
+    #[arg(long, value_name = "PATH")]
+    pub body_file: Option<PathBuf>,
+
+    /// Commit author, "Name <email>"
+    #[arg(long, value_name = "NAME <EMAIL>", default_value = "webake <webake@localhost>", value_parser = parse_identity)]
+    pub author: GitIdentity,
+
+    /// Commit committer, "Name <email>" [default: the author]
+    #[arg(long, value_name = "NAME <EMAIL>", value_parser = parse_identity)]
+    pub committer: Option<GitIdentity>,
+
+    /// Print the outcome as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An image resolved from the catalog.
+pub struct CatalogImage {
+    pub family: String,
+    pub image_name: String,
+    pub version: String,
+    pub reference: ImageReference,
+    /// The image diff against the previous image of the family (packages, kernel, size, provenance).
+    pub pr_body_markdown: String,
+}
+
+/// LEAD: look IMAGE (`family` or `family@version`) up in the catalog at `settings.catalog`:
+/// its publication (per-region AMIs, or the local reference) and the Markdown image diff against
+/// the previous image of the family.
+fn resolve_catalog_image(settings: &Settings, image: &str) -> anyhow::Result<CatalogImage> {
+    let _ = settings;
+    bail!("rolling out catalog image {image:?} is not wired yet; use --family with --to or --ami")
+}
+
+impl RolloutArgs {
+    pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
+        let req = self.request(settings).map_err(|e| coded(INVALID_INPUT, e))?;
+        let reporter = StepPrinter { quiet: settings.quiet || self.json };
+        let outcome = webake_rollout::rollout(&req, &reporter).map_err(|e| {
+            let code = if e.is_invalid_input() { INVALID_INPUT } else { ROLLOUT_FAILED };
+            coded(code, e)
+        })?;
+
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if self.dry_run {
+            print!("{}", outcome.diff);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let changed = outcome.edits.iter().filter(|e| e.changes()).count();
+        let commit = outcome.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-");
+        match outcome.status {
+            BranchStatus::UpToDate => {
+                println!("{} already references this image: nothing to propose", outcome.base_branch)
+            }
+            status => {
+                let what = match status {
+                    BranchStatus::Created => "created",
+                    BranchStatus::Updated => "updated (supersedes the previous image)",
+                    _ => "unchanged",
+                };
+                println!(
+                    "branch {} {what} at {commit} on {}: {changed} reference(s) in {} file(s)",
+                    outcome.branch,
+                    outcome.base_branch,
+                    outcome.changed_files.len()
+                );
+                for e in outcome.edits.iter().filter(|e| e.changes()) {
+                    println!("  {}:{} {}: {} -> {}", e.file, e.line, e.what, e.old, e.new);
+                }
+            }
+        }
+        if let Some(pr) = &outcome.pull_request {
+            let action = match pr.action {
+                PullRequestAction::Created => "opened",
+                PullRequestAction::Updated => "updated",
+            };
+            println!("pull request #{} {action}: {}", pr.number, pr.url);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn request(&self, settings: &Settings) -> anyhow::Result<RolloutRequest> {
+        let explicit = match (&self.to, self.ami.is_empty()) {
+            (Some(r), _) => Some(ImageReference::Single(r.clone())),
+            (None, false) => Some(ImageReference::PerRegion(self.ami.iter().cloned().collect::<BTreeMap<_, _>>())),
+            (None, true) => None,
+        };
+        let image = match (explicit, &self.image) {
+            (Some(reference), _) => {
+                let family = self.family.clone().context("--family is required with --to and --ami")?;
+                CatalogImage {
+                    image_name: family.clone(),
+                    family,
+                    version: self.version.clone().unwrap_or_default(),
+                    reference,
+                    pr_body_markdown: String::new(),
+                }
+            }
+            (None, Some(image)) => resolve_catalog_image(settings, image)?,
+            (None, None) => bail!("give an IMAGE from the catalog, or --to/--ami with --family"),
+        };
+
+        let mut req = RolloutRequest::new(image.family, image.reference, RepoLocation::parse(&self.repo));
+        req.image_name = image.image_name;
+        req.version = self.version.clone().unwrap_or(image.version);
+        req.pr_body_markdown = image.pr_body_markdown;
+        if let Some(path) = &self.body_file {
+            req.pr_body_markdown =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        }
+        req.base_branch = self.base.clone();
+        req.config_path = self.config.clone();
+        req.dry_run = self.dry_run;
+        req.title = self.title.clone();
+        req.labels = self.label.clone();
+        req.author = self.author.clone();
+        req.committer = self.committer.clone().unwrap_or_else(|| self.author.clone());
+        req.rules = self.command_line_rules();
+        if self.region.is_some() && req.rules.is_empty() {
+            bail!("--region applies to --role, --instance-group, --cluster or --all-instance-groups");
+        }
+        if let Some(slug) = &self.github {
+            let (owner, repo) = slug
+                .split_once('/')
+                .filter(|(o, r)| !o.is_empty() && !r.is_empty() && !r.contains('/'))
+                .with_context(|| format!("--github {slug:?}: expected OWNER/REPO"))?;
+            let token_env = self.token_env.clone().unwrap_or_else(|| {
+                let set = |v: &str| std::env::var_os(v).is_some_and(|t| !t.is_empty());
+                if set("WEBAKE_FORGE_TOKEN") { "WEBAKE_FORGE_TOKEN" } else { "GITHUB_TOKEN" }.to_string()
+            });
+            req.forge = ForgeConfig::GitHub {
+                api_base: self.github_api.clone(),
+                owner: owner.to_string(),
+                repo: repo.to_string(),
+                token_env,
+            };
+        }
+        Ok(req)
+    }
+
+    /// One instance-group rule from the selection flags; none when no flag is given (the
+    /// repository config's rules apply then).
+    fn command_line_rules(&self) -> Vec<Rule> {
+        let selects = self.all_instance_groups
+            || !self.role.is_empty()
+            || !self.instance_group.is_empty()
+            || self.cluster.is_some();
+        if !selects {
+            return Vec::new();
+        }
+        vec![Rule::InstanceGroup(InstanceGroupRule {
+            cluster: self.cluster.clone(),
+            names: self.instance_group.clone(),
+            roles: self.role.clone(),
+            all: self.all_instance_groups,
+            region: self.region.clone(),
+            ..Default::default()
+        })]
+    }
+}
+
+fn parse_region_ami(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((region, ami)) if !region.is_empty() && !ami.is_empty() => Ok((region.to_string(), ami.to_string())),
+        _ => Err(format!("expected REGION=AMI, got {s:?}")),
+    }
+}
+
+fn parse_identity(s: &str) -> Result<GitIdentity, String> {
+    let (name, rest) = s.split_once('<').ok_or_else(|| format!("expected \"Name <email>\", got {s:?}"))?;
+    let email = rest.strip_suffix('>').ok_or_else(|| format!("expected \"Name <email>\", got {s:?}"))?;
+    let (name, email) = (name.trim(), email.trim());
+    if name.is_empty() || email.is_empty() {
+        return Err(format!("expected \"Name <email>\", got {s:?}"));
+    }
+    Ok(GitIdentity { name: name.to_string(), email: email.to_string() })
+}
+
+/// Steps on stderr, one line each.
+struct StepPrinter {
+    quiet: bool,
+}
+
+impl webake_rollout::Reporter for StepPrinter {
+    fn step(&self, step: Step<'_>) {
+        if self.quiet {
+            return;
+        }
+        match step {
+            Step::Cloning { location } => eprintln!("cloning {location}"),
+            Step::Planning { rules } => eprintln!("finding image references ({rules} rule(s))"),
+            Step::Committing { branch } => eprintln!("committing on {branch}"),
+            Step::Pushing { branch } => eprintln!("pushing {branch}"),
+            Step::PullRequest { branch } => eprintln!("proposing {branch}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_and_region_amis_parse() {
+        assert_eq!(
+            parse_identity("Platform Bot <bot@example.com>").unwrap(),
+            GitIdentity { name: "Platform Bot".into(), email: "bot@example.com".into() }
+        );
+        assert!(parse_identity("bot@example.com").is_err());
+        assert!(parse_identity("<bot@example.com>").is_err());
+        assert_eq!(parse_region_ami("eu-west-1=ami-1").unwrap(), ("eu-west-1".into(), "ami-1".into()));
+        assert!(parse_region_ami("eu-west-1").is_err());
+    }
+}
