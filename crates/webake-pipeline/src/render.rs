@@ -39,6 +39,15 @@ pub mod paths {
 /// The command lines of webake inside the pods. `webake run` and `webake rollout` must accept
 /// these arguments; change them here and the golden files show every manifest that changes.
 pub mod contract {
+    /// How webake is started in the container: under tini (as in the Dockerfile's ENTRYPOINT),
+    /// which reaps orphaned grandchildren (mmdebstrap, ansible, qemu). `-s` makes tini a
+    /// subreaper where it is not PID 1 (Tekton runs steps under its own entrypoint).
+    pub const COMMAND: [&str; 4] = ["/usr/bin/tini", "-s", "--", "/usr/local/bin/webake"];
+
+    pub fn command() -> Vec<String> {
+        to_strings(&COMMAND)
+    }
+
     /// Key of the forge token in its Secret.
     pub const FORGE_TOKEN_KEY: &str = "token";
 
@@ -458,7 +467,7 @@ impl<'a> AmiRenderer<'a> {
             name: "bake".to_owned(),
             image: c.image.clone(),
             image_pull_policy: Some("IfNotPresent".to_owned()),
-            command: vec!["webake".to_owned()],
+            command: contract::command(),
             args: contract::run(&self.recipe.path_in_repo, &c.cluster_repo),
             working_dir: Some(paths::SOURCE.to_owned()),
             env,
@@ -571,7 +580,7 @@ impl<'a> AmiRenderer<'a> {
                     name: "bake".to_owned(),
                     image: "$(params.webake-image)".to_owned(),
                     working_dir: Some("$(workspaces.source.path)".to_owned()),
-                    command: vec!["webake".to_owned()],
+                    command: contract::command(),
                     args: contract::run_no_rollout(
                         "$(params.recipe)",
                         "$(results.image-id.path)",
@@ -616,7 +625,7 @@ impl<'a> AmiRenderer<'a> {
                     name: "rollout".to_owned(),
                     image: "$(params.webake-image)".to_owned(),
                     working_dir: Some("$(workspaces.source.path)".to_owned()),
-                    command: vec!["webake".to_owned()],
+                    command: contract::command(),
                     args: contract::rollout(
                         "$(params.recipe)",
                         "$(params.image-id)",
