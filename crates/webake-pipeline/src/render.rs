@@ -194,7 +194,7 @@ pub fn render(inputs: &Inputs) -> Result<Rendered, Error> {
             )?;
         }
         ServiceKind::Docker => {
-            let d = DockerRenderer::new(&inputs.config, &inputs.service);
+            let d = DockerRenderer::new(&inputs.config, &inputs.service)?;
             let tasks = [
                 git_clone_task(&inputs.config),
                 build_image_task(&inputs.config),
@@ -427,7 +427,7 @@ impl<'a> AmiRenderer<'a> {
             job_name: object_name("webake-bake", &recipe.name, 63, "recipe name")?,
             // The CronJob controller appends `-<11 digits>` to name its Jobs.
             cronjob_name: object_name("webake-bake", &recipe.name, 52, "recipe name")?,
-            pipeline_name: object_name("webake-ami", &service.name, 63, "service name")?,
+            pipeline_name: object_name("ami", &service.name, 63, "service name")?,
         })
     }
 
@@ -745,19 +745,12 @@ struct DockerRenderer<'a> {
 }
 
 impl<'a> DockerRenderer<'a> {
-    fn new(config: &'a PipelineConfig, service: &'a ServiceDescriptor) -> Self {
-        // The descriptor's name is a checked DNS label; `docker-` keeps it one.
-        let pipeline_name = format!("docker-{}", service.name);
-        let pipeline_name = if pipeline_name.len() > 63 {
-            service.name.clone()
-        } else {
-            pipeline_name
-        };
-        Self {
+    fn new(config: &'a PipelineConfig, service: &'a ServiceDescriptor) -> Result<Self, Error> {
+        Ok(Self {
             config,
             service,
-            pipeline_name,
-        }
+            pipeline_name: object_name("docker", &service.name, 63, "service name")?,
+        })
     }
 
     fn deployment(&self) -> &str {
