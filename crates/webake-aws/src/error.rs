@@ -94,6 +94,9 @@ pub enum Error {
     #[error("NVMe device for {volume_id}: {detail}")]
     NvmeMismatch { volume_id: String, detail: String },
 
+    #[error("cancelled")]
+    Cancelled,
+
     #[error("internal task failed: {0}")]
     Task(String),
 }
@@ -110,6 +113,15 @@ fn rollback_summary(leftovers: &[String]) -> String {
 }
 
 impl Error {
+    /// True if the operation stopped because it was cancelled (maps to exit code 130).
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            Error::Cancelled => true,
+            Error::RolledBack { source, .. } => source.is_cancelled(),
+            _ => false,
+        }
+    }
+
     /// The AWS error code (e.g. `InvalidAMIID.NotFound`), if this is an AWS error.
     pub fn aws_code(&self) -> Option<&str> {
         match self {

@@ -37,7 +37,7 @@ pub use nvme::{EBS_NVME_MODEL, nvme_serial_of, resolve_nvme_device};
 pub use publish::{
     Architecture, BootMode, Created, Ledger, NameVars, Principal, Publication, PublishRequest,
     ROOT_DEVICE, RegionImage, RootSnapshot, TAG_BAKE_ID, TAG_INPUTS_DIGEST, find_root_snapshot,
-    publish, render_name, validate_ami_name,
+    publish, publish_until, render_name, validate_ami_name,
 };
 pub use reporter::{NoReporter, Reporter};
 pub use sweep::{SweepReport, sweep};

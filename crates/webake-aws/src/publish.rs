@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image,
     ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
-    SnapshotAttributeName, Tag, TpmSupportValues, VolumeType,
+    ResourceType, SnapshotAttributeName, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -552,6 +552,14 @@ fn all_tags(req: &PublishRequest) -> Vec<(String, String)> {
     tags
 }
 
+fn image_tag_spec(tags: &[(String, String)]) -> TagSpecification {
+    let mut spec = TagSpecification::builder().resource_type(ResourceType::Image);
+    for (k, v) in tags {
+        spec = spec.tags(Tag::builder().key(k).value(v).build());
+    }
+    spec.build()
+}
+
 async fn create_tags(
     clients: &RegionClients,
     ids: &[&str],
@@ -613,9 +621,25 @@ pub async fn publish(
     req: &PublishRequest,
     reporter: &dyn Reporter,
 ) -> Result<Publication> {
+    publish_until(session, req, reporter, std::future::pending()).await
+}
+
+/// [`publish`], stopped when `cancelled` resolves (first Ctrl-C / SIGTERM): the work in
+/// flight is dropped, then everything created so far is rolled back like on any other error
+/// (the source error is [`Error::Cancelled`]).
+pub async fn publish_until(
+    session: &Session,
+    req: &PublishRequest,
+    reporter: &dyn Reporter,
+    cancelled: impl std::future::Future<Output = ()>,
+) -> Result<Publication> {
     validate(req)?;
     let ledger = Arc::new(Ledger::default());
-    match publish_inner(session, req, reporter, &ledger).await {
+    let outcome = tokio::select! {
+        r = publish_inner(session, req, reporter, &ledger) => r,
+        () = cancelled => Err(Error::Cancelled),
+    };
+    match outcome {
         Ok(p) => {
             ledger.commit();
             Ok(p)
@@ -789,6 +813,8 @@ async fn register(
     if req.tpm_support {
         call = call.tpm_support(TpmSupportValues::V20);
     }
+    // Tags at creation (see copy_to_region); CreateTags afterwards covers the snapshot too.
+    call = call.tag_specifications(image_tag_spec(&all_tags(req)));
     let out = call
         .send()
         .await
@@ -824,7 +850,10 @@ async fn copy_to_region(
         .source_region(&req.region)
         .name(&req.name)
         .description(&req.description)
-        .client_token(client_token(req, "copy", region));
+        .client_token(client_token(req, "copy", region))
+        // Tagged atomically with its creation, so a copy whose answer we never saw (cancel,
+        // crash) still carries the bake id for `sweep`.
+        .tag_specifications(image_tag_spec(tags));
     if let Some(key) = req.copy_kms_keys.get(region) {
         call = call.encrypted(true).kms_key_id(key);
     }

@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
@@ -13,7 +15,7 @@ use common::{Canned, Moto, Proxy, make_disk, session};
 use sha2::{Digest as _, Sha256};
 use webake_aws::{
     Architecture, BootMode, EBS_BLOCK_SIZE, Error, NoReporter, Principal, PublishRequest,
-    RegionClients, Session, TAG_BAKE_ID, TAG_INPUTS_DIGEST,
+    RegionClients, Reporter, Session, TAG_BAKE_ID, TAG_INPUTS_DIGEST,
 };
 
 const HOME: &str = "us-east-1";
@@ -91,6 +93,26 @@ fn b64_sha256(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
+#[derive(Default)]
+struct Counting {
+    sent: AtomicU64,
+    skipped: AtomicU64,
+    steps: Mutex<Vec<String>>,
+}
+
+impl Reporter for Counting {
+    fn step(&self, region: &str, message: &str) {
+        self.steps
+            .lock()
+            .unwrap()
+            .push(format!("{region}: {message}"));
+    }
+    fn block_done(&self, _snapshot_id: &str, _bytes: u64, sent: bool) {
+        let c = if sent { &self.sent } else { &self.skipped };
+        c.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 struct Env {
     _moto: Moto,
     proxy: Proxy,
@@ -114,7 +136,7 @@ async fn env() -> Env {
 async fn publish_copy_share_tag_rerun_and_download() {
     let env = env().await;
     let disk = env.dir.path().join("disk.raw");
-    let data = make_disk(&disk, 7); // 7 full blocks + a partial tail; blocks 1 and 4 are zero
+    let data = make_disk(&disk, 6); // 6 full blocks + a partial tail; blocks 1 and 4 are zero
     let mut req = request(&disk, "bake-1", "webake-test-1.0.0-x86_64");
     req.tpm_support = true;
     req.deprecate_at = Some("2027-01-01T00:00:00Z".parse().unwrap());
@@ -123,10 +145,27 @@ async fn publish_copy_share_tag_rerun_and_download() {
         Canned::ec2_ok("EnableImageDeprecation")
     });
 
-    let publication = webake_aws::publish(&env.session, &req, &NoReporter)
+    let reporter = Counting::default();
+    let publication = webake_aws::publish(&env.session, &req, &reporter)
         .await
         .unwrap();
     assert_eq!(publication.regions.len(), 2, "{publication:?}");
+    // 6 full blocks + a non-zero 100 KiB tail = 7 blocks; 1 and 4 are zero: skipped, reported
+    assert_eq!(reporter.sent.load(Ordering::SeqCst), 5);
+    assert_eq!(reporter.skipped.load(Ordering::SeqCst), 2);
+    assert!(
+        reporter
+            .steps
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.contains("registering"))
+    );
+    let max = env.proxy.max_in_flight("PutSnapshotBlock");
+    assert!(
+        (1..=4).contains(&max),
+        "at most `concurrency` (4) blocks in flight, saw {max}"
+    );
     let home = &publication.regions[HOME];
     let copy = &publication.regions[COPY];
     assert!(home.ami_id.starts_with("ami-") && home.snapshot_id.starts_with("snap-"));
@@ -548,4 +587,104 @@ async fn sweep_deletes_only_the_given_bakes() {
         let (images, _) = tagged(&env.session.region(region), "kept").await;
         assert_eq!(images, vec![image.ami_id.clone()], "other bakes untouched");
     }
+}
+
+/// Fires a oneshot when a step containing `on` is reported.
+struct CancelOn {
+    on: &'static str,
+    tx: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Reporter for CancelOn {
+    fn step(&self, _region: &str, message: &str) {
+        if message.contains(self.on)
+            && let Some(tx) = self.tx.lock().unwrap().take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_rolls_back_what_exists() {
+    let env = env().await;
+    let disk = env.dir.path().join("disk.raw");
+    make_disk(&disk, 3);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reporter = CancelOn {
+        on: "waiting for the snapshot",
+        tx: Mutex::new(Some(tx)),
+    };
+    let req = request(&disk, "bake-5", "webake-cancel-1");
+    let err = webake_aws::publish_until(&env.session, &req, &reporter, async {
+        let _ = rx.await;
+    })
+    .await
+    .unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert!(
+        matches!(&err, Error::RolledBack { leftovers, .. } if leftovers.is_empty()),
+        "{err}"
+    );
+    assert!(env.proxy.ops("RegisterImage").is_empty());
+    assert_eq!(env.proxy.ops("DeleteSnapshot").len(), 1);
+    let (images, snaps) = tagged(&env.session.region(HOME), "bake-5").await;
+    assert!(
+        images.is_empty() && snaps.is_empty(),
+        "left {images:?} {snaps:?}"
+    );
+}
+
+/// The standard `AWS_ENDPOINT_URL` is honoured when no explicit endpoint is set. Runs in a
+/// child process so the variable never touches this process's environment.
+#[test]
+fn endpoint_from_standard_env_var() {
+    let moto = Moto::start();
+    let proxy = Proxy::start(moto.port);
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_uses_env_endpoint",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("WEBAKE_TEST_CHILD", "1")
+        .env("AWS_ENDPOINT_URL", proxy.url())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("HOME", home.path())
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child test did not run"
+    );
+    assert_eq!(
+        proxy.ops("DescribeImages").len(),
+        1,
+        "the call went to AWS_ENDPOINT_URL"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by endpoint_from_standard_env_var in a child process"]
+async fn child_uses_env_endpoint() {
+    assert_eq!(std::env::var("WEBAKE_TEST_CHILD").as_deref(), Ok("1"));
+    let session = Session::new(HOME, &webake_aws::ClientSettings::default()).await;
+    let clients = session.region(HOME);
+    clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap();
 }

@@ -183,6 +183,9 @@ struct Rule {
 struct ProxyState {
     log: Vec<Recorded>,
     rules: Vec<Rule>,
+    /// Requests of each operation being forwarded right now, and the most seen at once.
+    in_flight: BTreeMap<String, usize>,
+    max_in_flight: BTreeMap<String, usize>,
 }
 
 /// HTTP proxy on 127.0.0.1 that records every request, answers some from fault rules, and
@@ -245,6 +248,17 @@ impl Proxy {
 
     pub fn ops(&self, op: &str) -> Vec<Recorded> {
         self.log().into_iter().filter(|r| r.op == op).collect()
+    }
+
+    /// The most requests of `op` that were forwarded at the same time.
+    pub fn max_in_flight(&self, op: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .max_in_flight
+            .get(op)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn clear_log(&self) {
@@ -354,6 +368,27 @@ fn handle(
         return Ok(());
     }
 
+    {
+        let mut s = state.lock().unwrap();
+        let n = s.in_flight.entry(op.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        let max = s.max_in_flight.entry(op.clone()).or_default();
+        *max = (*max).max(n);
+    }
+    let forwarded = forward(&head, &body, upstream_port);
+    *state
+        .lock()
+        .unwrap()
+        .in_flight
+        .entry(op.clone())
+        .or_default() -= 1;
+    let resp = forwarded?;
+    rewrite_and_answer(client, &op, resp)
+}
+
+/// Send the request to the upstream with `Connection: close` and read the whole answer.
+fn forward(head: &[String], body: &[u8], upstream_port: u16) -> std::io::Result<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream_port))?;
     let mut out = Vec::new();
     out.extend_from_slice(head[0].as_bytes());
@@ -363,10 +398,14 @@ fn handle(
         }
     }
     out.extend_from_slice(b"Connection: close\r\n\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     up.write_all(&out)?;
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
+    Ok(resp)
+}
+
+fn rewrite_and_answer(mut client: TcpStream, op: &str, resp: Vec<u8>) -> std::io::Result<()> {
     // Rewrite the response head: this proxy serves one request per connection.
     let split = resp
         .windows(4)
