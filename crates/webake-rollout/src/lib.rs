@@ -278,7 +278,7 @@ pub fn rollout_with_forge(
                 .join("; "),
         });
     }
-    let (new_texts, diff) = render_changes(&files, &edits);
+    let (new_texts, diff) = render_changes(&files, &edits)?;
     let changed_files: Vec<String> = new_texts.keys().cloned().collect();
     let mut outcome = RolloutOutcome {
         branch: branch.clone(),
@@ -467,7 +467,10 @@ fn read_repo_files(root: &Path) -> Result<Vec<RepoFile>, RolloutError> {
 }
 
 /// New contents of the files that change, and the unified diff of the whole change.
-fn render_changes(files: &[RepoFile], edits: &[Edit]) -> (BTreeMap<String, String>, String) {
+fn render_changes(
+    files: &[RepoFile],
+    edits: &[Edit],
+) -> Result<(BTreeMap<String, String>, String), RolloutError> {
     let mut by_file: BTreeMap<&str, Vec<&Edit>> = BTreeMap::new();
     for e in edits.iter().filter(|e| e.changes()) {
         by_file.entry(e.file.as_str()).or_default().push(e);
@@ -478,11 +481,11 @@ fn render_changes(files: &[RepoFile], edits: &[Edit]) -> (BTreeMap<String, Strin
         let Some(file) = files.iter().find(|f| f.path == path) else {
             continue;
         };
-        let new = plan::apply(&file.text, &file_edits);
+        let new = plan::apply(file, &file_edits)?;
         diff.push_str(&unified_diff(path, &file.text, &new));
         texts.insert(path.to_string(), new);
     }
-    (texts, diff)
+    Ok((texts, diff))
 }
 
 /// `diff -u` form with `a/` and `b/` prefixes, three lines of context.

@@ -37,6 +37,9 @@ pub struct Edit {
     /// The source text written in place of `bytes` (quoted like the original).
     #[serde(skip)]
     pub(crate) replacement: String,
+    /// The edit replaces a YAML scalar (checked by parsing the result).
+    #[serde(skip)]
+    pub(crate) yaml_scalar: bool,
 }
 
 impl Edit {
@@ -158,19 +161,67 @@ pub(crate) fn plan(
     Ok(edits)
 }
 
-/// Apply the edits of one file (any order; they must not overlap).
-pub(crate) fn apply(text: &str, edits: &[&Edit]) -> String {
+/// Apply the edits of one file (any order; they must not overlap), then check the result: the
+/// YAML still parses and each edited scalar now reads as the new reference.
+pub(crate) fn apply(file: &RepoFile, edits: &[&Edit]) -> Result<String, RolloutError> {
     let mut sorted: Vec<&Edit> = edits.to_vec();
     sorted.sort_by_key(|e| e.bytes.start);
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(file.text.len());
     let mut at = 0;
+    // Where each edited scalar starts in the new text.
+    let mut starts = Vec::new();
     for e in sorted {
-        out.push_str(&text[at..e.bytes.start]);
+        out.push_str(&file.text[at..e.bytes.start]);
+        if e.yaml_scalar {
+            starts.push((out.len(), e));
+        }
         out.push_str(&e.replacement);
         at = e.bytes.end;
     }
-    out.push_str(&text[at..]);
-    out
+    out.push_str(&file.text[at..]);
+    if !starts.is_empty() {
+        let docs = parse_documents(&out).map_err(|err| RolloutError::CannotEdit {
+            file: file.path.clone(),
+            line: err.line,
+            what: "the edited file".into(),
+            message: format!(
+                "is no longer valid YAML ({}); nothing was written",
+                err.message
+            ),
+        })?;
+        let mut scalars = BTreeMap::new();
+        for doc in &docs {
+            collect_scalars(&doc.root, &mut scalars);
+        }
+        for (start, e) in starts {
+            if scalars.get(&start).map(|s| s.as_str()) != Some(e.new.as_str()) {
+                return Err(RolloutError::CannotEdit {
+                    file: file.path.clone(),
+                    line: e.line,
+                    what: e.what.clone(),
+                    message: format!(
+                        "the edited value does not read back as {:?}; nothing was written",
+                        e.new
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn collect_scalars(node: &Node, out: &mut BTreeMap<usize, String>) {
+    match node {
+        Node::Scalar(s) => {
+            out.insert(s.bytes.start, s.value.clone());
+        }
+        Node::Seq(items) => items.iter().for_each(|n| collect_scalars(n, out)),
+        Node::Map(entries) => entries.iter().for_each(|(k, v)| {
+            collect_scalars(k, out);
+            collect_scalars(v, out);
+        }),
+        Node::Alias => {}
+    }
 }
 
 fn check_overlaps(edits: &mut [Edit], rules: &[Rule]) -> Result<(), RolloutError> {
@@ -249,6 +300,11 @@ fn render_scalar(
         what: what.to_string(),
         message,
     };
+    if matches!(scalar.style, ScalarStyle::Literal | ScalarStyle::Folded) {
+        return Err(fail(
+            "block scalars (| or >) are not edited; write the reference on one line".into(),
+        ));
+    }
     if raw.contains('\n') {
         return Err(fail(
             "the value spans several lines; cannot edit it in place".into(),
@@ -299,6 +355,7 @@ fn scalar_edit(
         new,
         bytes: scalar.bytes.clone(),
         replacement,
+        yaml_scalar: true,
     })
 }
 
@@ -637,8 +694,294 @@ fn plan_regex(
                 new: new.clone(),
                 bytes: m.range(),
                 replacement: new,
+                yaml_scalar: false,
             });
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, text: &str) -> RepoFile {
+        RepoFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    fn ig_rule(f: impl FnOnce(&mut InstanceGroupRule)) -> Rule {
+        let mut r = InstanceGroupRule {
+            all: true,
+            ..Default::default()
+        };
+        f(&mut r);
+        Rule::InstanceGroup(r)
+    }
+
+    fn single(r: &str) -> ImageReference {
+        ImageReference::Single(r.into())
+    }
+
+    /// Plan and apply over one file; the new text.
+    fn roll(
+        text: &str,
+        rules: &[Rule],
+        reference: &ImageReference,
+    ) -> Result<String, RolloutError> {
+        let files = vec![file("ig.yaml", text)];
+        let edits = plan(&files, rules, reference, "fam")?;
+        let refs: Vec<&Edit> = edits.iter().collect();
+        apply(&files[0], &refs)
+    }
+
+    const IG: &str =
+        "apiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata:\n  name: nodes\nspec:\n";
+
+    #[test]
+    fn flow_style_crlf_anchors_and_tags_are_edited_in_place() {
+        let flow = "apiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata: {name: n}\nspec: {role: Node, image: ami-1, zones: [eu-west-1a]}\n";
+        assert_eq!(
+            roll(flow, &[ig_rule(|_| {})], &single("ami-2")).unwrap(),
+            flow.replace("ami-1", "ami-2")
+        );
+        let crlf = IG.replace('\n', "\r\n") + "  image: ami-1\r\n  role: Node\r\n";
+        assert_eq!(
+            roll(&crlf, &[ig_rule(|_| {})], &single("ami-2")).unwrap(),
+            crlf.replace("ami-1", "ami-2")
+        );
+        let anchored = format!("{IG}  image: &img ami-1 # c\n");
+        assert_eq!(
+            roll(&anchored, &[ig_rule(|_| {})], &single("ami-2")).unwrap(),
+            anchored.replace("ami-1", "ami-2")
+        );
+        let tagged = format!("{IG}  image: !!str 'ami-1'\n");
+        assert_eq!(
+            roll(&tagged, &[ig_rule(|_| {})], &single("ami-2")).unwrap(),
+            tagged.replace("ami-1", "ami-2")
+        );
+        let unicode = format!("# ünïcödé ✓\n{IG}  # ✓ before\n  image: \"ami-1\" # ✓ after\n");
+        assert_eq!(
+            roll(&unicode, &[ig_rule(|_| {})], &single("ami-2")).unwrap(),
+            unicode.replace("ami-1", "ami-2")
+        );
+    }
+
+    #[test]
+    fn quoting_follows_the_original_and_odd_values_are_quoted() {
+        let plain = format!("{IG}  image: ami-1\n");
+        assert_eq!(
+            roll(&plain, &[ig_rule(|_| {})], &single("ssm:/aws/service/x")).unwrap(),
+            plain.replace("ami-1", "ssm:/aws/service/x")
+        );
+        let single_quoted = format!("{IG}  image: 'ami-1'\n");
+        assert_eq!(
+            roll(
+                &single_quoted,
+                &[ig_rule(|_| {})],
+                &single("kope.io/k8s-1.18")
+            )
+            .unwrap(),
+            single_quoted.replace("ami-1", "kope.io/k8s-1.18")
+        );
+        assert!(plain_safe(
+            "099720109477/ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20240927"
+        ));
+        assert!(!plain_safe("a: b") && !plain_safe("#x") && !plain_safe("*x") && !plain_safe("x:"));
+    }
+
+    #[test]
+    fn values_that_cannot_be_spliced_are_refused() {
+        for (text, needle) in [
+            (format!("{IG}  image: |\n    ami-1\n"), "block scalars"),
+            (
+                format!("{IG}  image: ami-1\n    continued\n"),
+                "several lines",
+            ),
+            (
+                format!("{IG}  x: &img ami-1\n  image: *img\n"),
+                "not a string",
+            ),
+            (format!("{IG}  image: [ami-1]\n"), "not a string"),
+        ] {
+            let err = roll(&text, &[ig_rule(|_| {})], &single("ami-2")).unwrap_err();
+            assert!(
+                matches!(err, RolloutError::CannotEdit { .. }),
+                "{text}: {err:?}"
+            );
+            assert!(
+                err.to_string().contains(needle) && err.to_string().contains("ig.yaml"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn regions_come_from_zones_subnets_cluster_or_the_rule() {
+        let reference = ImageReference::PerRegion(
+            [
+                ("eu-west-1".to_string(), "ami-e".to_string()),
+                ("us-east-1".to_string(), "ami-u".to_string()),
+            ]
+            .into(),
+        );
+        let cluster = "apiVersion: kops.k8s.io/v1alpha2\nkind: Cluster\nmetadata:\n  name: c1\nspec:\n  subnets:\n  - name: a\n    zone: us-east-1a\n---\n";
+        let labelled = "apiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata:\n  name: n\n  labels:\n    kops.k8s.io/cluster: c1\nspec:\n  image: ami-0\n";
+        // From the cluster's subnets (one region).
+        let out = roll(
+            &format!("{cluster}{labelled}"),
+            &[ig_rule(|_| {})],
+            &reference,
+        )
+        .unwrap();
+        assert!(out.ends_with("image: ami-u\n"), "{out}");
+        // From the group's zones.
+        let zoned = format!("{labelled}  zones: [eu-west-1b]\n");
+        assert!(
+            roll(&format!("{cluster}{zoned}"), &[ig_rule(|_| {})], &reference)
+                .unwrap()
+                .contains("image: ami-e")
+        );
+        // Unknown without a cluster; the rule's region settles it.
+        let err = roll(labelled, &[ig_rule(|_| {})], &reference).unwrap_err();
+        assert!(
+            matches!(err, RolloutError::RegionUnknown { line: 8, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("set `region:`"), "{err}");
+        let out = roll(
+            labelled,
+            &[ig_rule(|r| r.region = Some("eu-west-1".into()))],
+            &reference,
+        )
+        .unwrap();
+        assert!(out.contains("image: ami-e"));
+        // Zones in two regions: unknown, never guessed.
+        let mixed = format!("{labelled}  zones: [eu-west-1a, us-east-1a]\n");
+        assert!(matches!(
+            roll(&mixed, &[ig_rule(|_| {})], &reference).unwrap_err(),
+            RolloutError::RegionUnknown { .. }
+        ));
+    }
+
+    #[test]
+    fn selectors_combine() {
+        let docs = "apiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata:\n  name: a\n  labels: {kops.k8s.io/cluster: c1, pool: gpu}\nspec: {role: Node, image: ami-1}\n---\napiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata:\n  name: b\n  labels: {kops.k8s.io/cluster: c2}\nspec: {role: Master, image: ami-1}\n---\napiVersion: v1\nkind: InstanceGroup\nmetadata: {name: not-kops}\nspec: {image: ami-1}\n";
+        let files = vec![file("x.yml", docs)];
+        let names = |rule: Rule| -> Vec<String> {
+            plan(&files, &[rule], &single("ami-2"), "fam")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.what)
+                .collect()
+        };
+        assert_eq!(
+            names(ig_rule(|_| {})).len(),
+            2,
+            "not-kops apiVersion is ignored"
+        );
+        assert_eq!(
+            names(ig_rule(|r| r.roles = vec!["controlplane".into()])),
+            ["InstanceGroup b (cluster c2) spec.image"]
+        );
+        assert_eq!(
+            names(ig_rule(
+                |r| r.labels = [("pool".to_string(), "gpu".to_string())].into()
+            ))
+            .len(),
+            1
+        );
+        assert_eq!(names(ig_rule(|r| r.cluster = Some("c*".into()))).len(), 2);
+        assert!(
+            names(ig_rule(|r| {
+                r.cluster = Some("c2".into());
+                r.roles = vec!["Node".into()];
+            }))
+            .is_empty()
+        );
+        assert!(names(ig_rule(|r| r.files = Some("clusters/**".into()))).is_empty());
+        // A rule for another family does not apply.
+        assert!(names(ig_rule(|r| r.family = Some("other".into()))).is_empty());
+    }
+
+    #[test]
+    fn yaml_path_and_regex_rules() {
+        let values = "# values\nimages:\n  - name: bastion\n    ami: \"ami-1\"\n  - name: nat\n    ami: ami-1 # keep style\n";
+        let tf = "variable \"ami\" {\n  default = \"ami-1\"\n}\nlocals { other = \"ami-1\" }\n";
+        let files = vec![file("helm/values.yaml", values), file("tf/main.tf", tf)];
+        let rules = [
+            Rule::YamlPath(YamlPathRule {
+                files: "helm/*.yaml".into(),
+                path: "images[*].ami".into(),
+                ..Default::default()
+            }),
+            Rule::Regex(RegexRule {
+                files: "tf/*.tf".into(),
+                pattern: r#"default\s*=\s*"(ami-[0-9a-f]+)""#.into(),
+                ..Default::default()
+            }),
+        ];
+        let edits = plan(&files, &rules, &single("ami-2"), "fam").unwrap();
+        let summary: Vec<(String, usize, String)> = edits
+            .iter()
+            .map(|e| (e.file.clone(), e.line, e.what.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "helm/values.yaml".to_string(),
+                    4,
+                    "images[0].ami".to_string()
+                ),
+                (
+                    "helm/values.yaml".to_string(),
+                    6,
+                    "images[1].ami".to_string()
+                ),
+                (
+                    "tf/main.tf".to_string(),
+                    2,
+                    format!("match of {:?}", r#"default\s*=\s*"(ami-[0-9a-f]+)""#)
+                ),
+            ]
+        );
+        let v: Vec<&Edit> = edits
+            .iter()
+            .filter(|e| e.file == "helm/values.yaml")
+            .collect();
+        assert_eq!(
+            apply(&files[0], &v).unwrap(),
+            values.replace("ami-1", "ami-2")
+        );
+        let t: Vec<&Edit> = edits.iter().filter(|e| e.file == "tf/main.tf").collect();
+        assert_eq!(
+            apply(&files[1], &t).unwrap(),
+            tf.replacen("ami-1", "ami-2", 1)
+        );
+    }
+
+    #[test]
+    fn broken_yaml_is_an_error_only_where_kops_reads() {
+        let template = "kind: ConfigMap\ndata:\n{{- range .Values }}\n  a: b\n{{- end }}\n";
+        let files = vec![
+            file("tpl.yaml", template),
+            file("ig.yaml", &format!("{IG}  image: ami-1\n")),
+        ];
+        assert_eq!(
+            plan(&files, &[ig_rule(|_| {})], &single("ami-2"), "f")
+                .unwrap()
+                .len(),
+            1
+        );
+        let broken_ig = format!("{IG}  image: [ami-1\n");
+        let files = vec![file("ig.yaml", &broken_ig)];
+        let err = plan(&files, &[ig_rule(|_| {})], &single("ami-2"), "f").unwrap_err();
+        assert!(
+            matches!(err, RolloutError::Yaml { .. }) && err.to_string().starts_with("ig.yaml:"),
+            "{err}"
+        );
+    }
 }

@@ -221,6 +221,22 @@ impl CharToByte {
     }
 }
 
+/// Skip an anchor (`&name`) and a tag (`!tag`, `!!str`) before a scalar: saphyr's span starts
+/// at them, the value after them.
+fn skip_properties(text: &str, mut start: usize) -> usize {
+    for _ in 0..2 {
+        let Some(rest) = text.get(start..) else { break };
+        if !rest.starts_with(['&', '!']) {
+            break;
+        }
+        let token = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let after = &rest[token..];
+        let ws = after.len() - after.trim_start_matches([' ', '\t']).len();
+        start += token + ws;
+    }
+    start
+}
+
 /// The byte end of the scalar starting at `start`, found from the source text: saphyr's end
 /// marker can run past a quoted scalar (over trailing spaces and a comment).
 fn scalar_end(text: &str, start: usize, style: ScalarStyle, value: &str) -> Option<usize> {
@@ -300,7 +316,7 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
             }
             Event::Alias(_) => push(&mut stack, &mut root, Node::Alias),
             Event::Scalar(value, style, _anchor, _tag) => {
-                let start = map.byte(&span.start);
+                let start = skip_properties(text, map.byte(&span.start));
                 let end = scalar_end(text, start, style, &value).unwrap_or(map.byte(&span.end));
                 let scalar = Scalar {
                     value: value.into_owned(),
