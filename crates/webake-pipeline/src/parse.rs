@@ -97,3 +97,15 @@ fn parse_document(index: usize, doc: &str) -> Result<Resource, Error> {
     };
     Ok(resource)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_drops_comment_only_documents() {
+        let docs =
+            split_documents("# header\n---\na: 1\n---\n# only a comment\n---\nb: |\n  ---x\n");
+        assert_eq!(docs, ["a: 1\n", "b: |\n  ---x\n"]);
+    }
+}

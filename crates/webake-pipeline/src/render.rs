@@ -1178,3 +1178,39 @@ fn trigger_binding(c: &PipelineConfig, pipeline_name: &str, pipeline: &Pipeline)
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_dns_labels_within_the_limit() {
+        assert_eq!(
+            object_name("webake-bake", "Debian_12.base", 63, "f").unwrap(),
+            "webake-bake-debian-12-base"
+        );
+        assert_eq!(object_name("ami", "x-", 63, "f").unwrap(), "ami-x");
+        let err = object_name("webake-bake", &"a".repeat(41), 52, "recipe name").unwrap_err();
+        assert!(err.to_string().contains("recipe name"), "{err}");
+        assert!(object_name("webake-bake", &"a".repeat(40), 52, "recipe name").is_ok());
+    }
+
+    #[test]
+    fn yaml_quotes_strings_other_readers_would_retype() {
+        #[derive(Serialize)]
+        struct S {
+            a: &'static str,
+            b: &'static str,
+            c: &'static str,
+            d: &'static str,
+        }
+        let yaml = to_yaml(&S {
+            a: "2",
+            b: "yes",
+            c: "0 4 * * 1",
+            d: "$(params.x)",
+        })
+        .unwrap();
+        assert_eq!(yaml, "a: \"2\"\nb: \"yes\"\nc: 0 4 * * 1\nd: $(params.x)\n");
+    }
+}
