@@ -747,3 +747,66 @@ fn github_config_without_a_token_fails_before_cloning() {
     );
     assert_nothing_pushed(&repo);
 }
+
+#[test]
+fn label_selected_groups_yaml_path_and_tfvars_in_a_second_repository() {
+    let repo = FixtureRepo::new("acme-clusters");
+    let reference = per_region(&[
+        ("eu-central-1", "ami-0e0e0e0e0e0e0e0e1"),
+        ("ap-southeast-2", "ami-0a0a0a0a0a0a0a0a2"),
+    ]);
+    let outcome = rollout(
+        &request(&repo, "gpu-node", "2025.11.25", reference),
+        &NoReporter,
+    )
+    .unwrap();
+    let files = [
+        "helm/karpenter/values.yaml",
+        "kops/clusters.yaml",
+        "terraform/envs/prod.tfvars",
+    ];
+    assert_eq!(outcome.changed_files, files.map(String::from));
+    let what: Vec<(&str, usize, Option<&str>)> = outcome
+        .edits
+        .iter()
+        .map(|e| (e.what.as_str(), e.line, e.region.as_deref()))
+        .collect();
+    assert_eq!(
+        what,
+        [
+            ("nodeClass.amiSelectorTerms[0].id", 7, Some("eu-central-1")),
+            (
+                "InstanceGroup gpu-a10g (cluster eu.k8s.acme.io) spec.image",
+                48,
+                Some("eu-central-1")
+            ),
+            (
+                "InstanceGroup gpu-pool (cluster ap.k8s.acme.io) spec.image",
+                87,
+                Some("ap-southeast-2")
+            ),
+            (
+                "match of \"(?m)^gpu_ami\\\\s*=\\\\s*\\\"(?P<ref>[^\\\"]+)\\\"\"",
+                3,
+                Some("ap-southeast-2")
+            ),
+        ]
+    );
+    assert_only_references_changed(
+        &repo,
+        "webake/gpu-node",
+        &files,
+        &[
+            "ssm:/acme/images/gpu-node/2025.10.01",
+            "ami-0aaaaaaaaaaaaaaa1",
+            "ami-0bbbbbbbbbbbbbbb2",
+            "ami-0e0e0e0e0e0e0e0e1",
+            "ami-0a0a0a0a0a0a0a0a2",
+        ],
+    );
+    assert_expected("gpu-node.diff", &outcome.diff);
+    let kops = String::from_utf8(repo.show("webake/gpu-node", "kops/clusters.yaml")).unwrap();
+    assert_expected("gpu-node/kops/clusters.yaml", &kops);
+    // The unlabelled pool of the same cluster keeps its image.
+    assert!(kops.ends_with("  image: ssm:/acme/images/gpu-node/2025.10.01\n  machineType: m6i.large\n  maxSize: 6\n  minSize: 2\n  role: Node\n  subnets:\n  - private-a\n"));
+}
