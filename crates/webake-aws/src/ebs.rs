@@ -36,6 +36,11 @@ pub const BLOCK_ATTEMPTS: u32 = 4;
 /// Pause before the first block-level retry; doubled each time (1 s, 2 s, 4 s).
 pub const BLOCK_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long EBS keeps a started snapshot open before it fails it (StartSnapshot `Timeout`,
+/// minutes; default 60, max 4320). Four hours leaves room for a 100 GiB disk over a slow
+/// uplink while still ending snapshots of a crashed upload the same day.
+pub const START_SNAPSHOT_TIMEOUT_MINUTES: i32 = 240;
+
 /// Options for one snapshot upload.
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
@@ -139,7 +144,7 @@ pub async fn upload_snapshot(
         .start_snapshot()
         .volume_size(size)
         .description(&opts.description)
-        .timeout(60);
+        .timeout(START_SNAPSHOT_TIMEOUT_MINUTES);
     for (k, v) in &opts.tags {
         start = start.tags(EbsTag::builder().key(k).value(v).build());
     }

@@ -29,8 +29,8 @@ pub use client::{
 };
 pub use ebs::{
     BLOCK_ATTEMPTS, BLOCK_RETRY_BACKOFF, DEFAULT_CONCURRENCY, DownloadSummary, EBS_BLOCK_SIZE,
-    UploadOptions, UploadSummary, aggregate_checksum, block_checksum, download_snapshot_to_file,
-    upload_snapshot, volume_size_gib,
+    START_SNAPSHOT_TIMEOUT_MINUTES, UploadOptions, UploadSummary, aggregate_checksum,
+    block_checksum, download_snapshot_to_file, upload_snapshot, volume_size_gib,
 };
 pub use error::{Error, Result};
 pub use nvme::{EBS_NVME_MODEL, nvme_serial_of, resolve_nvme_device};

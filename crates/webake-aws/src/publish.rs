@@ -676,11 +676,7 @@ async fn publish_inner(
 
     reporter.step(&req.region, "looking up an existing AMI by name");
     let home_image = match find_existing(&home, &req.name, &req.inputs_digest).await? {
-        Some(image) => RegionImage {
-            ami_id: image.image_id().unwrap_or_default().to_string(),
-            snapshot_id: root_snapshot_of(&image).unwrap_or_default(),
-            reused: true,
-        },
+        Some(image) => reuse(&home, &image, &timing).await?,
         None => {
             reporter.step(&req.region, "uploading the disk into an EBS snapshot");
             let opts = UploadOptions {
@@ -781,6 +777,27 @@ async fn publish_inner(
     })
 }
 
+/// Reuse an existing AMI; if an earlier run left it `pending` (interrupted copy), wait for it.
+async fn reuse(
+    clients: &RegionClients,
+    image: &Image,
+    timing: &crate::client::Timing,
+) -> Result<RegionImage> {
+    let ami_id = image.image_id().unwrap_or_default().to_string();
+    let image = match image.state() {
+        Some(aws_sdk_ec2::types::ImageState::Available) => image.clone(),
+        _ => {
+            wait::image_available(clients, &ami_id, timing.poll_interval, timing.image_timeout)
+                .await?
+        }
+    };
+    Ok(RegionImage {
+        ami_id,
+        snapshot_id: root_snapshot_of(&image).unwrap_or_default(),
+        reused: true,
+    })
+}
+
 async fn register(
     clients: &RegionClients,
     req: &PublishRequest,
@@ -837,11 +854,7 @@ async fn copy_to_region(
 ) -> Result<RegionImage> {
     let region = &clients.region;
     if let Some(image) = find_existing(clients, &req.name, &req.inputs_digest).await? {
-        return Ok(RegionImage {
-            ami_id: image.image_id().unwrap_or_default().to_string(),
-            snapshot_id: root_snapshot_of(&image).unwrap_or_default(),
-            reused: true,
-        });
+        return reuse(clients, &image, timing).await;
     }
     let mut call = clients
         .ec2
