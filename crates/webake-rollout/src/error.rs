@@ -97,6 +97,12 @@ pub enum RolloutError {
         available: String,
     },
 
+    #[error(
+        "{ami} is an AMI id, valid in one region, but the matched references are in {regions}; \
+         pass one AMI per region, or narrow the selection"
+    )]
+    AmiInSeveralRegions { ami: String, regions: String },
+
     #[error(transparent)]
     Forge(#[from] ForgeError),
 }

@@ -158,6 +158,7 @@ pub(crate) fn plan(
         }
     }
     check_overlaps(&mut edits, rules)?;
+    check_single_ami_region(&edits, reference)?;
     Ok(edits)
 }
 
@@ -222,6 +223,25 @@ fn collect_scalars(node: &Node, out: &mut BTreeMap<usize, String>) {
         }),
         Node::Alias => {}
     }
+}
+
+/// One AMI id cannot serve matches in several regions (it exists in one): refuse instead of
+/// proposing a change that kops would fail to apply.
+fn check_single_ami_region(edits: &[Edit], reference: &ImageReference) -> Result<(), RolloutError> {
+    let ImageReference::Single(ami) = reference else {
+        return Ok(());
+    };
+    if crate::reference::ReferenceKind::of(ami) != Ok(crate::reference::ReferenceKind::AmiId) {
+        return Ok(());
+    }
+    let regions: BTreeSet<&str> = edits.iter().filter_map(|e| e.region.as_deref()).collect();
+    if regions.len() > 1 {
+        return Err(RolloutError::AmiInSeveralRegions {
+            ami: ami.clone(),
+            regions: regions.into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(())
 }
 
 fn check_overlaps(edits: &mut [Edit], rules: &[Rule]) -> Result<(), RolloutError> {

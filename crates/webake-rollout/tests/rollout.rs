@@ -810,3 +810,31 @@ fn label_selected_groups_yaml_path_and_tfvars_in_a_second_repository() {
     // The unlabelled pool of the same cluster keeps its image.
     assert!(kops.ends_with("  image: ssm:/acme/images/gpu-node/2025.10.01\n  machineType: m6i.large\n  maxSize: 6\n  minSize: 2\n  role: Node\n  subnets:\n  - private-a\n"));
 }
+
+#[test]
+fn one_ami_id_for_groups_in_several_regions_is_refused() {
+    let repo = FixtureRepo::new(FIXTURE);
+    let mut req = request(
+        &repo,
+        "k8s-node",
+        "1",
+        ImageReference::Single("ami-0123456789abcdef0".into()),
+    );
+    req.rules = vec![Rule::InstanceGroup(InstanceGroupRule {
+        all: true,
+        ..Default::default()
+    })];
+    let err = rollout(&req, &NoReporter).unwrap_err();
+    assert!(
+        matches!(err, RolloutError::AmiInSeveralRegions { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("eu-west-1, us-east-1"), "{err}");
+    assert_nothing_pushed(&repo);
+
+    // A region-independent reference (SSM parameter, image name) may go everywhere.
+    req.reference = ImageReference::Single("ssm:/webake/images/k8s-node/latest".into());
+    let outcome = rollout(&req, &NoReporter).unwrap();
+    assert_eq!(outcome.edits.len(), 6);
+    assert_eq!(outcome.status, BranchStatus::Created);
+}
