@@ -475,6 +475,13 @@ fn dirty_missing_and_unreachable_repositories_are_errors() {
     let err = rollout(&req, &NoReporter).unwrap_err();
     assert!(matches!(err, RolloutError::RepoDirty { .. }), "{err:?}");
     assert!(err.to_string().contains(PROD_IGS), "{err}");
+    git(&repo.work, &["checkout", "--quiet", "--", "."]);
+    std::fs::write(repo.work.join("notes.txt"), "untracked\n").unwrap();
+    let err = rollout(&req, &NoReporter).unwrap_err();
+    assert!(
+        matches!(err, RolloutError::RepoDirty { .. }) && err.to_string().contains("notes.txt"),
+        "{err}"
+    );
 
     req.repo = RepoLocation::Path(repo.tmp.path().join("nope"));
     let err = rollout(&req, &NoReporter).unwrap_err();
@@ -685,6 +692,24 @@ fn github_pull_request_is_created_then_updated_in_place() {
     assert_eq!(pulls[0].title, "Roll out k8s-node 2026.12.02");
     assert_eq!(pulls[0].labels, ["image-rollout", "automated"]);
     assert_eq!(repo.webake_branches(), vec!["refs/heads/webake/k8s-node"]);
+
+    // The same image again: nothing pushed, the pull request is refreshed, still one.
+    let third = rollout_with_forge(
+        &github_request(&repo, "2026.12.02", k8s_node_v3()),
+        Some(&forge),
+        &NoReporter,
+    )
+    .unwrap();
+    assert_eq!(third.status, BranchStatus::Unchanged);
+    assert_eq!(third.commit, second.commit);
+    let pr = third.pull_request.unwrap();
+    assert_eq!((pr.number, pr.action), (1, PullRequestAction::Updated));
+    let methods: Vec<String> = fake.requests()[6..]
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET", "PATCH", "POST"]);
+    assert_eq!(fake.pulls().len(), 1);
 }
 
 #[test]
