@@ -266,7 +266,10 @@ pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(V
     // ESP: FAT at its offset, then the EFI binary copied in with mtools.
     runner(
         &Cmd::new("mkfs.vfat")
-            .args(["-F", "32", "-n", "ESP", "-i", &input.ids.esp_volume_id, "-S", "512"])
+            // FAT32 needs at least 65525 clusters: one 512-byte sector per cluster from 64 MiB
+            // up; a smaller ESP is FAT16 (which UEFI firmware reads as well).
+            .args(if layout.esp_bytes >= 64 << 20 { ["-F", "32", "-s", "1"] } else { ["-F", "16", "-s", "4"] })
+            .args(["-n", "ESP", "-i", &input.ids.esp_volume_id, "-S", "512"])
             .arg(format!("--offset={}", layout.esp_offset / SECTOR))
             .arg(&raw_tmp)
             .arg((layout.esp_bytes / 1024).to_string()),

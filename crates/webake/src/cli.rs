@@ -52,6 +52,10 @@ pub enum Command {
     Images(crate::cmd::images::ImagesCommand),
     /// Remove what a crash can leave behind (temp dirs, stale bake records)
     Clean(crate::cmd::clean::CleanArgs),
+    /// Boot an image under qemu (UEFI) and run the recipe's checks
+    Test(crate::cmd::test::TestArgs),
+    /// Hygiene lint of an image or a directory tree
+    Lint(crate::cmd::lint::LintArgs),
     /// Print the JSON Schema of the recipe format
     Schema,
 }

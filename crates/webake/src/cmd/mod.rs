@@ -1,8 +1,11 @@
 //! One module per subcommand; each has an args struct and a `run()`.
 
+pub mod agent;
 pub mod bake;
 pub mod clean;
 pub mod images;
+pub mod lint;
+pub mod test;
 pub mod validate;
 
 use std::process::ExitCode;
@@ -37,6 +40,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bake(args) => args.run(&settings),
         Command::Images(cmd) => cmd.run(&settings),
         Command::Clean(args) => args.run(&settings),
+        Command::Test(args) => args.run(&settings),
+        Command::Lint(args) => args.run(&settings),
         Command::Schema => {
             println!("{}", webake_spec::schema_json());
             Ok(ExitCode::SUCCESS)
