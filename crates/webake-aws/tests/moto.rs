@@ -255,11 +255,24 @@ async fn publish_copy_share_tag_rerun_and_download() {
         "snapshot tagged at start: {start_body}"
     );
 
+    assert_eq!(
+        f.get("TagSpecification.1.ResourceType").map(String::as_str),
+        Some("image")
+    );
+    assert!(
+        f.values().any(|v| v == "bake-1"),
+        "RegisterImage tags at creation: {f:?}"
+    );
+
     let copies = env.proxy.ops("CopyImage");
     assert_eq!(copies.len(), 1);
     let f = copies[0].form();
     assert_eq!(f["SourceImageId"], home.ami_id);
     assert_eq!(f["SourceRegion"], HOME);
+    assert_eq!(
+        f.get("TagSpecification.1.ResourceType").map(String::as_str),
+        Some("image")
+    );
     assert!(
         copies[0]
             .header("authorization")
@@ -687,4 +700,50 @@ async fn child_uses_env_endpoint() {
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_retries_outlast_the_sdk_retries() {
+    let env = env().await;
+    let disk = env.dir.path().join("disk.raw");
+    make_disk(&disk, 2);
+    // The test session makes 4 SDK attempts per call; 6 failures in a row on the first block
+    // exhaust them once, and our block-level retry carries on.
+    env.proxy.fail("PutSnapshotBlock", Some(6), || {
+        Canned::ebs_error(503, "ServiceUnavailableException")
+    });
+    let opts = webake_aws::UploadOptions {
+        concurrency: 1,
+        block_retry_backoff: std::time::Duration::from_millis(50),
+        tags: vec![(TAG_BAKE_ID.into(), "bake-6".into())],
+        ..Default::default()
+    };
+    let started = Mutex::new(Vec::new());
+    let clients = env.session.region(HOME);
+    let summary = webake_aws::upload_snapshot(&clients, &disk, &opts, &NoReporter, &|id: &str| {
+        started.lock().unwrap().push(id.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *started.lock().unwrap(),
+        vec![summary.snapshot_id.clone()],
+        "id reported at start"
+    );
+    assert_eq!(
+        (
+            summary.blocks_total,
+            summary.blocks_sent,
+            summary.blocks_skipped
+        ),
+        (3, 2, 1)
+    );
+    assert!(env.proxy.pending_rules().is_empty());
+    let puts = env.proxy.ops("PutSnapshotBlock");
+    assert_eq!(puts.iter().filter(|p| p.faulted).count(), 6);
+    assert_eq!(puts.iter().filter(|p| !p.faulted).count(), 2);
+    assert!(
+        puts[..7].iter().all(|p| p.path.ends_with("/blocks/0")),
+        "block 0 retried until it went through"
+    );
 }
