@@ -116,6 +116,11 @@ pub(crate) fn fetch_base_args(base: &str) -> Vec<OsString> {
     ])
 }
 
+/// Check out the base commit (the rollout branch is created from it).
+pub(crate) fn checkout_detached_args(commit: &str) -> Vec<OsString> {
+    os(&["checkout", "--quiet", "--detach", commit])
+}
+
 /// A fresh branch at the base commit (a newer image supersedes the older commit, not stacks on it).
 pub(crate) fn checkout_new_branch_args(branch: &str) -> Vec<OsString> {
     os(&["checkout", "--quiet", "-B", branch])
@@ -357,6 +362,20 @@ mod tests {
         assert_eq!(
             s(ls_remote_branch_args("webake/f")),
             ["ls-remote", "--heads", "origin", "refs/heads/webake/f"]
+        );
+        assert_eq!(
+            s(fetch_base_args("release")),
+            [
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "origin",
+                "+refs/heads/release:refs/remotes/origin/release"
+            ]
+        );
+        assert_eq!(
+            s(checkout_detached_args("abc")),
+            ["checkout", "--quiet", "--detach", "abc"]
         );
         assert_eq!(
             s(checkout_new_branch_args("webake/f")),

@@ -256,12 +256,7 @@ pub fn rollout_with_forge(
         location: location.clone(),
         branch: base_branch.clone(),
     })?;
-    git.run(&[
-        "checkout".into(),
-        "--quiet".into(),
-        "--detach".into(),
-        base_commit.clone().into(),
-    ])?;
+    git.run(&git::checkout_detached_args(&base_commit))?;
 
     // Plan.
     reporter.step(Step::Planning { rules: rules.len() });

@@ -129,10 +129,15 @@ pub(crate) fn plan(
             active.push((i, rule));
         }
     }
-    let mut yaml_globs = vec![DEFAULT_KOPS_FILES.to_string()];
+    // Only parse what a rule reads; kops rules read every YAML file (Cluster documents, for
+    // regions, can live anywhere).
+    let mut yaml_globs = Vec::new();
     for (_, rule) in &active {
         match rule {
-            Rule::InstanceGroup(r) => yaml_globs.extend(r.files.clone()),
+            Rule::InstanceGroup(r) => {
+                yaml_globs.push(DEFAULT_KOPS_FILES.to_string());
+                yaml_globs.extend(r.files.clone());
+            }
             Rule::YamlPath(r) => yaml_globs.push(r.files.clone()),
             Rule::Regex(_) => {}
         }
