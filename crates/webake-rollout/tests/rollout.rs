@@ -863,3 +863,91 @@ fn one_ami_id_for_groups_in_several_regions_is_refused() {
     assert_eq!(outcome.edits.len(), 6);
     assert_eq!(outcome.status, BranchStatus::Created);
 }
+
+#[test]
+fn base_branch_from_the_request_or_the_config() {
+    let repo = FixtureRepo::new(FIXTURE);
+    // `release` lags behind main: its nodes still run an older image.
+    git(&repo.work, &["checkout", "--quiet", "-b", "release"]);
+    let old = std::fs::read_to_string(repo.work.join(PROD_IGS)).unwrap();
+    std::fs::write(
+        repo.work.join(PROD_IGS),
+        old.replace("ami-0a1b2c3d4e5f60718", "ami-0000000000000000a"),
+    )
+    .unwrap();
+    git(
+        &repo.work,
+        &[
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "--quiet",
+            "--all",
+            "--message",
+            "older image",
+        ],
+    );
+    git(
+        &repo.work,
+        &["push", "--quiet", repo.bare.to_str().unwrap(), "release"],
+    );
+    let release = git(&repo.work, &["rev-parse", "HEAD"]).trim().to_string();
+
+    let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
+    req.base_branch = Some("release".into());
+    let outcome = rollout(&req, &NoReporter).unwrap();
+    assert_eq!(
+        (outcome.base_branch.as_str(), outcome.base_commit.as_str()),
+        ("release", release.as_str())
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "webake/k8s-node^"]).trim(),
+        release
+    );
+    assert!(
+        outcome
+            .diff
+            .contains("-  image: ami-0000000000000000a\n+  image: ami-0123456789abcdef0\n"),
+        "{}",
+        outcome.diff
+    );
+
+    // The config on the default branch names the base branch: it is fetched and used.
+    git(&repo.work, &["checkout", "--quiet", "main"]);
+    let config = std::fs::read_to_string(repo.work.join(".webake/rollout.yaml")).unwrap();
+    std::fs::write(
+        repo.work.join(".webake/rollout.yaml"),
+        format!("base-branch: release\n{config}"),
+    )
+    .unwrap();
+    git(
+        &repo.work,
+        &[
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "--quiet",
+            "--all",
+            "--message",
+            "propose to release",
+        ],
+    );
+    git(
+        &repo.work,
+        &["push", "--quiet", repo.bare.to_str().unwrap(), "main"],
+    );
+    let mut req = request(&repo, "k8s-node", "2", k8s_node_v3());
+    req.dry_run = true;
+    let outcome = rollout(&req, &NoReporter).unwrap();
+    assert_eq!(
+        (outcome.base_branch.as_str(), outcome.base_commit.as_str()),
+        ("release", release.as_str())
+    );
+    assert!(
+        outcome
+            .diff
+            .contains("-  image: ami-0000000000000000a\n+  image: ami-0333333333333333e\n"),
+        "{}",
+        outcome.diff
+    );
+}
