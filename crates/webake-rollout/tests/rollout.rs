@@ -951,3 +951,22 @@ fn base_branch_from_the_request_or_the_config() {
         outcome.diff
     );
 }
+
+#[test]
+fn credentials_in_a_repository_url_never_reach_the_error() {
+    let repo = FixtureRepo::new(FIXTURE);
+    let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
+    // Port 1 on loopback: refused at once, and nothing leaves the machine.
+    req.repo = RepoLocation::parse("https://x-access-token:ghs_sekrit123@127.0.0.1:1/acme/k8s.git");
+    let err = rollout(&req, &NoReporter).unwrap_err();
+    assert!(
+        matches!(err, RolloutError::RepoUnreachable { .. }),
+        "{err:?}"
+    );
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("sekrit"), "{text}");
+    assert!(
+        text.contains("https://***@127.0.0.1:1/acme/k8s.git"),
+        "{text}"
+    );
+}
