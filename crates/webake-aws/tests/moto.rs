@@ -747,3 +747,69 @@ async fn block_retries_outlast_the_sdk_retries() {
         "block 0 retried until it went through"
     );
 }
+
+#[test]
+fn missing_moto_fails_with_the_install_command() {
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().to_str().unwrap().to_string();
+    let panic = std::panic::catch_unwind(|| Moto::start_with_path(Some(&path)))
+        .err()
+        .expect("must fail, not skip");
+    let msg = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        msg.contains("pip install") && msg.contains("moto[server]"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_after_copies_rolls_back_in_every_region() {
+    let env = env().await;
+    let disk = env.dir.path().join("disk.raw");
+    make_disk(&disk, 2);
+    // Sharing is the last step: by then both regions have an AMI and a snapshot.
+    env.proxy.fail("ModifySnapshotAttribute", None, || {
+        Canned::ec2_error(400, "InvalidParameterValue")
+    });
+    let err = webake_aws::publish(
+        &env.session,
+        &request(&disk, "bake-7", "webake-late-fail-1"),
+        &NoReporter,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::RolledBack { leftovers, .. } if leftovers.is_empty()),
+        "{err}"
+    );
+    assert_eq!(env.proxy.ops("CopyImage").len(), 1);
+    let deregistered: Vec<String> = env
+        .proxy
+        .ops("DeregisterImage")
+        .iter()
+        .map(|r| {
+            r.header("authorization")
+                .unwrap_or_default()
+                .split('/')
+                .nth(2)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(deregistered.len(), 2, "both AMIs deregistered");
+    assert!(
+        deregistered.contains(&HOME.to_string()) && deregistered.contains(&COPY.to_string()),
+        "{deregistered:?}"
+    );
+    for region in [HOME, COPY] {
+        let (images, snaps) = tagged(&env.session.region(region), "bake-7").await;
+        assert!(
+            images.is_empty() && snaps.is_empty(),
+            "{region}: left {images:?} {snaps:?}"
+        );
+    }
+}

@@ -31,17 +31,30 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
+        Self::start_with_path(None)
+    }
+
+    /// Start with `PATH` replaced for the child (to test the "moto missing" message).
+    pub fn start_with_path(path: Option<&str>) -> Self {
         let port = free_port();
-        let has_cli = Command::new("moto_server")
+        let command = |program: &str| {
+            let mut c = Command::new(program);
+            if let Some(p) = path {
+                c.env("PATH", p);
+            }
+            c
+        };
+        let has_cli = command("moto_server")
             .arg("--help")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok();
+            .map(|s| s.success())
+            .unwrap_or(false);
         let mut cmd = if has_cli {
-            Command::new("moto_server")
+            command("moto_server")
         } else {
-            let ok = Command::new("python3")
+            let ok = command("python3")
                 .args(["-c", "import moto.server, flask, werkzeug"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -52,7 +65,7 @@ impl Moto {
                 ok,
                 "moto server is not installed (neither `moto_server` nor `python3 -m moto.server` works).\nInstall it with:\n    {PIP_HINT}"
             );
-            let mut c = Command::new("python3");
+            let mut c = command("python3");
             c.args(["-m", "moto.server"]);
             c
         };
