@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use webake_rollout::{
-    BranchStatus, ForgeConfig, GitIdentity, ImageReference, InstanceGroupRule, PullRequestAction, RepoLocation,
-    RolloutRequest, Rule, Step,
+    BranchStatus, ForgeConfig, GitIdentity, ImageReference, InstanceGroupRule, PullRequestAction,
+    RepoLocation, RolloutRequest, Rule, Step,
 };
 
 use crate::exit::{INVALID_INPUT, ROLLOUT_FAILED, coded};
@@ -26,7 +26,12 @@ pub struct RolloutArgs {
     pub repo: String,
 
     /// Roll out this reference instead of a catalog image (ami-…, owner/name, alias/name, ssm:…)
-    #[arg(long, value_name = "REFERENCE", requires = "family", conflicts_with = "ami")]
+    #[arg(
+        long,
+        value_name = "REFERENCE",
+        requires = "family",
+        conflicts_with = "ami"
+    )]
     pub to: Option<String>,
 
     /// Roll out per-region AMIs instead of a catalog image (repeat: --ami eu-west-1=ami-…)
@@ -130,10 +135,18 @@ fn resolve_catalog_image(settings: &Settings, image: &str) -> anyhow::Result<Cat
 
 impl RolloutArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let req = self.request(settings).map_err(|e| coded(INVALID_INPUT, e))?;
-        let reporter = StepPrinter { quiet: settings.quiet || self.json };
+        let req = self
+            .request(settings)
+            .map_err(|e| coded(INVALID_INPUT, e))?;
+        let reporter = StepPrinter {
+            quiet: settings.quiet || self.json,
+        };
         let outcome = webake_rollout::rollout(&req, &reporter).map_err(|e| {
-            let code = if e.is_invalid_input() { INVALID_INPUT } else { ROLLOUT_FAILED };
+            let code = if e.is_invalid_input() {
+                INVALID_INPUT
+            } else {
+                ROLLOUT_FAILED
+            };
             coded(code, e)
         })?;
 
@@ -146,10 +159,17 @@ impl RolloutArgs {
             return Ok(ExitCode::SUCCESS);
         }
         let changed = outcome.edits.iter().filter(|e| e.changes()).count();
-        let commit = outcome.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-");
+        let commit = outcome
+            .commit
+            .as_deref()
+            .map(|c| &c[..c.len().min(12)])
+            .unwrap_or("-");
         match outcome.status {
             BranchStatus::UpToDate => {
-                println!("{} already references this image: nothing to propose", outcome.base_branch)
+                println!(
+                    "{} already references this image: nothing to propose",
+                    outcome.base_branch
+                )
             }
             status => {
                 let what = match status {
@@ -181,12 +201,17 @@ impl RolloutArgs {
     fn request(&self, settings: &Settings) -> anyhow::Result<RolloutRequest> {
         let explicit = match (&self.to, self.ami.is_empty()) {
             (Some(r), _) => Some(ImageReference::Single(r.clone())),
-            (None, false) => Some(ImageReference::PerRegion(self.ami.iter().cloned().collect::<BTreeMap<_, _>>())),
+            (None, false) => Some(ImageReference::PerRegion(
+                self.ami.iter().cloned().collect::<BTreeMap<_, _>>(),
+            )),
             (None, true) => None,
         };
         let image = match (explicit, &self.image) {
             (Some(reference), _) => {
-                let family = self.family.clone().context("--family is required with --to and --ami")?;
+                let family = self
+                    .family
+                    .clone()
+                    .context("--family is required with --to and --ami")?;
                 CatalogImage {
                     image_name: family.clone(),
                     family,
@@ -199,13 +224,17 @@ impl RolloutArgs {
             (None, None) => bail!("give an IMAGE from the catalog, or --to/--ami with --family"),
         };
 
-        let mut req = RolloutRequest::new(image.family, image.reference, RepoLocation::parse(&self.repo));
+        let mut req = RolloutRequest::new(
+            image.family,
+            image.reference,
+            RepoLocation::parse(&self.repo),
+        );
         req.image_name = image.image_name;
         req.version = self.version.clone().unwrap_or(image.version);
         req.pr_body_markdown = image.pr_body_markdown;
         if let Some(path) = &self.body_file {
-            req.pr_body_markdown =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            req.pr_body_markdown = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
         }
         req.base_branch = self.base.clone();
         req.config_path = self.config.clone();
@@ -213,10 +242,15 @@ impl RolloutArgs {
         req.title = self.title.clone();
         req.labels = self.label.clone();
         req.author = self.author.clone();
-        req.committer = self.committer.clone().unwrap_or_else(|| self.author.clone());
+        req.committer = self
+            .committer
+            .clone()
+            .unwrap_or_else(|| self.author.clone());
         req.rules = self.command_line_rules();
         if self.region.is_some() && req.rules.is_empty() {
-            bail!("--region applies to --role, --instance-group, --cluster or --all-instance-groups");
+            bail!(
+                "--region applies to --role, --instance-group, --cluster or --all-instance-groups"
+            );
         }
         if let Some(slug) = &self.github {
             let (owner, repo) = slug
@@ -225,7 +259,12 @@ impl RolloutArgs {
                 .with_context(|| format!("--github {slug:?}: expected OWNER/REPO"))?;
             let token_env = self.token_env.clone().unwrap_or_else(|| {
                 let set = |v: &str| std::env::var_os(v).is_some_and(|t| !t.is_empty());
-                if set("WEBAKE_FORGE_TOKEN") { "WEBAKE_FORGE_TOKEN" } else { "GITHUB_TOKEN" }.to_string()
+                if set("WEBAKE_FORGE_TOKEN") {
+                    "WEBAKE_FORGE_TOKEN"
+                } else {
+                    "GITHUB_TOKEN"
+                }
+                .to_string()
             });
             req.forge = ForgeConfig::GitHub {
                 api_base: self.github_api.clone(),
@@ -260,19 +299,28 @@ impl RolloutArgs {
 
 fn parse_region_ami(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((region, ami)) if !region.is_empty() && !ami.is_empty() => Ok((region.to_string(), ami.to_string())),
+        Some((region, ami)) if !region.is_empty() && !ami.is_empty() => {
+            Ok((region.to_string(), ami.to_string()))
+        }
         _ => Err(format!("expected REGION=AMI, got {s:?}")),
     }
 }
 
 fn parse_identity(s: &str) -> Result<GitIdentity, String> {
-    let (name, rest) = s.split_once('<').ok_or_else(|| format!("expected \"Name <email>\", got {s:?}"))?;
-    let email = rest.strip_suffix('>').ok_or_else(|| format!("expected \"Name <email>\", got {s:?}"))?;
+    let (name, rest) = s
+        .split_once('<')
+        .ok_or_else(|| format!("expected \"Name <email>\", got {s:?}"))?;
+    let email = rest
+        .strip_suffix('>')
+        .ok_or_else(|| format!("expected \"Name <email>\", got {s:?}"))?;
     let (name, email) = (name.trim(), email.trim());
     if name.is_empty() || email.is_empty() {
         return Err(format!("expected \"Name <email>\", got {s:?}"));
     }
-    Ok(GitIdentity { name: name.to_string(), email: email.to_string() })
+    Ok(GitIdentity {
+        name: name.to_string(),
+        email: email.to_string(),
+    })
 }
 
 /// Steps on stderr, one line each.
@@ -303,11 +351,17 @@ mod tests {
     fn identities_and_region_amis_parse() {
         assert_eq!(
             parse_identity("Platform Bot <bot@example.com>").unwrap(),
-            GitIdentity { name: "Platform Bot".into(), email: "bot@example.com".into() }
+            GitIdentity {
+                name: "Platform Bot".into(),
+                email: "bot@example.com".into()
+            }
         );
         assert!(parse_identity("bot@example.com").is_err());
         assert!(parse_identity("<bot@example.com>").is_err());
-        assert_eq!(parse_region_ami("eu-west-1=ami-1").unwrap(), ("eu-west-1".into(), "ami-1".into()));
+        assert_eq!(
+            parse_region_ami("eu-west-1=ami-1").unwrap(),
+            ("eu-west-1".into(), "ami-1".into())
+        );
         assert!(parse_region_ami("eu-west-1").is_err());
     }
 }
