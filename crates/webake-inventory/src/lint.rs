@@ -1,17 +1,23 @@
 //! Hygiene lint of a root tree: what makes an image environment-specific, and leaked secrets.
 //!
-//! Structural rules look at fixed paths. Secret rules read files, within a bounded scope:
-//! regular files (symlinks are never followed) under `etc/`, `root/`, `home/`, `opt/`,
-//! `srv/`, `usr/local/`, `tmp/` and `var/` except `var/lib/dpkg/`, `var/lib/apt/lists/`,
-//! `var/cache/apt/` and `var/log/journal/` (package metadata and binary journals, large and
-//! never written by provisioning); only the first [`MAX_SCAN_BYTES`] of each file are read.
-//! Pattern rules skip binary files (a NUL byte in the first 8 KiB); extra secret values are
-//! searched in binary files too. The rest of the tree (`usr/`, `boot/`, ...) holds packaged
-//! files and is not scanned.
+//! Structural rules look at fixed paths. Secret rules read files; symlinks are never followed,
+//! the walk stays on the root's file system, and only the first [`MAX_SCAN_BYTES`] of each
+//! regular file are read.
+//!
+//! - Pattern rules (`secret-aws-key`, `secret-private-key`, `secret-token`) scan text files
+//!   (no NUL byte in the first 8 KiB) under `etc/`, `root/`, `home/`, `opt/`, `srv/`,
+//!   `usr/local/`, `tmp/` and `var/`, except `var/lib/dpkg/`, `var/lib/apt/lists/`,
+//!   `var/cache/apt/` and `var/log/journal/`: where provisioning writes, not packaged files
+//!   (whose documentation is full of example keys). `/etc/ssh/ssh_host_*` is left to
+//!   `ssh-host-keys`.
+//! - `secret-value` (the bake's own secret values, [`LintConfig::extra_secrets`]) searches the
+//!   whole tree, binary files included: a literal search is cheap and a role may template a
+//!   secret anywhere (a unit file in `/usr/lib/systemd/system`).
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -502,31 +508,69 @@ fn secrets(r: &Root, config: &LintConfig, out: &mut Findings) -> Result<()> {
     if !(scanner.aws || scanner.private_key || scanner.token || scanner.extra.is_some()) {
         return Ok(());
     }
-    let skip: Vec<PathBuf> = SCAN_SKIP.iter().map(|s| r.host(s)).collect();
-    for top in SCAN_ROOTS {
-        // Resolve the parents inside the root, but never follow the scope directory itself.
-        let Some(found) = r.lstat(top)? else { continue };
-        if !found.meta.is_dir() {
-            continue;
-        }
-        let mut stack = vec![found.host_path];
-        while let Some(dir) = stack.pop() {
-            for (name, meta) in root::list_dir(&dir)? {
-                let path = dir.join(&name);
-                if meta.is_dir() {
-                    if !skip.contains(&path) {
-                        stack.push(path);
-                    }
-                } else if meta.is_file() && meta.len() > 0 {
-                    scan_file(r, &path, &scanner, out)?;
-                }
+    let patterns = scanner.aws || scanner.private_key || scanner.token;
+    if scanner.extra.is_some() {
+        // Extra secret values are searched in the whole tree; patterns only in their scope.
+        walk_files(r, r.path().to_owned(), &[], |path| {
+            let image_path = root::image_path(r.path(), path);
+            scan_file(
+                r,
+                path,
+                &scanner,
+                patterns && in_pattern_scope(&image_path),
+                out,
+            )
+        })?;
+    } else {
+        let skip: Vec<PathBuf> = SCAN_SKIP.iter().map(|s| r.host(s)).collect();
+        for top in SCAN_ROOTS {
+            // Resolve the parents inside the root, but never follow the scope directory itself.
+            let Some(found) = r.lstat(top)? else { continue };
+            if found.meta.is_dir() {
+                walk_files(r, found.host_path, &skip, |path| {
+                    scan_file(r, path, &scanner, true, out)
+                })?;
             }
         }
     }
     Ok(())
 }
 
-fn scan_file(r: &Root, path: &Path, s: &Scanner, out: &mut Findings) -> Result<()> {
+fn in_pattern_scope(image_path: &str) -> bool {
+    let under = |dir: &str| {
+        image_path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(dir))
+            .is_some_and(|rest| rest.starts_with('/'))
+    };
+    SCAN_ROOTS.iter().any(|d| under(d)) && !SCAN_SKIP.iter().any(|d| under(d))
+}
+
+/// Call `f` on every non-empty regular file under `start`, never following symlinks,
+/// staying on the root's file system, and not entering the `skip` directories.
+fn walk_files(
+    r: &Root,
+    start: PathBuf,
+    skip: &[PathBuf],
+    mut f: impl FnMut(&Path) -> Result<()>,
+) -> Result<()> {
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        for (name, meta) in root::list_dir(&dir)? {
+            let path = dir.join(&name);
+            if meta.is_dir() {
+                if meta.dev() == r.dev() && !skip.contains(&path) {
+                    stack.push(path);
+                }
+            } else if meta.is_file() && meta.len() > 0 {
+                f(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scan_file(r: &Root, path: &Path, s: &Scanner, patterns: bool, out: &mut Findings) -> Result<()> {
     let bytes = match root::read_regular(path, MAX_SCAN_BYTES) {
         Ok(b) => b,
         // Replaced by a symlink or removed meanwhile: not ours to read.
@@ -554,7 +598,7 @@ fn scan_file(r: &Root, path: &Path, s: &Scanner, out: &mut Findings) -> Result<(
         );
     }
     let sniff = &bytes[..bytes.len().min(BINARY_SNIFF)];
-    if sniff.contains(&0) {
+    if !patterns || sniff.contains(&0) {
         return Ok(());
     }
     if s.aws {

@@ -356,6 +356,18 @@ fn secret_value_from_the_bake() {
         &config,
         &[(Rule::SecretValue, "/var/lib/app/state.db")],
     );
+    // Anywhere in the tree, even outside the pattern rules' scope; a token pattern there does not fire.
+    assert_fires(
+        |r| {
+            write(
+                r,
+                "usr/lib/systemd/system/app.service",
+                format!("[Service]\nEnvironment=DB=hunter2-db-password GH={GH_TOKEN}\n"),
+            )
+        },
+        &config,
+        &[(Rule::SecretValue, "/usr/lib/systemd/system/app.service")],
+    );
     // A too-short value ("ab") is ignored rather than matching everywhere.
 }
 
