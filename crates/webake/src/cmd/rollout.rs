@@ -17,7 +17,7 @@ use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
-    /// Catalog image to roll out (`family` for the latest, or `family@version`)
+    /// Catalog image to roll out: an id, `family:FAMILY` (its latest image) or `NAME:VERSION`
     #[arg(required_unless_present_any = ["to", "ami"], conflicts_with_all = ["to", "ami"])]
     pub image: Option<String>,
 
@@ -125,9 +125,12 @@ pub struct CatalogImage {
     pub pr_body_markdown: String,
 }
 
-/// LEAD: look IMAGE (`family` or `family@version`) up in the catalog at `settings.catalog`:
-/// its publication (per-region AMIs, or the local reference) and the Markdown image diff against
-/// the previous image of the family.
+/// LEAD: look IMAGE up in the catalog at `settings.catalog` and fill [`CatalogImage`]. Sketch:
+/// `webake_catalog::Catalog::open(&settings.catalog)?.find_image(image)?` gives the `Image`;
+/// `reference`: its publications with an `ami_id` as `ImageReference::PerRegion(region -> ami)`
+/// (none published: an error telling to publish first, or to use --to);
+/// `pr_body_markdown`: the inventory diff against `previous_in_family(&img)` (webake-inventory
+/// `diff(..).to_markdown(..)`) plus kernel, size and provenance lines.
 fn resolve_catalog_image(settings: &Settings, image: &str) -> anyhow::Result<CatalogImage> {
     let _ = settings;
     bail!("rolling out catalog image {image:?} is not wired yet; use --family with --to or --ami")
