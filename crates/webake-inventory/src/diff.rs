@@ -70,8 +70,7 @@ pub struct InventoryDiff {
     pub removed: Vec<Package>,
     pub upgraded: Vec<PackageChange>,
     pub downgraded: Vec<PackageChange>,
-    /// Same version, other bytes is impossible to see here; this lists packages whose version
-    /// string differs but compares equal (`1.0` vs `0:1.0`).
+    /// Packages whose version string changed but compares equal (`1.0` vs `0:1.0`).
     pub respelled: Vec<PackageChange>,
     pub kernel: Option<KernelChange>,
     pub os: Option<Change<String>>,

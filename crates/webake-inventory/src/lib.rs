@@ -25,7 +25,7 @@ pub use inventory::{
     Dependency, EnabledUnit, INVENTORY_FORMAT, Inventory, Kernel, OsRelease, Provenance, TreeSize,
     collect, enabled_units, kernels, os_release, packages, parse_os_release, tree_size,
 };
-pub use lint::{Finding, LintConfig, Rule, Severity, lint};
+pub use lint::{Finding, LintConfig, MAX_SCAN_BYTES, MIN_EXTRA_SECRET_LEN, Rule, Severity, lint};
 pub use packer::{PackerBuild, PackerFile, PackerManifest};
-pub use sbom::{SbomOptions, cyclonedx_json, purl, spdx_json};
+pub use sbom::{DEFAULT_NAMESPACE_BASE, SbomOptions, cyclonedx_json, purl, spdx_json};
 pub use version::{DebVersion, compare_versions};

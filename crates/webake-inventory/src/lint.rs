@@ -135,6 +135,17 @@ pub struct Finding {
     pub message: String,
 }
 
+impl fmt::Display for Finding {
+    /// `error[machine-id] /etc/machine-id: machine-id is set; ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}[{}] {}: {}",
+            self.severity, self.rule, self.path, self.message
+        )
+    }
+}
+
 /// What to check besides the built-in rules.
 #[derive(Debug, Clone, Default)]
 pub struct LintConfig {

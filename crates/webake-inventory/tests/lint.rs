@@ -398,6 +398,10 @@ fn findings_carry_severity_and_redacted_messages() {
         .find(|f| f.rule == Rule::SecretToken)
         .unwrap();
     assert_eq!(token.message, "token ghp_… at line 1");
+    assert_eq!(
+        token.to_string(),
+        "error[secret-token] /etc/profile.d/gh.sh: token ghp_… at line 1"
+    );
     assert_eq!(token.severity, Severity::Error);
     let lists = findings.iter().find(|f| f.rule == Rule::AptLists).unwrap();
     assert_eq!(lists.severity, Severity::Warning);
