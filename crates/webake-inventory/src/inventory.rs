@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::dpkg::{self, Package};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::root::{self, Root};
 use crate::version::compare_versions;
 
@@ -49,7 +49,7 @@ pub struct Kernel {
     pub version: String,
     /// Image path of the kernel image (`/boot/vmlinuz-6.1.0-25-amd64`), if present.
     pub image: Option<String>,
-    /// Whether `/usr/lib/modules/<version>` exists.
+    /// Whether `/usr/lib/modules/<version>` (or `/lib/modules/<version>`) exists.
     pub modules: bool,
 }
 
@@ -116,7 +116,7 @@ pub fn os_release(root: &Path) -> Result<OsRelease> {
     read_os_release(&Root::open(root)?)
 }
 
-/// Kernel versions from `boot/vmlinuz-*` and `usr/lib/modules/*`.
+/// Kernel versions from `boot/vmlinuz-*` and `usr/lib/modules/*` (or `lib/modules/*`).
 pub fn kernels(root: &Path) -> Result<Vec<Kernel>> {
     read_kernels(&Root::open(root)?)
 }
@@ -137,13 +137,9 @@ fn read_packages(r: &Root) -> Result<Vec<Package>> {
     let Some(bytes) = r.read(DPKG_STATUS, MAX_METADATA_FILE)? else {
         return Ok(Vec::new());
     };
-    let path = r.host(DPKG_STATUS);
-    let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
-        path: path.clone(),
-        line: 0,
-        message: format!("not UTF-8: {e}"),
-    })?;
-    dpkg::parse_status(&text, &path)
+    // Names and versions are ASCII; a stray Latin-1 description must not fail the bake.
+    let text = String::from_utf8_lossy(&bytes);
+    dpkg::parse_status(&text, &r.host(DPKG_STATUS))
 }
 
 fn read_os_release(r: &Root) -> Result<OsRelease> {
@@ -211,7 +207,9 @@ fn read_kernels(r: &Root) -> Result<Vec<Kernel>> {
             );
         }
     }
-    for (name, meta) in r.list("usr/lib/modules")? {
+    // `lib/modules` for trees without merged /usr (with it, `lib` links to `usr/lib`).
+    let modules = [r.list("usr/lib/modules")?, r.list("lib/modules")?];
+    for (name, meta) in modules.into_iter().flatten() {
         if !meta.is_dir() {
             continue;
         }

@@ -252,6 +252,16 @@ fn hostile_symlinks_resolve_inside_the_root() {
 }
 
 #[test]
+fn kernel_modules_without_merged_usr() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write(dir.path(), "lib/modules/5.10.0-32-amd64/modules.dep", "");
+    common::write(dir.path(), "boot/vmlinuz-5.10.0-32-amd64", "k");
+    let ks = kernels(dir.path()).unwrap();
+    assert_eq!(ks.len(), 1);
+    assert!(ks[0].modules && ks[0].image.is_some());
+}
+
+#[test]
 fn missing_root_names_the_path() {
     let err = collect(Path::new("/nonexistent/webake-root"), Provenance::default()).unwrap_err();
     assert!(
