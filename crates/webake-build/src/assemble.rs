@@ -41,9 +41,18 @@ impl Layout {
         let root_offset = esp_offset + esp_bytes;
         let end = (disk_bytes - GPT_TAIL) / ALIGN * ALIGN;
         if end <= root_offset + (64 << 20) {
-            return Err(BuildError::Invalid(format!("disk size {} leaves no room for the root filesystem", disk.size)));
+            return Err(BuildError::Invalid(format!(
+                "disk size {} leaves no room for the root filesystem",
+                disk.size
+            )));
         }
-        Ok(Self { disk_bytes, esp_offset, esp_bytes, root_offset, root_bytes: end - root_offset })
+        Ok(Self {
+            disk_bytes,
+            esp_offset,
+            esp_bytes,
+            root_offset,
+            root_bytes: end - root_offset,
+        })
     }
 
     /// The sfdisk script for this layout.
@@ -77,7 +86,14 @@ impl DiskIds {
         let u = |label: &str| {
             let h = sha256_hex(format!("{seed}/{label}").as_bytes());
             // RFC 4122 variant, version 4 layout.
-            format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+            format!(
+                "{}-{}-4{}-a{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[13..16],
+                &h[17..20],
+                &h[20..32]
+            )
         };
         Self {
             disk_guid: u("disk"),
@@ -89,7 +105,11 @@ impl DiskIds {
     }
 
     pub fn esp_fs_uuid(&self) -> String {
-        format!("{}-{}", self.esp_volume_id[..4].to_uppercase(), self.esp_volume_id[4..].to_uppercase())
+        format!(
+            "{}-{}",
+            self.esp_volume_id[..4].to_uppercase(),
+            self.esp_volume_id[4..].to_uppercase()
+        )
     }
 }
 
@@ -107,7 +127,12 @@ pub fn find_kernel(root: &Path) -> Result<BootFiles> {
     let mut versions: Vec<String> = std::fs::read_dir(&boot)
         .map_err(|e| BuildError::io(&boot, e))?
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(String::from))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(String::from)
+        })
         .collect();
     if versions.is_empty() {
         return Err(BuildError::Invalid(format!(
@@ -119,13 +144,19 @@ pub fn find_kernel(root: &Path) -> Result<BootFiles> {
     let v = versions.pop().expect("non-empty");
     let initrd = format!("/boot/initrd.img-{v}");
     let has_initrd = root.join(initrd.trim_start_matches('/')).is_file();
-    Ok(BootFiles { kernel: format!("/boot/vmlinuz-{v}"), initrd: has_initrd.then_some(initrd), version: v })
+    Ok(BootFiles {
+        kernel: format!("/boot/vmlinuz-{v}"),
+        initrd: has_initrd.then_some(initrd),
+        version: v,
+    })
 }
 
 /// Compare kernel version strings numerically where they are numbers.
 fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let split = |s: &str| -> Vec<Result<u64, String>> {
-        s.split(['.', '-', '+', '~']).map(|p| p.parse::<u64>().map_err(|_| p.to_string())).collect()
+        s.split(['.', '-', '+', '~'])
+            .map(|p| p.parse::<u64>().map_err(|_| p.to_string()))
+            .collect()
     };
     split(a).cmp(&split(b))
 }
@@ -149,7 +180,10 @@ pub fn grub_cfg(ids: &DiskIds, boot: &BootFiles, cmdline: &str, title: &str) -> 
     s.push_str("terminal_input serial console\nterminal_output serial console\n");
     s.push_str("set timeout=1\nset default=0\n\n");
     s.push_str(&format!("menuentry '{}' {{\n", title.replace('\'', "")));
-    s.push_str(&format!("    search --no-floppy --fs-uuid --set=root {}\n", ids.root_fs_uuid));
+    s.push_str(&format!(
+        "    search --no-floppy --fs-uuid --set=root {}\n",
+        ids.root_fs_uuid
+    ));
     s.push_str(&format!("    linux {} {cmdline}\n", boot.kernel));
     if let Some(i) = &boot.initrd {
         s.push_str(&format!("    initrd {i}\n"));
@@ -175,8 +209,27 @@ pub fn fstab(ids: &DiskIds) -> String {
 }
 
 pub const GRUB_MODULES: &[&str] = &[
-    "part_gpt", "part_msdos", "fat", "ext2", "normal", "linux", "search", "search_fs_uuid", "configfile", "echo", "gzio",
-    "all_video", "efi_gop", "serial", "terminal", "test", "ls", "cat", "reboot", "halt", "boot",
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_fs_uuid",
+    "configfile",
+    "echo",
+    "gzio",
+    "all_video",
+    "efi_gop",
+    "serial",
+    "terminal",
+    "test",
+    "ls",
+    "cat",
+    "reboot",
+    "halt",
+    "boot",
 ];
 
 /// Host tools assembly needs, with the Debian package that provides each.
@@ -193,11 +246,17 @@ pub const HOST_TOOLS: &[(&str, &str)] = &[
 pub fn check_host_tools() -> Result<()> {
     for (tool, pkg) in HOST_TOOLS {
         if webake_sys::process::which(tool).is_none() {
-            return Err(BuildError::MissingTool { tool: tool.to_string(), hint: format!("apt-get install {pkg}") });
+            return Err(BuildError::MissingTool {
+                tool: tool.to_string(),
+                hint: format!("apt-get install {pkg}"),
+            });
         }
     }
     if !Path::new("/usr/lib/grub/x86_64-efi/linux.mod").is_file() {
-        return Err(BuildError::MissingTool { tool: "GRUB x86_64-efi modules".into(), hint: "apt-get install grub-efi-amd64-bin".into() });
+        return Err(BuildError::MissingTool {
+            tool: "GRUB x86_64-efi modules".into(),
+            hint: "apt-get install grub-efi-amd64-bin".into(),
+        });
     }
     Ok(())
 }
@@ -227,19 +286,28 @@ pub struct AssembleInput<'a> {
 pub type Runner<'a> = dyn FnMut(&Cmd) -> Result<()> + 'a;
 
 /// Write boot configuration into the tree, then build the disk and the requested formats.
-pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(Vec<Artifact>, BootFiles)> {
+pub fn assemble(
+    input: &AssembleInput<'_>,
+    runner: &mut Runner<'_>,
+) -> Result<(Vec<Artifact>, BootFiles)> {
     let layout = Layout::new(input.disk)?;
     let tree = input.tree;
     let boot = find_kernel(tree)?;
     let cmdline = kernel_cmdline(&input.ids, &input.disk.kernel_cmdline);
 
     // Boot configuration inside the tree.
-    let grub_dir = crate::finalize::inner(tree, "boot/grub").ok_or_else(|| BuildError::Invalid("/boot/grub in the image is not a directory".into()))?;
+    let grub_dir = crate::finalize::inner(tree, "boot/grub")
+        .ok_or_else(|| BuildError::Invalid("/boot/grub in the image is not a directory".into()))?;
     std::fs::create_dir_all(&grub_dir).map_err(|e| BuildError::io(&grub_dir, e))?;
-    write_plain(&grub_dir.join("grub.cfg"), grub_cfg(&input.ids, &boot, &cmdline, &input.title).as_bytes())?;
-    let efi_dir = crate::finalize::inner(tree, "boot/efi").ok_or_else(|| BuildError::Invalid("/boot/efi in the image is not a directory".into()))?;
+    write_plain(
+        &grub_dir.join("grub.cfg"),
+        grub_cfg(&input.ids, &boot, &cmdline, &input.title).as_bytes(),
+    )?;
+    let efi_dir = crate::finalize::inner(tree, "boot/efi")
+        .ok_or_else(|| BuildError::Invalid("/boot/efi in the image is not a directory".into()))?;
     std::fs::create_dir_all(&efi_dir).map_err(|e| BuildError::io(&efi_dir, e))?;
-    let fstab_path = crate::finalize::inner(tree, "etc/fstab").ok_or_else(|| BuildError::Invalid("/etc in the image is not a directory".into()))?;
+    let fstab_path = crate::finalize::inner(tree, "etc/fstab")
+        .ok_or_else(|| BuildError::Invalid("/etc in the image is not a directory".into()))?;
     write_plain(&fstab_path, fstab(&input.ids).as_bytes())?;
 
     // The EFI binary.
@@ -248,7 +316,22 @@ pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(V
     let cfg = scratch.join("embedded.cfg");
     write_plain(&cfg, embedded_cfg(&input.ids).as_bytes())?;
     let efi = scratch.join("BOOTX64.EFI");
-    runner(&Cmd::new("grub-mkimage").args(["-O", "x86_64-efi", "-d", "/usr/lib/grub/x86_64-efi", "-p", "/EFI/BOOT", "-c"]).arg(&cfg).arg("-o").arg(&efi).args(GRUB_MODULES))?;
+    runner(
+        &Cmd::new("grub-mkimage")
+            .args([
+                "-O",
+                "x86_64-efi",
+                "-d",
+                "/usr/lib/grub/x86_64-efi",
+                "-p",
+                "/EFI/BOOT",
+                "-c",
+            ])
+            .arg(&cfg)
+            .arg("-o")
+            .arg(&efi)
+            .args(GRUB_MODULES),
+    )?;
 
     // The raw disk, written under a temp name in the output directory.
     std::fs::create_dir_all(input.out_dir).map_err(|e| BuildError::io(input.out_dir, e))?;
@@ -257,32 +340,68 @@ pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(V
     let guard = TempFiles(vec![raw_tmp.clone()]);
     {
         let f = std::fs::File::create(&raw_tmp).map_err(|e| BuildError::io(&raw_tmp, e))?;
-        f.set_len(layout.disk_bytes).map_err(|e| BuildError::io(&raw_tmp, e))?;
+        f.set_len(layout.disk_bytes)
+            .map_err(|e| BuildError::io(&raw_tmp, e))?;
     }
     let script = scratch.join("layout.sfdisk");
     write_plain(&script, layout.sfdisk_script(&input.ids).as_bytes())?;
-    runner(&Cmd::new("sh").arg("-c").arg("exec sfdisk --quiet --no-reread --no-tell-kernel \"$1\" < \"$2\"").arg("sfdisk").arg(&raw_tmp).arg(&script))?;
+    runner(
+        &Cmd::new("sh")
+            .arg("-c")
+            .arg("exec sfdisk --quiet --no-reread --no-tell-kernel \"$1\" < \"$2\"")
+            .arg("sfdisk")
+            .arg(&raw_tmp)
+            .arg(&script),
+    )?;
 
     // ESP: FAT at its offset, then the EFI binary copied in with mtools.
     runner(
         &Cmd::new("mkfs.vfat")
             // FAT32 needs at least 65525 clusters: one 512-byte sector per cluster from 64 MiB
             // up; a smaller ESP is FAT16 (which UEFI firmware reads as well).
-            .args(if layout.esp_bytes >= 64 << 20 { ["-F", "32", "-s", "1"] } else { ["-F", "16", "-s", "4"] })
+            .args(if layout.esp_bytes >= 64 << 20 {
+                ["-F", "32", "-s", "1"]
+            } else {
+                ["-F", "16", "-s", "4"]
+            })
             .args(["-n", "ESP", "-i", &input.ids.esp_volume_id, "-S", "512"])
             .arg(format!("--offset={}", layout.esp_offset / SECTOR))
             .arg(&raw_tmp)
             .arg((layout.esp_bytes / 1024).to_string()),
     )?;
     let img = format!("{}@@{}", raw_tmp.display(), layout.esp_offset);
-    runner(&Cmd::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &img, "::/EFI", "::/EFI/BOOT"]))?;
-    runner(&Cmd::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &img]).arg(&efi).arg("::/EFI/BOOT/BOOTX64.EFI"))?;
+    runner(&Cmd::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args([
+        "-i",
+        &img,
+        "::/EFI",
+        "::/EFI/BOOT",
+    ]))?;
+    runner(
+        &Cmd::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &img])
+            .arg(&efi)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+    )?;
 
     // Root filesystem populated from the tree, at its offset.
     runner(
         &Cmd::new("mkfs.ext4")
-            .args(["-F", "-q", "-L", "root", "-U", &input.ids.root_fs_uuid, "-b", "4096", "-E"])
-            .arg(format!("offset={},nodiscard,root_owner=0:0", layout.root_offset))
+            .args([
+                "-F",
+                "-q",
+                "-L",
+                "root",
+                "-U",
+                &input.ids.root_fs_uuid,
+                "-b",
+                "4096",
+                "-E",
+            ])
+            .arg(format!(
+                "offset={},nodiscard,root_owner=0:0",
+                layout.root_offset
+            ))
             .arg("-d")
             .arg(tree)
             .arg(&raw_tmp)
@@ -297,7 +416,22 @@ pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(V
         let q_final = input.out_dir.join(format!("{}.qcow2", input.base_name));
         let q_tmp = webake_sys::fsutil::temp_sibling(&q_final);
         tmps.0.push(q_tmp.clone());
-        runner(&Cmd::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd"]).arg(&raw_tmp).arg(&q_tmp))?;
+        runner(
+            &Cmd::new("qemu-img")
+                .args([
+                    "convert",
+                    "-q",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "qcow2",
+                    "-c",
+                    "-o",
+                    "compression_type=zstd",
+                ])
+                .arg(&raw_tmp)
+                .arg(&q_tmp),
+        )?;
         artifacts.push((OutputFormat::Qcow2, q_tmp, q_final));
     }
     if input.outputs.contains(&OutputFormat::Raw) {
@@ -307,8 +441,15 @@ pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(V
     let mut out = Vec::new();
     for (format, tmp, fin) in &artifacts {
         let sha256 = crate::digest::sha256_file(tmp)?;
-        let size = std::fs::metadata(tmp).map_err(|e| BuildError::io(tmp, e))?.len();
-        out.push(Artifact { format: *format, path: fin.clone(), sha256, size });
+        let size = std::fs::metadata(tmp)
+            .map_err(|e| BuildError::io(tmp, e))?
+            .len();
+        out.push(Artifact {
+            format: *format,
+            path: fin.clone(),
+            sha256,
+            size,
+        });
     }
     for (_, tmp, fin) in &artifacts {
         std::fs::rename(tmp, fin).map_err(|e| BuildError::io(fin, e))?;
@@ -318,7 +459,10 @@ pub fn assemble(input: &AssembleInput<'_>, runner: &mut Runner<'_>) -> Result<(V
 }
 
 fn write_plain(p: &Path, content: &[u8]) -> Result<()> {
-    if std::fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+    if std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
         std::fs::remove_file(p).map_err(|e| BuildError::io(p, e))?;
     }
     std::fs::write(p, content).map_err(|e| BuildError::io(p, e))
@@ -348,7 +492,11 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_and_fits() {
-        let d = DiskSpec { size: ByteSize(2 << 30), esp_size: ByteSize(64 << 20), ..DiskSpec::default() };
+        let d = DiskSpec {
+            size: ByteSize(2 << 30),
+            esp_size: ByteSize(64 << 20),
+            ..DiskSpec::default()
+        };
         let l = Layout::new(&d).unwrap();
         assert_eq!(l.esp_offset, 1 << 20);
         assert_eq!(l.root_offset, 65 << 20);
@@ -381,19 +529,33 @@ mod tests {
         std::fs::write(d.path().join("boot/initrd.img-6.1.0-10-cloud-amd64"), "").unwrap();
         let k = find_kernel(d.path()).unwrap();
         assert_eq!(k.version, "6.1.0-10-cloud-amd64");
-        assert_eq!(k.initrd.as_deref(), Some("/boot/initrd.img-6.1.0-10-cloud-amd64"));
+        assert_eq!(
+            k.initrd.as_deref(),
+            Some("/boot/initrd.img-6.1.0-10-cloud-amd64")
+        );
         let empty = tempfile::tempdir().unwrap();
         std::fs::create_dir(empty.path().join("boot")).unwrap();
-        assert!(find_kernel(empty.path()).unwrap_err().to_string().contains("no kernel"));
+        assert!(
+            find_kernel(empty.path())
+                .unwrap_err()
+                .to_string()
+                .contains("no kernel")
+        );
     }
 
     #[test]
     fn grub_and_fstab_reference_the_root_uuid() {
         let ids = DiskIds::derive("z");
-        let boot = BootFiles { kernel: "/boot/vmlinuz-6".into(), initrd: None, version: "6".into() };
+        let boot = BootFiles {
+            kernel: "/boot/vmlinuz-6".into(),
+            initrd: None,
+            version: "6".into(),
+        };
         let cmd = kernel_cmdline(&ids, &["quiet".into()]);
         assert!(cmd.contains("console=ttyS0,115200n8") && cmd.ends_with("quiet"));
-        assert!(grub_cfg(&ids, &boot, &cmd, "t").contains(&format!("root=UUID={}", ids.root_fs_uuid)));
+        assert!(
+            grub_cfg(&ids, &boot, &cmd, "t").contains(&format!("root=UUID={}", ids.root_fs_uuid))
+        );
         assert!(fstab(&ids).contains(&format!("UUID={}\t/\t", ids.root_fs_uuid)));
         assert!(embedded_cfg(&ids).contains(&ids.root_fs_uuid));
     }

@@ -7,15 +7,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 use webake_spec::{Base, LoadedRecipe};
+use webake_sys::CancelToken;
 use webake_sys::process::{Cmd, run};
 use webake_sys::sandbox::{Bind, Overlay, SandboxSpec};
-use webake_sys::CancelToken;
 
 use crate::assemble::{Artifact, AssembleInput, BootFiles, DiskIds};
 use crate::bootstrap::{self, BootstrapPlan, HostSources};
 use crate::digest::sha256_hex;
 use crate::error::{BuildError, Result};
-use crate::provision::{self, BakeVars, StepPlan, STAGING};
+use crate::provision::{self, BakeVars, STAGING, StepPlan};
 use crate::reporter::{CacheStatus, Reporter};
 use crate::workspace::{Workspace, mkdir_p};
 
@@ -30,18 +30,42 @@ pub struct Plan {
 }
 
 /// Compute the plan (reads the recipe's input files, touches nothing).
-pub fn plan(recipe: &LoadedRecipe, env_mirror: Option<String>, host_sources: &HostSources) -> Result<Plan> {
+pub fn plan(
+    recipe: &LoadedRecipe,
+    env_mirror: Option<String>,
+    host_sources: &HostSources,
+) -> Result<Plan> {
     let base = match &recipe.recipe.base {
         Base::Mmdebstrap(m) => m,
-        Base::Image(i) => return Err(BuildError::Invalid(format!("{}: base `image: {i}` is not supported by this webake yet; use base.mmdebstrap", recipe.path.display()))),
-        Base::Ami(a) => return Err(BuildError::Invalid(format!("{}: base `ami: {}` needs the AWS integration (webake publish); use base.mmdebstrap", recipe.path.display(), a.id))),
+        Base::Image(i) => {
+            return Err(BuildError::Invalid(format!(
+                "{}: base `image: {i}` is not supported by this webake yet; use base.mmdebstrap",
+                recipe.path.display()
+            )));
+        }
+        Base::Ami(a) => {
+            return Err(BuildError::Invalid(format!(
+                "{}: base `ami: {}` needs the AWS integration (webake publish); use base.mmdebstrap",
+                recipe.path.display(),
+                a.id
+            )));
+        }
     };
     let bootstrap = BootstrapPlan::new(base, &recipe.dir, env_mirror, host_sources)?;
     let steps = provision::plan_steps(recipe, &bootstrap.key, &[])?;
     let recipe_digest = sha256_hex(recipe.source.as_bytes());
-    let last = steps.last().map(|s| s.key.clone()).unwrap_or_else(|| bootstrap.key.clone());
-    let inputs_digest = sha256_hex(format!("webake-inputs-v1\n{recipe_digest}\n{last}\n").as_bytes());
-    Ok(Plan { bootstrap, steps, inputs_digest, recipe_digest })
+    let last = steps
+        .last()
+        .map(|s| s.key.clone())
+        .unwrap_or_else(|| bootstrap.key.clone());
+    let inputs_digest =
+        sha256_hex(format!("webake-inputs-v1\n{recipe_digest}\n{last}\n").as_bytes());
+    Ok(Plan {
+        bootstrap,
+        steps,
+        inputs_digest,
+        recipe_digest,
+    })
 }
 
 /// The per-bake log file: every step's output, with the step name.
@@ -55,8 +79,15 @@ impl BakeLog {
         if let Some(d) = path.parent() {
             mkdir_p(d)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| BuildError::io(path, e))?;
-        Ok(Self { file: Mutex::new(file), path: path.to_path_buf() })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| BuildError::io(path, e))?;
+        Ok(Self {
+            file: Mutex::new(file),
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn line(&self, step: &str, line: &str) {
@@ -118,7 +149,8 @@ struct Scratch {
 impl Scratch {
     fn finish(mut self) -> Result<()> {
         self.keep = true; // Drop does nothing now
-        webake_sys::fsutil::remove_dir_all_if_exists(&self.path).map_err(|e| BuildError::io(&self.path, e))
+        webake_sys::fsutil::remove_dir_all_if_exists(&self.path)
+            .map_err(|e| BuildError::io(&self.path, e))
     }
 }
 
@@ -136,17 +168,26 @@ pub fn bake(req: BakeRequest<'_>) -> Result<BakeResult> {
     req.workspace.ensure()?;
     crate::assemble::check_host_tools()?;
     if webake_sys::process::which("mmdebstrap").is_none() {
-        return Err(BuildError::MissingTool { tool: "mmdebstrap".into(), hint: "apt-get install mmdebstrap".into() });
+        return Err(BuildError::MissingTool {
+            tool: "mmdebstrap".into(),
+            hint: "apt-get install mmdebstrap".into(),
+        });
     }
     let scratch_path = req.workspace.scratch_dir(&req.bake_id);
     mkdir_p(&scratch_path)?;
-    let mut scratch = Scratch { path: scratch_path.clone(), keep: false };
+    let mut scratch = Scratch {
+        path: scratch_path.clone(),
+        keep: false,
+    };
     let result = bake_inner(&req, &scratch_path);
     match &result {
         Ok(_) => scratch.finish()?,
         Err(e) if req.keep_on_error && !e.is_cancelled() => {
             scratch.keep = true;
-            req.reporter.note(&format!("keeping scratch directory {} (--keep-on-error)", scratch_path.display()));
+            req.reporter.note(&format!(
+                "keeping scratch directory {} (--keep-on-error)",
+                scratch_path.display()
+            ));
         }
         Err(_) => scratch.finish()?,
     }
@@ -154,7 +195,11 @@ pub fn bake(req: BakeRequest<'_>) -> Result<BakeResult> {
 }
 
 fn check_cancel(c: &CancelToken) -> Result<()> {
-    if c.is_cancelled() { Err(BuildError::Cancelled) } else { Ok(()) }
+    if c.is_cancelled() {
+        Err(BuildError::Cancelled)
+    } else {
+        Ok(())
+    }
 }
 
 fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
@@ -174,18 +219,44 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     let bs = &plan.bootstrap;
     let step = "bootstrap";
     let t = Instant::now();
-    let base_root = match bootstrap::cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key).filter(|_| !req.refresh_base) {
+    let base_root = match bootstrap::cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key)
+        .filter(|_| !req.refresh_base)
+    {
         Some(root) => {
-            req.reporter.step_started(step, &format!("cached base {} ({})", &bs.key[..12], bs.suite));
+            req.reporter.step_started(
+                step,
+                &format!("cached base {} ({})", &bs.key[..12], bs.suite),
+            );
             touch(&req.workspace.bootstrap_dir().join(&bs.key));
-            req.reporter.step_finished(step, t.elapsed(), CacheStatus::Hit);
-            steps.push(StepReport { name: step.into(), cache: CacheStatus::Hit, seconds: t.elapsed().as_secs_f64(), detail: bs.key.clone() });
+            req.reporter
+                .step_finished(step, t.elapsed(), CacheStatus::Hit);
+            steps.push(StepReport {
+                name: step.into(),
+                cache: CacheStatus::Hit,
+                seconds: t.elapsed().as_secs_f64(),
+                detail: bs.key.clone(),
+            });
             root
         }
         None => {
-            let why = if req.refresh_base { "refresh requested".to_string() } else { format!("no cached base for key {}", &bs.key[..12]) };
-            req.reporter.step_started(step, &format!("mmdebstrap {} {} (mirror: {}; {why})", bs.suite, bs.variant, bs.mirror.as_deref().unwrap_or("default")));
-            let staging = req.workspace.bootstrap_dir().join(bootstrap::staging_name(&bs.key, &req.bake_id));
+            let why = if req.refresh_base {
+                "refresh requested".to_string()
+            } else {
+                format!("no cached base for key {}", &bs.key[..12])
+            };
+            req.reporter.step_started(
+                step,
+                &format!(
+                    "mmdebstrap {} {} (mirror: {}; {why})",
+                    bs.suite,
+                    bs.variant,
+                    bs.mirror.as_deref().unwrap_or("default")
+                ),
+            );
+            let staging = req
+                .workspace
+                .bootstrap_dir()
+                .join(bootstrap::staging_name(&bs.key, &req.bake_id));
             let _cleanup = RemoveOnDrop(staging.clone());
             mkdir_p(&staging)?;
             let target = staging.join("rootfs");
@@ -197,11 +268,18 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             write_json(&staging.join("meta.json"), &meta)?;
             let dest = req.workspace.bootstrap_dir().join(&bs.key);
             if req.refresh_base {
-                webake_sys::fsutil::remove_dir_all_if_exists(&dest).map_err(|e| BuildError::io(&dest, e))?;
+                webake_sys::fsutil::remove_dir_all_if_exists(&dest)
+                    .map_err(|e| BuildError::io(&dest, e))?;
             }
             bootstrap::commit_entry(&staging, &dest)?;
-            req.reporter.step_finished(step, t.elapsed(), CacheStatus::Miss);
-            steps.push(StepReport { name: step.into(), cache: CacheStatus::Miss, seconds: t.elapsed().as_secs_f64(), detail: why });
+            req.reporter
+                .step_finished(step, t.elapsed(), CacheStatus::Miss);
+            steps.push(StepReport {
+                name: step.into(),
+                cache: CacheStatus::Miss,
+                seconds: t.elapsed().as_secs_f64(),
+                detail: why,
+            });
             dest.join("rootfs")
         }
     };
@@ -219,28 +297,47 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         let p = &recipe.recipe.provisioners[i];
         let t = Instant::now();
         let entry = req.workspace.layers_dir().join(&sp.key);
-        let explain_file = req.workspace.cache_dir.join("explain").join(recipe.family()).join(format!("step-{i}.json"));
+        let explain_file = req
+            .workspace
+            .cache_dir
+            .join("explain")
+            .join(recipe.family())
+            .join(format!("step-{i}.json"));
         if !req.no_cache && entry.join("meta.json").is_file() && entry.join("tree").is_dir() {
-            req.reporter.step_started(&sp.label, &format!("cached layer {}", &sp.key[..12]));
+            req.reporter
+                .step_started(&sp.label, &format!("cached layer {}", &sp.key[..12]));
             touch(&entry);
-            req.reporter.step_finished(&sp.label, t.elapsed(), CacheStatus::Hit);
-            steps.push(StepReport { name: sp.label.clone(), cache: CacheStatus::Hit, seconds: t.elapsed().as_secs_f64(), detail: sp.key.clone() });
+            req.reporter
+                .step_finished(&sp.label, t.elapsed(), CacheStatus::Hit);
+            steps.push(StepReport {
+                name: sp.label.clone(),
+                cache: CacheStatus::Hit,
+                seconds: t.elapsed().as_secs_f64(),
+                detail: sp.key.clone(),
+            });
             lowers.insert(0, entry.join("tree"));
             continue;
         }
         let why = explain_miss(&explain_file, sp, req.no_cache);
         req.reporter.step_started(&sp.label, &why);
         let dir = scratch.join(format!("step-{i}"));
-        let (upper, work, merged, gen_dir) = (dir.join("upper"), dir.join("work"), dir.join("merged"), dir.join("gen"));
+        let (upper, work, merged, gen_dir) = (
+            dir.join("upper"),
+            dir.join("work"),
+            dir.join("merged"),
+            dir.join("gen"),
+        );
         for d in [&upper, &work, &merged, &gen_dir] {
             mkdir_p(d)?;
         }
-        let sc = provision::step_command(recipe, p, &vars, req.host_env).map_err(|e| e.in_step(&sp.label))?;
+        let sc = provision::step_command(recipe, p, &vars, req.host_env)
+            .map_err(|e| e.in_step(&sp.label))?;
         for (name, content, mode) in &sc.generated {
             if let Some(link) = name.strip_prefix("link:") {
                 let target = String::from_utf8_lossy(content).to_string();
                 mkdir_p(&gen_dir.join("inventory"))?;
-                std::os::unix::fs::symlink(&target, gen_dir.join("inventory").join(link)).map_err(|e| BuildError::io(gen_dir.join(link), e))?;
+                std::os::unix::fs::symlink(&target, gen_dir.join("inventory").join(link))
+                    .map_err(|e| BuildError::io(gen_dir.join(link), e))?;
                 continue;
             }
             let path = gen_dir.join(name);
@@ -249,22 +346,51 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             }
             std::fs::write(&path, content).map_err(|e| BuildError::io(&path, e))?;
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(|e| BuildError::io(&path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+                .map_err(|e| BuildError::io(&path, e))?;
         }
-        let overlay = Overlay { lowers: lowers.clone(), upper: upper.clone(), work: work.clone(), merged: merged.clone() };
+        let overlay = Overlay {
+            lowers: lowers.clone(),
+            upper: upper.clone(),
+            work: work.clone(),
+            merged: merged.clone(),
+        };
         let spec = if sc.on_host {
             // ansible (host mode): ansible-playbook runs on the build host against the merged
             // tree through the chroot connection plugin; API filesystems are mounted in it.
-            let mut inv = format!("[all]\nimage ansible_connection=community.general.chroot ansible_host={} ansible_python_interpreter=/usr/bin/python3\n", merged.display());
-            if let Some((_, g, _)) = sc.generated.iter().find(|(n, _, _)| n == "inventory.groups") {
+            let mut inv = format!(
+                "[all]\nimage ansible_connection=community.general.chroot ansible_host={} ansible_python_interpreter=/usr/bin/python3\n",
+                merged.display()
+            );
+            if let Some((_, g, _)) = sc
+                .generated
+                .iter()
+                .find(|(n, _, _)| n == "inventory.groups")
+            {
                 inv.push_str(&String::from_utf8_lossy(g));
             }
             mkdir_p(&gen_dir.join("inventory"))?;
-            std::fs::write(gen_dir.join("inventory/hosts"), inv).map_err(|e| BuildError::io(gen_dir.join("inventory/hosts"), e))?;
-            let mut argv = vec!["ansible-playbook".to_string(), "-i".into(), gen_dir.join("inventory/hosts").display().to_string(), "--extra-vars".into(), format!("@{}", gen_dir.join("extra_vars.json").display())];
+            std::fs::write(gen_dir.join("inventory/hosts"), inv)
+                .map_err(|e| BuildError::io(gen_dir.join("inventory/hosts"), e))?;
+            let mut argv = vec![
+                "ansible-playbook".to_string(),
+                "-i".into(),
+                gen_dir.join("inventory/hosts").display().to_string(),
+                "--extra-vars".into(),
+                format!("@{}", gen_dir.join("extra_vars.json").display()),
+            ];
             argv.extend(sc.argv.iter().cloned());
             let mut env = webake_sys::sandbox::SandboxSpec::host(vec![]).env;
-            env.extend(sc.env.iter().filter(|(k, _)| k.starts_with("ANSIBLE") || k.starts_with("WEBAKE") || k == "PYTHONUNBUFFERED").cloned());
+            env.extend(
+                sc.env
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.starts_with("ANSIBLE")
+                            || k.starts_with("WEBAKE")
+                            || k == "PYTHONUNBUFFERED"
+                    })
+                    .cloned(),
+            );
             SandboxSpec {
                 root: Some(merged.clone()),
                 chroot: false,
@@ -274,13 +400,20 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                 host_resolv_conf: false,
                 policy_rc_d: false,
                 hostname: "webake-build".into(),
-                cwd: recipe.dir.canonicalize().unwrap_or_else(|_| recipe.dir.clone()),
+                cwd: recipe
+                    .dir
+                    .canonicalize()
+                    .unwrap_or_else(|_| recipe.dir.clone()),
                 env,
                 argv,
             }
         } else {
             let mut binds = sc.binds.clone();
-            binds.push(Bind { source: gen_dir.clone(), target: format!("{STAGING}/gen").into(), readonly: true });
+            binds.push(Bind {
+                source: gen_dir.clone(),
+                target: format!("{STAGING}/gen").into(),
+                readonly: true,
+            });
             SandboxSpec {
                 root: Some(merged.clone()),
                 chroot: true,
@@ -298,7 +431,10 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         let cmd = spec.command(&req.helper_exe).secrets(sc.secrets.clone());
         run_in(&sp.label, &cmd).map_err(|e| e.in_step(&sp.label))?;
         // Commit the layer: upper -> cache entry (atomic rename of a complete directory).
-        let staging = req.workspace.layers_dir().join(bootstrap::staging_name(&sp.key, &req.bake_id));
+        let staging = req
+            .workspace
+            .layers_dir()
+            .join(bootstrap::staging_name(&sp.key, &req.bake_id));
         let _cleanup = RemoveOnDrop(staging.clone());
         mkdir_p(&staging)?;
         std::fs::rename(&upper, staging.join("tree")).map_err(|e| BuildError::io(&upper, e))?;
@@ -309,9 +445,18 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         if let Some(d) = explain_file.parent() {
             let _ = std::fs::create_dir_all(d);
         }
-        let _ = webake_sys::fsutil::atomic_write(&explain_file, serde_json::to_string(&meta).unwrap_or_default().as_bytes());
-        req.reporter.step_finished(&sp.label, t.elapsed(), CacheStatus::Miss);
-        steps.push(StepReport { name: sp.label.clone(), cache: CacheStatus::Miss, seconds: t.elapsed().as_secs_f64(), detail: why });
+        let _ = webake_sys::fsutil::atomic_write(
+            &explain_file,
+            serde_json::to_string(&meta).unwrap_or_default().as_bytes(),
+        );
+        req.reporter
+            .step_finished(&sp.label, t.elapsed(), CacheStatus::Miss);
+        steps.push(StepReport {
+            name: sp.label.clone(),
+            cache: CacheStatus::Miss,
+            seconds: t.elapsed().as_secs_f64(),
+            detail: why,
+        });
         lowers.insert(0, entry.join("tree"));
         check_cancel(&req.cancel)?;
     }
@@ -319,45 +464,91 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     // 3. Export the merged tree once into a plain directory.
     let step = "export";
     let t = Instant::now();
-    req.reporter.step_started(step, &format!("{} layer(s)", lowers.len()));
+    req.reporter
+        .step_started(step, &format!("{} layer(s)", lowers.len()));
     let tree = scratch.join("tree");
     mkdir_p(&tree)?;
     if lowers.len() == 1 {
-        run_in(step, &Cmd::new("cp").args(["-a", "--sparse=always"]).arg(format!("{}/.", base_root.display())).arg(&tree)).map_err(|e| e.in_step(step))?;
+        run_in(
+            step,
+            &Cmd::new("cp")
+                .args(["-a", "--sparse=always"])
+                .arg(format!("{}/.", base_root.display()))
+                .arg(&tree),
+        )
+        .map_err(|e| e.in_step(step))?;
     } else {
         let ex = scratch.join("export");
         let (upper, work, merged) = (ex.join("upper"), ex.join("work"), ex.join("merged"));
         for d in [&upper, &work, &merged] {
             mkdir_p(d)?;
         }
-        let mut spec = SandboxSpec::host(vec!["cp".into(), "-a".into(), "--sparse=always".into(), format!("{}/.", merged.display()), tree.display().to_string()]);
-        spec.overlay = Some(Overlay { lowers: lowers.clone(), upper, work, merged });
+        let mut spec = SandboxSpec::host(vec![
+            "cp".into(),
+            "-a".into(),
+            "--sparse=always".into(),
+            format!("{}/.", merged.display()),
+            tree.display().to_string(),
+        ]);
+        spec.overlay = Some(Overlay {
+            lowers: lowers.clone(),
+            upper,
+            work,
+            merged,
+        });
         run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
         let _ = webake_sys::fsutil::remove_dir_all_if_exists(&ex);
     }
-    req.reporter.step_finished(step, t.elapsed(), CacheStatus::Uncached);
-    steps.push(StepReport { name: step.into(), cache: CacheStatus::Uncached, seconds: t.elapsed().as_secs_f64(), detail: String::new() });
+    req.reporter
+        .step_finished(step, t.elapsed(), CacheStatus::Uncached);
+    steps.push(StepReport {
+        name: step.into(),
+        cache: CacheStatus::Uncached,
+        seconds: t.elapsed().as_secs_f64(),
+        detail: String::new(),
+    });
     check_cancel(&req.cancel)?;
 
     // 4. Finalize: environment-agnostic.
     let step = "finalize";
     let t = Instant::now();
-    req.reporter.step_started(step, "environment-agnostic cleanup");
+    req.reporter
+        .step_started(step, "environment-agnostic cleanup");
     let host_resolv = std::fs::read("/etc/resolv.conf").ok();
-    let fin = crate::finalize::finalize(&tree, host_resolv.as_deref()).map_err(|e| e.in_step(step))?;
+    let fin =
+        crate::finalize::finalize(&tree, host_resolv.as_deref()).map_err(|e| e.in_step(step))?;
     for a in &fin.actions {
         req.log.line(step, a);
         req.reporter.output(step, a);
     }
     (req.inspect)(&tree).map_err(|m| BuildError::Invalid(m).in_step(step))?;
-    req.reporter.step_finished(step, t.elapsed(), CacheStatus::Uncached);
-    steps.push(StepReport { name: step.into(), cache: CacheStatus::Uncached, seconds: t.elapsed().as_secs_f64(), detail: String::new() });
+    req.reporter
+        .step_finished(step, t.elapsed(), CacheStatus::Uncached);
+    steps.push(StepReport {
+        name: step.into(),
+        cache: CacheStatus::Uncached,
+        seconds: t.elapsed().as_secs_f64(),
+        detail: String::new(),
+    });
     check_cancel(&req.cancel)?;
 
     // 5. Assemble the disk and write the artifacts.
     let step = "assemble";
     let t = Instant::now();
-    req.reporter.step_started(step, &format!("GPT disk {} (ESP + ext4), outputs: {}", recipe.recipe.disk.size, recipe.recipe.outputs.iter().map(|o| o.extension()).collect::<Vec<_>>().join(", ")));
+    req.reporter.step_started(
+        step,
+        &format!(
+            "GPT disk {} (ESP + ext4), outputs: {}",
+            recipe.recipe.disk.size,
+            recipe
+                .recipe
+                .outputs
+                .iter()
+                .map(|o| o.extension())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
     let ids = DiskIds::derive(&req.image_id);
     let input = AssembleInput {
         tree: &tree,
@@ -370,10 +561,23 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         outputs: &recipe.recipe.outputs,
     };
     let mut runner = |c: &Cmd| run_in(step, c);
-    let (artifacts, boot) = crate::assemble::assemble(&input, &mut runner).map_err(|e| e.in_step(step))?;
-    req.reporter.step_finished(step, t.elapsed(), CacheStatus::Uncached);
-    steps.push(StepReport { name: step.into(), cache: CacheStatus::Uncached, seconds: t.elapsed().as_secs_f64(), detail: String::new() });
-    Ok(BakeResult { artifacts, boot, steps, finalize_actions: fin.actions, disk_ids: ids })
+    let (artifacts, boot) =
+        crate::assemble::assemble(&input, &mut runner).map_err(|e| e.in_step(step))?;
+    req.reporter
+        .step_finished(step, t.elapsed(), CacheStatus::Uncached);
+    steps.push(StepReport {
+        name: step.into(),
+        cache: CacheStatus::Uncached,
+        seconds: t.elapsed().as_secs_f64(),
+        detail: String::new(),
+    });
+    Ok(BakeResult {
+        artifacts,
+        boot,
+        steps,
+        finalize_actions: fin.actions,
+        disk_ids: ids,
+    })
 }
 
 /// Why a step misses the cache: compare with the inputs of the last layer built at this
@@ -388,7 +592,11 @@ fn explain_miss(explain_file: &Path, sp: &StepPlan, no_cache: bool) -> String {
     let Ok(prev) = serde_json::from_str::<serde_json::Value>(&text) else {
         return "not built before".into();
     };
-    let prev_inputs = prev.get("inputs").and_then(|v| v.as_object()).cloned().unwrap_or_default();
+    let prev_inputs = prev
+        .get("inputs")
+        .and_then(|v| v.as_object())
+        .cloned()
+        .unwrap_or_default();
     let mut changed = Vec::new();
     for (k, v) in &sp.inputs {
         match prev_inputs.get(k).and_then(|x| x.as_str()) {
@@ -430,6 +638,8 @@ fn write_json(p: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 fn jiff_now() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     d.as_secs().to_string()
 }

@@ -29,18 +29,36 @@ pub struct BootstrapPlan {
 const PLAN_VERSION: &str = "webake-bootstrap-v2";
 
 /// Debian codenames and aliases for which the host's Debian mirror is a sensible default.
-const DEBIAN_SUITES: &[&str] =
-    &["buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable", "oldstable"];
+const DEBIAN_SUITES: &[&str] = &[
+    "buster",
+    "bullseye",
+    "bookworm",
+    "trixie",
+    "forky",
+    "sid",
+    "stable",
+    "testing",
+    "unstable",
+    "oldstable",
+];
 
 impl BootstrapPlan {
-    pub fn new(base: &MmdebstrapBase, recipe_dir: &Path, env_mirror: Option<String>, host_sources: &HostSources) -> Result<Self> {
+    pub fn new(
+        base: &MmdebstrapBase,
+        recipe_dir: &Path,
+        env_mirror: Option<String>,
+        host_sources: &HostSources,
+    ) -> Result<Self> {
         let (mirror, mirror_source) = if let Some(m) = &base.mirror {
             (Some(m.clone()), "recipe".to_string())
         } else if let Some(m) = env_mirror.filter(|m| !m.is_empty()) {
             (Some(m), "environment (WEBAKE_MIRROR)".to_string())
         } else if DEBIAN_SUITES.contains(&base.suite.as_str()) {
             match &host_sources.debian_mirror {
-                Some(m) => (Some(m.clone()), format!("host apt sources ({})", host_sources.origin)),
+                Some(m) => (
+                    Some(m.clone()),
+                    format!("host apt sources ({})", host_sources.origin),
+                ),
                 None => (None, "mmdebstrap default".to_string()),
             }
         } else {
@@ -49,7 +67,11 @@ impl BootstrapPlan {
         let mut keyrings = Vec::new();
         let mut keyring_digests = Vec::new();
         for k in &base.keyrings {
-            let p = if Path::new(k).is_absolute() { PathBuf::from(k) } else { recipe_dir.join(k) };
+            let p = if Path::new(k).is_absolute() {
+                PathBuf::from(k)
+            } else {
+                recipe_dir.join(k)
+            };
             keyring_digests.push(sha256_file(&p)?);
             keyrings.push(p);
         }
@@ -104,7 +126,12 @@ impl BootstrapPlan {
         a.push(self.suite.clone());
         a.push(target.display().to_string());
         if let Some(m) = &self.mirror {
-            a.push(format!("deb {} {} {}", m, self.suite, self.components.join(" ")));
+            a.push(format!(
+                "deb {} {} {}",
+                m,
+                self.suite,
+                self.components.join(" ")
+            ));
         }
         a
     }
@@ -127,9 +154,14 @@ impl HostSources {
             files.extend(more);
         }
         for f in files {
-            let Ok(text) = std::fs::read_to_string(&f) else { continue };
+            let Ok(text) = std::fs::read_to_string(&f) else {
+                continue;
+            };
             if let Some(m) = parse_debian_mirror(&text) {
-                return Self { debian_mirror: Some(m), origin: f.display().to_string() };
+                return Self {
+                    debian_mirror: Some(m),
+                    origin: f.display().to_string(),
+                };
             }
         }
         Self::default()
@@ -141,14 +173,22 @@ pub fn parse_debian_mirror(text: &str) -> Option<String> {
     let usable = |uri: &str, suites: &str| {
         (uri.starts_with("http://") || uri.starts_with("https://"))
             && !uri.contains("security")
-            && suites.split_whitespace().any(|s| DEBIAN_SUITES.iter().any(|d| s == *d || s.starts_with(&format!("{d}-updates"))))
+            && suites.split_whitespace().any(|s| {
+                DEBIAN_SUITES
+                    .iter()
+                    .any(|d| s == *d || s.starts_with(&format!("{d}-updates")))
+            })
     };
     // one-line format: deb [opts] URI SUITE COMPONENTS...
     for line in text.lines() {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("deb ") {
             let rest = rest.trim();
-            let rest = if rest.starts_with('[') { rest.split_once(']').map(|(_, r)| r.trim()).unwrap_or("") } else { rest };
+            let rest = if rest.starts_with('[') {
+                rest.split_once(']').map(|(_, r)| r.trim()).unwrap_or("")
+            } else {
+                rest
+            };
             let mut it = rest.split_whitespace();
             if let (Some(uri), Some(suite)) = (it.next(), it.next()) {
                 if usable(uri, suite) {
@@ -186,7 +226,8 @@ pub fn cached_rootfs(bootstrap_dir: &Path, key: &str) -> Option<PathBuf> {
     let entry = bootstrap_dir.join(key);
     // meta.json is written before the entry is renamed into place: without it the entry is
     // not ours or not complete, and is ignored.
-    (entry.join("meta.json").is_file() && entry.join("rootfs").is_dir()).then(|| entry.join("rootfs"))
+    (entry.join("meta.json").is_file() && entry.join("rootfs").is_dir())
+        .then(|| entry.join("rootfs"))
 }
 
 pub fn staging_name(key: &str, bake_id: &str) -> String {
@@ -223,19 +264,37 @@ mod tests {
 
     #[test]
     fn mirror_precedence_recipe_env_host_default() {
-        let host = HostSources { debian_mirror: Some("http://host.example/debian".into()), origin: "x".into() };
+        let host = HostSources {
+            debian_mirror: Some("http://host.example/debian".into()),
+            origin: "x".into(),
+        };
         let mut b = base();
-        let p = BootstrapPlan::new(&b, Path::new("."), Some("http://env.example/debian".into()), &host).unwrap();
+        let p = BootstrapPlan::new(
+            &b,
+            Path::new("."),
+            Some("http://env.example/debian".into()),
+            &host,
+        )
+        .unwrap();
         assert_eq!(p.mirror.as_deref(), Some("http://env.example/debian"));
         let p = BootstrapPlan::new(&b, Path::new("."), None, &host).unwrap();
         assert_eq!(p.mirror.as_deref(), Some("http://host.example/debian"));
         b.mirror = Some("http://recipe.example/debian".into());
-        let p = BootstrapPlan::new(&b, Path::new("."), Some("http://env.example/debian".into()), &host).unwrap();
+        let p = BootstrapPlan::new(
+            &b,
+            Path::new("."),
+            Some("http://env.example/debian".into()),
+            &host,
+        )
+        .unwrap();
         assert_eq!(p.mirror.as_deref(), Some("http://recipe.example/debian"));
         let mut ubuntu = base();
         ubuntu.suite = "noble".into();
         let p = BootstrapPlan::new(&ubuntu, Path::new("."), None, &host).unwrap();
-        assert_eq!(p.mirror, None, "a Debian host mirror is never used for another distribution");
+        assert_eq!(
+            p.mirror, None,
+            "a Debian host mirror is never used for another distribution"
+        );
     }
 
     #[test]
@@ -253,7 +312,10 @@ mod tests {
 
     #[test]
     fn args_end_with_suite_target_mirror() {
-        let host = HostSources { debian_mirror: Some("http://deb.example/debian".into()), origin: "x".into() };
+        let host = HostSources {
+            debian_mirror: Some("http://deb.example/debian".into()),
+            origin: "x".into(),
+        };
         let p = BootstrapPlan::new(&base(), Path::new("."), None, &host).unwrap();
         let a = p.args(Path::new("/t"), None);
         let n = a.len();
@@ -267,9 +329,18 @@ mod tests {
     #[test]
     fn parses_host_sources_in_both_formats() {
         let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(parse_debian_mirror(deb822).as_deref(), Some("http://deb.debian.org/debian"));
+        assert_eq!(
+            parse_debian_mirror(deb822).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
         let one = "# comment\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
-        assert_eq!(parse_debian_mirror(one).as_deref(), Some("http://mirror.example/debian"));
-        assert_eq!(parse_debian_mirror("deb http://security.debian.org/ bookworm-security main\n"), None);
+        assert_eq!(
+            parse_debian_mirror(one).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            parse_debian_mirror("deb http://security.debian.org/ bookworm-security main\n"),
+            None
+        );
     }
 }

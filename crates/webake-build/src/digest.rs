@@ -82,7 +82,11 @@ mod tests {
         std::fs::write(d.path().join("sub/a"), "y").unwrap();
         let b = sha256_path(d.path()).unwrap();
         assert_ne!(a, b);
-        std::fs::set_permissions(d.path().join("sub/a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            d.path().join("sub/a"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let c = sha256_path(d.path()).unwrap();
         assert_ne!(b, c);
         std::fs::rename(d.path().join("sub/a"), d.path().join("sub/b")).unwrap();

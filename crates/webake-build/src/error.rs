@@ -12,7 +12,10 @@ pub enum BuildError {
     #[error(transparent)]
     Process(#[from] webake_sys::ProcessError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the bake was cancelled")]
     Cancelled,
     #[error("missing host tool `{tool}`: {hint}")]
@@ -35,7 +38,10 @@ impl BuildError {
     pub fn in_step(self, step: impl Into<String>) -> Self {
         match self {
             Self::Cancelled => Self::Cancelled,
-            other => Self::Step { step: step.into(), source: Box::new(other) },
+            other => Self::Step {
+                step: step.into(),
+                source: Box::new(other),
+            },
         }
     }
 

@@ -16,7 +16,10 @@ pub struct FinalizeReport {
 /// component may be anything; callers never follow it).
 pub fn inner(root: &Path, rel: &str) -> Option<PathBuf> {
     let mut cur = root.to_path_buf();
-    let comps: Vec<_> = Path::new(rel).components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir)).collect();
+    let comps: Vec<_> = Path::new(rel)
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
     for (i, c) in comps.iter().enumerate() {
         let Component::Normal(n) = c else { return None };
         cur.push(n);
@@ -33,19 +36,27 @@ pub fn inner(root: &Path, rel: &str) -> Option<PathBuf> {
 fn remove_any(p: &Path) -> Result<bool> {
     match std::fs::symlink_metadata(p) {
         Err(_) => Ok(false),
-        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p).map(|_| true).map_err(|e| BuildError::io(p, e)),
-        Ok(_) => std::fs::remove_file(p).map(|_| true).map_err(|e| BuildError::io(p, e)),
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p)
+            .map(|_| true)
+            .map_err(|e| BuildError::io(p, e)),
+        Ok(_) => std::fs::remove_file(p)
+            .map(|_| true)
+            .map_err(|e| BuildError::io(p, e)),
     }
 }
 
 fn write_file(p: &Path, content: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // Never write through a symlink planted in the image.
-    if std::fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+    if std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
         std::fs::remove_file(p).map_err(|e| BuildError::io(p, e))?;
     }
     std::fs::write(p, content).map_err(|e| BuildError::io(p, e))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io(p, e))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| BuildError::io(p, e))
 }
 
 /// Remove the children of a directory matching `keep == false`.
@@ -55,7 +66,10 @@ fn clear_dir(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<usize> {
         Ok(md) if md.is_dir() => {}
         _ => return Ok(0),
     }
-    for e in std::fs::read_dir(dir).map_err(|e| BuildError::io(dir, e))?.flatten() {
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| BuildError::io(dir, e))?
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if !keep(&name) && remove_any(&e.path())? {
             n += 1;
@@ -88,25 +102,46 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
 
     // SSH host keys: removed; regenerated on first boot by a oneshot unit.
     if let Some(ssh) = inner(root, "etc/ssh") {
-        let n = clear_dir(&ssh, &|name| !(name.starts_with("ssh_host_") && (name.ends_with("_key") || name.ends_with("_key.pub"))))?;
+        let n = clear_dir(&ssh, &|name| {
+            !(name.starts_with("ssh_host_")
+                && (name.ends_with("_key") || name.ends_with("_key.pub")))
+        })?;
         if n > 0 {
             did(format!("removed {n} SSH host key files"));
         }
-        if inner(root, "usr/sbin/sshd").is_some_and(|p| p.exists()) || inner(root, "lib/systemd/system/ssh.service").is_some_and(|p| p.exists()) {
-            let unit_dir = inner(root, "etc/systemd/system").ok_or_else(|| BuildError::Invalid("etc/systemd/system in the image is not a directory".into()))?;
+        if inner(root, "usr/sbin/sshd").is_some_and(|p| p.exists())
+            || inner(root, "lib/systemd/system/ssh.service").is_some_and(|p| p.exists())
+        {
+            let unit_dir = inner(root, "etc/systemd/system").ok_or_else(|| {
+                BuildError::Invalid("etc/systemd/system in the image is not a directory".into())
+            })?;
             std::fs::create_dir_all(&unit_dir).map_err(|e| BuildError::io(&unit_dir, e))?;
-            write_file(&unit_dir.join("webake-ssh-keygen.service"), SSH_KEYGEN_UNIT.as_bytes(), 0o644)?;
+            write_file(
+                &unit_dir.join("webake-ssh-keygen.service"),
+                SSH_KEYGEN_UNIT.as_bytes(),
+                0o644,
+            )?;
             for wants in ["multi-user.target.wants", "ssh.service.wants"] {
                 let d = unit_dir.join(wants);
-                if std::fs::symlink_metadata(&d).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
-                    return Err(BuildError::Invalid(format!("{} in the image is a symlink", d.display())));
+                if std::fs::symlink_metadata(&d)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false)
+                {
+                    return Err(BuildError::Invalid(format!(
+                        "{} in the image is a symlink",
+                        d.display()
+                    )));
                 }
                 std::fs::create_dir_all(&d).map_err(|e| BuildError::io(&d, e))?;
                 let link = d.join("webake-ssh-keygen.service");
                 let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink("/etc/systemd/system/webake-ssh-keygen.service", &link).map_err(|e| BuildError::io(&link, e))?;
+                std::os::unix::fs::symlink("/etc/systemd/system/webake-ssh-keygen.service", &link)
+                    .map_err(|e| BuildError::io(&link, e))?;
             }
-            did("installed webake-ssh-keygen.service (host keys are generated on first boot)".into());
+            did(
+                "installed webake-ssh-keygen.service (host keys are generated on first boot)"
+                    .into(),
+            );
         }
     }
 
@@ -116,7 +151,10 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         did("emptied /etc/machine-id".into());
     }
     if let Some(p) = inner(root, "var/lib/dbus/machine-id") {
-        if std::fs::symlink_metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+        if std::fs::symlink_metadata(&p)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
             remove_any(&p)?;
             did("removed /var/lib/dbus/machine-id".into());
         }
@@ -129,8 +167,12 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         }
     }
     if let Some(p) = inner(root, "etc/hosts") {
-        let keep = std::fs::symlink_metadata(&p).map(|m| m.is_file()).unwrap_or(false)
-            && std::fs::read_to_string(&p).map(|t| !t.contains("127.0.1.1")).unwrap_or(false);
+        let keep = std::fs::symlink_metadata(&p)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+            && std::fs::read_to_string(&p)
+                .map(|t| !t.contains("127.0.1.1"))
+                .unwrap_or(false);
         if !keep {
             write_file(&p, DEFAULT_HOSTS.as_bytes(), 0o644)?;
             did("wrote a generic /etc/hosts".into());
@@ -175,7 +217,17 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
     }
 
     // Shell histories, ansible leftovers, cloud-init instance state, policy-rc.d.
-    for rel in ["root/.bash_history", "root/.ansible", "root/.cache", "root/.wget-hsts", "var/lib/cloud/instances", "var/lib/cloud/instance", "var/lib/cloud/data", "var/lib/cloud/sem", "usr/sbin/policy-rc.d"] {
+    for rel in [
+        "root/.bash_history",
+        "root/.ansible",
+        "root/.cache",
+        "root/.wget-hsts",
+        "var/lib/cloud/instances",
+        "var/lib/cloud/instance",
+        "var/lib/cloud/data",
+        "var/lib/cloud/sem",
+        "usr/sbin/policy-rc.d",
+    ] {
         if let Some(p) = inner(root, rel) {
             if remove_any(&p)? {
                 did(format!("removed /{rel}"));
@@ -186,11 +238,17 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         if let Some(h) = inner(root, dir) {
             if let Ok(rd) = std::fs::read_dir(&h) {
                 for e in rd.flatten() {
-                    if std::fs::symlink_metadata(e.path()).map(|m| m.is_dir()).unwrap_or(false) {
+                    if std::fs::symlink_metadata(e.path())
+                        .map(|m| m.is_dir())
+                        .unwrap_or(false)
+                    {
                         for f in [".bash_history", ".ansible"] {
                             let p = e.path().join(f);
                             if remove_any(&p)? {
-                                did(format!("removed {}", p.strip_prefix(root).unwrap_or(&p).display()));
+                                did(format!(
+                                    "removed {}",
+                                    p.strip_prefix(root).unwrap_or(&p).display()
+                                ));
                             }
                         }
                     }
@@ -204,9 +262,16 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
             clear_dir(&p, &|_| false)?;
         }
     }
-    for rel in ["var/log/dpkg.log", "var/log/alternatives.log", "var/log/bootstrap.log"] {
+    for rel in [
+        "var/log/dpkg.log",
+        "var/log/alternatives.log",
+        "var/log/bootstrap.log",
+    ] {
         if let Some(p) = inner(root, rel) {
-            if std::fs::symlink_metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+            {
                 write_file(&p, b"", 0o644)?;
             }
         }
@@ -225,7 +290,13 @@ mod tests {
         std::fs::write(&victim, "host data").unwrap();
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        for d in ["etc/ssh", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "usr/sbin", "root"] {
+        for d in [
+            "etc/ssh",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "usr/sbin",
+            "root",
+        ] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         std::fs::write(r.join("etc/ssh/ssh_host_ed25519_key"), "k").unwrap();
@@ -235,7 +306,11 @@ mod tests {
         std::fs::write(r.join("etc/machine-id"), "abc\n").unwrap();
         std::fs::write(r.join("etc/hostname"), "builder\n").unwrap();
         std::fs::write(r.join("etc/resolv.conf"), "nameserver 10.0.0.2\n").unwrap();
-        std::fs::write(r.join("var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease"), "x").unwrap();
+        std::fs::write(
+            r.join("var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease"),
+            "x",
+        )
+        .unwrap();
         std::fs::write(r.join("var/cache/apt/archives/foo.deb"), "x").unwrap();
         std::fs::write(r.join("root/.bash_history"), "aws configure").unwrap();
         // hostile: /etc/hosts points at a host file
@@ -246,16 +321,32 @@ mod tests {
         assert!(!r.join("etc/ssh/ssh_host_ed25519_key").exists());
         assert!(!r.join("etc/ssh/ssh_host_ed25519_key.pub").exists());
         assert!(r.join("etc/ssh/sshd_config").exists());
-        assert!(r.join("etc/systemd/system/multi-user.target.wants/webake-ssh-keygen.service").symlink_metadata().is_ok());
+        assert!(
+            r.join("etc/systemd/system/multi-user.target.wants/webake-ssh-keygen.service")
+                .symlink_metadata()
+                .is_ok()
+        );
         assert_eq!(std::fs::read(r.join("etc/machine-id")).unwrap(), b"");
         assert!(!r.join("etc/hostname").exists());
         assert_eq!(std::fs::read(r.join("etc/resolv.conf")).unwrap(), b"");
-        assert!(!r.join("var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease").exists());
+        assert!(
+            !r.join("var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease")
+                .exists()
+        );
         assert!(r.join("var/lib/apt/lists/partial").is_dir());
         assert!(!r.join("var/cache/apt/archives/foo.deb").exists());
         assert!(!r.join("root/.bash_history").exists());
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host data", "host file was written through a symlink");
-        assert!(!std::fs::symlink_metadata(r.join("etc/hosts")).unwrap().file_type().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "host data",
+            "host file was written through a symlink"
+        );
+        assert!(
+            !std::fs::symlink_metadata(r.join("etc/hosts"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathB
             for r in &a.collection_paths {
                 add(format!("collections:{r}"), r);
             }
-            for (k, d) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars), ("galaxy_file", &a.galaxy_file)] {
+            for (k, d) in [
+                ("group_vars", &a.group_vars),
+                ("host_vars", &a.host_vars),
+                ("galaxy_file", &a.galaxy_file),
+            ] {
                 if let Some(d) = d {
                     add(format!("{k}:{d}"), d);
                 }
@@ -100,7 +104,11 @@ pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathB
 }
 
 /// Plan every step: key_i = sha256(key_{i-1}, definition, input digests).
-pub fn plan_steps(recipe: &LoadedRecipe, base_key: &str, extra: &[(String, String)]) -> Result<Vec<StepPlan>> {
+pub fn plan_steps(
+    recipe: &LoadedRecipe,
+    base_key: &str,
+    extra: &[(String, String)],
+) -> Result<Vec<StepPlan>> {
     let mut prev = base_key.to_string();
     let mut out = Vec::new();
     for (i, p) in recipe.recipe.provisioners.iter().enumerate() {
@@ -109,7 +117,12 @@ pub fn plan_steps(recipe: &LoadedRecipe, base_key: &str, extra: &[(String, Strin
         inputs.insert("definition".to_string(), sha256_hex(def.as_bytes()));
         for (name, path) in step_inputs(recipe, p) {
             let d = sha256_path(&path).map_err(|e| match e {
-                BuildError::Io { path, source } => BuildError::Invalid(format!("{}: input {} of step {}: {source}", recipe.path.display(), path.display(), i + 1)),
+                BuildError::Io { path, source } => BuildError::Invalid(format!(
+                    "{}: input {} of step {}: {source}",
+                    recipe.path.display(),
+                    path.display(),
+                    i + 1
+                )),
                 other => other,
             })?;
             inputs.insert(name, d);
@@ -121,14 +134,24 @@ pub fn plan_steps(recipe: &LoadedRecipe, base_key: &str, extra: &[(String, Strin
         }
         let keyed = serde_json::json!({"v": "webake-step-v1", "prev": prev, "inputs": inputs});
         let key = sha256_hex(keyed.to_string().as_bytes());
-        out.push(StepPlan { index: i, label: step_label(i, p), kind: p.kind().to_string(), key: key.clone(), inputs });
+        out.push(StepPlan {
+            index: i,
+            label: step_label(i, p),
+            kind: p.kind().to_string(),
+            key: key.clone(),
+            inputs,
+        });
         prev = key;
     }
     Ok(out)
 }
 
 fn ro(source: PathBuf, target: impl Into<PathBuf>) -> Bind {
-    Bind { source, target: target.into(), readonly: true }
+    Bind {
+        source,
+        target: target.into(),
+        readonly: true,
+    }
 }
 
 /// Variables describing the bake, given to every step (and to Ansible as extra vars).
@@ -153,7 +176,12 @@ impl BakeVars {
 }
 
 /// Build the command for step `p`.
-pub fn step_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, host_env: &dyn Fn(&str) -> Option<String>) -> Result<StepCommand> {
+pub fn step_command(
+    recipe: &LoadedRecipe,
+    p: &Provisioner,
+    vars: &BakeVars,
+    host_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StepCommand> {
     let mut env = webake_sys::sandbox::default_env();
     env.extend(vars.env());
     match p {
@@ -163,7 +191,11 @@ pub fn step_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, hos
                 env.push((k.clone(), v.clone()));
             }
             for k in &s.secret_env {
-                let v = host_env(k).ok_or_else(|| BuildError::Invalid(format!("secret environment variable {k} is not set on the build host")))?;
+                let v = host_env(k).ok_or_else(|| {
+                    BuildError::Invalid(format!(
+                        "secret environment variable {k} is not set on the build host"
+                    ))
+                })?;
                 secrets.push(v.clone());
                 env.push((k.clone(), v));
             }
@@ -174,8 +206,12 @@ pub fn step_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, hos
                 binds.push(ro(src.clone(), format!("{STAGING}/script")));
                 let text = std::fs::read(&src).map_err(|e| BuildError::io(&src, e))?;
                 if text.starts_with(b"#!") {
-                    let line = String::from_utf8_lossy(text.split(|b| *b == b'\n').next().unwrap_or_default()).to_string();
-                    let mut parts: Vec<String> = line[2..].split_whitespace().map(String::from).collect();
+                    let line = String::from_utf8_lossy(
+                        text.split(|b| *b == b'\n').next().unwrap_or_default(),
+                    )
+                    .to_string();
+                    let mut parts: Vec<String> =
+                        line[2..].split_whitespace().map(String::from).collect();
                     parts.push(format!("{STAGING}/script"));
                     parts
                 } else {
@@ -188,9 +224,20 @@ pub fn step_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, hos
                     body.push('\n');
                 }
                 generated.push(("inline.sh".to_string(), body.into_bytes(), 0o644));
-                vec!["/bin/sh".into(), "-e".into(), format!("{STAGING}/gen/inline.sh")]
+                vec![
+                    "/bin/sh".into(),
+                    "-e".into(),
+                    format!("{STAGING}/gen/inline.sh"),
+                ]
             };
-            Ok(StepCommand { argv, env, binds, secrets, generated, on_host: false })
+            Ok(StepCommand {
+                argv,
+                env,
+                binds,
+                secrets,
+                generated,
+                on_host: false,
+            })
         }
         Provisioner::File(f) => {
             let src = recipe.resolve(&f.source);
@@ -228,18 +275,31 @@ pub fn step_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, hos
                 on_host: false,
             })
         }
-        Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_) => crate::provision::ansible_command(recipe, p, vars, env),
+        Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_) => {
+            crate::provision::ansible_command(recipe, p, vars, env)
+        }
     }
 }
 
 /// Ansible steps (implemented in [`crate::provision`] for both modes).
-pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, mut env: Vec<(String, String)>) -> Result<StepCommand> {
+pub fn ansible_command(
+    recipe: &LoadedRecipe,
+    p: &Provisioner,
+    vars: &BakeVars,
+    mut env: Vec<(String, String)>,
+) -> Result<StepCommand> {
     let extra_vars = |user: &BTreeMap<String, String>| {
         let mut m = serde_json::Map::new();
         m.insert("webake_build".into(), true.into());
         m.insert("webake_image_name".into(), vars.image_name.clone().into());
-        m.insert("webake_image_family".into(), vars.image_family.clone().into());
-        m.insert("webake_image_version".into(), vars.image_version.clone().into());
+        m.insert(
+            "webake_image_family".into(),
+            vars.image_family.clone().into(),
+        );
+        m.insert(
+            "webake_image_version".into(),
+            vars.image_version.clone().into(),
+        );
         m.insert("webake_bake_id".into(), vars.bake_id.clone().into());
         m.insert("packer_build_name".into(), vars.image_name.clone().into());
         for (k, v) in user {
@@ -263,8 +323,14 @@ pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, 
                 let src = recipe.resolve(pb);
                 // A playbook is staged with its directory so relative includes, group_vars
                 // and roles/ next to it keep working (as Packer's ansible-local does).
-                let dir = src.parent().map(Path::to_path_buf).unwrap_or_else(|| recipe.dir.clone());
-                let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let dir = src
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| recipe.dir.clone());
+                let name = src
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let target = format!("{STAGING}/playbook{i}");
                 binds.push(ro(dir, target.clone()));
                 playbooks.push(format!("{target}/{name}"));
@@ -294,24 +360,41 @@ pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, 
                 env.push(("ANSIBLE_COLLECTIONS_PATH".into(), collections.join(":")));
             }
             // Inventory: the local host in the requested groups, connection local.
-            let mut inv = String::from("[all]\n127.0.0.1 ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n");
+            let mut inv = String::from(
+                "[all]\n127.0.0.1 ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+            );
             for g in &a.inventory_groups {
                 inv.push_str(&format!("\n[{g}]\n127.0.0.1\n"));
             }
             let mut generated = vec![("inventory/hosts".to_string(), inv.into_bytes(), 0o644)];
             if let Some(g) = &a.group_vars {
-                binds.push(ro(recipe.resolve(g), format!("{STAGING}/gen/inventory/group_vars")));
+                binds.push(ro(
+                    recipe.resolve(g),
+                    format!("{STAGING}/gen/inventory/group_vars"),
+                ));
             }
             if let Some(h) = &a.host_vars {
-                binds.push(ro(recipe.resolve(h), format!("{STAGING}/gen/inventory/host_vars")));
+                binds.push(ro(
+                    recipe.resolve(h),
+                    format!("{STAGING}/gen/inventory/host_vars"),
+                ));
             }
-            let mut script = String::from("set -e\ncommand -v ansible-playbook >/dev/null || { echo 'ansible-playbook is not installed in the image: install ansible in an earlier shell step, or use the `ansible` (host) provisioner' >&2; exit 127; }\n");
+            let mut script = String::from(
+                "set -e\ncommand -v ansible-playbook >/dev/null || { echo 'ansible-playbook is not installed in the image: install ansible in an earlier shell step, or use the `ansible` (host) provisioner' >&2; exit 127; }\n",
+            );
             if let Some(g) = &a.galaxy_file {
                 let gf = recipe.resolve(g);
                 let text = std::fs::read_to_string(&gf).map_err(|e| BuildError::io(&gf, e))?;
-                check_galaxy_local_only(&text).map_err(|m| BuildError::Invalid(format!("{}: {m}", gf.display())))?;
-                binds.push(ro(gf.parent().unwrap_or(Path::new(".")).to_path_buf(), format!("{STAGING}/galaxy")));
-                let name = gf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                check_galaxy_local_only(&text)
+                    .map_err(|m| BuildError::Invalid(format!("{}: {m}", gf.display())))?;
+                binds.push(ro(
+                    gf.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                    format!("{STAGING}/galaxy"),
+                ));
+                let name = gf
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 script.push_str(&format!(
                     "cd {STAGING}/galaxy && ansible-galaxy install -r {name} -p /tmp/.webake-galaxy/roles --ignore-errors=false\nexport ANSIBLE_ROLES_PATH=\"/tmp/.webake-galaxy/roles${{ANSIBLE_ROLES_PATH:+:$ANSIBLE_ROLES_PATH}}\"\n"
                 ));
@@ -319,8 +402,14 @@ pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, 
             let ev = extra_vars(&a.extra_vars);
             generated.push(("extra_vars.json".to_string(), ev.into_bytes(), 0o600));
             for pb in &playbooks {
-                let dir = Path::new(pb).parent().map(|p| p.display().to_string()).unwrap_or_default();
-                let mut cmd = format!("cd {} && ansible-playbook -i {STAGING}/gen/inventory/hosts -c local --extra-vars @{STAGING}/gen/extra_vars.json", sh_quote(&dir));
+                let dir = Path::new(pb)
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let mut cmd = format!(
+                    "cd {} && ansible-playbook -i {STAGING}/gen/inventory/hosts -c local --extra-vars @{STAGING}/gen/extra_vars.json",
+                    sh_quote(&dir)
+                );
                 for x in &a.extra_arguments {
                     cmd.push(' ');
                     cmd.push_str(&sh_quote(x));
@@ -331,7 +420,18 @@ pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, 
                 script.push('\n');
             }
             generated.push(("ansible.sh".to_string(), script.into_bytes(), 0o644));
-            Ok(StepCommand { argv: vec!["/bin/sh".into(), "-e".into(), format!("{STAGING}/gen/ansible.sh")], env, binds, secrets: vec![], generated, on_host: false })
+            Ok(StepCommand {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-e".into(),
+                    format!("{STAGING}/gen/ansible.sh"),
+                ],
+                env,
+                binds,
+                secrets: vec![],
+                generated,
+                on_host: false,
+            })
         }
         Provisioner::Ansible(a) => {
             // Host mode: argv is completed by the bake (it knows the merged root path).
@@ -339,15 +439,27 @@ pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, 
             for pb in a.playbook_file.as_slice() {
                 args.push(recipe.resolve(pb).display().to_string());
             }
-            let roles: Vec<String> = a.role_paths.iter().map(|r| recipe.resolve(r).display().to_string()).collect();
+            let roles: Vec<String> = a
+                .role_paths
+                .iter()
+                .map(|r| recipe.resolve(r).display().to_string())
+                .collect();
             if !roles.is_empty() {
                 env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
             }
-            let cols: Vec<String> = a.collection_paths.iter().map(|r| recipe.resolve(r).display().to_string()).collect();
+            let cols: Vec<String> = a
+                .collection_paths
+                .iter()
+                .map(|r| recipe.resolve(r).display().to_string())
+                .collect();
             if !cols.is_empty() {
                 env.push(("ANSIBLE_COLLECTIONS_PATH".into(), cols.join(":")));
             }
-            let mut generated = vec![("extra_vars.json".to_string(), extra_vars(&a.extra_vars).into_bytes(), 0o600)];
+            let mut generated = vec![(
+                "extra_vars.json".to_string(),
+                extra_vars(&a.extra_vars).into_bytes(),
+                0o600,
+            )];
             let mut groups = String::new();
             for g in &a.inventory_groups {
                 groups.push_str(&format!("\n[{g}]\nimage\n"));
@@ -363,9 +475,20 @@ pub fn ansible_command(recipe: &LoadedRecipe, p: &Provisioner, vars: &BakeVars, 
                 links.push(("host_vars".to_string(), recipe.resolve(h)));
             }
             for (name, target) in links {
-                generated.push((format!("link:{name}"), target.display().to_string().into_bytes(), 0));
+                generated.push((
+                    format!("link:{name}"),
+                    target.display().to_string().into_bytes(),
+                    0,
+                ));
             }
-            Ok(StepCommand { argv: args, env, binds: vec![], secrets: vec![], generated, on_host: true })
+            Ok(StepCommand {
+                argv: args,
+                env,
+                binds: vec![],
+                secrets: vec![],
+                generated,
+                on_host: true,
+            })
         }
         _ => unreachable!("only ansible steps"),
     }
@@ -377,19 +500,34 @@ pub fn check_galaxy_local_only(text: &str) -> std::result::Result<(), String> {
         let l = line.trim().trim_start_matches("- ").trim();
         if let Some(v) = l.strip_prefix("src:").or_else(|| l.strip_prefix("source:")) {
             let v = v.trim().trim_matches(['"', '\'']);
-            let local = v.starts_with('/') || v.starts_with("./") || v.starts_with("../") || v.starts_with("file://");
+            let local = v.starts_with('/')
+                || v.starts_with("./")
+                || v.starts_with("../")
+                || v.starts_with("file://");
             if !local {
-                return Err(format!("line {}: galaxy source {v:?} is not a local path; webake never fetches from a galaxy server or the network", n + 1));
+                return Err(format!(
+                    "line {}: galaxy source {v:?} is not a local path; webake never fetches from a galaxy server or the network",
+                    n + 1
+                ));
             }
-        } else if (l.starts_with("name:") || l.starts_with("- name:")) && !text.contains("src:") && !text.contains("source:") {
-            return Err(format!("line {}: requirement without a local `src:`; webake never fetches from a galaxy server", n + 1));
+        } else if (l.starts_with("name:") || l.starts_with("- name:"))
+            && !text.contains("src:")
+            && !text.contains("source:")
+        {
+            return Err(format!(
+                "line {}: requirement without a local `src:`; webake never fetches from a galaxy server",
+                n + 1
+            ));
         }
     }
     Ok(())
 }
 
 pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -405,7 +543,10 @@ mod tests {
         assert!(check_galaxy_local_only("- src: ./roles/foo\n  name: foo\n").is_ok());
         assert!(check_galaxy_local_only("- src: file:///srv/roles/foo.tar.gz\n").is_ok());
         let e = check_galaxy_local_only("- src: geerlingguy.docker\n").unwrap_err();
-        assert!(e.contains("line 1") && e.contains("not a local path"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("not a local path"),
+            "{e}"
+        );
         assert!(check_galaxy_local_only("- src: https://github.com/x/y\n").is_err());
     }
 }

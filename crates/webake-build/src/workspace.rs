@@ -19,7 +19,10 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(data_dir: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), cache_dir: cache_dir.into() }
+        Self {
+            data_dir: data_dir.into(),
+            cache_dir: cache_dir.into(),
+        }
     }
 
     pub fn bootstrap_dir(&self) -> PathBuf {
@@ -48,7 +51,14 @@ impl Workspace {
     }
 
     pub fn ensure(&self) -> Result<()> {
-        for d in [self.bootstrap_dir(), self.layers_dir(), self.packages_dir(), self.scratch_root(), self.images_dir(), self.data_dir.join("bakes")] {
+        for d in [
+            self.bootstrap_dir(),
+            self.layers_dir(),
+            self.packages_dir(),
+            self.scratch_root(),
+            self.images_dir(),
+            self.data_dir.join("bakes"),
+        ] {
             mkdir_p(&d)?;
         }
         Ok(())

@@ -13,15 +13,27 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog {path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("catalog {path}: cannot create its directory: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no image matches {0:?} (try `webake images list`)")]
     NotFound(String),
     #[error("{query:?} matches several images: {}", .ids.join(", "))]
     Ambiguous { query: String, ids: Vec<String> },
-    #[error("catalog {path} has schema version {found}, newer than this webake understands ({supported})")]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error(
+        "catalog {path} has schema version {found}, newer than this webake understands ({supported})"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -122,15 +134,25 @@ pub struct Catalog {
 impl Catalog {
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(d).map_err(|source| CatalogError::Dir { path: d.into(), source })?;
+            std::fs::create_dir_all(d).map_err(|source| CatalogError::Dir {
+                path: d.into(),
+                source,
+            })?;
         }
-        let e = |source| CatalogError::Sqlite { path: path.into(), source };
+        let e = |source| CatalogError::Sqlite {
+            path: path.into(),
+            source,
+        };
         let conn = Connection::open(path).map_err(e)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(e)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
-        let cat = Self { conn, path: path.into() };
+        let cat = Self {
+            conn,
+            path: path.into(),
+        };
         cat.migrate()?;
         Ok(cat)
     }
@@ -140,13 +162,23 @@ impl Catalog {
     }
 
     fn e(&self) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
-        move |source| CatalogError::Sqlite { path: self.path.clone(), source }
+        move |source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn migrate(&self) -> Result<()> {
-        let v: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(self.e())?;
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.e())?;
         if v > SCHEMA_VERSION {
-            return Err(CatalogError::TooNew { path: self.path.clone(), found: v, supported: SCHEMA_VERSION });
+            return Err(CatalogError::TooNew {
+                path: self.path.clone(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            });
         }
         if v < 1 {
             self.conn
@@ -191,7 +223,13 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn end_bake(&self, id: &str, status: BakeStatus, error: Option<&str>, finished_at: i64) -> Result<()> {
+    pub fn end_bake(
+        &self,
+        id: &str,
+        status: BakeStatus,
+        error: Option<&str>,
+        finished_at: i64,
+    ) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE bakes SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
@@ -204,8 +242,14 @@ impl Catalog {
     /// Record an image and its artifacts, and mark its bake succeeded, in one transaction.
     pub fn record_image(&mut self, img: &Image, finished_at: i64) -> Result<()> {
         let path = self.path.clone();
-        let e = |source| CatalogError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(e)?;
+        let e = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
         tx.execute(
             "INSERT INTO images (id, bake_id, name, family, version, created_at, inputs_digest, recipe_digest, kernel, tree_size, inventory, provenance, test_result)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -243,7 +287,12 @@ impl Catalog {
     }
 
     pub fn set_test_result(&self, image_id: &str, result: &str) -> Result<()> {
-        self.conn.execute("UPDATE images SET test_result = ?2 WHERE id = ?1", params![image_id, result]).map_err(self.e())?;
+        self.conn
+            .execute(
+                "UPDATE images SET test_result = ?2 WHERE id = ?1",
+                params![image_id, result],
+            )
+            .map_err(self.e())?;
         Ok(())
     }
 
@@ -283,7 +332,14 @@ impl Catalog {
     fn fill(&self, mut img: Image) -> Result<Image> {
         let mut st = self.conn.prepare("SELECT format, path, sha256, size FROM artifacts WHERE image_id = ?1 ORDER BY format").map_err(self.e())?;
         img.artifacts = st
-            .query_map([&img.id], |r| Ok(Artifact { format: r.get(0)?, path: r.get(1)?, sha256: r.get(2)?, size: r.get::<_, i64>(3)? as u64 }))
+            .query_map([&img.id], |r| {
+                Ok(Artifact {
+                    format: r.get(0)?,
+                    path: r.get(1)?,
+                    sha256: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                })
+            })
             .map_err(self.e())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.e())?;
@@ -293,7 +349,14 @@ impl Catalog {
             .map_err(self.e())?;
         img.publications = st
             .query_map([&img.id], |r| {
-                Ok(Publication { target: r.get(0)?, region: r.get(1)?, ami_id: r.get(2)?, snapshot_id: r.get(3)?, name: r.get(4)?, created_at: r.get(5)? })
+                Ok(Publication {
+                    target: r.get(0)?,
+                    region: r.get(1)?,
+                    ami_id: r.get(2)?,
+                    snapshot_id: r.get(3)?,
+                    name: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
             })
             .map_err(self.e())?
             .collect::<rusqlite::Result<_>>()
@@ -305,14 +368,30 @@ impl Catalog {
     pub fn find_image(&self, query: &str) -> Result<Image> {
         let rows: Vec<Image> = if let Some(fam) = query.strip_prefix("family:") {
             let mut st = self.conn.prepare("SELECT * FROM images WHERE family = ?1 ORDER BY created_at DESC, id DESC LIMIT 1").map_err(self.e())?;
-            st.query_map([fam], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?
+            st.query_map([fam], |r| self.image_from_row(r))
+                .map_err(self.e())?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.e())?
         } else if let Some((name, version)) = query.split_once(':') {
-            let mut st = self.conn.prepare("SELECT * FROM images WHERE name = ?1 AND version = ?2").map_err(self.e())?;
-            st.query_map([name, version], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?
+            let mut st = self
+                .conn
+                .prepare("SELECT * FROM images WHERE name = ?1 AND version = ?2")
+                .map_err(self.e())?;
+            st.query_map([name, version], |r| self.image_from_row(r))
+                .map_err(self.e())?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.e())?
         } else {
             let like = format!("{}%", query.replace(['%', '_'], ""));
-            let mut st = self.conn.prepare("SELECT * FROM images WHERE id = ?1 OR id LIKE ?2 ORDER BY id").map_err(self.e())?;
-            let mut v: Vec<Image> = st.query_map([query, &like], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?;
+            let mut st = self
+                .conn
+                .prepare("SELECT * FROM images WHERE id = ?1 OR id LIKE ?2 ORDER BY id")
+                .map_err(self.e())?;
+            let mut v: Vec<Image> = st
+                .query_map([query, &like], |r| self.image_from_row(r))
+                .map_err(self.e())?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.e())?;
             if let Some(exact) = v.iter().position(|i| i.id == query) {
                 v = vec![v.swap_remove(exact)];
             }
@@ -321,7 +400,10 @@ impl Catalog {
         match rows.len() {
             0 => Err(CatalogError::NotFound(query.into())),
             1 => self.fill(rows.into_iter().next().expect("one")),
-            _ => Err(CatalogError::Ambiguous { query: query.into(), ids: rows.into_iter().map(|i| i.id).collect() }),
+            _ => Err(CatalogError::Ambiguous {
+                query: query.into(),
+                ids: rows.into_iter().map(|i| i.id).collect(),
+            }),
         }
     }
 
@@ -330,7 +412,11 @@ impl Catalog {
             .conn
             .prepare("SELECT * FROM images WHERE (?1 IS NULL OR family = ?1) ORDER BY created_at DESC, id DESC")
             .map_err(self.e())?;
-        let v: Vec<Image> = st.query_map([family], |r| self.image_from_row(r)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?;
+        let v: Vec<Image> = st
+            .query_map([family], |r| self.image_from_row(r))
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())?;
         v.into_iter().map(|i| self.fill(i)).collect()
     }
 
@@ -381,18 +467,43 @@ impl Catalog {
     }
 
     pub fn list_bakes(&self, limit: usize) -> Result<Vec<Bake>> {
-        let mut st = self.conn.prepare("SELECT * FROM bakes ORDER BY started_at DESC, id DESC LIMIT ?1").map_err(self.e())?;
-        st.query_map([limit as i64], Self::bake_from_row).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM bakes ORDER BY started_at DESC, id DESC LIMIT ?1")
+            .map_err(self.e())?;
+        st.query_map([limit as i64], Self::bake_from_row)
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())
     }
 
     pub fn get_bake(&self, id: &str) -> Result<Option<Bake>> {
-        self.conn.query_row("SELECT * FROM bakes WHERE id = ?1", [id], Self::bake_from_row).optional().map_err(self.e())
+        self.conn
+            .query_row(
+                "SELECT * FROM bakes WHERE id = ?1",
+                [id],
+                Self::bake_from_row,
+            )
+            .optional()
+            .map_err(self.e())
     }
 
     /// Bakes recorded as running whose process is gone (crashed or killed): marked failed.
-    pub fn reap_stale_bakes(&self, host: &str, is_alive: &dyn Fn(i64) -> bool, now: i64) -> Result<Vec<Bake>> {
-        let mut st = self.conn.prepare("SELECT * FROM bakes WHERE status = 'running' AND host = ?1").map_err(self.e())?;
-        let running: Vec<Bake> = st.query_map([host], Self::bake_from_row).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())?;
+    pub fn reap_stale_bakes(
+        &self,
+        host: &str,
+        is_alive: &dyn Fn(i64) -> bool,
+        now: i64,
+    ) -> Result<Vec<Bake>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM bakes WHERE status = 'running' AND host = ?1")
+            .map_err(self.e())?;
+        let running: Vec<Bake> = st
+            .query_map([host], Self::bake_from_row)
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())?;
         let mut stale = Vec::new();
         for b in running {
             if !is_alive(b.pid) {
@@ -405,8 +516,14 @@ impl Catalog {
 
     /// Ids of bakes that did not finish successfully (for sweeping cloud resources).
     pub fn unfinished_bake_ids(&self) -> Result<Vec<String>> {
-        let mut st = self.conn.prepare("SELECT id FROM bakes WHERE status != 'succeeded'").map_err(self.e())?;
-        st.query_map([], |r| r.get(0)).map_err(self.e())?.collect::<rusqlite::Result<_>>().map_err(self.e())
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM bakes WHERE status != 'succeeded'")
+            .map_err(self.e())?;
+        st.query_map([], |r| r.get(0))
+            .map_err(self.e())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.e())
     }
 
     /// Integrity: every image's artifacts exist with their recorded size. Returns problems.
@@ -419,7 +536,13 @@ impl Catalog {
             for a in &img.artifacts {
                 match std::fs::metadata(&a.path) {
                     Ok(m) if m.len() == a.size => {}
-                    Ok(m) => problems.push(format!("image {}: {} is {} bytes, recorded {}", img.id, a.path, m.len(), a.size)),
+                    Ok(m) => problems.push(format!(
+                        "image {}: {} is {} bytes, recorded {}",
+                        img.id,
+                        a.path,
+                        m.len(),
+                        a.size
+                    )),
                     Err(e) => problems.push(format!("image {}: {}: {e}", img.id, a.path)),
                 }
             }
@@ -465,7 +588,12 @@ mod tests {
             inventory: Some(serde_json::json!({"packages": []})),
             provenance: serde_json::json!({"recipe": "r"}),
             test_result: None,
-            artifacts: vec![Artifact { format: "raw".into(), path: "/x.raw".into(), sha256: "ab".into(), size: 3 }],
+            artifacts: vec![Artifact {
+                format: "raw".into(),
+                path: "/x.raw".into(),
+                sha256: "ab".into(),
+                size: 3,
+            }],
             publications: vec![],
         }
     }
@@ -480,16 +608,44 @@ mod tests {
         c.record_image(&image("img-aab2", "b2", 20), 21).unwrap();
         assert_eq!(c.find_image("img-aaa1").unwrap().artifacts.len(), 1);
         assert_eq!(c.find_image("img-aab").unwrap().id, "img-aab2");
-        assert!(matches!(c.find_image("img-aa"), Err(CatalogError::Ambiguous { .. })));
-        assert!(matches!(c.find_image("nope"), Err(CatalogError::NotFound(_))));
+        assert!(matches!(
+            c.find_image("img-aa"),
+            Err(CatalogError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            c.find_image("nope"),
+            Err(CatalogError::NotFound(_))
+        ));
         assert_eq!(c.find_image("family:f").unwrap().id, "img-aab2");
         assert_eq!(c.find_image("n:v10").unwrap().id, "img-aaa1");
         let latest = c.find_image("family:f").unwrap();
-        assert_eq!(c.previous_in_family(&latest).unwrap().unwrap().id, "img-aaa1");
-        assert_eq!(c.get_bake("b1").unwrap().unwrap().status, BakeStatus::Succeeded);
+        assert_eq!(
+            c.previous_in_family(&latest).unwrap().unwrap().id,
+            "img-aaa1"
+        );
+        assert_eq!(
+            c.get_bake("b1").unwrap().unwrap().status,
+            BakeStatus::Succeeded
+        );
         assert_eq!(c.find_by_inputs("f", "d").unwrap().unwrap().id, "img-aab2");
-        c.add_publication("img-aab2", &Publication { target: "aws".into(), region: "eu-west-1".into(), ami_id: Some("ami-1".into()), snapshot_id: Some("snap-1".into()), name: "n".into(), created_at: 5 }).unwrap();
-        assert_eq!(c.find_image("img-aab2").unwrap().publications[0].ami_id.as_deref(), Some("ami-1"));
+        c.add_publication(
+            "img-aab2",
+            &Publication {
+                target: "aws".into(),
+                region: "eu-west-1".into(),
+                ami_id: Some("ami-1".into()),
+                snapshot_id: Some("snap-1".into()),
+                name: "n".into(),
+                created_at: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.find_image("img-aab2").unwrap().publications[0]
+                .ami_id
+                .as_deref(),
+            Some("ami-1")
+        );
     }
 
     #[test]
@@ -501,7 +657,10 @@ mod tests {
         img.artifacts.push(img.artifacts[0].clone()); // duplicate primary key -> the insert fails
         assert!(c.record_image(&img, 2).is_err());
         assert!(c.list_images(None).unwrap().is_empty());
-        assert_eq!(c.get_bake("b1").unwrap().unwrap().status, BakeStatus::Running);
+        assert_eq!(
+            c.get_bake("b1").unwrap().unwrap().status,
+            BakeStatus::Running
+        );
     }
 
     #[test]
@@ -511,7 +670,10 @@ mod tests {
         c.begin_bake(&bake("dead")).unwrap();
         let stale = c.reap_stale_bakes("h", &|_| false, 5).unwrap();
         assert_eq!(stale.len(), 1);
-        assert_eq!(c.get_bake("dead").unwrap().unwrap().status, BakeStatus::Failed);
+        assert_eq!(
+            c.get_bake("dead").unwrap().unwrap().status,
+            BakeStatus::Failed
+        );
         assert_eq!(c.unfinished_bake_ids().unwrap(), vec!["dead".to_string()]);
     }
 
@@ -528,7 +690,8 @@ mod tests {
                     for i in 0..25 {
                         let b = format!("b{t}-{i}");
                         c.begin_bake(&bake(&b)).unwrap();
-                        c.record_image(&image(&format!("img-{t}-{i}"), &b, i), i).unwrap();
+                        c.record_image(&image(&format!("img-{t}-{i}"), &b, i), i)
+                            .unwrap();
                     }
                 })
             })
@@ -536,6 +699,13 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(Catalog::open(&path).unwrap().list_images(None).unwrap().len(), 100);
+        assert_eq!(
+            Catalog::open(&path)
+                .unwrap()
+                .list_images(None)
+                .unwrap()
+                .len(),
+            100
+        );
     }
 }

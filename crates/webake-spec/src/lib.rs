@@ -109,16 +109,27 @@ impl fmt::Display for SourceLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("{path}: cannot read recipe: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: recipe is {size} bytes; the limit is {MAX_RECIPE_BYTES}")]
     TooLarge { path: PathBuf, size: u64 },
     /// Syntax, type, unknown field or semantic error at a location.
     #[error("{location}: {field}{message}", field = field_prefix(.field))]
-    Invalid { location: SourceLocation, field: String, message: String },
+    Invalid {
+        location: SourceLocation,
+        field: String,
+        message: String,
+    },
 }
 
 fn field_prefix(field: &str) -> String {
-    if field.is_empty() || field == "." { String::new() } else { format!("{field}: ") }
+    if field.is_empty() || field == "." {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
 }
 
 impl SpecError {
@@ -149,28 +160,51 @@ impl LoadedRecipe {
     }
 
     pub fn family(&self) -> &str {
-        self.recipe.image.family.as_deref().unwrap_or(&self.recipe.image.name)
+        self.recipe
+            .image
+            .family
+            .as_deref()
+            .unwrap_or(&self.recipe.image.name)
     }
 }
 
 /// Read, parse and validate a recipe file.
 pub fn load(path: &Path) -> Result<LoadedRecipe, SpecError> {
-    let meta = std::fs::metadata(path).map_err(|source| SpecError::Read { path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| SpecError::Read {
+        path: path.into(),
+        source,
+    })?;
     if meta.len() > MAX_RECIPE_BYTES as u64 {
-        return Err(SpecError::TooLarge { path: path.into(), size: meta.len() });
+        return Err(SpecError::TooLarge {
+            path: path.into(),
+            size: meta.len(),
+        });
     }
-    let source =
-        std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.into(), source })?;
-    let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty());
+    let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty());
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let recipe = parse_str(&source, path)?;
-    Ok(LoadedRecipe { path: path.into(), dir, source, recipe })
+    Ok(LoadedRecipe {
+        path: path.into(),
+        dir,
+        source,
+        recipe,
+    })
 }
 
 /// Parse and validate recipe text; `file` is only used in error messages.
 pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
     if source.len() > MAX_RECIPE_BYTES {
-        return Err(SpecError::TooLarge { path: file.into(), size: source.len() as u64 });
+        return Err(SpecError::TooLarge {
+            path: file.into(),
+            size: source.len() as u64,
+        });
     }
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
@@ -194,11 +228,17 @@ pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
     let recipe = match parsed {
         Ok(r) => r,
         Err(e) => {
-            let (line, column) =
-                e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             let message = strip_location(&e.to_string());
             return Err(SpecError::Invalid {
-                location: SourceLocation { file: file.into(), line, column },
+                location: SourceLocation {
+                    file: file.into(),
+                    line,
+                    column,
+                },
                 field,
                 message,
             });
@@ -207,7 +247,11 @@ pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
     validate(&recipe).map_err(|(path, message)| {
         let (line, column) = locate::locate(source, &path).unwrap_or((1, 1));
         SpecError::Invalid {
-            location: SourceLocation { file: file.into(), line, column },
+            location: SourceLocation {
+                file: file.into(),
+                line,
+                column,
+            },
             field: locate::render_path(&path),
             message,
         }
@@ -237,7 +281,13 @@ fn key(k: &str) -> Seg {
 /// Semantic checks that types alone cannot express. Returns the field path and the message.
 fn validate(r: &Recipe) -> Result<(), Invalid> {
     if r.version != FORMAT_VERSION {
-        return Err((vec![key("version")], format!("unsupported recipe version {}; this webake reads version {FORMAT_VERSION}", r.version)));
+        return Err((
+            vec![key("version")],
+            format!(
+                "unsupported recipe version {}; this webake reads version {FORMAT_VERSION}",
+                r.version
+            ),
+        ));
     }
     check_name(&r.image.name).map_err(|m| (vec![key("image"), key("name")], m))?;
     if let Some(f) = &r.image.family {
@@ -245,54 +295,120 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
     }
     if let Base::Mmdebstrap(m) = &r.base {
         let at = |k: &str| vec![key("base"), key("mmdebstrap"), key(k)];
-        if m.suite.trim().is_empty() || !m.suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if m.suite.trim().is_empty()
+            || !m
+                .suite
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err((at("suite"), format!("invalid suite {:?}", m.suite)));
         }
-        if !["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"]
-            .contains(&m.variant.as_str())
+        if ![
+            "extract",
+            "custom",
+            "essential",
+            "apt",
+            "required",
+            "minbase",
+            "buildd",
+            "important",
+            "debootstrap",
+            "standard",
+        ]
+        .contains(&m.variant.as_str())
         {
-            return Err((at("variant"), format!("unknown mmdebstrap variant {:?}", m.variant)));
+            return Err((
+                at("variant"),
+                format!("unknown mmdebstrap variant {:?}", m.variant),
+            ));
         }
         for (i, p) in m.include.iter().enumerate() {
-            if p.is_empty() || p.starts_with('-') || p.contains(|c: char| c.is_whitespace() || c == ',') {
-                return Err((vec![key("base"), key("mmdebstrap"), key("include"), Seg::Index(i)], format!("invalid package name {p:?}")));
+            if p.is_empty()
+                || p.starts_with('-')
+                || p.contains(|c: char| c.is_whitespace() || c == ',')
+            {
+                return Err((
+                    vec![
+                        key("base"),
+                        key("mmdebstrap"),
+                        key("include"),
+                        Seg::Index(i),
+                    ],
+                    format!("invalid package name {p:?}"),
+                ));
             }
         }
         if let Some(mirror) = &m.mirror {
-            if !(mirror.starts_with("http://") || mirror.starts_with("https://") || mirror.starts_with("file://")) {
-                return Err((at("mirror"), format!("mirror must be an http(s):// or file:// URL, got {mirror:?}")));
+            if !(mirror.starts_with("http://")
+                || mirror.starts_with("https://")
+                || mirror.starts_with("file://"))
+            {
+                return Err((
+                    at("mirror"),
+                    format!("mirror must be an http(s):// or file:// URL, got {mirror:?}"),
+                ));
             }
         }
     }
     if let Base::Ami(a) = &r.base {
         if !a.id.starts_with("ami-") {
-            return Err((vec![key("base"), key("ami"), key("id")], format!("{:?} is not an AMI id (ami-…)", a.id)));
+            return Err((
+                vec![key("base"), key("ami"), key("id")],
+                format!("{:?} is not an AMI id (ami-…)", a.id),
+            ));
         }
     }
     let d = &r.disk;
     if !d.boot.contains(&BootMode::Uefi) {
-        return Err((vec![key("disk"), key("boot")], "UEFI boot is required (add `uefi`)".into()));
+        return Err((
+            vec![key("disk"), key("boot")],
+            "UEFI boot is required (add `uefi`)".into(),
+        ));
     }
     const MIN_ROOT: u64 = 256 << 20;
     if d.esp_size.0 < 32 << 20 || d.esp_size.0 > 1 << 30 {
-        return Err((vec![key("disk"), key("esp_size")], format!("EFI system partition must be between 32MiB and 1GiB, got {}", d.esp_size)));
+        return Err((
+            vec![key("disk"), key("esp_size")],
+            format!(
+                "EFI system partition must be between 32MiB and 1GiB, got {}",
+                d.esp_size
+            ),
+        ));
     }
     if d.size.0 < d.esp_size.0 + MIN_ROOT + (4 << 20) {
-        return Err((vec![key("disk"), key("size")], format!("disk size {} is too small: it must hold the {} EFI partition and at least 256MiB of root filesystem", d.size, d.esp_size)));
+        return Err((
+            vec![key("disk"), key("size")],
+            format!(
+                "disk size {} is too small: it must hold the {} EFI partition and at least 256MiB of root filesystem",
+                d.size, d.esp_size
+            ),
+        ));
     }
     if d.size.0 > 2 << 40 {
-        return Err((vec![key("disk"), key("size")], format!("disk size {} is larger than 2TiB", d.size)));
+        return Err((
+            vec![key("disk"), key("size")],
+            format!("disk size {} is larger than 2TiB", d.size),
+        ));
     }
     if d.size.0 % (1 << 20) != 0 {
-        return Err((vec![key("disk"), key("size")], format!("disk size {} must be a whole number of MiB", d.size)));
+        return Err((
+            vec![key("disk"), key("size")],
+            format!("disk size {} must be a whole number of MiB", d.size),
+        ));
     }
     for (i, a) in d.kernel_cmdline.iter().enumerate() {
         if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
-            return Err((vec![key("disk"), key("kernel_cmdline"), Seg::Index(i)], format!("kernel argument {a:?} must be one word without quotes")));
+            return Err((
+                vec![key("disk"), key("kernel_cmdline"), Seg::Index(i)],
+                format!("kernel argument {a:?} must be one word without quotes"),
+            ));
         }
     }
     if r.outputs.is_empty() {
-        return Err((vec![key("outputs")], "at least one output format is required".into()));
+        return Err((
+            vec![key("outputs")],
+            "at least one output format is required".into(),
+        ));
     }
     let allow_out = r.allow_paths_outside_recipe_dir;
     for (i, p) in r.provisioners.iter().enumerate() {
@@ -304,44 +420,88 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
         };
         let check_path = |k: &str, rp: &RecipePath| -> Result<(), Invalid> {
             if Path::new(rp.as_str()).is_absolute() && !allow_out {
-                return Err((at(k), format!("path {rp:?} is absolute; recipe paths are relative to the recipe's directory (set allow_paths_outside_recipe_dir: true to allow)", rp = rp.as_str())));
+                return Err((
+                    at(k),
+                    format!(
+                        "path {rp:?} is absolute; recipe paths are relative to the recipe's directory (set allow_paths_outside_recipe_dir: true to allow)",
+                        rp = rp.as_str()
+                    ),
+                ));
             }
             if rp.normalized().is_none() && !allow_out {
-                return Err((at(k), format!("path {:?} leaves the recipe's directory (set allow_paths_outside_recipe_dir: true to allow)", rp.as_str())));
+                return Err((
+                    at(k),
+                    format!(
+                        "path {:?} leaves the recipe's directory (set allow_paths_outside_recipe_dir: true to allow)",
+                        rp.as_str()
+                    ),
+                ));
             }
             Ok(())
         };
         match p {
             Provisioner::Shell(s) => {
                 if s.inline.is_empty() == s.script.is_none() {
-                    return Err((base.clone(), "a shell step needs exactly one of `inline` or `script`".into()));
+                    return Err((
+                        base.clone(),
+                        "a shell step needs exactly one of `inline` or `script`".into(),
+                    ));
                 }
                 if let Some(sc) = &s.script {
                     check_path("script", sc)?;
                 }
                 for k in s.env.keys().chain(s.secret_env.iter()) {
-                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || k.starts_with(|c: char| c.is_ascii_digit()) {
-                        return Err((at("env"), format!("invalid environment variable name {k:?}")));
+                    if k.is_empty()
+                        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        || k.starts_with(|c: char| c.is_ascii_digit())
+                    {
+                        return Err((
+                            at("env"),
+                            format!("invalid environment variable name {k:?}"),
+                        ));
                     }
                 }
             }
             Provisioner::File(f) => {
                 check_path("source", &f.source)?;
                 if !f.destination.starts_with('/') {
-                    return Err((at("destination"), format!("destination {:?} must be an absolute path inside the image", f.destination)));
+                    return Err((
+                        at("destination"),
+                        format!(
+                            "destination {:?} must be an absolute path inside the image",
+                            f.destination
+                        ),
+                    ));
                 }
                 if f.destination.split('/').any(|c| c == "..") {
-                    return Err((at("destination"), format!("destination {:?} must not contain '..'", f.destination)));
+                    return Err((
+                        at("destination"),
+                        format!("destination {:?} must not contain '..'", f.destination),
+                    ));
                 }
                 if let Some(m) = &f.mode {
-                    if u32::from_str_radix(m, 8).map(|v| v > 0o7777).unwrap_or(true) {
-                        return Err((at("mode"), format!("mode {m:?} is not an octal mode like \"0644\"")));
+                    if u32::from_str_radix(m, 8)
+                        .map(|v| v > 0o7777)
+                        .unwrap_or(true)
+                    {
+                        return Err((
+                            at("mode"),
+                            format!("mode {m:?} is not an octal mode like \"0644\""),
+                        ));
                     }
                 }
                 if let Some(o) = &f.owner {
-                    let ok = o.split(':').count() <= 2 && o.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+                    let ok = o.split(':').count() <= 2
+                        && o.split(':').all(|p| {
+                            !p.is_empty()
+                                && p.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                        });
                     if !ok {
-                        return Err((at("owner"), format!("owner {o:?} must be `user` or `user:group`")));
+                        return Err((
+                            at("owner"),
+                            format!("owner {o:?} must be `user` or `user:group`"),
+                        ));
                     }
                 }
             }
@@ -349,7 +509,12 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
                 for pb in a.playbook_file.as_slice() {
                     check_path("playbook_file", pb)?;
                 }
-                for (k, v) in [("playbook_dir", &a.playbook_dir), ("group_vars", &a.group_vars), ("host_vars", &a.host_vars), ("galaxy_file", &a.galaxy_file)] {
+                for (k, v) in [
+                    ("playbook_dir", &a.playbook_dir),
+                    ("group_vars", &a.group_vars),
+                    ("host_vars", &a.host_vars),
+                    ("galaxy_file", &a.galaxy_file),
+                ] {
                     if let Some(v) = v {
                         check_path(k, v)?;
                     }
@@ -378,7 +543,10 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
     }
     if let Some(t) = &r.test {
         if t.timeout_secs == 0 || t.timeout_secs > 3600 {
-            return Err((vec![key("test"), key("timeout_secs")], "timeout must be between 1 and 3600 seconds".into()));
+            return Err((
+                vec![key("test"), key("timeout_secs")],
+                "timeout must be between 1 and 3600 seconds".into(),
+            ));
         }
     }
     Ok(())
@@ -388,10 +556,14 @@ fn check_name(n: &str) -> Result<(), String> {
     if n.is_empty() || n.len() > 100 {
         return Err(format!("name {n:?} must be 1 to 100 characters"));
     }
-    if !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+    if !n
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
         || !n.starts_with(|c: char| c.is_ascii_alphanumeric())
     {
-        return Err(format!("name {n:?} may only contain lowercase letters, digits, '-', '.', '_' and must start with a letter or digit"));
+        return Err(format!(
+            "name {n:?} may only contain lowercase letters, digits, '-', '.', '_' and must start with a letter or digit"
+        ));
     }
     Ok(())
 }

@@ -38,10 +38,13 @@ pub fn locate(src: &str, path: &[Seg]) -> Option<(u64, u64)> {
             Node::Scalar(_, p) | Node::Seq(_, p) | Node::Map(_, p) => *p,
         }
     }
-    let mut events = Parser::new_from_str(src).filter_map(Result::ok).map(|(e, span)| {
-        (e, (span.start.line() as u64, span.start.col() as u64 + 1))
-    });
-    fn node<'a>(first: (Event<'a>, (u64, u64)), ev: &mut dyn Iterator<Item = (Event<'a>, (u64, u64))>) -> Option<Node> {
+    let mut events = Parser::new_from_str(src)
+        .filter_map(Result::ok)
+        .map(|(e, span)| (e, (span.start.line() as u64, span.start.col() as u64 + 1)));
+    fn node<'a>(
+        first: (Event<'a>, (u64, u64)),
+        ev: &mut dyn Iterator<Item = (Event<'a>, (u64, u64))>,
+    ) -> Option<Node> {
         match first.0 {
             Event::Scalar(v, ..) => Some(Node::Scalar(v.into_owned(), first.1)),
             Event::Alias(..) => Some(Node::Scalar(String::new(), first.1)),
@@ -80,7 +83,9 @@ pub fn locate(src: &str, path: &[Seg]) -> Option<(u64, u64)> {
     for seg in path {
         match (seg, cur) {
             (Seg::Key(k), Node::Map(items, _)) => {
-                let (kn, vn) = items.iter().find(|(kn, _)| matches!(kn, Node::Scalar(s, _) if s == k))?;
+                let (kn, vn) = items
+                    .iter()
+                    .find(|(kn, _)| matches!(kn, Node::Scalar(s, _) if s == k))?;
                 at = pos(kn);
                 cur = vn;
             }
@@ -102,8 +107,25 @@ mod tests {
     fn finds_nested_keys_and_indices() {
         let src = "a: 1\nb:\n  c:\n    - x\n    - y: 2\n";
         assert_eq!(locate(src, &[Seg::Key("a".into())]), Some((1, 1)));
-        assert_eq!(locate(src, &[Seg::Key("b".into()), Seg::Key("c".into())]), Some((3, 3)));
-        assert_eq!(locate(src, &[Seg::Key("b".into()), Seg::Key("c".into()), Seg::Index(1), Seg::Key("y".into())]), Some((5, 7)));
-        assert_eq!(render_path(&[Seg::Key("p".into()), Seg::Index(0), Seg::Key("q".into())]), "p[0].q");
+        assert_eq!(
+            locate(src, &[Seg::Key("b".into()), Seg::Key("c".into())]),
+            Some((3, 3))
+        );
+        assert_eq!(
+            locate(
+                src,
+                &[
+                    Seg::Key("b".into()),
+                    Seg::Key("c".into()),
+                    Seg::Index(1),
+                    Seg::Key("y".into())
+                ]
+            ),
+            Some((5, 7))
+        );
+        assert_eq!(
+            render_path(&[Seg::Key("p".into()), Seg::Index(0), Seg::Key("q".into())]),
+            "p[0].q"
+        );
     }
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::RecipePath;
 use crate::size::ByteSize;
 use crate::template::VersionTemplate;
-use crate::RecipePath;
 
 /// A recipe: one image, declared.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -18,9 +18,13 @@ impl ByteSize {
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
-            return Err(format!("invalid size {s:?}: expected a number followed by a unit such as GiB, e.g. \"2GiB\""));
+            return Err(format!(
+                "invalid size {s:?}: expected a number followed by a unit such as GiB, e.g. \"2GiB\""
+            ));
         }
-        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: number too large"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: number too large"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "K" | "KiB" | "k" => 1 << 10,
@@ -34,10 +38,12 @@ impl ByteSize {
             other => {
                 return Err(format!(
                     "invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"
-                ))
+                ));
             }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("invalid size {s:?}: too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("invalid size {s:?}: too large"))
     }
 }
 
@@ -71,7 +77,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("size must not be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("size must not be negative"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)
@@ -107,8 +115,16 @@ mod tests {
         assert_eq!(ByteSize::parse("1500M").unwrap().0, 1500 << 20);
         assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
         assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
-        assert!(ByteSize::parse("2 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(ByteSize::parse("GiB").unwrap_err().contains("expected a number"));
+        assert!(
+            ByteSize::parse("2 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            ByteSize::parse("GiB")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert!(ByteSize::parse("99999999999999999999G").is_err());
     }
 

@@ -41,8 +41,12 @@ impl VersionTemplate {
                 other => {
                     return Err(format!(
                         "unknown placeholder {{{other}}} in version template {raw:?} (known: {})",
-                        PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
-                    ))
+                        PLACEHOLDERS
+                            .iter()
+                            .map(|p| format!("{{{p}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
                 }
             });
             rest = &rest[close + 1..];
@@ -50,11 +54,16 @@ impl VersionTemplate {
         if !rest.is_empty() {
             parts.push(Part::Lit(rest.to_string()));
         }
-        let t = Self { raw: raw.to_string(), parts };
+        let t = Self {
+            raw: raw.to_string(),
+            parts,
+        };
         // A rendered version must be usable in file names and AMI names.
         let sample = t.render(jiff::Timestamp::UNIX_EPOCH);
         if sample.is_empty()
-            || !sample.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+            || !sample
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
         {
             return Err(format!(
                 "version template {raw:?} must render to letters, digits, '.', '-', '_' or '+'"
@@ -128,13 +137,28 @@ mod tests {
         let t = VersionTemplate::parse("v{date}-{time}").unwrap();
         let at: jiff::Timestamp = "2026-11-25T13:14:56Z".parse().unwrap();
         assert_eq!(t.render(at), "v20261125-131456");
-        assert_eq!(VersionTemplate::parse("{timestamp}").unwrap().render(at), at.as_second().to_string());
+        assert_eq!(
+            VersionTemplate::parse("{timestamp}").unwrap().render(at),
+            at.as_second().to_string()
+        );
     }
 
     #[test]
     fn rejects_unknown_and_unclosed() {
-        assert!(VersionTemplate::parse("{build}").unwrap_err().contains("unknown placeholder {build}"));
-        assert!(VersionTemplate::parse("{date").unwrap_err().contains("unclosed"));
-        assert!(VersionTemplate::parse("a b").unwrap_err().contains("must render"));
+        assert!(
+            VersionTemplate::parse("{build}")
+                .unwrap_err()
+                .contains("unknown placeholder {build}")
+        );
+        assert!(
+            VersionTemplate::parse("{date")
+                .unwrap_err()
+                .contains("unclosed")
+        );
+        assert!(
+            VersionTemplate::parse("a b")
+                .unwrap_err()
+                .contains("must render")
+        );
     }
 }

@@ -69,7 +69,12 @@ fn unknown_field_is_named() {
 #[test]
 fn wrong_type_names_field_path() {
     let src = GOOD.replace("        - echo hello > /etc/motd\n", "        - [1, 2]\n");
-    assert_err(&src, 14, "provisioners[0].shell.inline[0]", "expected string");
+    assert_err(
+        &src,
+        14,
+        "provisioners[0].shell.inline[0]",
+        "expected string",
+    );
 }
 
 #[test]
@@ -83,11 +88,19 @@ fn missing_base_is_reported() {
 #[test]
 fn path_escaping_recipe_dir_is_refused() {
     let src = GOOD.replace("source: files/motd", "source: ../../etc/shadow");
-    assert_err(&src, 16, "provisioners[1].file.source", "leaves the recipe's directory");
+    assert_err(
+        &src,
+        16,
+        "provisioners[1].file.source",
+        "leaves the recipe's directory",
+    );
     let src = GOOD.replace("source: files/motd", "source: /etc/shadow");
     assert_err(&src, 16, "provisioners[1].file.source", "absolute");
     // explicitly allowed
-    let src = format!("{}allow_paths_outside_recipe_dir: true\n", GOOD.replace("source: files/motd", "source: ../x"));
+    let src = format!(
+        "{}allow_paths_outside_recipe_dir: true\n",
+        GOOD.replace("source: files/motd", "source: ../x")
+    );
     parse_str(&src, Path::new("r.yaml")).unwrap();
 }
 
@@ -102,7 +115,12 @@ fn bad_size_is_located() {
 #[test]
 fn semantic_errors_are_located() {
     let src = GOOD.replace("destination: /etc/motd", "destination: etc/motd");
-    assert_err(&src, 17, "provisioners[1].file.destination", "absolute path");
+    assert_err(
+        &src,
+        17,
+        "provisioners[1].file.destination",
+        "absolute path",
+    );
     let src = GOOD.replace("mode: \"0644\"", "mode: \"rwx\"");
     assert_err(&src, 18, "provisioners[1].file.mode", "octal");
     let src = GOOD.replace("version: 1\n", "version: 7\n");
@@ -117,13 +135,20 @@ fn semantic_errors_are_located() {
 
 #[test]
 fn shell_needs_inline_or_script() {
-    let src = GOOD.replace("      inline:\n        - echo hello > /etc/motd\n", "      env: {A: b}\n");
+    let src = GOOD.replace(
+        "      inline:\n        - echo hello > /etc/motd\n",
+        "      env: {A: b}\n",
+    );
     assert_err(&src, 12, "provisioners[0].shell", "exactly one of");
 }
 
 #[test]
 fn deep_or_huge_yaml_is_rejected_cleanly() {
-    let deep = format!("version: 1\nimage: {}{}\n", "[".repeat(200), "]".repeat(200));
+    let deep = format!(
+        "version: 1\nimage: {}{}\n",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
     let e = err(&deep);
     assert!(e.location().is_some(), "{e}");
     let huge = "#".repeat(MAX_RECIPE_BYTES + 1);
@@ -132,7 +157,9 @@ fn deep_or_huge_yaml_is_rejected_cleanly() {
     let mut bomb = String::from("version: 1\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..12 {
         let p = i - 1;
-        bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
     }
     let _ = err(&bomb);
 }

@@ -40,7 +40,11 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 /// Install SIGINT/SIGTERM/SIGHUP handlers that cancel every [`CancelToken`].
 pub fn install_signal_handlers() {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only touches an atomic and async-signal-safe calls.
         #[allow(unsafe_code)]

@@ -60,12 +60,14 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -155,7 +157,10 @@ impl fmt::Debug for Cmd {
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -183,13 +188,24 @@ pub struct Output {
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("cannot start `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` {status}{}", render_tail(.tail))]
-    Failed { command: String, status: String, code: Option<i32>, tail: Vec<String> },
+    Failed {
+        command: String,
+        status: String,
+        code: Option<i32>,
+        tail: Vec<String>,
+    },
     #[error("`{command}` was cancelled")]
     Cancelled { command: String },
     #[error("reading output of `{command}`: {source}")]
-    Io { command: String, source: std::io::Error },
+    Io {
+        command: String,
+        source: std::io::Error,
+    },
 }
 
 fn render_tail(tail: &[String]) -> String {
@@ -221,7 +237,9 @@ pub fn describe_status(status: &ExitStatus) -> String {
     if let Some(code) = status.code() {
         format!("exited with status {code}")
     } else if let Some(sig) = status.signal() {
-        let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| sig.to_string());
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| sig.to_string());
         format!("was killed by signal {name}")
     } else {
         "ended abnormally".to_string()
@@ -229,15 +247,28 @@ pub fn describe_status(status: &ExitStatus) -> String {
 }
 
 /// Run to completion, streaming every output line (stdout and stderr merged) to `sink`.
-pub fn run(cmd: &Cmd, cancel: &CancelToken, sink: &mut dyn FnMut(&str)) -> Result<Output, ProcessError> {
+pub fn run(
+    cmd: &Cmd,
+    cancel: &CancelToken,
+    sink: &mut dyn FnMut(&str),
+) -> Result<Output, ProcessError> {
     let shown = cmd.to_string();
     tracing::debug!(command = %shown, "running");
-    let (reader, writer) = std::io::pipe().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
-    let writer2 = writer.try_clone().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    let (reader, writer) = std::io::pipe().map_err(|source| ProcessError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
+    let writer2 = writer.try_clone().map_err(|source| ProcessError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
     let mut command = cmd.to_command();
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2);
     let start = Instant::now();
-    let mut child = command.spawn().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
     // Drop our copies of the write end (held by `command`) so EOF arrives when the child exits.
     drop(command);
     let pid = child.id() as i32;
@@ -251,7 +282,9 @@ pub fn run(cmd: &Cmd, cancel: &CancelToken, sink: &mut dyn FnMut(&str)) -> Resul
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
                     if tx.send(Ok(line)).is_err() {
                         break;
                     }
@@ -298,18 +331,33 @@ pub fn run(cmd: &Cmd, cancel: &CancelToken, sink: &mut dyn FnMut(&str)) -> Resul
         }
     }
     let _ = reader_thread.join();
-    let status = child.wait().map_err(|source| ProcessError::Io { command: shown.clone(), source })?;
+    let status = child.wait().map_err(|source| ProcessError::Io {
+        command: shown.clone(),
+        source,
+    })?;
     if let Some(source) = io_error {
-        return Err(ProcessError::Io { command: shown, source });
+        return Err(ProcessError::Io {
+            command: shown,
+            source,
+        });
     }
     let tail: Vec<String> = tail.into_iter().collect();
     if cancelled_at.is_some() || (cancel.is_cancelled() && !status.success()) {
         return Err(ProcessError::Cancelled { command: shown });
     }
     if !status.success() {
-        return Err(ProcessError::Failed { command: shown, status: describe_status(&status), code: status.code(), tail });
+        return Err(ProcessError::Failed {
+            command: shown,
+            status: describe_status(&status),
+            code: status.code(),
+            tail,
+        });
     }
-    Ok(Output { status, tail, duration: start.elapsed() })
+    Ok(Output {
+        status,
+        tail,
+        duration: start.elapsed(),
+    })
 }
 
 /// Run and capture stdout (stderr goes to the tail for errors). For short query commands.
@@ -318,14 +366,22 @@ pub fn capture(cmd: &Cmd) -> Result<String, ProcessError> {
     tracing::debug!(command = %shown, "capturing");
     let mut command = cmd.to_command();
     command.stdin(Stdio::null());
-    let out = command.output().map_err(|source| ProcessError::Spawn { command: shown.clone(), source })?;
+    let out = command.output().map_err(|source| ProcessError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let mut tail: Vec<String> = stderr.lines().map(|l| cmd.redact(l)).collect();
         if tail.len() > TAIL_LINES {
             tail.drain(..tail.len() - TAIL_LINES);
         }
-        return Err(ProcessError::Failed { command: shown, status: describe_status(&out.status), code: out.status.code(), tail });
+        return Err(ProcessError::Failed {
+            command: shown,
+            status: describe_status(&out.status),
+            code: out.status.code(),
+            tail,
+        });
     }
     Ok(cmd.redact(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -346,7 +402,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
         return p.exists().then(|| p.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -357,7 +415,10 @@ mod tests {
     fn streams_lines_and_reports_status_with_tail() {
         let mut lines = Vec::new();
         let cmd = Cmd::new("sh").args(["-c", "echo one; echo two >&2; exit 3"]);
-        let err = run(&cmd, &CancelToken::new(), &mut |l| lines.push(l.to_string())).unwrap_err();
+        let err = run(&cmd, &CancelToken::new(), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap_err();
         assert_eq!(lines, vec!["one", "two"]);
         let msg = err.to_string();
         assert!(msg.contains("exited with status 3"), "{msg}");
@@ -368,14 +429,22 @@ mod tests {
     fn signal_is_named() {
         let cmd = Cmd::new("sh").args(["-c", "kill -9 $$"]);
         let err = run(&cmd, &CancelToken::new(), &mut |_| {}).unwrap_err();
-        assert!(err.to_string().contains("killed by signal SIGKILL"), "{err}");
+        assert!(
+            err.to_string().contains("killed by signal SIGKILL"),
+            "{err}"
+        );
     }
 
     #[test]
     fn secrets_are_redacted_everywhere() {
-        let cmd = Cmd::new("sh").args(["-c", "echo token=hunter22; exit 1"]).secrets(["hunter22".to_string()]);
+        let cmd = Cmd::new("sh")
+            .args(["-c", "echo token=hunter22; exit 1"])
+            .secrets(["hunter22".to_string()]);
         let mut lines = Vec::new();
-        let err = run(&cmd, &CancelToken::new(), &mut |l| lines.push(l.to_string())).unwrap_err();
+        let err = run(&cmd, &CancelToken::new(), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap_err();
         assert_eq!(lines, vec!["token=[REDACTED]"]);
         assert!(!err.to_string().contains("hunter22"), "{err}");
         assert!(!cmd.to_string().contains("hunter22"));
@@ -391,7 +460,12 @@ mod tests {
         });
         let start = Instant::now();
         // The grandchild `sleep` is in the same process group and must die too.
-        let err = run(&Cmd::new("sh").args(["-c", "sleep 30 & sleep 30; wait"]), &cancel, &mut |_| {}).unwrap_err();
+        let err = run(
+            &Cmd::new("sh").args(["-c", "sleep 30 & sleep 30; wait"]),
+            &cancel,
+            &mut |_| {},
+        )
+        .unwrap_err();
         t.join().unwrap();
         assert!(err.is_cancelled(), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));

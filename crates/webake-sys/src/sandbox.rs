@@ -103,7 +103,15 @@ impl SandboxSpec {
             policy_rc_d: false,
             hostname: "webake-build".into(),
             cwd: "/".into(),
-            env: std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME" || k.starts_with("LC_") || k == "LANG" || k == "TMPDIR").collect(),
+            env: std::env::vars()
+                .filter(|(k, _)| {
+                    k == "PATH"
+                        || k == "HOME"
+                        || k.starts_with("LC_")
+                        || k == "LANG"
+                        || k == "TMPDIR"
+                })
+                .collect(),
             argv,
         }
     }
@@ -124,7 +132,10 @@ impl SandboxSpec {
 /// The environment a chroot step starts with (nothing leaks in from the host).
 pub fn default_env() -> Vec<(String, String)> {
     vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("HOME".into(), "/root".into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
@@ -169,7 +180,11 @@ extern "C" fn forward(sig: libc::c_int) {
 
 fn install_forwarding() {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
-    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(forward),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only reads an atomic and calls kill(2).
         #[allow(unsafe_code)]
@@ -197,9 +212,14 @@ fn status_code(ws: WaitStatus) -> Option<u8> {
 
 fn helper(spec: &SandboxSpec) -> u8 {
     die_with_parent();
-    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    let flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
     if let Err(e) = unshare(flags) {
-        eprintln!("webake sandbox: unshare(mount, pid, uts, ipc) failed: {e} (webake must run as root)");
+        eprintln!(
+            "webake sandbox: unshare(mount, pid, uts, ipc) failed: {e} (webake must run as root)"
+        );
         return 125;
     }
     // SAFETY: single-threaded at this point (the helper just started).
@@ -240,36 +260,69 @@ fn helper(spec: &SandboxSpec) -> u8 {
     }
 }
 
-fn m(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn m(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     mount(source, target, fstype, flags, data).map_err(|e| {
-        format!("mount {} on {} ({}): {e}", source.unwrap_or("none"), target.display(), fstype.unwrap_or("bind"))
+        format!(
+            "mount {} on {} ({}): {e}",
+            source.unwrap_or("none"),
+            target.display(),
+            fstype.unwrap_or("bind")
+        )
     })
 }
 
 /// PID 1 of the sandbox: set up mounts, chroot, run the command, reap, restore, exit.
 fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
-    m(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    m(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
     let _ = nix::unistd::sethostname(&spec.hostname);
 
     if let Some(o) = &spec.overlay {
         for p in o.lowers.iter().chain([&o.upper, &o.work, &o.merged]) {
             let s = p.to_string_lossy();
             if s.contains(':') || s.contains(',') || s.contains('\\') {
-                return Err(format!("overlay path {s:?} must not contain ':' ',' or '\\'"));
+                return Err(format!(
+                    "overlay path {s:?} must not contain ':' ',' or '\\'"
+                ));
             }
         }
-        let lowers: Vec<String> = o.lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let lowers: Vec<String> = o
+            .lowers
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
             o.upper.display(),
             o.work.display()
         );
-        m(Some("overlay"), &o.merged, Some("overlay"), MsFlags::empty(), Some(&data))?;
+        m(
+            Some("overlay"),
+            &o.merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&data),
+        )?;
     }
 
     // Host resolv.conf, read before chroot.
-    let host_resolv = if spec.host_resolv_conf { std::fs::read("/etc/resolv.conf").ok() } else { None };
+    let host_resolv = if spec.host_resolv_conf {
+        std::fs::read("/etc/resolv.conf").ok()
+    } else {
+        None
+    };
 
     if let Some(root) = &spec.root {
         if spec.api_filesystems {
@@ -277,9 +330,21 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
         }
         for b in &spec.binds {
             let target = safe_mkdir_in_root(root, &b.target, b.source.is_dir())?;
-            m(Some(&b.source.to_string_lossy()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            m(
+                Some(&b.source.to_string_lossy()),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
             if b.readonly {
-                m(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)?;
+                m(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None,
+                )?;
             }
         }
         if spec.chroot {
@@ -287,24 +352,48 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
         }
     } else {
         for b in &spec.binds {
-            m(Some(&b.source.to_string_lossy()), &b.target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            m(
+                Some(&b.source.to_string_lossy()),
+                &b.target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
         }
     }
     chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
 
     let in_root = spec.root.is_some() && spec.chroot;
     let resolv_guard = match (&host_resolv, in_root) {
-        (Some(bytes), true) => Some(ReplacedFile::install(Path::new("/etc/resolv.conf"), bytes, 0o644)?),
+        (Some(bytes), true) => Some(ReplacedFile::install(
+            Path::new("/etc/resolv.conf"),
+            bytes,
+            0o644,
+        )?),
         _ => None,
     };
     let policy_guard = if spec.policy_rc_d && in_root {
-        Some(ReplacedFile::install(Path::new("/usr/sbin/policy-rc.d"), b"#!/bin/sh\n# installed by webake during the bake: no services start\nexit 101\n", 0o755)?)
+        Some(ReplacedFile::install(
+            Path::new("/usr/sbin/policy-rc.d"),
+            b"#!/bin/sh\n# installed by webake during the bake: no services start\nexit 101\n",
+            0o755,
+        )?)
     } else {
         None
     };
 
-    let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>().map_err(|_| "argument contains NUL")?;
-    let env: Vec<CString> = spec.env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>().map_err(|_| "environment contains NUL")?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "argument contains NUL")?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "environment contains NUL")?;
     if argv.is_empty() {
         return Err("empty command".into());
     }
@@ -314,7 +403,11 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
     let code = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // Restore default signal dispositions for the command.
-            let prog = if argv[0].as_bytes().contains(&b'/') { argv[0].clone() } else { resolve_in_path(&spec.argv[0], &spec.env).unwrap_or_else(|| argv[0].clone()) };
+            let prog = if argv[0].as_bytes().contains(&b'/') {
+                argv[0].clone()
+            } else {
+                resolve_in_path(&spec.argv[0], &spec.env).unwrap_or_else(|| argv[0].clone())
+            };
             let err = nix::unistd::execve(&prog, &argv, &env).unwrap_err();
             eprintln!("webake sandbox: cannot execute {}: {err}", spec.argv[0]);
             // SAFETY: exit the forked child without running parent destructors.
@@ -342,8 +435,15 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
 }
 
 fn resolve_in_path(prog: &str, env: &[(String, String)]) -> Option<CString> {
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/sbin:/usr/bin:/sbin:/bin");
-    path.split(':').map(|d| Path::new(d).join(prog)).find(|p| p.is_file()).and_then(|p| CString::new(p.to_string_lossy().into_owned()).ok())
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+        .and_then(|p| CString::new(p.to_string_lossy().into_owned()).ok())
 }
 
 fn reap_until(child: Pid) -> u8 {
@@ -365,34 +465,88 @@ fn reap_until(child: Pid) -> u8 {
 fn mount_api_filesystems(root: &Path) -> Result<(), String> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = safe_mkdir_in_root(root, Path::new("/proc"), true)?;
-    m(Some("proc"), &proc_dir, Some("proc"), nosuid_nodev_noexec, None)?;
+    m(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
     let sys = safe_mkdir_in_root(root, Path::new("/sys"), true)?;
-    m(Some("/sys"), &sys, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-    m(None, &sys, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev_noexec, None)?;
+    m(
+        Some("/sys"),
+        &sys,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    m(
+        None,
+        &sys,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev_noexec,
+        None,
+    )?;
 
     let dev = safe_mkdir_in_root(root, Path::new("/dev"), true)?;
-    m(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=4m"))?;
+    m(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=4m"),
+    )?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         std::fs::write(&target, b"").map_err(|e| format!("create {}: {e}", target.display()))?;
         let src = format!("/dev/{node}");
         m(Some(&src), &target, None, MsFlags::MS_BIND, None)?;
     }
-    for (name, to) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")] {
+    for (name, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
         symlink(to, dev.join(name)).map_err(|e| format!("symlink /dev/{name}: {e}"))?;
     }
     let pts = dev.join("pts");
     std::fs::create_dir(&pts).map_err(|e| format!("mkdir /dev/pts: {e}"))?;
-    m(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=620,gid=5"))?;
+    m(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+    )?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(|e| format!("mkdir /dev/shm: {e}"))?;
-    m(Some("tmpfs"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    m(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
 
     let run = safe_mkdir_in_root(root, Path::new("/run"), true)?;
-    m(Some("tmpfs"), &run, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    m(
+        Some("tmpfs"),
+        &run,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
     std::fs::create_dir_all(run.join("lock")).map_err(|e| format!("mkdir /run/lock: {e}"))?;
     let tmp = safe_mkdir_in_root(root, Path::new("/tmp"), true)?;
-    m(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    m(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     Ok(())
 }
 
@@ -401,23 +555,39 @@ fn mount_api_filesystems(root: &Path) -> Result<(), String> {
 /// onto the host.
 pub fn safe_mkdir_in_root(root: &Path, inner: &Path, dir: bool) -> Result<PathBuf, String> {
     let mut cur = root.to_path_buf();
-    let comps: Vec<_> = inner.components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir)).collect();
+    let comps: Vec<_> = inner
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
     for (i, c) in comps.iter().enumerate() {
         let Component::Normal(name) = c else {
-            return Err(format!("path {} inside the image must not contain '..'", inner.display()));
+            return Err(format!(
+                "path {} inside the image must not contain '..'",
+                inner.display()
+            ));
         };
         cur.push(name);
         let last = i + 1 == comps.len();
         match std::fs::symlink_metadata(&cur) {
             Ok(md) if md.file_type().is_symlink() => {
-                return Err(format!("refusing to follow symlink {} inside the image", cur.display()));
+                return Err(format!(
+                    "refusing to follow symlink {} inside the image",
+                    cur.display()
+                ));
             }
-            Ok(md) if !last && !md.is_dir() => return Err(format!("{} inside the image is not a directory", cur.display())),
+            Ok(md) if !last && !md.is_dir() => {
+                return Err(format!(
+                    "{} inside the image is not a directory",
+                    cur.display()
+                ));
+            }
             Ok(_) => {}
             Err(_) if last && !dir => {
                 std::fs::write(&cur, b"").map_err(|e| format!("create {}: {e}", cur.display()))?;
             }
-            Err(_) => std::fs::create_dir(&cur).map_err(|e| format!("mkdir {}: {e}", cur.display()))?,
+            Err(_) => {
+                std::fs::create_dir(&cur).map_err(|e| format!("mkdir {}: {e}", cur.display()))?
+            }
         }
     }
     Ok(cur)
@@ -441,8 +611,14 @@ impl ReplacedFile {
         use std::os::unix::fs::PermissionsExt;
         let before = match std::fs::symlink_metadata(path) {
             Err(_) => Before::Absent,
-            Ok(md) if md.file_type().is_symlink() => Before::Symlink(std::fs::read_link(path).map_err(|e| format!("readlink {}: {e}", path.display()))?),
-            Ok(md) => Before::File(std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?, md.permissions().mode()),
+            Ok(md) if md.file_type().is_symlink() => Before::Symlink(
+                std::fs::read_link(path)
+                    .map_err(|e| format!("readlink {}: {e}", path.display()))?,
+            ),
+            Ok(md) => Before::File(
+                std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?,
+                md.permissions().mode(),
+            ),
         };
         if let Some(parent) = path.parent() {
             if !parent.is_dir() {
@@ -451,8 +627,12 @@ impl ReplacedFile {
         }
         let _ = std::fs::remove_file(path);
         std::fs::write(path, content).map_err(|e| format!("write {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), before })
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            before,
+        })
     }
 
     fn restore(self) -> Result<(), String> {
@@ -460,10 +640,13 @@ impl ReplacedFile {
         let _ = std::fs::remove_file(&self.path);
         match self.before {
             Before::Absent => Ok(()),
-            Before::Symlink(t) => symlink(&t, &self.path).map_err(|e| format!("restore symlink {}: {e}", self.path.display())),
+            Before::Symlink(t) => symlink(&t, &self.path)
+                .map_err(|e| format!("restore symlink {}: {e}", self.path.display())),
             Before::File(bytes, mode) => {
-                std::fs::write(&self.path, bytes).map_err(|e| format!("restore {}: {e}", self.path.display()))?;
-                std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {}: {e}", self.path.display()))
+                std::fs::write(&self.path, bytes)
+                    .map_err(|e| format!("restore {}: {e}", self.path.display()))?;
+                std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("chmod {}: {e}", self.path.display()))
             }
         }
     }

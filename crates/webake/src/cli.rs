@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "webake", version, about = "Bake, test, publish and roll out machine images")]
+#[command(
+    name = "webake",
+    version,
+    about = "Bake, test, publish and roll out machine images"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -56,6 +60,15 @@ pub enum Command {
     Test(crate::cmd::test::TestArgs),
     /// Hygiene lint of an image or a directory tree
     Lint(crate::cmd::lint::LintArgs),
+    /// Publish a catalog image: locally (default) or to AWS as an AMI
+    Publish(crate::cmd::publish::PublishArgs),
+    /// Publish a raw disk to AWS directly (low level; `publish --to aws` fills these from the catalog)
+    PublishAws(crate::cmd::publish_aws::PublishAwsArgs),
+    /// Open or update a pull request that rolls an image out in a cluster repository
+    Rollout(crate::cmd::rollout::RolloutArgs),
+    /// Render Kubernetes Job / CronJob / Tekton pipelines that run webake
+    #[command(subcommand)]
+    Pipeline(crate::cmd::pipeline::PipelineCommand),
     /// Print the JSON Schema of the recipe format
     Schema,
 }

@@ -32,7 +32,11 @@ pub struct CodedError {
 }
 
 pub fn coded(code: u8, source: impl Into<anyhow::Error>) -> anyhow::Error {
-    CodedError { code, source: source.into() }.into()
+    CodedError {
+        code,
+        source: source.into(),
+    }
+    .into()
 }
 
 /// Print the error chain and return the exit code.

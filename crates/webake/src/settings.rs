@@ -22,7 +22,9 @@ impl Settings {
             if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
                 return Ok(PathBuf::from(v));
             }
-            let home = home.clone().context("neither $HOME nor an explicit directory is set")?;
+            let home = home
+                .clone()
+                .context("neither $HOME nor an explicit directory is set")?;
             Ok(home.join(fallback))
         };
         let data_dir = match &global.data_dir {
@@ -33,7 +35,16 @@ impl Settings {
             Some(d) => d.clone(),
             None => xdg("XDG_CACHE_HOME", ".cache")?.join("webake"),
         };
-        let catalog = global.catalog.clone().unwrap_or_else(|| data_dir.join("catalog.db"));
-        Ok(Self { data_dir, cache_dir, catalog, log_format: global.log_format, quiet: global.quiet })
+        let catalog = global
+            .catalog
+            .clone()
+            .unwrap_or_else(|| data_dir.join("catalog.db"));
+        Ok(Self {
+            data_dir,
+            cache_dir,
+            catalog,
+            log_format: global.log_format,
+            quiet: global.quiet,
+        })
     }
 }

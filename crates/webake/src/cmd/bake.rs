@@ -85,7 +85,11 @@ pub fn make_plan(recipe: &LoadedRecipe) -> anyhow::Result<Plan> {
 
 fn print_plan(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings) {
     let ws = Workspace::new(&settings.data_dir, &settings.cache_dir);
-    println!("plan for {} (family {})", recipe.path.display(), recipe.family());
+    println!(
+        "plan for {} (family {})",
+        recipe.path.display(),
+        recipe.family()
+    );
     let b = &plan.bootstrap;
     let cached = webake_build::bootstrap::cached_rootfs(&ws.bootstrap_dir(), &b.key).is_some();
     println!(
@@ -100,12 +104,20 @@ fn print_plan(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings) {
     );
     for s in &plan.steps {
         let hit = ws.layers_dir().join(&s.key).join("meta.json").is_file();
-        println!("  step       {}  key {}  {}", s.label, &s.key[..12], if hit { "cache hit" } else { "would run" });
+        println!(
+            "  step       {}  key {}  {}",
+            s.label,
+            &s.key[..12],
+            if hit { "cache hit" } else { "would run" }
+        );
         for (k, v) in &s.inputs {
             println!("               input {k} = {}", &v[..16.min(v.len())]);
         }
     }
-    println!("  assemble   disk {} ext4 + ESP, outputs {:?}", recipe.recipe.disk.size, recipe.recipe.outputs);
+    println!(
+        "  assemble   disk {} ext4 + ESP, outputs {:?}",
+        recipe.recipe.disk.size, recipe.recipe.outputs
+    );
     println!("  inputs digest {}", plan.inputs_digest);
 }
 
@@ -118,7 +130,11 @@ pub struct CliReporter {
 
 impl CliReporter {
     pub fn new(quiet: bool) -> Self {
-        Self { quiet, stream_output: !quiet, started: Mutex::new(None) }
+        Self {
+            quiet,
+            stream_output: !quiet,
+            started: Mutex::new(None),
+        }
     }
 }
 
@@ -169,7 +185,9 @@ fn hex_lower(b: &[u8]) -> String {
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn now_secs() -> i64 {
@@ -177,17 +195,38 @@ fn now_secs() -> i64 {
 }
 
 /// The whole bake: catalog record, build, inventory + lint, optional boot test, image record.
-pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args: &BakeArgs) -> anyhow::Result<BakeOutcome> {
+pub fn bake_recipe(
+    recipe: &LoadedRecipe,
+    plan: &Plan,
+    settings: &Settings,
+    args: &BakeArgs,
+) -> anyhow::Result<BakeOutcome> {
     let start = Instant::now();
     let ws = Workspace::new(&settings.data_dir, &settings.cache_dir);
     let catalog = Catalog::open(&settings.catalog)?;
     let bake_id = new_bake_id();
-    let image_id = format!("img-{}", &webake_build::digest::sha256_hex(format!("{bake_id}/{}", plan.inputs_digest).as_bytes())[..12]);
+    let image_id = format!(
+        "img-{}",
+        &webake_build::digest::sha256_hex(format!("{bake_id}/{}", plan.inputs_digest).as_bytes())
+            [..12]
+    );
     let now = jiff::Timestamp::now();
-    let version = recipe.recipe.image.version.clone().unwrap_or_default().render(now);
+    let version = recipe
+        .recipe
+        .image
+        .version
+        .clone()
+        .unwrap_or_default()
+        .render(now);
     let log_path = ws.bake_log_dir(&bake_id).join("bake.log");
     let log = BakeLog::create(&log_path)?;
-    log.line("webake", &format!("bake {bake_id} of {} (image {image_id}, version {version})", recipe.path.display()));
+    log.line(
+        "webake",
+        &format!(
+            "bake {bake_id} of {} (image {image_id}, version {version})",
+            recipe.path.display()
+        ),
+    );
     catalog.begin_bake(&Bake {
         id: bake_id.clone(),
         recipe_path: recipe.path.display().to_string(),
@@ -204,7 +243,11 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
         host: hostname(),
     })?;
     let reporter = CliReporter::new(settings.quiet || args.json);
-    reporter.note(&format!("bake {bake_id}: {} -> image {image_id} version {version}; log {}", recipe.path.display(), log_path.display()));
+    reporter.note(&format!(
+        "bake {bake_id}: {} -> image {image_id} version {version}; log {}",
+        recipe.path.display(),
+        log_path.display()
+    ));
 
     // Everything that can fail after the bake record exists is inside this closure, so the
     // record is always closed (failed / cancelled) with the error.
@@ -215,7 +258,12 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
             .provisioners
             .iter()
             .filter_map(|p| match p {
-                webake_spec::Provisioner::Shell(s) => Some(s.secret_env.iter().filter_map(|k| std::env::var(k).ok()).collect::<Vec<_>>()),
+                webake_spec::Provisioner::Shell(s) => Some(
+                    s.secret_env
+                        .iter()
+                        .filter_map(|k| std::env::var(k).ok())
+                        .collect::<Vec<_>>(),
+                ),
                 _ => None,
             })
             .flatten()
@@ -225,7 +273,12 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
             inputs: plan
                 .steps
                 .iter()
-                .flat_map(|s| s.inputs.iter().filter(|(k, _)| *k != "definition").map(move |(k, v)| (format!("step{}:{k}", s.index + 1), v.clone())))
+                .flat_map(|s| {
+                    s.inputs
+                        .iter()
+                        .filter(|(k, _)| *k != "definition")
+                        .map(move |(k, v)| (format!("step{}:{k}", s.index + 1), v.clone()))
+                })
                 .collect(),
             base_digest: Some(plan.bootstrap.key.clone()),
         };
@@ -234,22 +287,39 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
             if let Some(agent) = &recipe.recipe.agent {
                 if agent.install {
                     let bin = agent_bin.as_ref().ok_or("the recipe installs the webake agent, but no webake-agent binary was found next to webake (build it with `cargo build -p webake-agent`, or set WEBAKE_AGENT_BINARY)")?;
-                    crate::cmd::agent::install_agent(tree, bin, recipe.recipe.image.role.as_deref(), agent.hostname_template.as_deref()).map_err(|e| format!("installing the agent: {e:#}"))?;
+                    crate::cmd::agent::install_agent(
+                        tree,
+                        bin,
+                        recipe.recipe.image.role.as_deref(),
+                        agent.hostname_template.as_deref(),
+                    )
+                    .map_err(|e| format!("installing the agent: {e:#}"))?;
                 }
             }
-            let inv = webake_inventory::collect(tree, provenance.clone()).map_err(|e| format!("inventory: {e}"))?;
+            let inv = webake_inventory::collect(tree, provenance.clone())
+                .map_err(|e| format!("inventory: {e}"))?;
             let config = webake_inventory::LintConfig {
                 allow: recipe.recipe.lint.allow.clone(),
                 extra_secrets: secret_values.clone(),
                 builder_resolv_conf: std::fs::read("/etc/resolv.conf").ok(),
             };
-            let findings = webake_inventory::lint(tree, &config).map_err(|e| format!("lint: {e}"))?;
-            let errors: Vec<_> = findings.iter().filter(|f| f.severity == webake_inventory::Severity::Error).collect();
+            let findings =
+                webake_inventory::lint(tree, &config).map_err(|e| format!("lint: {e}"))?;
+            let errors: Vec<_> = findings
+                .iter()
+                .filter(|f| f.severity == webake_inventory::Severity::Error)
+                .collect();
             for f in &findings {
-                log.line("lint", &format!("{:?} {} {}: {}", f.severity, f.rule.id(), f.path, f.message));
+                log.line(
+                    "lint",
+                    &format!("{:?} {} {}: {}", f.severity, f.rule.id(), f.path, f.message),
+                );
             }
             if !errors.is_empty() {
-                let list: Vec<String> = errors.iter().map(|f| format!("  {} {}: {}", f.rule.id(), f.path, f.message)).collect();
+                let list: Vec<String> = errors
+                    .iter()
+                    .map(|f| format!("  {} {}: {}", f.rule.id(), f.path, f.message))
+                    .collect();
                 return Err(format!(
                     "hygiene lint failed ({} error(s)); fix the image or allow a rule in the recipe (lint.allow):\n{}",
                     errors.len(),
@@ -279,16 +349,32 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
             inspect: &inspect,
         };
         let res = webake_build::bake(req)?;
-        let inv = inventory.lock().map_err(|_| anyhow::anyhow!("inventory lock poisoned"))?.take();
+        let inv = inventory
+            .lock()
+            .map_err(|_| anyhow::anyhow!("inventory lock poisoned"))?
+            .take();
         let inv_json = inv.as_ref().map(serde_json::to_value).transpose()?;
         let tree_size = inv.as_ref().map(|i| i.size.bytes).unwrap_or(0);
         // SBOMs next to the artifacts.
         let out_dir = ws.image_dir(&image_id);
         if let Some(inv) = &inv {
-            let opts = webake_inventory::SbomOptions { image_id: image_id.clone(), image_name: recipe.family().to_string(), created: std::time::SystemTime::now(), namespace_base: None };
+            let opts = webake_inventory::SbomOptions {
+                image_id: image_id.clone(),
+                image_name: recipe.family().to_string(),
+                created: std::time::SystemTime::now(),
+                namespace_base: None,
+            };
             let base = format!("{}-{}", recipe.recipe.image.name, version);
-            webake_sys::fsutil::atomic_write(&out_dir.join(format!("{base}.spdx.json")), webake_inventory::spdx_json(inv, &opts).as_bytes()).context("writing the SPDX SBOM")?;
-            webake_sys::fsutil::atomic_write(&out_dir.join(format!("{base}.cdx.json")), webake_inventory::cyclonedx_json(inv, &opts).as_bytes()).context("writing the CycloneDX SBOM")?;
+            webake_sys::fsutil::atomic_write(
+                &out_dir.join(format!("{base}.spdx.json")),
+                webake_inventory::spdx_json(inv, &opts).as_bytes(),
+            )
+            .context("writing the SPDX SBOM")?;
+            webake_sys::fsutil::atomic_write(
+                &out_dir.join(format!("{base}.cdx.json")),
+                webake_inventory::cyclonedx_json(inv, &opts).as_bytes(),
+            )
+            .context("writing the CycloneDX SBOM")?;
         }
         let mut image = Image {
             id: image_id.clone(),
@@ -313,19 +399,34 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
             artifacts: res
                 .artifacts
                 .iter()
-                .map(|a| Artifact { format: a.format.extension().to_string(), path: a.path.display().to_string(), sha256: a.sha256.clone(), size: a.size })
+                .map(|a| Artifact {
+                    format: a.format.extension().to_string(),
+                    path: a.path.display().to_string(),
+                    sha256: a.sha256.clone(),
+                    size: a.size,
+                })
                 .collect(),
             publications: vec![],
         };
         let gate = args.test || recipe.recipe.test.as_ref().is_some_and(|t| t.gate);
         if gate {
-            let outcome = crate::cmd::test::boot_test_image(&image, recipe.recipe.test.as_ref(), &ws, &reporter, &log, &cancel);
+            let outcome = crate::cmd::test::boot_test_image(
+                &image,
+                recipe.recipe.test.as_ref(),
+                &ws,
+                &reporter,
+                &log,
+                &cancel,
+            );
             match outcome {
                 Ok(()) => image.test_result = Some("passed".into()),
                 Err(e) => {
                     // The gate: a failing image is not recorded; its artifacts are removed.
                     let _ = std::fs::remove_dir_all(&out_dir);
-                    return Err(exit::coded(exit::TEST_FAILED, e.context("boot test failed; the image was not recorded")));
+                    return Err(exit::coded(
+                        exit::TEST_FAILED,
+                        e.context("boot test failed; the image was not recorded"),
+                    ));
                 }
             }
         }
@@ -334,20 +435,42 @@ pub fn bake_recipe(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings, args
         if let Some(p) = &args.packer_manifest {
             crate::cmd::images::append_packer_manifest(p, &image, start.elapsed())?;
         }
-        Ok(BakeOutcome { image, bake_id: bake_id.clone(), log: log_path.clone(), seconds: start.elapsed().as_secs_f64(), steps: res.steps })
+        Ok(BakeOutcome {
+            image,
+            bake_id: bake_id.clone(),
+            log: log_path.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+            steps: res.steps,
+        })
     })();
 
     match result {
         Ok(o) => Ok(o),
         Err(e) => {
-            let cancelled = e.chain().any(|c| c.downcast_ref::<webake_build::BuildError>().is_some_and(|b| b.is_cancelled())) || webake_sys::cancel::signalled();
-            let status = if cancelled { BakeStatus::Cancelled } else { BakeStatus::Failed };
+            let cancelled = e.chain().any(|c| {
+                c.downcast_ref::<webake_build::BuildError>()
+                    .is_some_and(|b| b.is_cancelled())
+            }) || webake_sys::cancel::signalled();
+            let status = if cancelled {
+                BakeStatus::Cancelled
+            } else {
+                BakeStatus::Failed
+            };
             let msg = format!("{e:#}");
-            log.line("webake", &format!("bake {bake_id} {}: {msg}", if cancelled { "cancelled" } else { "failed" }));
+            log.line(
+                "webake",
+                &format!(
+                    "bake {bake_id} {}: {msg}",
+                    if cancelled { "cancelled" } else { "failed" }
+                ),
+            );
             let _ = catalog.end_bake(&bake_id, status, Some(&msg), now_secs());
             // Partial artifacts never stay.
             let _ = std::fs::remove_dir_all(ws.image_dir(&image_id));
-            let e = e.context(format!("bake {bake_id} failed (log: {})", log_path.display()));
+            let e = e.context(format!(
+                "bake {bake_id} failed (log: {})",
+                log_path.display()
+            ));
             if cancelled {
                 return Err(exit::coded(exit::INTERRUPTED, e));
             }
@@ -369,8 +492,18 @@ pub fn agent_binary() -> Option<PathBuf> {
 pub fn print_outcome(o: &BakeOutcome) {
     let img = &o.image;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "image {}  {} {}  (family {})", img.id, img.name, img.version, img.family);
-    let _ = writeln!(out, "  bake     {}  {:.1}s  log {}", o.bake_id, o.seconds, o.log.display());
+    let _ = writeln!(
+        out,
+        "image {}  {} {}  (family {})",
+        img.id, img.name, img.version, img.family
+    );
+    let _ = writeln!(
+        out,
+        "  bake     {}  {:.1}s  log {}",
+        o.bake_id,
+        o.seconds,
+        o.log.display()
+    );
     if let Some(k) = &img.kernel {
         let _ = writeln!(out, "  kernel   {k}");
     }
@@ -378,7 +511,11 @@ pub fn print_outcome(o: &BakeOutcome) {
         let _ = writeln!(out, "  boot test {t}");
     }
     for a in &img.artifacts {
-        let _ = writeln!(out, "  {:<8} {}\n           sha256 {}  ({} bytes)", a.format, a.path, a.sha256, a.size);
+        let _ = writeln!(
+            out,
+            "  {:<8} {}\n           sha256 {}  ({} bytes)",
+            a.format, a.path, a.sha256, a.size
+        );
     }
     let _ = std::io::stderr().is_terminal();
 }

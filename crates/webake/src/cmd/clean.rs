@@ -27,7 +27,14 @@ impl CleanArgs {
             println!("nothing to clean");
         }
         for line in report {
-            println!("{}{line}", if self.dry_run { "would remove: " } else { "removed: " });
+            println!(
+                "{}{line}",
+                if self.dry_run {
+                    "would remove: "
+                } else {
+                    "removed: "
+                }
+            );
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -44,7 +51,10 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
     // Bakes whose process is gone.
     if dry_run {
         for b in catalog.list_bakes(10_000)? {
-            if b.status == webake_catalog::BakeStatus::Running && b.host == host && !pid_alive(b.pid) {
+            if b.status == webake_catalog::BakeStatus::Running
+                && b.host == host
+                && !pid_alive(b.pid)
+            {
                 done.push(format!("stale bake record {} (marked failed)", b.id));
             }
         }
@@ -74,7 +84,9 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
     if let Ok(rd) = std::fs::read_dir(ws.scratch_root()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let owner_running = running.iter().any(|id| name == *id || name.starts_with("webake-test-"));
+            let owner_running = running
+                .iter()
+                .any(|id| name == *id || name.starts_with("webake-test-"));
             if !owner_running {
                 remove(&e.path(), "scratch directory")?;
             }
@@ -85,7 +97,9 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".staging-") && !running.iter().any(|id| name.ends_with(id.as_str())) {
+                if name.starts_with(".staging-")
+                    && !running.iter().any(|id| name.ends_with(id.as_str()))
+                {
                     remove(&e.path(), "incomplete cache entry")?;
                 } else if !name.starts_with('.') && !e.path().join("meta.json").is_file() {
                     remove(&e.path(), "corrupt cache entry")?;
@@ -94,14 +108,21 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
         }
     }
     // Temp artifact files and image directories no catalog image owns.
-    let owned: std::collections::HashSet<String> = catalog.list_images(None)?.into_iter().map(|i| i.id).collect();
+    let owned: std::collections::HashSet<String> = catalog
+        .list_images(None)?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     if let Ok(rd) = std::fs::read_dir(ws.images_dir()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !owned.contains(&name) && !running.iter().any(|_| false) {
                 // An image dir without a catalog record is a partial artifact of a failed bake,
                 // unless a running bake is writing it right now.
-                let busy = catalog.list_bakes(10_000)?.iter().any(|b| b.status == webake_catalog::BakeStatus::Running && pid_alive(b.pid));
+                let busy = catalog
+                    .list_bakes(10_000)?
+                    .iter()
+                    .any(|b| b.status == webake_catalog::BakeStatus::Running && pid_alive(b.pid));
                 if !busy {
                     remove(&e.path(), "orphaned artifacts")?;
                 }

@@ -71,14 +71,39 @@ impl ImagesCommand {
             Self::List(a) => {
                 let imgs = catalog.list_images(a.family.as_deref())?;
                 if a.json {
-                    println!("{}", serde_json::to_string_pretty(&imgs.iter().map(summary).collect::<Vec<_>>())?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &imgs.iter().map(summary).collect::<Vec<_>>()
+                        )?
+                    );
                 } else if imgs.is_empty() {
-                    eprintln!("no images in {} (bake one with `webake bake RECIPE`)", settings.catalog.display());
+                    eprintln!(
+                        "no images in {} (bake one with `webake bake RECIPE`)",
+                        settings.catalog.display()
+                    );
                 } else {
-                    println!("{:<17} {:<24} {:<20} {:<18} {:>10}  {}", "ID", "FAMILY", "VERSION", "CREATED", "SIZE", "TEST");
+                    println!(
+                        "{:<17} {:<24} {:<20} {:<18} {:>10}  {}",
+                        "ID", "FAMILY", "VERSION", "CREATED", "SIZE", "TEST"
+                    );
                     for i in &imgs {
-                        let size = i.artifacts.iter().find(|a| a.format == "qcow2").or(i.artifacts.first()).map(|a| a.size).unwrap_or(0);
-                        println!("{:<17} {:<24} {:<20} {:<18} {:>10}  {}", i.id, i.family, i.version, created(i.created_at), human(size), i.test_result.as_deref().unwrap_or("-"));
+                        let size = i
+                            .artifacts
+                            .iter()
+                            .find(|a| a.format == "qcow2")
+                            .or(i.artifacts.first())
+                            .map(|a| a.size)
+                            .unwrap_or(0);
+                        println!(
+                            "{:<17} {:<24} {:<20} {:<18} {:>10}  {}",
+                            i.id,
+                            i.family,
+                            i.version,
+                            created(i.created_at),
+                            human(size),
+                            i.test_result.as_deref().unwrap_or("-")
+                        );
                     }
                 }
             }
@@ -101,7 +126,14 @@ impl ImagesCommand {
                     println!("{}", serde_json::to_string_pretty(&bakes)?);
                 } else {
                     for b in bakes {
-                        println!("{:<32} {:<10} {:<20} {:<17} {}", b.id, format!("{:?}", b.status).to_lowercase(), b.family, b.image_id.as_deref().unwrap_or("-"), b.log_path);
+                        println!(
+                            "{:<32} {:<10} {:<20} {:<17} {}",
+                            b.id,
+                            format!("{:?}", b.status).to_lowercase(),
+                            b.family,
+                            b.image_id.as_deref().unwrap_or("-"),
+                            b.log_path
+                        );
                         if let Some(e) = b.error {
                             println!("    {}", e.lines().next().unwrap_or_default());
                         }
@@ -115,14 +147,20 @@ impl ImagesCommand {
 
 pub fn render_diff(old: &Image, new: &Image, format: DiffFormat) -> anyhow::Result<String> {
     let inv = |i: &Image| -> anyhow::Result<webake_inventory::Inventory> {
-        let v = i.inventory.clone().with_context(|| format!("image {} has no inventory", i.id))?;
+        let v = i
+            .inventory
+            .clone()
+            .with_context(|| format!("image {} has no inventory", i.id))?;
         serde_json::from_value(v).with_context(|| format!("image {}: unreadable inventory", i.id))
     };
     let d = webake_inventory::diff(&inv(old)?, &inv(new)?);
     Ok(match format {
         DiffFormat::Text => d.to_text(),
         DiffFormat::Json => d.to_json(),
-        DiffFormat::Markdown => d.to_markdown(&format!("{} {} ({})", old.name, old.version, old.id), &format!("{} {} ({})", new.name, new.version, new.id)),
+        DiffFormat::Markdown => d.to_markdown(
+            &format!("{} {} ({})", old.name, old.version, old.id),
+            &format!("{} {} ({})", new.name, new.version, new.id),
+        ),
     })
 }
 
@@ -135,7 +173,9 @@ fn summary(i: &Image) -> serde_json::Value {
 }
 
 fn created(ts: i64) -> String {
-    jiff::Timestamp::from_second(ts).map(|t| t.strftime("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()
+    jiff::Timestamp::from_second(ts)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
 }
 
 pub fn human(b: u64) -> String {
@@ -146,7 +186,11 @@ pub fn human(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn print_image(i: &Image) {
@@ -159,17 +203,40 @@ fn print_image(i: &Image) {
         println!("kernel     {k}");
     }
     println!("tree size  {}", human(i.tree_size));
-    println!("boot test  {}", i.test_result.as_deref().unwrap_or("not run"));
+    println!(
+        "boot test  {}",
+        i.test_result.as_deref().unwrap_or("not run")
+    );
     println!("inputs     {}", i.inputs_digest);
-    println!("recipe     {} (sha256 {})", i.provenance.get("recipe").and_then(|v| v.as_str()).unwrap_or("?"), i.recipe_digest);
+    println!(
+        "recipe     {} (sha256 {})",
+        i.provenance
+            .get("recipe")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?"),
+        i.recipe_digest
+    );
     if let Some(inv) = &i.inventory {
-        let n = inv.get("packages").and_then(|p| p.as_array()).map(|a| a.len()).unwrap_or(0);
-        let os = inv.pointer("/os/pretty_name").and_then(|v| v.as_str()).unwrap_or("?");
+        let n = inv
+            .get("packages")
+            .and_then(|p| p.as_array())
+            .map(|a| a.len())
+            .unwrap_or(0);
+        let os = inv
+            .pointer("/os/pretty_name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
         println!("contents   {os}, {n} packages");
     }
     println!("artifacts");
     for a in &i.artifacts {
-        println!("  {:<6} {}\n         sha256 {}  {}", a.format, a.path, a.sha256, human(a.size));
+        println!(
+            "  {:<6} {}\n         sha256 {}  {}",
+            a.format,
+            a.path,
+            a.sha256,
+            human(a.size)
+        );
     }
     if i.publications.is_empty() {
         println!("published  nowhere yet");
@@ -189,22 +256,53 @@ fn print_image(i: &Image) {
 }
 
 /// Append to (or create) a Packer-style manifest.json.
-pub fn append_packer_manifest(path: &Path, img: &Image, build_time: Duration) -> anyhow::Result<()> {
-    let amis: Vec<String> = img.publications.iter().filter_map(|p| p.ami_id.as_ref().map(|a| format!("{}:{a}", p.region))).collect();
-    let artifact_id = if amis.is_empty() { img.artifacts.first().map(|a| a.path.clone()).unwrap_or_default() } else { amis.join(",") };
+pub fn append_packer_manifest(
+    path: &Path,
+    img: &Image,
+    build_time: Duration,
+) -> anyhow::Result<()> {
+    let amis: Vec<String> = img
+        .publications
+        .iter()
+        .filter_map(|p| p.ami_id.as_ref().map(|a| format!("{}:{a}", p.region)))
+        .collect();
+    let artifact_id = if amis.is_empty() {
+        img.artifacts
+            .first()
+            .map(|a| a.path.clone())
+            .unwrap_or_default()
+    } else {
+        amis.join(",")
+    };
     let build = webake_inventory::PackerBuild {
         name: img.family.clone(),
         builder_type: "webake".into(),
         build_time: jiff::Timestamp::now().as_second(),
-        files: Some(img.artifacts.iter().map(|a| webake_inventory::PackerFile { name: a.path.clone(), size: a.size }).collect()),
+        files: Some(
+            img.artifacts
+                .iter()
+                .map(|a| webake_inventory::PackerFile {
+                    name: a.path.clone(),
+                    size: a.size,
+                })
+                .collect(),
+        ),
         artifact_id,
         packer_run_uuid: img.bake_id.clone(),
         custom_data: Some(
-            [("image_id".to_string(), img.id.clone()), ("version".to_string(), img.version.clone()), ("build_seconds".to_string(), build_time.as_secs().to_string())]
-                .into_iter()
-                .collect(),
+            [
+                ("image_id".to_string(), img.id.clone()),
+                ("version".to_string(), img.version.clone()),
+                (
+                    "build_seconds".to_string(),
+                    build_time.as_secs().to_string(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
         ),
     };
-    webake_inventory::PackerManifest::append_to(path, build).with_context(|| format!("writing {}", path.display()))?;
+    webake_inventory::PackerManifest::append_to(path, build)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

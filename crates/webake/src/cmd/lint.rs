@@ -32,7 +32,14 @@ impl LintArgs {
                 p.to_path_buf()
             } else {
                 let img = Catalog::open(&settings.catalog)?.find_image(&self.target)?;
-                PathBuf::from(&img.artifacts.iter().find(|a| a.format == "raw").or(img.artifacts.first()).context("image has no artifacts")?.path)
+                PathBuf::from(
+                    &img.artifacts
+                        .iter()
+                        .find(|a| a.format == "raw")
+                        .or(img.artifacts.first())
+                        .context("image has no artifacts")?
+                        .path,
+                )
             };
             let t = tempfile::tempdir().context("temp dir")?;
             extract_root(&disk, t.path())?;
@@ -40,7 +47,11 @@ impl LintArgs {
             _tmp = t;
             r
         };
-        let cfg = webake_inventory::LintConfig { allow: self.allow, extra_secrets: vec![], builder_resolv_conf: std::fs::read("/etc/resolv.conf").ok() };
+        let cfg = webake_inventory::LintConfig {
+            allow: self.allow,
+            extra_secrets: vec![],
+            builder_resolv_conf: std::fs::read("/etc/resolv.conf").ok(),
+        };
         let findings = webake_inventory::lint(&root, &cfg)?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&findings)?);
@@ -48,30 +59,60 @@ impl LintArgs {
             println!("{}: clean", self.target);
         } else {
             for f in &findings {
-                println!("{:<8} {:<22} {}: {}", format!("{:?}", f.severity).to_lowercase(), f.rule.id(), f.path, f.message);
+                println!(
+                    "{:<8} {:<22} {}: {}",
+                    format!("{:?}", f.severity).to_lowercase(),
+                    f.rule.id(),
+                    f.path,
+                    f.message
+                );
             }
         }
-        let errors = findings.iter().filter(|f| f.severity == webake_inventory::Severity::Error).count();
-        Ok(if errors > 0 { ExitCode::from(crate::exit::FAILURE) } else { ExitCode::SUCCESS })
+        let errors = findings
+            .iter()
+            .filter(|f| f.severity == webake_inventory::Severity::Error)
+            .count();
+        Ok(if errors > 0 {
+            ExitCode::from(crate::exit::FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        })
     }
 }
 
 /// Extract the root filesystem of a disk image into `dir/root` offline (debugfs rdump).
 pub fn extract_root(disk: &Path, dir: &Path) -> anyhow::Result<()> {
     let raw = dir.join("disk.raw");
-    webake_sys::process::capture(&Cmd::new("qemu-img").args(["convert", "-q", "-O", "raw"]).arg(disk).arg(&raw))?;
+    webake_sys::process::capture(
+        &Cmd::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(disk)
+            .arg(&raw),
+    )?;
     let out = webake_sys::process::capture(&Cmd::new("sfdisk").arg("--json").arg(&raw))?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let start = v
         .pointer("/partitiontable/partitions")
         .and_then(|p| p.as_array())
-        .and_then(|ps| ps.iter().find(|p| p.get("type").and_then(|t| t.as_str()).is_some_and(|t| t.eq_ignore_ascii_case(webake_build::assemble::ROOT_X86_64_TYPE) || t.eq_ignore_ascii_case("0FC63DAF-8483-4772-8E79-3D69D8477DE4"))))
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p.get("type").and_then(|t| t.as_str()).is_some_and(|t| {
+                    t.eq_ignore_ascii_case(webake_build::assemble::ROOT_X86_64_TYPE)
+                        || t.eq_ignore_ascii_case("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+                })
+            })
+        })
         .and_then(|p| p.get("start"))
         .and_then(|s| s.as_u64())
         .context("no Linux root partition")?;
     let root = dir.join("root");
     std::fs::create_dir(&root)?;
-    webake_sys::process::capture(&Cmd::new("debugfs").arg("-R").arg(format!("rdump / {}", root.display())).arg(format!("{}?offset={}", raw.display(), start * 512)))?;
+    webake_sys::process::capture(
+        &Cmd::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", root.display()))
+            .arg(format!("{}?offset={}", raw.display(), start * 512)),
+    )?;
     std::fs::remove_file(&raw)?;
     Ok(())
 }

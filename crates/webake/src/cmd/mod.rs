@@ -5,6 +5,10 @@ pub mod bake;
 pub mod clean;
 pub mod images;
 pub mod lint;
+pub mod pipeline;
+pub mod publish;
+pub mod publish_aws;
+pub mod rollout;
 pub mod test;
 pub mod validate;
 
@@ -26,7 +30,9 @@ pub fn init_tracing(global: &GlobalArgs) {
         }
     };
     let filter = EnvFilter::try_from_env("WEBAKE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match global.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -42,6 +48,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clean(args) => args.run(&settings),
         Command::Test(args) => args.run(&settings),
         Command::Lint(args) => args.run(&settings),
+        Command::Pipeline(cmd) => cmd.run(&settings),
+        Command::Publish(args) => args.run(&settings),
+        Command::PublishAws(args) => args.run(&settings),
+        Command::Rollout(args) => args.run(&settings),
         Command::Schema => {
             println!("{}", webake_spec::schema_json());
             Ok(ExitCode::SUCCESS)

@@ -91,7 +91,9 @@ impl RenderArgs {
         let service = match (service, &recipe) {
             (Some(service), _) => service,
             (None, Some(recipe)) => ServiceDescriptor::default_ami(&recipe.name),
-            (None, None) => anyhow::bail!("give a recipe, or a --service descriptor of kind docker"),
+            (None, None) => {
+                anyhow::bail!("give a recipe, or a --service descriptor of kind docker")
+            }
         };
         if service.kind == ServiceKind::Ami && recipe.is_none() {
             anyhow::bail!("the service is of kind ami: give the recipe to bake");
@@ -123,7 +125,9 @@ fn path_in_repo(recipe: &Path) -> anyhow::Result<String> {
                 recipe.display()
             )
         })?;
-    let relative = absolute.strip_prefix(root).expect("an ancestor is a prefix");
+    let relative = absolute
+        .strip_prefix(root)
+        .expect("an ancestor is a prefix");
     let parts: Vec<String> = relative
         .components()
         .map(|c| match c {

@@ -170,7 +170,9 @@ impl PublishAwsArgs {
             version: self.version.clone(),
             arch: self.arch.as_str().to_string(),
             bake_id: self.bake_id.clone(),
-            timestamp: jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string(),
+            timestamp: jiff::Timestamp::now()
+                .strftime("%Y%m%dT%H%M%SZ")
+                .to_string(),
         };
         let name = webake_aws::render_name(&self.name_template, &vars)
             .map_err(|e| coded(INVALID_INPUT, e))?;
@@ -197,7 +199,11 @@ impl PublishAwsArgs {
             tpm_support: self.tpm,
             deprecate_at: self.deprecate_at,
             kms_key_arn: self.kms_key.clone(),
-            copy_kms_keys: self.copy_kms_keys.iter().cloned().collect::<BTreeMap<_, _>>(),
+            copy_kms_keys: self
+                .copy_kms_keys
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<_, _>>(),
             volume_size_gib: self.volume_size,
             bake_id: self.bake_id.clone(),
             inputs_digest: self.inputs_digest.clone(),
@@ -215,7 +221,11 @@ impl PublishAwsArgs {
 
     /// Publish and return what to record in the catalog. The first Ctrl-C / SIGTERM stops the
     /// publish and rolls back what it created (exit code 130).
-    pub fn publish(&self, req: &PublishRequest, settings: &Settings) -> anyhow::Result<Publication> {
+    pub fn publish(
+        &self,
+        req: &PublishRequest,
+        settings: &Settings,
+    ) -> anyhow::Result<Publication> {
         webake_sys::cancel::install_signal_handlers();
         let cancel = webake_sys::CancelToken::new();
         let reporter = StderrReporter::new(settings.quiet);
@@ -229,16 +239,29 @@ impl PublishAwsArgs {
             webake_aws::publish_until(&session, req, &reporter, cancelled(cancel)).await
         });
         result.map_err(|e| {
-            let code = if e.is_cancelled() { INTERRUPTED } else { PUBLISH_FAILED };
-            coded(code, anyhow::Error::new(e).context(format!("publishing {} to AWS", req.name)))
+            let code = if e.is_cancelled() {
+                INTERRUPTED
+            } else {
+                PUBLISH_FAILED
+            };
+            coded(
+                code,
+                anyhow::Error::new(e).context(format!("publishing {} to AWS", req.name)),
+            )
         })
     }
 }
 
 /// For `webake clean --aws`: delete AMIs and snapshots tagged with one of `bake_ids` (bakes
 /// that did not finish) in every region of `regions`.
-pub fn sweep_aws(regions: &[String], bake_ids: &[String], client: &ClientSettings) -> anyhow::Result<SweepReport> {
-    let Some(first) = regions.first() else { return Ok(SweepReport::default()) };
+pub fn sweep_aws(
+    regions: &[String],
+    bake_ids: &[String],
+    client: &ClientSettings,
+) -> anyhow::Result<SweepReport> {
+    let Some(first) = regions.first() else {
+        return Ok(SweepReport::default());
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -284,8 +307,15 @@ fn print_plan(req: &PublishRequest) {
 fn print_publication(p: &Publication) {
     println!("AMI {:?}", p.name);
     for (region, image) in &p.regions {
-        let note = if image.reused { " (existing, reused)" } else { "" };
-        println!("  {region:<16} {}  {}{note}", image.ami_id, image.snapshot_id);
+        let note = if image.reused {
+            " (existing, reused)"
+        } else {
+            ""
+        };
+        println!(
+            "  {region:<16} {}  {}{note}",
+            image.ami_id, image.snapshot_id
+        );
     }
 }
 
@@ -298,7 +328,10 @@ struct StderrReporter {
 
 impl StderrReporter {
     fn new(quiet: bool) -> Self {
-        Self { quiet, progress: Mutex::new(BTreeMap::new()) }
+        Self {
+            quiet,
+            progress: Mutex::new(BTreeMap::new()),
+        }
     }
 }
 
@@ -340,8 +373,21 @@ mod tests {
 
     fn parse(extra: &[&str]) -> PublishAwsArgs {
         let mut argv = vec![
-            "publish-aws", "--disk", "d.raw", "--name", "web", "--family", "web", "--version", "1.2.3",
-            "--bake-id", "b1", "--inputs-digest", "sha256:x", "--region", "us-east-1",
+            "publish-aws",
+            "--disk",
+            "d.raw",
+            "--name",
+            "web",
+            "--family",
+            "web",
+            "--version",
+            "1.2.3",
+            "--bake-id",
+            "b1",
+            "--inputs-digest",
+            "sha256:x",
+            "--region",
+            "us-east-1",
         ];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).unwrap().args
@@ -350,8 +396,17 @@ mod tests {
     #[test]
     fn builds_the_request() {
         let args = parse(&[
-            "--copy-to", "eu-west-1,eu-central-1", "--share-with", "111122223333",
-            "--tag", "team=platform", "--boot-mode", "uefi-preferred", "--tpm", "--arch", "arm64",
+            "--copy-to",
+            "eu-west-1,eu-central-1",
+            "--share-with",
+            "111122223333",
+            "--tag",
+            "team=platform",
+            "--boot-mode",
+            "uefi-preferred",
+            "--tpm",
+            "--arch",
+            "arm64",
         ]);
         let req = args.request().unwrap();
         assert_eq!(req.name, "web-1.2.3-arm64");

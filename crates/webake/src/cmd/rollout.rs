@@ -132,8 +132,49 @@ pub struct CatalogImage {
 /// `pr_body_markdown`: the inventory diff against `previous_in_family(&img)` (webake-inventory
 /// `diff(..).to_markdown(..)`) plus kernel, size and provenance lines.
 fn resolve_catalog_image(settings: &Settings, image: &str) -> anyhow::Result<CatalogImage> {
-    let _ = settings;
-    bail!("rolling out catalog image {image:?} is not wired yet; use --family with --to or --ami")
+    let catalog = webake_catalog::Catalog::open(&settings.catalog)?;
+    let img = catalog.find_image(image)?;
+    let amis: std::collections::BTreeMap<String, String> = img
+        .publications
+        .iter()
+        .filter(|p| p.target == "aws")
+        .filter_map(|p| p.ami_id.clone().map(|a| (p.region.clone(), a)))
+        .collect();
+    let reference = if amis.is_empty() {
+        // Not on AWS: the reference is the image's name:version (for local clusters, or repos
+        // that name images by family and version).
+        ImageReference::Single(format!("{}:{}", img.name, img.version))
+    } else {
+        ImageReference::PerRegion(amis)
+    };
+    let mut body = format!(
+        "webake baked **{} {}** (`{}`, family `{}`).\n\n- kernel: {}\n- inputs digest: `{}`\n- bake: `{}`\n\n",
+        img.name,
+        img.version,
+        img.id,
+        img.family,
+        img.kernel.as_deref().unwrap_or("?"),
+        img.inputs_digest,
+        img.bake_id
+    );
+    match catalog.previous_in_family(&img)? {
+        Some(prev) => match crate::cmd::images::render_diff(
+            &prev,
+            &img,
+            crate::cmd::images::DiffFormat::Markdown,
+        ) {
+            Ok(md) => body.push_str(&md),
+            Err(e) => body.push_str(&format!("_No image diff: {e:#}_\n")),
+        },
+        None => body.push_str("_First image of this family: nothing to compare with._\n"),
+    }
+    Ok(CatalogImage {
+        family: img.family.clone(),
+        image_name: img.name.clone(),
+        version: img.version.clone(),
+        reference,
+        pr_body_markdown: body,
+    })
 }
 
 impl RolloutArgs {

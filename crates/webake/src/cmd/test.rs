@@ -21,8 +21,8 @@ use webake_build::bake::BakeLog;
 use webake_build::{CacheStatus, Reporter, Workspace};
 use webake_catalog::{Catalog, Image};
 use webake_spec::{BootCheck, ImdsFixture, TestSpec};
-use webake_sys::process::{Cmd, run};
 use webake_sys::CancelToken;
+use webake_sys::process::{Cmd, run};
 
 use crate::exit;
 use crate::settings::Settings;
@@ -52,8 +52,18 @@ impl TestArgs {
         } else {
             let cat = Catalog::open(&settings.catalog)?;
             let img = cat.find_image(&self.image)?;
-            let a = img.artifacts.iter().find(|a| a.format == "raw").or(img.artifacts.first()).context("image has no artifacts")?;
-            let recipe = self.recipe.clone().or_else(|| img.provenance.get("recipe").and_then(|v| v.as_str()).map(PathBuf::from));
+            let a = img
+                .artifacts
+                .iter()
+                .find(|a| a.format == "raw")
+                .or(img.artifacts.first())
+                .context("image has no artifacts")?;
+            let recipe = self.recipe.clone().or_else(|| {
+                img.provenance
+                    .get("recipe")
+                    .and_then(|v| v.as_str())
+                    .map(PathBuf::from)
+            });
             (PathBuf::from(&a.path), Some(img), recipe)
         };
         let mut spec = match &recipe_path {
@@ -69,9 +79,16 @@ impl TestArgs {
             ACCEL_OVERRIDE.set(a.clone()).ok();
         }
         let reporter = crate::cmd::bake::CliReporter::new(settings.quiet);
-        let log_path = ws.data_dir.join("tests").join(format!("{}.log", crate::cmd::bake::new_bake_id().replace("bake-", "test-")));
+        let log_path = ws.data_dir.join("tests").join(format!(
+            "{}.log",
+            crate::cmd::bake::new_bake_id().replace("bake-", "test-")
+        ));
         let log = BakeLog::create(&log_path)?;
-        reporter.note(&format!("boot test of {}; console log {}", disk.display(), log_path.display()));
+        reporter.note(&format!(
+            "boot test of {}; console log {}",
+            disk.display(),
+            log_path.display()
+        ));
         let res = boot_test_disk(&disk, &spec, &ws, &reporter, &log, &CancelToken::new());
         if let Some(img) = &image {
             let cat = Catalog::open(&settings.catalog)?;
@@ -90,19 +107,46 @@ impl TestArgs {
 static ACCEL_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn default_spec() -> TestSpec {
-    TestSpec { gate: false, timeout_secs: 120, checks: vec![], imds: None, memory_mib: 1024 }
+    TestSpec {
+        gate: false,
+        timeout_secs: 120,
+        checks: vec![],
+        imds: None,
+        memory_mib: 1024,
+    }
 }
 
 /// Boot-test a catalog image (raw artifact preferred).
-pub fn boot_test_image(img: &Image, spec: Option<&TestSpec>, ws: &Workspace, reporter: &dyn Reporter, log: &BakeLog, cancel: &CancelToken) -> anyhow::Result<()> {
-    let a = img.artifacts.iter().find(|a| a.format == "raw").or(img.artifacts.first()).context("image has no artifacts")?;
+pub fn boot_test_image(
+    img: &Image,
+    spec: Option<&TestSpec>,
+    ws: &Workspace,
+    reporter: &dyn Reporter,
+    log: &BakeLog,
+    cancel: &CancelToken,
+) -> anyhow::Result<()> {
+    let a = img
+        .artifacts
+        .iter()
+        .find(|a| a.format == "raw")
+        .or(img.artifacts.first())
+        .context("image has no artifacts")?;
     let spec = spec.cloned().unwrap_or_else(default_spec);
     boot_test_disk(Path::new(&a.path), &spec, ws, reporter, log, cancel)
 }
 
 /// OVMF firmware files (code, vars template).
 pub fn ovmf() -> anyhow::Result<(PathBuf, PathBuf)> {
-    for (c, v) in [("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"), ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd")] {
+    for (c, v) in [
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+    ] {
         if Path::new(c).is_file() && Path::new(v).is_file() {
             return Ok((c.into(), v.into()));
         }
@@ -127,18 +171,56 @@ pub fn probe_accel(code: &Path) -> (String, String) {
     // Run the firmware alone under KVM for a few seconds: a healthy KVM keeps running (and
     // prints the firmware banner); a broken one exits with an emulation failure.
     let out = std::process::Command::new("timeout")
-        .args(["-s", "KILL", "6", "qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-display", "none", "-nodefaults", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-s",
+            "KILL",
+            "6",
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,readonly=on,file={}", code.display()))
+        .arg(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            code.display()
+        ))
         .output();
     match out {
         Ok(o) => {
-            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            let killed_by_timeout = o.status.code().is_none() || o.status.code() == Some(137) || o.status.code() == Some(124);
-            if killed_by_timeout && !text.contains("emulation failure") && !text.contains("KVM internal error") {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let killed_by_timeout = o.status.code().is_none()
+                || o.status.code() == Some(137)
+                || o.status.code() == Some(124);
+            if killed_by_timeout
+                && !text.contains("emulation failure")
+                && !text.contains("KVM internal error")
+            {
                 ("kvm".into(), "KVM boots the firmware".into())
             } else {
-                ("tcg".into(), format!("KVM cannot run the firmware here ({})", text.lines().find(|l| l.contains("error") || l.contains("failure")).unwrap_or("qemu exited").trim()))
+                (
+                    "tcg".into(),
+                    format!(
+                        "KVM cannot run the firmware here ({})",
+                        text.lines()
+                            .find(|l| l.contains("error") || l.contains("failure"))
+                            .unwrap_or("qemu exited")
+                            .trim()
+                    ),
+                )
             }
         }
         Err(e) => ("tcg".into(), format!("cannot probe KVM: {e}")),
@@ -149,15 +231,26 @@ pub fn probe_accel(code: &Path) -> (String, String) {
 fn root_partition_offset(raw: &Path) -> anyhow::Result<u64> {
     let out = webake_sys::process::capture(&Cmd::new("sfdisk").arg("--json").arg(raw))?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing sfdisk --json")?;
-    let parts = v.pointer("/partitiontable/partitions").and_then(|p| p.as_array()).context("no partition table")?;
+    let parts = v
+        .pointer("/partitiontable/partitions")
+        .and_then(|p| p.as_array())
+        .context("no partition table")?;
     for p in parts {
         let ty = p.get("type").and_then(|t| t.as_str()).unwrap_or_default();
-        if ty.eq_ignore_ascii_case(webake_build::assemble::ROOT_X86_64_TYPE) || ty.eq_ignore_ascii_case("0FC63DAF-8483-4772-8E79-3D69D8477DE4") {
-            let start = p.get("start").and_then(|s| s.as_u64()).context("partition start")?;
+        if ty.eq_ignore_ascii_case(webake_build::assemble::ROOT_X86_64_TYPE)
+            || ty.eq_ignore_ascii_case("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+        {
+            let start = p
+                .get("start")
+                .and_then(|s| s.as_u64())
+                .context("partition start")?;
             return Ok(start * 512);
         }
     }
-    bail!("{}: no Linux root partition in the partition table", raw.display())
+    bail!(
+        "{}: no Linux root partition in the partition table",
+        raw.display()
+    )
 }
 
 const HARNESS_UNIT: &str = "[Unit]
@@ -174,7 +267,9 @@ WantedBy=multi-user.target
 ";
 
 fn harness_script(checks: &[BootCheck]) -> String {
-    let mut s = String::from("#!/bin/sh\n# webake boot test harness: runs the checks, reports on the console, powers off.\n");
+    let mut s = String::from(
+        "#!/bin/sh\n# webake boot test harness: runs the checks, reports on the console, powers off.\n",
+    );
     s.push_str("echo WEBAKE-TEST-BEGIN\n");
     s.push_str("echo \"WEBAKE-FAILED-UNITS $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\\n' ' ')\"\n");
     for (i, c) in checks.iter().enumerate() {
@@ -189,7 +284,9 @@ fn base64_encode(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in b.chunks(3) {
-        let n = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        let n = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -232,7 +329,12 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 /// Inject the harness into a raw copy with debugfs (offline, no mount).
-fn inject_harness(raw: &Path, checks: &[BootCheck], scratch: &Path, imds_dropin: Option<&str>) -> anyhow::Result<()> {
+fn inject_harness(
+    raw: &Path,
+    checks: &[BootCheck],
+    scratch: &Path,
+    imds_dropin: Option<&str>,
+) -> anyhow::Result<()> {
     let off = root_partition_offset(raw)?;
     let unit = scratch.join("webake-test.service");
     std::fs::write(&unit, HARNESS_UNIT)?;
@@ -240,20 +342,35 @@ fn inject_harness(raw: &Path, checks: &[BootCheck], scratch: &Path, imds_dropin:
     std::fs::write(&script, harness_script(checks))?;
     let mut cmds = String::new();
     cmds.push_str("mkdir /usr/local/lib/webake-test\n");
-    cmds.push_str(&format!("write {} /usr/local/lib/webake-test/run.sh\n", script.display()));
-    cmds.push_str(&format!("write {} /etc/systemd/system/webake-test.service\n", unit.display()));
+    cmds.push_str(&format!(
+        "write {} /usr/local/lib/webake-test/run.sh\n",
+        script.display()
+    ));
+    cmds.push_str(&format!(
+        "write {} /etc/systemd/system/webake-test.service\n",
+        unit.display()
+    ));
     cmds.push_str("mkdir /etc/systemd/system/multi-user.target.wants\n");
     cmds.push_str("symlink /etc/systemd/system/multi-user.target.wants/webake-test.service /etc/systemd/system/webake-test.service\n");
     if let Some(d) = imds_dropin {
         let f = scratch.join("imds.conf");
         std::fs::write(&f, d)?;
         cmds.push_str("mkdir /etc/systemd/system/webake-agent.service.d\n");
-        cmds.push_str(&format!("write {} /etc/systemd/system/webake-agent.service.d/webake-test-imds.conf\n", f.display()));
+        cmds.push_str(&format!(
+            "write {} /etc/systemd/system/webake-agent.service.d/webake-test-imds.conf\n",
+            f.display()
+        ));
     }
     let cmdfile = scratch.join("debugfs.cmds");
     std::fs::write(&cmdfile, cmds)?;
     // debugfs reports most command errors on stderr but exits 0 ("mkdir: file exists" is fine).
-    let out = webake_sys::process::capture(&Cmd::new("debugfs").arg("-w").arg("-f").arg(&cmdfile).arg(format!("{}?offset={off}", raw.display())))?;
+    let out = webake_sys::process::capture(
+        &Cmd::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmdfile)
+            .arg(format!("{}?offset={off}", raw.display())),
+    )?;
     tracing::debug!(%out, "debugfs");
     Ok(())
 }
@@ -267,45 +384,106 @@ pub struct CheckResult {
 }
 
 /// Boot `disk` and run `spec`'s checks. Errors carry the console tail.
-pub fn boot_test_disk(disk: &Path, spec: &TestSpec, ws: &Workspace, reporter: &dyn Reporter, log: &BakeLog, cancel: &CancelToken) -> anyhow::Result<()> {
+pub fn boot_test_disk(
+    disk: &Path,
+    spec: &TestSpec,
+    ws: &Workspace,
+    reporter: &dyn Reporter,
+    log: &BakeLog,
+    cancel: &CancelToken,
+) -> anyhow::Result<()> {
     let step = "boot test";
     let t0 = Instant::now();
     for tool in ["qemu-system-x86_64", "qemu-img", "debugfs", "sfdisk"] {
         if webake_sys::process::which(tool).is_none() {
-            bail!("missing host tool `{tool}` for the boot test: apt-get install qemu-system-x86 qemu-utils e2fsprogs fdisk ovmf");
+            bail!(
+                "missing host tool `{tool}` for the boot test: apt-get install qemu-system-x86 qemu-utils e2fsprogs fdisk ovmf"
+            );
         }
     }
     let (code, vars_template) = ovmf()?;
     let (accel, why) = probe_accel(&code);
-    let timeout = Duration::from_secs(if accel == "tcg" { spec.timeout_secs * 4 } else { spec.timeout_secs });
-    reporter.step_started(step, &format!("qemu {accel} ({why}), UEFI {}, timeout {}s", code.display(), timeout.as_secs()));
-    let scratch = tempfile::Builder::new().prefix("webake-test-").tempdir_in(ws.scratch_root()).context("creating the test scratch dir")?;
+    let timeout = Duration::from_secs(if accel == "tcg" {
+        spec.timeout_secs * 4
+    } else {
+        spec.timeout_secs
+    });
+    reporter.step_started(
+        step,
+        &format!(
+            "qemu {accel} ({why}), UEFI {}, timeout {}s",
+            code.display(),
+            timeout.as_secs()
+        ),
+    );
+    let scratch = tempfile::Builder::new()
+        .prefix("webake-test-")
+        .tempdir_in(ws.scratch_root())
+        .context("creating the test scratch dir")?;
     let raw = scratch.path().join("disk.raw");
-    run(&Cmd::new("qemu-img").args(["convert", "-q", "-O", "raw"]).arg(disk).arg(&raw), cancel, &mut |l| log.line(step, l))?;
+    run(
+        &Cmd::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(disk)
+            .arg(&raw),
+        cancel,
+        &mut |l| log.line(step, l),
+    )?;
     let vars = scratch.path().join("OVMF_VARS.fd");
-    std::fs::copy(&vars_template, &vars).with_context(|| format!("copying {}", vars_template.display()))?;
+    std::fs::copy(&vars_template, &vars)
+        .with_context(|| format!("copying {}", vars_template.display()))?;
 
     // Instance metadata for the guest.
     let imds = spec.imds.as_ref().map(FakeImds::start).transpose()?;
-    let dropin = imds.as_ref().map(|_| "[Service]\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT=http://169.254.169.254\n".to_string());
+    let dropin = imds.as_ref().map(|_| {
+        "[Service]\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT=http://169.254.169.254\n"
+            .to_string()
+    });
     inject_harness(&raw, &spec.checks, scratch.path(), dropin.as_deref())?;
 
     let netdev = match &imds {
         // Guest network 169.254.169.0/24 so that the real IMDS address is inside it; a
         // guestfwd connects 169.254.169.254:80 to the fake on the host's loopback. restrict=on
         // cuts the guest off from everything else (forwarding rules still apply).
-        Some(f) => format!("user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.1,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:{}", f.port),
+        Some(f) => format!(
+            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.1,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:{}",
+            f.port
+        ),
         None => "user,id=n0,restrict=on".to_string(),
     };
     let mut cmd = Cmd::new("qemu-system-x86_64")
-        .args(["-accel", &accel, "-machine", "q35", "-m", &spec.memory_mib.to_string(), "-smp", "2"])
-        .args(["-display", "none", "-nodefaults", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
+        .args([
+            "-accel",
+            &accel,
+            "-machine",
+            "q35",
+            "-m",
+            &spec.memory_mib.to_string(),
+            "-smp",
+            "2",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,readonly=on,file={}", code.display()))
+        .arg(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            code.display()
+        ))
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         .arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={},cache=unsafe", raw.display()))
+        .arg(format!(
+            "if=virtio,format=raw,file={},cache=unsafe",
+            raw.display()
+        ))
         .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
     if accel == "kvm" {
         cmd = cmd.args(["-cpu", "host"]);
@@ -349,8 +527,16 @@ pub fn boot_test_disk(disk: &Path, spec: &TestSpec, ws: &Workspace, reporter: &d
         } else if let Some(rest) = line.split("WEBAKE-CHECK ").nth(1) {
             let mut it = rest.splitn(3, ' ');
             let i: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-            let rc: i32 = it.next().and_then(|s| s.strip_prefix("rc=")).and_then(|s| s.parse().ok()).unwrap_or(-1);
-            let out = it.next().and_then(|s| s.strip_prefix("out=")).map(|b| String::from_utf8_lossy(&base64_decode(b.trim())).to_string()).unwrap_or_default();
+            let rc: i32 = it
+                .next()
+                .and_then(|s| s.strip_prefix("rc="))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1);
+            let out = it
+                .next()
+                .and_then(|s| s.strip_prefix("out="))
+                .map(|b| String::from_utf8_lossy(&base64_decode(b.trim())).to_string())
+                .unwrap_or_default();
             results.insert(i, (rc, out));
         } else if line.contains("WEBAKE-TEST-END") {
             ended = true;
@@ -359,13 +545,30 @@ pub fn boot_test_disk(disk: &Path, spec: &TestSpec, ws: &Workspace, reporter: &d
     done.store(true, Ordering::SeqCst);
     let timed_out = watchdog.join().unwrap_or(false);
     drop(imds);
-    let tail_text = tail.iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n");
+    let tail_text = tail
+        .iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     if cancel.is_cancelled() {
         bail!("boot test cancelled");
     }
     if !ended {
-        let why = if timed_out { format!("no result within {}s", timeout.as_secs()) } else { format!("the VM stopped before the checks ran ({})", res.err().map(|e| e.to_string()).unwrap_or_else(|| "powered off".into())) };
-        let stage = if began { "the guest reached multi-user but the checks did not finish" } else { "the guest never reached multi-user" };
+        let why = if timed_out {
+            format!("no result within {}s", timeout.as_secs())
+        } else {
+            format!(
+                "the VM stopped before the checks ran ({})",
+                res.err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "powered off".into())
+            )
+        };
+        let stage = if began {
+            "the guest reached multi-user but the checks did not finish"
+        } else {
+            "the guest never reached multi-user"
+        };
         bail!("boot test failed: {why}; {stage} (accelerator {accel}). Console tail:\n{tail_text}");
     }
     let mut problems = Vec::new();
@@ -374,20 +577,34 @@ pub fn boot_test_disk(disk: &Path, spec: &TestSpec, ws: &Workspace, reporter: &d
             None => problems.push(format!("check {:?}: no result", c.name)),
             Some((rc, out)) => {
                 let out_t = out.trim();
-                log.line(step, &format!("check {:?}: rc={rc} output={out_t:?}", c.name));
+                log.line(
+                    step,
+                    &format!("check {:?}: rc={rc} output={out_t:?}", c.name),
+                );
                 reporter.output(step, &format!("check {}: rc={rc} {out_t}", c.name));
                 if *rc != 0 {
                     problems.push(format!("check {:?} exited with {rc}: {out_t}", c.name));
                 } else if let Some(exp) = &c.expect_stdout {
                     if out_t != exp.trim() {
-                        problems.push(format!("check {:?}: expected {exp:?}, got {out_t:?}", c.name));
+                        problems.push(format!(
+                            "check {:?}: expected {exp:?}, got {out_t:?}",
+                            c.name
+                        ));
                     }
                 }
             }
         }
     }
     if !problems.is_empty() {
-        bail!("boot test failed:\n  {}\n  failed units: {}\nConsole tail:\n{tail_text}", problems.join("\n  "), if failed_units.is_empty() { "none" } else { &failed_units });
+        bail!(
+            "boot test failed:\n  {}\n  failed units: {}\nConsole tail:\n{tail_text}",
+            problems.join("\n  "),
+            if failed_units.is_empty() {
+                "none"
+            } else {
+                &failed_units
+            }
+        );
     }
     reporter.step_finished(step, t0.elapsed(), CacheStatus::Uncached);
     Ok(())
@@ -402,16 +619,29 @@ pub struct FakeImds {
 
 impl FakeImds {
     pub fn start(f: &ImdsFixture) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the IMDS fake on 127.0.0.1")?;
+        let listener =
+            TcpListener::bind("127.0.0.1:0").context("binding the IMDS fake on 127.0.0.1")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let mut data: BTreeMap<String, String> = BTreeMap::new();
-        data.insert("/latest/meta-data/instance-id".into(), f.instance_id.clone());
-        data.insert("/latest/meta-data/placement/region".into(), f.region.clone());
-        data.insert("/latest/meta-data/placement/availability-zone".into(), format!("{}a", f.region));
+        data.insert(
+            "/latest/meta-data/instance-id".into(),
+            f.instance_id.clone(),
+        );
+        data.insert(
+            "/latest/meta-data/placement/region".into(),
+            f.region.clone(),
+        );
+        data.insert(
+            "/latest/meta-data/placement/availability-zone".into(),
+            format!("{}a", f.region),
+        );
         if !f.tags.is_empty() {
-            data.insert("/latest/meta-data/tags/instance".into(), f.tags.keys().cloned().collect::<Vec<_>>().join("\n"));
+            data.insert(
+                "/latest/meta-data/tags/instance".into(),
+                f.tags.keys().cloned().collect::<Vec<_>>().join("\n"),
+            );
             for (k, v) in &f.tags {
                 data.insert(format!("/latest/meta-data/tags/instance/{k}"), v.clone());
             }
@@ -428,7 +658,11 @@ impl FakeImds {
                 }
             }
         });
-        Ok(Self { port, stop, thread: Some(thread) })
+        Ok(Self {
+            port,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -441,7 +675,11 @@ impl Drop for FakeImds {
     }
 }
 
-fn serve_imds(stream: TcpStream, data: &BTreeMap<String, String>, token: &str) -> std::io::Result<()> {
+fn serve_imds(
+    stream: TcpStream,
+    data: &BTreeMap<String, String>,
+    token: &str,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut r = BufReader::new(stream.try_clone()?);
@@ -463,14 +701,20 @@ fn serve_imds(stream: TcpStream, data: &BTreeMap<String, String>, token: &str) -
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        if let Some(n) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if let Some(n) = headers
+            .get("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             let mut b = vec![0; n.min(1 << 16)];
             r.read_exact(&mut b)?;
         }
         let mut parts = request.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let (status, body) = if method == "PUT" && path == "/latest/api/token" {
-            match headers.get("x-aws-ec2-metadata-token-ttl-seconds").and_then(|v| v.parse::<u32>().ok()) {
+            match headers
+                .get("x-aws-ec2-metadata-token-ttl-seconds")
+                .and_then(|v| v.parse::<u32>().ok())
+            {
                 Some(t) if (1..=21600).contains(&t) => ("200 OK", token.to_string()),
                 _ => ("400 Bad Request", String::new()),
             }
@@ -486,9 +730,16 @@ fn serve_imds(stream: TcpStream, data: &BTreeMap<String, String>, token: &str) -
         } else {
             ("405 Method Not Allowed", String::new())
         };
-        write!(w, "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: EC2ws\r\n\r\n{body}", body.len())?;
+        write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: EC2ws\r\n\r\n{body}",
+            body.len()
+        )?;
         w.flush()?;
-        if headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+        if headers
+            .get("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
             return Ok(());
         }
     }
@@ -500,7 +751,14 @@ mod tests {
 
     #[test]
     fn base64_roundtrip() {
-        for s in ["", "a", "ab", "abc", "hostname -f\n", "kubernetes-prod-euwest1-07a38e448ad62b4da"] {
+        for s in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "hostname -f\n",
+            "kubernetes-prod-euwest1-07a38e448ad62b4da",
+        ] {
             assert_eq!(base64_decode(&base64_encode(s.as_bytes())), s.as_bytes());
         }
         assert_eq!(base64_encode(b"hi!"), "aGkh");
@@ -508,14 +766,23 @@ mod tests {
 
     #[test]
     fn harness_reports_each_check() {
-        let s = harness_script(&[BootCheck { name: "h".into(), run: "hostname".into(), expect_stdout: None }]);
+        let s = harness_script(&[BootCheck {
+            name: "h".into(),
+            run: "hostname".into(),
+            expect_stdout: None,
+        }]);
         assert!(s.contains("WEBAKE-CHECK 0"));
         assert!(s.contains("systemctl poweroff"));
     }
 
     #[test]
     fn fake_imds_follows_the_protocol() {
-        let f = FakeImds::start(&ImdsFixture { instance_id: "i-1".into(), region: "eu-west-1".into(), tags: [("Environment".to_string(), "prod".to_string())].into() }).unwrap();
+        let f = FakeImds::start(&ImdsFixture {
+            instance_id: "i-1".into(),
+            region: "eu-west-1".into(),
+            tags: [("Environment".to_string(), "prod".to_string())].into(),
+        })
+        .unwrap();
         let req = |s: &str| -> String {
             let mut c = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
             c.write_all(s.as_bytes()).unwrap();
@@ -524,11 +791,24 @@ mod tests {
             let _ = c.read_to_string(&mut out);
             out
         };
-        assert!(req("PUT /latest/api/token HTTP/1.1\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 400"));
-        let tok = req("PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n");
+        assert!(
+            req("PUT /latest/api/token HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .starts_with("HTTP/1.1 400")
+        );
+        let tok = req(
+            "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n",
+        );
         let token = tok.rsplit("\r\n\r\n").next().unwrap().to_string();
-        assert!(req("GET /latest/meta-data/instance-id HTTP/1.1\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 401"));
-        let ok = req(&format!("GET /latest/meta-data/tags/instance/Environment HTTP/1.1\r\nX-aws-ec2-metadata-token: {token}\r\nConnection: close\r\n\r\n"));
-        assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("prod"), "{ok}");
+        assert!(
+            req("GET /latest/meta-data/instance-id HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .starts_with("HTTP/1.1 401")
+        );
+        let ok = req(&format!(
+            "GET /latest/meta-data/tags/instance/Environment HTTP/1.1\r\nX-aws-ec2-metadata-token: {token}\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(
+            ok.starts_with("HTTP/1.1 200") && ok.ends_with("prod"),
+            "{ok}"
+        );
     }
 }

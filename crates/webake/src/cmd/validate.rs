@@ -22,7 +22,13 @@ impl ValidateArgs {
                 Ok(l) => {
                     let plan = crate::cmd::bake::make_plan(&l);
                     match plan {
-                        Ok(_) => println!("{}: ok ({} {}, {} step(s))", r.display(), l.recipe.image.name, l.family(), l.recipe.provisioners.len()),
+                        Ok(_) => println!(
+                            "{}: ok ({} {}, {} step(s))",
+                            r.display(),
+                            l.recipe.image.name,
+                            l.family(),
+                            l.recipe.provisioners.len()
+                        ),
                         Err(e) => {
                             eprintln!("{}: {e:#}", r.display());
                             bad += 1;
@@ -35,6 +41,10 @@ impl ValidateArgs {
                 }
             }
         }
-        Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::exit::INVALID_INPUT) })
+        Ok(if bad == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(crate::exit::INVALID_INPUT)
+        })
     }
 }
