@@ -66,6 +66,8 @@ pub enum Command {
     PublishAws(crate::cmd::publish_aws::PublishAwsArgs),
     /// Open or update a pull request that rolls an image out in a cluster repository
     Rollout(crate::cmd::rollout::RolloutArgs),
+    /// Bake, boot-test, publish and roll out a recipe in one go (skips an unchanged bake)
+    Run(crate::cmd::run::RunArgs),
     /// Render Kubernetes Job / CronJob / Tekton pipelines that run webake
     #[command(subcommand)]
     Pipeline(crate::cmd::pipeline::PipelineCommand),

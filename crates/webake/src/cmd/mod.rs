@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod publish_aws;
 pub mod rollout;
+pub mod run;
 pub mod test;
 pub mod validate;
 
@@ -52,6 +53,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => args.run(&settings),
         Command::PublishAws(args) => args.run(&settings),
         Command::Rollout(args) => args.run(&settings),
+        Command::Run(args) => args.run(&settings),
         Command::Schema => {
             println!("{}", webake_spec::schema_json());
             Ok(ExitCode::SUCCESS)

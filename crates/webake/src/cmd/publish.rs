@@ -9,7 +9,7 @@ use clap::{Args, Parser, ValueEnum};
 use webake_catalog::{Catalog, Image, Publication};
 
 use crate::cmd::publish_aws::PublishAwsArgs;
-use crate::exit::{INVALID_INPUT, coded};
+use crate::exit::{INVALID_INPUT, PUBLISH_FAILED, coded};
 use crate::settings::Settings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,7 +49,6 @@ impl PublishArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
         let catalog = Catalog::open(&settings.catalog)?;
         let img = catalog.find_image(&self.image)?;
-        let now = jiff::Timestamp::now().as_second();
         match self.to {
             Target::Local => {
                 if !self.target_args.is_empty() {
@@ -58,18 +57,7 @@ impl PublishArgs {
                         anyhow::anyhow!("--to local takes no options, got {:?}", self.target_args),
                     ));
                 }
-                let a = img.artifacts.first().context("image has no artifacts")?;
-                catalog.add_publication(
-                    &img.id,
-                    &Publication {
-                        target: "local".into(),
-                        region: "-".into(),
-                        ami_id: None,
-                        snapshot_id: None,
-                        name: a.path.clone(),
-                        created_at: now,
-                    },
-                )?;
+                publish_local(&catalog, &img)?;
                 println!(
                     "published {} locally: {}",
                     img.id,
@@ -92,20 +80,7 @@ impl PublishArgs {
                     );
                     return Ok(ExitCode::SUCCESS);
                 }
-                let p = args.publish(&req, settings)?;
-                for (region, r) in &p.regions {
-                    catalog.add_publication(
-                        &img.id,
-                        &Publication {
-                            target: "aws".into(),
-                            region: region.clone(),
-                            ami_id: Some(r.ami_id.clone()),
-                            snapshot_id: Some(r.snapshot_id.clone()),
-                            name: p.name.clone(),
-                            created_at: now,
-                        },
-                    )?;
-                }
+                let p = publish_aws(&catalog, &img, &args, &req, settings)?;
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&p)?);
                 } else {
@@ -127,6 +102,60 @@ impl PublishArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Record the local artifacts of `img` as published (idempotent).
+pub fn publish_local(catalog: &Catalog, img: &Image) -> anyhow::Result<()> {
+    let a = img.artifacts.first().context("image has no artifacts")?;
+    catalog.add_publication(
+        &img.id,
+        &Publication {
+            target: "local".into(),
+            region: "-".into(),
+            ami_id: None,
+            snapshot_id: None,
+            name: a.path.clone(),
+            created_at: jiff::Timestamp::now().as_second(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Publish `img` to AWS as `req` describes (an AMI with the same name and inputs digest is
+/// reused) and record each region's AMI in the catalog. Errors carry exit code 4 (or 130).
+pub fn publish_aws(
+    catalog: &Catalog,
+    img: &Image,
+    args: &PublishAwsArgs,
+    req: &webake_aws::PublishRequest,
+    settings: &Settings,
+) -> anyhow::Result<webake_aws::Publication> {
+    let p = args.publish(req, settings)?;
+    let now = jiff::Timestamp::now().as_second();
+    for (region, r) in &p.regions {
+        catalog
+            .add_publication(
+                &img.id,
+                &Publication {
+                    target: "aws".into(),
+                    region: region.clone(),
+                    ami_id: Some(r.ami_id.clone()),
+                    snapshot_id: Some(r.snapshot_id.clone()),
+                    name: p.name.clone(),
+                    created_at: now,
+                },
+            )
+            .map_err(|e| {
+                coded(
+                    PUBLISH_FAILED,
+                    anyhow::Error::new(e).context(format!(
+                        "recording AMI {} of {region} in the catalog",
+                        r.ami_id
+                    )),
+                )
+            })?;
+    }
+    Ok(p)
 }
 
 /// The publish-aws arguments for a catalog image plus the user's target options.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use webake_rollout::{
     BranchStatus, ForgeConfig, GitIdentity, ImageReference, InstanceGroupRule, PullRequestAction,
-    RepoLocation, RolloutRequest, Rule, Step,
+    RepoLocation, RolloutOutcome, RolloutRequest, Rule, Step,
 };
 
 use crate::exit::{INVALID_INPUT, ROLLOUT_FAILED, coded};
@@ -46,6 +46,21 @@ pub struct RolloutArgs {
     #[arg(long)]
     pub version: Option<String>,
 
+    #[command(flatten)]
+    pub options: RolloutOptions,
+
+    /// Print the unified diff of the repository and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the outcome as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to roll out, once the image is known: shared by `webake rollout` and `webake run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutOptions {
     /// Branch to start from and propose to [default: the config's, else the repository HEAD]
     #[arg(long, value_name = "BRANCH")]
     pub base: Option<String>,
@@ -73,10 +88,6 @@ pub struct RolloutArgs {
     /// Region of the selected InstanceGroups, when their zones and subnets do not tell it
     #[arg(long)]
     pub region: Option<String>,
-
-    /// Print the unified diff of the repository and change nothing
-    #[arg(long)]
-    pub dry_run: bool,
 
     /// Open the pull request on GitHub (OWNER/REPO); without it: branch, commit and push only
     #[arg(long, value_name = "OWNER/REPO")]
@@ -110,9 +121,16 @@ pub struct RolloutArgs {
     #[arg(long, value_name = "NAME <EMAIL>", value_parser = parse_identity)]
     pub committer: Option<GitIdentity>,
 
-    /// Print the outcome as JSON on stdout
-    #[arg(long)]
-    pub json: bool,
+    /// Write the pull request URL to this file (empty when no pull request was opened)
+    #[arg(long, value_name = "FILE")]
+    pub pr_url_file: Option<PathBuf>,
+}
+
+/// The reference of an image that is not on AWS (for local clusters, or repositories that name
+/// images by name and version): `webake/NAME:VERSION`, the catalog's `NAME:VERSION` in the
+/// `owner/name` form a kops `spec.image` needs.
+pub fn local_reference(name: &str, version: &str) -> String {
+    format!("webake/{name}:{version}")
 }
 
 /// An image resolved from the catalog.
@@ -141,9 +159,7 @@ fn resolve_catalog_image(settings: &Settings, image: &str) -> anyhow::Result<Cat
         .filter_map(|p| p.ami_id.clone().map(|a| (p.region.clone(), a)))
         .collect();
     let reference = if amis.is_empty() {
-        // Not on AWS: the reference is the image's name:version (for local clusters, or repos
-        // that name images by family and version).
-        ImageReference::Single(format!("{}:{}", img.name, img.version))
+        ImageReference::Single(local_reference(&img.name, &img.version))
     } else {
         ImageReference::PerRegion(amis)
     };
@@ -179,21 +195,14 @@ fn resolve_catalog_image(settings: &Settings, image: &str) -> anyhow::Result<Cat
 
 impl RolloutArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let req = self
-            .request(settings)
+        let image = self
+            .image_to_roll_out(settings)
             .map_err(|e| coded(INVALID_INPUT, e))?;
-        let reporter = StepPrinter {
-            quiet: settings.quiet || self.json,
-        };
-        let outcome = webake_rollout::rollout(&req, &reporter).map_err(|e| {
-            let code = if e.is_invalid_input() {
-                INVALID_INPUT
-            } else {
-                ROLLOUT_FAILED
-            };
-            coded(code, e)
-        })?;
-
+        let req = self
+            .options
+            .request(image, &self.repo, self.dry_run)
+            .map_err(|e| coded(INVALID_INPUT, e))?;
+        let outcome = self.options.execute(&req, settings.quiet || self.json)?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
             return Ok(ExitCode::SUCCESS);
@@ -202,47 +211,14 @@ impl RolloutArgs {
             print!("{}", outcome.diff);
             return Ok(ExitCode::SUCCESS);
         }
-        let changed = outcome.edits.iter().filter(|e| e.changes()).count();
-        let commit = outcome
-            .commit
-            .as_deref()
-            .map(|c| &c[..c.len().min(12)])
-            .unwrap_or("-");
-        match outcome.status {
-            BranchStatus::UpToDate => {
-                println!(
-                    "{} already references this image: nothing to propose",
-                    outcome.base_branch
-                )
-            }
-            status => {
-                let what = match status {
-                    BranchStatus::Created => "created",
-                    BranchStatus::Updated => "updated (supersedes the previous image)",
-                    _ => "unchanged",
-                };
-                println!(
-                    "branch {} {what} at {commit} on {}: {changed} reference(s) in {} file(s)",
-                    outcome.branch,
-                    outcome.base_branch,
-                    outcome.changed_files.len()
-                );
-                for e in outcome.edits.iter().filter(|e| e.changes()) {
-                    println!("  {}:{} {}: {} -> {}", e.file, e.line, e.what, e.old, e.new);
-                }
-            }
-        }
-        if let Some(pr) = &outcome.pull_request {
-            let action = match pr.action {
-                PullRequestAction::Created => "opened",
-                PullRequestAction::Updated => "updated",
-            };
-            println!("pull request #{} {action}: {}", pr.number, pr.url);
+        for line in summary_lines(&outcome) {
+            println!("{line}");
         }
         Ok(ExitCode::SUCCESS)
     }
 
-    fn request(&self, settings: &Settings) -> anyhow::Result<RolloutRequest> {
+    /// The image named on the command line: `--to`/`--ami` with `--family`, or a catalog image.
+    fn image_to_roll_out(&self, settings: &Settings) -> anyhow::Result<CatalogImage> {
         let explicit = match (&self.to, self.ami.is_empty()) {
             (Some(r), _) => Some(ImageReference::Single(r.clone())),
             (None, false) => Some(ImageReference::PerRegion(
@@ -250,7 +226,7 @@ impl RolloutArgs {
             )),
             (None, true) => None,
         };
-        let image = match (explicit, &self.image) {
+        let mut image = match (explicit, &self.image) {
             (Some(reference), _) => {
                 let family = self
                     .family
@@ -259,7 +235,7 @@ impl RolloutArgs {
                 CatalogImage {
                     image_name: family.clone(),
                     family,
-                    version: self.version.clone().unwrap_or_default(),
+                    version: String::new(),
                     reference,
                     pr_body_markdown: String::new(),
                 }
@@ -267,14 +243,54 @@ impl RolloutArgs {
             (None, Some(image)) => resolve_catalog_image(settings, image)?,
             (None, None) => bail!("give an IMAGE from the catalog, or --to/--ami with --family"),
         };
+        if let Some(v) = &self.version {
+            image.version = v.clone();
+        }
+        Ok(image)
+    }
+}
 
-        let mut req = RolloutRequest::new(
-            image.family,
-            image.reference,
-            RepoLocation::parse(&self.repo),
-        );
+/// Roll out a catalog image (an id, `family:FAMILY` or `NAME:VERSION`) to the cluster
+/// repository `repo` (a local path or a URL): the work of `webake rollout IMAGE --repo REPO`,
+/// for `webake run`. Errors carry exit code 2 (invalid input) or 5 (rollout failed).
+pub fn rollout_image(
+    settings: &Settings,
+    image: &str,
+    repo: &str,
+    options: &RolloutOptions,
+    quiet: bool,
+) -> anyhow::Result<RolloutOutcome> {
+    let image = resolve_catalog_image(settings, image).map_err(|e| coded(INVALID_INPUT, e))?;
+    let req = options
+        .request(image, repo, false)
+        .map_err(|e| coded(INVALID_INPUT, e))?;
+    options.execute(&req, quiet)
+}
+
+impl RolloutOptions {
+    /// Check the options without an image (bad `--github`, `--region` without a selector, an
+    /// unreadable `--body-file`), before a long bake.
+    pub fn validate(&self, repo: &str) -> anyhow::Result<()> {
+        let placeholder = CatalogImage {
+            family: "family".into(),
+            image_name: "image".into(),
+            version: String::new(),
+            reference: ImageReference::Single("image:version".into()),
+            pr_body_markdown: String::new(),
+        };
+        self.request(placeholder, repo, true).map(drop)
+    }
+
+    /// The library request for `image` into `repo`.
+    fn request(
+        &self,
+        image: CatalogImage,
+        repo: &str,
+        dry_run: bool,
+    ) -> anyhow::Result<RolloutRequest> {
+        let mut req = RolloutRequest::new(image.family, image.reference, RepoLocation::parse(repo));
         req.image_name = image.image_name;
-        req.version = self.version.clone().unwrap_or(image.version);
+        req.version = image.version;
         req.pr_body_markdown = image.pr_body_markdown;
         if let Some(path) = &self.body_file {
             req.pr_body_markdown = std::fs::read_to_string(path)
@@ -282,7 +298,7 @@ impl RolloutArgs {
         }
         req.base_branch = self.base.clone();
         req.config_path = self.config.clone();
-        req.dry_run = self.dry_run;
+        req.dry_run = dry_run;
         req.title = self.title.clone();
         req.labels = self.label.clone();
         req.author = self.author.clone();
@@ -320,6 +336,30 @@ impl RolloutArgs {
         Ok(req)
     }
 
+    /// Run the rollout (steps on stderr unless `quiet`) and write `--pr-url-file`.
+    fn execute(&self, req: &RolloutRequest, quiet: bool) -> anyhow::Result<RolloutOutcome> {
+        let reporter = StepPrinter { quiet };
+        let outcome = webake_rollout::rollout(req, &reporter).map_err(|e| {
+            let code = if e.is_invalid_input() {
+                INVALID_INPUT
+            } else {
+                ROLLOUT_FAILED
+            };
+            coded(code, e)
+        })?;
+        if let Some(path) = &self.pr_url_file {
+            let url = outcome
+                .pull_request
+                .as_ref()
+                .map(|pr| pr.url.as_str())
+                .unwrap_or("");
+            webake_sys::fsutil::atomic_write(path, url.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))
+                .map_err(|e| coded(ROLLOUT_FAILED, e))?;
+        }
+        Ok(outcome)
+    }
+
     /// One instance-group rule from the selection flags; none when no flag is given (the
     /// repository config's rules apply then).
     fn command_line_rules(&self) -> Vec<Rule> {
@@ -339,6 +379,50 @@ impl RolloutArgs {
             ..Default::default()
         })]
     }
+}
+
+/// The human summary of a rollout: the branch, each changed reference, the pull request.
+pub fn summary_lines(outcome: &RolloutOutcome) -> Vec<String> {
+    let mut lines = Vec::new();
+    let changed = outcome.edits.iter().filter(|e| e.changes()).count();
+    let commit = outcome
+        .commit
+        .as_deref()
+        .map(|c| &c[..c.len().min(12)])
+        .unwrap_or("-");
+    match outcome.status {
+        BranchStatus::UpToDate => lines.push(format!(
+            "{} already references this image: nothing to propose",
+            outcome.base_branch
+        )),
+        status => {
+            let what = match status {
+                BranchStatus::Created => "created",
+                BranchStatus::Updated => "updated (supersedes the previous image)",
+                _ => "unchanged",
+            };
+            lines.push(format!(
+                "branch {} {what} at {commit} on {}: {changed} reference(s) in {} file(s)",
+                outcome.branch,
+                outcome.base_branch,
+                outcome.changed_files.len()
+            ));
+            for e in outcome.edits.iter().filter(|e| e.changes()) {
+                lines.push(format!(
+                    "  {}:{} {}: {} -> {}",
+                    e.file, e.line, e.what, e.old, e.new
+                ));
+            }
+        }
+    }
+    if let Some(pr) = &outcome.pull_request {
+        let action = match pr.action {
+            PullRequestAction::Created => "opened",
+            PullRequestAction::Updated => "updated",
+        };
+        lines.push(format!("pull request #{} {action}: {}", pr.number, pr.url));
+    }
+    lines
 }
 
 fn parse_region_ami(s: &str) -> Result<(String, String), String> {
