@@ -173,6 +173,9 @@ pub fn bake(req: BakeRequest<'_>) -> Result<BakeResult> {
             hint: "apt-get install mmdebstrap".into(),
         });
     }
+    // Bakes hold the cache lock shared; `webake cache gc|clear` takes it exclusively, so an
+    // entry is never evicted while a bake may read it.
+    let _cache_lock = crate::workspace::CacheLock::shared(&req.workspace.cache_dir)?;
     let scratch_path = req.workspace.scratch_dir(&req.bake_id);
     mkdir_p(&scratch_path)?;
     let mut scratch = Scratch {
@@ -398,7 +401,7 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                 api_filesystems: true,
                 binds: vec![],
                 host_resolv_conf: false,
-                policy_rc_d: false,
+                policy_rc_d: true,
                 hostname: "webake-build".into(),
                 cwd: recipe
                     .dir
@@ -582,7 +585,7 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
 
 /// Why a step misses the cache: compare with the inputs of the last layer built at this
 /// position of this family.
-fn explain_miss(explain_file: &Path, sp: &StepPlan, no_cache: bool) -> String {
+pub fn explain_miss(explain_file: &Path, sp: &StepPlan, no_cache: bool) -> String {
     if no_cache {
         return "cache disabled (--no-cache)".into();
     }

@@ -236,6 +236,11 @@ pub fn staging_name(key: &str, bake_id: &str) -> String {
 
 /// Move a finished staging entry into place. If another bake won the race, keep theirs.
 pub fn commit_entry(staging: &Path, dest: &Path) -> Result<()> {
+    // A directory at `dest` without meta.json is a half-written or corrupt entry (e.g. a
+    // process killed while copying into the cache by hand): it is never used; replace it.
+    if dest.is_dir() && !dest.join("meta.json").is_file() {
+        std::fs::remove_dir_all(dest).map_err(|e| BuildError::io(dest, e))?;
+    }
     match std::fs::rename(staging, dest) {
         Ok(()) => Ok(()),
         Err(e) if dest.is_dir() && matches!(e.raw_os_error(), Some(39) | Some(17)) => {

@@ -31,7 +31,11 @@ pub fn sha256_path(path: &Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::symlink_metadata(path).map_err(|e| BuildError::io(path, e))?;
     if md.is_file() {
-        return sha256_file(path);
+        // Content and mode (a copied file keeps its mode).
+        let content = sha256_file(path)?;
+        return Ok(sha256_hex(
+            format!("file\n{:o}\n{content}", md.permissions().mode()).as_bytes(),
+        ));
     }
     let mut h = Sha256::new();
     let mut stack = vec![path.to_path_buf()];

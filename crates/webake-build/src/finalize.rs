@@ -112,10 +112,12 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         if inner(root, "usr/sbin/sshd").is_some_and(|p| p.exists())
             || inner(root, "lib/systemd/system/ssh.service").is_some_and(|p| p.exists())
         {
-            let unit_dir = inner(root, "etc/systemd/system").ok_or_else(|| {
-                BuildError::Invalid("etc/systemd/system in the image is not a directory".into())
-            })?;
-            std::fs::create_dir_all(&unit_dir).map_err(|e| BuildError::io(&unit_dir, e))?;
+            let unit_dir = webake_sys::sandbox::safe_mkdir_in_root(
+                root,
+                Path::new("/etc/systemd/system"),
+                true,
+            )
+            .map_err(BuildError::Invalid)?;
             write_file(
                 &unit_dir.join("webake-ssh-keygen.service"),
                 SSH_KEYGEN_UNIT.as_bytes(),

@@ -435,14 +435,19 @@ pub fn ansible_command(
         }
         Provisioner::Ansible(a) => {
             // Host mode: argv is completed by the bake (it knows the merged root path).
+            // ansible-playbook runs in another directory: every path is made absolute.
+            let abs = |r: &webake_spec::RecipePath| {
+                let p = recipe.resolve(r);
+                std::path::absolute(&p).unwrap_or(p)
+            };
             let mut args = Vec::new();
             for pb in a.playbook_file.as_slice() {
-                args.push(recipe.resolve(pb).display().to_string());
+                args.push(abs(pb).display().to_string());
             }
             let roles: Vec<String> = a
                 .role_paths
                 .iter()
-                .map(|r| recipe.resolve(r).display().to_string())
+                .map(|r| abs(r).display().to_string())
                 .collect();
             if !roles.is_empty() {
                 env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
@@ -450,7 +455,7 @@ pub fn ansible_command(
             let cols: Vec<String> = a
                 .collection_paths
                 .iter()
-                .map(|r| recipe.resolve(r).display().to_string())
+                .map(|r| abs(r).display().to_string())
                 .collect();
             if !cols.is_empty() {
                 env.push(("ANSIBLE_COLLECTIONS_PATH".into(), cols.join(":")));
@@ -469,10 +474,10 @@ pub fn ansible_command(
             // group_vars / host_vars sit next to the generated inventory (symlinks made by the bake).
             let mut links = Vec::new();
             if let Some(g) = &a.group_vars {
-                links.push(("group_vars".to_string(), recipe.resolve(g)));
+                links.push(("group_vars".to_string(), abs(g)));
             }
             if let Some(h) = &a.host_vars {
-                links.push(("host_vars".to_string(), recipe.resolve(h)));
+                links.push(("host_vars".to_string(), abs(h)));
             }
             for (name, target) in links {
                 generated.push((
@@ -548,5 +553,83 @@ mod tests {
             "{e}"
         );
         assert!(check_galaxy_local_only("- src: https://github.com/x/y\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    fn recipe(dir: &Path, body: &str) -> LoadedRecipe {
+        let p = dir.join("r.yaml");
+        std::fs::write(&p, body).unwrap();
+        webake_spec::load(&p).unwrap()
+    }
+
+    const BODY: &str = "version: 1
+image: {name: k}
+base: {mmdebstrap: {suite: bookworm}}
+provisioners:
+  - shell: {script: scripts/a.sh}
+  - file: {source: files/motd, destination: /etc/motd}
+  - ansible-local: {playbook_file: pb/site.yml, role_paths: [roles]}
+";
+
+    fn keys(dir: &Path) -> Vec<String> {
+        plan_steps(&recipe(dir, BODY), "base", &[])
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect()
+    }
+
+    #[test]
+    fn keys_change_when_and_only_when_a_referenced_input_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for (f, c) in [
+            ("scripts/a.sh", "echo a\n"),
+            ("files/motd", "hi\n"),
+            ("pb/site.yml", "- hosts: all\n"),
+            ("roles/r1/tasks/main.yml", "- debug: msg=x\n"),
+            ("unrelated.txt", "x"),
+        ] {
+            std::fs::create_dir_all(p.join(f).parent().unwrap()).unwrap();
+            std::fs::write(p.join(f), c).unwrap();
+        }
+        let k0 = keys(p);
+        assert_eq!(k0, keys(p), "keys are deterministic");
+        // An unreferenced file changes: nothing changes.
+        std::fs::write(p.join("unrelated.txt"), "y").unwrap();
+        assert_eq!(k0, keys(p));
+        // The file step's source changes: that step and every later one change, earlier ones don't.
+        std::fs::write(p.join("files/motd"), "hello\n").unwrap();
+        let k1 = keys(p);
+        assert_eq!(k1[0], k0[0]);
+        assert_ne!(k1[1], k0[1]);
+        assert_ne!(k1[2], k0[2]);
+        // A role file deep in a role directory changes: only the ansible step.
+        std::fs::write(p.join("roles/r1/tasks/main.yml"), "- debug: msg=y\n").unwrap();
+        let k2 = keys(p);
+        assert_eq!(k2[..2], k1[..2]);
+        assert_ne!(k2[2], k1[2]);
+        // A new file in a role directory counts too.
+        std::fs::write(p.join("roles/r1/tasks/extra.yml"), "[]\n").unwrap();
+        assert_ne!(keys(p)[2], k2[2]);
+        // The script's mode is an input as well.
+        use std::os::unix::fs::PermissionsExt;
+        let k3 = keys(p);
+        std::fs::set_permissions(
+            p.join("scripts/a.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_ne!(keys(p)[0], k3[0]);
+        // The base key is the root of the chain.
+        let r = recipe(p, BODY);
+        assert_ne!(
+            plan_steps(&r, "other-base", &[]).unwrap()[0].key,
+            keys(p)[0]
+        );
     }
 }

@@ -68,3 +68,174 @@ impl Workspace {
 pub fn mkdir_p(d: &Path) -> Result<()> {
     std::fs::create_dir_all(d).map_err(|e| BuildError::io(d, e))
 }
+
+/// An advisory lock on the cache directory (flock on `cache_dir/.lock`), released on drop.
+pub struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    fn open(cache_dir: &Path) -> Result<std::fs::File> {
+        mkdir_p(cache_dir)?;
+        let p = cache_dir.join(".lock");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| BuildError::io(&p, e))
+    }
+
+    /// Shared: any number of bakes at once.
+    pub fn shared(cache_dir: &Path) -> Result<Self> {
+        let f = Self::open(cache_dir)?;
+        flock(&f, libc_lock::SH).map_err(|e| BuildError::io(cache_dir.join(".lock"), e))?;
+        Ok(Self { _file: f })
+    }
+
+    /// Exclusive, without waiting: `None` if bakes are running.
+    pub fn try_exclusive(cache_dir: &Path) -> Result<Option<Self>> {
+        let f = Self::open(cache_dir)?;
+        match flock(&f, libc_lock::EX | libc_lock::NB) {
+            Ok(()) => Ok(Some(Self { _file: f })),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(BuildError::io(cache_dir.join(".lock"), e)),
+        }
+    }
+}
+
+mod libc_lock {
+    pub const SH: i32 = 1;
+    pub const EX: i32 = 2;
+    pub const NB: i32 = 4;
+}
+
+fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
+    use std::fs::TryLockError;
+    let r = match (op & libc_lock::EX != 0, op & libc_lock::NB != 0) {
+        (false, _) => return f.lock_shared(),
+        (true, false) => return f.lock(),
+        (true, true) => f.try_lock(),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// One cache entry (a bootstrap base or a step layer).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheEntry {
+    pub kind: &'static str,
+    pub key: String,
+    pub path: PathBuf,
+    pub label: String,
+    pub bytes: u64,
+    /// Unix seconds of the last use (meta.json mtime, touched on every hit).
+    pub last_used: i64,
+    pub complete: bool,
+}
+
+impl Workspace {
+    /// Every entry of the bootstrap and layer caches.
+    pub fn cache_entries(&self) -> Vec<CacheEntry> {
+        let mut v = Vec::new();
+        for (kind, dir) in [
+            ("bootstrap", self.bootstrap_dir()),
+            ("layer", self.layers_dir()),
+        ] {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let meta = e.path().join("meta.json");
+                let complete = meta.is_file();
+                let label = std::fs::read_to_string(&meta)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| {
+                        v.get("label")
+                            .and_then(|l| l.as_str())
+                            .map(String::from)
+                            .or_else(|| {
+                                v.pointer("/plan/suite")
+                                    .and_then(|s| s.as_str())
+                                    .map(|s| format!("mmdebstrap {s}"))
+                            })
+                    })
+                    .unwrap_or_default();
+                let entry_path = e.path();
+                let last_used = std::fs::metadata(if complete { &meta } else { &entry_path })
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                v.push(CacheEntry {
+                    kind,
+                    key: name,
+                    path: e.path(),
+                    label,
+                    bytes: du(&e.path()),
+                    last_used,
+                    complete,
+                });
+            }
+        }
+        v.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+        v
+    }
+}
+
+/// Disk usage of a tree (allocated blocks, not apparent size; symlinks not followed).
+pub fn du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        total += md.blocks() * 512;
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
+
+/// Least-recently-used eviction down to `max_bytes`. Incomplete entries go first. Returns
+/// the entries removed. The caller holds the exclusive cache lock.
+pub fn evict_lru(
+    entries: Vec<CacheEntry>,
+    max_bytes: u64,
+    dry_run: bool,
+) -> Result<Vec<CacheEntry>> {
+    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let mut order = entries;
+    // Oldest first; incomplete (never usable) before everything.
+    order.sort_by_key(|e| (e.complete, e.last_used));
+    let mut removed = Vec::new();
+    for e in order {
+        if total <= max_bytes && e.complete {
+            break;
+        }
+        if !dry_run {
+            crate::workspace::remove_tree(&e.path)?;
+        }
+        total = total.saturating_sub(e.bytes);
+        removed.push(e);
+    }
+    Ok(removed)
+}
+
+pub fn remove_tree(p: &Path) -> Result<()> {
+    webake_sys::fsutil::remove_dir_all_if_exists(p).map_err(|e| BuildError::io(p, e))
+}

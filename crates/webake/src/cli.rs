@@ -71,6 +71,9 @@ pub enum Command {
     /// Render Kubernetes Job / CronJob / Tekton pipelines that run webake
     #[command(subcommand)]
     Pipeline(crate::cmd::pipeline::PipelineCommand),
+    /// The bootstrap and step-layer cache: ls, gc (LRU to a size limit), clear
+    #[command(subcommand)]
+    Cache(crate::cmd::cache::CacheCommand),
     /// Print the JSON Schema of the recipe format
     Schema,
 }

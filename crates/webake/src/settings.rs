@@ -11,7 +11,6 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub catalog: PathBuf,
-    pub log_format: crate::cli::LogFormat,
     pub quiet: bool,
 }
 
@@ -43,7 +42,6 @@ impl Settings {
             data_dir,
             cache_dir,
             catalog,
-            log_format: global.log_format,
             quiet: global.quiet,
         })
     }

@@ -61,9 +61,11 @@ impl BakeArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
         let recipe = webake_spec::load(&self.recipe)?;
         let plan = make_plan(&recipe)?;
-        if self.dry_run {
+        if self.dry_run || self.explain {
             print_plan(&recipe, &plan, settings);
-            return Ok(ExitCode::SUCCESS);
+            if self.dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         webake_sys::cancel::install_signal_handlers();
         let outcome = bake_recipe(&recipe, &plan, settings, &self)?;
@@ -104,12 +106,20 @@ fn print_plan(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings) {
     );
     for s in &plan.steps {
         let hit = ws.layers_dir().join(&s.key).join("meta.json").is_file();
-        println!(
-            "  step       {}  key {}  {}",
-            s.label,
-            &s.key[..12],
-            if hit { "cache hit" } else { "would run" }
-        );
+        let why = if hit {
+            "cache hit".to_string()
+        } else {
+            let explain = ws
+                .cache_dir
+                .join("explain")
+                .join(recipe.family())
+                .join(format!("step-{}.json", s.index));
+            format!(
+                "would run: {}",
+                webake_build::bake::explain_miss(&explain, s, false)
+            )
+        };
+        println!("  step       {}  key {}  {why}", s.label, &s.key[..12]);
         for (k, v) in &s.inputs {
             println!("               input {k} = {}", &v[..16.min(v.len())]);
         }
@@ -242,7 +252,7 @@ pub fn bake_recipe(
         inputs_digest: plan.inputs_digest.clone(),
         host: hostname(),
     })?;
-    let reporter = CliReporter::new(settings.quiet || args.json);
+    let reporter = CliReporter::new(settings.quiet);
     reporter.note(&format!(
         "bake {bake_id}: {} -> image {image_id} version {version}; log {}",
         recipe.path.display(),

@@ -14,6 +14,10 @@ pub struct CleanArgs {
     /// Only print what would be removed
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete AMIs and snapshots tagged with the id of a bake that did not finish, in
+    /// these regions (comma separated)
+    #[arg(long, value_name = "REGIONS", value_delimiter = ',')]
+    pub aws: Vec<String>,
 }
 
 fn pid_alive(pid: i64) -> bool {
@@ -35,6 +39,23 @@ impl CleanArgs {
                     "removed: "
                 }
             );
+        }
+        if !self.aws.is_empty() {
+            let ids = Catalog::open(&settings.catalog)?.unfinished_bake_ids()?;
+            if self.dry_run {
+                println!(
+                    "would sweep AWS resources tagged with {} unfinished bake id(s) in {}",
+                    ids.len(),
+                    self.aws.join(", ")
+                );
+            } else {
+                let r = crate::cmd::publish_aws::sweep_aws(
+                    &self.aws,
+                    &ids,
+                    &webake_aws::ClientSettings::default(),
+                )?;
+                println!("swept AWS: {r:?}");
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bake;
+pub mod cache;
 pub mod clean;
 pub mod images;
 pub mod lint;
@@ -54,6 +55,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PublishAws(args) => args.run(&settings),
         Command::Rollout(args) => args.run(&settings),
         Command::Run(args) => args.run(&settings),
+        Command::Cache(cmd) => cmd.run(&settings),
         Command::Schema => {
             println!("{}", webake_spec::schema_json());
             Ok(ExitCode::SUCCESS)

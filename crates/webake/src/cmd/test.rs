@@ -375,14 +375,6 @@ fn inject_harness(
     Ok(())
 }
 
-/// The result of one check in the guest.
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub name: String,
-    pub rc: i32,
-    pub output: String,
-}
-
 /// Boot `disk` and run `spec`'s checks. Errors carry the console tail.
 pub fn boot_test_disk(
     disk: &Path,

@@ -1,0 +1,551 @@
+//! Real bakes, inspected without booting: the core of issue 2, and the trust properties of
+//! issue 10 (failures and kills leave nothing behind; hostile trees are contained).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn bake_example_and_inspect_without_booting() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let out = env.run(&["bake", "recipes/debian-minimal.yaml", "--json"]);
+    assert!(out.status.success(), "bake failed: {}", text(&out));
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = &res["image"];
+    let id = image["id"].as_str().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for step in [
+        "==> bootstrap",
+        "==> 1. message of the day (file)",
+        "==> 2. network and apt hygiene (shell)",
+        "==> finalize",
+        "==> assemble",
+        "<== assemble: done in",
+    ] {
+        assert!(
+            stderr.contains(step),
+            "progress line {step:?} missing:\n{stderr}"
+        );
+    }
+
+    // Artifacts: both formats, digests match the files.
+    let arts = image["artifacts"].as_array().unwrap();
+    assert_eq!(arts.len(), 2);
+    let raw = arts.iter().find(|a| a["format"] == "raw").unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for a in arts {
+        let p = Path::new(a["path"].as_str().unwrap());
+        assert!(p.is_file(), "{} missing", p.display());
+        assert_eq!(
+            sha256sum(p),
+            a["sha256"].as_str().unwrap(),
+            "digest of {}",
+            p.display()
+        );
+        assert_eq!(
+            std::fs::metadata(p).unwrap().len(),
+            a["size"].as_u64().unwrap()
+        );
+    }
+    let qcow = arts.iter().find(|a| a["format"] == "qcow2").unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let check = Command::new("qemu-img")
+        .args(["check", &qcow])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "qemu-img check: {}", text(&check));
+
+    // Partition table: GPT, ESP then the x86-64 root, 1 MiB aligned.
+    let pt = partitions(Path::new(&raw));
+    assert_eq!(pt["partitiontable"]["label"], "gpt");
+    let parts = pt["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert!(
+        parts[0]["type"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+    );
+    assert!(
+        parts[1]["type"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+    );
+    assert_eq!(parts[0]["start"].as_u64().unwrap() % 2048, 0);
+
+    // The ESP holds the UEFI loader (mtools reads the FAT at its offset).
+    let esp_off = parts[0]["start"].as_u64().unwrap() * 512;
+    let dir = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &format!("{raw}@@{esp_off}"), "::/EFI/BOOT"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&dir.stdout).contains("BOOTX64"),
+        "ESP lacks BOOTX64.EFI: {}",
+        text(&dir)
+    );
+
+    // The root filesystem: provisioner output, environment-agnostic, bootable.
+    let raw = Path::new(&raw);
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(format!("{}?offset={}", raw.display(), root_offset(raw)))
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}", text(&fsck));
+    assert_eq!(
+        cat_in_image(raw, "/etc/motd").as_deref(),
+        Some("Debian 12 image baked by webake.\n")
+    );
+    assert_eq!(
+        cat_in_image(raw, "/etc/webake-release").as_deref(),
+        Some("baked by webake\n")
+    );
+    assert_eq!(
+        cat_in_image(raw, "/etc/machine-id").as_deref(),
+        Some(""),
+        "machine-id must be empty"
+    );
+    assert_eq!(
+        cat_in_image(raw, "/etc/hostname"),
+        None,
+        "no baked hostname"
+    );
+    assert!(
+        cat_in_image(raw, "/etc/resolv.conf")
+            .unwrap_or_default()
+            .trim()
+            .is_empty(),
+        "builder resolv.conf left in the image"
+    );
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = extract_root(raw, tmp.path());
+    let ssh: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !ssh.iter().any(|n| n.starts_with("ssh_host_")),
+        "SSH host keys baked in: {ssh:?}"
+    );
+    assert!(
+        root.join("etc/systemd/system/multi-user.target.wants/webake-ssh-keygen.service")
+            .symlink_metadata()
+            .is_ok(),
+        "host keys would never be generated"
+    );
+    assert!(
+        std::fs::read_dir(root.join("boot"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")),
+        "no kernel"
+    );
+    assert!(root.join("boot/grub/grub.cfg").is_file());
+    let lists: Vec<_> = std::fs::read_dir(root.join("var/lib/apt/lists"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file() && e.file_name() != "lock")
+        .collect();
+    assert!(lists.is_empty(), "apt lists left in the image");
+    assert!(
+        !root.join("usr/sbin/policy-rc.d").exists(),
+        "policy-rc.d left in the image"
+    );
+    let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+    assert!(fstab.contains("\t/\text4"), "{fstab}");
+
+    // Catalog: show (text and JSON) agrees with the bake output.
+    let show = env.run(&["images", "show", id, "--json"]);
+    assert!(show.status.success(), "{}", text(&show));
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["artifacts"], image["artifacts"]);
+    assert!(
+        shown["inventory"]["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "systemd")
+    );
+    let show_text = env.run(&["images", "show", id]);
+    assert!(String::from_utf8_lossy(&show_text.stdout).contains(id));
+    assert_eq!(env.images_json().as_array().unwrap().len(), 1);
+    // SBOMs next to the artifacts.
+    let art_dir = raw.parent().unwrap();
+    let names: Vec<String> = std::fs::read_dir(art_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with(".spdx.json"))
+            && names.iter().any(|n| n.ends_with(".cdx.json")),
+        "{names:?}"
+    );
+    assert!(
+        env.scratch_entries().is_empty(),
+        "scratch left behind: {:?}",
+        env.scratch_entries()
+    );
+
+    // A second bake of unchanged inputs reuses every cached layer.
+    let again = env.run(&["bake", "recipes/debian-minimal.yaml"]);
+    assert!(again.status.success(), "{}", text(&again));
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        e.contains("<== bootstrap: done in") && e.contains("(cached)"),
+        "{e}"
+    );
+    assert!(!e.contains("mmdebstrap"), "bootstrapped again:\n{e}");
+}
+
+#[test]
+fn invalid_recipe_exits_2_naming_file_line_and_field() {
+    let env = Env::new();
+    let r = env.recipe(
+        "bad",
+        &format!("version: 1\nimage:\n  name: x\n{BASE}disk:\n  size: 2 parsecs\n"),
+    );
+    let o = env.run(&["validate", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}:16:", r.display()))
+            && err.contains("disk.size")
+            && err.contains("parsecs"),
+        "{err}"
+    );
+    let ok = env.run(&["validate", "recipes/debian-minimal.yaml"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+fn failing_recipe(env: &Env) -> std::path::PathBuf {
+    env.recipe(
+        "failing",
+        &format!("version: 1\nimage:\n  name: failing\n{BASE}provisioners:\n  - shell:\n      name: will fail\n      inline:\n        - echo about to fail\n        - exit 7\n"),
+    )
+}
+
+#[test]
+fn failing_provisioner_leaves_nothing_behind() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let r = failing_recipe(&env);
+    let (m0, l0) = (mounts(), loop_devices());
+    let o = env.run(&["bake", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("step 1. will fail (shell)"),
+        "the failing step is not named:\n{err}"
+    );
+    assert!(
+        err.contains("exited with status 7") && err.contains("| about to fail"),
+        "no status or output tail:\n{err}"
+    );
+    assert_eq!(mounts(), m0, "mounts leaked");
+    assert_eq!(loop_devices(), l0, "loop devices leaked");
+    assert!(
+        processes_mentioning(env.path().to_str().unwrap()).is_empty(),
+        "processes left: {:?}",
+        processes_mentioning(env.path().to_str().unwrap())
+    );
+    assert_eq!(
+        env.images_json(),
+        serde_json::json!([]),
+        "a failed bake recorded an image"
+    );
+    let bakes = env.run(&["images", "bakes", "--json"]);
+    let bakes: serde_json::Value = serde_json::from_slice(&bakes.stdout).unwrap();
+    assert_eq!(bakes[0]["status"], "failed");
+    assert!(bakes[0]["error"].as_str().unwrap().contains("will fail"));
+    assert!(
+        Path::new(bakes[0]["log_path"].as_str().unwrap()).is_file(),
+        "the failed bake keeps its log"
+    );
+    assert!(
+        env.scratch_entries().is_empty(),
+        "scratch left: {:?}",
+        env.scratch_entries()
+    );
+    assert!(
+        std::fs::read_dir(env.data.join("images"))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "partial artifacts left"
+    );
+}
+
+#[test]
+fn sigkill_at_every_step_boundary_leaves_no_mounts_and_a_consistent_catalog() {
+    require_bake_capabilities();
+    let env = Env::new();
+    // Steps that take a moment, so a kill lands inside each of them too.
+    let r = env.recipe(
+        "killme",
+        &format!(
+            "version: 1\nimage:\n  name: killme\n{BASE}provisioners:\n  - shell:\n      name: one\n      inline: [\"sleep 2\", \"echo one > /etc/one\"]\n  - shell:\n      name: two\n      inline: [\"sleep 2; echo two > /etc/two\"]\ntest: {{timeout_secs: 10}}\n"
+        ),
+    );
+    let (m0, l0) = (mounts(), loop_devices());
+    // Kill when a step starts (the boundary), and a moment into it.
+    let points: &[(&str, u64)] = &[
+        ("==> 1. one", 0),
+        ("==> 1. one", 1200),
+        ("==> 2. two", 0),
+        ("==> 2. two", 800),
+        ("==> export", 0),
+        ("==> assemble", 0),
+        ("==> assemble", 1500),
+    ];
+    for (marker, delay_ms) in points {
+        let mut child = env
+            .cmd()
+            .args(["bake", "--no-cache", r.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker_s = marker.to_string();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with(&marker_s) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let seen = rx.recv_timeout(Duration::from_secs(300)).is_ok();
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        assert!(seen, "never reached {marker}");
+        // The kernel tears down the sandbox (parent-death signal, PID and mount namespaces).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_mentioning(env.path().to_str().unwrap()).is_empty()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            processes_mentioning(env.path().to_str().unwrap()).is_empty(),
+            "after kill at {marker}+{delay_ms}ms: processes left: {:?}",
+            processes_mentioning(env.path().to_str().unwrap())
+        );
+        assert_eq!(
+            mounts(),
+            m0,
+            "after kill at {marker}+{delay_ms}ms: mounts leaked"
+        );
+        assert_eq!(
+            loop_devices(),
+            l0,
+            "after kill at {marker}+{delay_ms}ms: loop devices leaked"
+        );
+        // Catalog consistent: no image (artifacts never complete), the bake is reaped by clean.
+        assert_eq!(
+            env.images_json(),
+            serde_json::json!([]),
+            "after kill at {marker}: an image was recorded"
+        );
+        let clean = env.run(&["clean"]);
+        assert!(clean.status.success(), "{}", text(&clean));
+        let c = String::from_utf8_lossy(&clean.stdout);
+        assert!(
+            c.contains("stale bake record"),
+            "clean did not reap the killed bake: {c}"
+        );
+        assert!(
+            env.scratch_entries().is_empty(),
+            "clean left scratch: {:?}",
+            env.scratch_entries()
+        );
+        assert!(
+            std::fs::read_dir(env.data.join("images"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true),
+            "partial artifacts left after clean"
+        );
+    }
+    // And a following bake succeeds.
+    let o = env.run(&["bake", r.to_str().unwrap()]);
+    assert!(o.status.success(), "bake after kills: {}", text(&o));
+    assert_eq!(env.images_json().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn three_concurrent_bakes_of_different_recipes() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let recipes: Vec<_> = (0..3)
+        .map(|i| env.recipe(&format!("c{i}"), &format!("version: 1\nimage:\n  name: concurrent-{i}\n{BASE}provisioners:\n  - shell:\n      inline: [\"echo {i} > /etc/which\", \"sleep 1\"]\n")))
+        .collect();
+    let children: Vec<_> = recipes
+        .iter()
+        .map(|r| {
+            env.cmd()
+                .args(["bake", r.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "concurrent bake failed: {}", text(&o));
+    }
+    let imgs = env.images_json();
+    let imgs = imgs.as_array().unwrap();
+    assert_eq!(imgs.len(), 3);
+    for i in 0..3 {
+        let img = imgs
+            .iter()
+            .find(|m| m["name"] == format!("concurrent-{i}"))
+            .unwrap();
+        let raw = img["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["format"] == "raw")
+            .unwrap()["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            cat_in_image(Path::new(&raw), "/etc/which").as_deref(),
+            Some(format!("{i}\n").as_str())
+        );
+    }
+}
+
+#[test]
+fn hostile_symlinks_in_the_image_never_reach_the_host() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let victim_dir = env.path().join("victim");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let victim_file = env.path().join("victim-file");
+    std::fs::write(&victim_file, "host data\n").unwrap();
+    std::fs::create_dir(env.path().join("files")).unwrap();
+    std::fs::write(env.path().join("files/pwned"), "pwned\n").unwrap();
+    let r = env.recipe(
+        "hostile",
+        &format!(
+            "version: 1\nimage:\n  name: hostile\n{BASE}provisioners:\n  - shell:\n      inline:\n        - mkdir -p {vd}\n        - ln -s {vd} /opt/escape\n        - ln -sf {vf} /etc/machine-id\n        - ln -sf {vf} /etc/hostname\n  - file:\n      source: files/pwned\n      destination: /opt/escape/pwned\n",
+            vd = victim_dir.display(),
+            vf = victim_file.display()
+        ),
+    );
+    let o = env.run(&["bake", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read_dir(&victim_dir).unwrap().next().is_none(),
+        "a file provisioner wrote on the host through a symlink"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim_file).unwrap(),
+        "host data\n",
+        "finalize wrote on the host through a symlink"
+    );
+    // Inside the image the write landed where the symlink points within the root.
+    let imgs = env.images_json();
+    let raw = imgs[0]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["format"] == "raw")
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cat_in_image(Path::new(&raw), &format!("{}/pwned", victim_dir.display())).as_deref(),
+        Some("pwned\n")
+    );
+    // A recipe path climbing out of the recipe directory is refused before anything runs.
+    let r2 = env.recipe("traversal", &format!("version: 1\nimage:\n  name: t\n{BASE}provisioners:\n  - file:\n      source: ../../../../etc/shadow\n      destination: /etc/x\n"));
+    let o = env.run(&["bake", r2.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("leaves the recipe's directory"));
+}
+
+#[test]
+fn disk_full_during_assembly_fails_clearly_and_leaves_no_partial_artifact() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let small = env.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    // The data dir lives on a 150 MiB tmpfs mounted in a private mount namespace of the bake
+    // (it vanishes with the process: nothing to unmount afterwards).
+    let shown = env.cmd();
+    let mut args: Vec<String> = vec![shown.get_program().to_string_lossy().into_owned()];
+    args.extend(shown.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let pos = args.iter().position(|a| a == "--data-dir").unwrap();
+    args[pos + 1] = small.display().to_string();
+    let pos = args.iter().position(|a| a == "--catalog").unwrap();
+    args[pos + 1] = env.path().join("catalog.db").display().to_string();
+    args.extend(["bake".into(), "recipes/debian-minimal.yaml".into()]);
+    let script = format!(
+        "mount -t tmpfs -o size=150m webake-test-full {} && exec \"$@\"",
+        small.display()
+    );
+    let m0 = mounts();
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .args(&args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(mounts(), m0);
+    assert!(
+        !o.status.success(),
+        "a bake onto a full disk succeeded?\n{}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("No space left on device") || err.contains("not enough space"),
+        "unclear error:\n{err}"
+    );
+    assert!(
+        err.contains("step assemble"),
+        "the failing step is not named:\n{err}"
+    );
+    // Nothing partial: the tmpfs is gone, and the catalog has no image.
+    let cat = Command::new(env!("CARGO_BIN_EXE_webake"))
+        .args([
+            "--data-dir",
+            env.data.to_str().unwrap(),
+            "--catalog",
+            env.path().join("catalog.db").to_str().unwrap(),
+            "images",
+            "list",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "[]");
+    assert!(
+        env.scratch_entries().is_empty(),
+        "scratch left: {:?}",
+        env.scratch_entries()
+    );
+}
