@@ -372,14 +372,21 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
         )?),
         _ => None,
     };
-    let policy_guard = if spec.policy_rc_d && in_root {
-        Some(ReplacedFile::install(
-            Path::new("/usr/sbin/policy-rc.d"),
+    // Also without chroot (ansible host mode runs `chroot` itself): the tree still gets one.
+    let policy_path = match (&spec.root, spec.chroot) {
+        (Some(_), true) => Some(PathBuf::from("/usr/sbin/policy-rc.d")),
+        (Some(root), false) => {
+            Some(safe_mkdir_in_root(root, Path::new("/usr/sbin"), true)?.join("policy-rc.d"))
+        }
+        (None, _) => None,
+    };
+    let policy_guard = match policy_path.filter(|_| spec.policy_rc_d) {
+        Some(p) => Some(ReplacedFile::install(
+            &p,
             b"#!/bin/sh\n# installed by webake during the bake: no services start\nexit 101\n",
             0o755,
-        )?)
-    } else {
-        None
+        )?),
+        None => None,
     };
 
     let argv: Vec<CString> = spec
