@@ -156,11 +156,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = webake_sys::fsutil::remove_dir_all_if_exists(&self.path) {
+        if !self.keep
+            && let Err(e) = webake_sys::fsutil::remove_dir_all_if_exists(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not remove scratch directory");
             }
-        }
     }
 }
 

@@ -190,11 +190,10 @@ pub fn parse_debian_mirror(text: &str) -> Option<String> {
                 rest
             };
             let mut it = rest.split_whitespace();
-            if let (Some(uri), Some(suite)) = (it.next(), it.next()) {
-                if usable(uri, suite) {
+            if let (Some(uri), Some(suite)) = (it.next(), it.next())
+                && usable(uri, suite) {
                     return Some(uri.trim_end_matches('/').to_string());
                 }
-            }
         }
     }
     // deb822: paragraphs with Types/URIs/Suites
@@ -212,11 +211,10 @@ pub fn parse_debian_mirror(text: &str) -> Option<String> {
                 }
             }
         }
-        if types.split_whitespace().any(|t| t == "deb") {
-            if let Some(uri) = uris.split_whitespace().find(|u| usable(u, suites)) {
+        if types.split_whitespace().any(|t| t == "deb")
+            && let Some(uri) = uris.split_whitespace().find(|u| usable(u, suites)) {
                 return Some(uri.trim_end_matches('/').to_string());
             }
-        }
     }
     None
 }

@@ -152,22 +152,20 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         write_file(&p, b"", 0o444)?;
         did("emptied /etc/machine-id".into());
     }
-    if let Some(p) = inner(root, "var/lib/dbus/machine-id") {
-        if std::fs::symlink_metadata(&p)
+    if let Some(p) = inner(root, "var/lib/dbus/machine-id")
+        && std::fs::symlink_metadata(&p)
             .map(|m| m.is_file())
             .unwrap_or(false)
         {
             remove_any(&p)?;
             did("removed /var/lib/dbus/machine-id".into());
         }
-    }
 
     // Hostname: none baked in; the agent (or DHCP) sets it at boot.
-    if let Some(p) = inner(root, "etc/hostname") {
-        if remove_any(&p)? {
+    if let Some(p) = inner(root, "etc/hostname")
+        && remove_any(&p)? {
             did("removed /etc/hostname".into());
         }
-    }
     if let Some(p) = inner(root, "etc/hosts") {
         let keep = std::fs::symlink_metadata(&p)
             .map(|m| m.is_file())
@@ -183,17 +181,15 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
 
     // resolv.conf: a regular file comes from the builder (mmdebstrap copies the host's); a
     // symlink (systemd-resolved) is the image's own and stays.
-    if let Some(p) = inner(root, "etc/resolv.conf") {
-        if let Ok(md) = std::fs::symlink_metadata(&p) {
-            if md.is_file() {
+    if let Some(p) = inner(root, "etc/resolv.conf")
+        && let Ok(md) = std::fs::symlink_metadata(&p)
+            && md.is_file() {
                 let content = std::fs::read(&p).map_err(|e| BuildError::io(&p, e))?;
                 if host_resolv_conf.is_none_or(|h| h == content.as_slice()) || !content.is_empty() {
                     write_file(&p, b"", 0o644)?;
                     did("emptied /etc/resolv.conf (DNS is configured at boot)".into());
                 }
             }
-        }
-    }
 
     // apt lists and caches.
     if let Some(p) = inner(root, "var/lib/apt/lists") {
@@ -230,15 +226,14 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         "var/lib/cloud/sem",
         "usr/sbin/policy-rc.d",
     ] {
-        if let Some(p) = inner(root, rel) {
-            if remove_any(&p)? {
+        if let Some(p) = inner(root, rel)
+            && remove_any(&p)? {
                 did(format!("removed /{rel}"));
             }
-        }
     }
     for dir in ["home"] {
-        if let Some(h) = inner(root, dir) {
-            if let Ok(rd) = std::fs::read_dir(&h) {
+        if let Some(h) = inner(root, dir)
+            && let Ok(rd) = std::fs::read_dir(&h) {
                 for e in rd.flatten() {
                     if std::fs::symlink_metadata(e.path())
                         .map(|m| m.is_dir())
@@ -256,7 +251,6 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
                     }
                 }
             }
-        }
     }
     // Logs of the build itself.
     for rel in ["var/log/apt", "var/log/installer"] {
@@ -269,14 +263,13 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         "var/log/alternatives.log",
         "var/log/bootstrap.log",
     ] {
-        if let Some(p) = inner(root, rel) {
-            if std::fs::symlink_metadata(&p)
+        if let Some(p) = inner(root, rel)
+            && std::fs::symlink_metadata(&p)
                 .map(|m| m.is_file())
                 .unwrap_or(false)
             {
                 write_file(&p, b"", 0o644)?;
             }
-        }
     }
     Ok(r)
 }

@@ -202,11 +202,10 @@ pub fn du(p: &Path) -> u64 {
             continue;
         };
         total += md.blocks() * 512;
-        if md.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
+        if md.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&d) {
                 stack.extend(rd.flatten().map(|e| e.path()));
             }
-        }
     }
     total
 }

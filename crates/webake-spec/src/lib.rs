@@ -262,11 +262,10 @@ pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
 /// serde-saphyr appends " at line X column Y"; we print the location in front instead.
 fn strip_location(msg: &str) -> String {
     let msg = msg.trim();
-    if let Some(i) = msg.rfind(" at line ") {
-        if msg[i..].contains("column") {
+    if let Some(i) = msg.rfind(" at line ")
+        && msg[i..].contains("column") {
             return msg[..i].to_string();
         }
-    }
     msg.to_string()
 }
 
@@ -338,8 +337,8 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
                 ));
             }
         }
-        if let Some(mirror) = &m.mirror {
-            if !(mirror.starts_with("http://")
+        if let Some(mirror) = &m.mirror
+            && !(mirror.starts_with("http://")
                 || mirror.starts_with("https://")
                 || mirror.starts_with("file://"))
             {
@@ -348,16 +347,14 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
                     format!("mirror must be an http(s):// or file:// URL, got {mirror:?}"),
                 ));
             }
-        }
     }
-    if let Base::Ami(a) = &r.base {
-        if !a.id.starts_with("ami-") {
+    if let Base::Ami(a) = &r.base
+        && !a.id.starts_with("ami-") {
             return Err((
                 vec![key("base"), key("ami"), key("id")],
                 format!("{:?} is not an AMI id (ami-…)", a.id),
             ));
         }
-    }
     let d = &r.disk;
     if !d.boot.contains(&BootMode::Uefi) {
         return Err((
@@ -390,7 +387,7 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
             format!("disk size {} is larger than 2TiB", d.size),
         ));
     }
-    if d.size.0 % (1 << 20) != 0 {
+    if !d.size.0.is_multiple_of(1 << 20) {
         return Err((
             vec![key("disk"), key("size")],
             format!("disk size {} must be a whole number of MiB", d.size),
@@ -479,8 +476,8 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
                         format!("destination {:?} must not contain '..'", f.destination),
                     ));
                 }
-                if let Some(m) = &f.mode {
-                    if u32::from_str_radix(m, 8)
+                if let Some(m) = &f.mode
+                    && u32::from_str_radix(m, 8)
                         .map(|v| v > 0o7777)
                         .unwrap_or(true)
                     {
@@ -489,7 +486,6 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
                             format!("mode {m:?} is not an octal mode like \"0644\""),
                         ));
                     }
-                }
                 if let Some(o) = &f.owner {
                     let ok = o.split(':').count() <= 2
                         && o.split(':').all(|p| {
@@ -541,14 +537,13 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
             }
         }
     }
-    if let Some(t) = &r.test {
-        if t.timeout_secs == 0 || t.timeout_secs > 3600 {
+    if let Some(t) = &r.test
+        && (t.timeout_secs == 0 || t.timeout_secs > 3600) {
             return Err((
                 vec![key("test"), key("timeout_secs")],
                 "timeout must be between 1 and 3600 seconds".into(),
             ));
         }
-    }
     Ok(())
 }
 

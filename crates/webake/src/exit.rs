@@ -22,9 +22,10 @@ pub const PUBLISH_FAILED: u8 = 4;
 pub const ROLLOUT_FAILED: u8 = 5;
 pub const INTERRUPTED: u8 = 130;
 
-/// An error that carries the exit code it should map to.
+/// An error that carries the exit code it should map to. Displays as its source's top
+/// message; the rest of the chain follows through `source()`.
 #[derive(Debug, thiserror::Error)]
-#[error("{source:#}")]
+#[error("{source}")]
 pub struct CodedError {
     pub code: u8,
     #[source]
@@ -32,24 +33,28 @@ pub struct CodedError {
 }
 
 pub fn coded(code: u8, source: impl Into<anyhow::Error>) -> anyhow::Error {
-    CodedError {
-        code,
-        source: source.into(),
-    }
-    .into()
+    CodedError { code, source: source.into() }.into()
 }
 
-/// Print the error chain and return the exit code.
+/// Print the error chain (each cause once) and return the exit code.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     let code = code_of(err);
-    eprintln!("error: {err}");
-    let mut source = err.source();
-    // CodedError prints its source with {:#}; skip the duplicate chain in that case.
-    if err.downcast_ref::<CodedError>().is_none() {
-        while let Some(s) = source {
-            eprintln!("  caused by: {s}");
-            source = s.source();
+    let mut msgs: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        if cause.downcast_ref::<CodedError>().is_some() {
+            continue;
         }
+        let m = cause.to_string();
+        // Wrappers such as "step X: <source>" already contain their source's text.
+        if msgs.last().is_some_and(|prev| prev.contains(m.as_str())) {
+            continue;
+        }
+        msgs.push(m);
+    }
+    let mut it = msgs.into_iter();
+    eprintln!("error: {}", it.next().unwrap_or_default());
+    for m in it {
+        eprintln!("  caused by: {m}");
     }
     ExitCode::from(code)
 }
