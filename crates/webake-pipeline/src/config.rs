@@ -44,6 +44,14 @@ pub struct PipelineConfig {
     pub resources: ResourceRequirements,
     /// Git URL of the cluster repository that rollout pull requests target.
     pub cluster_repo: String,
+    /// `OWNER/REPO` of the cluster repository on GitHub, where the rollout opens its pull
+    /// request. Default: taken from `clusterRepo` when that is a github.com URL; otherwise the
+    /// rollout pushes its branch and opens no pull request.
+    #[serde(default)]
+    pub github: Option<String>,
+    /// Where `webake run` publishes the image.
+    #[serde(default)]
+    pub publish: PublishSettings,
     /// Git repository holding the recipes (and the Dockerfile the pipeline builds).
     pub source: GitSource,
     /// PersistentVolumeClaim holding the catalog (`data/`) and the layer cache (`cache/`).
@@ -59,6 +67,79 @@ pub struct PipelineConfig {
     pub job: JobSettings,
     #[serde(default)]
     pub tool_images: ToolImages,
+}
+
+/// Where the bake publishes (`webake run --publish`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PublishSettings {
+    /// `aws` (an AMI through the EBS direct APIs) or `local` (the catalog on the PVC only).
+    pub to: PublishTarget,
+    /// Region to upload and register the AMI in. Default: `$AWS_REGION` in the pod (set by
+    /// IRSA and EKS Pod Identity).
+    pub region: Option<String>,
+    /// Regions to copy the AMI to.
+    pub copy_to: Vec<String>,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        Self {
+            to: PublishTarget::Aws,
+            region: None,
+            copy_to: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishTarget {
+    Aws,
+    Local,
+}
+
+impl PublishTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aws => "aws",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// `OWNER/REPO` for the rollout's pull request: `github`, else derived from a github.com
+    /// `clusterRepo`.
+    pub fn github_repo(&self) -> Option<String> {
+        self.github
+            .clone()
+            .or_else(|| github_slug_of(&self.cluster_repo))
+    }
+}
+
+/// `OWNER/REPO` of a github.com git URL (`https://github.com/O/R(.git)`, `git@github.com:O/R`,
+/// `ssh://git@github.com/O/R`).
+pub fn github_slug_of(url: &str) -> Option<String> {
+    let rest = [
+        "https://github.com/",
+        "http://github.com/",
+        "ssh://git@github.com/",
+        "git@github.com:",
+    ]
+    .iter()
+    .find_map(|p| url.strip_prefix(p))?;
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.strip_suffix(".git").unwrap_or(rest);
+    let (owner, repo) = rest.split_once('/')?;
+    (is_slug_part(owner) && is_slug_part(repo)).then(|| format!("{owner}/{repo}"))
+}
+
+fn is_slug_part(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Names of Secrets in `namespace`; values never appear in rendered output.
@@ -197,6 +278,26 @@ impl PipelineConfig {
             }
         }
         check.git_url("clusterRepo", &self.cluster_repo)?;
+        if let Some(slug) = &self.github {
+            let ok = slug
+                .split_once('/')
+                .is_some_and(|(o, r)| is_slug_part(o) && is_slug_part(r));
+            if !ok {
+                return Err(check.invalid("github", format!("`{slug}` is not OWNER/REPO")));
+            }
+        }
+        let publish = &self.publish;
+        if publish.to == PublishTarget::Local
+            && (publish.region.is_some() || !publish.copy_to.is_empty())
+        {
+            return Err(check.invalid("publish.to", "region and copyTo apply to `to: aws` only"));
+        }
+        if let Some(region) = &publish.region {
+            check.region("publish.region", region)?;
+        }
+        for (i, region) in publish.copy_to.iter().enumerate() {
+            check.region(&format!("publish.copyTo[{i}]"), region)?;
+        }
         check.git_url("source.repo", &self.source.repo)?;
         check.git_ref("source.revision", &self.source.revision)?;
         check.dns_subdomain("cachePvc", &self.cache_pvc)?;
@@ -614,6 +715,24 @@ impl Checker<'_> {
                 field,
                 format!("`{value}` is not an environment variable name"),
             ));
+        }
+        Ok(())
+    }
+
+    /// An AWS region name (`eu-west-1`, `us-gov-west-1`).
+    fn region(&self, field: &str, value: &str) -> Result<(), Error> {
+        let parts: Vec<&str> = value.split('-').collect();
+        let ok = parts.len() >= 3
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            })
+            && parts
+                .last()
+                .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()));
+        if !ok {
+            return Err(self.invalid(field, format!("`{value}` is not an AWS region name")));
         }
         Ok(())
     }

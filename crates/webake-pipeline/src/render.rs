@@ -37,7 +37,8 @@ pub mod paths {
 }
 
 /// The command lines of webake inside the pods. `webake run` and `webake rollout` must accept
-/// these arguments; change them here and the golden files show every manifest that changes.
+/// these arguments (a unit test of the `webake` crate, `cmd::run::tests`, parses them with the
+/// real CLI); change them here and the golden files show every manifest that changes.
 pub mod contract {
     /// How webake is started in the container: under tini (as in the Dockerfile's ENTRYPOINT),
     /// which reaps orphaned grandchildren (mmdebstrap, ansible, qemu). `-s` makes tini a
@@ -51,41 +52,114 @@ pub mod contract {
     /// Key of the forge token in its Secret.
     pub const FORGE_TOKEN_KEY: &str = "token";
 
-    /// The Job: bake, test, publish and open the rollout pull request.
-    pub fn run(recipe: &str, cluster_repo: &str) -> Vec<String> {
-        to_strings(&["run", recipe, "--cluster-repo", cluster_repo])
+    /// Where and how the pods publish and propose: from the config.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Targets<'a> {
+        /// `aws` or `local` (`webake run --publish`).
+        pub publish: &'a str,
+        /// `--region` for `--publish aws` (else `$AWS_REGION` in the pod).
+        pub region: Option<&'a str>,
+        /// `--copy-to` regions for `--publish aws`.
+        pub copy_to: &'a [String],
+        /// `OWNER/REPO` for `--github` (no pull request without it: the branch is pushed).
+        pub github: Option<&'a str>,
+        /// The variable the forge token is given in (`--token-env`).
+        pub token_env: &'a str,
     }
 
-    /// Tekton's bake task: everything but the pull request; ids written to result files.
-    pub fn run_no_rollout(recipe: &str, image_id_file: &str, ami_ids_file: &str) -> Vec<String> {
-        to_strings(&[
-            "run",
-            recipe,
+    impl<'a> Targets<'a> {
+        pub fn of(config: &'a crate::config::PipelineConfig, github: Option<&'a str>) -> Self {
+            Self {
+                publish: config.publish.to.as_str(),
+                region: config.publish.region.as_deref(),
+                copy_to: &config.publish.copy_to,
+                github,
+                token_env: &config.secrets.forge_token_env,
+            }
+        }
+
+        /// `--publish TO`, and the AWS options after `--` (they must come last).
+        fn publish_args(&self) -> (Vec<String>, Vec<String>) {
+            let publish = to_strings(&["--publish", self.publish]);
+            let mut aws = Vec::new();
+            if self.publish == "aws" {
+                if let Some(region) = self.region {
+                    aws.extend(to_strings(&["--region", region]));
+                }
+                if !self.copy_to.is_empty() {
+                    aws.push("--copy-to".to_owned());
+                    aws.push(self.copy_to.join(","));
+                }
+            }
+            let aws = if aws.is_empty() {
+                aws
+            } else {
+                std::iter::once("--".to_owned()).chain(aws).collect()
+            };
+            (publish, aws)
+        }
+
+        fn forge_args(&self) -> Vec<String> {
+            match self.github {
+                Some(slug) => to_strings(&["--github", slug, "--token-env", self.token_env]),
+                None => Vec::new(),
+            }
+        }
+    }
+
+    /// The Job: `webake run`: bake (skipped when the inputs are unchanged), boot test,
+    /// publish, and the rollout pull request.
+    pub fn run(recipe: &str, cluster_repo: &str, targets: &Targets<'_>) -> Vec<String> {
+        let (publish, aws) = targets.publish_args();
+        let mut args = to_strings(&["run", recipe]);
+        args.extend(publish);
+        args.extend(to_strings(&["--cluster-repo", cluster_repo]));
+        args.extend(targets.forge_args());
+        args.extend(aws);
+        args
+    }
+
+    /// Tekton's bake task: `webake run` without the rollout; the image id and the AMI ids
+    /// (JSON object region -> AMI id) written to result files.
+    pub fn run_no_rollout(
+        recipe: &str,
+        image_id_file: &str,
+        ami_ids_file: &str,
+        targets: &Targets<'_>,
+    ) -> Vec<String> {
+        let (publish, aws) = targets.publish_args();
+        let mut args = to_strings(&["run", recipe]);
+        args.extend(publish);
+        args.extend(to_strings(&[
             "--no-rollout",
             "--image-id-file",
             image_id_file,
             "--ami-ids-file",
             ami_ids_file,
-        ])
+        ]));
+        args.extend(aws);
+        args
     }
 
-    /// Tekton's rollout task: the pull request for an image already in the catalog.
+    /// Tekton's rollout task: `webake rollout IMAGE_ID --repo URL`, the pull request for an
+    /// image already in the catalog (its AMIs from the catalog's publications); the pull
+    /// request URL written to a result file (empty when none was opened).
     pub fn rollout(
-        recipe: &str,
         image_id: &str,
         cluster_repo: &str,
         pr_url_file: &str,
+        targets: &Targets<'_>,
     ) -> Vec<String> {
-        to_strings(&[
+        let mut args = to_strings(&[
             "rollout",
-            recipe,
-            "--image-id",
             image_id,
-            "--cluster-repo",
+            "--repo",
             cluster_repo,
             "--pr-url-file",
             pr_url_file,
-        ])
+        ]);
+        args.extend(targets.forge_args());
+        args
     }
 
     fn to_strings(args: &[&str]) -> Vec<String> {
@@ -411,6 +485,8 @@ struct AmiRenderer<'a> {
     job_name: String,
     cronjob_name: String,
     pipeline_name: String,
+    /// `OWNER/REPO` of the cluster repository on GitHub, when known.
+    github: Option<String>,
 }
 
 impl<'a> AmiRenderer<'a> {
@@ -428,7 +504,12 @@ impl<'a> AmiRenderer<'a> {
             // The CronJob controller appends `-<11 digits>` to name its Jobs.
             cronjob_name: object_name("webake-bake", &recipe.name, 52, "recipe name")?,
             pipeline_name: object_name("ami", &service.name, 63, "service name")?,
+            github: config.github_repo(),
         })
+    }
+
+    fn targets(&self) -> contract::Targets<'_> {
+        contract::Targets::of(self.config, self.github.as_deref())
     }
 
     fn bake_labels(&self) -> BTreeMap<String, String> {
@@ -468,7 +549,7 @@ impl<'a> AmiRenderer<'a> {
             image: c.image.clone(),
             image_pull_policy: Some("IfNotPresent".to_owned()),
             command: contract::command(),
-            args: contract::run(&self.recipe.path_in_repo, &c.cluster_repo),
+            args: contract::run(&self.recipe.path_in_repo, &c.cluster_repo, &self.targets()),
             working_dir: Some(paths::SOURCE.to_owned()),
             env,
             resources: resources(c),
@@ -585,6 +666,7 @@ impl<'a> AmiRenderer<'a> {
                         "$(params.recipe)",
                         "$(results.image-id.path)",
                         "$(results.ami-ids.path)",
+                        &self.targets(),
                     ),
                     env,
                     script: None,
@@ -607,14 +689,13 @@ impl<'a> AmiRenderer<'a> {
             spec: TaskSpec {
                 description: Some("Open the pull request that bumps the image reference in the cluster repository.".to_owned()),
                 params: vec![
-                    ParamSpec::string("recipe", "Recipe path inside the source workspace.", None),
                     ParamSpec::string("image-id", "Catalog id of the baked image.", None),
                     ParamSpec::string("cluster-repo", "Git URL of the cluster repository.", None),
                     ParamSpec::string("webake-image", "The webake image to run (by digest).", None),
                 ],
                 results: vec![TaskResult {
                     name: "pull-request".to_owned(),
-                    description: Some("URL of the pull request.".to_owned()),
+                    description: Some("URL of the pull request (empty when none was opened).".to_owned()),
                 }],
                 workspaces: vec![
                     workspace_decl("source", "The recipes checkout."),
@@ -627,10 +708,10 @@ impl<'a> AmiRenderer<'a> {
                     working_dir: Some("$(workspaces.source.path)".to_owned()),
                     command: contract::command(),
                     args: contract::rollout(
-                        "$(params.recipe)",
                         "$(params.image-id)",
                         "$(params.cluster-repo)",
                         "$(results.pull-request.path)",
+                        &self.targets(),
                     ),
                     env,
                     script: None,
@@ -680,7 +761,6 @@ impl<'a> AmiRenderer<'a> {
             },
             run_after: vec!["bake".to_owned()],
             params: vec![
-                Param::new("recipe", "$(params.recipe)"),
                 Param::new("image-id", "$(tasks.bake.results.image-id)"),
                 Param::new("cluster-repo", "$(params.cluster-repo)"),
                 Param::new("webake-image", webake_image),

@@ -275,3 +275,51 @@ fn the_example_recipe_of_the_repository_is_readable() {
     assert_eq!(recipe.name, "debian-minimal");
     assert_eq!(recipe.family, "debian-12-minimal");
 }
+
+#[test]
+fn publish_defaults_to_aws_and_github_comes_from_the_cluster_repo() {
+    let config = PipelineConfig::from_yaml(&minimal(), Path::new(PATH)).unwrap();
+    assert_eq!(
+        config.publish.to,
+        webake_pipeline::config::PublishTarget::Aws
+    );
+    assert!(config.publish.region.is_none() && config.publish.copy_to.is_empty());
+    // git@github.com:example/platform-kubernetes.git
+    assert_eq!(
+        config.github_repo().as_deref(),
+        Some("example/platform-kubernetes")
+    );
+    for (url, slug) in [
+        ("https://github.com/o/r.git", Some("o/r")),
+        ("https://github.com/o/r", Some("o/r")),
+        ("ssh://git@github.com/o/r.git", Some("o/r")),
+        ("https://gitlab.com/o/r.git", None),
+        ("https://github.com/o", None),
+    ] {
+        assert_eq!(
+            webake_pipeline::config::github_slug_of(url).as_deref(),
+            slug,
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn bad_publish_and_github_settings_name_the_field() {
+    let message = config_error(&format!("{}github: not-a-slug\n", minimal()));
+    assert!(message.contains("field `github`"), "{message}");
+    let message = config_error(&format!("{}publish:\n  region: Ireland\n", minimal()));
+    assert!(message.contains("field `publish.region`"), "{message}");
+    let message = config_error(&format!(
+        "{}publish:\n  region: eu-west-1\n  copyTo: [us-east-1, x]\n",
+        minimal()
+    ));
+    assert!(message.contains("field `publish.copyTo[1]`"), "{message}");
+    let message = config_error(&format!(
+        "{}publish:\n  to: local\n  region: eu-west-1\n",
+        minimal()
+    ));
+    assert!(message.contains("field `publish.to`"), "{message}");
+    let message = config_error(&format!("{}publish:\n  to: gcp\n", minimal()));
+    assert!(message.contains("publish.to"), "{message}");
+}

@@ -521,11 +521,17 @@ impl Runner<'_> {
             }
             Err(e) => {
                 let e = stage_error(stage, e);
+                // The first line; the whole chain is the summary's `error` (and on stderr).
+                let detail = format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let r = StageReport {
                     stage,
                     status: StageStatus::Failed,
                     seconds: Some(seconds),
-                    detail: format!("{e:#}"),
+                    detail,
                 };
                 self.events.finished(&r);
                 self.summary.stages.push(r);
@@ -839,5 +845,176 @@ fn print_summary(s: &RunSummary) {
         if let Some(url) = &r.pull_request_url {
             println!("pull request: {url}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use webake_pipeline::render::contract::{self, Targets};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: Vec<String>) -> Command {
+        let argv = std::iter::once("webake".to_string()).chain(args.iter().cloned());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.command,
+            Err(e) => panic!("the pipeline contract {args:?} does not parse: {e}"),
+        }
+    }
+
+    /// The command lines `webake pipeline render` puts in the pods are accepted by this CLI.
+    #[test]
+    fn the_pipeline_contract_parses_with_the_real_cli() {
+        let copy_to = vec!["us-east-1".to_string(), "eu-central-1".to_string()];
+        let aws = Targets {
+            publish: "aws",
+            region: Some("eu-west-1"),
+            copy_to: &copy_to,
+            github: Some("example/platform"),
+            token_env: "FORGE_TOKEN",
+        };
+        let local = Targets {
+            publish: "local",
+            region: None,
+            copy_to: &[],
+            github: None,
+            token_env: "GITHUB_TOKEN",
+        };
+        let repo = "https://github.com/example/platform.git";
+
+        let Command::Run(a) = parse(contract::run("recipes/x.yaml", repo, &aws)) else {
+            panic!("not run")
+        };
+        assert_eq!(a.recipe, PathBuf::from("recipes/x.yaml"));
+        assert_eq!(a.publish, PublishTarget::Aws);
+        assert_eq!(a.cluster_repo.as_deref(), Some(repo));
+        assert!(!a.no_rollout);
+        assert_eq!(a.rollout.github.as_deref(), Some("example/platform"));
+        assert_eq!(a.rollout.token_env.as_deref(), Some("FORGE_TOKEN"));
+        let parsed = a.check_options().unwrap().expect("AWS options");
+        assert_eq!(parsed.region, "eu-west-1");
+        assert_eq!(parsed.copy_to, copy_to);
+
+        let Command::Run(a) = parse(contract::run("recipes/x.yaml", repo, &local)) else {
+            panic!("not run")
+        };
+        assert_eq!(a.publish, PublishTarget::Local);
+        assert!(a.rollout.github.is_none() && a.aws.is_empty());
+        assert!(a.check_options().unwrap().is_none());
+
+        for targets in [&aws, &local] {
+            let Command::Run(a) = parse(contract::run_no_rollout(
+                "$(params.recipe)",
+                "/tekton/results/image-id",
+                "/tekton/results/ami-ids",
+                targets,
+            )) else {
+                panic!("not run")
+            };
+            assert!(a.no_rollout && a.cluster_repo.is_none());
+            assert_eq!(
+                a.image_id_file.as_deref(),
+                Some(Path::new("/tekton/results/image-id"))
+            );
+            assert_eq!(
+                a.ami_ids_file.as_deref(),
+                Some(Path::new("/tekton/results/ami-ids"))
+            );
+            a.check_options().unwrap();
+        }
+
+        let Command::Rollout(a) = parse(contract::rollout(
+            "img-0123456789ab",
+            repo,
+            "/tekton/results/pull-request",
+            &aws,
+        )) else {
+            panic!("not rollout")
+        };
+        assert_eq!(a.image.as_deref(), Some("img-0123456789ab"));
+        assert_eq!(a.repo, repo);
+        assert_eq!(a.options.github.as_deref(), Some("example/platform"));
+        assert_eq!(
+            a.options.pr_url_file.as_deref(),
+            Some(Path::new("/tekton/results/pull-request"))
+        );
+        a.options.validate(repo).unwrap();
+    }
+
+    #[test]
+    fn options_that_cannot_work_are_invalid_input() {
+        let Command::Run(a) = parse(
+            [
+                "run",
+                "r.yaml",
+                "--no-rollout",
+                "--",
+                "--region",
+                "eu-west-1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ) else {
+            panic!("not run")
+        };
+        let e = a.check_options().unwrap_err();
+        assert_eq!(exit::code_of(&e), INVALID_INPUT, "{e:#}");
+
+        let Command::Run(a) = parse(
+            [
+                "run",
+                "r.yaml",
+                "--publish",
+                "aws",
+                "--no-rollout",
+                "--",
+                "--region",
+                "eu-west-1",
+                "--name",
+                "x",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ) else {
+            panic!("not run")
+        };
+        let e = a.check_options().unwrap_err();
+        assert_eq!(exit::code_of(&e), INVALID_INPUT, "{e:#}");
+        assert!(
+            format!("{e:#}").contains("--name comes from the catalog"),
+            "{e:#}"
+        );
+
+        assert!(
+            Cli::try_parse_from(["webake", "run", "r.yaml"]).is_err(),
+            "--cluster-repo or --no-rollout is required"
+        );
+    }
+
+    #[test]
+    fn stage_errors_map_to_their_exit_codes() {
+        let plain = || anyhow::anyhow!("boom");
+        assert_eq!(exit::code_of(&stage_error(Stage::Bake, plain())), FAILURE);
+        assert_eq!(
+            exit::code_of(&stage_error(Stage::Test, plain())),
+            TEST_FAILED
+        );
+        assert_eq!(
+            exit::code_of(&stage_error(Stage::Publish, plain())),
+            PUBLISH_FAILED
+        );
+        assert_eq!(
+            exit::code_of(&stage_error(Stage::Rollout, plain())),
+            ROLLOUT_FAILED
+        );
+        let invalid = || coded(INVALID_INPUT, anyhow::anyhow!("bad"));
+        assert_eq!(
+            exit::code_of(&stage_error(Stage::Rollout, invalid())),
+            INVALID_INPUT
+        );
+        let gate = coded(TEST_FAILED, anyhow::anyhow!("gate"));
+        assert_eq!(exit::code_of(&stage_error(Stage::Bake, gate)), TEST_FAILED);
     }
 }
