@@ -411,6 +411,12 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             }
         } else {
             let mut binds = sc.binds.clone();
+            // Shared package cache: the step's apt downloads land in a per-bake directory
+            // hard-linked from (and back into) the shared cache, so .debs are reused across
+            // bakes, never written into the layer, and concurrent bakes never share apt's lock.
+            let debs = scratch.join("debs");
+            link_debs(&req.workspace.packages_dir(), &debs)?;
+            binds.push(Bind { source: debs.clone(), target: "/var/cache/apt/archives".into(), readonly: false });
             binds.push(Bind {
                 source: gen_dir.clone(),
                 target: format!("{STAGING}/gen").into(),
@@ -431,7 +437,12 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             }
         };
         let cmd = spec.command(&req.helper_exe).secrets(sc.secrets.clone());
-        run_in(&sp.label, &cmd).map_err(|e| e.in_step(&sp.label))?;
+        let ran = run_in(&sp.label, &cmd).map_err(|e| e.in_step(&sp.label));
+        if !sc.on_host {
+            // Keep what apt downloaded, even when the step failed.
+            let _ = link_debs(&scratch.join("debs"), &req.workspace.packages_dir());
+        }
+        ran?;
         // Commit the layer: upper -> cache entry (atomic rename of a complete directory).
         let staging = req
             .workspace
@@ -644,4 +655,21 @@ fn jiff_now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     d.as_secs().to_string()
+}
+
+/// Hard-link every `*.deb` of `from` into `to` (same filesystem), creating `to/partial`.
+fn link_debs(from: &Path, to: &Path) -> Result<()> {
+    mkdir_p(&to.join("partial"))?;
+    let Ok(rd) = std::fs::read_dir(from) else { return Ok(()) };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().ends_with(".deb") || !e.path().is_file() {
+            continue;
+        }
+        let dest = to.join(&name);
+        if !dest.exists() && std::fs::hard_link(e.path(), &dest).is_err() {
+            std::fs::copy(e.path(), &dest).map_err(|err| BuildError::io(&dest, err))?;
+        }
+    }
+    Ok(())
 }

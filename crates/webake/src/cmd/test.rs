@@ -266,18 +266,27 @@ TTYPath=/dev/ttyS0
 WantedBy=multi-user.target
 ";
 
+/// Where the harness writes its results inside the guest (read back offline after power-off:
+/// the serial console interleaves with systemd's status output and cannot be parsed reliably).
+const RESULTS: &str = "/var/lib/webake-test/results";
+
 fn harness_script(checks: &[BootCheck]) -> String {
-    let mut s = String::from(
-        "#!/bin/sh\n# webake boot test harness: runs the checks, reports on the console, powers off.\n",
-    );
-    s.push_str("echo WEBAKE-TEST-BEGIN\n");
-    s.push_str("echo \"WEBAKE-FAILED-UNITS $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\\n' ' ')\"\n");
+    let mut s = String::from("#!/bin/sh\n# webake boot test harness: runs the checks, records results, powers off.\n");
+    s.push_str(&format!("R={RESULTS}\nmkdir -p \"$(dirname $R)\"\n: > $R\necho BEGIN >> $R\necho WEBAKE-TEST-BEGIN\n"));
+    s.push_str("echo \"FAILED-UNITS $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\\n' ' ')\" >> $R\n");
     for (i, c) in checks.iter().enumerate() {
         let b64 = base64_encode(c.run.as_bytes());
-        s.push_str(&format!("out=$(echo {b64} | base64 -d | sh 2>&1); rc=$?; echo \"WEBAKE-CHECK {i} rc=$rc out=$(printf %s \"$out\" | base64 -w0)\"\n"));
+        s.push_str(&format!("out=$(echo {b64} | base64 -d | sh 2>&1); rc=$?; echo \"CHECK {i} rc=$rc out=$(printf %s \"$out\" | base64 -w0)\" >> $R; echo \"WEBAKE-CHECK {i} rc=$rc\"\n"));
     }
-    s.push_str("echo WEBAKE-TEST-END\nsync\nsystemctl poweroff --no-block\n");
+    s.push_str("echo END >> $R\nsync\necho WEBAKE-TEST-END\nsystemctl poweroff --no-block\n");
     s
+}
+
+/// Read the harness results from the test disk after the VM stopped.
+fn read_results(raw: &Path) -> anyhow::Result<String> {
+    let off = root_partition_offset(raw)?;
+    let out = std::process::Command::new("debugfs").arg("-R").arg(format!("cat {RESULTS}")).arg(format!("{}?offset={off}", raw.display())).output().context("running debugfs")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn base64_encode(b: &[u8]) -> String {
@@ -502,9 +511,6 @@ pub fn boot_test_disk(
     };
     let mut tail: std::collections::VecDeque<String> = Default::default();
     let mut began = false;
-    let mut ended = false;
-    let mut failed_units = String::new();
-    let mut results: BTreeMap<usize, (i32, String)> = BTreeMap::new();
     let res = run(&cmd, &vm_cancel, &mut |line| {
         let line = line.trim_end_matches('\r');
         log.line(step, line);
@@ -514,53 +520,42 @@ pub fn boot_test_disk(
         tail.push_back(line.to_string());
         if line.contains("WEBAKE-TEST-BEGIN") {
             began = true;
-        } else if let Some(rest) = line.split("WEBAKE-FAILED-UNITS").nth(1) {
-            failed_units = rest.trim().to_string();
-        } else if let Some(rest) = line.split("WEBAKE-CHECK ").nth(1) {
-            let mut it = rest.splitn(3, ' ');
-            let i: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-            let rc: i32 = it
-                .next()
-                .and_then(|s| s.strip_prefix("rc="))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(-1);
-            let out = it
-                .next()
-                .and_then(|s| s.strip_prefix("out="))
-                .map(|b| String::from_utf8_lossy(&base64_decode(b.trim())).to_string())
-                .unwrap_or_default();
-            results.insert(i, (rc, out));
-        } else if line.contains("WEBAKE-TEST-END") {
-            ended = true;
         }
     });
     done.store(true, Ordering::SeqCst);
     let timed_out = watchdog.join().unwrap_or(false);
     drop(imds);
-    let tail_text = tail
-        .iter()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tail_text = tail.iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n");
     if cancel.is_cancelled() {
         bail!("boot test cancelled");
+    }
+    // The VM is off: read what the harness recorded.
+    let recorded = if timed_out { String::new() } else { read_results(&raw).unwrap_or_default() };
+    let mut ended = false;
+    let mut failed_units = String::new();
+    let mut results: BTreeMap<usize, (i32, String)> = BTreeMap::new();
+    for line in recorded.lines() {
+        if line == "BEGIN" {
+            began = true;
+        } else if line == "END" {
+            ended = true;
+        } else if let Some(rest) = line.strip_prefix("FAILED-UNITS") {
+            failed_units = rest.trim().to_string();
+        } else if let Some(rest) = line.strip_prefix("CHECK ") {
+            let mut it = rest.splitn(3, ' ');
+            let i: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+            let rc: i32 = it.next().and_then(|s| s.strip_prefix("rc=")).and_then(|s| s.parse().ok()).unwrap_or(-1);
+            let out = it.next().and_then(|s| s.strip_prefix("out=")).map(|b| String::from_utf8_lossy(&base64_decode(b.trim())).to_string()).unwrap_or_default();
+            results.insert(i, (rc, out));
+        }
     }
     if !ended {
         let why = if timed_out {
             format!("no result within {}s", timeout.as_secs())
         } else {
-            format!(
-                "the VM stopped before the checks ran ({})",
-                res.err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "powered off".into())
-            )
+            format!("the VM stopped before the checks finished ({})", res.err().map(|e| e.to_string()).unwrap_or_else(|| "powered off".into()))
         };
-        let stage = if began {
-            "the guest reached multi-user but the checks did not finish"
-        } else {
-            "the guest never reached multi-user"
-        };
+        let stage = if began { "the guest reached multi-user but the checks did not finish" } else { "the guest never reached multi-user" };
         bail!("boot test failed: {why}; {stage} (accelerator {accel}). Console tail:\n{tail_text}");
     }
     let mut problems = Vec::new();
