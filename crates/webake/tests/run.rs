@@ -394,3 +394,63 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
     assert_eq!(o.status.code(), Some(2), "bad --github: {}", text(&o));
     assert_eq!(w.images().len(), 1, "still one image in the catalog");
 }
+
+/// With the test stage: the image is booted under qemu (UEFI) once; a second run reuses the image
+/// and skips the test because it already passed.
+#[test]
+fn run_boot_tests_the_image_once() {
+    require_root_and_tools();
+    let qemu = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
+        .unwrap_or(false);
+    assert!(
+        qemu,
+        "missing `qemu-system-x86_64` for the boot test: apt-get install qemu-system-x86 qemu-utils ovmf"
+    );
+    assert!(
+        Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").is_file()
+            || Path::new("/usr/share/OVMF/OVMF_CODE.fd").is_file(),
+        "missing UEFI firmware: apt-get install ovmf"
+    );
+    let w = World::new();
+    let recipe = repo_root().join("recipes/debian-minimal.yaml");
+    let args = [
+        "run",
+        recipe.to_str().unwrap(),
+        "--publish",
+        "none",
+        "--no-rollout",
+        "--json",
+    ];
+
+    let started = std::time::Instant::now();
+    let o = w.webake(&args);
+    eprintln!(
+        "run with the boot test: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&o);
+    assert_eq!(
+        statuses(&s),
+        pairs(&[
+            ("bake", "done"),
+            ("test", "done"),
+            ("publish", "skipped"),
+            ("rollout", "skipped")
+        ])
+    );
+    assert_eq!(s["image"]["test_result"], "passed", "{s:#}");
+    let imgs = w.images();
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0]["test_result"], "passed", "recorded in the catalog");
+
+    let o = w.webake(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&o);
+    assert_eq!(s["bake_skipped"], true);
+    let test = &s["stages"][1];
+    assert_eq!(test["status"], "skipped", "{s:#}");
+    assert_eq!(test["detail"], "the image already passed its boot test");
+    assert_eq!(w.images().len(), 1);
+}
