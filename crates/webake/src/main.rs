@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     if let Some(code) = webake_sys::sandbox::helper_main_if_requested() {
         return ExitCode::from(code);
     }
+    if let Some(code) = cmd::test::tcp_pipe_main_if_requested() {
+        return ExitCode::from(code);
+    }
     let cli = cli::Cli::parse();
     cmd::init_tracing(&cli.global);
     match cmd::dispatch(cli) {

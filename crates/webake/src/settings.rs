@@ -38,10 +38,12 @@ impl Settings {
             .catalog
             .clone()
             .unwrap_or_else(|| data_dir.join("catalog.db"));
+        // Absolute paths: the sandbox and overlay mounts see them from other directories.
+        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         Ok(Self {
-            data_dir,
-            cache_dir,
-            catalog,
+            data_dir: abs(data_dir),
+            cache_dir: abs(cache_dir),
+            catalog: abs(catalog),
             quiet: global.quiet,
         })
     }

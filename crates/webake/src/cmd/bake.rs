@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use webake_build::bake::{BakeLog, BakeRequest, Plan};
+use webake_build::bake::{BakeLog, BakeRequest, BasePlan, Plan};
 use webake_build::bootstrap::HostSources;
 use webake_build::{CacheStatus, Reporter, Workspace};
 use webake_catalog::{Artifact, Bake, BakeStatus, Catalog, Image};
@@ -60,7 +60,7 @@ pub struct BakeOutcome {
 impl BakeArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
         let recipe = webake_spec::load(&self.recipe)?;
-        let plan = make_plan(&recipe)?;
+        let plan = make_plan(&recipe, Some(settings))?;
         if self.dry_run || self.explain {
             print_plan(&recipe, &plan, settings);
             if self.dry_run {
@@ -78,7 +78,13 @@ impl BakeArgs {
     }
 }
 
-pub fn make_plan(recipe: &LoadedRecipe) -> anyhow::Result<Plan> {
+/// The bake plan. A `base: {ami: …}` is resolved to its root snapshot on AWS (nothing is
+/// downloaded yet) unless `settings` is `None` (offline, for `validate`).
+pub fn make_plan(recipe: &LoadedRecipe, settings: Option<&Settings>) -> anyhow::Result<Plan> {
+    if let webake_spec::Base::Ami(a) = &recipe.recipe.base {
+        let ws = settings.map(|s| Workspace::new(&s.data_dir, &s.cache_dir));
+        return crate::cmd::base_ami::plan(recipe, a, ws.as_ref());
+    }
     let host = HostSources::read(Path::new("/etc/apt"));
     let plan = webake_build::bake::plan(recipe, std::env::var("WEBAKE_MIRROR").ok(), &host)
         .with_context(|| format!("planning {}", recipe.path.display()))?;
@@ -92,18 +98,31 @@ fn print_plan(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings) {
         recipe.path.display(),
         recipe.family()
     );
-    let b = &plan.bootstrap;
-    let cached = webake_build::bootstrap::cached_rootfs(&ws.bootstrap_dir(), &b.key).is_some();
-    println!(
-        "  bootstrap  mmdebstrap {} {} [{}]  mirror: {} ({})  key {}  {}",
-        b.suite,
-        b.variant,
-        b.include.join(","),
-        b.mirror.as_deref().unwrap_or("default"),
-        b.mirror_source,
-        &b.key[..12],
-        if cached { "cache hit" } else { "would run" }
-    );
+    let cached =
+        webake_build::bootstrap::cached_rootfs(&ws.bootstrap_dir(), plan.base.key()).is_some();
+    match &plan.base {
+        BasePlan::Mmdebstrap(b) => println!(
+            "  bootstrap  mmdebstrap {} {} [{}]  mirror: {} ({})  key {}  {}",
+            b.suite,
+            b.variant,
+            b.include.join(","),
+            b.mirror.as_deref().unwrap_or("default"),
+            b.mirror_source,
+            &b.key[..12],
+            if cached { "cache hit" } else { "would run" }
+        ),
+        BasePlan::Prepared {
+            key, description, ..
+        } => println!(
+            "  base       {description}  key {}  {}",
+            &key[..12],
+            if cached {
+                "cache hit"
+            } else {
+                "would download"
+            }
+        ),
+    }
     for s in &plan.steps {
         let hit = ws.layers_dir().join(&s.key).join("meta.json").is_file();
         let why = if hit {
@@ -290,7 +309,7 @@ pub fn bake_recipe(
                         .map(move |(k, v)| (format!("step{}:{k}", s.index + 1), v.clone()))
                 })
                 .collect(),
-            base_digest: Some(plan.bootstrap.key.clone()),
+            base_digest: Some(plan.base.key().to_string()),
         };
         let agent_bin = agent_binary();
         let inspect = |tree: &Path| -> Result<(), String> {
@@ -358,6 +377,17 @@ pub fn bake_recipe(
             host_env: &host_env,
             inspect: &inspect,
         };
+        // A base from an AMI is downloaded and extracted into the cache first (the build
+        // itself never talks to AWS).
+        crate::cmd::base_ami::ensure(
+            recipe,
+            plan,
+            settings,
+            &bake_id,
+            args.refresh_base,
+            &reporter,
+            &log,
+        )?;
         let res = webake_build::bake(req)?;
         let inv = inventory
             .lock()
@@ -401,7 +431,7 @@ pub fn bake_recipe(
             provenance: serde_json::json!({
                 "recipe": recipe.path.display().to_string(),
                 "recipe_digest": plan.recipe_digest,
-                "base": plan.bootstrap,
+                "base": plan.base,
                 "steps": plan.steps,
                 "webake_version": env!("CARGO_PKG_VERSION"),
             }),

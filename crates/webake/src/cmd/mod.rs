@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bake;
+pub mod base_ami;
 pub mod cache;
 pub mod clean;
 pub mod images;

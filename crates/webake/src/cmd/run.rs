@@ -341,7 +341,7 @@ impl RunArgs {
         // Everything that can be checked before a long bake is checked first (exit code 2).
         let recipe = webake_spec::load(&self.recipe)?;
         let aws = self.check_options()?;
-        let plan = crate::cmd::bake::make_plan(&recipe)?;
+        let plan = crate::cmd::bake::make_plan(&recipe, Some(settings))?;
 
         let mut runner = Runner {
             args: &self,

@@ -271,7 +271,9 @@ WantedBy=multi-user.target
 const RESULTS: &str = "/var/lib/webake-test/results";
 
 fn harness_script(checks: &[BootCheck]) -> String {
-    let mut s = String::from("#!/bin/sh\n# webake boot test harness: runs the checks, records results, powers off.\n");
+    let mut s = String::from(
+        "#!/bin/sh\n# webake boot test harness: runs the checks, records results, powers off.\n",
+    );
     s.push_str(&format!("R={RESULTS}\nmkdir -p \"$(dirname $R)\"\n: > $R\necho BEGIN >> $R\necho WEBAKE-TEST-BEGIN\n"));
     s.push_str("echo \"FAILED-UNITS $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\\n' ' ')\" >> $R\n");
     for (i, c) in checks.iter().enumerate() {
@@ -285,7 +287,12 @@ fn harness_script(checks: &[BootCheck]) -> String {
 /// Read the harness results from the test disk after the VM stopped.
 fn read_results(raw: &Path) -> anyhow::Result<String> {
     let off = root_partition_offset(raw)?;
-    let out = std::process::Command::new("debugfs").arg("-R").arg(format!("cat {RESULTS}")).arg(format!("{}?offset={off}", raw.display())).output().context("running debugfs")?;
+    let out = std::process::Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {RESULTS}"))
+        .arg(format!("{}?offset={off}", raw.display()))
+        .output()
+        .context("running debugfs")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -446,8 +453,11 @@ pub fn boot_test_disk(
         // Guest network 169.254.169.0/24 so that the real IMDS address is inside it; a
         // guestfwd connects 169.254.169.254:80 to the fake on the host's loopback. restrict=on
         // cuts the guest off from everything else (forwarding rules still apply).
+        // `cmd:` spawns one bridge per guest connection (a `tcp:` chardev would be a single
+        // connection made at qemu start, shared by every guest connection).
         Some(f) => format!(
-            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.1,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:{}",
+            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.1,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:{} {TCP_PIPE_ARG} 127.0.0.1:{}",
+            std::env::current_exe().context("locating the webake executable")?.display(),
             f.port
         ),
         None => "user,id=n0,restrict=on".to_string(),
@@ -525,12 +535,20 @@ pub fn boot_test_disk(
     done.store(true, Ordering::SeqCst);
     let timed_out = watchdog.join().unwrap_or(false);
     drop(imds);
-    let tail_text = tail.iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n");
+    let tail_text = tail
+        .iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     if cancel.is_cancelled() {
         bail!("boot test cancelled");
     }
     // The VM is off: read what the harness recorded.
-    let recorded = if timed_out { String::new() } else { read_results(&raw).unwrap_or_default() };
+    let recorded = if timed_out {
+        String::new()
+    } else {
+        read_results(&raw).unwrap_or_default()
+    };
     let mut ended = false;
     let mut failed_units = String::new();
     let mut results: BTreeMap<usize, (i32, String)> = BTreeMap::new();
@@ -544,8 +562,16 @@ pub fn boot_test_disk(
         } else if let Some(rest) = line.strip_prefix("CHECK ") {
             let mut it = rest.splitn(3, ' ');
             let i: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-            let rc: i32 = it.next().and_then(|s| s.strip_prefix("rc=")).and_then(|s| s.parse().ok()).unwrap_or(-1);
-            let out = it.next().and_then(|s| s.strip_prefix("out=")).map(|b| String::from_utf8_lossy(&base64_decode(b.trim())).to_string()).unwrap_or_default();
+            let rc: i32 = it
+                .next()
+                .and_then(|s| s.strip_prefix("rc="))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1);
+            let out = it
+                .next()
+                .and_then(|s| s.strip_prefix("out="))
+                .map(|b| String::from_utf8_lossy(&base64_decode(b.trim())).to_string())
+                .unwrap_or_default();
             results.insert(i, (rc, out));
         }
     }
@@ -553,9 +579,18 @@ pub fn boot_test_disk(
         let why = if timed_out {
             format!("no result within {}s", timeout.as_secs())
         } else {
-            format!("the VM stopped before the checks finished ({})", res.err().map(|e| e.to_string()).unwrap_or_else(|| "powered off".into()))
+            format!(
+                "the VM stopped before the checks finished ({})",
+                res.err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "powered off".into())
+            )
         };
-        let stage = if began { "the guest reached multi-user but the checks did not finish" } else { "the guest never reached multi-user" };
+        let stage = if began {
+            "the guest reached multi-user but the checks did not finish"
+        } else {
+            "the guest never reached multi-user"
+        };
         bail!("boot test failed: {why}; {stage} (accelerator {accel}). Console tail:\n{tail_text}");
     }
     let mut problems = Vec::new();
@@ -595,6 +630,29 @@ pub fn boot_test_disk(
     }
     reporter.step_finished(step, t0.elapsed(), CacheStatus::Uncached);
     Ok(())
+}
+
+/// argv[1] of the per-connection bridge qemu's guestfwd runs: stdin/stdout <-> a TCP address.
+pub const TCP_PIPE_ARG: &str = "__webake-tcp-pipe";
+
+/// The bridge: copy stdin to the TCP peer and the peer to stdout until either side closes.
+pub fn tcp_pipe_main_if_requested() -> Option<u8> {
+    let mut args = std::env::args();
+    let _ = args.next();
+    if args.next().as_deref() != Some(TCP_PIPE_ARG) {
+        return None;
+    }
+    let addr = args.next()?;
+    let Ok(sock) = TcpStream::connect(&addr) else { return Some(1) };
+    let Ok(mut up) = sock.try_clone() else { return Some(1) };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = sock;
+    let _ = std::io::copy(&mut down, &mut std::io::stdout().lock());
+    let _ = std::io::stdout().flush();
+    Some(0)
 }
 
 /// A faithful IMDSv2 fake (token PUT with TTL header; GETs need the token) on 127.0.0.1.

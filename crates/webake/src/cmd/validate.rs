@@ -20,7 +20,7 @@ impl ValidateArgs {
         for r in &self.recipes {
             match webake_spec::load(r) {
                 Ok(l) => {
-                    let plan = crate::cmd::bake::make_plan(&l);
+                    let plan = crate::cmd::bake::make_plan(&l, None);
                     match plan {
                         Ok(_) => println!(
                             "{}: ok ({} {}, {} step(s))",
