@@ -556,13 +556,22 @@ fn first_sigint_cancels_cleanly() {
     let env = Env::new();
     let r = env.recipe("slow", &format!("version: 1\nimage:\n  name: slow\n{BASE}provisioners:\n  - shell:\n      name: slow step\n      inline: [\"sleep 60\"]\n"));
     let (m0, l0) = (mounts(), loop_devices());
-    let mut child = env.cmd().args(["bake", "--no-cache", r.to_str().unwrap()]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .cmd()
+        .args(["bake", "--no-cache", r.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.starts_with("==> 1. slow step") {
                 let _ = tx.send(());
             }
@@ -571,19 +580,38 @@ fn first_sigint_cancels_cleanly() {
         }
         all
     });
-    rx.recv_timeout(Duration::from_secs(300)).expect("the slow step never started");
+    rx.recv_timeout(Duration::from_secs(300))
+        .expect("the slow step never started");
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait().unwrap();
     let err = reader.join().unwrap();
     assert_eq!(status.code(), Some(130), "Ctrl-C did not exit 130:\n{err}");
-    assert!(t.elapsed() < Duration::from_secs(30), "cancellation took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "cancellation took {:?}",
+        t.elapsed()
+    );
     assert!(err.contains("cancelled"), "{err}");
     assert_eq!(mounts(), m0, "mounts leaked");
     assert_eq!(loop_devices(), l0);
-    assert!(processes_mentioning(env.path().to_str().unwrap()).is_empty(), "processes left: {:?}", processes_mentioning(env.path().to_str().unwrap()));
-    assert!(env.scratch_entries().is_empty(), "scratch left: {:?}", env.scratch_entries());
+    assert!(
+        processes_mentioning(env.path().to_str().unwrap()).is_empty(),
+        "processes left: {:?}",
+        processes_mentioning(env.path().to_str().unwrap())
+    );
+    assert!(
+        env.scratch_entries().is_empty(),
+        "scratch left: {:?}",
+        env.scratch_entries()
+    );
     let bakes = env.run(&["images", "bakes", "--json"]);
     let bakes: serde_json::Value = serde_json::from_slice(&bakes.stdout).unwrap();
     assert_eq!(bakes[0]["status"], "cancelled");

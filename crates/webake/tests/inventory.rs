@@ -8,7 +8,15 @@ use std::process::Command;
 use common::*;
 
 fn raw_of(v: &serde_json::Value) -> String {
-    v["artifacts"].as_array().unwrap().iter().find(|a| a["format"] == "raw").unwrap()["path"].as_str().unwrap().to_string()
+    v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["format"] == "raw")
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn bake_json(env: &Env, recipe: &Path) -> serde_json::Value {
@@ -34,8 +42,15 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = extract_root(Path::new(&raw_of(&b)), tmp.path());
     let q = Command::new("dpkg-query")
-        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
-        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"])
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+        ])
         .output()
         .unwrap();
     assert!(q.status.success(), "{}", text(&q));
@@ -51,35 +66,106 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| format!("{} {} {}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap(), p["architecture"].as_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{} {} {}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            )
+        })
         .collect();
     recorded.sort();
-    assert_eq!(recorded, from_dpkg, "catalog inventory differs from dpkg-query in the image");
+    assert_eq!(
+        recorded, from_dpkg,
+        "catalog inventory differs from dpkg-query in the image"
+    );
     assert!(recorded.iter().any(|p| p.starts_with("less ")));
 
     // The diff of the two bakes names exactly that package, in every format.
-    let diff = env.run(&["images", "diff", a["id"].as_str().unwrap(), b["id"].as_str().unwrap(), "--format", "json"]);
+    let diff = env.run(&[
+        "images",
+        "diff",
+        a["id"].as_str().unwrap(),
+        b["id"].as_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     assert!(diff.status.success(), "{}", text(&diff));
     let d: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
-    let added: Vec<&str> = d["packages"]["added"].as_array().or(d["added"].as_array()).unwrap_or_else(|| panic!("no added list in {d}")).iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let added: Vec<&str> = d["packages"]["added"]
+        .as_array()
+        .or(d["added"].as_array())
+        .unwrap_or_else(|| panic!("no added list in {d}"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(added, vec!["less"], "diff: {d}");
     for k in ["removed", "upgraded", "downgraded"] {
-        assert!(d[k].as_array().unwrap().is_empty(), "{k} should be empty: {d}");
+        assert!(
+            d[k].as_array().unwrap().is_empty(),
+            "{k} should be empty: {d}"
+        );
     }
-    let md = env.run(&["images", "diff", a["id"].as_str().unwrap(), b["id"].as_str().unwrap(), "--format", "markdown"]);
-    assert!(String::from_utf8_lossy(&md.stdout).contains("less"), "{}", text(&md));
-    let txt = env.run(&["images", "diff", a["id"].as_str().unwrap(), b["id"].as_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&txt.stdout).contains("less"), "{}", text(&txt));
+    let md = env.run(&[
+        "images",
+        "diff",
+        a["id"].as_str().unwrap(),
+        b["id"].as_str().unwrap(),
+        "--format",
+        "markdown",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&md.stdout).contains("less"),
+        "{}",
+        text(&md)
+    );
+    let txt = env.run(&[
+        "images",
+        "diff",
+        a["id"].as_str().unwrap(),
+        b["id"].as_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&txt.stdout).contains("less"),
+        "{}",
+        text(&txt)
+    );
 
     // The clean baked image passes the lint; the SBOM names the package.
     let lint = env.run(&["lint", b["id"].as_str().unwrap()]);
-    assert!(lint.status.success(), "a clean baked image fails the lint: {}", text(&lint));
+    assert!(
+        lint.status.success(),
+        "a clean baked image fails the lint: {}",
+        text(&lint)
+    );
     let dir = Path::new(&raw_of(&b)).parent().unwrap().to_path_buf();
-    let spdx = std::fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().ends_with(".spdx.json")).unwrap().path();
-    assert!(std::fs::read_to_string(spdx).unwrap().contains("pkg:deb/debian/less@"));
+    let spdx = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".spdx.json"))
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(spdx)
+            .unwrap()
+            .contains("pkg:deb/debian/less@")
+    );
     // The .debs apt downloaded went to the shared package cache, not into the image.
-    assert!(std::fs::read_dir(env.cache.join("packages")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("less_")), "package cache not shared");
-    assert!(!std::fs::read_dir(root.join("var/cache/apt/archives")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".deb")), ".debs left in the image");
+    assert!(
+        std::fs::read_dir(env.cache.join("packages"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("less_")),
+        "package cache not shared"
+    );
+    assert!(
+        !std::fs::read_dir(root.join("var/cache/apt/archives"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".deb")),
+        ".debs left in the image"
+    );
 }
 
 #[test]
@@ -91,16 +177,34 @@ fn secret_values_never_reach_logs_catalog_or_image() {
         "secret",
         &format!("version: 1\nimage:\n  name: secret\n{BASE}provisioners:\n  - shell:\n      name: uses a secret\n      secret_env: [WEBAKE_TEST_SECRET]\n      inline:\n        - echo \"the token is $WEBAKE_TEST_SECRET\"\n        - echo \"$WEBAKE_TEST_SECRET\" > /etc/leaked-token\n"),
     );
-    let o = env.cmd().env("WEBAKE_TEST_SECRET", secret).args(["bake", r.to_str().unwrap()]).output().unwrap();
+    let o = env
+        .cmd()
+        .env("WEBAKE_TEST_SECRET", secret)
+        .args(["bake", r.to_str().unwrap()])
+        .output()
+        .unwrap();
     let all = text(&o);
-    assert!(!o.status.success(), "a secret written into the image passed the lint: {all}");
-    assert!(all.contains("secret-value") && all.contains("/etc/leaked-token"), "the lint does not name the rule and file: {all}");
-    assert!(all.contains("the token is [REDACTED]"), "output not redacted: {all}");
+    assert!(
+        !o.status.success(),
+        "a secret written into the image passed the lint: {all}"
+    );
+    assert!(
+        all.contains("secret-value") && all.contains("/etc/leaked-token"),
+        "the lint does not name the rule and file: {all}"
+    );
+    assert!(
+        all.contains("the token is [REDACTED]"),
+        "output not redacted: {all}"
+    );
     assert!(!all.contains(secret), "the secret reached the output");
     // Not in the bake log, not in the catalog.
     for e in walk(&env.data) {
         let bytes = std::fs::read(&e).unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&bytes).contains(secret), "the secret is in {}", e.display());
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "the secret is in {}",
+            e.display()
+        );
     }
 }
 
