@@ -19,10 +19,36 @@ use crate::provision::{self, BakeVars, STAGING, StepPlan};
 use crate::reporter::{CacheStatus, Reporter};
 use crate::workspace::{Workspace, mkdir_p};
 
+/// Where the base root filesystem comes from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum BasePlan {
+    /// Bootstrapped with mmdebstrap into the cache (`base.mmdebstrap`).
+    Mmdebstrap(BootstrapPlan),
+    /// A root filesystem the caller prepared before the bake (e.g. extracted from an AMI's
+    /// root snapshot by the CLI: this crate never talks to clouds), committed to the
+    /// bootstrap cache as `<bootstrap_dir>/<key>/rootfs`. The bake only reads it.
+    Prepared {
+        key: String,
+        rootfs: PathBuf,
+        description: String,
+    },
+}
+
+impl BasePlan {
+    /// The cache key of the base (the first link of every step key).
+    pub fn key(&self) -> &str {
+        match self {
+            BasePlan::Mmdebstrap(b) => &b.key,
+            BasePlan::Prepared { key, .. } => key,
+        }
+    }
+}
+
 /// The plan: what will run, with the cache key of every step.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    pub bootstrap: BootstrapPlan,
+    pub base: BasePlan,
     pub steps: Vec<StepPlan>,
     /// Digest of everything that determines the image (recipe text, base, step inputs).
     pub inputs_digest: String,
@@ -45,23 +71,28 @@ pub fn plan(
         }
         Base::Ami(a) => {
             return Err(BuildError::Invalid(format!(
-                "{}: base `ami: {}` needs the AWS integration (webake publish); use base.mmdebstrap",
+                "{}: base `ami: {}` is prepared by the caller (downloaded and extracted before the bake); plan it with plan_with_base",
                 recipe.path.display(),
                 a.id
             )));
         }
     };
     let bootstrap = BootstrapPlan::new(base, &recipe.dir, env_mirror, host_sources)?;
-    let steps = provision::plan_steps(recipe, &bootstrap.key, &[])?;
+    plan_with_base(recipe, BasePlan::Mmdebstrap(bootstrap))
+}
+
+/// Compute the plan on top of an already decided base (reads the recipe's input files).
+pub fn plan_with_base(recipe: &LoadedRecipe, base: BasePlan) -> Result<Plan> {
+    let steps = provision::plan_steps(recipe, base.key(), &[])?;
     let recipe_digest = sha256_hex(recipe.source.as_bytes());
     let last = steps
         .last()
         .map(|s| s.key.clone())
-        .unwrap_or_else(|| bootstrap.key.clone());
+        .unwrap_or_else(|| base.key().to_string());
     let inputs_digest =
         sha256_hex(format!("webake-inputs-v1\n{recipe_digest}\n{last}\n").as_bytes());
     Ok(Plan {
-        bootstrap,
+        base,
         steps,
         inputs_digest,
         recipe_digest,
@@ -157,16 +188,19 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if !self.keep
-            && let Err(e) = webake_sys::fsutil::remove_dir_all_if_exists(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not remove scratch directory");
-            }
+            && let Err(e) = webake_sys::fsutil::remove_dir_all_if_exists(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove scratch directory");
+        }
     }
 }
 
 pub fn bake(req: BakeRequest<'_>) -> Result<BakeResult> {
     req.workspace.ensure()?;
     crate::assemble::check_host_tools()?;
-    if webake_sys::process::which("mmdebstrap").is_none() {
+    if matches!(req.plan.base, BasePlan::Mmdebstrap(_))
+        && webake_sys::process::which("mmdebstrap").is_none()
+    {
         return Err(BuildError::MissingTool {
             tool: "mmdebstrap".into(),
             hint: "apt-get install mmdebstrap".into(),
@@ -217,72 +251,100 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         Ok(())
     };
 
-    // 1. Bootstrap (cached).
-    let bs = &plan.bootstrap;
+    // 1. Bootstrap (cached), or the base the caller prepared.
     let step = "bootstrap";
     let t = Instant::now();
-    let base_root = match bootstrap::cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key)
-        .filter(|_| !req.refresh_base)
-    {
-        Some(root) => {
-            req.reporter.step_started(
-                step,
-                &format!("cached base {} ({})", &bs.key[..12], bs.suite),
-            );
-            touch(&req.workspace.bootstrap_dir().join(&bs.key));
+    let base_root = match &plan.base {
+        BasePlan::Prepared {
+            key,
+            rootfs,
+            description,
+        } => {
+            req.reporter
+                .step_started(step, &format!("{description}: cached base {}", &key[..12]));
+            if !rootfs.is_dir() {
+                return Err(BuildError::Invalid(format!(
+                    "the prepared base {} is missing (was the cache cleared during the bake?)",
+                    rootfs.display()
+                ))
+                .in_step(step));
+            }
+            touch(&req.workspace.bootstrap_dir().join(key));
             req.reporter
                 .step_finished(step, t.elapsed(), CacheStatus::Hit);
             steps.push(StepReport {
                 name: step.into(),
                 cache: CacheStatus::Hit,
                 seconds: t.elapsed().as_secs_f64(),
-                detail: bs.key.clone(),
+                detail: key.clone(),
             });
-            root
+            rootfs.clone()
         }
-        None => {
-            let why = if req.refresh_base {
-                "refresh requested".to_string()
-            } else {
-                format!("no cached base for key {}", &bs.key[..12])
-            };
-            req.reporter.step_started(
-                step,
-                &format!(
-                    "mmdebstrap {} {} (mirror: {}; {why})",
-                    bs.suite,
-                    bs.variant,
-                    bs.mirror.as_deref().unwrap_or("default")
-                ),
-            );
-            let staging = req
-                .workspace
-                .bootstrap_dir()
-                .join(bootstrap::staging_name(&bs.key, &req.bake_id));
-            let _cleanup = RemoveOnDrop(staging.clone());
-            mkdir_p(&staging)?;
-            let target = staging.join("rootfs");
-            let mut argv = vec!["mmdebstrap".to_string()];
-            argv.extend(bs.args(&target, None));
-            let spec = SandboxSpec::host(argv);
-            run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
-            let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": jiff_now()});
-            write_json(&staging.join("meta.json"), &meta)?;
-            let dest = req.workspace.bootstrap_dir().join(&bs.key);
-            if req.refresh_base {
-                webake_sys::fsutil::remove_dir_all_if_exists(&dest)
-                    .map_err(|e| BuildError::io(&dest, e))?;
+        BasePlan::Mmdebstrap(bs) => {
+            match bootstrap::cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key)
+                .filter(|_| !req.refresh_base)
+            {
+                Some(root) => {
+                    req.reporter.step_started(
+                        step,
+                        &format!("cached base {} ({})", &bs.key[..12], bs.suite),
+                    );
+                    touch(&req.workspace.bootstrap_dir().join(&bs.key));
+                    req.reporter
+                        .step_finished(step, t.elapsed(), CacheStatus::Hit);
+                    steps.push(StepReport {
+                        name: step.into(),
+                        cache: CacheStatus::Hit,
+                        seconds: t.elapsed().as_secs_f64(),
+                        detail: bs.key.clone(),
+                    });
+                    root
+                }
+                None => {
+                    let why = if req.refresh_base {
+                        "refresh requested".to_string()
+                    } else {
+                        format!("no cached base for key {}", &bs.key[..12])
+                    };
+                    req.reporter.step_started(
+                        step,
+                        &format!(
+                            "mmdebstrap {} {} (mirror: {}; {why})",
+                            bs.suite,
+                            bs.variant,
+                            bs.mirror.as_deref().unwrap_or("default")
+                        ),
+                    );
+                    let staging = req
+                        .workspace
+                        .bootstrap_dir()
+                        .join(bootstrap::staging_name(&bs.key, &req.bake_id));
+                    let _cleanup = RemoveOnDrop(staging.clone());
+                    mkdir_p(&staging)?;
+                    let target = staging.join("rootfs");
+                    let mut argv = vec!["mmdebstrap".to_string()];
+                    argv.extend(bs.args(&target, None));
+                    let spec = SandboxSpec::host(argv);
+                    run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
+                    let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": jiff_now()});
+                    write_json(&staging.join("meta.json"), &meta)?;
+                    let dest = req.workspace.bootstrap_dir().join(&bs.key);
+                    if req.refresh_base {
+                        webake_sys::fsutil::remove_dir_all_if_exists(&dest)
+                            .map_err(|e| BuildError::io(&dest, e))?;
+                    }
+                    bootstrap::commit_entry(&staging, &dest)?;
+                    req.reporter
+                        .step_finished(step, t.elapsed(), CacheStatus::Miss);
+                    steps.push(StepReport {
+                        name: step.into(),
+                        cache: CacheStatus::Miss,
+                        seconds: t.elapsed().as_secs_f64(),
+                        detail: why,
+                    });
+                    dest.join("rootfs")
+                }
             }
-            bootstrap::commit_entry(&staging, &dest)?;
-            req.reporter
-                .step_finished(step, t.elapsed(), CacheStatus::Miss);
-            steps.push(StepReport {
-                name: step.into(),
-                cache: CacheStatus::Miss,
-                seconds: t.elapsed().as_secs_f64(),
-                detail: why,
-            });
-            dest.join("rootfs")
         }
     };
     check_cancel(&req.cancel)?;
@@ -416,7 +478,11 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             // bakes, never written into the layer, and concurrent bakes never share apt's lock.
             let debs = scratch.join("debs");
             link_debs(&req.workspace.packages_dir(), &debs)?;
-            binds.push(Bind { source: debs.clone(), target: "/var/cache/apt/archives".into(), readonly: false });
+            binds.push(Bind {
+                source: debs.clone(),
+                target: "/var/cache/apt/archives".into(),
+                readonly: false,
+            });
             binds.push(Bind {
                 source: gen_dir.clone(),
                 target: format!("{STAGING}/gen").into(),
@@ -660,7 +726,9 @@ fn jiff_now() -> String {
 /// Hard-link every `*.deb` of `from` into `to` (same filesystem), creating `to/partial`.
 fn link_debs(from: &Path, to: &Path) -> Result<()> {
     mkdir_p(&to.join("partial"))?;
-    let Ok(rd) = std::fs::read_dir(from) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(from) else {
+        return Ok(());
+    };
     for e in rd.flatten() {
         let name = e.file_name();
         if !name.to_string_lossy().ends_with(".deb") || !e.path().is_file() {
