@@ -191,9 +191,10 @@ pub fn parse_debian_mirror(text: &str) -> Option<String> {
             };
             let mut it = rest.split_whitespace();
             if let (Some(uri), Some(suite)) = (it.next(), it.next())
-                && usable(uri, suite) {
-                    return Some(uri.trim_end_matches('/').to_string());
-                }
+                && usable(uri, suite)
+            {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
         }
     }
     // deb822: paragraphs with Types/URIs/Suites
@@ -212,9 +213,10 @@ pub fn parse_debian_mirror(text: &str) -> Option<String> {
             }
         }
         if types.split_whitespace().any(|t| t == "deb")
-            && let Some(uri) = uris.split_whitespace().find(|u| usable(u, suites)) {
-                return Some(uri.trim_end_matches('/').to_string());
-            }
+            && let Some(uri) = uris.split_whitespace().find(|u| usable(u, suites))
+        {
+            return Some(uri.trim_end_matches('/').to_string());
+        }
     }
     None
 }

@@ -156,16 +156,17 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         && std::fs::symlink_metadata(&p)
             .map(|m| m.is_file())
             .unwrap_or(false)
-        {
-            remove_any(&p)?;
-            did("removed /var/lib/dbus/machine-id".into());
-        }
+    {
+        remove_any(&p)?;
+        did("removed /var/lib/dbus/machine-id".into());
+    }
 
     // Hostname: none baked in; the agent (or DHCP) sets it at boot.
     if let Some(p) = inner(root, "etc/hostname")
-        && remove_any(&p)? {
-            did("removed /etc/hostname".into());
-        }
+        && remove_any(&p)?
+    {
+        did("removed /etc/hostname".into());
+    }
     if let Some(p) = inner(root, "etc/hosts") {
         let keep = std::fs::symlink_metadata(&p)
             .map(|m| m.is_file())
@@ -183,13 +184,14 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
     // symlink (systemd-resolved) is the image's own and stays.
     if let Some(p) = inner(root, "etc/resolv.conf")
         && let Ok(md) = std::fs::symlink_metadata(&p)
-            && md.is_file() {
-                let content = std::fs::read(&p).map_err(|e| BuildError::io(&p, e))?;
-                if host_resolv_conf.is_none_or(|h| h == content.as_slice()) || !content.is_empty() {
-                    write_file(&p, b"", 0o644)?;
-                    did("emptied /etc/resolv.conf (DNS is configured at boot)".into());
-                }
-            }
+        && md.is_file()
+    {
+        let content = std::fs::read(&p).map_err(|e| BuildError::io(&p, e))?;
+        if host_resolv_conf.is_none_or(|h| h == content.as_slice()) || !content.is_empty() {
+            write_file(&p, b"", 0o644)?;
+            did("emptied /etc/resolv.conf (DNS is configured at boot)".into());
+        }
+    }
 
     // apt lists and caches.
     if let Some(p) = inner(root, "var/lib/apt/lists") {
@@ -227,30 +229,32 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         "usr/sbin/policy-rc.d",
     ] {
         if let Some(p) = inner(root, rel)
-            && remove_any(&p)? {
-                did(format!("removed /{rel}"));
-            }
+            && remove_any(&p)?
+        {
+            did(format!("removed /{rel}"));
+        }
     }
     for dir in ["home"] {
         if let Some(h) = inner(root, dir)
-            && let Ok(rd) = std::fs::read_dir(&h) {
-                for e in rd.flatten() {
-                    if std::fs::symlink_metadata(e.path())
-                        .map(|m| m.is_dir())
-                        .unwrap_or(false)
-                    {
-                        for f in [".bash_history", ".ansible"] {
-                            let p = e.path().join(f);
-                            if remove_any(&p)? {
-                                did(format!(
-                                    "removed {}",
-                                    p.strip_prefix(root).unwrap_or(&p).display()
-                                ));
-                            }
+            && let Ok(rd) = std::fs::read_dir(&h)
+        {
+            for e in rd.flatten() {
+                if std::fs::symlink_metadata(e.path())
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+                {
+                    for f in [".bash_history", ".ansible"] {
+                        let p = e.path().join(f);
+                        if remove_any(&p)? {
+                            did(format!(
+                                "removed {}",
+                                p.strip_prefix(root).unwrap_or(&p).display()
+                            ));
                         }
                     }
                 }
             }
+        }
     }
     // Logs of the build itself.
     for rel in ["var/log/apt", "var/log/installer"] {
@@ -267,9 +271,9 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
             && std::fs::symlink_metadata(&p)
                 .map(|m| m.is_file())
                 .unwrap_or(false)
-            {
-                write_file(&p, b"", 0o644)?;
-            }
+        {
+            write_file(&p, b"", 0o644)?;
+        }
     }
     Ok(r)
 }

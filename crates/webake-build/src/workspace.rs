@@ -203,9 +203,10 @@ pub fn du(p: &Path) -> u64 {
         };
         total += md.blocks() * 512;
         if md.is_dir()
-            && let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
+            && let Ok(rd) = std::fs::read_dir(&d)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
     }
     total
 }

@@ -263,9 +263,10 @@ pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
 fn strip_location(msg: &str) -> String {
     let msg = msg.trim();
     if let Some(i) = msg.rfind(" at line ")
-        && msg[i..].contains("column") {
-            return msg[..i].to_string();
-        }
+        && msg[i..].contains("column")
+    {
+        return msg[..i].to_string();
+    }
     msg.to_string()
 }
 
@@ -341,20 +342,21 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
             && !(mirror.starts_with("http://")
                 || mirror.starts_with("https://")
                 || mirror.starts_with("file://"))
-            {
-                return Err((
-                    at("mirror"),
-                    format!("mirror must be an http(s):// or file:// URL, got {mirror:?}"),
-                ));
-            }
-    }
-    if let Base::Ami(a) = &r.base
-        && !a.id.starts_with("ami-") {
+        {
             return Err((
-                vec![key("base"), key("ami"), key("id")],
-                format!("{:?} is not an AMI id (ami-…)", a.id),
+                at("mirror"),
+                format!("mirror must be an http(s):// or file:// URL, got {mirror:?}"),
             ));
         }
+    }
+    if let Base::Ami(a) = &r.base
+        && !a.id.starts_with("ami-")
+    {
+        return Err((
+            vec![key("base"), key("ami"), key("id")],
+            format!("{:?} is not an AMI id (ami-…)", a.id),
+        ));
+    }
     let d = &r.disk;
     if !d.boot.contains(&BootMode::Uefi) {
         return Err((
@@ -480,12 +482,12 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
                     && u32::from_str_radix(m, 8)
                         .map(|v| v > 0o7777)
                         .unwrap_or(true)
-                    {
-                        return Err((
-                            at("mode"),
-                            format!("mode {m:?} is not an octal mode like \"0644\""),
-                        ));
-                    }
+                {
+                    return Err((
+                        at("mode"),
+                        format!("mode {m:?} is not an octal mode like \"0644\""),
+                    ));
+                }
                 if let Some(o) = &f.owner {
                     let ok = o.split(':').count() <= 2
                         && o.split(':').all(|p| {
@@ -538,12 +540,13 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
         }
     }
     if let Some(t) = &r.test
-        && (t.timeout_secs == 0 || t.timeout_secs > 3600) {
-            return Err((
-                vec![key("test"), key("timeout_secs")],
-                "timeout must be between 1 and 3600 seconds".into(),
-            ));
-        }
+        && (t.timeout_secs == 0 || t.timeout_secs > 3600)
+    {
+        return Err((
+            vec![key("test"), key("timeout_secs")],
+            "timeout must be between 1 and 3600 seconds".into(),
+        ));
+    }
     Ok(())
 }
 

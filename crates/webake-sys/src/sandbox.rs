@@ -458,9 +458,10 @@ fn reap_until(child: Pid) -> u8 {
         match waitpid(Pid::from_raw(-1), None) {
             Ok(ws) => {
                 if ws.pid() == Some(child)
-                    && let Some(c) = status_code(ws) {
-                        return c;
-                    }
+                    && let Some(c) = status_code(ws)
+                {
+                    return c;
+                }
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 125,
@@ -627,9 +628,10 @@ impl ReplacedFile {
             ),
         };
         if let Some(parent) = path.parent()
-            && !parent.is_dir() {
-                return Err(format!("{} does not exist in the image", parent.display()));
-            }
+            && !parent.is_dir()
+        {
+            return Err(format!("{} does not exist in the image", parent.display()));
+        }
         let _ = std::fs::remove_file(path);
         std::fs::write(path, content).map_err(|e| format!("write {}: {e}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -33,7 +33,11 @@ pub struct CodedError {
 }
 
 pub fn coded(code: u8, source: impl Into<anyhow::Error>) -> anyhow::Error {
-    CodedError { code, source: source.into() }.into()
+    CodedError {
+        code,
+        source: source.into(),
+    }
+    .into()
 }
 
 /// Print the error chain (each cause once) and return the exit code.
@@ -70,10 +74,10 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<webake_spec::SpecError>().is_some() {
             return INVALID_INPUT;
         }
-        if let Some(b) = cause.downcast_ref::<webake_build::BuildError>() {
-            if b.is_cancelled() {
-                return INTERRUPTED;
-            }
+        if let Some(b) = cause.downcast_ref::<webake_build::BuildError>()
+            && b.is_cancelled()
+        {
+            return INTERRUPTED;
         }
     }
     FAILURE

@@ -273,9 +273,10 @@ fn recap(output: &str) -> std::collections::BTreeMap<String, u64> {
         }
         for kv in line.split_whitespace() {
             if let Some((k, v)) = kv.split_once('=')
-                && let Ok(n) = v.parse::<u64>() {
-                    *m.entry(k.to_string()).or_insert(0) += n;
-                }
+                && let Ok(n) = v.parse::<u64>()
+            {
+                *m.entry(k.to_string()).or_insert(0) += n;
+            }
         }
     }
     m
@@ -396,7 +397,11 @@ fn kubernetes_node_roles_take_effect() {
         ])
         .output()
         .expect("chroot unbound-checkconf");
-    assert!(o.status.success(), "unbound's configuration is invalid: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "unbound's configuration is invalid: {}",
+        text(&o)
+    );
 
     // network: networkd DHCP on en*, network-online waits for it (the agent needs it)
     let net = read(&root, "etc/systemd/network/10-dhcp.network");

@@ -313,17 +313,17 @@ pub fn bake_recipe(
         };
         let agent_bin = agent_binary();
         let inspect = |tree: &Path| -> Result<(), String> {
-            if let Some(agent) = &recipe.recipe.agent {
-                if agent.install {
-                    let bin = agent_bin.as_ref().ok_or("the recipe installs the webake agent, but no webake-agent binary was found next to webake (build it with `cargo build -p webake-agent`, or set WEBAKE_AGENT_BINARY)")?;
-                    crate::cmd::agent::install_agent(
-                        tree,
-                        bin,
-                        recipe.recipe.image.role.as_deref(),
-                        agent.hostname_template.as_deref(),
-                    )
-                    .map_err(|e| format!("installing the agent: {e:#}"))?;
-                }
+            if let Some(agent) = &recipe.recipe.agent
+                && agent.install
+            {
+                let bin = agent_bin.as_ref().ok_or("the recipe installs the webake agent, but no webake-agent binary was found next to webake (build it with `cargo build -p webake-agent`, or set WEBAKE_AGENT_BINARY)")?;
+                crate::cmd::agent::install_agent(
+                    tree,
+                    bin,
+                    recipe.recipe.image.role.as_deref(),
+                    agent.hostname_template.as_deref(),
+                )
+                .map_err(|e| format!("installing the agent: {e:#}"))?;
             }
             let inv = webake_inventory::collect(tree, provenance.clone())
                 .map_err(|e| format!("inventory: {e}"))?;

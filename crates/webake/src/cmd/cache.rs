@@ -60,8 +60,8 @@ impl CacheCommand {
                 } else {
                     let total: u64 = entries.iter().map(|e| e.bytes).sum();
                     println!(
-                        "{:<9} {:<14} {:>10}  {:<17} {}",
-                        "KIND", "KEY", "SIZE", "LAST USED", "STEP"
+                        "{:<9} {:<14} {:>10}  {:<17} STEP",
+                        "KIND", "KEY", "SIZE", "LAST USED"
                     );
                     for e in &entries {
                         let when = jiff::Timestamp::from_second(e.last_used)

@@ -84,8 +84,8 @@ impl ImagesCommand {
                     );
                 } else {
                     println!(
-                        "{:<17} {:<24} {:<20} {:<18} {:>10}  {}",
-                        "ID", "FAMILY", "VERSION", "CREATED", "SIZE", "TEST"
+                        "{:<17} {:<24} {:<20} {:<18} {:>10}  TEST",
+                        "ID", "FAMILY", "VERSION", "CREATED", "SIZE"
                     );
                     for i in &imgs {
                         let size = i

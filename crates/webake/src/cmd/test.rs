@@ -160,10 +160,10 @@ pub fn probe_accel(code: &Path) -> (String, String) {
     if let Some(a) = ACCEL_OVERRIDE.get() {
         return (a.clone(), "forced".into());
     }
-    if let Ok(a) = std::env::var("WEBAKE_ACCEL") {
-        if a == "kvm" || a == "tcg" {
-            return (a, "WEBAKE_ACCEL".into());
-        }
+    if let Ok(a) = std::env::var("WEBAKE_ACCEL")
+        && (a == "kvm" || a == "tcg")
+    {
+        return (a, "WEBAKE_ACCEL".into());
     }
     if !Path::new("/dev/kvm").exists() {
         return ("tcg".into(), "/dev/kvm is absent".into());
@@ -457,7 +457,9 @@ pub fn boot_test_disk(
         // connection made at qemu start, shared by every guest connection).
         Some(f) => format!(
             "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.1,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:{} {TCP_PIPE_ARG} 127.0.0.1:{}",
-            std::env::current_exe().context("locating the webake executable")?.display(),
+            std::env::current_exe()
+                .context("locating the webake executable")?
+                .display(),
             f.port
         ),
         None => "user,id=n0,restrict=on".to_string(),
@@ -606,13 +608,13 @@ pub fn boot_test_disk(
                 reporter.output(step, &format!("check {}: rc={rc} {out_t}", c.name));
                 if *rc != 0 {
                     problems.push(format!("check {:?} exited with {rc}: {out_t}", c.name));
-                } else if let Some(exp) = &c.expect_stdout {
-                    if out_t != exp.trim() {
-                        problems.push(format!(
-                            "check {:?}: expected {exp:?}, got {out_t:?}",
-                            c.name
-                        ));
-                    }
+                } else if let Some(exp) = &c.expect_stdout
+                    && out_t != exp.trim()
+                {
+                    problems.push(format!(
+                        "check {:?}: expected {exp:?}, got {out_t:?}",
+                        c.name
+                    ));
                 }
             }
         }
@@ -643,8 +645,12 @@ pub fn tcp_pipe_main_if_requested() -> Option<u8> {
         return None;
     }
     let addr = args.next()?;
-    let Ok(sock) = TcpStream::connect(&addr) else { return Some(1) };
-    let Ok(mut up) = sock.try_clone() else { return Some(1) };
+    let Ok(sock) = TcpStream::connect(&addr) else {
+        return Some(1);
+    };
+    let Ok(mut up) = sock.try_clone() else {
+        return Some(1);
+    };
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
         let _ = up.shutdown(std::net::Shutdown::Write);
