@@ -68,6 +68,12 @@ pub fn plan(recipe: &LoadedRecipe, base: &AmiBase, ws: Option<&Workspace>) -> an
     let (key, snapshot) = match ws {
         Some(_) => {
             let root = resolve(base)?;
+            if let Some(arch) = root.architecture.as_deref().filter(|a| *a != "x86_64") {
+                bail!(
+                    "base AMI {} is {arch}; webake assembles x86-64 UEFI disks only",
+                    base.id
+                );
+            }
             (base_key(base, &root.snapshot_id), root.snapshot_id)
         }
         None => (base_key(base, "unresolved"), "unresolved".to_string()),
