@@ -8,4 +8,4 @@ export PATH="$PWD/target/pyenv/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # Two test threads: a bake uses both cores for a while; more threads only thrash.
-cargo test --locked --workspace -- --test-threads=2
+cargo test --locked --workspace --no-fail-fast -- --test-threads=2
