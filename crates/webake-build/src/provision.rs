@@ -52,6 +52,14 @@ pub fn step_label(i: usize, p: &Provisioner) -> String {
 /// Paths a step reads from the host, by input name.
 pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathBuf)> {
     let mut v = Vec::new();
+    // A playbook is read together with its directory (roles/, group_vars/ next to it; that is
+    // what ansible-local stages): the key covers that directory too.
+    let mut siblings = Vec::new();
+    let mut playbook_dir_of = |pb: &webake_spec::RecipePath| {
+        if let Some(d) = recipe.resolve(pb).parent() {
+            siblings.push((format!("playbook_siblings:{pb}"), d.to_path_buf()));
+        }
+    };
     let mut add = |name: String, rp: &webake_spec::RecipePath| v.push((name, recipe.resolve(rp)));
     match p {
         Provisioner::Shell(s) => {
@@ -63,6 +71,7 @@ pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathB
         Provisioner::AnsibleLocal(a) => {
             for pb in a.playbook_file.as_slice() {
                 add(format!("playbook:{pb}"), pb);
+                playbook_dir_of(pb);
             }
             if let Some(d) = &a.playbook_dir {
                 add(format!("playbook_dir:{d}"), d);
@@ -86,6 +95,7 @@ pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathB
         Provisioner::Ansible(a) => {
             for pb in a.playbook_file.as_slice() {
                 add(format!("playbook:{pb}"), pb);
+                playbook_dir_of(pb);
             }
             for r in &a.role_paths {
                 add(format!("roles:{r}"), r);
@@ -100,6 +110,7 @@ pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathB
             }
         }
     }
+    v.extend(siblings);
     v
 }
 
