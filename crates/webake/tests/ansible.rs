@@ -662,9 +662,11 @@ fn assert_failing_playbook_fails_cleanly(world: &World, recipe: &Path) {
     assert!(left.is_empty(), "artifacts left behind: {left:?}");
 }
 
+/// `DIR/playbooks/fail.yml` (its own directory: a playbook's directory is staged and hashed).
 fn failing_playbook(dir: &Path) {
+    std::fs::create_dir_all(dir.join("playbooks")).expect("mkdir playbooks");
     std::fs::write(
-        dir.join("fail.yml"),
+        dir.join("playbooks/fail.yml"),
         format!(
             "- name: failing play\n  hosts: all\n  gather_facts: false\n  tasks:\n    - name: a task that works\n      ansible.builtin.raw: 'true'\n    - name: {FAILING_TASK}\n      ansible.builtin.raw: 'echo about to fail; exit 3'\n    - name: never reached\n      ansible.builtin.raw: 'touch /never'\n"
         ),
@@ -681,7 +683,7 @@ fn failing_task_fails_the_bake_ansible_local() {
     let k8s = std::fs::read_to_string(recipe("kubernetes-node.yaml")).expect("recipe");
     let head = &k8s[..k8s.find("  - ansible-local:").expect("ansible-local step")];
     let body = format!(
-        "{head}  - ansible-local:\n      name: failing roles\n      playbook_file: fail.yml\noutputs: [raw]\n"
+        "{head}  - ansible-local:\n      name: failing roles\n      playbook_file: playbooks/fail.yml\noutputs: [raw]\n"
     );
     let r = world.path().join("failing-local.yaml");
     std::fs::write(&r, body).expect("write recipe");
@@ -695,7 +697,7 @@ fn failing_task_fails_the_bake_ansible_host() {
     let k8s = std::fs::read_to_string(recipe("kubernetes-node.yaml")).expect("recipe");
     let head = &k8s[..k8s.find("provisioners:").expect("provisioners")];
     let body = format!(
-        "{head}provisioners:\n  - ansible:\n      name: failing roles\n      playbook_file: fail.yml\noutputs: [raw]\n"
+        "{head}provisioners:\n  - ansible:\n      name: failing roles\n      playbook_file: playbooks/fail.yml\noutputs: [raw]\n"
     );
     let r = world.path().join("failing-host.yaml");
     std::fs::write(&r, body).expect("write recipe");
@@ -755,4 +757,58 @@ fn bastion_is_provisioned_from_the_host_without_ansible_in_the_image() {
             "/{p} is in the image"
         );
     }
+}
+
+#[test]
+fn editing_a_role_changes_the_ansible_step_key() {
+    // Roles next to the playbook are staged with it: a change to one must re-run the step
+    // (a stale cached layer would silently ship the old role).
+    let world = World::new();
+    let copy = world.path().join("ansible");
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("examples/ansible"))
+        .arg(&copy)
+        .output()
+        .expect("cp");
+    assert!(o.status.success(), "{}", text(&o));
+    let k8s = std::fs::read_to_string(recipe("kubernetes-node.yaml")).expect("recipe");
+    let r = world.path().join("copy.yaml");
+    std::fs::write(
+        &r,
+        k8s.replace(
+            "playbook_file: ../examples/ansible/kubernetes-node.yml",
+            "playbook_file: ansible/kubernetes-node.yml",
+        ),
+    )
+    .expect("write recipe");
+    let keys = || -> Vec<String> {
+        let o = world.webake(&["bake", "--dry-run", &r.display().to_string()]);
+        assert!(o.status.success(), "dry run: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("step"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "key")
+                    .nth(1)
+                    .expect("step key")
+                    .to_string()
+            })
+            .collect()
+    };
+    let before = keys();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let tasks = copy.join("roles/ulimits/defaults/main.yml");
+    let text_before = std::fs::read_to_string(&tasks).expect("role defaults");
+    std::fs::write(&tasks, text_before.replace("65536", "65535")).expect("edit role");
+    let after = keys();
+    assert_eq!(
+        after[0], before[0],
+        "the shell step does not read the roles"
+    );
+    assert_ne!(
+        after[1], before[1],
+        "editing a role did not change the ansible step's key"
+    );
 }

@@ -200,15 +200,31 @@ fn bake_example_and_inspect_without_booting() {
         env.scratch_entries()
     );
 
-    // A second bake of unchanged inputs reuses every cached layer.
+    // A second bake of unchanged inputs is a no-op: the image is up to date.
+    let t = Instant::now();
     let again = env.run(&["bake", "recipes/debian-minimal.yaml"]);
     assert!(again.status.success(), "{}", text(&again));
-    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("image {id} is up to date")),
+        "{}",
+        text(&again)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "an unchanged bake took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(env.images_json().as_array().unwrap().len(), 1);
+    // --force bakes again, reusing every cached layer (no bootstrap).
+    let forced = env.run(&["bake", "--force", "recipes/debian-minimal.yaml"]);
+    assert!(forced.status.success(), "{}", text(&forced));
+    let e = String::from_utf8_lossy(&forced.stderr);
     assert!(
         e.contains("<== bootstrap: done in") && e.contains("(cached)"),
         "{e}"
     );
     assert!(!e.contains("mmdebstrap"), "bootstrapped again:\n{e}");
+    assert_eq!(env.images_json().as_array().unwrap().len(), 2);
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn killed_mid_write_entry_is_ignored_and_cache_never_changes_results() {
         "a corrupt entry counted as a hit:\n{dry}"
     );
 
-    let second = env.run(&["bake", r.to_str().unwrap(), "--json"]);
+    let second = env.run(&["bake", "--force", r.to_str().unwrap(), "--json"]);
     assert!(second.status.success(), "{}", text(&second));
     let second: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     let raw = second["image"]["artifacts"]

@@ -33,6 +33,9 @@ pub struct BakeArgs {
     /// Ignore cached step layers
     #[arg(long)]
     pub no_cache: bool,
+    /// Bake even if the catalog already has an image baked from exactly these inputs
+    #[arg(long)]
+    pub force: bool,
     /// Keep the scratch directory of a failed bake for debugging
     #[arg(long)]
     pub keep_on_error: bool,
@@ -64,6 +67,31 @@ impl BakeArgs {
         if self.dry_run || self.explain {
             print_plan(&recipe, &plan, settings);
             if self.dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        // Unchanged inputs: the image already exists (artifacts intact): nothing to do.
+        if !(self.force || self.no_cache || self.refresh_base || self.test) {
+            if let Some(img) = up_to_date(settings, recipe.family(), &plan.inputs_digest)? {
+                if !settings.quiet {
+                    eprintln!(
+                        "--- image {} is up to date: baked from the same inputs (digest {}); --force bakes again",
+                        img.id,
+                        &plan.inputs_digest[..16]
+                    );
+                }
+                let outcome = BakeOutcome {
+                    bake_id: img.bake_id.clone(),
+                    log: PathBuf::new(),
+                    seconds: 0.0,
+                    steps: vec![],
+                    image: img,
+                };
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&outcome)?);
+                } else {
+                    print_outcome(&outcome);
+                }
                 return Ok(ExitCode::SUCCESS);
             }
         }
@@ -148,6 +176,28 @@ fn print_plan(recipe: &LoadedRecipe, plan: &Plan, settings: &Settings) {
         recipe.recipe.disk.size, recipe.recipe.outputs
     );
     println!("  inputs digest {}", plan.inputs_digest);
+}
+
+/// The catalog's image of `family` baked from exactly `inputs_digest`, if its artifacts are
+/// all still there with their recorded sizes.
+pub fn up_to_date(
+    settings: &Settings,
+    family: &str,
+    inputs_digest: &str,
+) -> anyhow::Result<Option<Image>> {
+    if !settings.catalog.exists() {
+        return Ok(None);
+    }
+    let catalog = Catalog::open(&settings.catalog)?;
+    Ok(catalog
+        .find_by_inputs(family, inputs_digest)?
+        .filter(|img| {
+            !img.artifacts.is_empty()
+                && img
+                    .artifacts
+                    .iter()
+                    .all(|a| std::fs::metadata(&a.path).is_ok_and(|m| m.len() == a.size))
+        }))
 }
 
 /// Prints steps as lines: readable in a terminal and in a pipeline log alike.
@@ -537,13 +587,21 @@ pub fn print_outcome(o: &BakeOutcome) {
         "image {}  {} {}  (family {})",
         img.id, img.name, img.version, img.family
     );
-    let _ = writeln!(
-        out,
-        "  bake     {}  {:.1}s  log {}",
-        o.bake_id,
-        o.seconds,
-        o.log.display()
-    );
+    if o.log.as_os_str().is_empty() {
+        let _ = writeln!(
+            out,
+            "  bake     {}  (up to date: nothing was baked)",
+            o.bake_id
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  bake     {}  {:.1}s  log {}",
+            o.bake_id,
+            o.seconds,
+            o.log.display()
+        );
+    }
     if let Some(k) = &img.kernel {
         let _ = writeln!(out, "  kernel   {k}");
     }
