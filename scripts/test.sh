@@ -9,3 +9,4 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # Two test threads: a bake uses both cores for a while; more threads only thrash.
 cargo test --locked --workspace --no-fail-fast -- --test-threads=2
+scripts/fuzz-short.sh  # ~30 s libFuzzer run of the recipe parser (fuzz/README.md)
