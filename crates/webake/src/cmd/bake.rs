@@ -71,29 +71,29 @@ impl BakeArgs {
             }
         }
         // Unchanged inputs: the image already exists (artifacts intact): nothing to do.
-        if !(self.force || self.no_cache || self.refresh_base || self.test) {
-            if let Some(img) = up_to_date(settings, recipe.family(), &plan.inputs_digest)? {
-                if !settings.quiet {
-                    eprintln!(
-                        "--- image {} is up to date: baked from the same inputs (digest {}); --force bakes again",
-                        img.id,
-                        &plan.inputs_digest[..16]
-                    );
-                }
-                let outcome = BakeOutcome {
-                    bake_id: img.bake_id.clone(),
-                    log: PathBuf::new(),
-                    seconds: 0.0,
-                    steps: vec![],
-                    image: img,
-                };
-                if self.json {
-                    println!("{}", serde_json::to_string_pretty(&outcome)?);
-                } else {
-                    print_outcome(&outcome);
-                }
-                return Ok(ExitCode::SUCCESS);
+        if !(self.force || self.no_cache || self.refresh_base || self.test)
+            && let Some(img) = up_to_date(settings, recipe.family(), &plan.inputs_digest)?
+        {
+            if !settings.quiet {
+                eprintln!(
+                    "--- image {} is up to date: baked from the same inputs (digest {}); --force bakes again",
+                    img.id,
+                    &plan.inputs_digest[..16]
+                );
             }
+            let outcome = BakeOutcome {
+                bake_id: img.bake_id.clone(),
+                log: PathBuf::new(),
+                seconds: 0.0,
+                steps: vec![],
+                image: img,
+            };
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                print_outcome(&outcome);
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         webake_sys::cancel::install_signal_handlers();
         let outcome = bake_recipe(&recipe, &plan, settings, &self)?;
