@@ -357,6 +357,7 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         bake_id: req.bake_id.clone(),
     };
     let mut lowers: Vec<PathBuf> = vec![base_root.clone()];
+    let mut uncached_from_here = false;
     for (i, sp) in plan.steps.iter().enumerate() {
         let p = &recipe.recipe.provisioners[i];
         let t = Instant::now();
@@ -367,7 +368,16 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             .join("explain")
             .join(recipe.family())
             .join(format!("step-{i}.json"));
-        if !req.no_cache && entry.join("meta.json").is_file() && entry.join("tree").is_dir() {
+        // A step that reads secrets depends on values the key must not contain: it, and every
+        // step after it, always runs and is never written to the shared cache.
+        if matches!(p, webake_spec::Provisioner::Shell(s) if !s.secret_env.is_empty()) {
+            uncached_from_here = true;
+        }
+        if !req.no_cache
+            && !uncached_from_here
+            && entry.join("meta.json").is_file()
+            && entry.join("tree").is_dir()
+        {
             req.reporter
                 .step_started(&sp.label, &format!("cached layer {}", &sp.key[..12]));
             touch(&entry);
@@ -382,7 +392,11 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             lowers.insert(0, entry.join("tree"));
             continue;
         }
-        let why = explain_miss(&explain_file, sp, req.no_cache);
+        let why = if uncached_from_here {
+            "reads secrets (or follows a step that does): never cached".to_string()
+        } else {
+            explain_miss(&explain_file, sp, req.no_cache)
+        };
         req.reporter.step_started(&sp.label, &why);
         let dir = scratch.join(format!("step-{i}"));
         let (upper, work, merged, gen_dir) = (
@@ -509,6 +523,20 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             let _ = link_debs(&scratch.join("debs"), &req.workspace.packages_dir());
         }
         ran?;
+        if uncached_from_here {
+            // Keep the layer in this bake's scratch only.
+            req.reporter
+                .step_finished(&sp.label, t.elapsed(), CacheStatus::Uncached);
+            steps.push(StepReport {
+                name: sp.label.clone(),
+                cache: CacheStatus::Uncached,
+                seconds: t.elapsed().as_secs_f64(),
+                detail: "reads secrets: never cached".into(),
+            });
+            lowers.insert(0, upper.clone());
+            check_cancel(&req.cancel)?;
+            continue;
+        }
         // Commit the layer: upper -> cache entry (atomic rename of a complete directory).
         let staging = req
             .workspace

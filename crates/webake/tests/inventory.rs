@@ -19,8 +19,10 @@ fn raw_of(v: &serde_json::Value) -> String {
         .to_string()
 }
 
-fn bake_json(env: &Env, recipe: &Path) -> serde_json::Value {
-    let o = env.run(&["bake", recipe.to_str().unwrap(), "--json"]);
+fn bake_json(env: &Env, recipe: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["bake", recipe.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let o = env.run(&args);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["image"].clone()
@@ -35,8 +37,9 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
         "plus",
         &format!("version: 1\nimage:\n  name: inv\n  family: inv\n{BASE}provisioners:\n  - shell:\n      inline: [\"apt-get update -qq\", \"apt-get install -y -qq --no-install-recommends less\"]\n"),
     );
-    let a = bake_json(&env, &plain);
-    let b = bake_json(&env, &plus);
+    let a = bake_json(&env, &plain, &[]);
+    // --no-cache: apt must really run, so the shared package cache is exercised.
+    let b = bake_json(&env, &plus, &["--no-cache"]);
 
     // The recorded inventory equals what dpkg itself says about the image's tree.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
