@@ -126,13 +126,42 @@ pub struct Image {
 
 const SCHEMA_VERSION: i64 = 1;
 
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
 }
 
 impl Catalog {
+    /// Open (creating and migrating if needed). Several processes may open a new catalog at
+    /// the same moment: switching to WAL and migrating need a lock that SQLite reports as
+    /// busy without waiting, so opening retries for a bounded time.
     pub fn open(path: &Path) -> Result<Self> {
+        // Bounded: 30 s of retries, backing off from 20 ms to 500 ms.
+        const OPEN_DEADLINE: Duration = Duration::from_secs(30);
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match Self::open_once(path) {
+                Err(CatalogError::Sqlite { source, .. })
+                    if is_busy(&source) && start.elapsed() < OPEN_DEADLINE =>
+                {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self> {
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(d).map_err(|source| CatalogError::Dir {
                 path: d.into(),
@@ -675,6 +704,34 @@ mod tests {
             BakeStatus::Failed
         );
         assert_eq!(c.unfinished_bake_ids().unwrap(), vec!["dead".to_string()]);
+    }
+
+    #[test]
+    fn concurrent_first_opens_of_a_new_catalog_do_not_fail() {
+        // Regression: three bakes started at once on a new catalog failed with
+        // "database is locked" while switching to WAL.
+        for round in 0..5 {
+            let d = tempfile::tempdir().unwrap();
+            let path = d.path().join(format!("c{round}.db"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|t| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let c = Catalog::open(&path).unwrap();
+                        c.begin_bake(&bake(&format!("b{t}"))).unwrap();
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(
+                Catalog::open(&path).unwrap().list_bakes(10).unwrap().len(),
+                6
+            );
+        }
     }
 
     #[test]
