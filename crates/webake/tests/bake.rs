@@ -424,9 +424,11 @@ fn three_concurrent_bakes_of_different_recipes() {
                 .unwrap()
         })
         .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "concurrent bake failed: {}", text(&o));
+    // Wait for all of them before asserting: a bake still running after a failed assertion
+    // would write into the test's directory while it is being removed.
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outputs {
+        assert!(o.status.success(), "concurrent bake failed: {}", text(o));
     }
     let imgs = env.images_json();
     let imgs = imgs.as_array().unwrap();
