@@ -426,7 +426,10 @@ fn three_concurrent_bakes_of_different_recipes() {
         .collect();
     // Wait for all of them before asserting: a bake still running after a failed assertion
     // would write into the test's directory while it is being removed.
-    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     for o in &outputs {
         assert!(o.status.success(), "concurrent bake failed: {}", text(o));
     }
