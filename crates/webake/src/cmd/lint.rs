@@ -89,30 +89,8 @@ pub fn extract_root(disk: &Path, dir: &Path) -> anyhow::Result<()> {
             .arg(disk)
             .arg(&raw),
     )?;
-    let out = webake_sys::process::capture(&Cmd::new("sfdisk").arg("--json").arg(&raw))?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    let start = v
-        .pointer("/partitiontable/partitions")
-        .and_then(|p| p.as_array())
-        .and_then(|ps| {
-            ps.iter().find(|p| {
-                p.get("type").and_then(|t| t.as_str()).is_some_and(|t| {
-                    t.eq_ignore_ascii_case(webake_build::assemble::ROOT_X86_64_TYPE)
-                        || t.eq_ignore_ascii_case("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
-                })
-            })
-        })
-        .and_then(|p| p.get("start"))
-        .and_then(|s| s.as_u64())
-        .context("no Linux root partition")?;
-    let root = dir.join("root");
-    std::fs::create_dir(&root)?;
-    webake_sys::process::capture(
-        &Cmd::new("debugfs")
-            .arg("-R")
-            .arg(format!("rdump / {}", root.display()))
-            .arg(format!("{}?offset={}", raw.display(), start * 512)),
-    )?;
+    // The same offline extraction a base AMI uses (modes and device nodes restored too).
+    crate::cmd::base_ami::extract_rootfs(&raw, &dir.join("root"))?;
     std::fs::remove_file(&raw)?;
     Ok(())
 }

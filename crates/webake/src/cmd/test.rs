@@ -227,32 +227,6 @@ pub fn probe_accel(code: &Path) -> (String, String) {
     }
 }
 
-/// Root partition offset of a raw GPT disk (from sfdisk's JSON).
-fn root_partition_offset(raw: &Path) -> anyhow::Result<u64> {
-    let out = webake_sys::process::capture(&Cmd::new("sfdisk").arg("--json").arg(raw))?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("parsing sfdisk --json")?;
-    let parts = v
-        .pointer("/partitiontable/partitions")
-        .and_then(|p| p.as_array())
-        .context("no partition table")?;
-    for p in parts {
-        let ty = p.get("type").and_then(|t| t.as_str()).unwrap_or_default();
-        if ty.eq_ignore_ascii_case(webake_build::assemble::ROOT_X86_64_TYPE)
-            || ty.eq_ignore_ascii_case("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
-        {
-            let start = p
-                .get("start")
-                .and_then(|s| s.as_u64())
-                .context("partition start")?;
-            return Ok(start * 512);
-        }
-    }
-    bail!(
-        "{}: no Linux root partition in the partition table",
-        raw.display()
-    )
-}
-
 const HARNESS_UNIT: &str = "[Unit]
 Description=webake boot test harness (test copy only)
 After=multi-user.target
@@ -286,7 +260,7 @@ fn harness_script(checks: &[BootCheck]) -> String {
 
 /// Read the harness results from the test disk after the VM stopped.
 fn read_results(raw: &Path) -> anyhow::Result<String> {
-    let off = root_partition_offset(raw)?;
+    let off = crate::cmd::base_ami::root_offset(raw)?;
     let out = std::process::Command::new("debugfs")
         .arg("-R")
         .arg(format!("cat {RESULTS}"))
@@ -351,7 +325,7 @@ fn inject_harness(
     scratch: &Path,
     imds_dropin: Option<&str>,
 ) -> anyhow::Result<()> {
-    let off = root_partition_offset(raw)?;
+    let off = crate::cmd::base_ami::root_offset(raw)?;
     let unit = scratch.join("webake-test.service");
     std::fs::write(&unit, HARNESS_UNIT)?;
     let script = scratch.join("run.sh");
