@@ -270,14 +270,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                 .in_step(step));
             }
             touch(&req.workspace.bootstrap_dir().join(key));
-            req.reporter
-                .step_finished(step, t.elapsed(), CacheStatus::Hit);
-            steps.push(StepReport {
-                name: step.into(),
-                cache: CacheStatus::Hit,
-                seconds: t.elapsed().as_secs_f64(),
-                detail: key.clone(),
-            });
+            finish_step(
+                req.reporter,
+                &mut steps,
+                step,
+                t,
+                CacheStatus::Hit,
+                key.clone(),
+            );
             rootfs.clone()
         }
         BasePlan::Mmdebstrap(bs) => {
@@ -290,14 +290,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                         &format!("cached base {} ({})", &bs.key[..12], bs.suite),
                     );
                     touch(&req.workspace.bootstrap_dir().join(&bs.key));
-                    req.reporter
-                        .step_finished(step, t.elapsed(), CacheStatus::Hit);
-                    steps.push(StepReport {
-                        name: step.into(),
-                        cache: CacheStatus::Hit,
-                        seconds: t.elapsed().as_secs_f64(),
-                        detail: bs.key.clone(),
-                    });
+                    finish_step(
+                        req.reporter,
+                        &mut steps,
+                        step,
+                        t,
+                        CacheStatus::Hit,
+                        bs.key.clone(),
+                    );
                     root
                 }
                 None => {
@@ -334,14 +334,7 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                             .map_err(|e| BuildError::io(&dest, e))?;
                     }
                     bootstrap::commit_entry(&staging, &dest)?;
-                    req.reporter
-                        .step_finished(step, t.elapsed(), CacheStatus::Miss);
-                    steps.push(StepReport {
-                        name: step.into(),
-                        cache: CacheStatus::Miss,
-                        seconds: t.elapsed().as_secs_f64(),
-                        detail: why,
-                    });
+                    finish_step(req.reporter, &mut steps, step, t, CacheStatus::Miss, why);
                     dest.join("rootfs")
                 }
             }
@@ -381,14 +374,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             req.reporter
                 .step_started(&sp.label, &format!("cached layer {}", &sp.key[..12]));
             touch(&entry);
-            req.reporter
-                .step_finished(&sp.label, t.elapsed(), CacheStatus::Hit);
-            steps.push(StepReport {
-                name: sp.label.clone(),
-                cache: CacheStatus::Hit,
-                seconds: t.elapsed().as_secs_f64(),
-                detail: sp.key.clone(),
-            });
+            finish_step(
+                req.reporter,
+                &mut steps,
+                &sp.label,
+                t,
+                CacheStatus::Hit,
+                sp.key.clone(),
+            );
             lowers.insert(0, entry.join("tree"));
             continue;
         }
@@ -525,14 +518,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         ran?;
         if uncached_from_here {
             // Keep the layer in this bake's scratch only.
-            req.reporter
-                .step_finished(&sp.label, t.elapsed(), CacheStatus::Uncached);
-            steps.push(StepReport {
-                name: sp.label.clone(),
-                cache: CacheStatus::Uncached,
-                seconds: t.elapsed().as_secs_f64(),
-                detail: "reads secrets: never cached".into(),
-            });
+            finish_step(
+                req.reporter,
+                &mut steps,
+                &sp.label,
+                t,
+                CacheStatus::Uncached,
+                "reads secrets: never cached",
+            );
             lowers.insert(0, upper.clone());
             check_cancel(&req.cancel)?;
             continue;
@@ -556,14 +549,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             &explain_file,
             serde_json::to_string(&meta).unwrap_or_default().as_bytes(),
         );
-        req.reporter
-            .step_finished(&sp.label, t.elapsed(), CacheStatus::Miss);
-        steps.push(StepReport {
-            name: sp.label.clone(),
-            cache: CacheStatus::Miss,
-            seconds: t.elapsed().as_secs_f64(),
-            detail: why,
-        });
+        finish_step(
+            req.reporter,
+            &mut steps,
+            &sp.label,
+            t,
+            CacheStatus::Miss,
+            why,
+        );
         lowers.insert(0, entry.join("tree"));
         check_cancel(&req.cancel)?;
     }
@@ -606,14 +599,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
         let _ = webake_sys::fsutil::remove_dir_all_if_exists(&ex);
     }
-    req.reporter
-        .step_finished(step, t.elapsed(), CacheStatus::Uncached);
-    steps.push(StepReport {
-        name: step.into(),
-        cache: CacheStatus::Uncached,
-        seconds: t.elapsed().as_secs_f64(),
-        detail: String::new(),
-    });
+    finish_step(
+        req.reporter,
+        &mut steps,
+        step,
+        t,
+        CacheStatus::Uncached,
+        String::new(),
+    );
     check_cancel(&req.cancel)?;
 
     // 4. Finalize: environment-agnostic.
@@ -629,14 +622,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         req.reporter.output(step, a);
     }
     (req.inspect)(&tree).map_err(|m| BuildError::Invalid(m).in_step(step))?;
-    req.reporter
-        .step_finished(step, t.elapsed(), CacheStatus::Uncached);
-    steps.push(StepReport {
-        name: step.into(),
-        cache: CacheStatus::Uncached,
-        seconds: t.elapsed().as_secs_f64(),
-        detail: String::new(),
-    });
+    finish_step(
+        req.reporter,
+        &mut steps,
+        step,
+        t,
+        CacheStatus::Uncached,
+        String::new(),
+    );
     check_cancel(&req.cancel)?;
 
     // 5. Assemble the disk and write the artifacts.
@@ -670,14 +663,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     let mut runner = |c: &Cmd| run_in(step, c);
     let (artifacts, boot) =
         crate::assemble::assemble(&input, &mut runner).map_err(|e| e.in_step(step))?;
-    req.reporter
-        .step_finished(step, t.elapsed(), CacheStatus::Uncached);
-    steps.push(StepReport {
-        name: step.into(),
-        cache: CacheStatus::Uncached,
-        seconds: t.elapsed().as_secs_f64(),
-        detail: String::new(),
-    });
+    finish_step(
+        req.reporter,
+        &mut steps,
+        step,
+        t,
+        CacheStatus::Uncached,
+        String::new(),
+    );
     Ok(BakeResult {
         artifacts,
         boot,
@@ -768,4 +761,22 @@ fn link_debs(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Report a finished step and record it for the bake result.
+fn finish_step(
+    reporter: &dyn Reporter,
+    steps: &mut Vec<StepReport>,
+    name: &str,
+    t: Instant,
+    cache: CacheStatus,
+    detail: impl Into<String>,
+) {
+    reporter.step_finished(name, t.elapsed(), cache);
+    steps.push(StepReport {
+        name: name.into(),
+        cache,
+        seconds: t.elapsed().as_secs_f64(),
+        detail: detail.into(),
+    });
 }
