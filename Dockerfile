@@ -27,7 +27,8 @@ RUN cargo build --release --locked -p webake -p webake-agent \
 FROM ${RUNTIME_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 # What a bake runs, by stage:
-#   bootstrap        mmdebstrap (+ debian-archive-keyring, already in the base image)
+#   bootstrap        mmdebstrap (+ debian-archive-keyring, already in the base image),
+#                    dpkg-dev (dpkg-architecture, for mmdebstrap's eatmydata hook)
 #   provision        ansible (host-mode ansible provisioner), git (roles from git)
 #   assemble         fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d), dosfstools (mkfs.vfat),
 #                    mtools (mmd/mcopy into the ESP), grub-efi-amd64-bin (grub-mkimage),
@@ -42,7 +43,7 @@ RUN apt-get update \
       ca-certificates \
       git \
       openssh-client \
-      mmdebstrap \
+      mmdebstrap dpkg-dev \
       e2fsprogs \
       fdisk \
       dosfstools \

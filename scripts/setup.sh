@@ -27,7 +27,7 @@ apt-get update -q || echo "setup: apt-get update reported errors (continuing wit
 # would vanish: install both at the same (bookworm) version.
 qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
 packages=(
-  mmdebstrap e2fsprogs fdisk dosfstools mtools util-linux
+  mmdebstrap dpkg-dev e2fsprogs fdisk dosfstools mtools util-linux
   grub-efi-amd64-bin grub-common
   qemu-system-x86 "qemu-utils=${qemu_version}" ovmf
   ansible git ca-certificates zstd python3 python3-venv

@@ -409,38 +409,59 @@ pub fn assemble(
             .env("E2FSPROGS_FAKE_TIME", "0")
             .env("MKE2FS_DEVICE_SECTSIZE", "512"),
     )?;
-    // Check it as the kernel will see it.
     let mut artifacts = Vec::new();
     let mut tmps = guard;
-    if input.outputs.contains(&OutputFormat::Qcow2) {
-        let q_final = input.out_dir.join(format!("{}.qcow2", input.base_name));
-        let q_tmp = webake_sys::fsutil::temp_sibling(&q_final);
-        tmps.0.push(q_tmp.clone());
-        runner(
-            &Cmd::new("qemu-img")
-                .args([
-                    "convert",
-                    "-q",
-                    "-f",
-                    "raw",
-                    "-O",
-                    "qcow2",
-                    "-c",
-                    "-o",
-                    "compression_type=zstd",
-                ])
-                .arg(&raw_tmp)
-                .arg(&q_tmp),
-        )?;
-        artifacts.push((OutputFormat::Qcow2, q_tmp, q_final));
-    }
-    if input.outputs.contains(&OutputFormat::Raw) {
+    let want_raw = input.outputs.contains(&OutputFormat::Raw);
+    // The raw disk is final now: hash it on a second thread while qemu-img compresses it
+    // (both only read it; on two cores this hides most of hashing the whole disk).
+    let mut digests: Vec<(PathBuf, String)> = Vec::new();
+    std::thread::scope(|scope| -> Result<()> {
+        let raw_hash = want_raw.then(|| {
+            let p = raw_tmp.clone();
+            scope.spawn(move || crate::digest::sha256_file(&p))
+        });
+        let converted = if input.outputs.contains(&OutputFormat::Qcow2) {
+            let q_final = input.out_dir.join(format!("{}.qcow2", input.base_name));
+            let q_tmp = webake_sys::fsutil::temp_sibling(&q_final);
+            tmps.0.push(q_tmp.clone());
+            let r = runner(
+                &Cmd::new("qemu-img")
+                    .args([
+                        "convert",
+                        "-q",
+                        "-f",
+                        "raw",
+                        "-O",
+                        "qcow2",
+                        "-c",
+                        "-o",
+                        "compression_type=zstd",
+                    ])
+                    .arg(&raw_tmp)
+                    .arg(&q_tmp),
+            );
+            artifacts.push((OutputFormat::Qcow2, q_tmp, q_final));
+            r
+        } else {
+            Ok(())
+        };
+        let raw_digest = raw_hash.map(|h| h.join().expect("hashing thread panicked"));
+        converted?;
+        if let Some(d) = raw_digest {
+            digests.push((raw_tmp.clone(), d?));
+        }
+        Ok(())
+    })?;
+    if want_raw {
         artifacts.push((OutputFormat::Raw, raw_tmp.clone(), raw_final));
     }
     // Digests, then rename into place (all or nothing).
     let mut out = Vec::new();
     for (format, tmp, fin) in &artifacts {
-        let sha256 = crate::digest::sha256_file(tmp)?;
+        let sha256 = match digests.iter().find(|(p, _)| p == tmp) {
+            Some((_, d)) => d.clone(),
+            None => crate::digest::sha256_file(tmp)?,
+        };
         let size = std::fs::metadata(tmp)
             .map_err(|e| BuildError::io(tmp, e))?
             .len();
@@ -458,14 +479,10 @@ pub fn assemble(
     Ok((out, boot))
 }
 
+/// Write a file as a new inode (the tree's files may be hard links into the layer cache, and
+/// a symlink planted in the image is never followed).
 fn write_plain(p: &Path, content: &[u8]) -> Result<()> {
-    if std::fs::symlink_metadata(p)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false)
-    {
-        std::fs::remove_file(p).map_err(|e| BuildError::io(p, e))?;
-    }
-    std::fs::write(p, content).map_err(|e| BuildError::io(p, e))
+    crate::export::replace_file(p, content, 0o644)
 }
 
 /// Temp files removed on drop (success renames them away first).

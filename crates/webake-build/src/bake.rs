@@ -322,9 +322,33 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                     let _cleanup = RemoveOnDrop(staging.clone());
                     mkdir_p(&staging)?;
                     let target = staging.join("rootfs");
-                    let mut argv = vec!["mmdebstrap".to_string()];
-                    argv.extend(bs.args(&target, None));
-                    let spec = SandboxSpec::host(argv);
+                    let argv = match bootstrap::tmpfs_budget() {
+                        // dpkg's many small writes and renames are several times faster in
+                        // memory; the finished tree is then copied into the cache in one go.
+                        // The tmpfs lives in the sandbox's mount namespace: it is gone when
+                        // the sandbox ends, also when the bake is killed.
+                        Some(bytes) => {
+                            let mem = staging.join("mem");
+                            let mut argv = vec![
+                                "sh".to_string(),
+                                "-ec".into(),
+                                bootstrap::IN_MEMORY_SCRIPT.into(),
+                                "webake-bootstrap".into(),
+                                mem.display().to_string(),
+                                target.display().to_string(),
+                                bytes.to_string(),
+                            ];
+                            argv.extend(bs.args(&mem.join("rootfs"), None));
+                            argv
+                        }
+                        None => {
+                            let mut argv = vec!["mmdebstrap".to_string()];
+                            argv.extend(bs.args(&target, None));
+                            argv
+                        }
+                    };
+                    let mut spec = SandboxSpec::host(argv);
+                    spec.env.extend(bs.env());
                     run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
                     let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": jiff_now()});
                     write_json(&staging.join("meta.json"), &meta)?;
@@ -568,36 +592,28 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         .step_started(step, &format!("{} layer(s)", lowers.len()));
     let tree = scratch.join("tree");
     mkdir_p(&tree)?;
-    if lowers.len() == 1 {
-        run_in(
-            step,
-            &Cmd::new("cp")
-                .args(["-a", "--sparse=always"])
-                .arg(format!("{}/.", base_root.display()))
-                .arg(&tree),
-        )
-        .map_err(|e| e.in_step(step))?;
-    } else {
-        let ex = scratch.join("export");
-        let (upper, work, merged) = (ex.join("upper"), ex.join("work"), ex.join("merged"));
-        for d in [&upper, &work, &merged] {
-            mkdir_p(d)?;
+    // Hard links to the layers (no data copied); a copy of the mounted overlay where that
+    // cannot be done (layers on another filesystem, overlay features it does not model).
+    let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    match crate::export::link_layers(&bottom_first, &tree) {
+        Ok(st) => {
+            let msg = format!(
+                "{} files hard-linked from the layers, {} directories, {} whiteouts applied",
+                st.linked, st.dirs, st.whiteouts
+            );
+            req.log.line(step, &msg);
+            req.reporter.output(step, &msg);
         }
-        let mut spec = SandboxSpec::host(vec![
-            "cp".into(),
-            "-a".into(),
-            "--sparse=always".into(),
-            format!("{}/.", merged.display()),
-            tree.display().to_string(),
-        ]);
-        spec.overlay = Some(Overlay {
-            lowers: lowers.clone(),
-            upper,
-            work,
-            merged,
-        });
-        run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
-        let _ = webake_sys::fsutil::remove_dir_all_if_exists(&ex);
+        Err(crate::export::LinkError::Build(e)) => return Err(e.in_step(step)),
+        Err(crate::export::LinkError::Unsupported(why)) => {
+            let msg = format!("copying the merged layers ({why})");
+            req.log.line(step, &msg);
+            req.reporter.output(step, &msg);
+            webake_sys::fsutil::remove_dir_all_if_exists(&tree)
+                .map_err(|e| BuildError::io(&tree, e))?;
+            mkdir_p(&tree)?;
+            copy_merged(req, scratch, &lowers, &tree, &run_in).map_err(|e| e.in_step(step))?;
+        }
     }
     finish_step(
         req.reporter,
@@ -678,6 +694,46 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         finalize_actions: fin.actions,
         disk_ids: ids,
     })
+}
+
+/// Export by copying: `cp -a` of the layers mounted as one overlay in a sandbox.
+fn copy_merged(
+    req: &BakeRequest<'_>,
+    scratch: &Path,
+    lowers: &[PathBuf],
+    tree: &Path,
+    run_in: &dyn Fn(&str, &Cmd) -> Result<()>,
+) -> Result<()> {
+    if lowers.len() == 1 {
+        return run_in(
+            "export",
+            &Cmd::new("cp")
+                .args(["-a", "--sparse=always"])
+                .arg(format!("{}/.", lowers[0].display()))
+                .arg(tree),
+        );
+    }
+    let ex = scratch.join("export");
+    let (upper, work, merged) = (ex.join("upper"), ex.join("work"), ex.join("merged"));
+    for d in [&upper, &work, &merged] {
+        mkdir_p(d)?;
+    }
+    let mut spec = SandboxSpec::host(vec![
+        "cp".into(),
+        "-a".into(),
+        "--sparse=always".into(),
+        format!("{}/.", merged.display()),
+        tree.display().to_string(),
+    ]);
+    spec.overlay = Some(Overlay {
+        lowers: lowers.to_vec(),
+        upper,
+        work,
+        merged,
+    });
+    run_in("export", &spec.command(&req.helper_exe))?;
+    let _ = webake_sys::fsutil::remove_dir_all_if_exists(&ex);
+    Ok(())
 }
 
 /// Why a step misses the cache: compare with the inputs of the last layer built at this

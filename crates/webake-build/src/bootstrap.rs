@@ -26,7 +26,20 @@ pub struct BootstrapPlan {
     pub key: String,
 }
 
-const PLAN_VERSION: &str = "webake-bootstrap-v2";
+// v3: apt lists kept in the base (finalize removes them from the image), the initramfs is
+// built once at the end of the bootstrap instead of on every trigger.
+const PLAN_VERSION: &str = "webake-bootstrap-v3";
+
+/// mmdebstrap's hook directory that runs dpkg under eatmydata (no fsync per file; the
+/// bootstrap is either completed and committed, or thrown away).
+pub const EATMYDATA_HOOKS: &str = "/usr/share/mmdebstrap/hooks/eatmydata";
+
+/// Run in the finished tree (mmdebstrap customize hook, with /proc, /sys and /dev mounted):
+/// build the initramfs of every installed kernel once. During the bootstrap the kernel's
+/// postinst hooks see `INITRD=No` and skip it, and `update-initramfs -u` triggers find
+/// nothing to update; without this the initramfs is built on the kernel's postinst and again
+/// on every package that triggers initramfs-tools.
+pub const INITRAMFS_HOOK: &str = r#"for k in "$1"/boot/vmlinuz-*; do [ -e "$k" ] || continue; v=${k##*/vmlinuz-}; [ -e "$1/boot/initrd.img-$v" ] && continue; if [ -x "$1/usr/sbin/update-initramfs" ]; then chroot "$1" update-initramfs -c -k "$v"; elif [ -x "$1/usr/bin/dracut" ]; then chroot "$1" dracut --force --kver "$v" "/boot/initrd.img-$v"; fi; done"#;
 
 /// Debian codenames and aliases for which the host's Debian mirror is a sensible default.
 const DEBIAN_SUITES: &[&str] = &[
@@ -100,6 +113,11 @@ impl BootstrapPlan {
         Ok(plan)
     }
 
+    /// Environment for mmdebstrap (on top of the sandbox's): see [`INITRAMFS_HOOK`].
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("INITRD".to_string(), "No".to_string())]
+    }
+
     /// mmdebstrap's argument list (without the program name) for `target`.
     pub fn args(&self, target: &Path, package_cache: Option<&Path>) -> Vec<String> {
         let mut a = vec![
@@ -109,7 +127,17 @@ impl BootstrapPlan {
             format!("--components={}", self.components.join(",")),
             "--aptopt=Acquire::Retries \"3\"".to_string(),
             "--aptopt=APT::Install-Recommends \"false\"".to_string(),
+            // The package lists stay in the cached base, so a first `apt-get update` in a
+            // provisioner only revalidates them; finalize removes them from the image.
+            "--skip=cleanup/apt/lists".to_string(),
+            format!("--customize-hook={INITRAMFS_HOOK}"),
         ];
+        // (The hook's extract script needs dpkg-architecture, from dpkg-dev.)
+        if Path::new(EATMYDATA_HOOKS).is_dir()
+            && webake_sys::process::which("dpkg-architecture").is_some()
+        {
+            a.push(format!("--hook-dir={EATMYDATA_HOOKS}"));
+        }
         if !self.include.is_empty() {
             a.push(format!("--include={}", self.include.join(",")));
         }
@@ -135,6 +163,40 @@ impl BootstrapPlan {
         }
         a
     }
+}
+
+/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES MMDEBSTRAP-ARGS...`: run mmdebstrap into
+/// `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM, then copy the tree to DEST.
+pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; shift 3
+mkdir -p "$mem" "$dest"
+mount -t tmpfs -o "size=$size,mode=0755" webake-bootstrap "$mem"
+mmdebstrap "$@"
+echo "I: copying the tree from memory into the cache..."
+cp -a --sparse=always "$mem/rootfs/." "$dest/"
+umount "$mem"
+rmdir "$mem""#;
+
+/// How large a tmpfs the bootstrap may use, if it should run in memory at all: half of the
+/// available memory, at most 16 GiB, when at least 4 GiB are available. `WEBAKE_BOOTSTRAP_TMPFS=0`
+/// turns it off (bootstrap directly into the cache directory).
+pub fn tmpfs_budget() -> Option<u64> {
+    if matches!(
+        std::env::var("WEBAKE_BOOTSTRAP_TMPFS").as_deref(),
+        Ok("0") | Ok("no") | Ok("never") | Ok("false")
+    ) {
+        return None;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let avail_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let avail = avail_kib * 1024;
+    (avail >= 4 << 30).then(|| (avail / 2).min(16 << 30))
 }
 
 /// The host's apt configuration, as far as it names a Debian mirror.

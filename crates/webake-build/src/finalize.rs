@@ -46,17 +46,9 @@ fn remove_any(p: &Path) -> Result<bool> {
 }
 
 fn write_file(p: &Path, content: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // Never write through a symlink planted in the image.
-    if std::fs::symlink_metadata(p)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false)
-    {
-        std::fs::remove_file(p).map_err(|e| BuildError::io(p, e))?;
-    }
-    std::fs::write(p, content).map_err(|e| BuildError::io(p, e))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| BuildError::io(p, e))
+    // A new inode: never written through a symlink planted in the image, nor into a file
+    // hard-linked from the layer cache (see crate::export).
+    crate::export::replace_file(p, content, mode)
 }
 
 /// Remove the children of a directory matching `keep == false`.

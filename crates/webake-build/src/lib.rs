@@ -10,6 +10,7 @@ pub mod bake;
 pub mod bootstrap;
 pub mod digest;
 pub mod error;
+pub mod export;
 pub mod finalize;
 pub mod provision;
 pub mod reporter;

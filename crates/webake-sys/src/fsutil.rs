@@ -67,3 +67,78 @@ pub fn tree_size(p: &Path) -> u64 {
     }
     total
 }
+
+/// The extended attributes of `path` itself (a symlink is not followed), as (name, value).
+pub fn xattrs(path: &Path) -> std::io::Result<Vec<(std::ffi::CString, Vec<u8>)>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        // SAFETY: `p` is NUL-terminated and `names` is a writable buffer of the given length.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).expect("split at NUL");
+        let mut val = vec![0u8; 256];
+        loop {
+            // SAFETY: as above; `val` is a writable buffer of the given length.
+            let n = unsafe {
+                libc::lgetxattr(
+                    p.as_ptr(),
+                    cname.as_ptr(),
+                    val.as_mut_ptr().cast(),
+                    val.len(),
+                )
+            };
+            if n >= 0 {
+                val.truncate(n as usize);
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => val.resize(val.len() * 8, 0),
+                Some(libc::ENODATA) => {
+                    val.clear();
+                    break;
+                }
+                _ => return Err(e),
+            }
+        }
+        out.push((cname, val));
+    }
+    Ok(out)
+}
+
+/// Set one extended attribute on `path` itself (a symlink is not followed).
+pub fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: NUL-terminated strings and a readable buffer of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
