@@ -22,7 +22,7 @@
 #
 # Usage (as root, from anywhere):   bench/bake-vs-mkosi.sh [--keep]
 #   --keep            keep the scratch directory (logs, images) instead of deleting it
-#   WEBAKE=path       webake binary (default: target/debug/webake; built with cargo if missing)
+#   WEBAKE=path       webake binary (default: target/release/webake; built with cargo if missing)
 #   MIRROR=url        Debian mirror for both tools (default http://deb.debian.org/debian, the
 #                     host's apt mirror)
 #   BENCH_TMP=dir     where the scratch directory goes (default /var/tmp)
@@ -65,14 +65,14 @@ done
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-WEBAKE_SRC=${WEBAKE:-$REPO/target/debug/webake}
+WEBAKE_SRC=${WEBAKE:-$REPO/target/release/webake}
 
 log() { printf '\n### %s\n' "$*" >&2; }
 
 # --- tools -------------------------------------------------------------------------------
 if [ ! -x "$WEBAKE_SRC" ]; then
-    log "building webake (debug)"
-    (cd "$REPO" && cargo build -p webake -p webake-agent)
+    log "building webake (release)"
+    (cd "$REPO" && cargo build --release -p webake -p webake-agent)
 fi
 if ! command -v mkosi >/dev/null; then
     log "installing mkosi"

@@ -290,6 +290,7 @@ pub fn assemble(
     input: &AssembleInput<'_>,
     runner: &mut Runner<'_>,
 ) -> Result<(Vec<Artifact>, BootFiles)> {
+    let started = std::time::Instant::now();
     let layout = Layout::new(input.disk)?;
     let tree = input.tree;
     let boot = find_kernel(tree)?;
@@ -418,7 +419,12 @@ pub fn assemble(
     std::thread::scope(|scope| -> Result<()> {
         let raw_hash = want_raw.then(|| {
             let p = raw_tmp.clone();
-            scope.spawn(move || crate::digest::sha256_file(&p))
+            scope.spawn(move || {
+                let t = std::time::Instant::now();
+                let d = crate::digest::sha256_file(&p);
+                tracing::debug!(secs = t.elapsed().as_secs_f64(), "sha256 of the raw disk");
+                d
+            })
         });
         let converted = if input.outputs.contains(&OutputFormat::Qcow2) {
             let q_final = input.out_dir.join(format!("{}.qcow2", input.base_name));
@@ -445,7 +451,12 @@ pub fn assemble(
         } else {
             Ok(())
         };
+        let waited = std::time::Instant::now();
         let raw_digest = raw_hash.map(|h| h.join().expect("hashing thread panicked"));
+        tracing::debug!(
+            secs = waited.elapsed().as_secs_f64(),
+            "waited for the raw digest"
+        );
         converted?;
         if let Some(d) = raw_digest {
             digests.push((raw_tmp.clone(), d?));
@@ -460,7 +471,12 @@ pub fn assemble(
     for (format, tmp, fin) in &artifacts {
         let sha256 = match digests.iter().find(|(p, _)| p == tmp) {
             Some((_, d)) => d.clone(),
-            None => crate::digest::sha256_file(tmp)?,
+            None => {
+                let t = std::time::Instant::now();
+                let d = crate::digest::sha256_file(tmp)?;
+                tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %tmp.display(), "sha256");
+                d
+            }
         };
         let size = std::fs::metadata(tmp)
             .map_err(|e| BuildError::io(tmp, e))?
@@ -476,6 +492,7 @@ pub fn assemble(
         std::fs::rename(tmp, fin).map_err(|e| BuildError::io(fin, e))?;
     }
     drop(tmps); // removes the raw temp if raw was not requested
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "assembled");
     Ok((out, boot))
 }
 

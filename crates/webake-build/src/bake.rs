@@ -244,10 +244,15 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     let mut steps = Vec::new();
     let run_in = |step: &str, cmd: &Cmd| -> Result<()> {
         req.log.line(step, &format!("$ {cmd}"));
+        let t = Instant::now();
         run(cmd, &req.cancel, &mut |line| {
             req.reporter.output(step, line);
             req.log.line(step, line);
         })?;
+        req.log.line(
+            step,
+            &format!("  (done in {:.2}s)", t.elapsed().as_secs_f64()),
+        );
         Ok(())
     };
 

@@ -391,6 +391,52 @@ mod tests {
         assert_eq!(a[n - 1], "deb http://deb.example/debian bookworm main");
         assert!(a.contains(&"--include=linux-image-cloud-amd64,systemd-sysv".to_string()));
         assert!(a.contains(&"--variant=apt".to_string()));
+        assert!(a.contains(&"--skip=cleanup/apt/lists".to_string()));
+        assert!(
+            a.iter()
+                .any(|x| x.starts_with("--customize-hook=") && x.contains("update-initramfs -c"))
+        );
+        assert!(p.env().contains(&("INITRD".to_string(), "No".to_string())));
+    }
+
+    /// The initramfs hook, run by sh on a fake tree with a stand-in `chroot` on PATH: it
+    /// builds the initramfs of each kernel without one, and only those.
+    #[test]
+    fn initramfs_hook_builds_each_missing_initramfs_once() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = t.path().join("bin");
+        for d in [root.join("boot"), root.join("usr/sbin"), bin.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(root.join("boot/vmlinuz-6.1.0-1-amd64"), "k").unwrap();
+        std::fs::write(root.join("boot/vmlinuz-6.1.0-2-amd64"), "k").unwrap();
+        std::fs::write(root.join("boot/initrd.img-6.1.0-2-amd64"), "i").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let exe = |p: &Path, body: &str| {
+            std::fs::write(p, body).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        exe(&root.join("usr/sbin/update-initramfs"), "#!/bin/sh\n");
+        let log = t.path().join("calls");
+        exe(
+            &bin.join("chroot"),
+            &format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(INITRAMFS_HOOK)
+            .arg("hook")
+            .arg(&root)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            calls,
+            format!("{} update-initramfs -c -k 6.1.0-1-amd64\n", root.display())
+        );
     }
 
     #[test]

@@ -142,3 +142,28 @@ pub fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> std::io::R
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// The data segments `(offset, length)` of a file of `len` bytes, from `SEEK_DATA`/`SEEK_HOLE`
+/// (everything else reads as zeros). A filesystem without hole reporting yields one segment.
+pub fn data_segments(f: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{Whence, lseek};
+    let fd = f;
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < len {
+        let start = match lseek(fd, pos as i64, Whence::SeekData) {
+            Ok(s) => s as u64,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole after pos
+            Err(e) => return Err(std::io::Error::from(e)),
+        };
+        let end = match lseek(fd, start as i64, Whence::SeekHole) {
+            Ok(e) => (e as u64).min(len),
+            Err(e) => return Err(std::io::Error::from(e)),
+        };
+        if end > start {
+            out.push((start, end - start));
+        }
+        pos = end.max(start + 1);
+    }
+    Ok(out)
+}

@@ -389,6 +389,18 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
         None => None,
     };
 
+    // dpkg without an fsync per file: a step's tree is either committed whole or thrown away.
+    // Only while the command runs, like policy-rc.d (the image keeps dpkg's defaults).
+    let dpkg_guard = if in_root && spec.policy_rc_d && Path::new("/etc/dpkg/dpkg.cfg.d").is_dir() {
+        Some(ReplacedFile::install(
+            Path::new(DPKG_UNSAFE_IO),
+            b"# installed by webake during the bake\nforce-unsafe-io\n",
+            0o644,
+        )?)
+    } else {
+        None
+    };
+
     let argv: Vec<CString> = spec
         .argv
         .iter()
@@ -432,6 +444,9 @@ fn pid1(spec: &SandboxSpec) -> Result<u8, String> {
     // Everything else still alive in this PID namespace (daemons a step started) dies now.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())).is_ok() {}
+    if let Some(g) = dpkg_guard {
+        g.restore()?;
+    }
     if let Some(g) = policy_guard {
         g.restore()?;
     }
@@ -602,6 +617,9 @@ pub fn safe_mkdir_in_root(root: &Path, inner: &Path, dir: bool) -> Result<PathBu
 
 /// A file replaced for the duration of a step and put back afterwards exactly as it was
 /// (content, or symlink, or absence).
+/// The dpkg configuration drop-in present while a chroot step runs.
+pub const DPKG_UNSAFE_IO: &str = "/etc/dpkg/dpkg.cfg.d/webake-unsafe-io";
+
 struct ReplacedFile {
     path: PathBuf,
     before: Before,

@@ -164,6 +164,18 @@ fn bake_example_and_inspect_without_booting() {
         !root.join("usr/sbin/policy-rc.d").exists(),
         "policy-rc.d left in the image"
     );
+    assert!(
+        !root.join("etc/dpkg/dpkg.cfg.d/webake-unsafe-io").exists(),
+        "the build-time dpkg force-unsafe-io drop-in was left in the image"
+    );
+    // Built once by the bootstrap's customize hook (INITRD=No during package installs).
+    assert!(
+        std::fs::read_dir(root.join("boot"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("initrd.img-")),
+        "no initramfs in /boot"
+    );
     let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
     assert!(fstab.contains("\t/\text4"), "{fstab}");
 
