@@ -342,13 +342,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                                 mem.display().to_string(),
                                 target.display().to_string(),
                                 bytes.to_string(),
+                                bootstrap::INITRAMFS_HOOK.into(),
                             ];
-                            argv.extend(bs.args(&mem.join("rootfs"), None));
+                            argv.extend(bs.args(&mem.join("rootfs"), None, false));
                             argv
                         }
                         None => {
                             let mut argv = vec!["mmdebstrap".to_string()];
-                            argv.extend(bs.args(&target, None));
+                            argv.extend(bs.args(&target, None, true));
                             argv
                         }
                     };

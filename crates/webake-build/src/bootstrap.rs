@@ -119,7 +119,13 @@ impl BootstrapPlan {
     }
 
     /// mmdebstrap's argument list (without the program name) for `target`.
-    pub fn args(&self, target: &Path, package_cache: Option<&Path>) -> Vec<String> {
+    /// With `initramfs_hook` false the caller builds the initramfs itself ([`IN_MEMORY_SCRIPT`]).
+    pub fn args(
+        &self,
+        target: &Path,
+        package_cache: Option<&Path>,
+        initramfs_hook: bool,
+    ) -> Vec<String> {
         let mut a = vec![
             "--mode=root".to_string(),
             format!("--variant={}", self.variant),
@@ -130,8 +136,10 @@ impl BootstrapPlan {
             // The package lists stay in the cached base, so a first `apt-get update` in a
             // provisioner only revalidates them; finalize removes them from the image.
             "--skip=cleanup/apt/lists".to_string(),
-            format!("--customize-hook={INITRAMFS_HOOK}"),
         ];
+        if initramfs_hook {
+            a.push(format!("--customize-hook={INITRAMFS_HOOK}"));
+        }
         // (The hook's extract script needs dpkg-architecture, from dpkg-dev.)
         if Path::new(EATMYDATA_HOOKS).is_dir()
             && webake_sys::process::which("dpkg-architecture").is_some()
@@ -165,14 +173,42 @@ impl BootstrapPlan {
     }
 }
 
-/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES MMDEBSTRAP-ARGS...`: run mmdebstrap into
-/// `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM, then copy the tree to DEST.
-pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; shift 3
+/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES HOOK MMDEBSTRAP-ARGS...`: run mmdebstrap
+/// into `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM (in the sandbox's mount
+/// namespace), then copy the tree to DEST while the initramfs is built in memory (HOOK =
+/// [`INITRAMFS_HOOK`]; the copy is I/O, the initramfs CPU). What the initramfs build wrote
+/// is copied again afterwards, so a file the concurrent copy caught half-written is replaced.
+pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; hook=$4; shift 4
 mkdir -p "$mem" "$dest"
 mount -t tmpfs -o "size=$size,mode=0755" webake-bootstrap "$mem"
 mmdebstrap "$@"
-echo "I: copying the tree from memory into the cache..."
-cp -a --sparse=always "$mem/rootfs/." "$dest/"
+root=$mem/rootfs
+echo "I: copying the tree into the cache while the initramfs is built..."
+# dev, proc and sys first and alone: the initramfs build mounts over them.
+cp -a "$root/dev" "$root/proc" "$root/sys" "$dest/"
+chown --reference="$root" "$dest"
+chmod --reference="$root" "$dest"
+set --
+for e in "$root"/* "$root"/.[!.]*; do
+    case ${e##*/} in dev|proc|sys) continue ;; esac
+    if [ -e "$e" ] || [ -L "$e" ]; then set -- "$@" "$e"; fi
+done
+cp -a --sparse=always "$@" "$dest/" &
+copy=$!
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount -t sysfs sysfs "$root/sys"
+rc=0
+sh -ec "$hook" initramfs "$root" || rc=$?
+umount -R "$root/dev"
+umount "$root/proc" "$root/sys"
+wait "$copy" || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
+[ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }
+for d in boot var/lib/initramfs-tools var/tmp; do
+    [ -e "$root/$d" ] || continue
+    rm -rf "$dest/$d"
+    cp -a "$root/$d" "$dest/$d"
+done
 umount "$mem"
 rmdir "$mem""#;
 
@@ -384,7 +420,7 @@ mod tests {
             origin: "x".into(),
         };
         let p = BootstrapPlan::new(&base(), Path::new("."), None, &host).unwrap();
-        let a = p.args(Path::new("/t"), None);
+        let a = p.args(Path::new("/t"), None, true);
         let n = a.len();
         assert_eq!(a[n - 3], "bookworm");
         assert_eq!(a[n - 2], "/t");

@@ -132,7 +132,9 @@ mod tests {
     fn sparse_file_digest_matches_sha256sum() {
         use std::io::{Seek, SeekFrom, Write};
         let d = tempfile::tempdir().unwrap();
-        let cases: &[(&str, &[(u64, usize)], u64)] = &[
+        // (name, writes as (offset, length), file length)
+        type Case<'a> = (&'a str, &'a [(u64, usize)], u64);
+        let cases: &[Case] = &[
             ("holes", &[(3 << 20, 5000), (9 << 20, 70_000)], 16 << 20),
             ("data-at-end", &[(0, 1), ((8 << 20) - 10, 10)], 8 << 20),
             ("all-hole", &[], 5 << 20),
