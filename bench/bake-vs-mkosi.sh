@@ -18,7 +18,8 @@
 #              cached post-package image and redoes extra trees, postinst and the disk
 #
 # Targets (issue 9): webake cold <= 0.8 x mkosi cold; one role changed <= 0.2 x webake cold;
-# unchanged inputs <= 1 s. The script prints whether each is met; it never retries a phase.
+# unchanged inputs <= 1 s. The script prints whether each is met; it never retries a failed or
+# slow phase (every run counts).
 #
 # Usage (as root, from anywhere):   bench/bake-vs-mkosi.sh [--keep]
 #   --keep            keep the scratch directory (logs, images) instead of deleting it
@@ -26,13 +27,15 @@
 #   MIRROR=url        Debian mirror for both tools (default http://deb.debian.org/debian, the
 #                     host's apt mirror)
 #   BENCH_TMP=dir     where the scratch directory goes (default /var/tmp)
+#   RUNS=n            cold bakes per tool, interleaved; the ratio uses the medians (default 3)
 #
 # Everything the bench creates lives in one scratch directory (webake --data-dir, --cache-dir,
 # --catalog; mkosi output, workspace and package cache; logs) removed by a trap on EXIT; the
 # user's webake caches and catalog are never touched. It installs mkosi with apt if missing.
 # The webake binary is copied into the scratch directory first, so a rebuild of target/ during
-# the run cannot change what is measured. One run, no repetitions: on a shared machine the
-# numbers are noisy; docs/benchmarks.md records the last run and its caveats.
+# the run cannot change what is measured. The cold bakes are repeated RUNS times per tool,
+# interleaved, and compared by their medians; the other phases run once. On a shared machine
+# the numbers are noisy; docs/benchmarks.md records the last run and its caveats.
 #
 # Environment facts this script works around (docs/benchmarks.md has details):
 #   - mkosi 14 runs its chroot commands with systemd-nspawn, which needs systemd as PID 1: it
@@ -65,6 +68,8 @@ done
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
+RUNS=${RUNS:-3}
+case "$RUNS" in ''|*[!0-9]*|0) echo "RUNS must be a positive number" >&2; exit 2 ;; esac
 WEBAKE_SRC=${WEBAKE:-$REPO/target/release/webake}
 
 log() { printf '\n### %s\n' "$*" >&2; }
@@ -100,7 +105,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$W/bin" "$W/logs" "$W/webake" "$W/mkosi-plain" "$W/mkosi-incr"
+mkdir -p "$W/bin" "$W/logs" "$W/webake" "$W/mkosi-incr"
 cp "$WEBAKE_SRC" "$W/bin/webake"
 [ -x "$(dirname "$WEBAKE_SRC")/webake-agent" ] && cp "$(dirname "$WEBAKE_SRC")/webake-agent" "$W/bin/"
 cp -r "$REPO/bench/recipe" "$W/recipe"
@@ -189,12 +194,34 @@ log "machine: $(nproc) cores, $(free -h | awk '/^Mem:/ {print $2}') RAM, kernel 
 log "webake $(cd "$REPO" && git rev-parse --short HEAD) ($WEBAKE_SRC), $(mkosi --version), mirror $MIRROR"
 log "mkosi image: $MKOSI_NOTE"
 
-# Cold: webake first, then mkosi plain and mkosi --incremental (which also seeds its cache).
-timed webake_cold webake_bake
+# Cold: RUNS pairs, webake then mkosi plain, interleaved so that a change in the machine's load
+# hits both tools alike; the ratio uses the medians. Run 1 of webake seeds the cache the later
+# phases use; the other runs get their own directories, deleted right after.
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+cold_w=(); cold_m=(); cpu_w=(); cpu_m=()
+for i in $(seq 1 "$RUNS"); do
+    if [ "$i" = 1 ]; then
+        timed webake_cold_1 webake_bake
+    else
+        mkdir -p "$W/webake-$i"
+        timed "webake_cold_$i" env WEBAKE_DATA_DIR="$W/webake-$i/data" WEBAKE_CACHE_DIR="$W/webake-$i/cache" \
+            WEBAKE_CATALOG="$W/webake-$i/catalog.db" "$W/bin/webake" bake "$RECIPE"
+        rm -rf --one-file-system "$W/webake-$i"
+    fi
+    # A fresh directory per run: mkosi's package cache lives in it.
+    mkdir -p "$W/mkosi-plain-$i"
+    stage_mkosi "$W/mkosi-plain-$i"
+    timed "mkosi_cold_$i" mkosi_run "$W/mkosi-plain-$i" --force
+    [ "$i" = 1 ] || rm -rf --one-file-system "$W/mkosi-plain-$i"
+    cold_w+=("${T[webake_cold_$i]}"); cpu_w+=("${CPU[webake_cold_$i]}")
+    cold_m+=("${T[mkosi_cold_$i]}"); cpu_m+=("${CPU[mkosi_cold_$i]}")
+    RC[webake_cold]=$(( ${RC[webake_cold]:-0} | ${RC[webake_cold_$i]} ))
+    RC[mkosi_cold]=$(( ${RC[mkosi_cold]:-0} | ${RC[mkosi_cold_$i]} ))
+done
+T[webake_cold]=$(median "${cold_w[@]}"); CPU[webake_cold]=$(median "${cpu_w[@]}")
+T[mkosi_cold]=$(median "${cold_m[@]}"); CPU[mkosi_cold]=$(median "${cpu_m[@]}")
 timed webake_unchanged webake_bake
 timed webake_dry_run webake_bake --dry-run
-stage_mkosi "$W/mkosi-plain"
-timed mkosi_cold mkosi_run "$W/mkosi-plain" --force
 stage_mkosi "$W/mkosi-incr"
 timed mkosi_cold_incremental mkosi_run "$W/mkosi-incr" --incremental --force
 timed mkosi_unchanged_incremental mkosi_run "$W/mkosi-incr" --incremental --force
@@ -212,7 +239,7 @@ for f in "$W"/logs/webake_*.log; do
     grep -E '^(<==|image |  (raw|qcow2) )' "$f" | sed 's/^/    /'
 done
 echo "--- artifacts"
-find "$W/webake/data" "$W/mkosi-plain/out" "$W/mkosi-incr/out" -type f \( -name '*.qcow2' -o -name '*.raw' -o -name 'image*' -o -name '*cache-pre-inst' \) \
+find "$W/webake/data" "$W/mkosi-plain-1/out" "$W/mkosi-incr/out" -type f \( -name '*.qcow2' -o -name '*.raw' -o -name 'image*' -o -name '*cache-pre-inst' \) \
     -printf '    %10s  %p\n' 2>/dev/null | sed "s|$W/||" || true
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
@@ -228,7 +255,8 @@ cat <<EOF
 mkosi image: $MKOSI_NOTE
 
 phase                    webake: wall s (CPU s)     mkosi: wall s (CPU s)
-cold                     ${T[webake_cold]} (${CPU[webake_cold]})$(ok webake_cold)        ${T[mkosi_cold]} (${CPU[mkosi_cold]})$(ok mkosi_cold) plain; ${T[mkosi_cold_incremental]} (${CPU[mkosi_cold_incremental]})$(ok mkosi_cold_incremental) --incremental, seeds its cache
+cold (median of $RUNS)       ${T[webake_cold]} (${CPU[webake_cold]})$(ok webake_cold)        ${T[mkosi_cold]} (${CPU[mkosi_cold]})$(ok mkosi_cold) plain; ${T[mkosi_cold_incremental]} (${CPU[mkosi_cold_incremental]})$(ok mkosi_cold_incremental) --incremental, seeds its cache
+  cold runs, in order    webake: ${cold_w[*]}   mkosi: ${cold_m[*]}
 unchanged inputs         ${T[webake_unchanged]} (${CPU[webake_unchanged]})$(ok webake_unchanged)        ${T[mkosi_unchanged_incremental]} (${CPU[mkosi_unchanged_incremental]})$(ok mkosi_unchanged_incremental) --incremental
   (webake --dry-run)     ${T[webake_dry_run]} (${CPU[webake_dry_run]})$(ok webake_dry_run)
 one role changed         ${T[webake_role_changed]} (${CPU[webake_role_changed]})$(ok webake_role_changed)        ${T[mkosi_role_changed_incremental]} (${CPU[mkosi_role_changed_incremental]})$(ok mkosi_role_changed_incremental) --incremental
