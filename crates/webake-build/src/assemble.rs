@@ -432,9 +432,13 @@ pub fn assemble(
             tmps.0.push(q_tmp.clone());
             let r = runner(
                 &Cmd::new("qemu-img")
+                    // -W: clusters are compressed on several threads and written as they
+                    // finish, so the qcow2's cluster order (not its content) varies between
+                    // runs; every bake has its own disk ids anyway.
                     .args([
                         "convert",
                         "-q",
+                        "-W",
                         "-f",
                         "raw",
                         "-O",
