@@ -33,6 +33,46 @@ fn bake_example_and_inspect_without_booting() {
         );
     }
 
+    // The exported tree is hard links into the cache; finalize and assemble replaced files
+    // in it (fstab, grub.cfg, host keys removed) without ever touching the cached inodes.
+    assert!(
+        stderr.contains("hard-linked from the layers"),
+        "export did not use hard links:\n{stderr}"
+    );
+    let mut bases = 0;
+    for e in std::fs::read_dir(env.cache.join("bootstrap"))
+        .unwrap()
+        .flatten()
+    {
+        let root = e.path().join("rootfs");
+        if !e.path().join("meta.json").is_file() || !root.is_dir() {
+            continue;
+        }
+        bases += 1;
+        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap_or_default();
+        assert!(
+            !fstab.contains("UUID="),
+            "a bake wrote its fstab into the cached base {}: {fstab}",
+            root.display()
+        );
+        assert!(
+            !root.join("boot/grub/grub.cfg").exists(),
+            "a bake wrote grub.cfg into the cached base {}",
+            root.display()
+        );
+        if root.join("usr/sbin/sshd").exists() {
+            assert!(
+                std::fs::read_dir(root.join("etc/ssh"))
+                    .unwrap()
+                    .flatten()
+                    .any(|k| k.file_name().to_string_lossy().starts_with("ssh_host_")),
+                "finalize removed the SSH host keys from the cached base {}, not only from the image",
+                root.display()
+            );
+        }
+    }
+    assert!(bases > 0, "no cached base found");
+
     // Artifacts: both formats, digests match the files.
     let arts = image["artifacts"].as_array().unwrap();
     assert_eq!(arts.len(), 2);
