@@ -290,7 +290,6 @@ pub fn assemble(
     input: &AssembleInput<'_>,
     runner: &mut Runner<'_>,
 ) -> Result<(Vec<Artifact>, BootFiles)> {
-    let started = std::time::Instant::now();
     let layout = Layout::new(input.disk)?;
     let tree = input.tree;
     let boot = find_kernel(tree)?;
@@ -415,16 +414,10 @@ pub fn assemble(
     let want_raw = input.outputs.contains(&OutputFormat::Raw);
     // The raw disk is final now: hash it on a second thread while qemu-img compresses it
     // (both only read it; on two cores this hides most of hashing the whole disk).
-    let mut digests: Vec<(PathBuf, String)> = Vec::new();
-    std::thread::scope(|scope| -> Result<()> {
+    let raw_sha256 = std::thread::scope(|scope| -> Result<Option<String>> {
         let raw_hash = want_raw.then(|| {
             let p = raw_tmp.clone();
-            scope.spawn(move || {
-                let t = std::time::Instant::now();
-                let d = crate::digest::sha256_file(&p);
-                tracing::debug!(secs = t.elapsed().as_secs_f64(), "sha256 of the raw disk");
-                d
-            })
+            scope.spawn(move || crate::digest::sha256_file(&p))
         });
         let converted = if input.outputs.contains(&OutputFormat::Qcow2) {
             let q_final = input.out_dir.join(format!("{}.qcow2", input.base_name));
@@ -455,17 +448,9 @@ pub fn assemble(
         } else {
             Ok(())
         };
-        let waited = std::time::Instant::now();
         let raw_digest = raw_hash.map(|h| h.join().expect("hashing thread panicked"));
-        tracing::debug!(
-            secs = waited.elapsed().as_secs_f64(),
-            "waited for the raw digest"
-        );
         converted?;
-        if let Some(d) = raw_digest {
-            digests.push((raw_tmp.clone(), d?));
-        }
-        Ok(())
+        raw_digest.transpose()
     })?;
     if want_raw {
         artifacts.push((OutputFormat::Raw, raw_tmp.clone(), raw_final));
@@ -473,14 +458,9 @@ pub fn assemble(
     // Digests, then rename into place (all or nothing).
     let mut out = Vec::new();
     for (format, tmp, fin) in &artifacts {
-        let sha256 = match digests.iter().find(|(p, _)| p == tmp) {
-            Some((_, d)) => d.clone(),
-            None => {
-                let t = std::time::Instant::now();
-                let d = crate::digest::sha256_file(tmp)?;
-                tracing::debug!(secs = t.elapsed().as_secs_f64(), path = %tmp.display(), "sha256");
-                d
-            }
+        let sha256 = match (format, &raw_sha256) {
+            (OutputFormat::Raw, Some(d)) => d.clone(),
+            _ => crate::digest::sha256_file(tmp)?,
         };
         let size = std::fs::metadata(tmp)
             .map_err(|e| BuildError::io(tmp, e))?
@@ -496,7 +476,6 @@ pub fn assemble(
         std::fs::rename(tmp, fin).map_err(|e| BuildError::io(fin, e))?;
     }
     drop(tmps); // removes the raw temp if raw was not requested
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "assembled");
     Ok((out, boot))
 }
 

@@ -242,13 +242,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     let plan = req.plan;
     let recipe = req.recipe;
     let mut steps = Vec::new();
+    let say = |step: &str, line: &str| {
+        req.log.line(step, line);
+        req.reporter.output(step, line);
+    };
     let run_in = |step: &str, cmd: &Cmd| -> Result<()> {
         req.log.line(step, &format!("$ {cmd}"));
         let t = Instant::now();
-        run(cmd, &req.cancel, &mut |line| {
-            req.reporter.output(step, line);
-            req.log.line(step, line);
-        })?;
+        run(cmd, &req.cancel, &mut |line| say(step, line))?;
         req.log.line(
             step,
             &format!("  (done in {:.2}s)", t.elapsed().as_secs_f64()),
@@ -603,18 +604,17 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
     match crate::export::link_layers(&bottom_first, &tree) {
         Ok(st) => {
-            let msg = format!(
-                "{} files hard-linked from the layers, {} directories, {} whiteouts applied",
-                st.linked, st.dirs, st.whiteouts
+            say(
+                step,
+                &format!(
+                    "{} files hard-linked from the layers, {} directories, {} whiteouts applied",
+                    st.linked, st.dirs, st.whiteouts
+                ),
             );
-            req.log.line(step, &msg);
-            req.reporter.output(step, &msg);
         }
         Err(crate::export::LinkError::Build(e)) => return Err(e.in_step(step)),
         Err(crate::export::LinkError::Unsupported(why)) => {
-            let msg = format!("copying the merged layers ({why})");
-            req.log.line(step, &msg);
-            req.reporter.output(step, &msg);
+            say(step, &format!("copying the merged layers ({why})"));
             webake_sys::fsutil::remove_dir_all_if_exists(&tree)
                 .map_err(|e| BuildError::io(&tree, e))?;
             mkdir_p(&tree)?;
@@ -640,8 +640,7 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
     let fin =
         crate::finalize::finalize(&tree, host_resolv.as_deref()).map_err(|e| e.in_step(step))?;
     for a in &fin.actions {
-        req.log.line(step, a);
-        req.reporter.output(step, a);
+        say(step, a);
     }
     (req.inspect)(&tree).map_err(|m| BuildError::Invalid(m).in_step(step))?;
     finish_step(

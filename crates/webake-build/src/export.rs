@@ -100,14 +100,7 @@ fn drop_dirs_under(dirs: &mut BTreeMap<PathBuf, PathBuf>, rel: &Path) {
 }
 
 fn remove_any(p: &Path) -> R<bool> {
-    match std::fs::symlink_metadata(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io(p, e)),
-        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p)
-            .map(|_| true)
-            .map_err(|e| io(p, e)),
-        Ok(_) => std::fs::remove_file(p).map(|_| true).map_err(|e| io(p, e)),
-    }
+    Ok(crate::finalize::remove_any(p)?)
 }
 
 fn merge_dir(

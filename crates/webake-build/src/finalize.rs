@@ -33,7 +33,8 @@ pub fn inner(root: &Path, rel: &str) -> Option<PathBuf> {
     Some(cur)
 }
 
-fn remove_any(p: &Path) -> Result<bool> {
+/// Remove a file, symlink or directory tree (never following a symlink); absent is `false`.
+pub(crate) fn remove_any(p: &Path) -> Result<bool> {
     match std::fs::symlink_metadata(p) {
         Err(_) => Ok(false),
         Ok(md) if md.is_dir() => std::fs::remove_dir_all(p)
