@@ -493,15 +493,7 @@ fn three_concurrent_bakes_of_different_recipes() {
             .iter()
             .find(|m| m["name"] == format!("concurrent-{i}"))
             .unwrap();
-        let raw = img["artifacts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["format"] == "raw")
-            .unwrap()["path"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let raw = artifact_path(img, "raw");
         assert_eq!(
             cat_in_image(Path::new(&raw), "/etc/which").as_deref(),
             Some(format!("{i}\n").as_str())
@@ -540,15 +532,7 @@ fn hostile_symlinks_in_the_image_never_reach_the_host() {
     );
     // Inside the image the write landed where the symlink points within the root.
     let imgs = env.images_json();
-    let raw = imgs[0]["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["format"] == "raw")
-        .unwrap()["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let raw = artifact_path(&imgs[0], "raw");
     assert_eq!(
         cat_in_image(Path::new(&raw), &format!("{}/pwned", victim_dir.display())).as_deref(),
         Some("pwned\n")

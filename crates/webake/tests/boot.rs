@@ -83,15 +83,7 @@ fn broken_image_fails_the_boot_test_within_its_timeout() {
     let o = env.run(&["bake", "recipes/debian-minimal.yaml", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let res: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let raw = res["image"]["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["format"] == "raw")
-        .unwrap()["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let raw = artifact_path(&res["image"], "raw");
 
     // The good image boots and passes the default checks (reaches multi-user, powers off).
     let good = env.run(&["test", &raw, "--timeout", "90"]);

@@ -78,15 +78,7 @@ fn killed_mid_write_entry_is_ignored_and_cache_never_changes_results() {
     let second = env.run(&["bake", "--force", r.to_str().unwrap(), "--json"]);
     assert!(second.status.success(), "{}", text(&second));
     let second: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
-    let raw = second["image"]["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["format"] == "raw")
-        .unwrap()["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let raw = artifact_path(&second["image"], "raw");
     assert_eq!(
         cat_in_image(std::path::Path::new(&raw), "/etc/hello").as_deref(),
         Some("hello from a layer\n"),

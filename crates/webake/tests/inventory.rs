@@ -7,18 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn raw_of(v: &serde_json::Value) -> String {
-    v["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["format"] == "raw")
-        .unwrap()["path"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn bake_json(env: &Env, recipe: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["bake", recipe.to_str().unwrap(), "--json"];
     args.extend_from_slice(extra);
@@ -43,7 +31,7 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
 
     // The recorded inventory equals what dpkg itself says about the image's tree.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let root = extract_root(Path::new(&raw_of(&b)), tmp.path());
+    let root = extract_root(Path::new(&artifact_path(&b, "raw")), tmp.path());
     let q = Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
@@ -142,7 +130,10 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
         "a clean baked image fails the lint: {}",
         text(&lint)
     );
-    let dir = Path::new(&raw_of(&b)).parent().unwrap().to_path_buf();
+    let dir = Path::new(&artifact_path(&b, "raw"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let spdx = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

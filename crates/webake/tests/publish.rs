@@ -331,15 +331,7 @@ fn bake(env: &Env, recipe: &Path, extra_env: Option<Command>) -> (String, PathBu
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let id = v["image"]["id"].as_str().unwrap().to_string();
-    let raw = v["image"]["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["format"] == "raw")
-        .expect("raw artifact")["path"]
-        .as_str()
-        .unwrap()
-        .into();
+    let raw = artifact_path(&v["image"], "raw").into();
     (id, raw)
 }
 

@@ -274,3 +274,17 @@ pub fn sha256sum(p: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// The path of an image's artifact in `format` (`raw`, `qcow2`), from the `image` object of
+/// `webake bake --json` or `webake images show --json`.
+pub fn artifact_path(image: &serde_json::Value, format: &str) -> String {
+    image["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .find(|a| a["format"] == format)
+        .unwrap_or_else(|| panic!("no {format} artifact in {image}"))["path"]
+        .as_str()
+        .expect("artifact path")
+        .to_string()
+}
