@@ -9,7 +9,7 @@ use serde::Serialize;
 use webake_spec::{Base, LoadedRecipe};
 use webake_sys::CancelToken;
 use webake_sys::process::{Cmd, run};
-use webake_sys::sandbox::{Bind, Overlay, SandboxSpec};
+use webake_sys::sandbox::{Bind, Guards, Network, Overlay, Power, SandboxSpec, View};
 
 use crate::assemble::{Artifact, AssembleInput, BootFiles, DiskIds};
 use crate::bootstrap::{self, BootstrapPlan, HostSources};
@@ -149,6 +149,12 @@ pub struct BakeRequest<'a> {
     pub no_cache: bool,
     /// Host environment lookup for secret variables.
     pub host_env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    /// The network of the bootstrap and every step (the sandbox's policy plus what the recipe
+    /// allows).
+    pub network: Network,
+    /// Every secret value of the bake: redacted from every step's output, not only the
+    /// declaring step's.
+    pub secrets: Vec<String>,
     /// Called with the finished, finalized tree before assembly (inventory, lint, agent).
     pub inspect: &'a dyn Fn(&Path) -> std::result::Result<(), String>,
 }
@@ -354,9 +360,35 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                             argv
                         }
                     };
-                    let mut spec = SandboxSpec::host(argv);
+                    // mmdebstrap runs from the host's installation (read-only) in the
+                    // sandbox: its maintainer scripts are as untrusted as any step's.
+                    let sbx = staging.join("sandbox");
+                    mkdir_p(&sbx)?;
+                    let mut spec = SandboxSpec::host_tools(&sbx, argv);
+                    spec.view = View::Host {
+                        tree: None,
+                        image_at: "/image".into(),
+                    };
+                    spec.power = Power::Mounts;
+                    spec.network = req.network.clone();
                     spec.env.extend(bs.env());
-                    run_in(step, &spec.command(&req.helper_exe)).map_err(|e| e.in_step(step))?;
+                    spec.binds.push(Bind {
+                        source: staging.clone(),
+                        target: staging.clone(),
+                        readonly: false,
+                    });
+                    for k in &bs.keyrings {
+                        spec.binds.push(Bind {
+                            source: k.clone(),
+                            target: k.clone(),
+                            readonly: true,
+                        });
+                    }
+                    let cmd = spec
+                        .command(&req.helper_exe)
+                        .map_err(|e| BuildError::io(&sbx, e))?;
+                    run_in(step, &cmd).map_err(|e| e.in_step(step))?;
+                    let _ = std::fs::remove_dir(&sbx);
                     let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": jiff_now()});
                     write_json(&staging.join("meta.json"), &meta)?;
                     let dest = req.workspace.bootstrap_dir().join(&bs.key);
@@ -423,13 +455,8 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
         };
         req.reporter.step_started(&sp.label, &why);
         let dir = scratch.join(format!("step-{i}"));
-        let (upper, work, merged, gen_dir) = (
-            dir.join("upper"),
-            dir.join("work"),
-            dir.join("merged"),
-            dir.join("gen"),
-        );
-        for d in [&upper, &work, &merged, &gen_dir] {
+        let (upper, work, gen_dir) = (dir.join("upper"), dir.join("work"), dir.join("gen"));
+        for d in [&upper, &work, &gen_dir] {
             mkdir_p(d)?;
         }
         let sc = provision::step_command(recipe, p, &vars, req.host_env)
@@ -455,14 +482,14 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             lowers: lowers.clone(),
             upper: upper.clone(),
             work: work.clone(),
-            merged: merged.clone(),
         };
+        let sbx = dir.join("sandbox");
+        mkdir_p(&sbx)?;
         let spec = if sc.on_host {
-            // ansible (host mode): ansible-playbook runs on the build host against the merged
-            // tree through the chroot connection plugin; API filesystems are mounted in it.
-            let mut inv = format!(
-                "[all]\nimage ansible_connection=community.general.chroot ansible_host={} ansible_python_interpreter=/usr/bin/python3\n",
-                merged.display()
+            // ansible (host mode): the controller runs from the host's Ansible installation
+            // (read-only) in the sandbox, the image at /image (chroot connection).
+            let mut inv = String::from(
+                "[all]\nimage ansible_connection=community.general.chroot ansible_host=/image ansible_python_interpreter=/usr/bin/python3\n",
             );
             if let Some((_, g, _)) = sc
                 .generated
@@ -482,8 +509,8 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                 format!("@{}", gen_dir.join("extra_vars.json").display()),
             ];
             argv.extend(sc.argv.iter().cloned());
-            let mut env = webake_sys::sandbox::SandboxSpec::host(vec![]).env;
-            env.extend(
+            let mut spec = SandboxSpec::host_tools(&sbx, argv);
+            spec.env.extend(
                 sc.env
                     .iter()
                     .filter(|(k, _)| {
@@ -493,22 +520,34 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                     })
                     .cloned(),
             );
-            SandboxSpec {
-                root: Some(merged.clone()),
-                chroot: false,
-                overlay: Some(overlay),
-                api_filesystems: true,
-                binds: vec![],
-                host_resolv_conf: false,
+            let recipe_dir = recipe
+                .dir
+                .canonicalize()
+                .unwrap_or_else(|_| recipe.dir.clone());
+            spec.overlay = Some(overlay);
+            spec.api_filesystems = true;
+            spec.network = req.network.clone();
+            spec.guards = Guards {
+                resolv_conf: true,
                 policy_rc_d: true,
-                hostname: "webake-build".into(),
-                cwd: recipe
-                    .dir
-                    .canonicalize()
-                    .unwrap_or_else(|_| recipe.dir.clone()),
-                env,
-                argv,
+                dpkg_unsafe_io: true,
+            };
+            for d in [&recipe_dir, &gen_dir] {
+                spec.binds.push(Bind {
+                    source: d.clone(),
+                    target: d.clone(),
+                    readonly: true,
+                });
             }
+            for extra in &sc.host_paths {
+                spec.binds.push(Bind {
+                    source: extra.clone(),
+                    target: extra.clone(),
+                    readonly: true,
+                });
+            }
+            spec.cwd = recipe_dir;
+            spec
         } else {
             let mut binds = sc.binds.clone();
             // Shared package cache: the step's apt downloads land in a per-bake directory
@@ -526,21 +565,18 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                 target: format!("{STAGING}/gen").into(),
                 readonly: true,
             });
-            SandboxSpec {
-                root: Some(merged.clone()),
-                chroot: true,
-                overlay: Some(overlay),
-                api_filesystems: true,
-                binds,
-                host_resolv_conf: true,
-                policy_rc_d: true,
-                hostname: "webake-build".into(),
-                cwd: "/".into(),
-                env: sc.env.clone(),
-                argv: sc.argv.clone(),
-            }
+            let mut spec = SandboxSpec::image(&sbx, sc.argv.clone());
+            spec.overlay = Some(overlay);
+            spec.binds = binds;
+            spec.network = req.network.clone();
+            spec.env = sc.env.clone();
+            spec
         };
-        let cmd = spec.command(&req.helper_exe).secrets(sc.secrets.clone());
+        let cmd = spec
+            .command(&req.helper_exe)
+            .map_err(|e| BuildError::io(&sbx, e))?
+            .secrets(req.secrets.iter().cloned())
+            .secrets(sc.secrets.clone());
         let ran = run_in(&sp.label, &cmd).map_err(|e| e.in_step(&sp.label));
         if !sc.on_host {
             // Keep what apt downloaded, even when the step failed.
@@ -719,24 +755,34 @@ fn copy_merged(
         );
     }
     let ex = scratch.join("export");
-    let (upper, work, merged) = (ex.join("upper"), ex.join("work"), ex.join("merged"));
-    for d in [&upper, &work, &merged] {
+    let (upper, work, sbx) = (ex.join("upper"), ex.join("work"), ex.join("sandbox"));
+    for d in [&upper, &work, &sbx] {
         mkdir_p(d)?;
     }
-    let mut spec = SandboxSpec::host(vec![
-        "cp".into(),
-        "-a".into(),
-        "--sparse=always".into(),
-        format!("{}/.", merged.display()),
-        tree.display().to_string(),
-    ]);
+    let mut spec = SandboxSpec::host_tools(
+        &sbx,
+        vec![
+            "cp".into(),
+            "-a".into(),
+            "--sparse=always".into(),
+            "/image/.".into(),
+            "/out".into(),
+        ],
+    );
     spec.overlay = Some(Overlay {
         lowers: lowers.to_vec(),
         upper,
         work,
-        merged,
     });
-    run_in("export", &spec.command(&req.helper_exe))?;
+    spec.binds.push(Bind {
+        source: tree.to_path_buf(),
+        target: "/out".into(),
+        readonly: false,
+    });
+    let cmd = spec
+        .command(&req.helper_exe)
+        .map_err(|e| BuildError::io(&sbx, e))?;
+    run_in("export", &cmd)?;
     let _ = webake_sys::fsutil::remove_dir_all_if_exists(&ex);
     Ok(())
 }

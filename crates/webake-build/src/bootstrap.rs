@@ -197,11 +197,12 @@ cp -a --sparse=always "$@" "$dest/" &
 copy=$!
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
-mount -t sysfs sysfs "$root/sys"
+mount --rbind /sys "$root/sys"
 rc=0
 sh -ec "$hook" initramfs "$root" || rc=$?
 umount -R "$root/dev"
-umount "$root/proc" "$root/sys"
+umount -R "$root/sys"
+umount "$root/proc"
 wait "$copy" || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
 [ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }
 for d in boot var/lib/initramfs-tools var/tmp; do

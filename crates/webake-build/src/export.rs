@@ -7,7 +7,7 @@
 //! links: the overlay rules applied in user space, bottom layer first —
 //!
 //! - a character device 0:0 is a whiteout: the path below it is gone;
-//! - a directory with `trusted.overlay.opaque=y` hides everything below it;
+//! - a directory with `user.overlay.opaque=y` hides everything below it;
 //! - a non-directory replaces whatever was there (a directory included);
 //! - a directory's attributes (owner, mode, xattrs, times) are those of the topmost layer
 //!   that has it, as overlayfs shows them.
@@ -50,9 +50,9 @@ impl From<BuildError> for LinkError {
 
 type R<T> = std::result::Result<T, LinkError>;
 
-const OPAQUE: &CStr = c"trusted.overlay.opaque";
-const REDIRECT: &CStr = c"trusted.overlay.redirect";
-const METACOPY: &CStr = c"trusted.overlay.metacopy";
+const OPAQUE: &CStr = c"user.overlay.opaque";
+const REDIRECT: &CStr = c"user.overlay.redirect";
+const METACOPY: &CStr = c"user.overlay.metacopy";
 
 fn io(p: &Path, e: std::io::Error) -> LinkError {
     LinkError::Build(BuildError::io(p, e))
@@ -185,7 +185,9 @@ fn copy_dir_attrs(src: &Path, dest: &Path) -> R<()> {
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(md.mode() & 0o7777))
         .map_err(|e| io(dest, e))?;
     for (name, value) in webake_sys::fsutil::xattrs(src).map_err(|e| io(src, e))? {
-        if name.to_bytes().starts_with(b"trusted.overlay.") {
+        if name.to_bytes().starts_with(b"trusted.overlay.")
+            || name.to_bytes().starts_with(b"user.overlay.")
+        {
             continue;
         }
         webake_sys::fsutil::set_xattr(dest, &name, &value).map_err(|e| io(dest, e))?;
@@ -325,7 +327,8 @@ mod tests {
         }
     }
 
-    /// The real thing: layers written through kernel overlayfs (whiteouts, opaque
+    /// The real thing: layers written through kernel overlayfs with `userxattr`, as the
+    /// sandbox mounts it (whiteouts, opaque
     /// directories, copy-ups, attribute changes), merged by the kernel and by `link_layers`;
     /// both views must list the same entries with the same type, mode, owner, size, link
     /// target and content. Needs root (mounts in a private mount namespace via unshare).
@@ -348,7 +351,7 @@ echo bin > usr/bin/tool; ln -s tool usr/bin/alias; ln usr/bin/tool usr/bin/hard
 echo l > var/lib/apt/lists/Packages; echo x > opt/keep/sub/f; echo g > srv/gone/f
 mkfifo var/log/fifo; chmod 0700 opt/keep; chown 1:2 etc/ssh/key
 unshare -m sh -ec '
-  mount -t overlay o -o lowerdir=$1/l0,upperdir=$1/l1,workdir=$1/w1 $1/m
+  mount -t overlay o -o lowerdir=$1/l0,upperdir=$1/l1,workdir=$1/w1,userxattr $1/m
   cd $1/m
   rm etc/ssh/key; rm -r var/lib/apt/lists; mkdir var/lib/apt/lists; echo new > var/lib/apt/lists/lock
   echo changed > etc/hostname; chmod 0751 opt/keep; chown 3:4 usr/bin/tool
@@ -356,14 +359,14 @@ unshare -m sh -ec '
   rm usr/bin/alias; ln -s /etc/hostname usr/bin/alias
 ' sh $R
 unshare -m sh -ec '
-  mount -t overlay o -o lowerdir=$1/l1:$1/l0,upperdir=$1/l2,workdir=$1/w2 $1/m
+  mount -t overlay o -o lowerdir=$1/l1:$1/l0,upperdir=$1/l2,workdir=$1/w2,userxattr $1/m
   cd $1/m
   rm srv/gone; mkdir srv/gone; echo back > srv/gone/g
   rm -r opt/keep/sub; echo top > etc/ssh/top; rm -r new
   setfattr -n user.webake -v yes etc/ssh 2>/dev/null || true
 ' sh $R
 unshare -m sh -ec '
-  mount -t overlay o -o lowerdir=$1/l2:$1/l1:$1/l0 $1/m
+  mount -t overlay o -o lowerdir=$1/l2:$1/l1:$1/l0,userxattr $1/m
   cp -a $1/m/. $1/merged/
 ' sh $R
 "#;

@@ -38,8 +38,10 @@ pub struct StepCommand {
     pub secrets: Vec<String>,
     /// Files written by webake into a per-step host dir that is bound at STAGING/gen.
     pub generated: Vec<(String, Vec<u8>, u32)>,
-    /// Run on the build host against the merged tree instead of inside the chroot.
+    /// Run the host's Ansible against the merged tree (at /image) instead of inside it.
     pub on_host: bool,
+    /// Host paths the host-mode controller reads (playbooks, roles, vars: read-only binds).
+    pub host_paths: Vec<PathBuf>,
 }
 
 pub fn step_label(i: usize, p: &Provisioner) -> String {
@@ -143,7 +145,9 @@ pub fn plan_steps(
                 inputs.insert(k.clone(), sha256_hex(v.as_bytes()));
             }
         }
-        let keyed = serde_json::json!({"v": "webake-step-v1", "prev": prev, "inputs": inputs});
+        // v2: layers are written by an overlay mounted in the sandbox's user namespace
+        // (user.overlay.* xattrs instead of trusted.overlay.*).
+        let keyed = serde_json::json!({"v": "webake-step-v2", "prev": prev, "inputs": inputs});
         let key = sha256_hex(keyed.to_string().as_bytes());
         out.push(StepPlan {
             index: i,
@@ -248,6 +252,7 @@ pub fn step_command(
                 secrets,
                 generated,
                 on_host: false,
+                host_paths: vec![],
             })
         }
         Provisioner::File(f) => {
@@ -284,6 +289,7 @@ pub fn step_command(
                 secrets: vec![],
                 generated: vec![],
                 on_host: false,
+                host_paths: vec![],
             })
         }
         Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_) => {
@@ -442,6 +448,7 @@ pub fn ansible_command(
                 secrets: vec![],
                 generated,
                 on_host: false,
+                host_paths: vec![],
             })
         }
         Provisioner::Ansible(a) => {
@@ -452,8 +459,15 @@ pub fn ansible_command(
                 std::path::absolute(&p).unwrap_or(p)
             };
             let mut args = Vec::new();
+            // What the controller reads from the host, bound read-only at the same paths.
+            let mut host_paths = Vec::new();
             for pb in a.playbook_file.as_slice() {
-                args.push(abs(pb).display().to_string());
+                let p = abs(pb);
+                host_paths.push(p.parent().map(Path::to_path_buf).unwrap_or(p.clone()));
+                args.push(p.display().to_string());
+            }
+            for r in a.role_paths.iter().chain(&a.collection_paths) {
+                host_paths.push(abs(r));
             }
             let roles: Vec<String> = a
                 .role_paths
@@ -491,6 +505,7 @@ pub fn ansible_command(
                 links.push(("host_vars".to_string(), abs(h)));
             }
             for (name, target) in links {
+                host_paths.push(target.clone());
                 generated.push((
                     format!("link:{name}"),
                     target.display().to_string().into_bytes(),
@@ -504,10 +519,52 @@ pub fn ansible_command(
                 secrets: vec![],
                 generated,
                 on_host: true,
+                host_paths,
             })
         }
         _ => unreachable!("only ansible steps"),
     }
+}
+
+/// The sandbox network of a recipe's bootstrap and steps.
+pub fn sandbox_network(recipe: &LoadedRecipe) -> webake_sys::sandbox::Network {
+    use webake_spec::NetworkAllow;
+    use webake_sys::sandbox::{Allow, Network};
+    let n = &recipe.recipe.network;
+    if !n.outbound {
+        return Network::None;
+    }
+    let allow = n
+        .allow
+        .iter()
+        .filter_map(|a| NetworkAllow::parse(a).ok())
+        .map(|a| match a {
+            NetworkAllow::HostLoopbackPort(p) => Allow::HostLoopbackPort(p),
+            NetworkAllow::Network(addr, prefix) => Allow::Network { addr, prefix },
+        })
+        .collect();
+    Network::Outbound { allow }
+}
+
+/// Every secret value the recipe's steps read from the host (to redact from every step's
+/// output, the bake log and the catalog, whichever step prints it).
+pub fn recipe_secrets(
+    recipe: &LoadedRecipe,
+    host_env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in &recipe.recipe.provisioners {
+        if let Provisioner::Shell(s) = p {
+            for k in &s.secret_env {
+                if let Some(v) = host_env(k).filter(|v| !v.is_empty())
+                    && !out.contains(&v)
+                {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A galaxy requirements file may only name local sources (no network to a galaxy server).

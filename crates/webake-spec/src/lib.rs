@@ -409,6 +409,10 @@ fn validate(r: &Recipe) -> Result<(), Invalid> {
             "at least one output format is required".into(),
         ));
     }
+    for (i, a) in r.network.allow.iter().enumerate() {
+        NetworkAllow::parse(a)
+            .map_err(|m| (vec![key("network"), key("allow"), Seg::Index(i)], m))?;
+    }
     let allow_out = r.allow_paths_outside_recipe_dir;
     for (i, p) in r.provisioners.iter().enumerate() {
         let base = vec![key("provisioners"), Seg::Index(i), key(p.kind())];

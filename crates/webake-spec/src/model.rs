@@ -40,6 +40,66 @@ pub struct Recipe {
     /// Paths in this recipe may point outside the recipe's directory (off by default).
     #[serde(default)]
     pub allow_paths_outside_recipe_dir: bool,
+    /// The network of the bootstrap and of every step. By default they reach the internet and
+    /// the networks around the build host, never the host itself (loopback, its own addresses)
+    /// nor link-local addresses (instance metadata).
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Outbound networking for the bootstrap and the steps (`false`: loopback only).
+    #[serde(default = "yes")]
+    pub outbound: bool,
+    /// Addresses the default policy blocks that this recipe may reach: `127.0.0.1:PORT` (a TCP
+    /// port on the build host's loopback, e.g. a local mirror; reached as the same address
+    /// inside), or an IPv4 address or `ADDR/PREFIX` network (a host address, link-local).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            outbound: true,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One parsed entry of `network.allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkAllow {
+    HostLoopbackPort(u16),
+    Network(std::net::Ipv4Addr, u8),
+}
+
+impl NetworkAllow {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(port) = s.strip_prefix("127.0.0.1:") {
+            return port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(Self::HostLoopbackPort)
+                .ok_or_else(|| format!("{s:?}: expected 127.0.0.1:PORT with a port 1-65535"));
+        }
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)),
+            None => (s, Some(32)),
+        };
+        match (addr.parse::<std::net::Ipv4Addr>(), prefix) {
+            (Ok(a), Some(p)) if !a.is_loopback() => Ok(Self::Network(a, p)),
+            (Ok(_), Some(_)) => Err(format!(
+                "{s:?}: the build host's loopback is reached by port only (127.0.0.1:PORT)"
+            )),
+            _ => Err(format!(
+                "{s:?}: expected 127.0.0.1:PORT, an IPv4 address or ADDR/PREFIX"
+            )),
+        }
+    }
 }
 
 fn default_outputs() -> Vec<OutputFormat> {

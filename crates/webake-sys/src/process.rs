@@ -34,6 +34,8 @@ pub struct Cmd {
     /// Shown instead of the full argument list (e.g. the sandbox's JSON spec).
     display: Option<String>,
     kill_on_parent_death: bool,
+    /// A descriptor passed to the child under a fixed number (e.g. the sandbox spec on fd 3).
+    pass_fd: Option<(i32, std::sync::Arc<std::os::fd::OwnedFd>)>,
 }
 
 impl Cmd {
@@ -47,6 +49,7 @@ impl Cmd {
             secrets: Vec::new(),
             display: None,
             kill_on_parent_death: true,
+            pass_fd: None,
         }
     }
 
@@ -87,6 +90,12 @@ impl Cmd {
         self
     }
 
+    /// Give the child `fd` as descriptor number `as_fd` (only that one; others stay CLOEXEC).
+    pub fn pass_fd(mut self, as_fd: i32, fd: std::sync::Arc<std::os::fd::OwnedFd>) -> Self {
+        self.pass_fd = Some((as_fd, fd));
+        self
+    }
+
     pub fn display_as(mut self, s: impl Into<String>) -> Self {
         self.display = Some(s.into());
         self
@@ -117,7 +126,11 @@ impl Cmd {
             c.current_dir(d);
         }
         let pdeath = self.kill_on_parent_death;
-        // SAFETY: only async-signal-safe calls (setpgid, prctl) between fork and exec.
+        let pass = self
+            .pass_fd
+            .as_ref()
+            .map(|(n, fd)| (*n, std::os::fd::AsRawFd::as_raw_fd(fd.as_ref())));
+        // SAFETY: only async-signal-safe calls (setpgid, prctl, fcntl, dup2) between fork and exec.
         #[allow(unsafe_code)]
         unsafe {
             c.pre_exec(move || {
@@ -128,6 +141,15 @@ impl Cmd {
                 }
                 if pdeath && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some((n, fd)) = pass {
+                    // dup2 clears CLOEXEC on the new number; the same number needs it cleared.
+                    if fd == n {
+                        let fl = libc::fcntl(fd, libc::F_GETFD);
+                        libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                    } else if libc::dup2(fd, n) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

@@ -425,6 +425,8 @@ pub fn bake_recipe(
             refresh_base: args.refresh_base,
             no_cache: args.no_cache,
             host_env: &host_env,
+            network: webake_build::provision::sandbox_network(recipe),
+            secrets: webake_build::provision::recipe_secrets(recipe, &host_env),
             inspect: &inspect,
         };
         // A base from an AMI is downloaded and extracted into the cache first (the build

@@ -1,0 +1,394 @@
+//! The sandbox against the real kernel: namespaces, ids, capabilities, seccomp, kernel
+//! parameters and networking. Needs root (CI is root); fails with the missing capability
+//! otherwise, never skips.
+//!
+//! This test binary is its own sandbox helper (like webake): `main` serves
+//! `__webake-sandbox` first, then runs the tests one after another.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use webake_sys::CancelToken;
+use webake_sys::process::run;
+use webake_sys::sandbox::{Allow, Bind, Guards, Network, SandboxSpec, View, ids};
+
+struct Out {
+    code: i32,
+    text: String,
+}
+
+fn sandbox_run(spec: &SandboxSpec) -> Out {
+    let exe = std::env::current_exe().unwrap();
+    let cmd = spec.command(&exe).expect("spec");
+    let mut text = String::new();
+    let r = run(&cmd, &CancelToken::new(), &mut |l| {
+        text.push_str(l);
+        text.push('\n');
+    });
+    let code = match r {
+        Ok(_) => 0,
+        Err(webake_sys::ProcessError::Failed { code, .. }) => code.unwrap_or(-1),
+        Err(e) => panic!("{e}"),
+    };
+    if std::env::var_os("SHOW").is_some() {
+        eprintln!("--- code {code}\n{text}");
+    }
+    Out { code, text }
+}
+
+/// A tree that looks like a Debian root: the host's /usr bound read-only, merged-usr links.
+struct Tree {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    root: PathBuf,
+}
+
+fn tree() -> Tree {
+    let dir = tempfile::Builder::new()
+        .prefix("webake-sbx-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path().join("root");
+    for d in ["usr", "etc", "tmp", "root", "var/tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (l, t) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        std::os::unix::fs::symlink(t, root.join(l)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    Tree {
+        _dir: dir,
+        work,
+        root,
+    }
+}
+
+fn spec(t: &Tree, script: &str) -> SandboxSpec {
+    let mut s = SandboxSpec::image(&t.work, vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    s.view = View::Image {
+        tree: Some(t.root.clone()),
+    };
+    s.network = Network::None;
+    // /usr is the host's, read-only: no policy-rc.d or dpkg drop-in.
+    s.guards = Guards::default();
+    s.binds.push(Bind {
+        source: "/usr".into(),
+        target: "/usr".into(),
+        readonly: true,
+    });
+    s
+}
+
+fn sysctl(name: &str) -> String {
+    std::fs::read_to_string(Path::new("/proc/sys").join(name.replace('.', "/")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn root_inside_is_an_unprivileged_range_outside() {
+    let t = tree();
+    let o = sandbox_run(&spec(
+        &t,
+        "id -u; id -g; cat /proc/self/uid_map; ls /proc | grep -c '^[0-9]'",
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let lines: Vec<&str> = o.text.lines().collect();
+    assert_eq!(lines[0], "0");
+    assert_eq!(lines[1], "0");
+    let map: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        map,
+        [
+            "0",
+            &ids::IdRange::resolve().unwrap().base.to_string(),
+            "65536"
+        ]
+    );
+    let procs: usize = lines[3].parse().unwrap();
+    assert!(
+        procs <= 4,
+        "the sandbox sees only its own processes: {procs}"
+    );
+}
+
+fn files_written_inside_keep_their_owners_on_disk() {
+    let t = tree();
+    let o = sandbox_run(&spec(
+        &t,
+        "echo hi > /root/f && chown 42:42 /root/f && mkdir /var/tmp/d && chmod 4755 /root/f",
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(t.root.join("root/f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (42, 42));
+    assert_eq!(md.mode() & 0o7777, 0o4755);
+    let md = std::fs::metadata(t.root.join("var/tmp/d")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+}
+
+fn kernel_parameters_are_private() {
+    let t = tree();
+    let before = sysctl("vm.swappiness");
+    let want = if before == "13" { "14" } else { "13" };
+    let o = sandbox_run(&spec(
+        &t,
+        &format!("echo {want} > /proc/sys/vm/swappiness && cat /proc/sys/vm/swappiness"),
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert_eq!(o.text.trim(), want, "the write reads back inside");
+    assert_eq!(
+        sysctl("vm.swappiness"),
+        before,
+        "the host's value is unchanged"
+    );
+}
+
+fn capabilities_seccomp_and_no_new_privs() {
+    let t = tree();
+    let o = sandbox_run(&spec(
+        &t,
+        "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let field = |k: &str| {
+        o.text
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let bnd = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
+    assert_eq!(bnd & (1 << 21), 0, "no CAP_SYS_ADMIN: {}", o.text);
+    assert_eq!(bnd & (1 << 16), 0, "no CAP_SYS_MODULE");
+    assert_ne!(bnd & (1 << 18), 0, "CAP_SYS_CHROOT kept");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+}
+
+fn a_chroot_escape_stays_inside() {
+    let t = tree();
+    let canary_dir = tempfile::Builder::new()
+        .prefix("webake-canary-")
+        .tempdir()
+        .unwrap();
+    let canary = canary_dir.path().join("canary");
+    std::fs::write(&canary, "untouched").unwrap();
+    let py = format!(
+        "import os\nos.makedirs('/tmp/x', exist_ok=True)\nos.chroot('/tmp/x')\nfor _ in range(64): os.chdir('..')\nos.chroot('.')\n\
+try:\n    open('{c}', 'w').write('escaped')\n    print('WROTE')\nexcept Exception as e:\n    print('refused', e)\n\
+print(sorted(os.listdir('/')))\n",
+        c = canary.display()
+    );
+    let o = sandbox_run(&spec(
+        &t,
+        &format!("python3 -c \"{}\"", py.replace('"', "\\\"")),
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("refused"), "{}", o.text);
+    assert!(!o.text.contains("WROTE"), "{}", o.text);
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "untouched");
+    assert!(
+        !o.text.contains("'home'") || !Path::new("/home").exists() || o.text.contains("root"),
+        "{}",
+        o.text
+    );
+}
+
+fn proc_masks_and_host_kernel_interfaces_refuse() {
+    let t = tree();
+    let o = sandbox_run(&spec(
+        &t,
+        "echo h > /proc/sysrq-trigger; echo rc=$?; head -c 16 /proc/kcore | wc -c; \
+         cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc/1/root/ | head -3",
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    // Whatever the shell printed, the sysrq trigger is /dev/null and kcore is empty.
+    assert!(
+        o.text.lines().any(|l| l.trim() == "0"),
+        "kcore readable: {}",
+        o.text
+    );
+}
+
+fn no_network_without_outbound() {
+    let t = tree();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let o = sandbox_run(&spec(
+        &t,
+        &format!(
+            "python3 -c \"import socket; s=socket.create_connection(('127.0.0.1', {port}), 2); print('CONNECTED')\""
+        ),
+    ));
+    assert!(o.text.contains("Errno"), "{}", o.text);
+    assert!(!o.text.contains("CONNECTED"), "{}", o.text);
+}
+
+fn outbound_blocks_the_host_and_allows_named_ports() {
+    let t = tree();
+    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let host_ips: Vec<String> = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|a| a.contains('.'))
+        .map(String::from)
+        .collect();
+    let mut targets = vec!["127.0.0.1".to_string(), "10.0.2.2".to_string()];
+    targets.extend(host_ips);
+    let probe = |addrs: &[String]| {
+        let mut s = String::from("import socket\n");
+        for a in addrs {
+            s.push_str(&format!(
+                "try:\n    socket.create_connection(('{a}', {port}), 2); print('CONNECTED {a}')\nexcept Exception as e:\n    print('refused {a}', e)\n"
+            ));
+        }
+        s
+    };
+    let server = std::thread::spawn(move || {
+        l.set_nonblocking(false).unwrap();
+        // Answer whatever connects (only the allowed probe should).
+        for c in l.incoming().take(1) {
+            let mut c = c.unwrap();
+            let _ = c.write_all(b"hello\n");
+        }
+    });
+    let mut s = spec(&t, &format!("python3 -c \"{}\"", probe(&targets)));
+    s.network = Network::Outbound { allow: vec![] };
+    let o = sandbox_run(&s);
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(!o.text.contains("CONNECTED"), "{}", o.text);
+    let mut s = spec(
+        &t,
+        &format!(
+            "python3 -c \"import socket; c=socket.create_connection(('127.0.0.1', {port}), 5); print('GOT', c.recv(6))\""
+        ),
+    );
+    s.network = Network::Outbound {
+        allow: vec![Allow::HostLoopbackPort(port)],
+    };
+    let o = sandbox_run(&s);
+    assert!(o.text.contains("GOT b'hello"), "{}", o.text);
+    server.join().unwrap();
+}
+
+/// The one external address a test may use: the package registry the bakes use anyway.
+fn outbound_reaches_the_debian_mirror_by_name() {
+    let t = tree();
+    let mut s = spec(
+        &t,
+        "cat /etc/resolv.conf; python3 -c \"import urllib.request; print('STATUS', urllib.request.urlopen('http://deb.debian.org/debian/dists/bookworm/InRelease', timeout=20).status)\"",
+    );
+    s.network = Network::Outbound { allow: vec![] };
+    s.guards.resolv_conf = true;
+    let o = sandbox_run(&s);
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("nameserver 10.0.2.3"), "{}", o.text);
+    assert!(o.text.contains("STATUS 200"), "{}", o.text);
+    assert!(
+        !t.root.join("etc/resolv.conf").exists(),
+        "the image's resolv.conf is restored (absent before)"
+    );
+}
+
+fn the_spec_is_not_on_the_command_line() {
+    let t = tree();
+    let mut s = spec(
+        &t,
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $WEBAKE_SECRET_PROBE",
+    );
+    s.env
+        .push(("WEBAKE_SECRET_PROBE".into(), "s3cr3t-value".into()));
+    let o = sandbox_run(&s);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let first = o.text.lines().next().unwrap_or_default();
+    assert!(!first.contains("s3cr3t"), "{}", o.text);
+    assert!(
+        o.text.contains("s3cr3t-value"),
+        "the step still gets its environment"
+    );
+}
+
+fn main() {
+    if let Some(code) = webake_sys::sandbox::helper_main_if_requested() {
+        std::process::exit(code as i32);
+    }
+    if let Some(why) = webake_sys::sandbox::unsupported_reason() {
+        eprintln!("sandbox tests cannot run here: {why}");
+        std::process::exit(1);
+    }
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let tests: &[(&str, fn())] = &[
+        (
+            "root_inside_is_an_unprivileged_range_outside",
+            root_inside_is_an_unprivileged_range_outside,
+        ),
+        (
+            "files_written_inside_keep_their_owners_on_disk",
+            files_written_inside_keep_their_owners_on_disk,
+        ),
+        (
+            "kernel_parameters_are_private",
+            kernel_parameters_are_private,
+        ),
+        (
+            "capabilities_seccomp_and_no_new_privs",
+            capabilities_seccomp_and_no_new_privs,
+        ),
+        ("a_chroot_escape_stays_inside", a_chroot_escape_stays_inside),
+        (
+            "proc_masks_and_host_kernel_interfaces_refuse",
+            proc_masks_and_host_kernel_interfaces_refuse,
+        ),
+        ("no_network_without_outbound", no_network_without_outbound),
+        (
+            "outbound_blocks_the_host_and_allows_named_ports",
+            outbound_blocks_the_host_and_allows_named_ports,
+        ),
+        (
+            "the_spec_is_not_on_the_command_line",
+            the_spec_is_not_on_the_command_line,
+        ),
+        (
+            "outbound_reaches_the_debian_mirror_by_name",
+            outbound_reaches_the_debian_mirror_by_name,
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, f) in tests {
+        if !filters.is_empty() && !filters.iter().any(|x| name.contains(x.as_str())) {
+            continue;
+        }
+        let t = std::time::Instant::now();
+        let r = std::panic::catch_unwind(f);
+        let ok = r.is_ok();
+        println!(
+            "test {name} ... {} ({:.2}s)",
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if !ok {
+            failed.push(*name);
+        }
+    }
+    let _ = std::io::stdout().flush();
+    if !failed.is_empty() {
+        eprintln!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
