@@ -103,6 +103,42 @@ pub enum RolloutError {
     )]
     AmiInSeveralRegions { ami: String, regions: String },
 
+    #[error(
+        "{file}:{line}: {what}: refusing to replace the AMI id {old} with the local name {new}, \
+         which no node can boot: an AMI reference needs the image's AWS publication in that \
+         reference's region (publish the image to AWS there first)"
+    )]
+    Unresolvable {
+        file: String,
+        line: usize,
+        what: String,
+        old: String,
+        new: String,
+    },
+
+    #[error(
+        "{file}:{line}: {reference} is {current}, newer than {new} of the same family: refusing \
+         to roll back; pass --allow-downgrade to do it on purpose"
+    )]
+    Downgrade {
+        file: String,
+        line: usize,
+        reference: String,
+        current: String,
+        new: String,
+    },
+
+    #[error("{file}:{line}: cannot look up which image {reference} is: {message}")]
+    Lookup {
+        file: String,
+        line: usize,
+        reference: String,
+        message: String,
+    },
+
+    #[error("rollout targets {file}: {message}")]
+    Targets { file: String, message: String },
+
     #[error(transparent)]
     Forge(#[from] ForgeError),
 }
@@ -113,7 +149,10 @@ impl RolloutError {
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Self::InvalidRequest(_) | Self::Config { .. } | Self::NoRules { .. }
+            Self::InvalidRequest(_)
+                | Self::Config { .. }
+                | Self::NoRules { .. }
+                | Self::Targets { .. }
         )
     }
 

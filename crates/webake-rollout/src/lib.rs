@@ -3,8 +3,14 @@
 //! [`rollout`] clones the cluster repository into a temp dir, finds the image references the
 //! [`Rule`]s select (kops `InstanceGroup` `spec.image`, a YAML path, a regex), replaces exactly
 //! those bytes, commits on `webake/<family>` (rebuilt from the base branch each time, so a newer
-//! image supersedes an older one), pushes it, and creates or updates one pull request through a
-//! [`Forge`]. With `dry_run` it returns the unified diff and touches nothing.
+//! image supersedes an older one), pushes it, and creates or updates one pull request (GitHub)
+//! or merge request (GitLab) through a [`Forge`]. With `dry_run` it returns the unified diff,
+//! the title and the body, and touches nothing.
+//!
+//! Before anything is written it compares each current reference with the new image (the
+//! caller's [`ImageLookup`] says what a reference points at now) and refuses a downgrade or a
+//! reference the cluster could not resolve. A pull request a reviewer closed stays closed for
+//! that image. [`rollout_targets`] does all of it in several cluster repositories in one run.
 //!
 //! The library never prints: it returns a [`RolloutOutcome`], reports steps through a
 //! [`Reporter`], and logs with `tracing`.
@@ -14,7 +20,9 @@ pub mod forge;
 mod git;
 mod plan;
 mod reference;
+pub mod review;
 mod rules;
+mod targets;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -24,14 +32,25 @@ use serde::Serialize;
 
 pub use error::RolloutError;
 pub use forge::{
-    Forge, ForgeConfig, ForgeError, GITHUB_API, GitHub, PullRequest, PullRequestAction,
-    PullRequestSpec,
+    ClosedPullRequest, Forge, ForgeConfig, ForgeError, GITHUB_API, GITLAB_API, GitHub, GitLab,
+    PullRequest, PullRequestAction, PullRequestSpec,
 };
 pub use git::{GitError, GitIdentity};
 pub use plan::{DEFAULT_KOPS_FILES, Edit};
-pub use reference::{ImageReference, ReferenceKind, region_of_zone};
+pub use reference::{
+    ImageReference, LOCAL_REFERENCE_PREFIX, ReferenceKind, is_local_reference, local_reference,
+    region_of_zone,
+};
+pub use review::{
+    BeforeAfter, CurrentImage, ImageFacts, ImageLookup, NoLookup, PackageChange, PackageChangeKind,
+    PackageNote, ReferenceInfo,
+};
 pub use rules::{
     DEFAULT_CONFIG_PATH, InstanceGroupRule, RegexRule, RolloutConfig, Rule, YamlPathRule,
+};
+pub use targets::{
+    ForgeFactory, RolloutTargets, Target, TargetOutcome, TargetStatus, default_token_env,
+    rollout_targets, rollout_targets_with, summary_table,
 };
 
 use git::Git;
@@ -92,6 +111,13 @@ pub struct RolloutRequest {
     pub labels: Vec<String>,
     pub author: GitIdentity,
     pub committer: GitIdentity,
+    /// What is known about the image rolled out (for the before/after and the downgrade
+    /// guard); `None` for a bare reference (`--to`, `--ami`).
+    pub image: Option<ImageFacts>,
+    /// Roll out even when a reference points at a newer image of the same family.
+    pub allow_downgrade: bool,
+    /// Propose again although a reviewer closed the pull request for this image.
+    pub reopen: bool,
 }
 
 impl RolloutRequest {
@@ -113,7 +139,25 @@ impl RolloutRequest {
             labels: Vec::new(),
             author: GitIdentity::default(),
             committer: GitIdentity::default(),
+            image: None,
+            allow_downgrade: false,
+            reopen: false,
         }
+    }
+
+    /// What identifies the image in the pull request (and in a closed one): the catalog id,
+    /// else the reference.
+    pub fn image_key(&self) -> String {
+        match &self.image {
+            Some(facts) if !facts.id.is_empty() => facts.id.clone(),
+            _ => self.reference.describe(),
+        }
+    }
+
+    /// The hidden line of the pull request body that names the image.
+    fn marker(&self) -> String {
+        let key = self.image_key().replace("--", "-");
+        format!("<!-- webake-rollout family={} image={key} -->", self.family)
     }
 
     fn display_name(&self) -> String {
@@ -138,6 +182,9 @@ pub enum BranchStatus {
     Updated,
     /// The branch already holds exactly this change: nothing pushed.
     Unchanged,
+    /// A reviewer closed the pull request for this very image: nothing pushed, it stays closed
+    /// (`reopen` proposes it again; a newer image opens a new one).
+    Declined,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -160,6 +207,11 @@ pub struct RolloutOutcome {
     pub changed_files: Vec<String>,
     /// Unified diff (`--- a/path` / `+++ b/path`) of the change.
     pub diff: String,
+    /// Pull request title and body (Markdown), as proposed (also for dry runs).
+    pub title: String,
+    pub body: String,
+    /// Each current image against the new one.
+    pub before_after: Vec<BeforeAfter>,
     pub pull_request: Option<PullRequestOutcome>,
 }
 
@@ -184,11 +236,13 @@ impl Reporter for NoReporter {}
 /// Files larger than this are not searched (generated blobs, vendored archives).
 const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Roll out: plan the edits, then (unless dry run) commit, push and propose them.
+/// Roll out: plan the edits, check them, then (unless dry run) commit, push and propose them.
 ///
-/// The forge comes from `req.forge` (its token is read from the environment first of all).
+/// The forge comes from `req.forge` (its token is read from the environment first of all);
+/// `lookup` says which image each current reference points at.
 pub fn rollout(
     req: &RolloutRequest,
+    lookup: &dyn ImageLookup,
     reporter: &dyn Reporter,
 ) -> Result<RolloutOutcome, RolloutError> {
     let forge = if req.dry_run {
@@ -196,13 +250,14 @@ pub fn rollout(
     } else {
         forge::forge_from_config(&req.forge)?
     };
-    rollout_with_forge(req, forge.as_deref(), reporter)
+    rollout_with_forge(req, forge.as_deref(), lookup, reporter)
 }
 
 /// [`rollout`] with a given forge (`None`: local mode); `req.forge` is ignored.
 pub fn rollout_with_forge(
     req: &RolloutRequest,
     forge: Option<&dyn Forge>,
+    lookup: &dyn ImageLookup,
     reporter: &dyn Reporter,
 ) -> Result<RolloutOutcome, RolloutError> {
     let branch = git::branch_for_family(&req.family).map_err(RolloutError::InvalidRequest)?;
@@ -273,8 +328,19 @@ pub fn rollout_with_forge(
                 .join("; "),
         });
     }
+    // Guards: a reference the cluster could not resolve, a downgrade.
+    review::check_resolvable(&edits)?;
+    let before_after = review::before_after(&edits, req.image.as_ref(), lookup)?;
+    if !req.allow_downgrade {
+        review::check_not_downgrade(&before_after, req.image.as_ref())?;
+    }
     let (new_texts, diff) = render_changes(&files, &edits)?;
     let changed_files: Vec<String> = new_texts.keys().cloned().collect();
+    let title = req
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("Roll out {}", req.display_name()));
+    let body = pr_body(req, &edits, &before_after);
     let mut outcome = RolloutOutcome {
         branch: branch.clone(),
         base_branch: base_branch.clone(),
@@ -284,6 +350,9 @@ pub fn rollout_with_forge(
         edits,
         changed_files,
         diff,
+        title,
+        body,
+        before_after,
         pull_request: None,
     };
     if req.dry_run {
@@ -299,6 +368,24 @@ pub fn rollout_with_forge(
         Some(f) => f.find_open_pull_request(&branch)?,
         None => None,
     };
+    // A reviewer who closed the pull request for this image has decided: keep it closed.
+    if let (Some(f), None, false) = (forge, &existing_pr, req.reopen) {
+        let marker = req.marker();
+        let declined = f
+            .find_closed_pull_requests(&branch)?
+            .into_iter()
+            .find(|pr| !pr.merged && pr.body.contains(&marker));
+        if let Some(pr) = declined {
+            tracing::info!(%branch, number = pr.number, "the pull request for this image was closed; not proposing it again");
+            outcome.status = BranchStatus::Declined;
+            outcome.pull_request = Some(PullRequestOutcome {
+                number: pr.number,
+                url: pr.url,
+                action: PullRequestAction::LeftClosed,
+            });
+            return Ok(outcome);
+        }
+    }
 
     // Commit on a branch rebuilt from the base.
     reporter.step(Step::Committing { branch: &branch });
@@ -346,11 +433,8 @@ pub fn rollout_with_forge(
         let spec = PullRequestSpec {
             head_branch: branch.clone(),
             base_branch: base_branch.clone(),
-            title: req
-                .title
-                .clone()
-                .unwrap_or_else(|| format!("Roll out {}", req.display_name())),
-            body: pr_body(req, &outcome.edits),
+            title: outcome.title.clone(),
+            body: outcome.body.clone(),
             labels,
         };
         let (pr, action) = forge::ensure_pull_request(forge, existing_pr, &spec)?;
@@ -516,10 +600,23 @@ fn commit_message(req: &RolloutRequest, edits: &[Edit]) -> String {
     msg
 }
 
-fn pr_body(req: &RolloutRequest, edits: &[Edit]) -> String {
+/// The pull request body: the caller's Markdown, the new image, each current image against it,
+/// the table of references, and the hidden marker naming the image.
+fn pr_body(req: &RolloutRequest, edits: &[Edit], before_after: &[BeforeAfter]) -> String {
     let mut body = req.pr_body_markdown.trim_end().to_string();
     if !body.is_empty() {
         body.push_str("\n\n");
+    }
+    if let Some(new) = &req.image {
+        body.push_str(&review::new_image_markdown(new));
+        body.push('\n');
+    }
+    if !before_after.is_empty() {
+        body.push_str(&review::before_after_markdown(
+            before_after,
+            req.image.as_ref(),
+        ));
+        body.push('\n');
     }
     body.push_str("### Image references\n\n| file | what | from | to |\n|---|---|---|---|\n");
     for e in edits.iter().filter(|e| e.changes()) {
@@ -533,9 +630,11 @@ fn pr_body(req: &RolloutRequest, edits: &[Edit]) -> String {
         ));
     }
     body.push_str(&format!(
-        "\n<sub>Proposed by webake for image family `{}`. Merge to roll the clusters, or close to skip; \
-         a newer image updates this pull request.</sub>\n",
-        req.family
+        "\n<sub>Proposed by webake for image family `{}`. Merge to roll the clusters, or close to skip \
+         this image (webake will not propose it again); a newer image updates this pull request or \
+         opens a new one.</sub>\n{}\n",
+        req.family,
+        req.marker()
     ));
     body
 }

@@ -118,6 +118,24 @@ impl ImageReference {
     }
 }
 
+/// The prefix of webake's local image names (`webake/NAME:VERSION`): the reference of an image
+/// published nowhere but the local catalog. Nothing in AWS resolves it.
+pub const LOCAL_REFERENCE_PREFIX: &str = "webake/";
+
+/// The local reference of a catalog image: `webake/NAME:VERSION`, in the `owner/name` form a
+/// kops `spec.image` accepts (for local clusters, or repositories that name images by version).
+pub fn local_reference(name: &str, version: &str) -> String {
+    format!("{LOCAL_REFERENCE_PREFIX}{name}:{version}")
+}
+
+/// Whether `reference` is a local webake name (`webake/NAME:VERSION`).
+pub fn is_local_reference(reference: &str) -> bool {
+    reference
+        .strip_prefix(LOCAL_REFERENCE_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(name, version)| !name.is_empty() && !version.is_empty())
+}
+
 /// Why a per-region reference has no AMI for a match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegionLookup {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use support::{FakeGitHub, FixtureRepo, assert_expected, git, tree_files};
 use webake_rollout::{
-    BranchStatus, ForgeError, GitHub, ImageReference, InstanceGroupRule, NoReporter,
+    BranchStatus, ForgeError, GitHub, ImageReference, InstanceGroupRule, NoLookup, NoReporter,
     PullRequestAction, RepoLocation, RolloutError, RolloutRequest, Rule, rollout,
     rollout_with_forge,
 };
@@ -106,6 +106,7 @@ fn per_region_rollout_pushes_one_commit_with_only_image_lines_changed() {
     let main = repo.main_sha();
     let outcome = rollout(
         &request(&repo, "k8s-node", "2026.11.25", k8s_node_v2()),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -216,6 +217,7 @@ fn newer_image_supersedes_the_branch_and_a_rerun_changes_nothing() {
     let main = repo.main_sha();
     let first = rollout(
         &request(&repo, "k8s-node", "2026.11.25", k8s_node_v2()),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -223,6 +225,7 @@ fn newer_image_supersedes_the_branch_and_a_rerun_changes_nothing() {
 
     let second = rollout(
         &request(&repo, "k8s-node", "2026.12.02", k8s_node_v3()),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -260,6 +263,7 @@ fn newer_image_supersedes_the_branch_and_a_rerun_changes_nothing() {
 
     let third = rollout(
         &request(&repo, "k8s-node", "2026.12.02", k8s_node_v3()),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -280,7 +284,7 @@ fn dry_run_returns_the_diff_and_touches_nothing() {
     let refs_before = git(&repo.bare, &["for-each-ref"]);
     let mut req = request(&repo, "k8s-node", "2026.11.25", k8s_node_v2());
     req.dry_run = true;
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(outcome.status, BranchStatus::DryRun);
     assert_eq!(outcome.commit, None);
     assert_expected("k8s-node-per-region.diff", &outcome.diff);
@@ -297,6 +301,7 @@ fn bastion_family_rolls_the_bastion_group_and_the_terraform_variable() {
     ]);
     let outcome = rollout(
         &request(&repo, "bastion", "2026.11.25", reference),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -335,7 +340,7 @@ fn explicit_reference_and_command_line_rules_keep_the_quoting() {
         roles: vec!["Node".into()],
         ..Default::default()
     })];
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(outcome.changed_files, vec![STAGING.to_string()]);
     assert_eq!(outcome.edits.len(), 1);
     assert_expected("canary-ssm.diff", &outcome.diff);
@@ -364,7 +369,7 @@ fn no_reference_found_is_an_error() {
         cluster: Some("dev.k8s.example.com".into()),
         ..Default::default()
     })];
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::NoReferenceFound { .. }),
         "{err:?}"
@@ -376,7 +381,12 @@ fn no_reference_found_is_an_error() {
     assert_nothing_pushed(&repo);
 
     // A family no rule of the repository config applies to finds nothing either.
-    let err = rollout(&request(&repo, "windows", "1", k8s_node_v2()), &NoReporter).unwrap_err();
+    let err = rollout(
+        &request(&repo, "windows", "1", k8s_node_v2()),
+        &NoLookup,
+        &NoReporter,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, RolloutError::NoReferenceFound { .. }),
         "{err:?}"
@@ -398,7 +408,7 @@ fn a_reference_selected_by_two_rules_is_ambiguous() {
             ..Default::default()
         }),
     ];
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     let RolloutError::Ambiguous {
         file,
         line,
@@ -430,7 +440,7 @@ fn a_region_without_an_ami_is_an_error() {
         "1",
         per_region(&[("eu-west-1", "ami-0123456789abcdef0")]),
     );
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     let RolloutError::RegionNotPublished {
         file, line, region, ..
     } = &err
@@ -458,7 +468,7 @@ fn an_up_to_date_repository_pushes_nothing() {
         roles: vec!["Node".into(), "Master".into()],
         ..Default::default()
     })];
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(outcome.status, BranchStatus::UpToDate);
     assert_eq!(outcome.edits.len(), 3);
     assert!(outcome.diff.is_empty() && outcome.changed_files.is_empty());
@@ -472,24 +482,24 @@ fn dirty_missing_and_unreachable_repositories_are_errors() {
     std::fs::write(repo.work.join(PROD_IGS), "# edited\n").unwrap();
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     req.repo = RepoLocation::Path(repo.work.clone());
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(matches!(err, RolloutError::RepoDirty { .. }), "{err:?}");
     assert!(err.to_string().contains(PROD_IGS), "{err}");
     git(&repo.work, &["checkout", "--quiet", "--", "."]);
     std::fs::write(repo.work.join("notes.txt"), "untracked\n").unwrap();
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::RepoDirty { .. }) && err.to_string().contains("notes.txt"),
         "{err}"
     );
 
     req.repo = RepoLocation::Path(repo.tmp.path().join("nope"));
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(matches!(err, RolloutError::RepoNotFound { .. }), "{err:?}");
 
     let url = format!("file://{}", repo.tmp.path().join("missing.git").display());
     req.repo = RepoLocation::Url(url);
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::RepoUnreachable { .. }),
         "{err:?}"
@@ -498,7 +508,7 @@ fn dirty_missing_and_unreachable_repositories_are_errors() {
 
     req.repo = RepoLocation::Path(repo.bare.clone());
     req.base_branch = Some("release".into());
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::BaseBranchMissing { .. }),
         "{err:?}"
@@ -511,7 +521,7 @@ fn a_clean_working_tree_rolls_out_to_itself() {
     let repo = FixtureRepo::new(FIXTURE);
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     req.repo = RepoLocation::Path(repo.work.clone());
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(outcome.status, BranchStatus::Created);
     let branch = git(&repo.work, &["rev-parse", "refs/heads/webake/k8s-node"]);
     assert_eq!(Some(branch.trim().to_string()), outcome.commit);
@@ -528,6 +538,7 @@ fn invalid_requests_are_rejected_before_cloning() {
     let repo = FixtureRepo::new(FIXTURE);
     let err = rollout(
         &request(&repo, "bad family", "1", k8s_node_v2()),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap_err();
@@ -539,6 +550,7 @@ fn invalid_requests_are_rejected_before_cloning() {
             "1",
             ImageReference::Single("latest".into()),
         ),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap_err();
@@ -548,7 +560,7 @@ fn invalid_requests_are_rejected_before_cloning() {
     );
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     req.config_path = ".webake/missing.yaml".into();
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(matches!(err, RolloutError::NoRules { .. }), "{err:?}");
     assert_nothing_pushed(&repo);
 }
@@ -601,6 +613,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
     let first = rollout_with_forge(
         &github_request(&repo, "2026.11.25", k8s_node_v2()),
         Some(&forge),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -623,13 +636,17 @@ fn github_pull_request_is_created_then_updated_in_place() {
                 "GET",
                 "/repos/acme/platform-kubernetes/pulls?head=acme%3Awebake%2Fk8s-node&state=open"
             ),
+            (
+                "GET",
+                "/repos/acme/platform-kubernetes/pulls?head=acme%3Awebake%2Fk8s-node&state=closed&sort=updated&direction=desc&per_page=100"
+            ),
             ("POST", "/repos/acme/platform-kubernetes/pulls"),
             ("POST", "/repos/acme/platform-kubernetes/issues/1/labels"),
         ]
         .map(|(m, p)| (m.to_string(), p.to_string()))
     );
     reqs.iter().for_each(assert_github_headers);
-    let create = reqs[1].json();
+    let create = reqs[2].json();
     assert_eq!(create["title"], "Roll out k8s-node 2026.11.25");
     assert_eq!(create["head"], "webake/k8s-node");
     assert_eq!(create["base"], "main");
@@ -646,7 +663,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
         "{body}"
     );
     assert_eq!(
-        reqs[2].json(),
+        reqs[3].json(),
         serde_json::json!({"labels": ["image-rollout", "automated"]})
     );
 
@@ -654,6 +671,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
     let second = rollout_with_forge(
         &github_request(&repo, "2026.12.02", k8s_node_v3()),
         Some(&forge),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -661,7 +679,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Updated));
     assert_eq!(second.status, BranchStatus::Updated);
     let reqs = fake.requests();
-    let later: Vec<(String, String)> = reqs[3..]
+    let later: Vec<(String, String)> = reqs[4..]
         .iter()
         .map(|r| (r.method.clone(), r.target.clone()))
         .collect();
@@ -678,7 +696,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
         .map(|(m, p)| (m.to_string(), p.to_string()))
     );
     reqs.iter().for_each(assert_github_headers);
-    let patch = reqs[4].json();
+    let patch = reqs[5].json();
     assert_eq!(patch["title"], "Roll out k8s-node 2026.12.02");
     assert_eq!(patch["base"], "main");
     assert!(
@@ -697,6 +715,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
     let third = rollout_with_forge(
         &github_request(&repo, "2026.12.02", k8s_node_v3()),
         Some(&forge),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -704,7 +723,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
     assert_eq!(third.commit, second.commit);
     let pr = third.pull_request.unwrap();
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Updated));
-    let methods: Vec<String> = fake.requests()[6..]
+    let methods: Vec<String> = fake.requests()[7..]
         .iter()
         .map(|r| r.method.clone())
         .collect();
@@ -720,6 +739,7 @@ fn github_auth_failure_is_clear_hides_the_token_and_pushes_nothing() {
     let err = rollout_with_forge(
         &github_request(&repo, "1", k8s_node_v2()),
         Some(&forge),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap_err();
@@ -765,7 +785,7 @@ fn github_config_without_a_token_fails_before_cloning() {
         repo: "platform-kubernetes".into(),
         token_env: "WEBAKE_ROLLOUT_TEST_UNSET_TOKEN".into(),
     };
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::Forge(ForgeError::TokenMissing { .. })),
         "{err:?}"
@@ -782,6 +802,7 @@ fn label_selected_groups_yaml_path_and_tfvars_in_a_second_repository() {
     ]);
     let outcome = rollout(
         &request(&repo, "gpu-node", "2025.11.25", reference),
+        &NoLookup,
         &NoReporter,
     )
     .unwrap();
@@ -849,7 +870,7 @@ fn one_ami_id_for_groups_in_several_regions_is_refused() {
         all: true,
         ..Default::default()
     })];
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::AmiInSeveralRegions { .. }),
         "{err:?}"
@@ -859,7 +880,7 @@ fn one_ami_id_for_groups_in_several_regions_is_refused() {
 
     // A region-independent reference (SSM parameter, image name) may go everywhere.
     req.reference = ImageReference::Single("ssm:/webake/images/k8s-node/latest".into());
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(outcome.edits.len(), 6);
     assert_eq!(outcome.status, BranchStatus::Created);
 }
@@ -895,7 +916,7 @@ fn base_branch_from_the_request_or_the_config() {
 
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     req.base_branch = Some("release".into());
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(
         (outcome.base_branch.as_str(), outcome.base_commit.as_str()),
         ("release", release.as_str())
@@ -938,7 +959,7 @@ fn base_branch_from_the_request_or_the_config() {
     );
     let mut req = request(&repo, "k8s-node", "2", k8s_node_v3());
     req.dry_run = true;
-    let outcome = rollout(&req, &NoReporter).unwrap();
+    let outcome = rollout(&req, &NoLookup, &NoReporter).unwrap();
     assert_eq!(
         (outcome.base_branch.as_str(), outcome.base_commit.as_str()),
         ("release", release.as_str())
@@ -958,7 +979,7 @@ fn credentials_in_a_repository_url_never_reach_the_error() {
     let mut req = request(&repo, "k8s-node", "1", k8s_node_v2());
     // Port 1 on loopback: refused at once, and nothing leaves the machine.
     req.repo = RepoLocation::parse("https://x-access-token:ghs_sekrit123@127.0.0.1:1/acme/k8s.git");
-    let err = rollout(&req, &NoReporter).unwrap_err();
+    let err = rollout(&req, &NoLookup, &NoReporter).unwrap_err();
     assert!(
         matches!(err, RolloutError::RepoUnreachable { .. }),
         "{err:?}"

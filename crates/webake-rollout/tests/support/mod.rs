@@ -1,4 +1,5 @@
-//! Test support: fixture repositories with a bare remote, snapshot files, a fake GitHub.
+//! Test support: fixture repositories with a bare remote, snapshot files, fakes of GitHub and
+//! GitLab on 127.0.0.1.
 
 #![allow(dead_code)]
 
@@ -206,45 +207,54 @@ pub struct FakePull {
     pub title: String,
     pub body: String,
     pub state: String,
+    pub merged: bool,
     pub labels: Vec<String>,
 }
 
 #[derive(Default)]
 pub struct FakeState {
-    pub requests: Vec<Recorded>,
     pub pulls: Vec<FakePull>,
 }
 
-pub struct FakeGitHub {
+/// A local HTTP/1.1 server (one request per connection) that records every request and answers
+/// with `handler`; stopped and joined on drop.
+pub struct FakeServer<S: Send + 'static> {
     pub base: String,
-    pub state: Arc<Mutex<FakeState>>,
+    pub state: Arc<Mutex<S>>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
     stop: Arc<AtomicBool>,
     addr: std::net::SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
 
-impl FakeGitHub {
-    /// Serve `/repos/{owner}/{repo}/...`, accepting only `Bearer {token}`.
-    pub fn start(owner: &str, repo: &str, token: &str) -> Self {
+type Handler<S> = Box<dyn Fn(&Recorded, &mut S) -> (u16, serde_json::Value) + Send>;
+
+impl<S: Send + 'static> FakeServer<S> {
+    pub fn start(state: S, handler: Handler<S>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(FakeState::default()));
+        let state = Arc::new(Mutex::new(state));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
-        let prefix = format!("/repos/{owner}/{repo}");
-        let (owner, token) = (owner.to_string(), token.to_string());
+        let (st, rq, sp) = (state.clone(), requests.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if sp.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(stream) = stream else { continue };
-                serve(stream, &st, &prefix, &owner, &token);
+                let Ok(mut stream) = stream else { continue };
+                let Some(req) = read_request(&mut stream) else {
+                    continue;
+                };
+                rq.lock().unwrap().push(req.clone());
+                let (status, body) = handler(&req, &mut st.lock().unwrap());
+                respond(&mut stream, status, &body);
             }
         });
         Self {
             base: format!("http://{addr}"),
             state,
+            requests,
             stop,
             addr,
             thread: Some(thread),
@@ -252,21 +262,100 @@ impl FakeGitHub {
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state.lock().unwrap().requests.clone()
+        self.requests.lock().unwrap().clone()
     }
 
-    pub fn pulls(&self) -> Vec<FakePull> {
-        self.state.lock().unwrap().pulls.clone()
+    /// `(method, target)` of each request since the `from`th.
+    pub fn calls(&self, from: usize) -> Vec<(String, String)> {
+        self.requests()[from..]
+            .iter()
+            .map(|r| (r.method.clone(), r.target.clone()))
+            .collect()
     }
 }
 
-impl Drop for FakeGitHub {
+impl<S: Send + 'static> Drop for FakeServer<S> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// `(method, target)` pairs from string literals.
+pub fn calls(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect()
+}
+
+fn split_query(target: &str) -> (&str, BTreeMap<String, String>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query
+        .split('&')
+        .filter(|q| !q.is_empty())
+        .filter_map(|q| q.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+    (path, query)
+}
+
+fn respond(stream: &mut TcpStream, status: u16, body: &serde_json::Value) {
+    let body = body.to_string();
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        409 => "Conflict",
+        _ => "Unprocessable Entity",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
+}
+
+// --- GitHub ---------------------------------------------------------------------------------
+
+/// A fake of the GitHub REST endpoints webake uses (pulls: list by head and state, create,
+/// update; issue labels), accepting only `Bearer {token}`.
+pub struct FakeGitHub {
+    pub server: FakeServer<FakeState>,
+    pub base: String,
+}
+
+impl FakeGitHub {
+    /// Serve `/repos/{owner}/{repo}/...`, accepting only `Bearer {token}`.
+    pub fn start(owner: &str, repo: &str, token: &str) -> Self {
+        let prefix = format!("/repos/{owner}/{repo}");
+        let (owner, token) = (owner.to_string(), token.to_string());
+        let server = FakeServer::start(
+            FakeState::default(),
+            Box::new(move |req, st| github_answer(req, st, &prefix, &owner, &token)),
+        );
+        let base = server.base.clone();
+        Self { server, base }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.server.requests()
+    }
+
+    pub fn pulls(&self) -> Vec<FakePull> {
+        self.server.state.lock().unwrap().pulls.clone()
+    }
+
+    /// A reviewer closes pull request `number` (without merging it).
+    pub fn close(&self, number: u64) {
+        let mut st = self.server.state.lock().unwrap();
+        let p = st.pulls.iter_mut().find(|p| p.number == number).unwrap();
+        p.state = "closed".into();
     }
 }
 
@@ -329,125 +418,288 @@ fn pull_json(p: &FakePull, base: &str) -> serde_json::Value {
         "html_url": format!("https://github.example/{base}/pull/{}", p.number),
         "state": p.state,
         "title": p.title,
+        "body": p.body,
+        "merged_at": if p.merged { serde_json::json!("2026-12-01T10:00:00Z") } else { serde_json::Value::Null },
     })
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, prefix: &str, owner: &str, token: &str) {
-    let Some(req) = read_request(&mut stream) else {
-        return;
-    };
-    let mut st = state.lock().unwrap();
-    st.requests.push(req.clone());
+fn github_answer(
+    req: &Recorded,
+    st: &mut FakeState,
+    prefix: &str,
+    owner: &str,
+    token: &str,
+) -> (u16, serde_json::Value) {
     let slug = prefix.trim_start_matches("/repos/").to_string();
-    let (status, body): (u16, serde_json::Value) = if req
-        .headers
-        .get("authorization")
-        .map(String::as_str)
-        != Some(&format!("Bearer {token}"))
-    {
-        (
+    if req.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {token}")) {
+        return (
             401,
             serde_json::json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
-        )
-    } else {
-        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
-        let query: BTreeMap<String, String> = query
-            .split('&')
-            .filter(|q| !q.is_empty())
-            .filter_map(|q| q.split_once('='))
-            .map(|(k, v)| (k.to_string(), percent_decode(v)))
-            .collect();
-        let rest = path.strip_prefix(prefix).unwrap_or("/unknown");
-        let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-        match (req.method.as_str(), segs.as_slice()) {
-            ("GET", ["pulls"]) => {
-                let head = query.get("head").cloned().unwrap_or_default();
-                let want_state = query.get("state").cloned().unwrap_or_else(|| "open".into());
-                let list: Vec<_> = st
-                    .pulls
-                    .iter()
-                    .filter(|p| format!("{owner}:{}", p.head) == head && p.state == want_state)
-                    .map(|p| pull_json(p, &slug))
-                    .collect();
-                (200, serde_json::Value::Array(list))
-            }
-            ("POST", ["pulls"]) => {
-                let b = req.json();
-                let head = b["head"].as_str().unwrap().to_string();
-                if st.pulls.iter().any(|p| p.head == head && p.state == "open") {
-                    (
-                        422,
-                        serde_json::json!({"message": "Validation Failed", "errors": [{"message": "A pull request already exists"}]}),
-                    )
-                } else {
-                    let p = FakePull {
-                        number: st.pulls.len() as u64 + 1,
-                        head,
-                        base: b["base"].as_str().unwrap().to_string(),
-                        title: b["title"].as_str().unwrap().to_string(),
-                        body: b["body"].as_str().unwrap().to_string(),
-                        state: "open".into(),
-                        labels: Vec::new(),
-                    };
-                    let json = pull_json(&p, &slug);
-                    st.pulls.push(p);
-                    (201, json)
-                }
-            }
-            ("PATCH", ["pulls", n]) => {
-                let b = req.json();
-                let n: u64 = n.parse().unwrap();
-                match st.pulls.iter_mut().find(|p| p.number == n) {
-                    Some(p) => {
-                        if let Some(t) = b["title"].as_str() {
-                            p.title = t.to_string();
-                        }
-                        if let Some(t) = b["body"].as_str() {
-                            p.body = t.to_string();
-                        }
-                        let p = p.clone();
-                        (200, pull_json(&p, &slug))
-                    }
-                    None => (404, serde_json::json!({"message": "Not Found"})),
-                }
-            }
-            ("POST", ["issues", n, "labels"]) => {
-                let b = req.json();
-                let n: u64 = n.parse().unwrap();
-                match st.pulls.iter_mut().find(|p| p.number == n) {
-                    Some(p) => {
-                        for l in b["labels"].as_array().unwrap() {
-                            let l = l.as_str().unwrap().to_string();
-                            if !p.labels.contains(&l) {
-                                p.labels.push(l);
-                            }
-                        }
-                        let labels: Vec<_> = p
-                            .labels
-                            .iter()
-                            .map(|l| serde_json::json!({"name": l}))
-                            .collect();
-                        (200, serde_json::Value::Array(labels))
-                    }
-                    None => (404, serde_json::json!({"message": "Not Found"})),
-                }
-            }
-            _ => (404, serde_json::json!({"message": "Not Found"})),
+        );
+    }
+    let (path, query) = split_query(&req.target);
+    let rest = path.strip_prefix(prefix).unwrap_or("/unknown");
+    let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET", ["pulls"]) => {
+            let head = query.get("head").cloned().unwrap_or_default();
+            let want_state = query.get("state").cloned().unwrap_or_else(|| "open".into());
+            // Newest first, as with sort=updated&direction=desc.
+            let list: Vec<_> = st
+                .pulls
+                .iter()
+                .rev()
+                .filter(|p| format!("{owner}:{}", p.head) == head)
+                .filter(|p| want_state == "all" || p.state == want_state)
+                .map(|p| pull_json(p, &slug))
+                .collect();
+            (200, serde_json::Value::Array(list))
         }
+        ("POST", ["pulls"]) => {
+            let b = req.json();
+            let head = b["head"].as_str().unwrap().to_string();
+            if st.pulls.iter().any(|p| p.head == head && p.state == "open") {
+                (
+                    422,
+                    serde_json::json!({"message": "Validation Failed", "errors": [{"message": "A pull request already exists"}]}),
+                )
+            } else {
+                let p = FakePull {
+                    number: st.pulls.len() as u64 + 1,
+                    head,
+                    base: b["base"].as_str().unwrap().to_string(),
+                    title: b["title"].as_str().unwrap().to_string(),
+                    body: b["body"].as_str().unwrap().to_string(),
+                    state: "open".into(),
+                    merged: false,
+                    labels: Vec::new(),
+                };
+                let json = pull_json(&p, &slug);
+                st.pulls.push(p);
+                (201, json)
+            }
+        }
+        ("PATCH", ["pulls", n]) => {
+            let b = req.json();
+            let n: u64 = n.parse().unwrap();
+            match st.pulls.iter_mut().find(|p| p.number == n) {
+                Some(p) => {
+                    if let Some(t) = b["title"].as_str() {
+                        p.title = t.to_string();
+                    }
+                    if let Some(t) = b["body"].as_str() {
+                        p.body = t.to_string();
+                    }
+                    let p = p.clone();
+                    (200, pull_json(&p, &slug))
+                }
+                None => (404, serde_json::json!({"message": "Not Found"})),
+            }
+        }
+        ("POST", ["issues", n, "labels"]) => {
+            let b = req.json();
+            let n: u64 = n.parse().unwrap();
+            match st.pulls.iter_mut().find(|p| p.number == n) {
+                Some(p) => {
+                    for l in b["labels"].as_array().unwrap() {
+                        let l = l.as_str().unwrap().to_string();
+                        if !p.labels.contains(&l) {
+                            p.labels.push(l);
+                        }
+                    }
+                    let labels: Vec<_> = p
+                        .labels
+                        .iter()
+                        .map(|l| serde_json::json!({"name": l}))
+                        .collect();
+                    (200, serde_json::Value::Array(labels))
+                }
+                None => (404, serde_json::json!({"message": "Not Found"})),
+            }
+        }
+        _ => (404, serde_json::json!({"message": "Not Found"})),
+    }
+}
+
+// --- GitLab ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct FakeMergeRequest {
+    pub iid: u64,
+    pub source_branch: String,
+    pub target_branch: String,
+    pub title: String,
+    pub description: String,
+    /// `opened`, `closed` or `merged`.
+    pub state: String,
+    pub labels: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct GitLabState {
+    pub merge_requests: Vec<FakeMergeRequest>,
+}
+
+/// A fake of the GitLab REST v4 merge request endpoints webake uses, under
+/// `/api/v4/projects/{url-encoded GROUP/PROJECT}`, accepting only `PRIVATE-TOKEN: {token}`.
+/// It follows GitLab's documented behaviour: `state=opened|closed|merged|all` filters,
+/// `labels`/`add_labels` as comma-separated strings, 409 for a second open merge request
+/// from one source branch, 400 when a required attribute is missing.
+pub struct FakeGitLab {
+    pub server: FakeServer<GitLabState>,
+    /// API base: `http://127.0.0.1:PORT/api/v4`.
+    pub base: String,
+}
+
+impl FakeGitLab {
+    pub fn start(project: &str, token: &str) -> Self {
+        let encoded = project.replace('/', "%2F");
+        let prefix = format!("/api/v4/projects/{encoded}");
+        let (project, token) = (project.to_string(), token.to_string());
+        let server = FakeServer::start(
+            GitLabState::default(),
+            Box::new(move |req, st| gitlab_answer(req, st, &prefix, &project, &token)),
+        );
+        let base = format!("{}/api/v4", server.base);
+        Self { server, base }
+    }
+
+    pub fn merge_requests(&self) -> Vec<FakeMergeRequest> {
+        self.server.state.lock().unwrap().merge_requests.clone()
+    }
+
+    /// A reviewer closes merge request `iid`.
+    pub fn close(&self, iid: u64) {
+        let mut st = self.server.state.lock().unwrap();
+        st.merge_requests
+            .iter_mut()
+            .find(|m| m.iid == iid)
+            .unwrap()
+            .state = "closed".into();
+    }
+}
+
+fn mr_json(m: &FakeMergeRequest, project: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": 1000 + m.iid,
+        "iid": m.iid,
+        "project_id": 42,
+        "title": m.title,
+        "description": m.description,
+        "state": m.state,
+        "source_branch": m.source_branch,
+        "target_branch": m.target_branch,
+        "labels": m.labels,
+        "web_url": format!("https://gitlab.example/{project}/-/merge_requests/{}", m.iid),
+    })
+}
+
+fn gitlab_answer(
+    req: &Recorded,
+    st: &mut GitLabState,
+    prefix: &str,
+    project: &str,
+    token: &str,
+) -> (u16, serde_json::Value) {
+    if req.headers.get("private-token").map(String::as_str) != Some(token) {
+        return (401, serde_json::json!({"message": "401 Unauthorized"}));
+    }
+    let (path, query) = split_query(&req.target);
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return (404, serde_json::json!({"message": "404 Project Not Found"}));
     };
-    drop(st);
-    let body = body.to_string();
-    let reason = match status {
-        200 => "OK",
-        201 => "Created",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        _ => "Unprocessable Entity",
+    let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let split_labels = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
     };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.flush();
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET", ["merge_requests"]) => {
+            let state = query.get("state").cloned().unwrap_or_else(|| "all".into());
+            let list: Vec<_> = st
+                .merge_requests
+                .iter()
+                .rev()
+                .filter(|m| {
+                    query
+                        .get("source_branch")
+                        .is_none_or(|b| *b == m.source_branch)
+                })
+                .filter(|m| state == "all" || m.state == state)
+                .map(|m| mr_json(m, project))
+                .collect();
+            (200, serde_json::Value::Array(list))
+        }
+        ("POST", ["merge_requests"]) => {
+            let b = req.json();
+            let field = |k: &str| b[k].as_str().map(String::from);
+            let (Some(source), Some(target), Some(title)) = (
+                field("source_branch"),
+                field("target_branch"),
+                field("title"),
+            ) else {
+                return (
+                    400,
+                    serde_json::json!({"error": "source_branch, target_branch, title are missing"}),
+                );
+            };
+            if let Some(open) = st
+                .merge_requests
+                .iter()
+                .find(|m| m.source_branch == source && m.state == "opened")
+            {
+                return (
+                    409,
+                    serde_json::json!({"message": [format!("Another open merge request already exists for this source branch: !{}", open.iid)]}),
+                );
+            }
+            let m = FakeMergeRequest {
+                iid: st.merge_requests.len() as u64 + 1,
+                source_branch: source,
+                target_branch: target,
+                title,
+                description: field("description").unwrap_or_default(),
+                state: "opened".into(),
+                labels: field("labels")
+                    .map(|l| split_labels(&l))
+                    .unwrap_or_default(),
+            };
+            let json = mr_json(&m, project);
+            st.merge_requests.push(m);
+            (201, json)
+        }
+        ("PUT", ["merge_requests", iid]) => {
+            let b = req.json();
+            let iid: u64 = iid.parse().unwrap();
+            let Some(m) = st.merge_requests.iter_mut().find(|m| m.iid == iid) else {
+                return (404, serde_json::json!({"message": "404 Not found"}));
+            };
+            if let Some(t) = b["title"].as_str() {
+                m.title = t.to_string();
+            }
+            if let Some(t) = b["description"].as_str() {
+                m.description = t.to_string();
+            }
+            if let Some(t) = b["target_branch"].as_str() {
+                m.target_branch = t.to_string();
+            }
+            if let Some(l) = b["add_labels"].as_str() {
+                for l in split_labels(l) {
+                    if !m.labels.contains(&l) {
+                        m.labels.push(l);
+                    }
+                }
+            }
+            match b["state_event"].as_str() {
+                Some("close") => m.state = "closed".into(),
+                Some("reopen") => m.state = "opened".into(),
+                _ => {}
+            }
+            (200, mr_json(m, project))
+        }
+        _ => (404, serde_json::json!({"error": "404 Not Found"})),
+    }
 }
