@@ -703,3 +703,59 @@ fn gitlab_answer(
         _ => (404, serde_json::json!({"error": "404 Not Found"})),
     }
 }
+
+// --- images ---------------------------------------------------------------------------------
+
+/// An inventory with these `(name, version)` packages (amd64), one kernel and a size.
+pub fn inventory(
+    packages: &[(&str, &str)],
+    kernel: &str,
+    bytes: u64,
+) -> webake_inventory::Inventory {
+    let packages: Vec<serde_json::Value> = packages
+        .iter()
+        .map(|(name, version)| {
+            serde_json::json!({
+                "name": name, "version": version, "architecture": "amd64",
+                "source": name, "source_version": version,
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "format": 1,
+        "os": {"id": "debian", "version_id": "12", "version_codename": "bookworm", "pretty_name": "Debian GNU/Linux 12 (bookworm)"},
+        "packages": packages,
+        "kernels": [{"version": kernel, "image": format!("/boot/vmlinuz-{kernel}"), "modules": true}],
+        "units": [],
+        "size": {"bytes": bytes, "files": 20000},
+        "provenance": {"recipe_digest": "sha256:00"},
+    }))
+    .expect("inventory JSON")
+}
+
+/// Facts of a catalog image of family `k8s-node`.
+pub fn image_facts(
+    id: &str,
+    version: &str,
+    created_at: i64,
+    packages: &[(&str, &str)],
+    kernel: &str,
+    bytes: u64,
+) -> webake_rollout::ImageFacts {
+    webake_rollout::ImageFacts {
+        id: id.into(),
+        name: "k8s-node".into(),
+        family: "k8s-node".into(),
+        version: version.into(),
+        created_at,
+        kernel: Some(kernel.into()),
+        size_bytes: Some(bytes),
+        boot_test: Some("passed".into()),
+        sbom_paths: vec![
+            format!("/var/lib/webake/images/{id}/k8s-node-{version}.spdx.json"),
+            format!("/var/lib/webake/images/{id}/k8s-node-{version}.cdx.json"),
+        ],
+        inventory: Some(inventory(packages, kernel, bytes)),
+        package_notes: Default::default(),
+    }
+}
