@@ -201,7 +201,7 @@ mount --rbind /sys "$root/sys"
 rc=0
 sh -ec "$hook" initramfs "$root" || rc=$?
 umount -R "$root/dev"
-umount -R "$root/sys"
+umount -l "$root/sys"
 umount "$root/proc"
 wait "$copy" || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
 [ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }

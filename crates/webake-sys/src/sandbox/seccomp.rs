@@ -74,15 +74,16 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_vhangup,
     libc::SYS_pivot_root,
     libc::SYS_setns,
-    libc::SYS_unshare,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_iopl,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_ioperm,
 ];
 
-/// Denied unless the sandbox may mount ([`Power::Mounts`]).
+/// Denied unless the sandbox may mount ([`Power::Mounts`]: mmdebstrap checks that it may
+/// unshare a mount namespace before it mounts anything).
 const MOUNTS: &[libc::c_long] = &[
+    libc::SYS_unshare,
     libc::SYS_mount,
     libc::SYS_umount2,
     libc::SYS_fsopen,
