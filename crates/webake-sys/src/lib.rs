@@ -6,6 +6,8 @@ pub mod cancel;
 pub mod fsutil;
 pub mod process;
 pub mod sandbox;
+pub mod tree;
 
 pub use cancel::CancelToken;
 pub use process::{Cmd, ProcessError};
+pub use tree::{Tree, TreeError};
