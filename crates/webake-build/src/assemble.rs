@@ -121,29 +121,42 @@ pub struct BootFiles {
     pub version: String,
 }
 
-/// Find the newest kernel in `root/boot` (by version order).
+/// Find the newest kernel in `root/boot` (by version order), resolved inside the tree.
 pub fn find_kernel(root: &Path) -> Result<BootFiles> {
-    let boot = root.join("boot");
-    let mut versions: Vec<String> = std::fs::read_dir(&boot)
-        .map_err(|e| BuildError::io(&boot, e))?
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
+    let t = webake_sys::Tree::open(root)?;
+    let names = if t.is_dir(Path::new("boot")) {
+        t.read_dir(Path::new("boot"))?
+    } else {
+        Vec::new()
+    };
+    let mut versions: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            n.to_str()
                 .and_then(|n| n.strip_prefix("vmlinuz-"))
                 .map(String::from)
         })
         .collect();
     if versions.is_empty() {
         return Err(BuildError::Invalid(format!(
-            "no kernel in {}: add a kernel package (e.g. linux-image-cloud-amd64) to base.mmdebstrap.include",
-            boot.display()
+            "no kernel in {}/boot: add a kernel package (e.g. linux-image-cloud-amd64) to base.mmdebstrap.include",
+            root.display()
         )));
     }
     versions.sort_by(|a, b| version_cmp(a, b));
     let v = versions.pop().expect("non-empty");
     let initrd = format!("/boot/initrd.img-{v}");
-    let has_initrd = root.join(initrd.trim_start_matches('/')).is_file();
+    let has_initrd = t
+        .open_read(Path::new(&initrd))
+        .and_then(|f| {
+            f.metadata().map_err(|e| webake_sys::TreeError {
+                op: "stat",
+                inner: initrd.clone(),
+                root: root.display().to_string(),
+                source: e,
+            })
+        })
+        .is_ok_and(|m| m.is_file());
     Ok(BootFiles {
         kernel: format!("/boot/vmlinuz-{v}"),
         initrd: has_initrd.then_some(initrd),
@@ -295,20 +308,18 @@ pub fn assemble(
     let boot = find_kernel(tree)?;
     let cmdline = kernel_cmdline(&input.ids, &input.disk.kernel_cmdline);
 
-    // Boot configuration inside the tree.
-    let grub_dir = crate::finalize::inner(tree, "boot/grub")
-        .ok_or_else(|| BuildError::Invalid("/boot/grub in the image is not a directory".into()))?;
-    std::fs::create_dir_all(&grub_dir).map_err(|e| BuildError::io(&grub_dir, e))?;
-    write_plain(
-        &grub_dir.join("grub.cfg"),
+    // Boot configuration inside the tree (every path resolved inside it: a planted
+    // /boot/grub symlink cannot send grub.cfg to the host).
+    let t = webake_sys::Tree::open(tree)?;
+    t.create_dir_all(Path::new("boot/grub"), 0o755)?;
+    t.write(
+        Path::new("boot/grub/grub.cfg"),
         grub_cfg(&input.ids, &boot, &cmdline, &input.title).as_bytes(),
+        0o644,
     )?;
-    let efi_dir = crate::finalize::inner(tree, "boot/efi")
-        .ok_or_else(|| BuildError::Invalid("/boot/efi in the image is not a directory".into()))?;
-    std::fs::create_dir_all(&efi_dir).map_err(|e| BuildError::io(&efi_dir, e))?;
-    let fstab_path = crate::finalize::inner(tree, "etc/fstab")
-        .ok_or_else(|| BuildError::Invalid("/etc in the image is not a directory".into()))?;
-    write_plain(&fstab_path, fstab(&input.ids).as_bytes())?;
+    t.create_dir_all(Path::new("boot/efi"), 0o755)?;
+    t.create_dir_all(Path::new("etc"), 0o755)?;
+    t.write(Path::new("etc/fstab"), fstab(&input.ids).as_bytes(), 0o644)?;
 
     // The EFI binary.
     let scratch = input.scratch;
@@ -479,10 +490,9 @@ pub fn assemble(
     Ok((out, boot))
 }
 
-/// Write a file as a new inode (the tree's files may be hard links into the layer cache, and
-/// a symlink planted in the image is never followed).
+/// Write a file of webake's own scratch directory.
 fn write_plain(p: &Path, content: &[u8]) -> Result<()> {
-    crate::export::replace_file(p, content, 0o644)
+    std::fs::write(p, content).map_err(|e| BuildError::io(p, e))
 }
 
 /// Temp files removed on drop (success renames them away first).

@@ -16,6 +16,9 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// An operation on an image tree (path-safe, see webake_sys::tree).
+    #[error(transparent)]
+    Tree(#[from] webake_sys::TreeError),
     #[error("the bake was cancelled")]
     Cancelled,
     #[error("missing host tool `{tool}`: {hint}")]

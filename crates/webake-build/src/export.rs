@@ -14,8 +14,11 @@
 //!
 //! Every non-directory in the tree is then an inode shared with the cache. The tree must
 //! therefore only ever be changed by unlinking and creating entries, never by writing into or
-//! changing the attributes of an existing file: [`replace_file`] is how finalize and assemble
-//! write into it. Layers using overlay features this does not model (redirected directories,
+//! changing the attributes of an existing file: finalize and assemble write into it through
+//! [`webake_sys::Tree`], whose writes always replace the entry. The export itself walks the
+//! layers without following symlinks, and every directory it descends into in the
+//! destination is one it created (a symlink from a layer is never a directory here), so a
+//! link planted in a layer cannot lead it out of the destination. Layers using overlay features this does not model (redirected directories,
 //! metadata-only copy-up) are refused with [`LinkError::Unsupported`], and the caller falls
 //! back to copying the mounted overlay.
 
@@ -99,8 +102,15 @@ fn drop_dirs_under(dirs: &mut BTreeMap<PathBuf, PathBuf>, rel: &Path) {
     dirs.retain(|k, _| !k.starts_with(rel));
 }
 
+/// Remove a file, symlink or directory tree of the destination (never following a symlink);
+/// absent is `false`.
 fn remove_any(p: &Path) -> R<bool> {
-    Ok(crate::finalize::remove_any(p)?)
+    let r = match std::fs::symlink_metadata(p) {
+        Err(_) => return Ok(false),
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+    };
+    r.map(|_| true).map_err(|e| io(p, e))
 }
 
 fn merge_dir(
@@ -201,25 +211,6 @@ fn copy_dir_attrs(src: &Path, dest: &Path) -> R<()> {
     Ok(())
 }
 
-/// Write `content` to `path` in an exported tree as a new file: the old entry (possibly an
-/// inode shared with the cache, or a symlink planted in the image) is unlinked first, never
-/// written through.
-pub fn replace_file(path: &Path, content: &[u8], mode: u32) -> crate::error::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => {
-            return Err(BuildError::Invalid(format!(
-                "{} is a directory, expected a file",
-                path.display()
-            )));
-        }
-        Ok(_) => std::fs::remove_file(path).map_err(|e| BuildError::io(path, e))?,
-        Err(_) => {}
-    }
-    std::fs::write(path, content).map_err(|e| BuildError::io(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| BuildError::io(path, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,26 +286,6 @@ mod tests {
         link_layers(&[a, b], &d).unwrap();
         assert_eq!(read(&d.join("x")), "now a file");
         assert_eq!(read(&d.join("y/inside")), "now a dir");
-    }
-
-    #[test]
-    fn replace_file_never_writes_through_a_shared_inode_or_symlink() {
-        let t = tempfile::tempdir().unwrap();
-        let (a, d) = (t.path().join("a"), t.path().join("d"));
-        w(&a.join("etc/fstab"), "cached");
-        w(&t.path().join("victim"), "host");
-        symlink(t.path().join("victim"), a.join("etc/hosts")).unwrap();
-        std::fs::create_dir_all(&d).unwrap();
-        link_layers(std::slice::from_ref(&a), &d).unwrap();
-        replace_file(&d.join("etc/fstab"), b"new", 0o644).unwrap();
-        replace_file(&d.join("etc/hosts"), b"new", 0o644).unwrap();
-        assert_eq!(read(&d.join("etc/fstab")), "new");
-        assert_eq!(
-            read(&a.join("etc/fstab")),
-            "cached",
-            "cache entry unchanged"
-        );
-        assert_eq!(read(&t.path().join("victim")), "host");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Make the tree environment-agnostic: nothing that identifies a machine, an environment or
-//! the build host stays in the image. Runs on the exported tree (a plain directory), never
-//! following a symlink out of it.
+//! the build host stays in the image. Every path is resolved inside the tree
+//! ([`webake_sys::Tree`]): a symlink planted by a step never leads a write out of it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
-use crate::error::{BuildError, Result};
+use webake_sys::Tree;
+
+use crate::error::Result;
 
 /// What finalize changed, for the bake log.
 #[derive(Debug, Default, Clone)]
@@ -12,59 +14,25 @@ pub struct FinalizeReport {
     pub actions: Vec<String>,
 }
 
-/// `root` joined with `rel`, provided no directory on the way is a symlink (the last
-/// component may be anything; callers never follow it).
-pub fn inner(root: &Path, rel: &str) -> Option<PathBuf> {
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = Path::new(rel)
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .collect();
-    for (i, c) in comps.iter().enumerate() {
-        let Component::Normal(n) = c else { return None };
-        cur.push(n);
-        if i + 1 < comps.len() {
-            match std::fs::symlink_metadata(&cur) {
-                Ok(md) if md.is_dir() => {}
-                _ => return None,
-            }
-        }
+fn p(s: &str) -> &Path {
+    Path::new(s)
+}
+
+/// Is `inner` a regular file (not followed if a symlink)?
+fn is_file(t: &Tree, inner: &str) -> Result<bool> {
+    Ok(t.metadata(p(inner))?.is_some_and(|m| m.is_file()))
+}
+
+/// Remove the children of directory `dir` (followed inside the tree) for which `keep` is
+/// false; returns how many were removed.
+fn clear_dir(t: &Tree, dir: &str, keep: &dyn Fn(&str) -> bool) -> Result<usize> {
+    if !t.is_dir(p(dir)) {
+        return Ok(0);
     }
-    Some(cur)
-}
-
-/// Remove a file, symlink or directory tree (never following a symlink); absent is `false`.
-pub(crate) fn remove_any(p: &Path) -> Result<bool> {
-    match std::fs::symlink_metadata(p) {
-        Err(_) => Ok(false),
-        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p)
-            .map(|_| true)
-            .map_err(|e| BuildError::io(p, e)),
-        Ok(_) => std::fs::remove_file(p)
-            .map(|_| true)
-            .map_err(|e| BuildError::io(p, e)),
-    }
-}
-
-fn write_file(p: &Path, content: &[u8], mode: u32) -> Result<()> {
-    // A new inode: never written through a symlink planted in the image, nor into a file
-    // hard-linked from the layer cache (see crate::export).
-    crate::export::replace_file(p, content, mode)
-}
-
-/// Remove the children of a directory matching `keep == false`.
-fn clear_dir(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<usize> {
     let mut n = 0;
-    match std::fs::symlink_metadata(dir) {
-        Ok(md) if md.is_dir() => {}
-        _ => return Ok(0),
-    }
-    for e in std::fs::read_dir(dir)
-        .map_err(|e| BuildError::io(dir, e))?
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !keep(&name) && remove_any(&e.path())? {
+    for name in t.read_dir(p(dir))? {
+        let name = name.to_string_lossy().into_owned();
+        if !keep(&name) && t.remove(&p(dir).join(&name))? {
             n += 1;
         }
     }
@@ -90,48 +58,33 @@ const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhos
 
 /// Apply the environment-agnostic rules. `host_resolv_conf` is the build host's resolv.conf.
 pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<FinalizeReport> {
+    let t = Tree::open(root)?;
     let mut r = FinalizeReport::default();
     let mut did = |s: String| r.actions.push(s);
 
     // SSH host keys: removed; regenerated on first boot by a oneshot unit.
-    if let Some(ssh) = inner(root, "etc/ssh") {
-        let n = clear_dir(&ssh, &|name| {
+    if t.is_dir(p("etc/ssh")) {
+        let n = clear_dir(&t, "etc/ssh", &|name| {
             !(name.starts_with("ssh_host_")
                 && (name.ends_with("_key") || name.ends_with("_key.pub")))
         })?;
         if n > 0 {
             did(format!("removed {n} SSH host key files"));
         }
-        if inner(root, "usr/sbin/sshd").is_some_and(|p| p.exists())
-            || inner(root, "lib/systemd/system/ssh.service").is_some_and(|p| p.exists())
-        {
-            let unit_dir = webake_sys::sandbox::safe_mkdir_in_root(
-                root,
-                Path::new("/etc/systemd/system"),
-                true,
-            )
-            .map_err(BuildError::Invalid)?;
-            write_file(
-                &unit_dir.join("webake-ssh-keygen.service"),
+        if t.exists(p("usr/sbin/sshd")) || t.exists(p("lib/systemd/system/ssh.service")) {
+            t.create_dir_all(p("etc/systemd/system"), 0o755)?;
+            t.write(
+                p("etc/systemd/system/webake-ssh-keygen.service"),
                 SSH_KEYGEN_UNIT.as_bytes(),
                 0o644,
             )?;
             for wants in ["multi-user.target.wants", "ssh.service.wants"] {
-                let d = unit_dir.join(wants);
-                if std::fs::symlink_metadata(&d)
-                    .map(|m| m.file_type().is_symlink())
-                    .unwrap_or(false)
-                {
-                    return Err(BuildError::Invalid(format!(
-                        "{} in the image is a symlink",
-                        d.display()
-                    )));
-                }
-                std::fs::create_dir_all(&d).map_err(|e| BuildError::io(&d, e))?;
-                let link = d.join("webake-ssh-keygen.service");
-                let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink("/etc/systemd/system/webake-ssh-keygen.service", &link)
-                    .map_err(|e| BuildError::io(&link, e))?;
+                let d = Path::new("etc/systemd/system").join(wants);
+                t.create_dir_all(&d, 0o755)?;
+                t.symlink(
+                    p("/etc/systemd/system/webake-ssh-keygen.service"),
+                    &d.join("webake-ssh-keygen.service"),
+                )?;
             }
             did(
                 "installed webake-ssh-keygen.service (host keys are generated on first boot)"
@@ -141,71 +94,54 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
     }
 
     // machine-id: empty, so systemd generates one on first boot.
-    if let Some(p) = inner(root, "etc/machine-id") {
-        write_file(&p, b"", 0o444)?;
+    if t.is_dir(p("etc")) {
+        t.write(p("etc/machine-id"), b"", 0o444)?;
         did("emptied /etc/machine-id".into());
     }
-    if let Some(p) = inner(root, "var/lib/dbus/machine-id")
-        && std::fs::symlink_metadata(&p)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-    {
-        remove_any(&p)?;
+    if is_file(&t, "var/lib/dbus/machine-id")? {
+        t.remove(p("var/lib/dbus/machine-id"))?;
         did("removed /var/lib/dbus/machine-id".into());
     }
 
     // Hostname: none baked in; the agent (or DHCP) sets it at boot.
-    if let Some(p) = inner(root, "etc/hostname")
-        && remove_any(&p)?
-    {
+    if t.remove(p("etc/hostname"))? {
         did("removed /etc/hostname".into());
     }
-    if let Some(p) = inner(root, "etc/hosts") {
-        let keep = std::fs::symlink_metadata(&p)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-            && std::fs::read_to_string(&p)
-                .map(|t| !t.contains("127.0.1.1"))
+    if t.is_dir(p("etc")) {
+        let keep = is_file(&t, "etc/hosts")?
+            && t.read(p("etc/hosts"))
+                .map(|b| !String::from_utf8_lossy(&b).contains("127.0.1.1"))
                 .unwrap_or(false);
         if !keep {
-            write_file(&p, DEFAULT_HOSTS.as_bytes(), 0o644)?;
+            t.write(p("etc/hosts"), DEFAULT_HOSTS.as_bytes(), 0o644)?;
             did("wrote a generic /etc/hosts".into());
         }
     }
 
-    // resolv.conf: a regular file comes from the builder (mmdebstrap copies the host's); a
-    // symlink (systemd-resolved) is the image's own and stays.
-    if let Some(p) = inner(root, "etc/resolv.conf")
-        && let Ok(md) = std::fs::symlink_metadata(&p)
-        && md.is_file()
-    {
-        let content = std::fs::read(&p).map_err(|e| BuildError::io(&p, e))?;
+    // resolv.conf: a regular file comes from the builder; a symlink (systemd-resolved) is the
+    // image's own and stays.
+    if is_file(&t, "etc/resolv.conf")? {
+        let content = t.read(p("etc/resolv.conf"))?;
         if host_resolv_conf.is_none_or(|h| h == content.as_slice()) || !content.is_empty() {
-            write_file(&p, b"", 0o644)?;
+            t.write(p("etc/resolv.conf"), b"", 0o644)?;
             did("emptied /etc/resolv.conf (DNS is configured at boot)".into());
         }
     }
 
     // apt lists and caches.
-    if let Some(p) = inner(root, "var/lib/apt/lists") {
-        let n = clear_dir(&p, &|n| n == "lock" || n == "partial")?;
-        if let Some(partial) = inner(root, "var/lib/apt/lists/partial") {
-            clear_dir(&partial, &|_| false)?;
-        }
-        if n > 0 {
-            did(format!("removed {n} apt list files"));
-        }
+    let n = clear_dir(&t, "var/lib/apt/lists", &|n| n == "lock" || n == "partial")?;
+    clear_dir(&t, "var/lib/apt/lists/partial", &|_| false)?;
+    if n > 0 {
+        did(format!("removed {n} apt list files"));
     }
-    if let Some(p) = inner(root, "var/cache/apt") {
-        let n = clear_dir(&p, &|n| !n.ends_with(".bin"))?;
-        if let Some(a) = inner(root, "var/cache/apt/archives") {
-            let m = clear_dir(&a, &|n| n == "lock" || n == "partial")?;
-            if let Some(partial) = inner(root, "var/cache/apt/archives/partial") {
-                clear_dir(&partial, &|_| false)?;
-            }
-            if n + m > 0 {
-                did(format!("removed {} apt cache files", n + m));
-            }
+    if t.is_dir(p("var/cache/apt")) {
+        let n = clear_dir(&t, "var/cache/apt", &|n| !n.ends_with(".bin"))?;
+        let m = clear_dir(&t, "var/cache/apt/archives", &|n| {
+            n == "lock" || n == "partial"
+        })?;
+        clear_dir(&t, "var/cache/apt/archives/partial", &|_| false)?;
+        if n + m > 0 {
+            did(format!("removed {} apt cache files", n + m));
         }
     }
 
@@ -221,51 +157,34 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         "var/lib/cloud/sem",
         "usr/sbin/policy-rc.d",
     ] {
-        if let Some(p) = inner(root, rel)
-            && remove_any(&p)?
-        {
+        if t.remove(p(rel))? {
             did(format!("removed /{rel}"));
         }
     }
-    for dir in ["home"] {
-        if let Some(h) = inner(root, dir)
-            && let Ok(rd) = std::fs::read_dir(&h)
-        {
-            for e in rd.flatten() {
-                if std::fs::symlink_metadata(e.path())
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false)
-                {
-                    for f in [".bash_history", ".ansible"] {
-                        let p = e.path().join(f);
-                        if remove_any(&p)? {
-                            did(format!(
-                                "removed {}",
-                                p.strip_prefix(root).unwrap_or(&p).display()
-                            ));
-                        }
-                    }
+    if t.is_dir(p("home")) {
+        for user in t.read_dir(p("home"))? {
+            let home = Path::new("home").join(&user);
+            if !t.metadata(&home)?.is_some_and(|m| m.is_dir()) {
+                continue;
+            }
+            for f in [".bash_history", ".ansible"] {
+                if t.remove(&home.join(f))? {
+                    did(format!("removed /{}", home.join(f).display()));
                 }
             }
         }
     }
     // Logs of the build itself.
     for rel in ["var/log/apt", "var/log/installer"] {
-        if let Some(p) = inner(root, rel) {
-            clear_dir(&p, &|_| false)?;
-        }
+        clear_dir(&t, rel, &|_| false)?;
     }
     for rel in [
         "var/log/dpkg.log",
         "var/log/alternatives.log",
         "var/log/bootstrap.log",
     ] {
-        if let Some(p) = inner(root, rel)
-            && std::fs::symlink_metadata(&p)
-                .map(|m| m.is_file())
-                .unwrap_or(false)
-        {
-            write_file(&p, b"", 0o644)?;
+        if is_file(&t, rel)? {
+            t.write(p(rel), b"", 0o644)?;
         }
     }
     Ok(r)
@@ -342,10 +261,22 @@ mod tests {
     }
 
     #[test]
-    fn inner_refuses_symlinked_parents() {
+    fn a_symlinked_etc_keeps_every_write_inside_the_tree() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("machine-id"), "host id").unwrap();
+        std::fs::write(host.path().join("hosts"), "host hosts").unwrap();
         let root = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/etc", root.path().join("etc")).unwrap();
-        assert!(inner(root.path(), "etc/machine-id").is_none());
-        assert!(inner(root.path(), "etc").is_some());
+        std::os::unix::fs::symlink(host.path(), root.path().join("etc")).unwrap();
+        // /etc points at a host directory: resolved inside the tree it does not exist, so
+        // nothing is written anywhere.
+        finalize(root.path(), None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("machine-id")).unwrap(),
+            "host id"
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("hosts")).unwrap(),
+            "host hosts"
+        );
     }
 }

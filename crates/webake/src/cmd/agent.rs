@@ -1,6 +1,5 @@
 //! Installing the boot-time identity agent into a tree (see crates/webake-agent/README.md).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -14,53 +13,52 @@ pub fn install_agent(
     role: Option<&str>,
     template: Option<&str>,
 ) -> anyhow::Result<()> {
-    let inner = |rel: &str| {
-        webake_build::finalize::inner(tree, rel)
-            .with_context(|| format!("/{rel} in the image is under a symlink"))
-    };
+    // Every path is resolved inside the tree: a symlink a step planted (say
+    // network-online.target.wants -> a host directory) cannot lead a write out of it.
+    let t = webake_sys::Tree::open(tree)?;
+    let p = Path::new;
     for d in [
         "usr/local/bin",
         "etc/systemd/system/multi-user.target.wants",
         "etc/webake",
     ] {
-        let p = inner(d)?;
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        t.create_dir_all(p(d), 0o755)?;
     }
-    let bin = inner("usr/local/bin/webake-agent")?;
-    let _ = std::fs::remove_file(&bin);
-    std::fs::copy(binary, &bin)
-        .with_context(|| format!("copying {} into the image", binary.display()))?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-    let unit = inner("etc/systemd/system/webake-agent.service")?;
-    let _ = std::fs::remove_file(&unit);
-    std::fs::write(&unit, UNIT)?;
-    let link = inner("etc/systemd/system/multi-user.target.wants/webake-agent.service")?;
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("../webake-agent.service", &link)?;
+    let mut bin =
+        std::fs::File::open(binary).with_context(|| format!("opening {}", binary.display()))?;
+    t.write_with(p("usr/local/bin/webake-agent"), 0o755, |f| {
+        std::io::copy(&mut bin, f).map(|_| ())
+    })?;
+    t.write(
+        p("etc/systemd/system/webake-agent.service"),
+        UNIT.as_bytes(),
+        0o644,
+    )?;
+    t.symlink(
+        p("../webake-agent.service"),
+        p("etc/systemd/system/multi-user.target.wants/webake-agent.service"),
+    )?;
     let mut conf = String::from(
         "# Written by webake at bake time; see webake-agent(8) / crates/webake-agent/README.md\n",
     );
     if let Some(r) = role {
         conf.push_str(&format!("role = {r}\n"));
     }
-    if let Some(t) = template {
-        if t.contains('"') || t.contains('\n') {
-            bail!("agent hostname template {t:?} must not contain quotes or newlines");
+    if let Some(tpl) = template {
+        if tpl.contains('"') || tpl.contains('\n') {
+            bail!("agent hostname template {tpl:?} must not contain quotes or newlines");
         }
-        conf.push_str(&format!("template = \"{t}\"\n"));
+        conf.push_str(&format!("template = \"{tpl}\"\n"));
     }
-    let conf_path = inner("etc/webake/agent.conf")?;
-    let _ = std::fs::remove_file(&conf_path);
-    std::fs::write(&conf_path, conf)?;
+    t.write(p("etc/webake/agent.conf"), conf.as_bytes(), 0o644)?;
     // network-online.target must mean something for the agent to reach IMDS at boot.
-    let wait_online = tree.join("lib/systemd/system/systemd-networkd-wait-online.service");
-    if wait_online.exists() {
-        let d = inner("etc/systemd/system/network-online.target.wants")?;
-        std::fs::create_dir_all(&d)?;
-        let l = d.join("systemd-networkd-wait-online.service");
-        if std::fs::symlink_metadata(&l).is_err() {
-            std::os::unix::fs::symlink(
-                "/lib/systemd/system/systemd-networkd-wait-online.service",
+    if t.exists(p("lib/systemd/system/systemd-networkd-wait-online.service")) {
+        let wants = p("etc/systemd/system/network-online.target.wants");
+        t.create_dir_all(wants, 0o755)?;
+        let l = wants.join("systemd-networkd-wait-online.service");
+        if t.metadata(&l)?.is_none() {
+            t.symlink(
+                p("/lib/systemd/system/systemd-networkd-wait-online.service"),
                 &l,
             )?;
         }
