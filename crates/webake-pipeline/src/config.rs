@@ -42,13 +42,19 @@ pub struct PipelineConfig {
     /// Requests and limits of the bake container (`cpu`, `memory`, `ephemeral-storage`).
     #[serde(default)]
     pub resources: ResourceRequirements,
-    /// Git URL of the cluster repository that rollout pull requests target.
-    pub cluster_repo: String,
+    /// Git URL of the cluster repository that rollout pull requests target (one repository;
+    /// `clusterRepos` lists several).
+    #[serde(default)]
+    pub cluster_repo: Option<String>,
     /// `OWNER/REPO` of the cluster repository on GitHub, where the rollout opens its pull
     /// request. Default: taken from `clusterRepo` when that is a github.com URL; otherwise the
     /// rollout pushes its branch and opens no pull request.
     #[serde(default)]
     pub github: Option<String>,
+    /// Several cluster repositories (GitHub or GitLab): one run proposes in each, one pull
+    /// request or merge request each. Instead of `clusterRepo` and `github`.
+    #[serde(default)]
+    pub cluster_repos: Vec<ClusterRepo>,
     /// Where `webake run` publishes the image.
     #[serde(default)]
     pub publish: PublishSettings,
@@ -114,7 +120,84 @@ impl PipelineConfig {
     pub fn github_repo(&self) -> Option<String> {
         self.github
             .clone()
-            .or_else(|| github_slug_of(&self.cluster_repo))
+            .or_else(|| self.cluster_repo.as_deref().and_then(github_slug_of))
+    }
+}
+
+/// One cluster repository of `clusterRepos`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterRepo {
+    /// Git URL of the repository.
+    pub repo: String,
+    /// `OWNER/REPO` on GitHub. Default: taken from a github.com `repo` (unless `gitlab` is set).
+    #[serde(default)]
+    pub github: Option<String>,
+    /// GitHub API base (GitHub Enterprise: `https://HOST/api/v3`).
+    #[serde(default)]
+    pub github_api: Option<String>,
+    /// `GROUP/PROJECT` on GitLab: the rollout opens a merge request there.
+    #[serde(default)]
+    pub gitlab: Option<String>,
+    /// GitLab API base (self-managed: `https://HOST/api/v4`).
+    #[serde(default)]
+    pub gitlab_api: Option<String>,
+    /// Secret (key `token`) holding this forge's token. Default: `secrets.forge`.
+    #[serde(default)]
+    pub token_secret: Option<String>,
+    /// Environment variable the token is given in. Default: `secrets.forgeTokenEnv`.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Branch to propose to. Default: the repository's rollout config, else its HEAD.
+    #[serde(default)]
+    pub base_branch: Option<String>,
+    /// Rollout config (the rules) inside the repository. Default: `.webake/rollout.yaml`.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Labels of this repository's pull request, in addition to the config's.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// Where a cluster repository's pull request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterForge {
+    /// Push the branch only.
+    None,
+    /// `OWNER/REPO` on GitHub.
+    GitHub(String),
+    /// `GROUP/PROJECT` on GitLab.
+    GitLab(String),
+}
+
+impl ClusterRepo {
+    /// The forge: `gitlab`, else `github`, else GitHub when `repo` is a github.com URL.
+    pub fn forge(&self) -> ClusterForge {
+        match (&self.gitlab, &self.github) {
+            (Some(p), _) => ClusterForge::GitLab(p.clone()),
+            (None, Some(s)) => ClusterForge::GitHub(s.clone()),
+            (None, None) => match github_slug_of(&self.repo) {
+                Some(slug) => ClusterForge::GitHub(slug),
+                None => ClusterForge::None,
+            },
+        }
+    }
+
+    /// Whether a forge opens a pull request.
+    pub fn has_forge(&self) -> bool {
+        self.forge() != ClusterForge::None
+    }
+
+    pub fn token_env<'a>(&'a self, config: &'a PipelineConfig) -> &'a str {
+        self.token_env
+            .as_deref()
+            .unwrap_or(&config.secrets.forge_token_env)
+    }
+
+    pub fn token_secret<'a>(&'a self, config: &'a PipelineConfig) -> &'a str {
+        self.token_secret
+            .as_deref()
+            .unwrap_or(&config.secrets.forge)
     }
 }
 
@@ -277,14 +360,32 @@ impl PipelineConfig {
                 check.quantity(&field, quantity)?;
             }
         }
-        check.git_url("clusterRepo", &self.cluster_repo)?;
-        if let Some(slug) = &self.github {
-            let ok = slug
-                .split_once('/')
-                .is_some_and(|(o, r)| is_slug_part(o) && is_slug_part(r));
-            if !ok {
-                return Err(check.invalid("github", format!("`{slug}` is not OWNER/REPO")));
+        match (&self.cluster_repo, self.cluster_repos.is_empty()) {
+            (Some(repo), true) => check.git_url("clusterRepo", repo)?,
+            (None, false) => {
+                if self.github.is_some() {
+                    return Err(check.invalid(
+                        "github",
+                        "set `github` on each entry of `clusterRepos` instead",
+                    ));
+                }
+                self.validate_cluster_repos(&check)?;
             }
+            (Some(_), false) => {
+                return Err(check.invalid(
+                    "clusterRepos",
+                    "give `clusterRepo` (one repository) or `clusterRepos` (several), not both",
+                ));
+            }
+            (None, true) => {
+                return Err(check.invalid(
+                    "clusterRepo",
+                    "missing: the cluster repository the rollout proposes in (or `clusterRepos`)",
+                ));
+            }
+        }
+        if let Some(slug) = &self.github {
+            check.slug("github", slug, 2, 2, "OWNER/REPO")?;
         }
         let publish = &self.publish;
         if publish.to == PublishTarget::Local
@@ -353,6 +454,86 @@ impl PipelineConfig {
         check.image("toolImages.git", &self.tool_images.git)?;
         check.image("toolImages.kaniko", &self.tool_images.kaniko)?;
         check.image("toolImages.kubectl", &self.tool_images.kubectl)?;
+        Ok(())
+    }
+}
+
+impl PipelineConfig {
+    fn validate_cluster_repos(&self, check: &Checker<'_>) -> Result<(), Error> {
+        let mut token_secrets: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
+        for (i, r) in self.cluster_repos.iter().enumerate() {
+            let field = |name: &str| format!("clusterRepos[{i}].{name}");
+            check.git_url(&field("repo"), &r.repo)?;
+            if let Some(j) = self.cluster_repos[..i]
+                .iter()
+                .position(|o| o.repo == r.repo)
+            {
+                return Err(check.invalid(
+                    &field("repo"),
+                    format!(
+                        "`{}` is also clusterRepos[{j}]: both would push the same branch",
+                        r.repo
+                    ),
+                ));
+            }
+            if r.github.is_some() && r.gitlab.is_some() {
+                return Err(check.invalid(&field("gitlab"), "give `github` or `gitlab`, not both"));
+            }
+            if let Some(slug) = &r.github {
+                check.slug(&field("github"), slug, 2, 2, "OWNER/REPO")?;
+            }
+            if let Some(slug) = &r.gitlab {
+                check.slug(&field("gitlab"), slug, 2, 20, "GROUP/PROJECT")?;
+            }
+            if r.github_api.is_some() && !matches!(r.forge(), ClusterForge::GitHub(_)) {
+                return Err(check.invalid(&field("githubApi"), "set `github` as well"));
+            }
+            if r.gitlab_api.is_some() && r.gitlab.is_none() {
+                return Err(check.invalid(&field("gitlabApi"), "set `gitlab` as well"));
+            }
+            for (name, api) in [("githubApi", &r.github_api), ("gitlabApi", &r.gitlab_api)] {
+                if let Some(api) = api {
+                    let ok = (api.starts_with("https://") || api.starts_with("http://"))
+                        && !api.chars().any(char::is_whitespace);
+                    if !ok {
+                        return Err(
+                            check.invalid(&field(name), format!("`{api}` is not an http(s) URL"))
+                        );
+                    }
+                }
+            }
+            if let Some(secret) = &r.token_secret {
+                check.dns_subdomain(&field("tokenSecret"), secret)?;
+            }
+            if let Some(env) = &r.token_env {
+                check.env_name(&field("tokenEnv"), env)?;
+            }
+            if let Some(branch) = &r.base_branch {
+                check.git_ref(&field("baseBranch"), branch)?;
+            }
+            if let Some(path) = &r.config {
+                check.relative_path(&field("config"), path)?;
+            }
+            for (j, l) in r.labels.iter().enumerate() {
+                check.non_blank(&format!("clusterRepos[{i}].labels[{j}]"), l)?;
+            }
+            if r.has_forge() {
+                let (env, secret) = (r.token_env(self), r.token_secret(self));
+                match token_secrets.get(env) {
+                    Some((other, j)) if *other != secret => {
+                        return Err(check.invalid(
+                            &field("tokenEnv"),
+                            format!(
+                                "`{env}` is given from Secret `{other}` for clusterRepos[{j}] and `{secret}` here: use another tokenEnv"
+                            ),
+                        ));
+                    }
+                    _ => {
+                        token_secrets.insert(env, (secret, i));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -700,6 +881,22 @@ impl Checker<'_> {
                 field,
                 format!("`{value}` must be a relative path inside the repository"),
             ));
+        }
+        Ok(())
+    }
+
+    /// `A/B` (GitHub `OWNER/REPO`) or `A/B/C…` (GitLab `GROUP/SUBGROUP/PROJECT`).
+    fn slug(
+        &self,
+        field: &str,
+        value: &str,
+        min: usize,
+        max: usize,
+        what: &str,
+    ) -> Result<(), Error> {
+        let parts: Vec<&str> = value.split('/').collect();
+        if !(min..=max).contains(&parts.len()) || !parts.iter().all(|p| is_slug_part(p)) {
+            return Err(self.invalid(field, format!("`{value}` is not {what}")));
         }
         Ok(())
     }

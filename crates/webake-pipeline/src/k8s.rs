@@ -4,7 +4,7 @@
 //! but only the fields webake uses. Parsing rejects any other field, so a rendered document that
 //! drifts from these types fails the parse-back tests instead of reaching a cluster.
 //! References: <https://kubernetes.io/docs/reference/kubernetes-api/> (batch/v1 Job, CronJob;
-//! core/v1 PodSpec, Container, Volume; rbac.authorization.k8s.io/v1 is documented, not rendered).
+//! core/v1 PodSpec, Container, Volume, ConfigMap; rbac.authorization.k8s.io/v1 is documented, not rendered).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +24,16 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// `v1` ConfigMap: text files for the pods (the rollout targets file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMap {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub data: BTreeMap<String, String>,
 }
 
 /// `batch/v1` Job.
@@ -239,6 +249,8 @@ pub struct Volume {
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
 }
 
 impl Volume {
@@ -250,6 +262,7 @@ impl Volume {
             }),
             persistent_volume_claim: None,
             secret: None,
+            config_map: None,
         }
     }
 
@@ -261,8 +274,27 @@ impl Volume {
                 claim_name: claim_name.to_owned(),
             }),
             secret: None,
+            config_map: None,
         }
     }
+
+    pub fn config_map(name: &str, config_map: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            empty_dir: None,
+            persistent_volume_claim: None,
+            secret: None,
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map.to_owned(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapVolumeSource {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,9 @@ pub mod tekton;
 
 use std::path::PathBuf;
 
-pub use config::{PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind};
+pub use config::{
+    ClusterForge, ClusterRepo, PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind,
+};
 pub use render::{Document, Inputs, Rendered, render};
 
 /// Errors of this crate; each names the file, and the field where there is one.

@@ -6,12 +6,13 @@
 use serde::Deserialize;
 
 use crate::Error;
-use crate::k8s::{CronJob, Job};
+use crate::k8s::{ConfigMap, CronJob, Job};
 use crate::tekton::{Pipeline, PipelineRun, Task, TriggerBinding, TriggerTemplate};
 
 /// One parsed resource (boxed: the variants differ a lot in size).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
+    ConfigMap(Box<ConfigMap>),
     Job(Box<Job>),
     CronJob(Box<CronJob>),
     Task(Box<Task>),
@@ -24,6 +25,7 @@ pub enum Resource {
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::ConfigMap(_) => "ConfigMap",
             Self::Job(_) => "Job",
             Self::CronJob(_) => "CronJob",
             Self::Task(_) => "Task",
@@ -78,6 +80,7 @@ fn parse_document(index: usize, doc: &str) -> Result<Resource, Error> {
     let head: Head = serde_saphyr::from_str(doc).map_err(|e| fail("?", e.to_string()))?;
     let of = |e: serde_saphyr::Error| fail(&head.kind, e.to_string());
     let resource = match (head.api_version.as_str(), head.kind.as_str()) {
+        ("v1", "ConfigMap") => Resource::ConfigMap(serde_saphyr::from_str(doc).map_err(of)?),
         ("batch/v1", "Job") => Resource::Job(serde_saphyr::from_str(doc).map_err(of)?),
         ("batch/v1", "CronJob") => Resource::CronJob(serde_saphyr::from_str(doc).map_err(of)?),
         ("tekton.dev/v1", "Task") => Resource::Task(serde_saphyr::from_str(doc).map_err(of)?),

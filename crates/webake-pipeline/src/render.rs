@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::Error;
-use crate::config::{PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind};
+use crate::config::{ClusterForge, PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind};
 use crate::k8s::{
-    Container, CronJob, CronJobSpec, EnvVar, Job, JobSpec, JobTemplateSpec, KeyToPath, ObjectMeta,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, PersistentVolumeClaimVolumeSource,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ConfigMap, Container, CronJob, CronJobSpec, EnvVar, Job, JobSpec, JobTemplateSpec, KeyToPath,
+    ObjectMeta, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use crate::tekton::{
     self, Param, ParamSpec, Pipeline, PipelineRef, PipelineResult, PipelineRun, PipelineRunSpec,
@@ -34,7 +34,16 @@ pub mod paths {
     /// Scratch space (emptyDir on the node's disk). Overlayfs refuses an overlay filesystem as
     /// its upper directory, so layers cannot be built on the container's own root filesystem.
     pub const WORK: &str = "/var/tmp/webake";
+    /// With several cluster repositories: the rollout targets file, from the ConfigMap.
+    pub const TARGETS: &str = "/etc/webake/rollout";
+    /// With several cluster repositories, the Job's bake (an init container) hands the image id
+    /// to its rollout container here (on the shared scratch volume).
+    pub const IMAGE_ID_FILE: &str = "/var/tmp/webake/image-id";
+    pub const AMI_IDS_FILE: &str = "/var/tmp/webake/ami-ids.json";
 }
+
+/// The ConfigMap holding the rollout targets file (several cluster repositories).
+pub const TARGETS_CONFIG_MAP: &str = "webake-rollout-targets";
 
 /// The command lines of webake inside the pods. `webake run` and `webake rollout` must accept
 /// these arguments (a unit test of the `webake` crate, `cmd::run::tests`, parses them with the
@@ -162,6 +171,37 @@ pub mod contract {
         args
     }
 
+    /// Key of the rollout targets file in its ConfigMap, and where the pods see it.
+    pub const TARGETS_KEY: &str = "targets.yaml";
+    pub const TARGETS_FILE: &str = "/etc/webake/rollout/targets.yaml";
+
+    /// The image `webake rollout` proposes: a catalog id, or a file holding one.
+    #[derive(Debug, Clone, Copy)]
+    pub enum RolloutImage<'a> {
+        Id(&'a str),
+        IdFile(&'a str),
+    }
+
+    /// Several cluster repositories: `webake rollout IMAGE --targets FILE`, one pull request
+    /// (or merge request) in each repository of the file, each with its own forge and token;
+    /// the URLs written one per line to `pr_url_file`.
+    pub fn rollout_targets(
+        image: RolloutImage<'_>,
+        targets_file: &str,
+        pr_url_file: Option<&str>,
+    ) -> Vec<String> {
+        let mut args = vec!["rollout".to_owned()];
+        match image {
+            RolloutImage::Id(id) => args.push(id.to_owned()),
+            RolloutImage::IdFile(file) => args.extend(to_strings(&["--image-file", file])),
+        }
+        args.extend(to_strings(&["--targets", targets_file]));
+        if let Some(file) = pr_url_file {
+            args.extend(to_strings(&["--pr-url-file", file]));
+        }
+        args
+    }
+
     fn to_strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -251,6 +291,13 @@ pub fn render(inputs: &Inputs) -> Result<Rendered, Error> {
         ServiceKind::Ami => {
             let recipe = inputs.recipe.as_ref().ok_or(Error::RecipeRequired)?;
             let r = AmiRenderer::new(&inputs.config, &inputs.service, recipe)?;
+            if r.several {
+                docs.push(document(
+                    "configmap-rollout-targets.yaml",
+                    "ConfigMap",
+                    &targets_config_map(&inputs.config)?,
+                )?);
+            }
             docs.push(document("job.yaml", "Job", &r.job())?);
             docs.push(document("cronjob.yaml", "CronJob", &r.cronjob())?);
             let tasks = [
@@ -467,6 +514,108 @@ fn forge_env(config: &PipelineConfig) -> EnvVar {
     )
 }
 
+/// The forge tokens of the rollout: one variable per token (`clusterRepos` may name several),
+/// each from its Secret's `token` key.
+fn rollout_forge_env(config: &PipelineConfig) -> Vec<EnvVar> {
+    if config.cluster_repos.is_empty() {
+        return vec![forge_env(config)];
+    }
+    let mut seen = Vec::new();
+    let mut env = Vec::new();
+    for r in config.cluster_repos.iter().filter(|r| r.has_forge()) {
+        let name = r.token_env(config);
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        env.push(EnvVar::secret(
+            name,
+            r.token_secret(config),
+            contract::FORGE_TOKEN_KEY,
+            false,
+        ));
+    }
+    env
+}
+
+/// The rollout targets file of `clusterRepos`, in the form `webake rollout --targets` reads.
+pub fn targets_yaml(config: &PipelineConfig) -> Result<String, Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct TargetsFile<'a> {
+        repositories: Vec<Entry<'a>>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct Entry<'a> {
+        repo: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        github: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        github_api: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gitlab: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gitlab_api: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_env: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        base_branch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        config: Option<&'a str>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        labels: &'a [String],
+    }
+    let repositories = config
+        .cluster_repos
+        .iter()
+        .map(|r| {
+            let (github, gitlab) = match r.forge() {
+                ClusterForge::GitHub(s) => (Some(s), None),
+                ClusterForge::GitLab(p) => (None, Some(p)),
+                ClusterForge::None => (None, None),
+            };
+            Entry {
+                repo: &r.repo,
+                github_api: github.as_ref().and(r.github_api.as_deref()),
+                gitlab_api: gitlab.as_ref().and(r.gitlab_api.as_deref()),
+                token_env: r.has_forge().then(|| r.token_env(config)),
+                github,
+                gitlab,
+                base_branch: r.base_branch.as_deref(),
+                config: r.config.as_deref(),
+                labels: &r.labels,
+            }
+        })
+        .collect();
+    to_yaml(&TargetsFile { repositories }).map_err(|message| Error::Serialize {
+        kind: "ConfigMap",
+        message,
+    })
+}
+
+fn targets_config_map(config: &PipelineConfig) -> Result<ConfigMap, Error> {
+    Ok(ConfigMap {
+        api_version: "v1".to_owned(),
+        kind: "ConfigMap".to_owned(),
+        metadata: meta(TARGETS_CONFIG_MAP, config, labels("webake", "rollout")),
+        data: BTreeMap::from([(contract::TARGETS_KEY.to_owned(), targets_yaml(config)?)]),
+    })
+}
+
+fn targets_volume() -> Volume {
+    Volume::config_map("rollout-targets", TARGETS_CONFIG_MAP)
+}
+
+fn targets_mount() -> VolumeMount {
+    VolumeMount {
+        name: "rollout-targets".to_owned(),
+        mount_path: paths::TARGETS.to_owned(),
+        sub_path: None,
+        read_only: Some(true),
+    }
+}
+
 fn privileged() -> SecurityContext {
     SecurityContext {
         privileged: Some(true),
@@ -487,6 +636,8 @@ struct AmiRenderer<'a> {
     pipeline_name: String,
     /// `OWNER/REPO` of the cluster repository on GitHub, when known.
     github: Option<String>,
+    /// Several cluster repositories (`clusterRepos`): the rollout reads a targets file.
+    several: bool,
 }
 
 impl<'a> AmiRenderer<'a> {
@@ -505,6 +656,7 @@ impl<'a> AmiRenderer<'a> {
             cronjob_name: object_name("webake-bake", &recipe.name, 52, "recipe name")?,
             pipeline_name: object_name("ami", &service.name, 63, "service name")?,
             github: config.github_repo(),
+            several: !config.cluster_repos.is_empty(),
         })
     }
 
@@ -543,13 +695,33 @@ impl<'a> AmiRenderer<'a> {
         };
         let mut env = pod_env_state(paths::STATE);
         env.extend(aws_env(c));
-        env.push(forge_env(c));
+        // One cluster repository: `webake run` bakes and proposes. Several: the bake runs as an
+        // init container (`--no-rollout`, the image id on the scratch volume), then the
+        // rollout container proposes in each repository of the targets file.
+        let (args, rollout) = match &c.cluster_repo {
+            Some(repo) if !self.several => {
+                env.push(forge_env(c));
+                (
+                    contract::run(&self.recipe.path_in_repo, repo, &self.targets()),
+                    None,
+                )
+            }
+            _ => (
+                contract::run_no_rollout(
+                    &self.recipe.path_in_repo,
+                    paths::IMAGE_ID_FILE,
+                    paths::AMI_IDS_FILE,
+                    &self.targets(),
+                ),
+                Some(self.rollout_container()),
+            ),
+        };
         let bake = Container {
             name: "bake".to_owned(),
             image: c.image.clone(),
             image_pull_policy: Some("IfNotPresent".to_owned()),
             command: contract::command(),
-            args: contract::run(&self.recipe.path_in_repo, &c.cluster_repo, &self.targets()),
+            args,
             working_dir: Some(paths::SOURCE.to_owned()),
             env,
             resources: resources(c),
@@ -560,6 +732,18 @@ impl<'a> AmiRenderer<'a> {
                 VolumeMount::new("work", paths::WORK),
             ],
         };
+        let (init_containers, containers) = match rollout {
+            None => (vec![clone], vec![bake]),
+            Some(rollout) => (vec![clone, bake], vec![rollout]),
+        };
+        let mut volumes = vec![
+            Volume::empty_dir("source", None),
+            Volume::pvc("state", &c.cache_pvc),
+            Volume::empty_dir("work", c.work_dir_size_limit.as_deref()),
+        ];
+        if self.several {
+            volumes.push(targets_volume());
+        }
         let mut pod_meta = ObjectMeta {
             labels: self.bake_labels(),
             ..ObjectMeta::default()
@@ -583,15 +767,39 @@ impl<'a> AmiRenderer<'a> {
                     termination_grace_period_seconds: Some(c.job.termination_grace_period_seconds),
                     node_selector: c.node_selector.clone(),
                     tolerations: c.tolerations.clone(),
-                    init_containers: vec![clone],
-                    containers: vec![bake],
-                    volumes: vec![
-                        Volume::empty_dir("source", None),
-                        Volume::pvc("state", &c.cache_pvc),
-                        Volume::empty_dir("work", c.work_dir_size_limit.as_deref()),
-                    ],
+                    init_containers,
+                    containers,
+                    volumes,
                 },
             },
+        }
+    }
+
+    /// The Job's rollout container with several cluster repositories: unprivileged, the
+    /// catalog on the PVC, the image id from the bake, the targets from the ConfigMap.
+    fn rollout_container(&self) -> Container {
+        let c = self.config;
+        let mut env = pod_env_state(paths::STATE);
+        env.extend(rollout_forge_env(c));
+        Container {
+            name: "rollout".to_owned(),
+            image: c.image.clone(),
+            image_pull_policy: Some("IfNotPresent".to_owned()),
+            command: contract::command(),
+            args: contract::rollout_targets(
+                contract::RolloutImage::IdFile(paths::IMAGE_ID_FILE),
+                contract::TARGETS_FILE,
+                None,
+            ),
+            working_dir: None,
+            env,
+            resources: None,
+            security_context: None,
+            volume_mounts: vec![
+                VolumeMount::new("state", paths::STATE),
+                VolumeMount::new("work", paths::WORK),
+                targets_mount(),
+            ],
         }
     }
 
@@ -681,43 +889,75 @@ impl<'a> AmiRenderer<'a> {
     fn rollout_task(&self) -> Task {
         let c = self.config;
         let mut env = pod_env_state("$(workspaces.state.path)");
-        env.push(forge_env(c));
+        env.extend(rollout_forge_env(c));
+        let mut params = vec![ParamSpec::string(
+            "image-id",
+            "Catalog id of the baked image.",
+            None,
+        )];
+        let mut volumes = vec![Volume::empty_dir("work", None)];
+        let mut volume_mounts = vec![VolumeMount::new("work", paths::WORK)];
+        let (args, description, result) = if self.several {
+            volumes.push(targets_volume());
+            volume_mounts.push(targets_mount());
+            (
+                contract::rollout_targets(
+                    contract::RolloutImage::Id("$(params.image-id)"),
+                    contract::TARGETS_FILE,
+                    Some("$(results.pull-request.path)"),
+                ),
+                "Open the pull requests that bump the image reference in each cluster repository.",
+                "URLs of the pull requests, one per line (none when no forge opened one).",
+            )
+        } else {
+            params.push(ParamSpec::string(
+                "cluster-repo",
+                "Git URL of the cluster repository.",
+                None,
+            ));
+            (
+                contract::rollout(
+                    "$(params.image-id)",
+                    "$(params.cluster-repo)",
+                    "$(results.pull-request.path)",
+                    &self.targets(),
+                ),
+                "Open the pull request that bumps the image reference in the cluster repository.",
+                "URL of the pull request (empty when none was opened).",
+            )
+        };
+        params.push(ParamSpec::string(
+            "webake-image",
+            "The webake image to run (by digest).",
+            None,
+        ));
         Task {
             api_version: tekton::API_VERSION.to_owned(),
             kind: "Task".to_owned(),
             metadata: meta("webake-rollout", c, labels("webake", "rollout")),
             spec: TaskSpec {
-                description: Some("Open the pull request that bumps the image reference in the cluster repository.".to_owned()),
-                params: vec![
-                    ParamSpec::string("image-id", "Catalog id of the baked image.", None),
-                    ParamSpec::string("cluster-repo", "Git URL of the cluster repository.", None),
-                    ParamSpec::string("webake-image", "The webake image to run (by digest).", None),
-                ],
+                description: Some(description.to_owned()),
+                params,
                 results: vec![TaskResult {
                     name: "pull-request".to_owned(),
-                    description: Some("URL of the pull request (empty when none was opened).".to_owned()),
+                    description: Some(result.to_owned()),
                 }],
                 workspaces: vec![
                     workspace_decl("source", "The recipes checkout."),
                     workspace_decl("state", "PVC with data/ (catalog) and cache/."),
                 ],
-                volumes: vec![Volume::empty_dir("work", None)],
+                volumes,
                 steps: vec![Step {
                     name: "rollout".to_owned(),
                     image: "$(params.webake-image)".to_owned(),
                     working_dir: Some("$(workspaces.source.path)".to_owned()),
                     command: contract::command(),
-                    args: contract::rollout(
-                        "$(params.image-id)",
-                        "$(params.cluster-repo)",
-                        "$(results.pull-request.path)",
-                        &self.targets(),
-                    ),
+                    args,
                     env,
                     script: None,
                     compute_resources: None,
                     security_context: None,
-                    volume_mounts: vec![VolumeMount::new("work", paths::WORK)],
+                    volume_mounts,
                 }],
             },
         }
@@ -732,11 +972,14 @@ impl<'a> AmiRenderer<'a> {
             "Recipe path inside the repository.",
             Some(&self.recipe.path_in_repo),
         ));
-        params.push(ParamSpec::string(
-            "cluster-repo",
-            "Git URL of the cluster repository the pull request targets.",
-            Some(&c.cluster_repo),
-        ));
+        let cluster_repo = c.cluster_repo.as_deref().filter(|_| !self.several);
+        if let Some(repo) = cluster_repo {
+            params.push(ParamSpec::string(
+                "cluster-repo",
+                "Git URL of the cluster repository the pull request targets.",
+                Some(repo),
+            ));
+        }
         let mut tasks = common_pipeline_tasks();
         tasks.push(PipelineTask {
             name: "bake".to_owned(),
@@ -760,11 +1003,14 @@ impl<'a> AmiRenderer<'a> {
                 name: "webake-rollout".to_owned(),
             },
             run_after: vec!["bake".to_owned()],
-            params: vec![
-                Param::new("image-id", "$(tasks.bake.results.image-id)"),
-                Param::new("cluster-repo", "$(params.cluster-repo)"),
-                Param::new("webake-image", webake_image),
-            ],
+            params: [
+                Some(Param::new("image-id", "$(tasks.bake.results.image-id)")),
+                cluster_repo.map(|_| Param::new("cluster-repo", "$(params.cluster-repo)")),
+                Some(Param::new("webake-image", webake_image)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             workspaces: vec![
                 WorkspacePipelineTaskBinding::new("source", "source"),
                 WorkspacePipelineTaskBinding::new("state", "state"),
@@ -809,7 +1055,14 @@ impl<'a> AmiRenderer<'a> {
                     },
                     PipelineResult {
                         name: "pull-request".to_owned(),
-                        description: Some("URL of the rollout pull request.".to_owned()),
+                        description: Some(
+                            if self.several {
+                                "URLs of the rollout pull requests, one per line."
+                            } else {
+                                "URL of the rollout pull request."
+                            }
+                            .to_owned(),
+                        ),
                         value: "$(tasks.rollout.results.pull-request)".to_owned(),
                     },
                 ],
@@ -1081,6 +1334,7 @@ fn build_image_task(c: &PipelineConfig) -> Task {
             name: "registry-auth".to_owned(),
             empty_dir: None,
             persistent_volume_claim: None,
+            config_map: None,
             secret: Some(SecretVolumeSource {
                 secret_name: secret.clone(),
                 items: vec![KeyToPath {

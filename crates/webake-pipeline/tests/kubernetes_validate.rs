@@ -13,19 +13,34 @@ const KUBERNETES_VERSION: &str = "1.30";
 
 #[test]
 fn job_and_cronjob_validate_strictly_against_kubernetes_schemas() {
-    let out = rendered("ami");
+    validate_case("ami", 2);
+}
+
+/// Several cluster repositories: the Job's bake is an init container, the rollout its
+/// container, the targets file a ConfigMap.
+#[test]
+fn job_cronjob_and_configmap_of_several_clusters_validate_strictly() {
+    validate_case("ami-clusters", 3);
+}
+
+fn validate_case(case: &str, expected: usize) {
+    let out = rendered(case);
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     for doc in out
         .documents
         .iter()
-        .filter(|d| matches!(d.kind, "Job" | "CronJob"))
+        .filter(|d| matches!(d.kind, "Job" | "CronJob" | "ConfigMap"))
     {
         let path = dir.path().join(&doc.file_name);
         std::fs::write(&path, format!("{}---\n{}", out.header, doc.yaml)).unwrap();
         files.push(path);
     }
-    assert_eq!(files.len(), 2, "expected a Job and a CronJob");
+    assert_eq!(
+        files.len(),
+        expected,
+        "{case}: Job, CronJob (and ConfigMap)"
+    );
 
     let output = validate(&files);
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -10,6 +10,7 @@ use webake_pipeline::render::to_yaml;
 
 fn reserialize(resource: &Resource) -> String {
     match resource {
+        Resource::ConfigMap(r) => to_yaml(r),
         Resource::Job(r) => to_yaml(r),
         Resource::CronJob(r) => to_yaml(r),
         Resource::Task(r) => to_yaml(r),
