@@ -106,7 +106,8 @@ pub struct RolloutRequest {
     pub forge: ForgeConfig,
     /// Pull request title; default `Roll out <image_name> <version>`.
     pub title: Option<String>,
-    /// Pull request body (Markdown): the image diff. A table of the changed references follows it.
+    /// Markdown at the top of the pull request body; the new image, the before/after of each
+    /// changed reference and the table of references follow it.
     pub pr_body_markdown: String,
     pub labels: Vec<String>,
     pub author: GitIdentity,

@@ -234,6 +234,15 @@ fn dry_run_compares_what_each_reference_runs_now_and_prints_title_and_body() {
             .ends_with("<!-- webake-rollout family=k8s-node image=img-20261202b -->\n")
     );
     assert_expected("k8s-node-before-after.md", &outcome.body);
+
+    // `webake rollout --json` prints the outcome: the before/after is in it.
+    let json = serde_json::to_value(&outcome).unwrap();
+    assert_eq!(json["before_after"][0]["current"]["known"], "catalog");
+    assert_eq!(json["before_after"][0]["current"]["id"], "img-20261118a");
+    assert_eq!(json["before_after"][1]["current"]["known"], "unknown");
+    assert_eq!(json["before_after"][1]["current"]["form"], "ami-id");
+    assert_eq!(json["before_after"][0]["packages"][3]["security"], true);
+    assert_eq!(json["title"], "Roll out k8s-node 2026.12.02");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub enum ForgeConfig {
     /// No forge: branch, commit and push only (the embedded default).
     #[default]
     None,
+    #[serde(rename = "github")]
     GitHub {
         /// `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise.
         api_base: String,
@@ -28,6 +29,7 @@ pub enum ForgeConfig {
         /// Name of the environment variable that holds the token (`GITHUB_TOKEN`, ...).
         token_env: String,
     },
+    #[serde(rename = "gitlab")]
     GitLab {
         /// `https://gitlab.com/api/v4`, or `https://HOST/api/v4` for a self-managed GitLab.
         api_base: String,

@@ -308,11 +308,7 @@ impl ImageLookup for CatalogLookup {
                 .iter()
                 .any(|p| matches(p) && region.is_none_or(|r| p.region == r))
         });
-        let anywhere = || {
-            images
-                .iter()
-                .find(|i| i.publications.iter().any(&matches))
-        };
+        let anywhere = || images.iter().find(|i| i.publications.iter().any(&matches));
         Ok(in_region.or_else(anywhere).map(facts_of))
     }
 }
