@@ -36,6 +36,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 #   boot test        qemu-system-x86 + ovmf (UEFI firmware). qemu-utils is installed in the
 #                    same step: installing qemu-system-x86 alone can remove a newer qemu-img.
 #   rollout          git, openssh-client (ssh remotes), ca-certificates (https: forge, AWS)
+#   step sandbox     slirp4netns: user-mode outbound networking of the steps (docs/security.md)
 #   process reaping  tini: webake starts mmdebstrap, ansible and qemu; orphaned grandchildren
 #                    must be reaped by PID 1.
 RUN apt-get update \
@@ -54,6 +55,7 @@ RUN apt-get update \
       ovmf \
       ansible \
       zstd \
+      slirp4netns \
       tini \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 

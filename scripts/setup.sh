@@ -31,7 +31,12 @@ packages=(
   grub-efi-amd64-bin grub-common
   qemu-system-x86 "qemu-utils=${qemu_version}" ovmf
   ansible git ca-certificates zstd python3 python3-venv
+  slirp4netns iproute2
 )
+if [ "$want_test" = 1 ]; then
+  # The escape suite checks the host's firewall before and after a bake.
+  packages+=(nftables)
+fi
 apt-get install -y -q --no-install-recommends --allow-downgrades "${packages[@]}"
 
 if ! command -v cargo >/dev/null; then

@@ -206,10 +206,19 @@ impl SandboxSpec {
         }
         shown.push_str("] ");
         shown.push_str(&self.argv.join(" "));
-        Ok(Cmd::new(exe)
+        // The helper starts with an empty environment: webake's own (cloud credentials, forge
+        // tokens) must not be readable in the sandbox, not even from /proc/1/environ.
+        let mut cmd = Cmd::new(exe)
             .arg(HELPER_ARG)
+            .env_clear()
             .pass_fd(SPEC_FD, Arc::new(OwnedFd::from(fd)))
-            .display_as(shown))
+            .display_as(shown);
+        for k in ["PATH", ids::ENV] {
+            if let Some(v) = std::env::var_os(k) {
+                cmd = cmd.env(k, v);
+            }
+        }
+        Ok(cmd)
     }
 }
 
