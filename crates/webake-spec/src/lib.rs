@@ -1,13 +1,51 @@
-//! webake-spec: the recipe format (v1), its validation, and its JSON Schema.
+//! webake-spec: the recipe format (v1), its validation, its variables, and its JSON Schema.
 //!
-//! Parsing never touches the system beyond reading the recipe file itself. Every error names
-//! the file, line and column and the field path (`provisioners[0].shell.inline`).
+//! # Errors
+//!
+//! Every error names the file, line and column and the field path
+//! (`provisioners[0].shell.inline`), and says what is expected. One run reports every error
+//! of a recipe (at most [`MAX_ERRORS`], as [`SpecError::Many`]): a value that fails is set
+//! aside and reading goes on. Unknown fields and values get the closest known one ("did you
+//! mean"). Problems that do not stop a bake (an unknown but plausible suite) are warnings,
+//! in [`LoadedRecipe::warnings`].
+//!
+//! [`parse_str`] only reads text. [`load`] and [`load_with`] also read the files the recipe
+//! names: each must exist and, unless `allow_paths_outside_recipe_dir: true`, stay inside the
+//! recipe's directory once symlinks are resolved.
+//!
+//! # Variables
+//!
+//! A recipe declares `variables:` (name → `type: string|number|bool`, `default`,
+//! `description`, `validation: {regex, message}`, `secret`). Values come from, highest
+//! precedence first:
+//!
+//! 1. `--var NAME=VALUE` ([`VarInputs::cli`]; the last one for a name wins),
+//! 2. `--var-file FILE.yaml` ([`VarInputs::files`]; a later file wins over an earlier one),
+//! 3. the environment, `WEBAKE_VAR_NAME` ([`VarInputs::env`]; the name exactly as declared),
+//! 4. the declaration's `default`.
+//!
+//! A variable with no value, a value of the wrong type or failing its `validation`, a value
+//! for an undeclared variable (command line, var file), and a `{var.NAME}` naming no declared
+//! variable are located errors. `{var.NAME}` is replaced in `image.version`,
+//! `image.description`, shell `inline` and `env` values, file `source`, Ansible `extra_vars`
+//! values and `test.checks` `run`/`expect_stdout`; anywhere else it is an error. `{{ ... }}`
+//! (Jinja) is left alone. [`LoadedRecipe::recipe`] holds the replaced values,
+//! [`LoadedRecipe::source`] the text as read, and [`LoadedRecipe::digest_input`] both (what a
+//! build hashes). Secret values never appear in [`LoadedRecipe::variables`]'s display, in
+//! [`LoadedRecipe::masked_recipe`] or in the digest input.
 
+mod de;
+mod inputs;
 mod locate;
 mod model;
 mod size;
+mod suggest;
 mod template;
+mod validate;
+mod vars;
+mod yaml;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -17,6 +55,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use model::*;
 pub use size::ByteSize;
 pub use template::VersionTemplate;
+pub use validate::KNOWN_SUITES;
+pub use vars::{ENV_PREFIX, ResolvedVariable, VarInputs, VarOrigin, is_name, parse_var_arg};
+
+use locate::{Seg, render_path};
+use vars::{Finding, Place};
+use yaml::{Pos, Tree};
 
 /// The only recipe format version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -24,10 +68,14 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_RECIPE_BYTES: usize = 1 << 20;
 /// Deepest YAML nesting accepted.
 pub const MAX_DEPTH: usize = 32;
+/// At most this many errors are reported at once.
+pub const MAX_ERRORS: usize = 20;
+/// Errors collected before giving up on a recipe (the rest are counted as omitted).
+const COLLECT_ERRORS: usize = 200;
 
 /// A path written in a recipe, relative to the recipe's directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RecipePath(String);
+pub struct RecipePath(pub(crate) String);
 
 impl RecipePath {
     pub fn as_str(&self) -> &str {
@@ -35,7 +83,7 @@ impl RecipePath {
     }
 
     /// Lexically normalized; `None` if it climbs above its base directory.
-    fn normalized(&self) -> Option<PathBuf> {
+    pub(crate) fn normalized(&self) -> Option<PathBuf> {
         let mut out = PathBuf::new();
         for c in Path::new(&self.0).components() {
             match c {
@@ -115,12 +163,24 @@ pub enum SpecError {
     },
     #[error("{path}: recipe is {size} bytes; the limit is {MAX_RECIPE_BYTES}")]
     TooLarge { path: PathBuf, size: u64 },
-    /// Syntax, type, unknown field or semantic error at a location.
+    /// Syntax, type, unknown field or semantic error at a location (in the recipe or in a
+    /// var file).
     #[error("{location}: {field}{message}", field = field_prefix(.field))]
     Invalid {
         location: SourceLocation,
         field: String,
         message: String,
+    },
+    /// A bad input from outside any file: a `--var` argument (`origin` = `--var NAME`) or an
+    /// environment variable (`$WEBAKE_VAR_NAME`).
+    #[error("{origin}: {message}")]
+    Input { origin: String, message: String },
+    /// Several errors (in the order of the inputs, then of the recipe text); `omitted` more
+    /// were found but not kept.
+    #[error("{}", many(.errors, *.omitted))]
+    Many {
+        errors: Vec<SpecError>,
+        omitted: usize,
     },
 }
 
@@ -132,25 +192,88 @@ fn field_prefix(field: &str) -> String {
     }
 }
 
+fn many(errors: &[SpecError], omitted: usize) -> String {
+    let mut s = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if omitted > 0 {
+        s.push_str(&format!(
+            "\n... and {omitted} more error(s) not shown (at most {MAX_ERRORS} are reported at once)"
+        ));
+    }
+    s
+}
+
 impl SpecError {
+    /// The location of the (first) error, if it has one.
     pub fn location(&self) -> Option<&SourceLocation> {
         match self {
             Self::Invalid { location, .. } => Some(location),
+            Self::Many { errors, .. } => errors.iter().find_map(Self::location),
             _ => None,
+        }
+    }
+
+    /// The single errors (one, or those of [`SpecError::Many`]).
+    pub fn errors(&self) -> Vec<&SpecError> {
+        match self {
+            Self::Many { errors, .. } => errors.iter().collect(),
+            e => vec![e],
         }
     }
 }
 
+/// A problem that does not stop a recipe from being used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecWarning {
+    pub location: Option<SourceLocation>,
+    /// The field path, or the origin of an input (`$WEBAKE_VAR_X`).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(l) = &self.location {
+            write!(f, "{l}: ")?;
+        }
+        write!(f, "{}{}", field_prefix(&self.field), self.message)
+    }
+}
+
 /// A parsed, validated recipe and where it came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadedRecipe {
     /// The recipe file (as given).
     pub path: PathBuf,
     /// The directory relative paths are resolved against.
     pub dir: PathBuf,
-    /// The exact bytes read (hashed into the bake's provenance).
+    /// The exact bytes read. With variables, hash [`Self::digest_input`] instead: it also
+    /// covers the values.
     pub source: String,
+    /// The recipe, with `{var.NAME}` replaced by the values (secrets included: never print
+    /// it; print [`Self::masked_recipe`]).
     pub recipe: Recipe,
+    /// Every declared variable with its value and where the value came from, by name.
+    pub variables: Vec<ResolvedVariable>,
+    /// Problems that do not stop a bake (print them).
+    pub warnings: Vec<SpecWarning>,
+    masked: Recipe,
+    secret_steps: BTreeSet<usize>,
+}
+
+impl fmt::Debug for LoadedRecipe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedRecipe")
+            .field("path", &self.path)
+            .field("dir", &self.dir)
+            .field("recipe", &self.masked)
+            .field("variables", &self.variables)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoadedRecipe {
@@ -166,10 +289,88 @@ impl LoadedRecipe {
             .as_deref()
             .unwrap_or(&self.recipe.image.name)
     }
+
+    /// What a build hashes as "the recipe": the text as read and, when the recipe declares
+    /// variables, their resolved values (a secret as `(secret)`, so its value never reaches a
+    /// digest; a step using one is not cacheable, see [`Self::step_uses_secret`]). Without
+    /// variables it is exactly [`Self::source`], so existing digests do not change.
+    pub fn digest_input(&self) -> Vec<u8> {
+        let mut v = self.source.as_bytes().to_vec();
+        if !self.variables.is_empty() {
+            v.extend_from_slice(b"\n# webake resolved variables v1\n");
+            for var in &self.variables {
+                let shown = if var.secret {
+                    "(secret)".to_string()
+                } else {
+                    serde_json::to_string(var.value()).expect("a string serializes")
+                };
+                v.extend_from_slice(format!("{}={shown}\n", var.name).as_bytes());
+            }
+        }
+        v
+    }
+
+    /// The recipe with secret variables shown as `(secret NAME)`: for plans, logs, provenance
+    /// and step cache keys.
+    pub fn masked_recipe(&self) -> &Recipe {
+        &self.masked
+    }
+
+    /// The values of secret variables (to redact from every output).
+    pub fn secret_values(&self) -> Vec<&str> {
+        self.variables
+            .iter()
+            .filter(|v| v.secret && !v.value().is_empty())
+            .map(ResolvedVariable::value)
+            .collect()
+    }
+
+    /// Whether step `index` (of `recipe.provisioners`) uses a secret variable: like a step with
+    /// `secret_env`, it must not be cached.
+    pub fn step_uses_secret(&self, index: usize) -> bool {
+        self.secret_steps.contains(&index)
+    }
 }
 
-/// Read, parse and validate a recipe file.
+/// Inputs of a load beyond the recipe file.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub vars: VarInputs,
+}
+
+/// Read, parse and validate a recipe file (no variable values but the defaults).
 pub fn load(path: &Path) -> Result<LoadedRecipe, SpecError> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// Read, parse and validate a recipe file with variable values from outside.
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<LoadedRecipe, SpecError> {
+    let source = read_limited(path)?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    let a = analyze(&source, path, &options.vars, Some(&dir))?;
+    Ok(LoadedRecipe {
+        path: path.into(),
+        dir,
+        source,
+        recipe: a.recipe,
+        variables: a.variables,
+        warnings: a.warnings,
+        masked: a.masked,
+        secret_steps: a.secret_steps,
+    })
+}
+
+/// Parse and validate recipe text; `file` is only used in error messages. Variables get their
+/// defaults; the files the recipe names are not looked at (see [`load`]).
+pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
+    analyze(source, file, &VarInputs::default(), None).map(|a| a.recipe)
+}
+
+fn read_limited(path: &Path) -> Result<String, SpecError> {
     let meta = std::fs::metadata(path).map_err(|source| SpecError::Read {
         path: path.into(),
         source,
@@ -180,394 +381,251 @@ pub fn load(path: &Path) -> Result<LoadedRecipe, SpecError> {
             size: meta.len(),
         });
     }
-    let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+    std::fs::read_to_string(path).map_err(|source| SpecError::Read {
         path: path.into(),
         source,
-    })?;
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|p| !p.as_os_str().is_empty());
-    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-    let recipe = parse_str(&source, path)?;
-    Ok(LoadedRecipe {
-        path: path.into(),
-        dir,
-        source,
-        recipe,
     })
 }
 
-/// Parse and validate recipe text; `file` is only used in error messages.
-pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
+/// Read YAML text into a tree; a syntax error is a located error in `file`.
+pub(crate) fn parse_tree(source: &str, file: &Path) -> Result<Tree, SpecError> {
     if source.len() > MAX_RECIPE_BYTES {
         return Err(SpecError::TooLarge {
             path: file.into(),
             size: source.len() as u64,
         });
     }
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_depth = MAX_DEPTH;
-    budget.max_nodes = 20_000;
-    budget.max_aliases = 100;
-    budget.max_anchors = 100;
-    let options = serde_saphyr::options! {
-        budget: Some(budget),
-        with_snippet: false,
-        strict_booleans: true,
-        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+    let limits = yaml::Limits {
+        max_depth: MAX_DEPTH,
+        max_nodes: 20_000,
+        max_aliases: 100,
+        max_anchors: 100,
     };
-    let mut field = String::new();
-    let parsed: Result<Recipe, serde_saphyr::Error> =
-        serde_saphyr::with_deserializer_from_str_with_options(source, options, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                field = e.path().to_string();
-                e.into_inner()
-            })
-        });
-    let recipe = match parsed {
-        Ok(r) => r,
-        Err(e) => {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            let message = strip_location(&e.to_string());
-            return Err(SpecError::Invalid {
-                location: SourceLocation {
-                    file: file.into(),
-                    line,
-                    column,
-                },
-                field,
-                message,
-            });
+    yaml::parse(source, &limits).map_err(|p| SpecError::Invalid {
+        location: SourceLocation {
+            file: file.into(),
+            line: p.pos.line,
+            column: p.pos.col,
+        },
+        field: render_path(&p.path),
+        message: p.message,
+    })
+}
+
+struct Analysis {
+    recipe: Recipe,
+    masked: Recipe,
+    variables: Vec<ResolvedVariable>,
+    warnings: Vec<SpecWarning>,
+    secret_steps: BTreeSet<usize>,
+}
+
+/// The errors of one recipe, each converted to a located [`SpecError`] once.
+struct Errors<'a> {
+    file: &'a Path,
+    tree: &'a Tree,
+    dropped: &'a std::collections::HashSet<yaml::NodeId>,
+    /// (order, error): inputs first, then recipe errors by position.
+    list: Vec<((u8, u64, u64, usize), SpecError)>,
+    /// Paths (as written) that already have an error: later checks of the same value are
+    /// consequences, not news.
+    taken: Vec<Vec<Seg>>,
+}
+
+impl<'a> Errors<'a> {
+    fn locate(&self, typed: &[Seg]) -> (Pos, Vec<Seg>) {
+        self.tree.locate(typed, &|id| self.dropped.contains(&id))
+    }
+
+    fn loc(&self, file: &Path, pos: Pos) -> SourceLocation {
+        SourceLocation {
+            file: file.into(),
+            line: pos.line,
+            column: pos.col,
         }
+    }
+
+    /// An error at a place as written; `take`: later errors at overlapping paths are dropped.
+    fn at(&mut self, pos: Pos, path: Vec<Seg>, message: String) {
+        let n = self.list.len();
+        let e = SpecError::Invalid {
+            location: self.loc(self.file, pos),
+            field: render_path(&path),
+            message,
+        };
+        self.taken.push(path);
+        self.list.push(((1, pos.line, pos.col, n), e));
+    }
+
+    fn overlaps_taken(&self, path: &[Seg]) -> bool {
+        self.taken.iter().any(|t| locate::overlaps(t, path))
+    }
+
+    /// An error at a field of the deserialized recipe, unless that value already has one.
+    fn typed(&mut self, path: &[Seg], message: String) {
+        let (pos, written) = self.locate(path);
+        if !self.overlaps_taken(&written) {
+            self.at(pos, written, message);
+        }
+    }
+
+    fn finding(&mut self, f: Finding) {
+        let n = self.list.len();
+        match f.place {
+            Place::Recipe(path) => self.typed(&path, f.message),
+            Place::RecipeAt(pos, path) => {
+                if !self.overlaps_taken(&path) {
+                    self.at(pos, path, f.message);
+                }
+            }
+            Place::File(file, pos, field) => {
+                let e = SpecError::Invalid {
+                    location: self.loc(&file, pos),
+                    field,
+                    message: f.message,
+                };
+                self.list.push(((0, 0, 0, n), e));
+            }
+            Place::Origin(origin) => {
+                self.list.push((
+                    (0, 0, 0, n),
+                    SpecError::Input {
+                        origin,
+                        message: f.message,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn warning(&self, f: Finding) -> SpecWarning {
+        match f.place {
+            Place::Recipe(path) => {
+                let (pos, written) = self.locate(&path);
+                SpecWarning {
+                    location: Some(self.loc(self.file, pos)),
+                    field: render_path(&written),
+                    message: f.message,
+                }
+            }
+            Place::RecipeAt(pos, path) => SpecWarning {
+                location: Some(self.loc(self.file, pos)),
+                field: render_path(&path),
+                message: f.message,
+            },
+            Place::File(file, pos, field) => SpecWarning {
+                location: Some(self.loc(&file, pos)),
+                field,
+                message: f.message,
+            },
+            Place::Origin(origin) => SpecWarning {
+                location: None,
+                field: origin,
+                message: f.message,
+            },
+        }
+    }
+
+    fn into_result(mut self) -> Result<(), SpecError> {
+        self.list.sort_by_key(|(k, _)| *k);
+        let mut seen = BTreeSet::new();
+        let mut errors: Vec<SpecError> = self
+            .list
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| seen.insert(e.to_string()))
+            .collect();
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            n => {
+                let omitted = n.saturating_sub(MAX_ERRORS);
+                errors.truncate(MAX_ERRORS);
+                Err(SpecError::Many { errors, omitted })
+            }
+        }
+    }
+}
+
+fn analyze(
+    source: &str,
+    file: &Path,
+    inputs: &VarInputs,
+    dir: Option<&Path>,
+) -> Result<Analysis, SpecError> {
+    let tree = parse_tree(source, file)?;
+    let out = de::from_tree::<Recipe>(&tree, COLLECT_ERRORS);
+    let mut errs = Errors {
+        file,
+        tree: &tree,
+        dropped: &out.dropped,
+        list: Vec::new(),
+        taken: Vec::new(),
     };
-    validate(&recipe).map_err(|(path, message)| {
-        let (line, column) = locate::locate(source, &path).unwrap_or((1, 1));
-        SpecError::Invalid {
+    for p in tree.problems.iter().chain(&out.problems) {
+        errs.at(p.pos, p.path.clone(), p.message.clone());
+    }
+    let Some(mut recipe) = out.value else {
+        errs.into_result()?;
+        // Not reached: a recipe that cannot be read has errors.
+        return Err(SpecError::Invalid {
             location: SourceLocation {
                 file: file.into(),
-                line,
-                column,
+                line: 1,
+                column: 1,
             },
-            field: locate::render_path(&path),
+            field: String::new(),
+            message: "expected a recipe".into(),
+        });
+    };
+
+    let res = vars::resolve(&recipe.variables, &tree, file, inputs, &read_limited)?;
+    for f in res.findings.iter().cloned().chain(vars::misplaced(&tree)) {
+        errs.finding(f);
+    }
+    let mut masked = recipe.clone();
+    let applied = vars::apply(&mut recipe, &res, false);
+    vars::apply(&mut masked, &res, true);
+    for f in applied.findings {
+        errs.finding(f);
+    }
+    for p in &applied.unresolved {
+        let (_, written) = errs.locate(p);
+        errs.taken.push(written);
+    }
+
+    let raw = |path: &[Seg]| {
+        let (_, written) = tree.locate(path, &|id| out.dropped.contains(&id));
+        tree.get(&written)
+            .and_then(|n| n.scalar())
+            .map(str::to_string)
+    };
+    let report = validate::validate(&recipe, &raw);
+    for (path, message) in report.errors {
+        errs.typed(&path, message);
+    }
+    if let Some(dir) = dir {
+        for (path, message) in inputs::check(&recipe, dir) {
+            errs.typed(&path, message);
+        }
+    }
+    let warnings: Vec<SpecWarning> = res
+        .warnings
+        .into_iter()
+        .chain(report.warnings.into_iter().map(|(path, message)| Finding {
+            place: Place::Recipe(path),
             message,
-        }
-    })?;
-    Ok(recipe)
-}
-
-/// serde-saphyr appends " at line X column Y"; we print the location in front instead.
-fn strip_location(msg: &str) -> String {
-    let msg = msg.trim();
-    if let Some(i) = msg.rfind(" at line ")
-        && msg[i..].contains("column")
-    {
-        return msg[..i].to_string();
-    }
-    msg.to_string()
-}
-
-use locate::Seg;
-
-type Invalid = (Vec<Seg>, String);
-
-fn key(k: &str) -> Seg {
-    Seg::Key(k.to_string())
-}
-
-/// Semantic checks that types alone cannot express. Returns the field path and the message.
-fn validate(r: &Recipe) -> Result<(), Invalid> {
-    if r.version != FORMAT_VERSION {
-        return Err((
-            vec![key("version")],
-            format!(
-                "unsupported recipe version {}; this webake reads version {FORMAT_VERSION}",
-                r.version
-            ),
-        ));
-    }
-    check_name(&r.image.name).map_err(|m| (vec![key("image"), key("name")], m))?;
-    if let Some(f) = &r.image.family {
-        check_name(f).map_err(|m| (vec![key("image"), key("family")], m))?;
-    }
-    if let Base::Mmdebstrap(m) = &r.base {
-        let at = |k: &str| vec![key("base"), key("mmdebstrap"), key(k)];
-        if m.suite.trim().is_empty()
-            || !m
-                .suite
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err((at("suite"), format!("invalid suite {:?}", m.suite)));
-        }
-        if ![
-            "extract",
-            "custom",
-            "essential",
-            "apt",
-            "required",
-            "minbase",
-            "buildd",
-            "important",
-            "debootstrap",
-            "standard",
-        ]
-        .contains(&m.variant.as_str())
-        {
-            return Err((
-                at("variant"),
-                format!("unknown mmdebstrap variant {:?}", m.variant),
-            ));
-        }
-        for (i, p) in m.include.iter().enumerate() {
-            if p.is_empty()
-                || p.starts_with('-')
-                || p.contains(|c: char| c.is_whitespace() || c == ',')
-            {
-                return Err((
-                    vec![
-                        key("base"),
-                        key("mmdebstrap"),
-                        key("include"),
-                        Seg::Index(i),
-                    ],
-                    format!("invalid package name {p:?}"),
-                ));
-            }
-        }
-        if let Some(mirror) = &m.mirror
-            && !(mirror.starts_with("http://")
-                || mirror.starts_with("https://")
-                || mirror.starts_with("file://"))
-        {
-            return Err((
-                at("mirror"),
-                format!("mirror must be an http(s):// or file:// URL, got {mirror:?}"),
-            ));
-        }
-    }
-    if let Base::Ami(a) = &r.base
-        && !a.id.starts_with("ami-")
-    {
-        return Err((
-            vec![key("base"), key("ami"), key("id")],
-            format!("{:?} is not an AMI id (ami-…)", a.id),
-        ));
-    }
-    let d = &r.disk;
-    if !d.boot.contains(&BootMode::Uefi) {
-        return Err((
-            vec![key("disk"), key("boot")],
-            "UEFI boot is required (add `uefi`)".into(),
-        ));
-    }
-    const MIN_ROOT: u64 = 256 << 20;
-    if d.esp_size.0 < 32 << 20 || d.esp_size.0 > 1 << 30 {
-        return Err((
-            vec![key("disk"), key("esp_size")],
-            format!(
-                "EFI system partition must be between 32MiB and 1GiB, got {}",
-                d.esp_size
-            ),
-        ));
-    }
-    if d.size.0 < d.esp_size.0 + MIN_ROOT + (4 << 20) {
-        return Err((
-            vec![key("disk"), key("size")],
-            format!(
-                "disk size {} is too small: it must hold the {} EFI partition and at least 256MiB of root filesystem",
-                d.size, d.esp_size
-            ),
-        ));
-    }
-    if d.size.0 > 2 << 40 {
-        return Err((
-            vec![key("disk"), key("size")],
-            format!("disk size {} is larger than 2TiB", d.size),
-        ));
-    }
-    if !d.size.0.is_multiple_of(1 << 20) {
-        return Err((
-            vec![key("disk"), key("size")],
-            format!("disk size {} must be a whole number of MiB", d.size),
-        ));
-    }
-    for (i, a) in d.kernel_cmdline.iter().enumerate() {
-        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
-            return Err((
-                vec![key("disk"), key("kernel_cmdline"), Seg::Index(i)],
-                format!("kernel argument {a:?} must be one word without quotes"),
-            ));
-        }
-    }
-    if r.outputs.is_empty() {
-        return Err((
-            vec![key("outputs")],
-            "at least one output format is required".into(),
-        ));
-    }
-    for (i, a) in r.network.allow.iter().enumerate() {
-        NetworkAllow::parse(a)
-            .map_err(|m| (vec![key("network"), key("allow"), Seg::Index(i)], m))?;
-    }
-    let allow_out = r.allow_paths_outside_recipe_dir;
-    for (i, p) in r.provisioners.iter().enumerate() {
-        let base = vec![key("provisioners"), Seg::Index(i), key(p.kind())];
-        let at = |k: &str| {
-            let mut v = base.clone();
-            v.push(key(k));
-            v
-        };
-        let check_path = |k: &str, rp: &RecipePath| -> Result<(), Invalid> {
-            if Path::new(rp.as_str()).is_absolute() && !allow_out {
-                return Err((
-                    at(k),
-                    format!(
-                        "path {rp:?} is absolute; recipe paths are relative to the recipe's directory (set allow_paths_outside_recipe_dir: true to allow)",
-                        rp = rp.as_str()
-                    ),
-                ));
-            }
-            if rp.normalized().is_none() && !allow_out {
-                return Err((
-                    at(k),
-                    format!(
-                        "path {:?} leaves the recipe's directory (set allow_paths_outside_recipe_dir: true to allow)",
-                        rp.as_str()
-                    ),
-                ));
-            }
-            Ok(())
-        };
-        match p {
-            Provisioner::Shell(s) => {
-                if s.inline.is_empty() == s.script.is_none() {
-                    return Err((
-                        base.clone(),
-                        "a shell step needs exactly one of `inline` or `script`".into(),
-                    ));
-                }
-                if let Some(sc) = &s.script {
-                    check_path("script", sc)?;
-                }
-                for k in s.env.keys().chain(s.secret_env.iter()) {
-                    if k.is_empty()
-                        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                        || k.starts_with(|c: char| c.is_ascii_digit())
-                    {
-                        return Err((
-                            at("env"),
-                            format!("invalid environment variable name {k:?}"),
-                        ));
-                    }
-                }
-            }
-            Provisioner::File(f) => {
-                check_path("source", &f.source)?;
-                if !f.destination.starts_with('/') {
-                    return Err((
-                        at("destination"),
-                        format!(
-                            "destination {:?} must be an absolute path inside the image",
-                            f.destination
-                        ),
-                    ));
-                }
-                if f.destination.split('/').any(|c| c == "..") {
-                    return Err((
-                        at("destination"),
-                        format!("destination {:?} must not contain '..'", f.destination),
-                    ));
-                }
-                if let Some(m) = &f.mode
-                    && u32::from_str_radix(m, 8)
-                        .map(|v| v > 0o7777)
-                        .unwrap_or(true)
-                {
-                    return Err((
-                        at("mode"),
-                        format!("mode {m:?} is not an octal mode like \"0644\""),
-                    ));
-                }
-                if let Some(o) = &f.owner {
-                    let ok = o.split(':').count() <= 2
-                        && o.split(':').all(|p| {
-                            !p.is_empty()
-                                && p.chars()
-                                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                        });
-                    if !ok {
-                        return Err((
-                            at("owner"),
-                            format!("owner {o:?} must be `user` or `user:group`"),
-                        ));
-                    }
-                }
-            }
-            Provisioner::AnsibleLocal(a) => {
-                for pb in a.playbook_file.as_slice() {
-                    check_path("playbook_file", pb)?;
-                }
-                for (k, v) in [
-                    ("playbook_dir", &a.playbook_dir),
-                    ("group_vars", &a.group_vars),
-                    ("host_vars", &a.host_vars),
-                    ("galaxy_file", &a.galaxy_file),
-                ] {
-                    if let Some(v) = v {
-                        check_path(k, v)?;
-                    }
-                }
-                for p in a.role_paths.iter() {
-                    check_path("role_paths", p)?;
-                }
-                for p in a.collection_paths.iter() {
-                    check_path("collection_paths", p)?;
-                }
-            }
-            Provisioner::Ansible(a) => {
-                for pb in a.playbook_file.as_slice() {
-                    check_path("playbook_file", pb)?;
-                }
-                for (k, v) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars)] {
-                    if let Some(v) = v {
-                        check_path(k, v)?;
-                    }
-                }
-                for p in a.role_paths.iter().chain(a.collection_paths.iter()) {
-                    check_path("role_paths", p)?;
-                }
-            }
-        }
-    }
-    if let Some(t) = &r.test
-        && (t.timeout_secs == 0 || t.timeout_secs > 3600)
-    {
-        return Err((
-            vec![key("test"), key("timeout_secs")],
-            "timeout must be between 1 and 3600 seconds".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn check_name(n: &str) -> Result<(), String> {
-    if n.is_empty() || n.len() > 100 {
-        return Err(format!("name {n:?} must be 1 to 100 characters"));
-    }
-    if !n
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
-        || !n.starts_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        return Err(format!(
-            "name {n:?} may only contain lowercase letters, digits, '-', '.', '_' and must start with a letter or digit"
-        ));
-    }
-    Ok(())
+        }))
+        .map(|f| errs.warning(f))
+        .collect();
+    errs.into_result()?;
+    Ok(Analysis {
+        recipe,
+        masked,
+        variables: res.values,
+        warnings,
+        secret_steps: applied.secret_steps,
+    })
 }
 
 /// The JSON Schema of the recipe format, generated from the types.

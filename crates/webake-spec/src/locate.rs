@@ -1,11 +1,13 @@
-//! Find the source position of a field path in YAML text (for errors found after parsing).
+//! Field paths (`provisioners[0].shell.inline[1]`) as they appear in errors.
 
-use serde_saphyr::granit_parser::{Event, Parser};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Seg {
     Key(String),
     Index(usize),
+}
+
+pub fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
 }
 
 pub fn render_path(path: &[Seg]) -> String {
@@ -24,79 +26,18 @@ pub fn render_path(path: &[Seg]) -> String {
     out
 }
 
-/// 1-based (line, column) of the node at `path` (for a map key, the key itself), if found.
-pub fn locate(src: &str, path: &[Seg]) -> Option<(u64, u64)> {
-    // Build a tiny tree of (position, children) by walking events once.
-    #[derive(Debug)]
-    enum Node {
-        Scalar(String, (u64, u64)),
-        Seq(Vec<Node>, (u64, u64)),
-        Map(Vec<(Node, Node)>, (u64, u64)),
-    }
-    fn pos(n: &Node) -> (u64, u64) {
-        match n {
-            Node::Scalar(_, p) | Node::Seq(_, p) | Node::Map(_, p) => *p,
-        }
-    }
-    let mut events = Parser::new_from_str(src)
-        .filter_map(Result::ok)
-        .map(|(e, span)| (e, (span.start.line() as u64, span.start.col() as u64 + 1)));
-    fn node<'a>(
-        first: (Event<'a>, (u64, u64)),
-        ev: &mut dyn Iterator<Item = (Event<'a>, (u64, u64))>,
-    ) -> Option<Node> {
-        match first.0 {
-            Event::Scalar(v, ..) => Some(Node::Scalar(v.into_owned(), first.1)),
-            Event::Alias(..) => Some(Node::Scalar(String::new(), first.1)),
-            Event::SequenceStart(..) => {
-                let mut items = Vec::new();
-                loop {
-                    let e = ev.next()?;
-                    if matches!(e.0, Event::SequenceEnd) {
-                        return Some(Node::Seq(items, first.1));
-                    }
-                    items.push(node(e, ev)?);
-                }
-            }
-            Event::MappingStart(..) => {
-                let mut items = Vec::new();
-                loop {
-                    let e = ev.next()?;
-                    if matches!(e.0, Event::MappingEnd) {
-                        return Some(Node::Map(items, first.1));
-                    }
-                    let k = node(e, ev)?;
-                    let v = node(ev.next()?, ev)?;
-                    items.push((k, v));
-                }
-            }
-            _ => {
-                let next = ev.next()?;
-                node(next, ev)
-            }
-        }
-    }
-    let first = events.next()?;
-    let root = node(first, &mut events)?;
-    let mut cur = &root;
-    let mut at = pos(cur);
-    for seg in path {
-        match (seg, cur) {
-            (Seg::Key(k), Node::Map(items, _)) => {
-                let (kn, vn) = items
-                    .iter()
-                    .find(|(kn, _)| matches!(kn, Node::Scalar(s, _) if s == k))?;
-                at = pos(kn);
-                cur = vn;
-            }
-            (Seg::Index(i), Node::Seq(items, _)) => {
-                cur = items.get(*i)?;
-                at = pos(cur);
-            }
-            _ => return Some(at),
-        }
-    }
-    Some(at)
+/// `path` with `prefix` in front.
+pub fn join(prefix: &[Seg], rest: impl IntoIterator<Item = Seg>) -> Vec<Seg> {
+    let mut v = prefix.to_vec();
+    v.extend(rest);
+    v
+}
+
+/// One of the two paths is a prefix of the other (they name the same value or one holds the
+/// other).
+pub fn overlaps(a: &[Seg], b: &[Seg]) -> bool {
+    let n = a.len().min(b.len());
+    a[..n] == b[..n]
 }
 
 #[cfg(test)]
@@ -104,28 +45,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_nested_keys_and_indices() {
-        let src = "a: 1\nb:\n  c:\n    - x\n    - y: 2\n";
-        assert_eq!(locate(src, &[Seg::Key("a".into())]), Some((1, 1)));
-        assert_eq!(
-            locate(src, &[Seg::Key("b".into()), Seg::Key("c".into())]),
-            Some((3, 3))
-        );
-        assert_eq!(
-            locate(
-                src,
-                &[
-                    Seg::Key("b".into()),
-                    Seg::Key("c".into()),
-                    Seg::Index(1),
-                    Seg::Key("y".into())
-                ]
-            ),
-            Some((5, 7))
-        );
-        assert_eq!(
-            render_path(&[Seg::Key("p".into()), Seg::Index(0), Seg::Key("q".into())]),
-            "p[0].q"
-        );
+    fn renders_and_compares_paths() {
+        let p = vec![key("p"), Seg::Index(0), key("q")];
+        assert_eq!(render_path(&p), "p[0].q");
+        assert!(overlaps(&p, &p[..2]));
+        assert!(!overlaps(&p, &[key("p"), Seg::Index(1)]));
     }
 }

@@ -15,6 +15,12 @@ use crate::template::VersionTemplate;
 pub struct Recipe {
     /// Recipe format version. Only `1` exists.
     pub version: u32,
+    /// Values set from outside the recipe (`--var NAME=VALUE`, `--var-file FILE`,
+    /// `WEBAKE_VAR_NAME`), used as `{var.NAME}` in the image version and description, shell
+    /// `inline` commands and `env` values, file `source`, Ansible `extra_vars` values and test
+    /// checks.
+    #[serde(default)]
+    pub variables: BTreeMap<String, VariableSpec>,
     /// What the image is called and how its versions are named.
     pub image: ImageSpec,
     /// Where the root filesystem comes from.
@@ -67,6 +73,103 @@ impl Default for NetworkSpec {
             allow: Vec::new(),
         }
     }
+}
+
+/// A variable a recipe can be given from outside.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VariableSpec {
+    /// `string`, `number` or `bool`.
+    #[serde(rename = "type")]
+    pub kind: VarType,
+    /// The value when none is given; without a default the variable is required.
+    #[serde(default)]
+    pub default: Option<VarDefault>,
+    /// What the variable is for (shown by `webake validate`).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A pattern every value must match.
+    #[serde(default)]
+    pub validation: Option<VarValidation>,
+    /// Never shown in plans, logs, provenance or the catalog (`(secret)` instead). A secret
+    /// may only be used in shell `inline`/`env`, `extra_vars` and test checks.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VarType {
+    String,
+    Number,
+    Bool,
+}
+
+impl VarType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Number => "number",
+            Self::Bool => "bool",
+        }
+    }
+}
+
+/// A default value as written (`"eu-west-1"`, `3`, `true`); checked against the type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct VarDefault(pub String);
+
+impl<'de> Deserialize<'de> for VarDefault {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = VarDefault;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, a number or true/false")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<VarDefault, E> {
+                Ok(VarDefault(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<VarDefault, E> {
+                Ok(VarDefault(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<VarDefault, E> {
+                Ok(VarDefault(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<VarDefault, E> {
+                Ok(VarDefault(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<VarDefault, E> {
+                Ok(VarDefault(v.to_string()))
+            }
+        }
+        // Read as text (a recipe's `1.10` stays "1.10"); the type check comes later.
+        d.deserialize_str(V)
+    }
+}
+
+impl JsonSchema for VarDefault {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "VarDefault".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A default value: a string, a number or a boolean, matching the variable's type.",
+            "type": ["string", "number", "boolean"]
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VarValidation {
+    /// A regular expression the whole value must match (Rust `regex` syntax), e.g.
+    /// `"(dev|staging|prod)"`.
+    pub regex: String,
+    /// Says what is expected when a value does not match.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// One parsed entry of `network.allow`.

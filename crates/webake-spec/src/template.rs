@@ -1,4 +1,7 @@
-//! Image version templates: `{date}`, `{time}`, `{timestamp}` and literal text.
+//! Image version templates: `{date}`, `{time}`, `{timestamp}`, `{var.NAME}` and literal text.
+//!
+//! `{var.NAME}` is replaced by the variable's value when the recipe is loaded; a template that
+//! still holds one renders it literally.
 
 use std::fmt;
 
@@ -17,6 +20,7 @@ enum Part {
     Date,
     Time,
     Timestamp,
+    Var(String),
 }
 
 pub const PLACEHOLDERS: &[&str] = &["date", "time", "timestamp"];
@@ -38,9 +42,13 @@ impl VersionTemplate {
                 "date" => Part::Date,
                 "time" => Part::Time,
                 "timestamp" => Part::Timestamp,
+                v if v.strip_prefix("var.").is_some_and(crate::vars::is_name) => {
+                    Part::Var(v["var.".len()..].to_string())
+                }
                 other => {
                     return Err(format!(
-                        "unknown placeholder {{{other}}} in version template {raw:?} (known: {})",
+                        "unknown placeholder {{{other}}} in version template {raw:?}{}; expected {}, {{var.NAME}} or literal text",
+                        crate::suggest::did_you_mean(other, PLACEHOLDERS.iter().copied()),
                         PLACEHOLDERS
                             .iter()
                             .map(|p| format!("{{{p}}}"))
@@ -58,8 +66,9 @@ impl VersionTemplate {
             raw: raw.to_string(),
             parts,
         };
-        // A rendered version must be usable in file names and AMI names.
-        let sample = t.render(jiff::Timestamp::UNIX_EPOCH);
+        // A rendered version must be usable in file names and AMI names (variables are
+        // checked when their value is known).
+        let sample = t.render_with(jiff::Timestamp::UNIX_EPOCH, |_| "x".into());
         if sample.is_empty()
             || !sample
                 .chars()
@@ -76,8 +85,20 @@ impl VersionTemplate {
         &self.raw
     }
 
+    /// The variables the template uses.
+    pub fn variables(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(v) => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Render at the given instant (UTC).
     pub fn render(&self, at: jiff::Timestamp) -> String {
+        self.render_with(at, |v| format!("{{var.{v}}}"))
+    }
+
+    fn render_with(&self, at: jiff::Timestamp, var: impl Fn(&str) -> String) -> String {
         let mut out = String::new();
         for p in &self.parts {
             match p {
@@ -85,6 +106,7 @@ impl VersionTemplate {
                 Part::Date => out.push_str(&at.strftime("%Y%m%d").to_string()),
                 Part::Time => out.push_str(&at.strftime("%H%M%S").to_string()),
                 Part::Timestamp => out.push_str(&at.as_second().to_string()),
+                Part::Var(v) => out.push_str(&var(v)),
             }
         }
         out
@@ -144,6 +166,13 @@ mod tests {
     }
 
     #[test]
+    fn variables_are_placeholders_until_interpolated() {
+        let t = VersionTemplate::parse("{var.release}-{date}").unwrap();
+        assert_eq!(t.variables().collect::<Vec<_>>(), vec!["release"]);
+        assert!(VersionTemplate::parse("{var.not-a-name}").is_err());
+    }
+
+    #[test]
     fn rejects_unknown_and_unclosed() {
         assert!(
             VersionTemplate::parse("{build}")
@@ -154,6 +183,11 @@ mod tests {
             VersionTemplate::parse("{date")
                 .unwrap_err()
                 .contains("unclosed")
+        );
+        assert!(
+            VersionTemplate::parse("{dat}")
+                .unwrap_err()
+                .contains("did you mean `date`?")
         );
         assert!(
             VersionTemplate::parse("a b")
