@@ -638,3 +638,7 @@ pub fn schema_json() -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_inputs;
+#[cfg(test)]
+mod tests_vars;

@@ -219,10 +219,9 @@ pub(crate) fn resolve(
             continue;
         }
         if let Some(v) = &d.validation {
-            match regex::RegexBuilder::new(&format!("^(?:{})$", v.regex))
-                .size_limit(1 << 20)
-                .build()
-            {
+            let built = |re: &str| regex::RegexBuilder::new(re).size_limit(1 << 20).build();
+            // The user's pattern alone first, so that a syntax error quotes what they wrote.
+            match built(&v.regex).and_then(|_| built(&format!("^(?:{})$", v.regex))) {
                 Ok(regex) => {
                     rules.insert(
                         name,
@@ -233,10 +232,15 @@ pub(crate) fn resolve(
                         },
                     );
                 }
-                Err(e) => findings.push(at(
-                    vpath(name, &["validation", "regex"]),
-                    format!("expected a regular expression: {e}"),
-                )),
+                Err(e) => {
+                    let e = e.to_string();
+                    let why = e.lines().last().unwrap_or_default().trim();
+                    let why = why.strip_prefix("error: ").unwrap_or(why);
+                    findings.push(at(
+                        vpath(name, &["validation", "regex"]),
+                        format!("expected a regular expression, found `{}`: {why}", v.regex),
+                    ));
+                }
             }
         }
         if let Some(def) = &d.default {
@@ -686,6 +690,11 @@ pub(crate) fn apply(r: &mut Recipe, res: &Resolution, mask: bool) -> Applied {
     }
     if mask {
         out.findings.clear();
+        for (name, d) in r.variables.iter_mut() {
+            if d.secret && d.default.is_some() {
+                d.default = Some(crate::model::VarDefault(format!("(secret {name})")));
+            }
+        }
     }
     out
 }

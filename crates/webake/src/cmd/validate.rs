@@ -1,4 +1,4 @@
-//! `webake validate RECIPE...`
+//! `webake validate [--var NAME=VALUE]... [--var-file FILE]... RECIPE...`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,26 +9,70 @@ use crate::settings::Settings;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
+    #[command(flatten)]
+    pub vars: VarArgs,
     /// Recipe files
     #[arg(required = true)]
     pub recipes: Vec<PathBuf>,
 }
 
+/// Values for a recipe's `variables:`. Precedence: --var, then --var-file (a later file wins),
+/// then the environment (WEBAKE_VAR_NAME), then the recipe's default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct VarArgs {
+    /// Set a recipe variable (repeatable; the last one for a name wins)
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Read recipe variables from a YAML file of `NAME: VALUE` (repeatable; a later file wins)
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    webake_spec::parse_var_arg(s)
+}
+
+impl VarArgs {
+    /// The recipe load options: these flags and the process's `WEBAKE_VAR_*` variables.
+    pub fn load_options(&self) -> webake_spec::LoadOptions {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with(webake_spec::ENV_PREFIX))
+            .collect();
+        webake_spec::LoadOptions {
+            vars: webake_spec::VarInputs {
+                cli: self.vars.clone(),
+                files: self.var_files.clone(),
+                env,
+            },
+        }
+    }
+}
+
 impl ValidateArgs {
     pub fn run(self, _settings: &Settings) -> anyhow::Result<ExitCode> {
+        let options = self.vars.load_options();
         let mut bad = 0;
         for r in &self.recipes {
-            match webake_spec::load(r) {
+            match webake_spec::load_with(r, &options) {
                 Ok(l) => {
+                    for w in &l.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     let plan = crate::cmd::bake::make_plan(&l, None);
                     match plan {
-                        Ok(_) => println!(
-                            "{}: ok ({} {}, {} step(s))",
-                            r.display(),
-                            l.recipe.image.name,
-                            l.family(),
-                            l.recipe.provisioners.len()
-                        ),
+                        Ok(_) => {
+                            println!(
+                                "{}: ok ({} {}, {} step(s))",
+                                r.display(),
+                                l.recipe.image.name,
+                                l.family(),
+                                l.recipe.provisioners.len()
+                            );
+                            for v in &l.variables {
+                                println!("  var {} = {} ({})", v.name, v.display_value(), v.origin);
+                            }
+                        }
                         Err(e) => {
                             eprintln!("{}: {e:#}", r.display());
                             bad += 1;
