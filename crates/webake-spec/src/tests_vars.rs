@@ -401,6 +401,19 @@ fn a_value_must_fit_where_it_is_used() {
         "{e}"
     );
     // a source path built from a value is checked like any other path
+    let e = load_with(&f.recipe, &inputs(&[("region", "eu-west-1")], &[], &[]));
+    assert!(e.is_ok(), "{e:?}");
+    let empty = RECIPE.replace("\"files/{var.region}.conf\"", "\"{var.release}\"");
+    let e = load_with(
+        &fixture(&empty).recipe,
+        &inputs(&[("region", "eu-west-1"), ("release", "")], &[], &[]),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("provisioners[1].file.source: expected a path, found an empty string"),
+        "{e}"
+    );
     let e = load_with(&f.recipe, &inputs(&[("region", "us-west-9")], &[], &[])).unwrap_err();
     assert!(
         e.to_string().contains(

@@ -457,6 +457,9 @@ fn disk(rep: &mut Report, d: &DiskSpec, raw: &dyn Fn(&[Seg]) -> Option<String>) 
 /// symlinks) unless the recipe allows otherwise.
 pub(crate) fn check_path(rp: &RecipePath, allow_out: bool) -> Result<(), String> {
     no_control("a path", rp.as_str())?;
+    if rp.as_str().is_empty() {
+        return Err("expected a path, found an empty string".into());
+    }
     if allow_out {
         return Ok(());
     }
