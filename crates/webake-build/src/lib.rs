@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod extract;
 pub mod finalize;
 pub mod provision;
 pub mod reporter;

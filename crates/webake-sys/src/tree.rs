@@ -284,6 +284,30 @@ impl Tree {
         Ok(())
     }
 
+    /// A new hard link at `inner` to the host file `src`, a path outside the tree that the
+    /// caller controls (a symlink at `src` is linked itself, never followed). Nothing at
+    /// `inner` is replaced: an existing entry is an error (`AlreadyExists`). This is how a
+    /// file staged by webake enters a tree without copying its data.
+    pub fn link_in(&self, src: &Path, inner: &Path) -> Result<()> {
+        let (dir, name) = self.parent(inner).map_err(|e| self.err("link", inner, e))?;
+        let s = cstr(src.as_os_str().as_bytes()).map_err(|e| self.err("link", inner, e))?;
+        // SAFETY: linkat from a NUL-terminated host path into a directory fd we hold; no
+        // AT_SYMLINK_FOLLOW.
+        if unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                s.as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                0,
+            )
+        } != 0
+        {
+            return Err(self.err("link", inner, last_err()));
+        }
+        Ok(())
+    }
+
     /// An `O_PATH` descriptor of `inner` itself (a final symlink is not followed).
     fn handle(&self, inner: &Path) -> std::io::Result<OwnedFd> {
         let (dir, name) = self.parent(inner)?;
@@ -641,6 +665,35 @@ mod tests {
         assert_eq!(tree.read(Path::new("/etc/abs")).unwrap(), b"inside");
         // The absolute link to the host's file resolves inside the tree, where it is absent.
         assert!(tree.read(Path::new("/etc/out")).is_err());
+    }
+
+    #[test]
+    fn link_in_shares_the_inode_stays_inside_and_never_replaces() {
+        let (t, root, host) = setup();
+        let staged = t.path().join("staged");
+        std::fs::write(&staged, "data").unwrap();
+        let tree = Tree::open(&root).unwrap();
+        tree.link_in(&staged, Path::new("/etc/file")).unwrap();
+        let a = std::fs::metadata(&staged).unwrap();
+        let b = std::fs::symlink_metadata(root.join("etc/file")).unwrap();
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+        // Something already there is an error, not replaced.
+        let e = tree.link_in(&staged, Path::new("/etc/file")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        // A planted parent symlink to a host directory resolves inside the tree (absent).
+        symlink(&host, root.join("etc/out")).unwrap();
+        assert!(tree.link_in(&staged, Path::new("/etc/out/x")).is_err());
+        assert!(!host.join("x").exists());
+        // A symlink at the source is linked itself, not its target.
+        symlink(host.join("victim"), t.path().join("srclink")).unwrap();
+        tree.link_in(&t.path().join("srclink"), Path::new("/etc/l"))
+            .unwrap();
+        assert!(
+            std::fs::symlink_metadata(root.join("etc/l"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]
