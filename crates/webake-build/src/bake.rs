@@ -84,7 +84,8 @@ pub fn plan(
 /// Compute the plan on top of an already decided base (reads the recipe's input files).
 pub fn plan_with_base(recipe: &LoadedRecipe, base: BasePlan) -> Result<Plan> {
     let steps = provision::plan_steps(recipe, base.key(), &[])?;
-    let recipe_digest = sha256_hex(recipe.source.as_bytes());
+    // The recipe text and the values of its variables (secrets as a placeholder).
+    let recipe_digest = sha256_hex(&recipe.digest_input());
     let last = steps
         .last()
         .map(|s| s.key.clone())
@@ -215,6 +216,7 @@ pub fn bake(req: BakeRequest<'_>) -> Result<BakeResult> {
     // Bakes hold the cache lock shared; `webake cache gc|clear` takes it exclusively, so an
     // entry is never evicted while a bake may read it.
     let _cache_lock = crate::workspace::CacheLock::shared(&req.workspace.cache_dir)?;
+
     let scratch_path = req.workspace.scratch_dir(&req.bake_id);
     mkdir_p(&scratch_path)?;
     let mut scratch = Scratch {
@@ -389,6 +391,7 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
                         .map_err(|e| BuildError::io(&sbx, e))?;
                     run_in(step, &cmd).map_err(|e| e.in_step(step))?;
                     let _ = std::fs::remove_dir(&sbx);
+                    bootstrap::populate_dev(&target).map_err(|e| e.in_step(step))?;
                     let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": jiff_now()});
                     write_json(&staging.join("meta.json"), &meta)?;
                     let dest = req.workspace.bootstrap_dir().join(&bs.key);
@@ -426,7 +429,9 @@ fn bake_inner(req: &BakeRequest<'_>, scratch: &Path) -> Result<BakeResult> {
             .join(format!("step-{i}.json"));
         // A step that reads secrets depends on values the key must not contain: it, and every
         // step after it, always runs and is never written to the shared cache.
-        if matches!(p, webake_spec::Provisioner::Shell(s) if !s.secret_env.is_empty()) {
+        if matches!(p, webake_spec::Provisioner::Shell(s) if !s.secret_env.is_empty())
+            || recipe.step_uses_secret(i)
+        {
             uncached_from_here = true;
         }
         if !req.no_cache

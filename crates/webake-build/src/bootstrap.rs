@@ -28,7 +28,8 @@ pub struct BootstrapPlan {
 
 // v3: apt lists kept in the base (finalize removes them from the image), the initramfs is
 // built once at the end of the bootstrap instead of on every trigger.
-const PLAN_VERSION: &str = "webake-bootstrap-v3";
+// v4: bootstrapped in the sandbox (a user namespace: no mknod), /dev populated afterwards.
+const PLAN_VERSION: &str = "webake-bootstrap-v4";
 
 /// mmdebstrap's hook directory that runs dpkg under eatmydata (no fsync per file; the
 /// bootstrap is either completed and committed, or thrown away).
@@ -216,6 +217,50 @@ rmdir "$mem""#;
 /// How large a tmpfs the bootstrap may use, if it should run in memory at all: half of the
 /// available memory, at most 16 GiB, when at least 4 GiB are available. `WEBAKE_BOOTSTRAP_TMPFS=0`
 /// turns it off (bootstrap directly into the cache directory).
+/// mmdebstrap's `/dev` of a root filesystem: (name, mode, device (major, minor) or symlink
+/// target). mmdebstrap creates it with mknod when it runs as real root; in webake's sandbox
+/// (a user namespace, no mknod) it cannot, so webake creates it afterwards as the host, in
+/// the finished tree.
+const DEV_NODES: &[(&str, u32, (u64, u64))] = &[
+    ("console", 0o666, (5, 1)),
+    ("full", 0o666, (1, 7)),
+    ("null", 0o666, (1, 3)),
+    ("ptmx", 0o666, (5, 2)),
+    ("random", 0o666, (1, 8)),
+    ("tty", 0o666, (5, 0)),
+    ("urandom", 0o666, (1, 9)),
+    ("zero", 0o666, (1, 5)),
+];
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stderr", "/proc/self/fd/2"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+];
+
+/// Give a bootstrapped tree mmdebstrap's device nodes (see [`DEV_NODES`]), path-safely.
+pub fn populate_dev(root: &Path) -> Result<()> {
+    let t = webake_sys::Tree::open(root)?;
+    let dev = Path::new("dev");
+    t.create_dir_all(dev, 0o755)?;
+    for d in ["pts", "shm"] {
+        t.create_dir_all(&dev.join(d), 0o755)?;
+    }
+    for (name, mode, (major, minor)) in DEV_NODES {
+        let p = dev.join(name);
+        t.mknod(
+            &p,
+            libc::S_IFCHR | mode,
+            libc::makedev(*major as u32, *minor as u32),
+        )?;
+        t.chmod(&p, *mode)?;
+    }
+    for (name, target) in DEV_LINKS {
+        t.symlink(Path::new(target), &dev.join(name))?;
+    }
+    Ok(())
+}
+
 pub fn tmpfs_budget() -> Option<u64> {
     if matches!(
         std::env::var("WEBAKE_BOOTSTRAP_TMPFS").as_deref(),

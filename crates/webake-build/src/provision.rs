@@ -124,9 +124,13 @@ pub fn plan_steps(
 ) -> Result<Vec<StepPlan>> {
     let mut prev = base_key.to_string();
     let mut out = Vec::new();
+    // The definition as written, with secret variables masked: the key never holds a secret
+    // (a step that uses one is never cached, see the bake).
+    let masked = &recipe.masked_recipe().provisioners;
     for (i, p) in recipe.recipe.provisioners.iter().enumerate() {
         let mut inputs = BTreeMap::new();
-        let def = serde_json::to_string(p).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let def = serde_json::to_string(masked.get(i).unwrap_or(p))
+            .map_err(|e| BuildError::Invalid(e.to_string()))?;
         inputs.insert("definition".to_string(), sha256_hex(def.as_bytes()));
         for (name, path) in step_inputs(recipe, p) {
             let d = sha256_path(&path).map_err(|e| match e {
@@ -454,9 +458,12 @@ pub fn ansible_command(
         Provisioner::Ansible(a) => {
             // Host mode: argv is completed by the bake (it knows the merged root path).
             // ansible-playbook runs in another directory: every path is made absolute.
+            // Canonical: they are bound at the same paths into the controller's sandbox.
             let abs = |r: &webake_spec::RecipePath| {
                 let p = recipe.resolve(r);
-                std::path::absolute(&p).unwrap_or(p)
+                p.canonicalize()
+                    .or_else(|_| std::path::absolute(&p))
+                    .unwrap_or(p)
             };
             let mut args = Vec::new();
             // What the controller reads from the host, bound read-only at the same paths.
@@ -552,7 +559,12 @@ pub fn recipe_secrets(
     recipe: &LoadedRecipe,
     host_env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = recipe
+        .secret_values()
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .collect();
     for p in &recipe.recipe.provisioners {
         if let Provisioner::Shell(s) = p {
             for k in &s.secret_env {

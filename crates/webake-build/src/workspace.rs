@@ -4,6 +4,7 @@
 //! - `cache_dir/layers/<key>/`     finished step layers (overlay upper dirs)
 //! - `cache_dir/packages/`         downloaded .deb files shared between bakes
 //! - `cache_dir/tmp/<bake-id>/`    per-bake scratch (layers in progress, export tree)
+//! - `cache_dir/leases/<bake-id>`  a running bake's lease (see [`BakeLease`])
 //! - `data_dir/images/<image-id>/` artifacts
 //! - `data_dir/bakes/<bake-id>/`   bake logs
 
@@ -37,6 +38,9 @@ impl Workspace {
     pub fn scratch_root(&self) -> PathBuf {
         self.cache_dir.join("tmp")
     }
+    pub fn leases_dir(&self) -> PathBuf {
+        self.cache_dir.join("leases")
+    }
     pub fn scratch_dir(&self, bake_id: &str) -> PathBuf {
         self.scratch_root().join(bake_id)
     }
@@ -56,6 +60,7 @@ impl Workspace {
             self.layers_dir(),
             self.packages_dir(),
             self.scratch_root(),
+            self.leases_dir(),
             self.images_dir(),
             self.data_dir.join("bakes"),
         ] {
@@ -122,6 +127,106 @@ fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
         Err(TryLockError::WouldBlock) => Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
         Err(TryLockError::Error(e)) => Err(e),
     }
+}
+
+/// A running bake's claim on its files: its scratch directory and staging entries in the
+/// cache, and its image directory. An exclusive flock on `cache_dir/leases/<bake-id>` held for
+/// the life of the bake process (the kernel drops it when the process dies, SIGKILL included).
+/// Liveness therefore comes from the cache every bake shares, not from one catalog's rows:
+/// `webake clean` run against another catalog still sees the bake as running.
+#[must_use]
+pub struct BakeLease {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+/// What a live lease says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub bake_id: String,
+    pub image_id: String,
+}
+
+impl BakeLease {
+    pub fn acquire(cache_dir: &Path, bake_id: &str, image_id: &str) -> Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let dir = cache_dir.join("leases");
+        mkdir_p(&dir)?;
+        let path = dir.join(bake_id);
+        // A cleaner may remove a lease file it could lock (a dead bake's) between our open and
+        // our lock: retry until the locked file is the one at the path.
+        for _ in 0..100 {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| BuildError::io(&path, e))?;
+            flock(&file, libc_lock::EX).map_err(|e| BuildError::io(&path, e))?;
+            let same = std::fs::metadata(&path)
+                .ok()
+                .zip(file.metadata().ok())
+                .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+            if !same {
+                continue;
+            }
+            file.set_len(0).map_err(|e| BuildError::io(&path, e))?;
+            writeln!(file, "{image_id}").map_err(|e| BuildError::io(&path, e))?;
+            return Ok(Self { file, path });
+        }
+        Err(BuildError::Invalid(format!(
+            "{}: could not take the bake's lease",
+            path.display()
+        )))
+    }
+}
+
+impl Drop for BakeLease {
+    fn drop(&mut self) {
+        // Removed while still locked; the lock goes with the file descriptor.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+/// The leases of bakes that are running now (any catalog). Leases of dead bakes are removed
+/// unless `dry_run`.
+pub fn live_leases(cache_dir: &Path, dry_run: bool) -> Result<Vec<LeaseInfo>> {
+    let dir = cache_dir.join("leases");
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let Ok(file) = std::fs::OpenOptions::new().read(true).open(&path) else {
+            continue;
+        };
+        match flock(&file, libc_lock::EX | libc_lock::NB) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let image_id = std::fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                out.push(LeaseInfo {
+                    bake_id: e_name(&path),
+                    image_id,
+                });
+            }
+            Ok(()) if !dry_run => {
+                let _ = std::fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn e_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// One cache entry (a bootstrap base or a step layer).

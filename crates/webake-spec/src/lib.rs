@@ -336,6 +336,19 @@ impl LoadedRecipe {
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub vars: VarInputs,
+    /// The operator's allowlist of host environment variables a recipe may request as
+    /// secrets (`shell.secret_env`): exact names, or prefixes ending in `*` (`AWS_*`). A request
+    /// outside it is a validation error. `None`: no check (library callers that decided
+    /// otherwise); the CLI always passes a list (`WEBAKE_SECRET_ENV`, empty by default).
+    pub secret_env_allow: Option<Vec<String>>,
+}
+
+/// Does `name` match one of the allowlist's entries (`NAME` or `PREFIX*`)?
+pub fn secret_env_allowed(allow: &[String], name: &str) -> bool {
+    allow.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => a == name,
+    })
 }
 
 /// Read, parse and validate a recipe file (no variable values but the defaults).
@@ -351,7 +364,7 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<LoadedRecipe, Spe
         .map(Path::to_path_buf)
         .filter(|p| !p.as_os_str().is_empty());
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-    let a = analyze(&source, path, &options.vars, Some(&dir))?;
+    let a = analyze(&source, path, options, Some(&dir))?;
     Ok(LoadedRecipe {
         path: path.into(),
         dir,
@@ -367,7 +380,7 @@ pub fn load_with(path: &Path, options: &LoadOptions) -> Result<LoadedRecipe, Spe
 /// Parse and validate recipe text; `file` is only used in error messages. Variables get their
 /// defaults; the files the recipe names are not looked at (see [`load`]).
 pub fn parse_str(source: &str, file: &Path) -> Result<Recipe, SpecError> {
-    analyze(source, file, &VarInputs::default(), None).map(|a| a.recipe)
+    analyze(source, file, &LoadOptions::default(), None).map(|a| a.recipe)
 }
 
 fn read_limited(path: &Path) -> Result<String, SpecError> {
@@ -550,9 +563,10 @@ impl<'a> Errors<'a> {
 fn analyze(
     source: &str,
     file: &Path,
-    inputs: &VarInputs,
+    options: &LoadOptions,
     dir: Option<&Path>,
 ) -> Result<Analysis, SpecError> {
+    let inputs = &options.vars;
     let tree = parse_tree(source, file)?;
     let out = de::from_tree::<Recipe>(&tree, COLLECT_ERRORS);
     let mut errs = Errors {
@@ -603,6 +617,33 @@ fn analyze(
     let report = validate::validate(&recipe, &raw);
     for (path, message) in report.errors {
         errs.typed(&path, message);
+    }
+    if let Some(allow) = &options.secret_env_allow {
+        for (i, p) in recipe.provisioners.iter().enumerate() {
+            let Provisioner::Shell(sh) = p else { continue };
+            for (j, name) in sh.secret_env.iter().enumerate() {
+                if !secret_env_allowed(allow, name) {
+                    errs.typed(
+                        &[
+                            Seg::Key("provisioners".into()),
+                            Seg::Index(i),
+                            Seg::Key("shell".into()),
+                            Seg::Key("secret_env".into()),
+                            Seg::Index(j),
+                        ],
+                        format!(
+                            "the build host's operator does not allow recipes to read {name} as a secret; \
+                             allowed: {} (set WEBAKE_SECRET_ENV, e.g. WEBAKE_SECRET_ENV={name})",
+                            if allow.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                allow.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
     }
     if let Some(dir) = dir {
         for (path, message) in inputs::check(&recipe, dir) {

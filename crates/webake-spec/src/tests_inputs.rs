@@ -242,3 +242,34 @@ fn control_characters_and_newlines_are_refused_where_they_could_inject() {
     )
     .unwrap();
 }
+
+#[test]
+fn secrets_outside_the_operators_allowlist_are_refused_where_they_are_requested() {
+    let d = TempDir::new("secrets");
+    let r = d.write(
+        "r.yaml",
+        &format!(
+            "{BASE}base: {{mmdebstrap: {{suite: bookworm}}}}\nprovisioners:\n  - shell:\n      secret_env: [AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN]\n      inline: [\"true\"]\n"
+        ),
+    );
+    let with = |allow: &[&str]| LoadOptions {
+        secret_env_allow: Some(allow.iter().map(|s| s.to_string()).collect()),
+        ..LoadOptions::default()
+    };
+    let e = load_with(&r, &with(&[])).unwrap_err().to_string();
+    assert!(
+        e.contains(":6:20: provisioners[0].shell.secret_env[0]:")
+            && e.contains("does not allow recipes to read AWS_SECRET_ACCESS_KEY")
+            && e.contains("allowed: nothing")
+            && e.contains("provisioners[0].shell.secret_env[1]"),
+        "{e}"
+    );
+    let e = load_with(&r, &with(&["AWS_*"])).unwrap_err().to_string();
+    assert!(
+        !e.contains("AWS_SECRET_ACCESS_KEY") && e.contains("GITHUB_TOKEN"),
+        "{e}"
+    );
+    load_with(&r, &with(&["AWS_*", "GITHUB_TOKEN"])).unwrap();
+    // No list: the library does not check (the CLI always passes one).
+    load(&r).unwrap();
+}

@@ -67,6 +67,7 @@ fn inputs(cli: &[(&str, &str)], files: &[&Path], env: &[(&str, &str)]) -> LoadOp
                 .chain(pairs(env))
                 .collect(),
         },
+        ..LoadOptions::default()
     }
 }
 

@@ -674,3 +674,65 @@ fn first_sigint_cancels_cleanly() {
     assert_eq!(bakes[0]["status"], "cancelled");
     assert_eq!(env.images_json(), serde_json::json!([]));
 }
+
+/// Liveness is a lease in the cache, not a row in one catalog: `webake clean` against another
+/// catalog that shares the cache leaves a running bake's scratch and staging alone.
+#[test]
+fn clean_of_another_catalog_never_touches_a_running_bake() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let r = env.recipe(
+        "slow",
+        &format!(
+            "version: 1\nimage:\n  name: slow\n{BASE}provisioners:\n  - shell:\n      inline:\n        - sleep 12\n        - echo {}\n",
+            std::process::id()
+        ),
+    );
+    let bake = env
+        .cmd()
+        .args(["bake", "--no-cache", r.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step runs (its scratch dir exists).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while env.scratch_entries().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bake never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let scratch_before = env.scratch_entries();
+    let other_catalog = env.path().join("other.db");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_webake"))
+        .arg("--data-dir")
+        .arg(env.path().join("other-data"))
+        .arg("--cache-dir")
+        .arg(&env.cache)
+        .arg("--catalog")
+        .arg(&other_catalog)
+        .arg("clean")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        env.scratch_entries(),
+        scratch_before,
+        "clean of another catalog removed a running bake's scratch: {}",
+        text(&o)
+    );
+    let out = bake.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the bake did not survive: {}",
+        text(&out)
+    );
+    // Once the bake is gone, its lease is too.
+    let leases: Vec<_> = std::fs::read_dir(env.cache.join("leases"))
+        .map(|rd| rd.flatten().collect())
+        .unwrap_or_default();
+    assert!(leases.is_empty(), "a lease outlived its bake: {leases:?}");
+}

@@ -169,11 +169,27 @@ fn secret_values_never_reach_logs_catalog_or_image() {
     let secret = "s3cr3t-Token-4f9a8b7c6d5e";
     let r = env.recipe(
         "secret",
-        &format!("version: 1\nimage:\n  name: secret\n{BASE}provisioners:\n  - shell:\n      name: uses a secret\n      secret_env: [WEBAKE_TEST_SECRET]\n      inline:\n        - echo \"the token is $WEBAKE_TEST_SECRET\"\n        - echo \"$WEBAKE_TEST_SECRET\" > /etc/leaked-token\n"),
+        &format!("version: 1\nimage:\n  name: secret\n{BASE}provisioners:\n  - shell:\n      name: uses a secret\n      secret_env: [WEBAKE_TEST_SECRET]\n      inline:\n        - echo \"the token is $WEBAKE_TEST_SECRET\"\n        - echo \"$WEBAKE_TEST_SECRET\" > /etc/leaked-token\n  - shell:\n      name: reads the leaked file\n      inline:\n        - echo \"a later step prints $(cat /etc/leaked-token)\"\n"),
+    );
+    // Without the operator's allowlist the recipe may not read the variable at all.
+    let o = env
+        .cmd()
+        .env("WEBAKE_TEST_SECRET", secret)
+        .env_remove("WEBAKE_SECRET_ENV")
+        .args(["bake", r.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("does not allow recipes to read WEBAKE_TEST_SECRET"),
+        "{}",
+        text(&o)
     );
     let o = env
         .cmd()
         .env("WEBAKE_TEST_SECRET", secret)
+        .env("WEBAKE_SECRET_ENV", "WEBAKE_TEST_*")
         .args(["bake", r.to_str().unwrap()])
         .output()
         .unwrap();
@@ -181,6 +197,10 @@ fn secret_values_never_reach_logs_catalog_or_image() {
     assert!(
         !o.status.success(),
         "a secret written into the image passed the lint: {all}"
+    );
+    assert!(
+        all.contains("a later step prints [REDACTED]"),
+        "a later step's output was not redacted: {all}"
     );
     assert!(
         all.contains("secret-value") && all.contains("/etc/leaked-token"),

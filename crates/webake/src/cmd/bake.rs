@@ -21,6 +21,8 @@ use crate::settings::Settings;
 pub struct BakeArgs {
     /// The recipe file (YAML)
     pub recipe: PathBuf,
+    #[command(flatten)]
+    pub vars: crate::cmd::validate::VarArgs,
     /// Print the plan (steps, cache keys, why each would run) and do nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -62,7 +64,7 @@ pub struct BakeOutcome {
 
 impl BakeArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let recipe = webake_spec::load(&self.recipe)?;
+        let recipe = crate::cmd::validate::load_recipe(&self.recipe, &self.vars)?;
         let plan = make_plan(&recipe, Some(settings))?;
         if self.dry_run || self.explain {
             print_plan(&recipe, &plan, settings);
@@ -306,6 +308,10 @@ pub fn bake_recipe(
             recipe.path.display()
         ),
     );
+    // Held until this function returns: the scratch dir, staging entries and image dir stay
+    // ours for `webake clean` of any catalog, up to the catalog record.
+    let _lease =
+        webake_build::workspace::BakeLease::acquire(&settings.cache_dir, &bake_id, &image_id)?;
     catalog.begin_bake(&Bake {
         id: bake_id.clone(),
         recipe_path: recipe.path.display().to_string(),

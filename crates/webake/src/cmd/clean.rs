@@ -84,12 +84,12 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
             done.push(format!("stale bake record {} (marked failed)", b.id));
         }
     }
-    let running: std::collections::HashSet<String> = catalog
-        .list_bakes(10_000)?
-        .into_iter()
-        .filter(|b| b.status == webake_catalog::BakeStatus::Running && pid_alive(b.pid))
-        .map(|b| b.id)
-        .collect();
+    // Running bakes, of any catalog sharing this cache: their leases are locked.
+    let leases = webake_build::workspace::live_leases(&settings.cache_dir, dry_run)?;
+    let running: std::collections::HashSet<String> =
+        leases.iter().map(|l| l.bake_id.clone()).collect();
+    let writing: std::collections::HashSet<String> =
+        leases.iter().map(|l| l.image_id.clone()).collect();
     let mut remove = |p: &Path, what: &str| -> anyhow::Result<()> {
         if !dry_run {
             if p.is_dir() {
@@ -105,10 +105,7 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
     if let Ok(rd) = std::fs::read_dir(ws.scratch_root()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let owner_running = running
-                .iter()
-                .any(|id| name == *id || name.starts_with("webake-test-"));
-            if !owner_running {
+            if !running.contains(&name) {
                 remove(&e.path(), "scratch directory")?;
             }
         }
@@ -137,14 +134,10 @@ pub fn clean(settings: &Settings, dry_run: bool) -> anyhow::Result<Vec<String>> 
     if let Ok(rd) = std::fs::read_dir(ws.images_dir()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !owned.contains(&name) && !running.iter().any(|_| false) {
+            if !owned.contains(&name) {
                 // An image dir without a catalog record is a partial artifact of a failed bake,
                 // unless a running bake is writing it right now.
-                let busy = catalog
-                    .list_bakes(10_000)?
-                    .iter()
-                    .any(|b| b.status == webake_catalog::BakeStatus::Running && pid_alive(b.pid));
-                if !busy {
+                if !writing.contains(&name) {
                     remove(&e.path(), "orphaned artifacts")?;
                 }
                 continue;

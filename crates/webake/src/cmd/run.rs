@@ -62,6 +62,8 @@ pub enum Progress {
 pub struct RunArgs {
     /// The recipe file (YAML)
     pub recipe: PathBuf,
+    #[command(flatten)]
+    pub vars: crate::cmd::validate::VarArgs,
 
     /// Bake even when an image baked from the same inputs is in the catalog
     #[arg(long)]
@@ -339,7 +341,7 @@ impl RunArgs {
     pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
         webake_sys::cancel::install_signal_handlers();
         // Everything that can be checked before a long bake is checked first (exit code 2).
-        let recipe = webake_spec::load(&self.recipe)?;
+        let recipe = crate::cmd::validate::load_recipe(&self.recipe, &self.vars)?;
         let aws = self.check_options()?;
         let plan = crate::cmd::bake::make_plan(&recipe, Some(settings))?;
 

@@ -34,6 +34,8 @@ pub struct TestArgs {
     /// Recipe whose `test:` section to use (default: the image's own recipe)
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    #[command(flatten)]
+    pub vars: crate::cmd::validate::VarArgs,
     /// Seconds to wait (default: the recipe's, or 120; multiplied by 4 under TCG)
     #[arg(long)]
     pub timeout: Option<u64>,
@@ -67,7 +69,11 @@ impl TestArgs {
             (PathBuf::from(&a.path), Some(img), recipe)
         };
         let mut spec = match &recipe_path {
-            Some(r) if r.is_file() => webake_spec::load(r)?.recipe.test,
+            Some(r) if r.is_file() => {
+                crate::cmd::validate::load_recipe(r, &self.vars)?
+                    .recipe
+                    .test
+            }
             _ => None,
         }
         .unwrap_or_else(default_spec);
@@ -402,6 +408,13 @@ pub fn boot_test_disk(
         .prefix("webake-test-")
         .tempdir_in(ws.scratch_root())
         .context("creating the test scratch dir")?;
+    // `webake clean` (of any catalog) leaves a scratch dir alone while its lease is held.
+    let scratch_name = scratch
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _lease = webake_build::workspace::BakeLease::acquire(&ws.cache_dir, &scratch_name, "")?;
     let raw = scratch.path().join("disk.raw");
     run(
         &Cmd::new("qemu-img")

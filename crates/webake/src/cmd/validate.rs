@@ -32,8 +32,25 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     webake_spec::parse_var_arg(s)
 }
 
+/// The operator's allowlist of host variables recipes may read as secrets.
+pub const SECRET_ENV: &str = "WEBAKE_SECRET_ENV";
+
+/// Load a recipe with the command line's variables and print its warnings.
+pub fn load_recipe(
+    path: &std::path::Path,
+    vars: &VarArgs,
+) -> anyhow::Result<webake_spec::LoadedRecipe> {
+    let r = webake_spec::load_with(path, &vars.load_options())?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(r)
+}
+
 impl VarArgs {
-    /// The recipe load options: these flags and the process's `WEBAKE_VAR_*` variables.
+    /// The recipe load options: these flags, the process's `WEBAKE_VAR_*` variables, and the
+    /// operator's allowlist of secret environment variables (`WEBAKE_SECRET_ENV`, comma
+    /// separated names or `PREFIX*`; empty: recipes may read no host variable as a secret).
     pub fn load_options(&self) -> webake_spec::LoadOptions {
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -45,6 +62,14 @@ impl VarArgs {
                 files: self.var_files.clone(),
                 env,
             },
+            secret_env_allow: Some(
+                std::env::var(SECRET_ENV)
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
         }
     }
 }
