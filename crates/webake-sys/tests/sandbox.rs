@@ -64,6 +64,9 @@ fn tree() -> Tree {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
+    // Like /root/.cache: the sandbox's root may not search the directories above its tree.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     Tree {
         _dir: dir,
         work,

@@ -213,7 +213,9 @@ impl Sync {
     }
 }
 
-/// Paths under the work dir (a tmpfs in H's mount namespace).
+/// Paths under the work dir (a tmpfs in H's mount namespace), *relative*: H makes the tmpfs
+/// its working directory before it forks, so C and G reach it without looking up the host
+/// directories above it (the sandbox's root may not search a 0700 `/root/.cache`).
 struct Work {
     dir: PathBuf,
 }
@@ -243,12 +245,6 @@ impl Work {
 }
 
 fn check_spec(spec: &SandboxSpec) -> Result<(), String> {
-    let s = spec.work_dir.to_string_lossy();
-    if s.contains([',', ':', '\\']) {
-        return Err(format!(
-            "work dir {s:?} must not contain ',' ':' or '\\' (overlay options)"
-        ));
-    }
     if !spec.work_dir.is_dir() {
         return Err(format!(
             "work dir {} does not exist",
@@ -279,16 +275,17 @@ fn helper(spec: &SandboxSpec) -> Result<u8, String> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    let work = Work {
-        dir: spec.work_dir.clone(),
-    };
     mount_at(
         Some("webake-sandbox"),
-        &work.dir,
+        &spec.work_dir,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("size=4m,mode=0755"),
     )?;
+    chdir(&spec.work_dir).map_err(|e| format!("chdir {}: {e}", spec.work_dir.display()))?;
+    let work = Work {
+        dir: PathBuf::from("."),
+    };
     prepare_mount_points(spec, &work)?;
     let host_addrs = net::host_addresses();
 
@@ -596,7 +593,7 @@ fn pid1(spec: &SandboxSpec, work: &Work, parent_alive: &File) -> Result<u8, Stri
         }
     };
     for (i, b) in spec.binds.iter().enumerate() {
-        let target = safe_mkdir_in_root(&new_root, &b.target, b.source.is_dir())?;
+        let target = safe_mkdir_in_root(&new_root, &b.target, work.bind(i).is_dir())?;
         let s = work.bind(i).display().to_string();
         mount_at(Some(&s), &target, None, MsFlags::MS_BIND, None)?;
     }
