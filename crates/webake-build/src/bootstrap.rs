@@ -196,14 +196,14 @@ for e in "$root"/* "$root"/.[!.]*; do
 done
 cp -a --sparse=always "$@" "$dest/" &
 copy=$!
-mount -t proc proc "$root/proc"
+mount --rbind /proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
 rc=0
 sh -ec "$hook" initramfs "$root" || rc=$?
 umount -R "$root/dev"
 umount -l "$root/sys"
-umount "$root/proc"
+umount -l "$root/proc"
 wait "$copy" || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
 [ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }
 for d in boot var/lib/initramfs-tools var/tmp; do

@@ -306,6 +306,41 @@ fn outbound_reaches_the_debian_mirror_by_name() {
     );
 }
 
+/// Inside a container, /proc is masked (files bound over, /proc/sys read-only): a user
+/// namespace may not mount a fresh procfs then. The sandbox mounts its /proc before it enters
+/// its user namespace, so it works there too, and its masks are locked.
+fn works_under_a_containers_masked_proc() {
+    let exe = std::env::current_exe().unwrap();
+    let o = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-ec"])
+        .arg(
+            "mount --make-rprivate /; mount --bind /dev/null /proc/timer_list; \
+             mount -o bind,ro /proc/sys /proc/sys; exec \"$0\" __probe",
+        )
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("PROBE uid=0 swappiness-written"), "{text}");
+}
+
+/// The probe run by `works_under_a_containers_masked_proc` (in its masked mount namespace).
+fn probe() -> i32 {
+    let t = tree();
+    let o = sandbox_run(&spec(
+        &t,
+        "echo 7 > /proc/sys/vm/swappiness && umount /proc/timer_list 2>/dev/null; \
+         echo PROBE uid=$(id -u) swappiness-written",
+    ));
+    print!("{}", o.text);
+    o.code
+}
+
 fn the_spec_is_not_on_the_command_line() {
     let t = tree();
     let mut s = spec(
@@ -324,9 +359,19 @@ fn the_spec_is_not_on_the_command_line() {
     );
 }
 
+/// `(name, function)` pairs of the tests this binary runs.
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        &[$((stringify!($f), $f as fn())),*]
+    };
+}
+
 fn main() {
     if let Some(code) = webake_sys::sandbox::helper_main_if_requested() {
         std::process::exit(code as i32);
+    }
+    if std::env::args().nth(1).as_deref() == Some("__probe") {
+        std::process::exit(probe());
     }
     if let Some(why) = webake_sys::sandbox::unsupported_reason() {
         eprintln!("sandbox tests cannot run here: {why}");
@@ -336,41 +381,18 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: &[(&str, fn())] = &[
-        (
-            "root_inside_is_an_unprivileged_range_outside",
-            root_inside_is_an_unprivileged_range_outside,
-        ),
-        (
-            "files_written_inside_keep_their_owners_on_disk",
-            files_written_inside_keep_their_owners_on_disk,
-        ),
-        (
-            "kernel_parameters_are_private",
-            kernel_parameters_are_private,
-        ),
-        (
-            "capabilities_seccomp_and_no_new_privs",
-            capabilities_seccomp_and_no_new_privs,
-        ),
-        ("a_chroot_escape_stays_inside", a_chroot_escape_stays_inside),
-        (
-            "proc_masks_and_host_kernel_interfaces_refuse",
-            proc_masks_and_host_kernel_interfaces_refuse,
-        ),
-        ("no_network_without_outbound", no_network_without_outbound),
-        (
-            "outbound_blocks_the_host_and_allows_named_ports",
-            outbound_blocks_the_host_and_allows_named_ports,
-        ),
-        (
-            "the_spec_is_not_on_the_command_line",
-            the_spec_is_not_on_the_command_line,
-        ),
-        (
-            "outbound_reaches_the_debian_mirror_by_name",
-            outbound_reaches_the_debian_mirror_by_name,
-        ),
+    let tests: &[(&str, fn())] = tests![
+        root_inside_is_an_unprivileged_range_outside,
+        files_written_inside_keep_their_owners_on_disk,
+        kernel_parameters_are_private,
+        capabilities_seccomp_and_no_new_privs,
+        a_chroot_escape_stays_inside,
+        proc_masks_and_host_kernel_interfaces_refuse,
+        no_network_without_outbound,
+        outbound_blocks_the_host_and_allows_named_ports,
+        the_spec_is_not_on_the_command_line,
+        works_under_a_containers_masked_proc,
+        outbound_reaches_the_debian_mirror_by_name,
     ];
     let mut failed = Vec::new();
     for (name, f) in tests {

@@ -221,6 +221,12 @@ struct Work {
 }
 
 impl Work {
+    /// The work dir as every process of the sandbox sees it: its working directory.
+    fn at_cwd() -> Self {
+        Self {
+            dir: PathBuf::from("."),
+        }
+    }
     fn lower(&self, i: usize) -> PathBuf {
         self.dir.join(format!("l{i}"))
     }
@@ -242,6 +248,9 @@ impl Work {
     fn resolv(&self) -> PathBuf {
         self.dir.join("resolv.conf")
     }
+    fn proc(&self) -> PathBuf {
+        self.dir.join("p")
+    }
 }
 
 fn check_spec(spec: &SandboxSpec) -> Result<(), String> {
@@ -262,8 +271,34 @@ fn check_spec(spec: &SandboxSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Every host path of the spec made absolute (H changes its working directory).
+fn absolute_paths(spec: &SandboxSpec) -> Result<SandboxSpec, String> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut s = spec.clone();
+    s.work_dir = abs(&s.work_dir)?;
+    if let Some(o) = &mut s.overlay {
+        for l in &mut o.lowers {
+            *l = abs(l)?;
+        }
+        o.upper = abs(&o.upper)?;
+        o.work = abs(&o.work)?;
+    }
+    match &mut s.view {
+        View::Image { tree } | View::Host { tree, .. } => {
+            if let Some(t) = tree {
+                *t = abs(t)?;
+            }
+        }
+    }
+    for b in &mut s.binds {
+        b.source = abs(&b.source)?;
+    }
+    Ok(s)
+}
+
 /// H: host root in a private mount namespace.
 fn helper(spec: &SandboxSpec) -> Result<u8, String> {
+    let spec = &absolute_paths(spec)?;
     check_spec(spec)?;
     let ids = IdRange::resolve()?;
     unshare(CloneFlags::CLONE_NEWNS)
@@ -283,10 +318,14 @@ fn helper(spec: &SandboxSpec) -> Result<u8, String> {
         Some("size=4m,mode=0755"),
     )?;
     chdir(&spec.work_dir).map_err(|e| format!("chdir {}: {e}", spec.work_dir.display()))?;
-    let work = Work {
-        dir: PathBuf::from("."),
-    };
+    let work = Work::at_cwd();
     prepare_mount_points(spec, &work)?;
+    // The idmapped mounts need a user namespace with the sandbox's mapping: a throwaway one
+    // (the translation depends on the mapping, not on which namespace carries it). They are
+    // made now, in H's namespace, so every namespace copied from it has them.
+    let mapping = idmap::mapping_namespace(&ids.map_line())?;
+    idmapped_mounts(spec, &work, &mapping)?;
+    drop(mapping);
     let host_addrs = net::host_addresses();
 
     let (c_read, h_write) = pipe()?;
@@ -300,7 +339,7 @@ fn helper(spec: &SandboxSpec) -> Result<u8, String> {
                 read: c_read,
                 write: c_write,
             };
-            let code = match enter(spec, &work, &mut sync, me) {
+            let code = match enter(spec, &work, &ids, &mut sync, me) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("webake sandbox: {e}");
@@ -317,7 +356,7 @@ fn helper(spec: &SandboxSpec) -> Result<u8, String> {
                 write: h_write,
             };
             forward_signals_to(child);
-            let setup = outside(spec, &work, &ids, &host_addrs, child, &mut sync);
+            let setup = outside(spec, &host_addrs, child, &mut sync);
             match setup {
                 Ok(slirp) => {
                     let code = wait_for(child);
@@ -345,6 +384,7 @@ fn prepare_mount_points(spec: &SandboxSpec, work: &Work) -> Result<(), String> {
     }
     mkdir(&work.merged())?;
     mkdir(&work.tree())?;
+    mkdir(&work.proc())?;
     mkdir(&work.view_root())?;
     for (i, b) in spec.binds.iter().enumerate() {
         if b.source.is_dir() {
@@ -359,38 +399,36 @@ fn prepare_mount_points(spec: &SandboxSpec, work: &Work) -> Result<(), String> {
     Ok(())
 }
 
-/// H's part once C has made its namespaces: id maps, idmapped mounts, network.
-fn outside(
-    spec: &SandboxSpec,
-    work: &Work,
-    ids: &IdRange,
-    host_addrs: &[std::net::Ipv4Addr],
-    child: Pid,
-    sync: &mut Sync,
-) -> Result<Option<Slirp>, String> {
-    sync.wait()?;
-    let pid = child.as_raw();
-    idmap::write_maps(pid, &ids.map_line())?;
-    let userns = File::open(format!("/proc/{pid}/ns/user"))
-        .map_err(|e| format!("opening the sandbox's user namespace: {e}"))?;
-    let userns = OwnedFd::from(userns);
+/// The idmapped mounts of the layers, the tree and the binds (in H's mount namespace).
+fn idmapped_mounts(spec: &SandboxSpec, work: &Work, userns: &OwnedFd) -> Result<(), String> {
     if let Some(o) = &spec.overlay {
         for (i, l) in o.lowers.iter().enumerate() {
-            idmap::bind(l, &work.lower(i), &userns, true)?;
+            idmap::bind(l, &work.lower(i), userns, true)?;
         }
         let parent = o.upper.parent().unwrap_or(Path::new("/"));
-        idmap::bind(parent, &work.upper_parent(), &userns, false)?;
+        idmap::bind(parent, &work.upper_parent(), userns, false)?;
     }
     let tree = match &spec.view {
         View::Image { tree } | View::Host { tree, .. } => tree,
     };
     if let Some(t) = tree {
-        idmap::bind(t, &work.tree(), &userns, false)?;
+        idmap::bind(t, &work.tree(), userns, false)?;
     }
     for (i, b) in spec.binds.iter().enumerate() {
-        idmap::bind(&b.source, &work.bind(i), &userns, b.readonly)?;
+        idmap::bind(&b.source, &work.bind(i), userns, b.readonly)?;
     }
-    let netns_path = format!("/proc/{pid}/ns/net");
+    Ok(())
+}
+
+/// H's part once C has made its network namespace: slirp4netns, routes, forwarded ports.
+fn outside(
+    spec: &SandboxSpec,
+    host_addrs: &[std::net::Ipv4Addr],
+    child: Pid,
+    sync: &mut Sync,
+) -> Result<Option<Slirp>, String> {
+    sync.wait()?;
+    let netns_path = format!("/proc/{}/ns/net", child.as_raw());
     let slirp = match &spec.network {
         Network::None => {
             in_netns(&netns_path, net::loopback_up)?;
@@ -431,43 +469,38 @@ fn in_netns<T>(path: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, S
     r
 }
 
-/// C: a network namespace of the host's user namespace, then the sandbox's user namespace,
-/// then (as root inside it) the other namespaces; forks G.
-fn enter(spec: &SandboxSpec, work: &Work, sync: &mut Sync, parent: Pid) -> Result<u8, String> {
+/// C: a network and a PID namespace of the host's user namespace (the command can change
+/// neither its routes nor mount another /proc); forks G, and writes G's id maps when G has
+/// made its user namespace.
+fn enter(
+    spec: &SandboxSpec,
+    work: &Work,
+    ids: &IdRange,
+    sync: &mut Sync,
+    parent: Pid,
+) -> Result<u8, String> {
     die_with_parent();
     if nix::unistd::getppid() != parent {
         return Err("the helper died during setup".into());
     }
     unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(net): {e}"))?;
-    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare(user): {e}"))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(pid): {e}"))?;
     sync.signal()?;
     sync.wait()?;
-    let root = nix::unistd::Gid::from_raw(0);
-    nix::unistd::setresgid(root, root, root).map_err(|e| format!("setresgid: {e}"))?;
-    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-    let uroot = nix::unistd::Uid::from_raw(0);
-    nix::unistd::setresuid(uroot, uroot, uroot).map_err(|e| format!("setresuid: {e}"))?;
-    // Changing credentials cleared the parent-death signal.
-    die_with_parent();
-    if nix::unistd::getppid() != parent {
-        return Err("the helper died during setup".into());
-    }
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| format!("unshare(mount, pid, uts, ipc, cgroup): {e}"))?;
     // G cannot see its parent (it is outside G's PID namespace): G learns that C died from
     // this pipe's write end closing.
     let (alive_r, alive_w) = pipe()?;
+    let (g_read, c_write) = pipe()?;
+    let (c_read, g_write) = pipe()?;
     // SAFETY: C is single-threaded.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop(alive_w);
-            let code = match pid1(spec, work, &alive_r) {
+            drop((alive_w, c_read, c_write));
+            let mut gsync = Sync {
+                read: g_read,
+                write: g_write,
+            };
+            let code = match pid1(spec, work, ids, &alive_r, &mut gsync) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("webake sandbox: {e}");
@@ -478,8 +511,22 @@ fn enter(spec: &SandboxSpec, work: &Work, sync: &mut Sync, parent: Pid) -> Resul
             unsafe { libc::_exit(code as i32) }
         }
         ForkResult::Parent { child } => {
-            drop(alive_r);
+            drop((alive_r, g_read, g_write));
+            let mut gsync = Sync {
+                read: c_read,
+                write: c_write,
+            };
             forward_signals_to(child);
+            // G made its user namespace: map it.
+            let mapped = gsync
+                .wait()
+                .and_then(|()| idmap::write_maps(child.as_raw(), &ids.map_line()))
+                .and_then(|()| gsync.signal());
+            if let Err(e) = mapped {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = wait_for(child);
+                return Err(e);
+            }
             let code = wait_for(child);
             drop(alive_w);
             Ok(code)
@@ -541,7 +588,13 @@ fn mount_image(spec: &SandboxSpec, work: &Work) -> Result<Option<PathBuf>, Strin
 }
 
 /// G: PID 1 of the sandbox.
-fn pid1(spec: &SandboxSpec, work: &Work, parent_alive: &File) -> Result<u8, String> {
+fn pid1(
+    spec: &SandboxSpec,
+    work: &Work,
+    ids: &IdRange,
+    parent_alive: &File,
+    gsync: &mut Sync,
+) -> Result<u8, String> {
     die_with_parent();
     // The command cannot inspect PID 1 (/proc/1/mem, environ, fds).
     // SAFETY: plain prctl.
@@ -551,6 +604,54 @@ fn pid1(spec: &SandboxSpec, work: &Work, parent_alive: &File) -> Result<u8, Stri
     if hung_up(parent_alive) {
         return Err("the sandbox's parent died during setup".into());
     }
+    // Still root of the host's user namespace: /proc of the new PID namespace, its private
+    // kernel parameters and its masks are mounted here, in a mount namespace of the host's
+    // user namespace. So no "fully visible /proc" is needed (a container's /proc is masked),
+    // and once the sandbox's own mount namespace copies them they are locked: the command
+    // cannot unmount a mask.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare(mount): {e}"))?;
+    mount_at(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let proc_dir = work.proc();
+    mount_at(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    procfs::private_sysctl(&proc_dir, ids.base)?;
+    procfs::mask(&proc_dir)?;
+    // Now the user namespace (C writes its maps), then root in it.
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare(user): {e}"))?;
+    gsync.signal()?;
+    gsync.wait()?;
+    let root = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setresgid(root, root, root).map_err(|e| format!("setresgid: {e}"))?;
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let uroot = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresuid(uroot, uroot, uroot).map_err(|e| format!("setresuid: {e}"))?;
+    // Changing credentials cleared the parent-death signal and the dumpable flag.
+    die_with_parent();
+    // SAFETY: plain prctl.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    if hung_up(parent_alive) {
+        return Err("the sandbox's parent died during setup".into());
+    }
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| format!("unshare(mount, uts, ipc, cgroup): {e}"))?;
     mount_at(
         None,
         Path::new("/"),
@@ -789,17 +890,15 @@ fn host_view(root: &Path, resolv: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn mount_api_filesystems(root: &Path) -> Result<(), String> {
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = safe_mkdir_in_root(root, Path::new("/proc"), true)?;
+    let prepared = Work::at_cwd().proc().display().to_string();
     mount_at(
-        Some("proc"),
+        Some(&prepared),
         &proc_dir,
-        Some("proc"),
-        nosuid_nodev_noexec,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    procfs::private_sysctl(&proc_dir)?;
-    procfs::mask(&proc_dir)?;
     let sys = safe_mkdir_in_root(root, Path::new("/sys"), true)?;
     bind_readonly(Path::new("/sys"), &sys)?;
 

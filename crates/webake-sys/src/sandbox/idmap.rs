@@ -123,6 +123,51 @@ pub fn make_readonly_recursive(target: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A user namespace with the id mapping `line`, held by a descriptor (the process that made
+/// it is gone): what idmapped mounts translate through.
+pub fn mapping_namespace(line: &str) -> Result<OwnedFd, String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fds from pipe2.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child only makes async-signal-safe syscalls and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only, then _exit.
+        unsafe {
+            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            libc::write(w.as_raw_fd(), [if ok { 1u8 } else { 0 }].as_ptr().cast(), 1);
+            libc::pause();
+            libc::_exit(0);
+        }
+    }
+    drop(w);
+    let mut b = [0u8; 1];
+    // SAFETY: read one byte from our pipe.
+    let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    let result = if n == 1 && b[0] == 1 {
+        write_maps(pid, line).and_then(|()| {
+            std::fs::File::open(format!("/proc/{pid}/ns/user"))
+                .map(OwnedFd::from)
+                .map_err(|e| format!("opening the mapping namespace: {e}"))
+        })
+    } else {
+        Err("unshare(user) failed: user namespaces are unavailable".into())
+    };
+    // SAFETY: kill and reap our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    result
+}
+
 /// Write the id maps of process `pid` (which has just entered a new user namespace).
 pub fn write_maps(pid: i32, line: &str) -> Result<(), String> {
     for f in ["uid_map", "gid_map"] {

@@ -109,8 +109,9 @@ fn collect(base: &Path, rel: &Path, out: &mut Vec<Entry>) {
     }
 }
 
-/// Replace `proc_dir/sys` by a writable copy of its readable values.
-pub fn private_sysctl(proc_dir: &Path) -> Result<(), String> {
+/// Replace `proc_dir/sys` by a writable copy of its readable values, owned by `owner` (the
+/// host id of the sandbox's root).
+pub fn private_sysctl(proc_dir: &Path, owner: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let sys = proc_dir.join("sys");
     let mut entries = Vec::with_capacity(1500);
@@ -120,7 +121,7 @@ pub fn private_sysctl(proc_dir: &Path) -> Result<(), String> {
         &sys,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("size=16m,mode=0555"),
+        Some(&format!("size=16m,mode=0555,uid={owner},gid={owner}")),
     )?;
     for e in &entries {
         let p = sys.join(&e.rel);
@@ -129,7 +130,8 @@ pub fn private_sysctl(proc_dir: &Path) -> Result<(), String> {
             Some(bytes) => std::fs::write(&p, bytes),
         }
         .map_err(|err| format!("private sysctl {}: {err}", e.rel.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
+        std::os::unix::fs::lchown(&p, Some(owner), Some(owner))
+            .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)))
             .map_err(|err| format!("private sysctl {}: {err}", e.rel.display()))?;
     }
     Ok(())
