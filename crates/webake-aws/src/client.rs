@@ -7,17 +7,10 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{Credentials, Region};
 
-/// How many attempts the SDK makes for one call (first try included). Throttling
-/// (`RequestLimitExceeded`, `ThrottlingException`) and 5xx answers are common when many bakes
-/// publish at once; EC2's documented advice is exponential backoff, and 8 attempts with the
-/// backoff below spans roughly a minute before we give up.
-pub const SDK_MAX_ATTEMPTS: u32 = 8;
-/// First retry delay of the SDK's exponential backoff (with jitter).
-pub const SDK_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
-/// Ceiling of one backoff delay: keeps the whole retry budget near a minute.
-pub const SDK_MAX_BACKOFF: Duration = Duration::from_secs(20);
+use crate::retry::RetryPolicy;
 
 /// How often we poll a snapshot or AMI whose state is still pending.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -25,27 +18,36 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// CopyImage across regions is the slowest step (tens of minutes for large images).
 pub const DEFAULT_IMAGE_TIMEOUT: Duration = Duration::from_secs(90 * 60);
+/// One attempt of one call (connect, send, answer). A 512 KiB block needs seconds even on
+/// a slow uplink; a hung connection becomes a timeout that the retry policy retries.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// After cancellation, how long webake keeps waiting for calls already in flight (a
+/// CopyImage whose answer would name a new AMI) before it rolls back anyway. Longer than one
+/// attempt, so an answer is normally recorded; what is still unanswered is found by the
+/// run's tag in the rollback.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(75);
 
-/// Retry and wait policy. The defaults are the named constants above; tests shorten them.
-#[derive(Debug, Clone)]
+/// Retry and wait policy. The defaults are the named constants; tests shorten them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timing {
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// webake's retries of every EC2 and EBS call (the SDK's own retries are off).
+    pub retry: RetryPolicy,
     pub poll_interval: Duration,
     pub snapshot_timeout: Duration,
     pub image_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub cancel_grace: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            max_attempts: SDK_MAX_ATTEMPTS,
-            initial_backoff: SDK_INITIAL_BACKOFF,
-            max_backoff: SDK_MAX_BACKOFF,
+            retry: RetryPolicy::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             snapshot_timeout: DEFAULT_SNAPSHOT_TIMEOUT,
             image_timeout: DEFAULT_IMAGE_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
 }
@@ -80,12 +82,13 @@ pub struct ClientSettings {
     pub timing: Timing,
 }
 
-/// The EC2 and EBS clients of one region.
+/// The EC2 and EBS clients of one region, and the timing every call through them uses.
 #[derive(Clone, Debug)]
 pub struct RegionClients {
     pub region: String,
     pub ec2: aws_sdk_ec2::Client,
     pub ebs: aws_sdk_ebs::Client,
+    pub timing: Timing,
 }
 
 /// One resolved SDK configuration (credentials are loaded once) and clients per region.
@@ -99,14 +102,15 @@ pub struct Session {
 impl Session {
     /// Resolve the configuration for `home_region`. Nothing is called on AWS yet.
     pub async fn new(home_region: &str, settings: &ClientSettings) -> Self {
-        let t = &settings.timing;
-        let retry = RetryConfig::standard()
-            .with_max_attempts(t.max_attempts)
-            .with_initial_backoff(t.initial_backoff)
-            .with_max_backoff(t.max_backoff);
+        // The SDK's retries are off: webake retries every call itself (see crate::retry for
+        // why), so a call's budget never depends on a quota shared with other calls.
+        let timeouts = TimeoutConfig::builder()
+            .operation_attempt_timeout(settings.timing.attempt_timeout)
+            .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(home_region.to_string()))
-            .retry_config(retry);
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts);
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }
@@ -149,8 +153,25 @@ impl Session {
                     region: region.to_string(),
                     ec2: aws_sdk_ec2::Client::from_conf(ec2),
                     ebs: aws_sdk_ebs::Client::from_conf(ebs),
+                    timing: self.timing.clone(),
                 }
             })
             .clone()
+    }
+}
+
+impl RegionClients {
+    /// The retry context for calls in this region.
+    pub(crate) fn caller<'a>(
+        &'a self,
+        reporter: &'a dyn crate::reporter::Reporter,
+        stop: &'a crate::retry::Stop,
+    ) -> crate::retry::Caller<'a> {
+        crate::retry::Caller {
+            region: &self.region,
+            policy: &self.timing.retry,
+            reporter,
+            stop,
+        }
     }
 }

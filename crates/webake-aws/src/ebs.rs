@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag as EbsTag};
@@ -14,11 +14,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
-use tokio::task::JoinSet;
 
 use crate::client::RegionClients;
-use crate::error::{Error, Result, aws};
+use crate::error::{CallError, Error, Result};
 use crate::reporter::Reporter;
+use crate::retry::{Also, Pool, Stop};
 
 /// EBS direct APIs work in fixed blocks of 512 KiB.
 pub const EBS_BLOCK_SIZE: usize = 512 * 1024;
@@ -27,14 +27,6 @@ const GIB: u64 = 1024 * 1024 * 1024;
 /// Blocks in flight at once. EBS direct allows high request rates per snapshot, but each
 /// block is 512 KiB in memory; 16 keeps memory at ~8 MiB and saturates a pod's uplink.
 pub const DEFAULT_CONCURRENCY: usize = 16;
-
-/// Our own attempts per block, on top of the SDK's retries. The SDK's standard retry mode has
-/// a shared retry quota (token bucket) that a long burst of throttling on thousands of blocks
-/// can drain; then it fails fast. A block that still fails is retried here after a longer
-/// pause, like coldsnap does, instead of failing a multi-GiB upload for one block.
-pub const BLOCK_ATTEMPTS: u32 = 4;
-/// Pause before the first block-level retry; doubled each time (1 s, 2 s, 4 s).
-pub const BLOCK_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long EBS keeps a started snapshot open before it fails it (StartSnapshot `Timeout`,
 /// minutes; default 60, max 4320). Four hours leaves room for a 100 GiB disk over a slow
@@ -53,10 +45,9 @@ pub struct UploadOptions {
     /// Volume size in GiB; `None` is the file size rounded up to whole GiB.
     pub volume_size_gib: Option<i64>,
     pub concurrency: usize,
-    /// Idempotency token for StartSnapshot (e.g. derived from the bake id).
+    /// Idempotency token for StartSnapshot. It must be unique per run: EBS answers a
+    /// repeated token with the original snapshot, even one that was deleted since.
     pub client_token: Option<String>,
-    /// Pause before block-level retries (doubled each time).
-    pub block_retry_backoff: Duration,
 }
 
 impl Default for UploadOptions {
@@ -68,7 +59,6 @@ impl Default for UploadOptions {
             volume_size_gib: None,
             concurrency: DEFAULT_CONCURRENCY,
             client_token: None,
-            block_retry_backoff: BLOCK_RETRY_BACKOFF,
         }
     }
 }
@@ -85,7 +75,12 @@ pub struct UploadSummary {
 
 /// Base64 of the SHA-256 of one block, as PutSnapshotBlock expects.
 pub fn block_checksum(data: &[u8]) -> String {
-    B64.encode(Sha256::digest(data))
+    B64.encode(block_digest(data))
+}
+
+/// The SHA-256 of one block (the input of [`aggregate_checksum`]).
+pub fn block_digest(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
 }
 
 /// The CompleteSnapshot checksum: SHA-256 over the concatenated per-block SHA-256 digests,
@@ -106,7 +101,9 @@ pub fn volume_size_gib(len: u64) -> i64 {
 /// Upload `path` into a new EBS snapshot in `clients.region`. `on_started` is called with
 /// the snapshot id as soon as StartSnapshot answers, so the caller can record it for rollback
 /// before any block is sent. Returns after CompleteSnapshot; the snapshot may still be
-/// `pending` in EC2 (see [`crate::wait::snapshot_completed`]).
+/// `pending` in EC2 (see [`crate::wait::snapshot_completed`]). Every call is retried under
+/// `clients.timing.retry`; "not found" for the new snapshot is retried for the grace period
+/// after StartSnapshot (EBS is eventually consistent).
 pub async fn upload_snapshot(
     clients: &RegionClients,
     path: &Path,
@@ -114,7 +111,19 @@ pub async fn upload_snapshot(
     reporter: &dyn Reporter,
     on_started: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<UploadSummary> {
+    upload_snapshot_until(clients, path, opts, reporter, &Stop::new(), on_started).await
+}
+
+pub(crate) async fn upload_snapshot_until(
+    clients: &RegionClients,
+    path: &Path,
+    opts: &UploadOptions,
+    reporter: &dyn Reporter,
+    stop: &Stop,
+    on_started: &(dyn Fn(&str) + Send + Sync),
+) -> Result<UploadSummary> {
     let region = &clients.region;
+    let caller = clients.caller(reporter, stop);
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(Error::io("opening disk image", path))?;
@@ -139,26 +148,33 @@ pub async fn upload_snapshot(
     }
     let blocks_total = len.div_ceil(EBS_BLOCK_SIZE as u64);
 
-    let mut start = clients
-        .ebs
-        .start_snapshot()
-        .volume_size(size)
-        .description(&opts.description)
-        .timeout(START_SNAPSHOT_TIMEOUT_MINUTES);
-    for (k, v) in &opts.tags {
-        start = start.tags(EbsTag::builder().key(k).value(v).build());
-    }
-    if let Some(key) = &opts.kms_key_arn {
-        start = start.encrypted(true).kms_key_arn(key);
-    }
-    if let Some(token) = &opts.client_token {
-        start = start.client_token(token);
-    }
-    let started =
-        start
-            .send()
-            .await
-            .map_err(aws("StartSnapshot", region, path.display().to_string()))?;
+    let tags: Vec<EbsTag> = opts
+        .tags
+        .iter()
+        .map(|(k, v)| EbsTag::builder().key(k).value(v).build())
+        .collect();
+    let started = caller
+        .call(
+            "StartSnapshot",
+            &path.display().to_string(),
+            Also::default(),
+            || {
+                let mut start = clients
+                    .ebs
+                    .start_snapshot()
+                    .volume_size(size)
+                    .description(&opts.description)
+                    .timeout(START_SNAPSHOT_TIMEOUT_MINUTES)
+                    .set_tags(Some(tags.clone()))
+                    .set_client_token(opts.client_token.clone());
+                if let Some(key) = &opts.kms_key_arn {
+                    start = start.encrypted(true).kms_key_arn(key);
+                }
+                start.send()
+            },
+        )
+        .await?;
+    let created_at = Instant::now();
     let snapshot_id = started
         .snapshot_id()
         .ok_or_else(|| Error::Missing {
@@ -172,10 +188,12 @@ pub async fn upload_snapshot(
 
     let concurrency = opts.concurrency.max(1);
     let mut digests: Vec<Option<[u8; 32]>> = vec![None; blocks_total as usize];
-    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut pool: Pool<'_, Result<()>> = Pool::new();
     let mut sent = 0u64;
     let mut skipped = 0u64;
+    let snapshot = snapshot_id.as_str();
     for index in 0..blocks_total {
+        stop.check()?;
         let mut buf = vec![0u8; EBS_BLOCK_SIZE];
         let want = (len - index * EBS_BLOCK_SIZE as u64).min(EBS_BLOCK_SIZE as u64) as usize;
         file.read_exact(&mut buf[..want])
@@ -188,53 +206,77 @@ pub async fn upload_snapshot(
             reporter.block_done(&snapshot_id, want as u64, false);
             continue;
         }
-        let digest: [u8; 32] = Sha256::digest(&buf).into();
+        let digest = block_digest(&buf);
         digests[index as usize] = Some(digest);
         sent += 1;
-        while tasks.len() >= concurrency {
-            join_one(&mut tasks).await?;
+        while pool.len() >= concurrency {
+            if let Some(r) = pool.next().await {
+                r?;
+            }
         }
-        let ebs = clients.ebs.clone();
-        let snapshot = snapshot_id.clone();
-        let region = region.clone();
-        let backoff = opts.block_retry_backoff;
         let progress = ((index + 1) * 100 / blocks_total) as i32;
         let checksum = B64.encode(digest);
         let data = buf;
-        tasks.spawn(async move {
-            put_block(
-                &ebs,
-                &region,
-                &snapshot,
-                index as i32,
-                data,
-                checksum,
-                progress,
-                backoff,
-            )
-            .await
+        let ebs = &clients.ebs;
+        pool.push(async move {
+            let what = format!("{snapshot} block {index}");
+            caller
+                .call(
+                    "PutSnapshotBlock",
+                    &what,
+                    Also {
+                        created_at: Some(created_at),
+                        codes: &[],
+                    },
+                    || {
+                        ebs.put_snapshot_block()
+                            .snapshot_id(snapshot)
+                            .block_index(index as i32)
+                            .block_data(ByteStream::from(data.clone()))
+                            .data_length(EBS_BLOCK_SIZE as i32)
+                            .checksum(&checksum)
+                            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                            .progress(progress.clamp(0, 100))
+                            .send()
+                    },
+                )
+                .await
+                .map(|_| ())
         });
         reporter.block_done(&snapshot_id, want as u64, true);
     }
-    while !tasks.is_empty() {
-        join_one(&mut tasks).await?;
+    while let Some(r) = pool.next().await {
+        r?;
     }
+    drop(pool);
 
-    let mut complete = clients
-        .ebs
-        .complete_snapshot()
-        .snapshot_id(&snapshot_id)
-        .changed_blocks_count(sent as i32);
-    if sent > 0 {
-        complete = complete
-            .checksum(aggregate_checksum(digests.iter().flatten()))
-            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear);
-    }
-    complete
-        .send()
-        .await
-        .map_err(aws("CompleteSnapshot", region, snapshot_id.clone()))?;
+    let aggregate = (sent > 0).then(|| aggregate_checksum(digests.iter().flatten()));
+    caller
+        .call(
+            "CompleteSnapshot",
+            &snapshot_id,
+            Also {
+                created_at: Some(created_at),
+                codes: &[],
+            },
+            || {
+                let mut complete = clients
+                    .ebs
+                    .complete_snapshot()
+                    .snapshot_id(&snapshot_id)
+                    .changed_blocks_count(sent as i32);
+                if let Some(sum) = &aggregate {
+                    complete = complete
+                        .checksum(sum)
+                        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                        .checksum_aggregation_method(
+                            ChecksumAggregationMethod::ChecksumAggregationLinear,
+                        );
+                }
+                complete.send()
+            },
+        )
+        .await?;
     reporter.transfer_finished(&snapshot_id);
     tracing::info!(%region, %snapshot_id, sent, skipped, "snapshot upload complete");
     Ok(UploadSummary {
@@ -244,82 +286,6 @@ pub async fn upload_snapshot(
         blocks_sent: sent,
         blocks_skipped: skipped,
     })
-}
-
-async fn join_one(tasks: &mut JoinSet<Result<()>>) -> Result<()> {
-    match tasks.join_next().await {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => Err(Error::Task(e.to_string())),
-        None => Ok(()),
-    }
-}
-
-/// Whether a block upload error is worth another try after the SDK gave up.
-fn retryable<E, R>(e: &aws_sdk_ebs::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_ebs::error::ProvideErrorMetadata,
-{
-    use aws_sdk_ebs::error::SdkError;
-    match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(se) => matches!(
-            se.err().code(),
-            Some(
-                "ThrottlingException"
-                    | "RequestThrottledException"
-                    | "InternalServerException"
-                    | "InternalFailure"
-                    | "ServiceUnavailableException"
-                    | "ServiceUnavailable"
-            )
-        ),
-        _ => false,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn put_block(
-    ebs: &aws_sdk_ebs::Client,
-    region: &str,
-    snapshot_id: &str,
-    index: i32,
-    data: Vec<u8>,
-    checksum: String,
-    progress: i32,
-    backoff: Duration,
-) -> Result<()> {
-    let mut attempt = 1;
-    loop {
-        let r = ebs
-            .put_snapshot_block()
-            .snapshot_id(snapshot_id)
-            .block_index(index)
-            .block_data(ByteStream::from(data.clone()))
-            .data_length(EBS_BLOCK_SIZE as i32)
-            .checksum(&checksum)
-            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-            .progress(progress.clamp(0, 100))
-            .send()
-            .await;
-        match r {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt < BLOCK_ATTEMPTS && retryable(&e) => {
-                let pause = backoff * 2u32.pow(attempt - 1);
-                tracing::warn!(%region, %snapshot_id, block = index, attempt, ?pause, "block upload failed, retrying: {}", aws_sdk_ebs::error::DisplayErrorContext(&e));
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(aws(
-                    "PutSnapshotBlock",
-                    region,
-                    format!("{snapshot_id} block {index}"),
-                )(e));
-            }
-        }
-    }
 }
 
 /// What a download did.
@@ -341,20 +307,23 @@ pub async fn download_snapshot_to_file(
     concurrency: usize,
     reporter: &dyn Reporter,
 ) -> Result<DownloadSummary> {
-    let region = &clients.region;
+    let stop = Stop::new();
+    let caller = clients.caller(reporter, &stop);
     // List every block (paginated).
     let mut blocks: Vec<(i32, String)> = Vec::new();
     let mut volume_size_gib = None;
     let mut next: Option<String> = None;
     loop {
-        let page = clients
-            .ebs
-            .list_snapshot_blocks()
-            .snapshot_id(snapshot_id)
-            .set_next_token(next.take())
-            .send()
-            .await
-            .map_err(aws("ListSnapshotBlocks", region, snapshot_id))?;
+        let page = caller
+            .call("ListSnapshotBlocks", snapshot_id, Also::default(), || {
+                clients
+                    .ebs
+                    .list_snapshot_blocks()
+                    .snapshot_id(snapshot_id)
+                    .set_next_token(next.clone())
+                    .send()
+            })
+            .await?;
         if let Some(bs) = page.block_size()
             && bs as usize != EBS_BLOCK_SIZE
         {
@@ -398,42 +367,47 @@ pub async fn download_snapshot_to_file(
     let file = Arc::new(file);
 
     reporter.transfer_started(snapshot_id, blocks.len() as u64);
-    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut pool: Pool<'_, Result<()>> = Pool::new();
     let written = blocks.len() as u64;
     for (index, token) in blocks {
-        while tasks.len() >= concurrency.max(1) {
-            join_one(&mut tasks).await?;
+        while pool.len() >= concurrency.max(1) {
+            if let Some(r) = pool.next().await {
+                r?;
+            }
         }
-        let ebs = clients.ebs.clone();
-        let region = region.clone();
-        let snapshot = snapshot_id.to_string();
         let file = file.clone();
         let tmp = tmp.clone();
-        tasks.spawn(async move {
-            let out = ebs
-                .get_snapshot_block()
-                .snapshot_id(&snapshot)
-                .block_index(index)
-                .block_token(token)
-                .send()
-                .await
-                .map_err(aws(
-                    "GetSnapshotBlock",
-                    &region,
-                    format!("{snapshot} block {index}"),
-                ))?;
+        let region = &clients.region;
+        pool.push(async move {
+            let what = format!("{snapshot_id} block {index}");
+            let out = caller
+                .call("GetSnapshotBlock", &what, Also::default(), || {
+                    clients
+                        .ebs
+                        .get_snapshot_block()
+                        .snapshot_id(snapshot_id)
+                        .block_index(index)
+                        .block_token(&token)
+                        .send()
+                })
+                .await?;
             let expected = out.checksum().map(str::to_string);
             let algo = out.checksum_algorithm().cloned();
             let data = out
                 .block_data
                 .collect()
                 .await
-                .map_err(|e| Error::Aws {
-                    op: "GetSnapshotBlock",
-                    region: region.clone(),
-                    what: format!("{snapshot} block {index}"),
-                    detail: e.to_string(),
-                    code: None,
+                .map_err(|e| {
+                    Error::Aws(Box::new(CallError {
+                        op: "GetSnapshotBlock",
+                        region: region.clone(),
+                        what: what.clone(),
+                        detail: e.to_string(),
+                        code: None,
+                        attempts: 1,
+                        elapsed: Duration::ZERO,
+                        transient: true,
+                    }))
                 })?
                 .into_bytes();
             if let (Some(expected), Some(ChecksumAlgorithm::ChecksumAlgorithmSha256)) =
@@ -441,7 +415,7 @@ pub async fn download_snapshot_to_file(
                 && *expected != block_checksum(&data)
             {
                 return Err(Error::Checksum {
-                    snapshot_id: snapshot,
+                    snapshot_id: snapshot_id.to_string(),
                     block_index: index as i64,
                 });
             }
@@ -457,9 +431,10 @@ pub async fn download_snapshot_to_file(
         });
         reporter.block_done(snapshot_id, EBS_BLOCK_SIZE as u64, true);
     }
-    while !tasks.is_empty() {
-        join_one(&mut tasks).await?;
+    while let Some(r) = pool.next().await {
+        r?;
     }
+    drop(pool);
     file.sync_all().map_err(Error::io("syncing", &tmp))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;

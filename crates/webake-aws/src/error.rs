@@ -3,20 +3,34 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ledger::{Leftover, Resource};
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One EC2 or EBS call that failed for good. `detail` is the SDK error with its code and
+/// message (never credentials).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{op} in {region} ({what}) failed after {attempts} attempt(s) over {elapsed:.1?}: {detail}"
+)]
+pub struct CallError {
+    pub op: &'static str,
+    pub region: String,
+    pub what: String,
+    pub detail: String,
+    pub code: Option<String>,
+    pub attempts: u32,
+    pub elapsed: Duration,
+    /// The last failure was throttling, 5xx, a timeout or a connection failure: the call may
+    /// have taken effect although no answer said so.
+    pub transient: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A call to AWS failed (after the SDK's and our own retries).
-    /// `detail` is the SDK error with its code and message (never credentials).
-    #[error("{op} in {region} ({what}) failed: {detail}")]
-    Aws {
-        op: &'static str,
-        region: String,
-        what: String,
-        detail: String,
-        code: Option<String>,
-    },
+    /// A call to AWS failed after webake's retries (see [`crate::RetryPolicy`]).
+    #[error(transparent)]
+    Aws(Box<CallError>),
 
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -75,13 +89,29 @@ pub enum Error {
     #[error("AWS returned no {what} for {context}")]
     Missing { what: &'static str, context: String },
 
-    /// The publish failed; what it had created was rolled back (or listed as left over).
-    #[error("{source}; {}", rollback_summary(.leftovers))]
+    /// A resource this run created (and is waiting for) is not found after the grace period
+    /// for eventual consistency: it was deleted, or a repeated idempotency token returned a
+    /// resource that no longer exists. Waiting longer would not help.
+    #[error(
+        "{what} in {region} is not found {waited:.1?} after this run created it (deleted, or never existed)"
+    )]
+    Vanished {
+        region: String,
+        what: String,
+        waited: Duration,
+    },
+
+    /// The publish failed; what this run had created was rolled back. `removed` lists what
+    /// the rollback deleted, `leftovers` exactly what remains (empty if nothing does).
+    #[error("{source}; {}", rollback_summary(.run_id, .removed, .leftovers))]
     RolledBack {
         #[source]
         source: Box<Error>,
-        /// Resources the rollback could not delete; `webake clean --aws` sweeps them.
-        leftovers: Vec<String>,
+        /// The run's nonce (tag `webake:run` on everything it created).
+        run_id: String,
+        removed: Vec<Resource>,
+        /// What could not be deleted (or found); `webake clean --aws` sweeps them.
+        leftovers: Vec<Leftover>,
     },
 
     #[error("NVMe device for {volume_id} not found within {waited:?}: {detail}")]
@@ -101,18 +131,39 @@ pub enum Error {
     Task(String),
 }
 
-fn rollback_summary(leftovers: &[String]) -> String {
-    if leftovers.is_empty() {
-        "everything this run created was rolled back".to_string()
+fn rollback_summary(run_id: &str, removed: &[Resource], leftovers: &[Leftover]) -> String {
+    let removed = if removed.is_empty() {
+        "nothing to remove".to_string()
     } else {
         format!(
-            "rollback could not delete {} (run `webake clean --aws` to sweep)",
-            leftovers.join(", ")
+            "removed {}",
+            removed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    if leftovers.is_empty() {
+        format!("rolled back run {run_id} ({removed}); nothing this run created remains")
+    } else {
+        format!(
+            "rolled back run {run_id} ({removed}); still left: {} (run `webake clean --aws` to sweep)",
+            leftovers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         )
     }
 }
 
 impl Error {
+    /// True if the last failure of a call was transient: a create may have taken effect.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Aws(c) if c.transient)
+    }
+
     /// True if the operation stopped because it was cancelled (maps to exit code 130).
     pub fn is_cancelled(&self) -> bool {
         match self {
@@ -125,7 +176,7 @@ impl Error {
     /// The AWS error code (e.g. `InvalidAMIID.NotFound`), if this is an AWS error.
     pub fn aws_code(&self) -> Option<&str> {
         match self {
-            Error::Aws { code, .. } => code.as_deref(),
+            Error::Aws(c) => c.code.as_deref(),
             Error::RolledBack { source, .. } => source.aws_code(),
             _ => None,
         }
@@ -140,39 +191,33 @@ impl Error {
     }
 }
 
-/// Build an [`Error::Aws`] from an SDK error, keeping its code and the full error context.
-pub(crate) fn aws<E>(
+/// Build an [`Error::Aws`] from the last SDK error of a call.
+pub(crate) fn aws_error<E>(
     op: &'static str,
     region: &str,
-    what: impl Into<String>,
-) -> impl FnOnce(E) -> Error
+    what: &str,
+    e: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+    attempts: u32,
+    elapsed: Duration,
+    transient: bool,
+) -> Error
 where
-    E: std::error::Error + aws_sdk_ec2::error::ProvideErrorMetadata + 'static,
+    E: std::error::Error + aws_sdk_ec2::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
-    let region = region.to_string();
-    let what = what.into();
-    move |e| {
-        let code = e.code().map(str::to_string);
-        let detail = format!("{}", aws_sdk_ec2::error::DisplayErrorContext(&e));
-        Error::Aws {
-            op,
-            region,
-            what,
-            detail,
-            code,
-        }
-    }
+    use aws_sdk_ec2::error::ProvideErrorMetadata as _;
+    Error::Aws(Box::new(CallError {
+        op,
+        region: region.to_string(),
+        what: what.to_string(),
+        detail: format!("{}", aws_sdk_ec2::error::DisplayErrorContext(e)),
+        code: e.code().map(str::to_string),
+        attempts,
+        elapsed,
+        transient,
+    }))
 }
 
 /// Codes that mean "the resource is already gone": rollback and sweep treat them as success.
 pub(crate) fn is_not_found(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some(
-            "InvalidAMIID.NotFound"
-                | "InvalidAMIID.Unavailable"
-                | "InvalidSnapshot.NotFound"
-                | "ResourceNotFoundException"
-        )
-    )
+    code.is_some_and(|c| crate::retry::NOT_FOUND_CODES.contains(&c))
 }

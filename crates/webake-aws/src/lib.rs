@@ -16,28 +16,34 @@
 mod client;
 mod ebs;
 mod error;
+mod ledger;
 mod nvme;
 mod publish;
 mod reporter;
+mod retry;
 mod sweep;
 pub mod wait;
 
 pub use client::{
-    ClientSettings, DEFAULT_IMAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_SNAPSHOT_TIMEOUT,
-    RegionClients, SDK_INITIAL_BACKOFF, SDK_MAX_ATTEMPTS, SDK_MAX_BACKOFF, Session,
-    StaticCredentials, Timing,
+    ClientSettings, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CANCEL_GRACE, DEFAULT_IMAGE_TIMEOUT,
+    DEFAULT_POLL_INTERVAL, DEFAULT_SNAPSHOT_TIMEOUT, RegionClients, Session, StaticCredentials,
+    Timing,
 };
 pub use ebs::{
-    BLOCK_ATTEMPTS, BLOCK_RETRY_BACKOFF, DEFAULT_CONCURRENCY, DownloadSummary, EBS_BLOCK_SIZE,
-    START_SNAPSHOT_TIMEOUT_MINUTES, UploadOptions, UploadSummary, aggregate_checksum,
-    block_checksum, download_snapshot_to_file, upload_snapshot, volume_size_gib,
+    DEFAULT_CONCURRENCY, DownloadSummary, EBS_BLOCK_SIZE, START_SNAPSHOT_TIMEOUT_MINUTES,
+    UploadOptions, UploadSummary, aggregate_checksum, block_checksum, block_digest,
+    download_snapshot_to_file, upload_snapshot, volume_size_gib,
 };
-pub use error::{Error, Result};
+pub use error::{CallError, Error, Result};
+pub use ledger::{Ledger, Leftover, Resource, ResourceKind, TAG_RUN};
 pub use nvme::{EBS_NVME_MODEL, nvme_serial_of, resolve_nvme_device};
 pub use publish::{
-    Architecture, BootMode, Created, Ledger, NameVars, Principal, Publication, PublishRequest,
+    Architecture, BootMode, ImagePlatform, NameVars, Principal, Publication, PublishRequest,
     ROOT_DEVICE, RegionImage, RootSnapshot, TAG_BAKE_ID, TAG_INPUTS_DIGEST, find_root_snapshot,
     publish, publish_until, render_name, validate_ami_name,
 };
-pub use reporter::{NoReporter, Reporter};
-pub use sweep::{SweepReport, sweep};
+pub use reporter::{NoReporter, Reporter, RetryEvent};
+pub use retry::{
+    NOT_YET_VISIBLE_GRACE, RETRY_ATTEMPTS, RETRY_BASE_DELAY, RETRY_MAX_DELAY, RetryPolicy,
+};
+pub use sweep::{SweepItem, SweepPlan, SweepReport, SweepScope, execute_sweep, plan_sweep};

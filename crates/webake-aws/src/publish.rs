@@ -1,25 +1,26 @@
 //! Publish a raw disk as an AMI: upload, register, copy, share, tag; idempotent by name and
 //! inputs digest; everything this run created is rolled back on failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image,
-    ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
+    ImageState, ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
     ResourceType, SnapshotAttributeName, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::task::JoinSet;
 
 use crate::client::{RegionClients, Session};
-use crate::ebs::{UploadOptions, upload_snapshot};
-use crate::error::{Error, Result, aws, is_not_found};
+use crate::ebs::{UploadOptions, upload_snapshot_until};
+use crate::error::{Error, Result};
+use crate::ledger::{Ledger, Resource, ResourceKind, TAG_RUN};
 use crate::reporter::Reporter;
+use crate::retry::{Also, Caller, Pool, Stop};
 use crate::wait;
 
 /// Tag carrying the bake id on every resource webake creates; `sweep` deletes by it.
@@ -151,6 +152,32 @@ impl fmt::Display for Principal {
     }
 }
 
+/// How the image boots and what the instance gets: properties of the baked image, taken
+/// from its catalog record (not from flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlatform {
+    pub architecture: Architecture,
+    pub boot_mode: BootMode,
+    /// The image's kernel has the ENA driver (register with `EnaSupport`).
+    pub ena_support: bool,
+    /// Instances require IMDSv2 (`ImdsSupport v2.0`).
+    pub imds_v2_only: bool,
+    /// Register with NitroTPM v2.0 (needs UEFI).
+    pub tpm_support: bool,
+}
+
+impl Default for ImagePlatform {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::X86_64,
+            boot_mode: BootMode::Uefi,
+            ena_support: true,
+            imds_v2_only: true,
+            tpm_support: false,
+        }
+    }
+}
+
 /// Everything one publish needs. Plain data: the CLI fills it from flags and the catalog.
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -166,11 +193,7 @@ pub struct PublishRequest {
     /// The AMI name (render a template with [`render_name`]).
     pub name: String,
     pub description: String,
-    pub architecture: Architecture,
-    pub boot_mode: BootMode,
-    pub ena_support: bool,
-    /// Register with NitroTPM v2.0 (needs UEFI).
-    pub tpm_support: bool,
+    pub platform: ImagePlatform,
     /// When the AMIs become deprecated (EnableImageDeprecation, in every region).
     pub deprecate_at: Option<jiff::Timestamp>,
     /// KMS key for the uploaded snapshot (home region).
@@ -185,6 +208,14 @@ pub struct PublishRequest {
     pub concurrency: usize,
 }
 
+impl PublishRequest {
+    /// The copy regions, without the home region and duplicates.
+    fn targets(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.copy_to.iter().filter(|r| **r != self.region).collect();
+        set.into_iter().cloned().collect()
+    }
+}
+
 /// One region's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionImage {
@@ -194,7 +225,7 @@ pub struct RegionImage {
     pub reused: bool,
 }
 
-/// What the lead records in the catalog.
+/// What the caller records in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
     pub name: String,
@@ -204,6 +235,9 @@ pub struct Publication {
     pub boot_mode: BootMode,
     pub bake_id: String,
     pub inputs_digest: String,
+    /// This run's nonce: the `webake:run` tag on what it created, and the salt of its
+    /// client tokens (a re-run gets a new one, so it never gets an old run's resources back).
+    pub run_id: String,
     /// region -> AMI and root snapshot.
     pub regions: BTreeMap<String, RegionImage>,
     pub shared_with: Vec<Principal>,
@@ -288,165 +322,6 @@ pub fn validate_ami_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Something this run created, recorded the moment its id is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    Snapshot { region: String, id: String },
-    Image { region: String, id: String },
-}
-
-impl fmt::Display for Created {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Created::Snapshot { region, id } | Created::Image { region, id } => {
-                write!(f, "{id} ({region})")
-            }
-        }
-    }
-}
-
-/// The record of created resources. `rollback()` deletes them; `commit()` keeps them. If
-/// neither ran (the publish future was dropped, e.g. cancelled), `Drop` logs the ids: they
-/// carry the bake id tag, so `webake clean --aws` sweeps them.
-#[derive(Debug, Default)]
-#[must_use]
-pub struct Ledger {
-    items: Mutex<Vec<Created>>,
-    settled: std::sync::atomic::AtomicBool,
-}
-
-impl Ledger {
-    pub fn record(&self, c: Created) {
-        tracing::debug!(created = %c, "recorded for rollback");
-        self.lock().push(c);
-    }
-
-    pub fn items(&self) -> Vec<Created> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Created>> {
-        self.items.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Keep everything (the publish succeeded).
-    pub fn commit(&self) {
-        self.settled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Delete everything recorded, AMIs first (a snapshot in use by an AMI cannot be
-    /// deleted), in every region. Returns what could not be deleted.
-    pub async fn rollback(&self, session: &Session) -> Vec<String> {
-        self.settled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let items = self.items();
-        let mut snapshots: Vec<(String, String)> = Vec::new();
-        let mut leftovers = Vec::new();
-        for c in items.iter().rev() {
-            if let Created::Image { region, id } = c {
-                let clients = session.region(region);
-                match deregister_with_snapshots(&clients, id).await {
-                    Ok(snaps) => snapshots.extend(snaps.into_iter().map(|s| (region.clone(), s))),
-                    Err(e) => {
-                        tracing::error!(%region, ami_id = %id, "rollback: {e}");
-                        leftovers.push(c.to_string());
-                    }
-                }
-            }
-        }
-        for c in items.iter().rev() {
-            if let Created::Snapshot { region, id } = c {
-                snapshots.push((region.clone(), id.clone()));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (region, id) in snapshots {
-            if !seen.insert((region.clone(), id.clone())) {
-                continue;
-            }
-            let clients = session.region(&region);
-            if let Err(e) = delete_snapshot(&clients, &id).await {
-                tracing::error!(%region, snapshot_id = %id, "rollback: {e}");
-                leftovers.push(format!("{id} ({region})"));
-            }
-        }
-        leftovers
-    }
-}
-
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        if !self.settled.load(std::sync::atomic::Ordering::SeqCst) {
-            let items = self.items();
-            if !items.is_empty() {
-                let list: Vec<String> = items.iter().map(ToString::to_string).collect();
-                tracing::error!(
-                    "publish interrupted; these resources were not rolled back (sweep with `webake clean --aws`): {}",
-                    list.join(", ")
-                );
-            }
-        }
-    }
-}
-
-/// Deregister `ami_id` and return the snapshots of its block device mappings (to delete).
-/// An AMI that is already gone is not an error.
-pub(crate) async fn deregister_with_snapshots(
-    clients: &RegionClients,
-    ami_id: &str,
-) -> Result<Vec<String>> {
-    let region = &clients.region;
-    let snaps = match clients.ec2.describe_images().image_ids(ami_id).send().await {
-        Ok(out) => out
-            .images()
-            .first()
-            .map(image_snapshots)
-            .unwrap_or_default(),
-        Err(e) => {
-            let err = aws("DescribeImages", region, ami_id)(e);
-            if is_not_found(err.aws_code()) {
-                return Ok(Vec::new());
-            }
-            return Err(err);
-        }
-    };
-    if let Err(e) = clients.ec2.deregister_image().image_id(ami_id).send().await {
-        let err = aws("DeregisterImage", region, ami_id)(e);
-        if !is_not_found(err.aws_code()) {
-            return Err(err);
-        }
-    }
-    tracing::info!(%region, %ami_id, "deregistered AMI");
-    Ok(snaps)
-}
-
-pub(crate) async fn delete_snapshot(clients: &RegionClients, snapshot_id: &str) -> Result<()> {
-    let region = &clients.region;
-    if let Err(e) = clients
-        .ec2
-        .delete_snapshot()
-        .snapshot_id(snapshot_id)
-        .send()
-        .await
-    {
-        let err = aws("DeleteSnapshot", region, snapshot_id)(e);
-        if !is_not_found(err.aws_code()) {
-            return Err(err);
-        }
-    }
-    tracing::info!(%region, %snapshot_id, "deleted snapshot");
-    Ok(())
-}
-
-fn image_snapshots(image: &Image) -> Vec<String> {
-    image
-        .block_device_mappings()
-        .iter()
-        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
-        .collect()
-}
-
 /// The snapshot behind the root device of `image`.
 fn root_snapshot_of(image: &Image) -> Option<String> {
     let root = image.root_device_name();
@@ -472,13 +347,13 @@ pub struct RootSnapshot {
 
 pub async fn find_root_snapshot(clients: &RegionClients, ami_id: &str) -> Result<RootSnapshot> {
     let region = &clients.region;
+    let stop = Stop::new();
     let out = clients
-        .ec2
-        .describe_images()
-        .image_ids(ami_id)
-        .send()
-        .await
-        .map_err(aws("DescribeImages", region, ami_id))?;
+        .caller(&crate::reporter::NoReporter, &stop)
+        .call("DescribeImages", ami_id, Also::default(), || {
+            clients.ec2.describe_images().image_ids(ami_id).send()
+        })
+        .await?;
     let image = out.images().first().ok_or_else(|| Error::Missing {
         what: "image",
         context: format!("{ami_id} in {region}"),
@@ -506,27 +381,20 @@ pub async fn find_root_snapshot(clients: &RegionClients, ami_id: &str) -> Result
 }
 
 /// Look up our AMI named `name` (owner self). Reuse it if its inputs digest matches, refuse
-/// if another build holds the name.
-async fn find_existing(clients: &RegionClients, name: &str, digest: &str) -> Result<Option<Image>> {
+/// if another build holds the name. A deregistered AMI (still listed for a while after a
+/// rollback) does not count.
+async fn find_existing(
+    clients: &RegionClients,
+    caller: Caller<'_>,
+    name: &str,
+    digest: &str,
+) -> Result<Option<Image>> {
     let region = &clients.region;
-    let out = clients
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(Filter::builder().name("name").values(name).build())
-        .send()
-        .await
-        .map_err(aws("DescribeImages", region, format!("name {name}")))?;
-    let Some(image) = out.images().iter().find(|i| i.name() == Some(name)) else {
+    let Some(image) = find_by_name(clients, caller, name).await? else {
         return Ok(None);
     };
     let ami_id = image.image_id().unwrap_or_default().to_string();
-    let found = image
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(TAG_INPUTS_DIGEST))
-        .and_then(|t| t.value())
-        .map(str::to_string);
+    let found = tag_value(&image, TAG_INPUTS_DIGEST);
     if found.as_deref() != Some(digest) {
         return Err(Error::NameConflict {
             region: region.clone(),
@@ -537,23 +405,91 @@ async fn find_existing(clients: &RegionClients, name: &str, digest: &str) -> Res
         });
     }
     tracing::info!(%region, %ami_id, %name, "reusing existing AMI with the same inputs digest");
-    Ok(Some(image.clone()))
+    Ok(Some(image))
 }
 
-fn all_tags(req: &PublishRequest) -> Vec<(String, String)> {
+async fn find_by_name(
+    clients: &RegionClients,
+    caller: Caller<'_>,
+    name: &str,
+) -> Result<Option<Image>> {
+    let out = caller
+        .call(
+            "DescribeImages",
+            &format!("name {name}"),
+            Also::default(),
+            || {
+                clients
+                    .ec2
+                    .describe_images()
+                    .owners("self")
+                    .filters(Filter::builder().name("name").values(name).build())
+                    .send()
+            },
+        )
+        .await?;
+    Ok(out
+        .images()
+        .iter()
+        .find(|i| i.name() == Some(name) && i.state() != Some(&ImageState::Deregistered))
+        .cloned())
+}
+
+fn tag_value(image: &Image, key: &str) -> Option<String> {
+    image
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+        .map(str::to_string)
+}
+
+/// After `InvalidAMIName.Duplicate`: is the AMI holding `name` the one an earlier attempt of
+/// this very call created (its answer lost)? It carries this run's tag from its creation.
+/// Looked up for the grace period, since a just-created AMI may not be listed yet.
+async fn adopt_lost_image(
+    clients: &RegionClients,
+    caller: Caller<'_>,
+    name: &str,
+    run_id: &str,
+) -> Result<Option<String>> {
+    let start = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if let Some(image) = find_by_name(clients, caller, name).await? {
+            if tag_value(&image, TAG_RUN).as_deref() == Some(run_id) {
+                return Ok(image.image_id().map(str::to_string));
+            }
+            return Ok(None);
+        }
+        if start.elapsed() >= clients.timing.retry.not_yet_visible_grace
+            || attempt >= clients.timing.retry.attempts
+        {
+            return Ok(None);
+        }
+        caller
+            .stop
+            .sleep(clients.timing.retry.delay(attempt))
+            .await?;
+    }
+}
+
+fn all_tags(req: &PublishRequest, run_id: &str) -> Vec<(String, String)> {
     let mut tags: Vec<(String, String)> = req
         .tags
         .iter()
-        .filter(|(k, _)| k != TAG_BAKE_ID && k != TAG_INPUTS_DIGEST)
+        .filter(|(k, _)| !k.starts_with("webake:"))
         .cloned()
         .collect();
     tags.push((TAG_BAKE_ID.to_string(), req.bake_id.clone()));
     tags.push((TAG_INPUTS_DIGEST.to_string(), req.inputs_digest.clone()));
+    tags.push((TAG_RUN.to_string(), run_id.to_string()));
     tags
 }
 
-fn image_tag_spec(tags: &[(String, String)]) -> TagSpecification {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Image);
+fn tag_spec(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
+    let mut spec = TagSpecification::builder().resource_type(kind);
     for (k, v) in tags {
         spec = spec.tags(Tag::builder().key(k).value(v).build());
     }
@@ -562,29 +498,54 @@ fn image_tag_spec(tags: &[(String, String)]) -> TagSpecification {
 
 async fn create_tags(
     clients: &RegionClients,
+    caller: Caller<'_>,
     ids: &[&str],
     tags: &[(String, String)],
 ) -> Result<()> {
-    let mut call = clients.ec2.create_tags();
-    for id in ids {
-        call = call.resources(*id);
-    }
-    for (k, v) in tags {
-        call = call.tags(Tag::builder().key(k).value(v).build());
-    }
-    call.send()
-        .await
-        .map_err(aws("CreateTags", &clients.region, ids.join(" ")))?;
+    let tags: Vec<Tag> = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    let resources: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    caller
+        .call("CreateTags", &ids.join(" "), Also::default(), || {
+            clients
+                .ec2
+                .create_tags()
+                .set_resources(Some(resources.clone()))
+                .set_tags(Some(tags.clone()))
+                .send()
+        })
+        .await?;
     Ok(())
 }
 
-/// An idempotency token (≤ 64 ASCII chars) for one call of one bake in one region.
-fn client_token(req: &PublishRequest, what: &str, region: &str) -> String {
+/// An idempotency token (≤ 64 ASCII chars) for one call of one run in one region. The run
+/// id makes it unique per attempt: AWS answers a repeated token with the original result,
+/// even a resource deleted since, so a re-run after a rollback must not repeat tokens.
+fn client_token(req: &PublishRequest, run_id: &str, what: &str, region: &str) -> String {
     let h = Sha256::digest(format!(
-        "{}\0{}\0{}\0{}\0{}",
-        req.bake_id, req.name, req.inputs_digest, what, region
+        "{}\0{}\0{}\0{}\0{}\0{}",
+        req.bake_id, req.name, req.inputs_digest, run_id, what, region
     ));
     hex::encode(&h[..24])
+}
+
+/// A fresh run id: 64 random bits from the kernel, hex.
+fn new_run_id() -> String {
+    use std::io::Read as _;
+    let mut b = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if random.is_err() {
+        // No /dev/urandom (unusual): time and pid are unique enough for a nonce.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let h = Sha256::digest(format!("{t}\0{}", std::process::id()));
+        b.copy_from_slice(&h[..8]);
+    }
+    hex::encode(b)
 }
 
 fn validate(req: &PublishRequest) -> Result<()> {
@@ -599,7 +560,7 @@ fn validate(req: &PublishRequest) -> Result<()> {
             "no region given (flag, AWS_REGION or profile)".into(),
         ));
     }
-    if req.tpm_support && req.boot_mode == BootMode::LegacyBios {
+    if req.platform.tpm_support && req.platform.boot_mode == BootMode::LegacyBios {
         return Err(Error::Invalid(
             "NitroTPM needs UEFI: use boot mode uefi or uefi-preferred".into(),
         ));
@@ -624,9 +585,10 @@ pub async fn publish(
     publish_until(session, req, reporter, std::future::pending()).await
 }
 
-/// [`publish`], stopped when `cancelled` resolves (first Ctrl-C / SIGTERM): the work in
-/// flight is dropped, then everything created so far is rolled back like on any other error
-/// (the source error is [`Error::Cancelled`]).
+/// [`publish`], stopped when `cancelled` resolves (first Ctrl-C / SIGTERM). Calls in flight
+/// are awaited (up to `Timing::cancel_grace`) so their answers are recorded, nothing new
+/// starts, then everything created so far is rolled back like on any other error (the
+/// source error is [`Error::Cancelled`]).
 pub async fn publish_until(
     session: &Session,
     req: &PublishRequest,
@@ -634,29 +596,46 @@ pub async fn publish_until(
     cancelled: impl std::future::Future<Output = ()>,
 ) -> Result<Publication> {
     validate(req)?;
-    let ledger = Arc::new(Ledger::default());
+    let run_id = new_run_id();
+    let mut regions = vec![req.region.clone()];
+    regions.extend(req.targets());
+    let ledger = Ledger::new(&run_id, &req.name, regions);
+    let stop = Stop::new();
+    let grace = session.timing().cancel_grace;
+    tracing::info!(run = %run_id, name = %req.name, "publish run started");
+
+    let mut work = Box::pin(publish_inner(session, req, reporter, &ledger, &stop));
+    let cancelled = std::pin::pin!(cancelled);
     let outcome = tokio::select! {
-        r = publish_inner(session, req, reporter, &ledger) => r,
-        () = cancelled => Err(Error::Cancelled),
+        r = &mut work => r,
+        () = cancelled => {
+            stop.stop();
+            reporter.step(&req.region, "cancelling: waiting for the calls in flight");
+            match tokio::time::timeout(grace, &mut work).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Cancelled),
+            }
+        }
     };
+    // Drop the work first: a create still unanswered marks itself uncertain.
+    drop(work);
     match outcome {
         Ok(p) => {
             ledger.commit();
             Ok(p)
         }
-        Err(e) if ledger.items().is_empty() => {
+        Err(e) if ledger.is_empty() => {
             ledger.commit(); // nothing to undo
             Err(e)
         }
         Err(e) => {
-            tracing::warn!(
-                "publish failed, rolling back {} resource(s): {e}",
-                ledger.items().len()
-            );
+            tracing::warn!(run = %run_id, "publish failed, rolling back: {e}");
             reporter.step(&req.region, "rolling back");
-            let leftovers = ledger.rollback(session).await;
+            let (removed, leftovers) = ledger.rollback(session, reporter).await;
             Err(Error::RolledBack {
                 source: Box::new(e),
+                run_id,
+                removed,
                 leftovers,
             })
         }
@@ -667,99 +646,89 @@ async fn publish_inner(
     session: &Session,
     req: &PublishRequest,
     reporter: &dyn Reporter,
-    ledger: &Arc<Ledger>,
+    ledger: &Ledger,
+    stop: &Stop,
 ) -> Result<Publication> {
-    let timing = session.timing().clone();
+    let run_id = ledger.run_id();
     let home = session.region(&req.region);
-    let tags = all_tags(req);
+    let caller = home.caller(reporter, stop);
+    let tags = all_tags(req, run_id);
     let mut regions = BTreeMap::new();
 
     reporter.step(&req.region, "looking up an existing AMI by name");
-    let home_image = match find_existing(&home, &req.name, &req.inputs_digest).await? {
-        Some(image) => reuse(&home, &image, &timing).await?,
-        None => {
-            reporter.step(&req.region, "uploading the disk into an EBS snapshot");
-            let opts = UploadOptions {
-                description: format!("{} (webake bake {})", req.name, req.bake_id),
-                tags: tags.clone(),
-                kms_key_arn: req.kms_key_arn.clone(),
-                volume_size_gib: req.volume_size_gib,
-                concurrency: req.concurrency,
-                client_token: Some(client_token(req, "snapshot", &req.region)),
-                ..UploadOptions::default()
-            };
-            let region = req.region.clone();
-            let recorder = {
-                let ledger = ledger.clone();
-                move |id: &str| {
-                    ledger.record(Created::Snapshot {
-                        region: region.clone(),
-                        id: id.to_string(),
-                    })
-                }
-            };
-            let summary = upload_snapshot(&home, &req.disk, &opts, reporter, &recorder).await?;
-            let snapshot_id = summary.snapshot_id;
-            reporter.step(&req.region, "waiting for the snapshot to complete");
-            wait::snapshot_completed(
-                &home,
-                &snapshot_id,
-                timing.poll_interval,
-                timing.snapshot_timeout,
-            )
-            .await?;
-
-            reporter.step(&req.region, "registering the AMI");
-            let ami_id = register(&home, req, &snapshot_id, summary.volume_size_gib).await?;
-            ledger.record(Created::Image {
-                region: req.region.clone(),
-                id: ami_id.clone(),
-            });
-            wait::image_available(&home, &ami_id, timing.poll_interval, timing.image_timeout)
-                .await?;
-            create_tags(&home, &[&ami_id, &snapshot_id], &tags).await?;
-            RegionImage {
-                ami_id,
-                snapshot_id,
-                reused: false,
-            }
-        }
+    let existing = find_existing(&home, caller, &req.name, &req.inputs_digest).await?;
+    let home_image = match existing {
+        Some(image) => reuse(&home, &image, reporter, stop).await?,
+        None => upload_and_register(&home, req, &tags, reporter, ledger, stop).await?,
     };
     let source_ami = home_image.ami_id.clone();
     regions.insert(req.region.clone(), home_image);
 
-    // Copies run in parallel: CopyImage is the slowest step and regions are independent.
-    let mut copies: JoinSet<Result<(String, RegionImage)>> = JoinSet::new();
-    let targets: std::collections::BTreeSet<&String> =
-        req.copy_to.iter().filter(|r| **r != req.region).collect();
-    for target in targets {
-        reporter.step(target, "copying the AMI");
-        let clients = session.region(target);
-        let req = req.clone();
-        let ledger = ledger.clone();
-        let tags = tags.clone();
-        let timing = timing.clone();
-        let source_ami = source_ami.clone();
-        copies.spawn(async move {
-            let image =
-                copy_to_region(&clients, &req, &source_ami, &ledger, &tags, &timing).await?;
-            Ok((clients.region.clone(), image))
+    // Copies run together: CopyImage is the slowest step and regions are independent. When
+    // one fails, the others stop at their next step, but a CopyImage already sent is always
+    // awaited and its copy recorded, so the rollback removes it too.
+    let copy_stop = stop.child();
+    let mut copies = Pool::new();
+    for target in req.targets() {
+        let clients = session.region(&target);
+        let tags = &tags;
+        let source_ami = source_ami.as_str();
+        let copy_stop = &copy_stop;
+        copies.push(async move {
+            reporter.step(&target, "copying the AMI");
+            let r =
+                copy_to_region(&clients, req, source_ami, ledger, tags, reporter, copy_stop).await;
+            if r.is_err() {
+                copy_stop.stop();
+            }
+            (target, r)
         });
     }
-    while let Some(r) = copies.join_next().await {
-        let (region, image) = r.map_err(|e| Error::Task(e.to_string()))??;
-        reporter.step(&region, "copy available");
-        regions.insert(region, image);
+    let mut failure: Option<Error> = None;
+    while let Some((region, r)) = copies.next().await {
+        match r {
+            Ok(image) => {
+                reporter.step(&region, "copy available");
+                regions.insert(region, image);
+            }
+            Err(e) => {
+                let replace = match &failure {
+                    None => true,
+                    Some(Error::Cancelled) => !matches!(e, Error::Cancelled),
+                    Some(_) => false,
+                };
+                if replace {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    drop(copies);
+    if let Some(e) = failure {
+        return Err(if stop.is_stopped() {
+            Error::Cancelled
+        } else {
+            e
+        });
     }
 
     for (region, image) in &regions {
+        stop.check()?;
         let clients = session.region(region);
+        let caller = clients.caller(reporter, stop);
         if !req.share_with.is_empty() {
             reporter.step(region, "sharing");
-            share(&clients, &image.ami_id, &image.snapshot_id, &req.share_with).await?;
+            share(
+                &clients,
+                caller,
+                &image.ami_id,
+                &image.snapshot_id,
+                &req.share_with,
+            )
+            .await?;
         }
         if let Some(at) = req.deprecate_at {
-            deprecate(&clients, &image.ami_id, at).await?;
+            deprecate(&clients, caller, &image.ami_id, at).await?;
         }
     }
 
@@ -767,13 +736,90 @@ async fn publish_inner(
         name: req.name.clone(),
         description: req.description.clone(),
         home_region: req.region.clone(),
-        architecture: req.architecture,
-        boot_mode: req.boot_mode,
+        architecture: req.platform.architecture,
+        boot_mode: req.platform.boot_mode,
         bake_id: req.bake_id.clone(),
         inputs_digest: req.inputs_digest.clone(),
+        run_id: run_id.to_string(),
         regions,
         shared_with: req.share_with.clone(),
         deprecate_at: req.deprecate_at,
+    })
+}
+
+/// Upload the disk into a snapshot and register it in the home region.
+async fn upload_and_register(
+    home: &RegionClients,
+    req: &PublishRequest,
+    tags: &[(String, String)],
+    reporter: &dyn Reporter,
+    ledger: &Ledger,
+    stop: &Stop,
+) -> Result<RegionImage> {
+    let run_id = ledger.run_id();
+    reporter.step(&req.region, "uploading the disk into an EBS snapshot");
+    let opts = UploadOptions {
+        description: format!("{} (webake bake {})", req.name, req.bake_id),
+        tags: tags.to_vec(),
+        kms_key_arn: req.kms_key_arn.clone(),
+        volume_size_gib: req.volume_size_gib,
+        concurrency: req.concurrency,
+        client_token: Some(client_token(req, run_id, "snapshot", &req.region)),
+    };
+    let started_at = std::sync::Mutex::new(None);
+    let upload = {
+        let inflight = ledger.begin(&req.region, ResourceKind::Snapshot, "StartSnapshot".into());
+        let inflight = std::sync::Mutex::new(Some(inflight));
+        let recorder = |id: &str| {
+            *started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            if let Some(f) = inflight.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                f.created(id);
+            }
+        };
+        let r = upload_snapshot_until(home, &req.disk, &opts, reporter, stop, &recorder).await;
+        let pending = inflight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Err(e), Some(f)) = (&r, pending) {
+            f.failed(e); // StartSnapshot itself failed
+        }
+        r
+    };
+    let summary = upload?;
+    let snapshot_id = summary.snapshot_id;
+    let created_at = started_at
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(Instant::now);
+    reporter.step(&req.region, "waiting for the snapshot to complete");
+    wait::snapshot_completed_until(home, &snapshot_id, created_at, reporter, stop).await?;
+
+    stop.check()?;
+    reporter.step(&req.region, "registering the AMI");
+    let ami_id = register(
+        home,
+        req,
+        &snapshot_id,
+        summary.volume_size_gib,
+        tags,
+        reporter,
+        ledger,
+        stop,
+    )
+    .await?;
+    let registered_at = Instant::now();
+    wait::image_available_until(home, &ami_id, registered_at, reporter, stop).await?;
+    // Tagged at creation already; CreateTags again covers endpoints that ignore tag
+    // specifications.
+    create_tags(
+        home,
+        home.caller(reporter, stop),
+        &[&ami_id, &snapshot_id],
+        tags,
+    )
+    .await?;
+    Ok(RegionImage {
+        ami_id,
+        snapshot_id,
+        reused: false,
     })
 }
 
@@ -781,15 +827,13 @@ async fn publish_inner(
 async fn reuse(
     clients: &RegionClients,
     image: &Image,
-    timing: &crate::client::Timing,
+    reporter: &dyn Reporter,
+    stop: &Stop,
 ) -> Result<RegionImage> {
     let ami_id = image.image_id().unwrap_or_default().to_string();
     let image = match image.state() {
-        Some(aws_sdk_ec2::types::ImageState::Available) => image.clone(),
-        _ => {
-            wait::image_available(clients, &ami_id, timing.poll_interval, timing.image_timeout)
-                .await?
-        }
+        Some(ImageState::Available) => image.clone(),
+        _ => wait::image_available_until(clients, &ami_id, Instant::now(), reporter, stop).await?,
     };
     Ok(RegionImage {
         ami_id,
@@ -798,12 +842,19 @@ async fn reuse(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn register(
     clients: &RegionClients,
     req: &PublishRequest,
     snapshot_id: &str,
     size_gib: i64,
+    tags: &[(String, String)],
+    reporter: &dyn Reporter,
+    ledger: &Ledger,
+    stop: &Stop,
 ) -> Result<String> {
+    let caller = clients.caller(reporter, stop);
+    let p = &req.platform;
     let ebs = EbsBlockDevice::builder()
         .snapshot_id(snapshot_id)
         .volume_type(VolumeType::Gp3)
@@ -814,34 +865,69 @@ async fn register(
         .device_name(ROOT_DEVICE)
         .ebs(ebs)
         .build();
-    let mut call = clients
-        .ec2
-        .register_image()
-        .name(&req.name)
-        .description(&req.description)
-        .architecture(req.architecture.to_sdk())
-        .virtualization_type("hvm")
-        .root_device_name(ROOT_DEVICE)
-        .block_device_mappings(mapping)
-        .boot_mode(req.boot_mode.to_sdk())
-        .ena_support(req.ena_support)
-        .sriov_net_support("simple")
-        .imds_support(ImdsSupportValues::V20);
-    if req.tpm_support {
-        call = call.tpm_support(TpmSupportValues::V20);
+    let spec = tag_spec(ResourceType::Image, tags);
+    let inflight = ledger.begin(
+        &req.region,
+        ResourceKind::Image,
+        format!("RegisterImage {}", req.name),
+    );
+    // RegisterImage has no client token: if an attempt's answer is lost, the next attempt
+    // gets InvalidAMIName.Duplicate, and the AMI holding the name carries this run's tag.
+    let r = caller
+        .call("RegisterImage", &req.name, Also::default(), || {
+            let mut call = clients
+                .ec2
+                .register_image()
+                .name(&req.name)
+                .description(&req.description)
+                .architecture(p.architecture.to_sdk())
+                .virtualization_type("hvm")
+                .root_device_name(ROOT_DEVICE)
+                .block_device_mappings(mapping.clone())
+                .boot_mode(p.boot_mode.to_sdk())
+                .ena_support(p.ena_support)
+                .sriov_net_support("simple")
+                .tag_specifications(spec.clone());
+            if p.imds_v2_only {
+                call = call.imds_support(ImdsSupportValues::V20);
+            }
+            if p.tpm_support {
+                call = call.tpm_support(TpmSupportValues::V20);
+            }
+            call.send()
+        })
+        .await;
+    let ami_id = match r {
+        Ok(out) => out
+            .image_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Missing {
+                what: "image id",
+                context: format!("RegisterImage {}", req.name),
+            }),
+        Err(e) if e.aws_code() == Some("InvalidAMIName.Duplicate") => {
+            match adopt_lost_image(clients, caller, &req.name, ledger.run_id()).await {
+                Ok(Some(id)) => {
+                    tracing::warn!(region = %clients.region, ami_id = %id, "RegisterImage answer was lost; the AMI carries this run's tag: adopted");
+                    Ok(id)
+                }
+                Ok(None) => Err(e),
+                Err(lookup) => Err(lookup),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match ami_id {
+        Ok(id) => {
+            inflight.created(&id);
+            tracing::info!(region = %clients.region, ami_id = %id, name = %req.name, "registered AMI");
+            Ok(id)
+        }
+        Err(e) => {
+            inflight.failed(&e);
+            Err(e)
+        }
     }
-    // Tags at creation (see copy_to_region); CreateTags afterwards covers the snapshot too.
-    call = call.tag_specifications(image_tag_spec(&all_tags(req)));
-    let out = call
-        .send()
-        .await
-        .map_err(aws("RegisterImage", &clients.region, req.name.clone()))?;
-    let ami_id = out.image_id().ok_or_else(|| Error::Missing {
-        what: "image id",
-        context: format!("RegisterImage {}", req.name),
-    })?;
-    tracing::info!(region = %clients.region, %ami_id, name = %req.name, "registered AMI");
-    Ok(ami_id.to_string())
 }
 
 async fn copy_to_region(
@@ -850,54 +936,85 @@ async fn copy_to_region(
     source_ami: &str,
     ledger: &Ledger,
     tags: &[(String, String)],
-    timing: &crate::client::Timing,
+    reporter: &dyn Reporter,
+    stop: &Stop,
 ) -> Result<RegionImage> {
     let region = &clients.region;
-    if let Some(image) = find_existing(clients, &req.name, &req.inputs_digest).await? {
-        return reuse(clients, &image, timing).await;
+    let caller = clients.caller(reporter, stop);
+    if let Some(image) = find_existing(clients, caller, &req.name, &req.inputs_digest).await? {
+        return reuse(clients, &image, reporter, stop).await;
     }
-    let mut call = clients
-        .ec2
-        .copy_image()
-        .source_image_id(source_ami)
-        .source_region(&req.region)
-        .name(&req.name)
-        .description(&req.description)
-        .client_token(client_token(req, "copy", region))
-        // Tagged atomically with its creation, so a copy whose answer we never saw (cancel,
-        // crash) still carries the bake id for `sweep`.
-        .tag_specifications(image_tag_spec(tags));
-    if let Some(key) = req.copy_kms_keys.get(region) {
-        call = call.encrypted(true).kms_key_id(key);
-    }
-    let out = call.send().await.map_err(aws(
-        "CopyImage",
+    stop.check()?;
+    let token = client_token(req, ledger.run_id(), "copy", region);
+    // Tagged atomically with its creation (AMI and its new snapshots), so a copy whose answer
+    // we never saw still carries the run and bake ids for the rollback and `sweep`.
+    let specs = vec![
+        tag_spec(ResourceType::Image, tags),
+        tag_spec(ResourceType::Snapshot, tags),
+    ];
+    let inflight = ledger.begin(
         region,
-        format!("{source_ami} from {}", req.region),
-    ))?;
-    let ami_id = out
-        .image_id()
-        .ok_or_else(|| Error::Missing {
-            what: "image id",
-            context: format!("CopyImage to {region}"),
-        })?
-        .to_string();
-    ledger.record(Created::Image {
-        region: region.clone(),
-        id: ami_id.clone(),
-    });
+        ResourceKind::Image,
+        format!("CopyImage {}", req.name),
+    );
+    let r = caller
+        .call(
+            "CopyImage",
+            &format!("{source_ami} from {}", req.region),
+            Also::default(),
+            || {
+                let mut call = clients
+                    .ec2
+                    .copy_image()
+                    .source_image_id(source_ami)
+                    .source_region(&req.region)
+                    .name(&req.name)
+                    .description(&req.description)
+                    .client_token(&token)
+                    .set_tag_specifications(Some(specs.clone()));
+                if let Some(key) = req.copy_kms_keys.get(region) {
+                    call = call.encrypted(true).kms_key_id(key);
+                }
+                call.send()
+            },
+        )
+        .await;
+    let ami_id = match r {
+        Ok(out) => out
+            .image_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Missing {
+                what: "image id",
+                context: format!("CopyImage to {region}"),
+            }),
+        Err(e) if e.aws_code() == Some("InvalidAMIName.Duplicate") => {
+            match adopt_lost_image(clients, caller, &req.name, ledger.run_id()).await {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => Err(e),
+                Err(lookup) => Err(lookup),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let ami_id = match ami_id {
+        Ok(id) => {
+            inflight.created(&id);
+            id
+        }
+        Err(e) => {
+            inflight.failed(&e);
+            return Err(e);
+        }
+    };
+    let copied_at = Instant::now();
     tracing::info!(%region, %ami_id, "copying AMI");
-    let image =
-        wait::image_available(clients, &ami_id, timing.poll_interval, timing.image_timeout).await?;
+    let image = wait::image_available_until(clients, &ami_id, copied_at, reporter, stop).await?;
     let snapshot_id = root_snapshot_of(&image).ok_or_else(|| Error::Missing {
         what: "root snapshot",
         context: format!("{ami_id} in {region}"),
     })?;
-    ledger.record(Created::Snapshot {
-        region: region.clone(),
-        id: snapshot_id.clone(),
-    });
-    create_tags(clients, &[&ami_id, &snapshot_id], tags).await?;
+    ledger.record(Resource::snapshot(region, &snapshot_id));
+    create_tags(clients, caller, &[&ami_id, &snapshot_id], tags).await?;
     Ok(RegionImage {
         ami_id,
         snapshot_id,
@@ -907,11 +1024,11 @@ async fn copy_to_region(
 
 async fn share(
     clients: &RegionClients,
+    caller: Caller<'_>,
     ami_id: &str,
     snapshot_id: &str,
     with: &[Principal],
 ) -> Result<()> {
-    let region = &clients.region;
     let mut mods = LaunchPermissionModifications::builder();
     let mut accounts = Vec::new();
     for p in with {
@@ -927,39 +1044,56 @@ async fn share(
         };
         mods = mods.add(perm.build());
     }
-    clients
-        .ec2
-        .modify_image_attribute()
-        .image_id(ami_id)
-        .launch_permission(mods.build())
-        .send()
-        .await
-        .map_err(aws("ModifyImageAttribute", region, ami_id))?;
+    let mods = mods.build();
+    caller
+        .call("ModifyImageAttribute", ami_id, Also::default(), || {
+            clients
+                .ec2
+                .modify_image_attribute()
+                .image_id(ami_id)
+                .launch_permission(mods.clone())
+                .send()
+        })
+        .await?;
     if !accounts.is_empty() && !snapshot_id.is_empty() {
-        clients
-            .ec2
-            .modify_snapshot_attribute()
-            .snapshot_id(snapshot_id)
-            .attribute(SnapshotAttributeName::CreateVolumePermission)
-            .operation_type(OperationType::Add)
-            .set_user_ids(Some(accounts))
-            .send()
-            .await
-            .map_err(aws("ModifySnapshotAttribute", region, snapshot_id))?;
+        caller
+            .call(
+                "ModifySnapshotAttribute",
+                snapshot_id,
+                Also::default(),
+                || {
+                    clients
+                        .ec2
+                        .modify_snapshot_attribute()
+                        .snapshot_id(snapshot_id)
+                        .attribute(SnapshotAttributeName::CreateVolumePermission)
+                        .operation_type(OperationType::Add)
+                        .set_user_ids(Some(accounts.clone()))
+                        .send()
+                },
+            )
+            .await?;
     }
     Ok(())
 }
 
-async fn deprecate(clients: &RegionClients, ami_id: &str, at: jiff::Timestamp) -> Result<()> {
+async fn deprecate(
+    clients: &RegionClients,
+    caller: Caller<'_>,
+    ami_id: &str,
+    at: jiff::Timestamp,
+) -> Result<()> {
     let when = aws_sdk_ec2::primitives::DateTime::from_secs(at.as_second());
-    clients
-        .ec2
-        .enable_image_deprecation()
-        .image_id(ami_id)
-        .deprecate_at(when)
-        .send()
-        .await
-        .map_err(aws("EnableImageDeprecation", &clients.region, ami_id))?;
+    caller
+        .call("EnableImageDeprecation", ami_id, Also::default(), || {
+            clients
+                .ec2
+                .enable_image_deprecation()
+                .image_id(ami_id)
+                .deprecate_at(when)
+                .send()
+        })
+        .await?;
     Ok(())
 }
 
@@ -1030,10 +1164,7 @@ mod tests {
             ],
             name: "web-1".into(),
             description: String::new(),
-            architecture: Architecture::X86_64,
-            boot_mode: BootMode::Uefi,
-            ena_support: true,
-            tpm_support: false,
+            platform: ImagePlatform::default(),
             deprecate_at: None,
             kms_key_arn: None,
             copy_kms_keys: BTreeMap::new(),
@@ -1042,19 +1173,57 @@ mod tests {
             inputs_digest: "d1".into(),
             concurrency: 4,
         };
-        let tags = all_tags(&req);
+        let tags = all_tags(&req, "r1");
         assert_eq!(
             tags,
             vec![
                 ("team".to_string(), "web".to_string()),
                 (TAG_BAKE_ID.to_string(), "b1".to_string()),
-                (TAG_INPUTS_DIGEST.to_string(), "d1".to_string())
+                (TAG_INPUTS_DIGEST.to_string(), "d1".to_string()),
+                (TAG_RUN.to_string(), "r1".to_string()),
             ]
         );
-        assert_eq!(client_token(&req, "copy", "eu-west-1").len(), 48);
         let mut legacy_tpm = req.clone();
-        legacy_tpm.boot_mode = BootMode::LegacyBios;
-        legacy_tpm.tpm_support = true;
+        legacy_tpm.platform.boot_mode = BootMode::LegacyBios;
+        legacy_tpm.platform.tpm_support = true;
         assert!(validate(&legacy_tpm).is_err());
+    }
+
+    #[test]
+    fn client_tokens_differ_per_run() {
+        let req = PublishRequest {
+            disk: PathBuf::from("d"),
+            region: "us-east-1".into(),
+            copy_to: vec!["eu-west-1".into(), "us-east-1".into(), "eu-west-1".into()],
+            share_with: vec![],
+            tags: vec![],
+            name: "web-1".into(),
+            description: String::new(),
+            platform: ImagePlatform::default(),
+            deprecate_at: None,
+            kms_key_arn: None,
+            copy_kms_keys: BTreeMap::new(),
+            volume_size_gib: None,
+            bake_id: "b1".into(),
+            inputs_digest: "d1".into(),
+            concurrency: 4,
+        };
+        let (a, b) = (new_run_id(), new_run_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        let t = client_token(&req, &a, "copy", "eu-west-1");
+        assert_eq!(t.len(), 48, "at most 64 ASCII characters");
+        assert_eq!(
+            t,
+            client_token(&req, &a, "copy", "eu-west-1"),
+            "stable within a run"
+        );
+        assert_ne!(
+            t,
+            client_token(&req, &b, "copy", "eu-west-1"),
+            "new per run"
+        );
+        assert_ne!(t, client_token(&req, &a, "copy", "eu-central-1"));
+        assert_eq!(req.targets(), ["eu-west-1"]);
     }
 }

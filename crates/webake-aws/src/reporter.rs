@@ -1,5 +1,25 @@
 //! Progress without printing: the library calls a [`Reporter`]; the CLI draws bars or logs.
 
+use std::time::Duration;
+
+/// One retry of one call (see [`crate::RetryPolicy`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryEvent<'a> {
+    pub region: &'a str,
+    /// The API operation, e.g. `PutSnapshotBlock`.
+    pub op: &'a str,
+    /// What the call was about, e.g. `snap-0123… block 7`.
+    pub what: &'a str,
+    /// The attempt that just failed (1-based) and the budget.
+    pub attempt: u32,
+    pub attempts: u32,
+    /// The pause before the next attempt.
+    pub delay: Duration,
+    /// The error code (`ThrottlingException`, `ResourceNotFoundException`, …) or `HTTP 503`,
+    /// `timeout`, `connection failure`.
+    pub reason: &'a str,
+}
+
 /// Receives progress events. All methods have no-op defaults; implementations must be cheap
 /// (they are called from upload tasks) and must not block.
 pub trait Reporter: Send + Sync {
@@ -11,6 +31,8 @@ pub trait Reporter: Send + Sync {
     fn block_done(&self, _snapshot_id: &str, _bytes: u64, _sent: bool) {}
     /// The transfer of `snapshot_id` finished.
     fn transfer_finished(&self, _snapshot_id: &str) {}
+    /// A call failed and will be tried again after `event.delay`.
+    fn retrying(&self, _event: &RetryEvent<'_>) {}
 }
 
 /// A reporter that ignores everything.

@@ -5,49 +5,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
-use common::{Canned, Moto, Proxy, make_disk, session};
+use common::{
+    COPY, Canned, Counting, HOME, Moto, ORG, Proxy, SHARE_ACCOUNT, env, make_disk, request,
+};
 use sha2::{Digest as _, Sha256};
 use webake_aws::{
-    Architecture, BootMode, EBS_BLOCK_SIZE, Error, NoReporter, Principal, PublishRequest,
-    RegionClients, Reporter, Session, TAG_BAKE_ID, TAG_INPUTS_DIGEST,
+    EBS_BLOCK_SIZE, Error, NoReporter, RegionClients, Reporter, Session, TAG_BAKE_ID,
+    TAG_INPUTS_DIGEST, TAG_RUN,
 };
-
-const HOME: &str = "us-east-1";
-const COPY: &str = "eu-west-1";
-const SHARE_ACCOUNT: &str = "111122223333";
-const ORG: &str = "arn:aws:organizations::111122223333:organization/o-abcdef1234";
-
-fn request(disk: &Path, bake_id: &str, name: &str) -> PublishRequest {
-    PublishRequest {
-        disk: disk.to_path_buf(),
-        region: HOME.into(),
-        copy_to: vec![COPY.into()],
-        share_with: vec![
-            Principal::Account(SHARE_ACCOUNT.into()),
-            Principal::Organization(ORG.into()),
-        ],
-        tags: vec![("team".into(), "platform".into())],
-        name: name.into(),
-        description: "webake test image".into(),
-        architecture: Architecture::X86_64,
-        boot_mode: BootMode::Uefi,
-        ena_support: true,
-        tpm_support: false,
-        deprecate_at: None,
-        kms_key_arn: None,
-        copy_kms_keys: BTreeMap::new(),
-        volume_size_gib: None,
-        bake_id: bake_id.into(),
-        inputs_digest: format!("sha256:{bake_id}-inputs"),
-        concurrency: 4,
-    }
-}
 
 fn bake_filter(bake_id: &str) -> Filter {
     Filter::builder()
@@ -93,52 +63,13 @@ fn b64_sha256(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
-#[derive(Default)]
-struct Counting {
-    sent: AtomicU64,
-    skipped: AtomicU64,
-    steps: Mutex<Vec<String>>,
-}
-
-impl Reporter for Counting {
-    fn step(&self, region: &str, message: &str) {
-        self.steps
-            .lock()
-            .unwrap()
-            .push(format!("{region}: {message}"));
-    }
-    fn block_done(&self, _snapshot_id: &str, _bytes: u64, sent: bool) {
-        let c = if sent { &self.sent } else { &self.skipped };
-        c.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-struct Env {
-    _moto: Moto,
-    proxy: Proxy,
-    session: Session,
-    dir: tempfile::TempDir,
-}
-
-async fn env() -> Env {
-    let moto = Moto::start();
-    let proxy = Proxy::start(moto.port);
-    let session = session(&proxy.url(), HOME).await;
-    Env {
-        _moto: moto,
-        proxy,
-        session,
-        dir: tempfile::tempdir().unwrap(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_copy_share_tag_rerun_and_download() {
     let env = env().await;
     let disk = env.dir.path().join("disk.raw");
     let data = make_disk(&disk, 6); // 6 full blocks + a partial tail; blocks 1 and 4 are zero
     let mut req = request(&disk, "bake-1", "webake-test-1.0.0-x86_64");
-    req.tpm_support = true;
+    req.platform.tpm_support = true;
     req.deprecate_at = Some("2027-01-01T00:00:00Z".parse().unwrap());
     // moto has no EnableImageDeprecation: answer it here and assert the request instead.
     env.proxy.fail("EnableImageDeprecation", None, || {
@@ -318,6 +249,7 @@ async fn publish_copy_share_tag_rerun_and_download() {
             Some("sha256:bake-1-inputs")
         );
         assert_eq!(tags.get("team").map(String::as_str), Some("platform"));
+        assert_eq!(tags.get(TAG_RUN), Some(&publication.run_id));
         let perms = clients
             .ec2
             .describe_image_attribute()
@@ -380,6 +312,7 @@ async fn publish_copy_share_tag_rerun_and_download() {
     assert_eq!(again.regions[HOME].ami_id, home.ami_id);
     assert_eq!(again.regions[COPY].ami_id, copy.ami_id);
     assert!(again.regions.values().all(|r| r.reused));
+    assert_ne!(again.run_id, publication.run_id, "every run has its own id");
     for op in [
         "StartSnapshot",
         "PutSnapshotBlock",
@@ -417,11 +350,13 @@ async fn publish_copy_share_tag_rerun_and_download() {
     );
     assert!(got[data.len()..].iter().all(|&b| b == 0));
 
-    // find_root_snapshot reads the root mapping of an AMI (moto invents its own snapshot).
+    // find_root_snapshot reads the root mapping of an AMI (the proxy reports the registered
+    // snapshot, as AWS does; moto alone invents its own).
     let root = webake_aws::find_root_snapshot(&home_clients, &home.ami_id)
         .await
         .unwrap();
-    assert!(root.snapshot_id.starts_with("snap-"), "{root:?}");
+    assert_eq!(root.snapshot_id, home.snapshot_id, "{root:?}");
+    env.proxy.assert_contract_kept();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,6 +402,7 @@ async fn throttling_and_server_errors_are_retried() {
     assert_eq!(registers.len(), 3, "two throttled attempts, then success");
     assert_eq!(registers.iter().filter(|r| !r.faulted).count(), 1);
     assert_eq!(p.ops("StartSnapshot").len(), 2);
+    p.assert_contract_kept();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,10 +422,21 @@ async fn failure_after_snapshot_rolls_back_everything() {
     )
     .await
     .unwrap_err();
-    let Error::RolledBack { source, leftovers } = &err else {
+    let Error::RolledBack {
+        source,
+        leftovers,
+        removed,
+        ..
+    } = &err
+    else {
         panic!("expected a rollback, got {err}")
     };
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(
+        removed.len(),
+        2,
+        "the home AMI and its snapshot: {removed:?}"
+    );
     assert_eq!(source.aws_code(), Some("InvalidParameterValue"), "{source}");
     assert!(err.to_string().contains("CopyImage"), "{err}");
 
@@ -548,58 +495,6 @@ async fn upload_failure_deletes_the_partial_snapshot() {
         images.is_empty() && snaps.is_empty(),
         "left {images:?} {snaps:?}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sweep_deletes_only_the_given_bakes() {
-    let env = env().await;
-    let disk = env.dir.path().join("disk.raw");
-    make_disk(&disk, 2);
-    let crashed = webake_aws::publish(
-        &env.session,
-        &request(&disk, "crashed", "webake-crashed-1"),
-        &NoReporter,
-    )
-    .await
-    .unwrap();
-    let kept = webake_aws::publish(
-        &env.session,
-        &request(&disk, "kept", "webake-kept-1"),
-        &NoReporter,
-    )
-    .await
-    .unwrap();
-
-    let regions = vec![HOME.to_string(), COPY.to_string()];
-    assert_eq!(
-        webake_aws::sweep(&env.session, &regions, &[])
-            .await
-            .unwrap(),
-        Default::default()
-    );
-    let report = webake_aws::sweep(&env.session, &regions, &["crashed".to_string()])
-        .await
-        .unwrap();
-    assert_eq!(report.images.len(), 2, "{report:?}");
-    for (region, image) in &crashed.regions {
-        assert!(
-            report
-                .images
-                .contains(&(region.clone(), image.ami_id.clone()))
-        );
-        assert!(
-            report
-                .snapshots
-                .contains(&(region.clone(), image.snapshot_id.clone())),
-            "{report:?}"
-        );
-        let (images, snaps) = tagged(&env.session.region(region), "crashed").await;
-        assert!(images.is_empty() && snaps.is_empty());
-    }
-    for (region, image) in &kept.regions {
-        let (images, _) = tagged(&env.session.region(region), "kept").await;
-        assert_eq!(images, vec![image.ami_id.clone()], "other bakes untouched");
-    }
 }
 
 /// Fires a oneshot when a step containing `on` is reported.
@@ -703,24 +598,24 @@ async fn child_uses_env_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_retries_outlast_the_sdk_retries() {
+async fn one_block_is_retried_until_it_goes_through() {
     let env = env().await;
     let disk = env.dir.path().join("disk.raw");
     make_disk(&disk, 2);
-    // The test session makes 4 SDK attempts per call; 6 failures in a row on the first block
-    // exhaust them once, and our block-level retry carries on.
-    env.proxy.fail("PutSnapshotBlock", Some(6), || {
+    // 8 failures in a row on the first block: more than the SDK's default 3 attempts, within
+    // webake's 12.
+    env.proxy.fail("PutSnapshotBlock", Some(8), || {
         Canned::ebs_error(503, "ServiceUnavailableException")
     });
     let opts = webake_aws::UploadOptions {
         concurrency: 1,
-        block_retry_backoff: std::time::Duration::from_millis(50),
         tags: vec![(TAG_BAKE_ID.into(), "bake-6".into())],
         ..Default::default()
     };
     let started = Mutex::new(Vec::new());
     let clients = env.session.region(HOME);
-    let summary = webake_aws::upload_snapshot(&clients, &disk, &opts, &NoReporter, &|id: &str| {
+    let reporter = Counting::default();
+    let summary = webake_aws::upload_snapshot(&clients, &disk, &opts, &reporter, &|id: &str| {
         started.lock().unwrap().push(id.to_string())
     })
     .await
@@ -740,12 +635,19 @@ async fn block_retries_outlast_the_sdk_retries() {
     );
     assert!(env.proxy.pending_rules().is_empty());
     let puts = env.proxy.ops("PutSnapshotBlock");
-    assert_eq!(puts.iter().filter(|p| p.faulted).count(), 6);
+    assert_eq!(puts.iter().filter(|p| p.faulted).count(), 8);
     assert_eq!(puts.iter().filter(|p| !p.faulted).count(), 2);
     assert!(
-        puts[..7].iter().all(|p| p.path.ends_with("/blocks/0")),
+        puts[..9].iter().all(|p| p.path.ends_with("/blocks/0")),
         "block 0 retried until it went through"
     );
+    let retries = reporter.retries.lock().unwrap().clone();
+    assert_eq!(
+        retries,
+        vec!["PutSnapshotBlock ServiceUnavailableException".to_string(); 8],
+        "every retry reported"
+    );
+    env.proxy.assert_contract_kept();
 }
 
 #[test]

@@ -1,291 +1,26 @@
 //! `webake publish` end to end: a real bake, published locally and to a moto server on
-//! loopback (EBS direct upload, RegisterImage, CopyImage, tags), recorded in the catalog,
-//! idempotent on a second run; then a bake that starts from the published AMI
-//! (`base: {ami: …}`), its root filesystem downloaded through the EBS direct APIs.
+//! loopback behind webake-aws's validating proxy (EBS direct upload checked block by block,
+//! RegisterImage, CopyImage, tags), recorded in the catalog, idempotent on a second run,
+//! then `webake clean --aws` sweeping what no publication accounts for; and a bake that
+//! starts from the published AMI (`base: {ami: …}`), its root filesystem downloaded through
+//! the EBS direct APIs.
 //!
 //! Needs root (the bakes) and moto (`pip install 'moto[server]'`); fails, never skips,
 //! without them. Nothing talks to real AWS: every endpoint is 127.0.0.1 and the credentials
 //! are dummies.
 
+/// The AWS test harness of webake-aws (moto on loopback and the recording, validating proxy
+/// that models what moto lacks), compiled here from its one source file.
+#[path = "../../webake-aws/tests/common/mod.rs"]
+mod aws_harness;
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use aws_harness::{Moto, Proxy};
 use common::*;
-
-const PIP_HINT: &str =
-    "pip install -r crates/webake-aws/requirements-test.txt   (i.e. pip install 'moto[server]')";
-
-// ---------------------------------------------------------------------------------------
-// moto on loopback, killed on Drop
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let works = |program: &str, args: &[&str]| {
-            Command::new(program)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        let mut cmd = if works("moto_server", &["--help"]) {
-            Command::new("moto_server")
-        } else {
-            assert!(
-                works("python3", &["-c", "import moto.server, flask, werkzeug"]),
-                "moto server is not installed (neither `moto_server` nor `python3 -m moto.server` works).\nInstall it with:\n    {PIP_HINT}\n(scripts/setup.sh --test installs it into target/pyenv: export PATH=$PWD/target/pyenv/bin:$PATH)"
-            );
-            let mut c = Command::new("python3");
-            c.args(["-m", "moto.server"]);
-            c
-        };
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("starting moto server: {e}\nInstall it with:\n    {PIP_HINT}")
-        });
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut s) = child.stderr.take() {
-                    let _ = s.read_to_string(&mut err);
-                }
-                panic!("moto server exited with {status}: {err}\nIs it installed? {PIP_HINT}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "moto server did not listen on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Drain stderr so moto never blocks on a full pipe.
-        if let Some(mut s) = child.stderr.take() {
-            std::thread::spawn(move || {
-                let mut sink = Vec::new();
-                let _ = s.read_to_end(&mut sink);
-            });
-        }
-        Moto { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// A small HTTP proxy in front of moto for the base download. moto 5.2 has two quirks that
-// real AWS does not: RegisterImage invents its own root snapshot (with no EBS direct blocks)
-// instead of keeping the one we uploaded, and ListSnapshotBlocks answers `"BlockIndex": "0"`
-// (a string) where the API has an integer. The proxy maps the AMI's root snapshot back to the
-// uploaded one in DescribeImages answers and unquotes the block indexes; everything else is
-// passed through unchanged. It counts the operations it forwarded.
-
-struct MotoFix {
-    port: u16,
-    /// AMI id -> the snapshot really uploaded for it.
-    roots: Arc<Mutex<BTreeMap<String, String>>>,
-    ops: Arc<Mutex<BTreeMap<String, usize>>>,
-}
-
-impl MotoFix {
-    fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let roots: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-        let ops: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let (r, o) = (roots.clone(), ops.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let (r, o) = (r.clone(), o.clone());
-                std::thread::spawn(move || {
-                    if let Err(e) = proxy_one(conn, upstream, &r, &o) {
-                        eprintln!("proxy: {e}");
-                    }
-                });
-            }
-        });
-        MotoFix { port, roots, ops }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn map_root(&self, ami: &str, snapshot: &str) {
-        self.roots
-            .lock()
-            .unwrap()
-            .insert(ami.to_string(), snapshot.to_string());
-    }
-
-    fn count(&self, op: &str) -> usize {
-        self.ops.lock().unwrap().get(op).copied().unwrap_or(0)
-    }
-}
-
-fn proxy_one(
-    mut client: TcpStream,
-    upstream: u16,
-    roots: &Mutex<BTreeMap<String, String>>,
-    ops: &Mutex<BTreeMap<String, usize>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(client.try_clone()?);
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let end = line == "\r\n";
-        head.push(line);
-        if end {
-            break;
-        }
-    }
-    let len: usize = head
-        .iter()
-        .find_map(|h| {
-            let (k, v) = h.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    let form = String::from_utf8_lossy(&body).to_string();
-    let path = head[0].split(' ').nth(1).unwrap_or_default().to_string();
-    let route = path.split('?').next().unwrap_or_default().to_string();
-    let op = if let Some(a) = form.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
-        a.to_string()
-    } else if head[0].starts_with("GET ") && route.ends_with("/blocks") {
-        "ListSnapshotBlocks".into()
-    } else if head[0].starts_with("GET ") && route.contains("/blocks/") {
-        "GetSnapshotBlock".into()
-    } else {
-        "Other".into()
-    };
-    *ops.lock().unwrap().entry(op.clone()).or_default() += 1;
-
-    // Forward with `Connection: close` and read the whole answer.
-    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
-    let mut out = Vec::new();
-    out.extend_from_slice(head[0].as_bytes());
-    for h in &head[1..head.len() - 1] {
-        if !h.to_ascii_lowercase().starts_with("connection:") {
-            out.extend_from_slice(h.as_bytes());
-        }
-    }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
-    out.extend_from_slice(&body);
-    up.write_all(&out)?;
-    let mut resp = Vec::new();
-    up.read_to_end(&mut resp)?;
-
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(resp.len());
-    let resp_head = String::from_utf8_lossy(&resp[..split]).to_string();
-    let mut resp_body = resp[split..].to_vec();
-    if op == "ListSnapshotBlocks" {
-        resp_body = unquote_block_indexes(&String::from_utf8_lossy(&resp_body)).into_bytes();
-    }
-    if op == "DescribeImages" {
-        let roots = roots.lock().unwrap().clone();
-        for (ami, snap) in roots {
-            if form.contains(&format!("ImageId.1={ami}")) {
-                resp_body =
-                    replace_snapshot_ids(&String::from_utf8_lossy(&resp_body), &snap).into_bytes();
-            }
-        }
-    }
-    let mut new_head = String::new();
-    for line in resp_head.split("\r\n").filter(|l| !l.is_empty()) {
-        let lower = line.to_ascii_lowercase();
-        if !lower.starts_with("connection:") && !lower.starts_with("content-length:") {
-            new_head.push_str(line);
-            new_head.push_str("\r\n");
-        }
-    }
-    new_head.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        resp_body.len()
-    ));
-    client.write_all(new_head.as_bytes())?;
-    client.write_all(&resp_body)?;
-    client.flush()?;
-    let _ = client.shutdown(Shutdown::Both);
-    Ok(())
-}
-
-/// `"BlockIndex": "12"` -> `"BlockIndex": 12`.
-fn unquote_block_indexes(json: &str) -> String {
-    const KEY: &str = "\"BlockIndex\": \"";
-    let mut out = String::with_capacity(json.len());
-    let mut rest = json;
-    while let Some(pos) = rest.find(KEY) {
-        out.push_str(&rest[..pos]);
-        out.push_str("\"BlockIndex\": ");
-        let after = &rest[pos + KEY.len()..];
-        let end = after.find('"').unwrap_or(after.len());
-        out.push_str(&after[..end]);
-        rest = after.get(end + 1..).unwrap_or("");
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Every `<snapshotId>…</snapshotId>` of an EC2 answer -> `<snapshotId>{snap}</snapshotId>`.
-fn replace_snapshot_ids(xml: &str, snap: &str) -> String {
-    const OPEN: &str = "<snapshotId>";
-    const CLOSE: &str = "</snapshotId>";
-    let mut out = String::with_capacity(xml.len());
-    let mut rest = xml;
-    while let Some(pos) = rest.find(OPEN) {
-        out.push_str(&rest[..pos + OPEN.len()]);
-        out.push_str(snap);
-        let after = &rest[pos + OPEN.len()..];
-        rest = &after[after.find(CLOSE).unwrap_or(after.len())..];
-    }
-    out.push_str(rest);
-    out
-}
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -418,6 +153,7 @@ fn ami_tags(endpoint: &str, region: &str, ami: &str) -> BTreeMap<String, String>
 fn publish_locally_and_to_moto_idempotently() {
     require_bake_capabilities();
     let moto = Moto::start();
+    let proxy = Proxy::start_with(moto.port, false);
     let env = Env::new();
     let (id, _raw) = bake(&env, &recipe_a(&env), None);
 
@@ -461,11 +197,11 @@ fn publish_locally_and_to_moto_idempotently() {
         "--copy-to",
         "us-east-1",
         "--endpoint-url",
-        &moto.url(),
+        &proxy.url(),
         "--tag",
         "team=platform",
     ];
-    let o = run(aws_cmd(&env, &moto.url()), &args);
+    let o = run(aws_cmd(&env, &proxy.url()), &args);
     assert!(o.status.success(), "publish --to aws: {}", text(&o));
     let first = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
@@ -487,7 +223,7 @@ fn publish_locally_and_to_moto_idempotently() {
         assert!(snap.starts_with("snap-"), "{region}: {snap}");
         assert!(first.contains(ami.as_str()), "{ami} not printed:\n{first}");
         // The AMI exists in moto with our tags.
-        let tags = ami_tags(&moto.url(), region, ami);
+        let tags = ami_tags(&proxy.url(), region, ami);
         assert_eq!(
             tags.get("team").map(String::as_str),
             Some("platform"),
@@ -522,7 +258,7 @@ fn publish_locally_and_to_moto_idempotently() {
     assert!(shown.contains("local"), "{shown}");
 
     // Again: nothing new, the same AMIs, said so.
-    let o = run(aws_cmd(&env, &moto.url()), &args);
+    let o = run(aws_cmd(&env, &proxy.url()), &args);
     assert!(o.status.success(), "second publish: {}", text(&o));
     let second = String::from_utf8_lossy(&o.stdout).to_string();
     for (region, (ami, _)) in &pubs {
@@ -536,24 +272,85 @@ fn publish_locally_and_to_moto_idempotently() {
             text(&o)
         );
     }
-    // The catalog still holds the same AMIs. (The snapshot id of the home region may change:
-    // a reused AMI reports its root mapping, and moto's RegisterImage invents its own root
-    // snapshot instead of keeping ours; on AWS both are the uploaded snapshot.)
+    // The catalog still holds the same AMIs and snapshots (the proxy reports an AMI's
+    // registered root snapshot, as AWS does; moto alone invents its own).
     let again = aws_publications(&show_json(&env, &id));
-    assert_eq!(
-        again
-            .iter()
-            .map(|(r, (a, _))| (r.clone(), a.clone()))
-            .collect::<Vec<_>>(),
-        pubs.iter()
-            .map(|(r, (a, _))| (r.clone(), a.clone()))
-            .collect::<Vec<_>>(),
+    assert_eq!(again, pubs);
+    proxy.assert_contract_kept();
+
+    // `clean --aws`: the published AMIs are accounted for by the catalog; a snapshot of the
+    // same bake that no publication names (what a killed publish leaves) is swept, whatever
+    // the bake's status, after the plan is printed.
+    let bake_id = show["bake_id"].as_str().expect("bake_id").to_string();
+    let stray = stray_snapshot(&proxy.url(), "eu-west-1", &bake_id);
+    let clean = |dry: bool| {
+        let mut args = vec!["clean", "--aws", "--region", "eu-west-1,us-east-1"];
+        if dry {
+            args.push("--dry-run");
+        }
+        run(aws_cmd(&env, &proxy.url()), &args)
+    };
+    let o = clean(true);
+    assert!(o.status.success(), "clean --aws --dry-run: {}", text(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
+    let planned: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.starts_with("would delete: "))
+        .collect();
+    assert_eq!(planned.len(), 1, "{plan}");
+    assert!(
+        planned[0].contains(&stray) && planned[0].contains(&bake_id),
+        "{plan}"
     );
     assert!(
-        again.values().all(|(_, s)| s.starts_with("snap-")),
-        "{again:?}"
+        proxy.ops("DeleteSnapshot").is_empty(),
+        "a dry run deletes nothing"
     );
-    assert_eq!(again["us-east-1"], pubs["us-east-1"]);
+    let o = clean(false);
+    assert!(o.status.success(), "clean --aws: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains(&format!("deleted: snapshot {stray} in eu-west-1")),
+        "{out}"
+    );
+    assert!(
+        proxy.ops("DeregisterImage").is_empty(),
+        "published AMIs are kept"
+    );
+    for (region, (ami, snap)) in &pubs {
+        let (images, snaps) = proxy.tagged(region, "webake:bake-id", &bake_id);
+        assert_eq!(images, vec![ami.clone()], "{region}");
+        assert_eq!(snaps, vec![snap.clone()], "{region}");
+    }
+}
+
+/// Upload a one-block snapshot tagged with `bake_id` (through the library), as a killed
+/// publish would leave it. Returns its id.
+fn stray_snapshot(endpoint: &str, region: &str, bake_id: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("stray.raw");
+    std::fs::write(&disk, vec![1u8; 4096]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let session = aws_harness::session(endpoint, region).await;
+        let opts = webake_aws::UploadOptions {
+            tags: vec![("webake:bake-id".into(), bake_id.into())],
+            ..Default::default()
+        };
+        webake_aws::upload_snapshot(
+            &session.region(region),
+            &disk,
+            &opts,
+            &webake_aws::NoReporter,
+            &|_: &str| {},
+        )
+        .await
+        .unwrap()
+        .snapshot_id
+    })
 }
 
 /// Removes what a bake from a moto AMI leaves in the shared cache (moto's ids are new on
@@ -610,13 +407,13 @@ fn stat_in_image(raw: &Path, path: &str) -> String {
 fn bake_from_a_published_ami() {
     require_bake_capabilities();
     let moto = Moto::start();
-    let fix = MotoFix::start(moto.port);
+    let proxy = Proxy::start_with(moto.port, false);
     let env = Env::new();
 
     // Image A, published to eu-west-1.
     let (a, a_raw) = bake(&env, &recipe_a(&env), None);
     let o = run(
-        aws_cmd(&env, &moto.url()),
+        aws_cmd(&env, &proxy.url()),
         &[
             "publish",
             &a,
@@ -625,7 +422,7 @@ fn bake_from_a_published_ami() {
             "--region",
             "eu-west-1",
             "--endpoint-url",
-            &moto.url(),
+            &proxy.url(),
         ],
     );
     assert!(o.status.success(), "publish A: {}", text(&o));
@@ -638,7 +435,6 @@ fn bake_from_a_published_ami() {
         ami.starts_with("ami-") && snap.starts_with("snap-"),
         "{pubs:?}"
     );
-    fix.map_root(&ami, &snap);
     let mut cleanup = SharedCacheCleanup {
         ami: ami.clone(),
         bake_ids: vec![],
@@ -652,8 +448,8 @@ fn bake_from_a_published_ami() {
             "version: 1\nimage:\n  name: from-ami\nbase:\n  ami:\n    id: {ami}\n    region: eu-west-1\nprovisioners:\n  - shell:\n      name: mark b\n      inline:\n        - test -x /bin/sh && test -L /bin\n        - cat /etc/webake-a > /etc/webake-b-saw-a\n        - apt-get -q update\n        - echo written-by-b > /etc/webake-b\noutputs: [raw]\n"
         ),
     );
-    let mut c = aws_cmd(&env, &fix.url());
-    c.env("WEBAKE_AWS_ENDPOINT_URL", fix.url());
+    let mut c = aws_cmd(&env, &proxy.url());
+    c.env("WEBAKE_AWS_ENDPOINT_URL", proxy.url());
     let o = run(c, &["bake", b_recipe.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     if let Some(id) = v["bake_id"].as_str() {
@@ -667,7 +463,10 @@ fn bake_from_a_published_ami() {
         )),
         "{stderr}"
     );
-    assert!(fix.count("GetSnapshotBlock") > 0, "no block was downloaded");
+    assert!(
+        !proxy.ops("GetSnapshotBlock").is_empty(),
+        "no block was downloaded"
+    );
     let b_raw = PathBuf::from(
         v["image"]["artifacts"]
             .as_array()
@@ -712,9 +511,9 @@ fn bake_from_a_published_ami() {
     assert!(show["publications"].as_array().unwrap().is_empty());
 
     // A second plan finds the cached base: nothing is downloaded again.
-    let blocks = fix.count("GetSnapshotBlock");
-    let mut c = aws_cmd(&env, &fix.url());
-    c.env("WEBAKE_AWS_ENDPOINT_URL", fix.url());
+    let blocks = proxy.ops("GetSnapshotBlock").len();
+    let mut c = aws_cmd(&env, &proxy.url());
+    c.env("WEBAKE_AWS_ENDPOINT_URL", proxy.url());
     let o = run(c, &["bake", b_recipe.to_str().unwrap(), "--dry-run"]);
     assert!(o.status.success(), "dry run: {}", text(&o));
     let plan = String::from_utf8_lossy(&o.stdout).to_string();
@@ -726,7 +525,7 @@ fn bake_from_a_published_ami() {
         line.contains(&ami) && line.contains(&snap) && line.ends_with("cache hit"),
         "{line}"
     );
-    assert_eq!(fix.count("GetSnapshotBlock"), blocks);
+    assert_eq!(proxy.ops("GetSnapshotBlock").len(), blocks);
     let entry = std::fs::read_dir(env.cache.join("bootstrap"))
         .unwrap()
         .flatten()

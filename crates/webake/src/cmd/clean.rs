@@ -7,6 +7,7 @@ use clap::Args;
 use webake_build::Workspace;
 use webake_catalog::Catalog;
 
+use crate::exit::{INVALID_INPUT, coded};
 use crate::settings::Settings;
 
 #[derive(Debug, Args)]
@@ -14,10 +15,19 @@ pub struct CleanArgs {
     /// Only print what would be removed
     #[arg(long)]
     pub dry_run: bool,
-    /// Also delete AMIs and snapshots tagged with the id of a bake that did not finish, in
-    /// these regions (comma separated)
-    #[arg(long, value_name = "REGIONS", value_delimiter = ',')]
-    pub aws: Vec<String>,
+    /// Also delete the AMIs and snapshots of this catalog's bakes (tag webake:bake-id) that
+    /// no publication in the catalog accounts for, whatever the bake's status; prints the
+    /// plan first
+    #[arg(long)]
+    pub aws: bool,
+    /// Regions to sweep with --aws (repeat or comma-separate)
+    #[arg(
+        long = "region",
+        value_name = "REGION",
+        value_delimiter = ',',
+        env = "AWS_REGION"
+    )]
+    pub regions: Vec<String>,
 }
 
 fn pid_alive(pid: i64) -> bool {
@@ -40,25 +50,74 @@ impl CleanArgs {
                 }
             );
         }
-        if !self.aws.is_empty() {
-            let ids = Catalog::open(&settings.catalog)?.unfinished_bake_ids()?;
-            if self.dry_run {
-                println!(
-                    "would sweep AWS resources tagged with {} unfinished bake id(s) in {}",
-                    ids.len(),
-                    self.aws.join(", ")
-                );
-            } else {
-                let r = crate::cmd::publish_aws::sweep_aws(
-                    &self.aws,
-                    &ids,
-                    &webake_aws::ClientSettings::default(),
-                )?;
-                println!("swept AWS: {r:?}");
-            }
+        if self.aws {
+            sweep_aws(settings, &self.regions, self.dry_run)?;
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `clean --aws`: plan (printed), then, unless `dry_run`, delete exactly that plan.
+fn sweep_aws(settings: &Settings, regions: &[String], dry_run: bool) -> anyhow::Result<()> {
+    if regions.is_empty() {
+        return Err(coded(
+            INVALID_INPUT,
+            anyhow::anyhow!("--aws needs --region (or AWS_REGION)"),
+        ));
+    }
+    let catalog = Catalog::open(&settings.catalog)?;
+    let host = crate::cmd::bake::hostname();
+    // Every bake this catalog knows, except those running right now (their publish may be
+    // in flight); resources of other catalogs' bakes are never touched.
+    let bake_ids: Vec<String> = catalog
+        .list_bakes(1_000_000)?
+        .into_iter()
+        .filter(|b| {
+            !(b.status == webake_catalog::BakeStatus::Running && b.host == host && pid_alive(b.pid))
+        })
+        .map(|b| b.id)
+        .collect();
+    let mut scope = webake_aws::SweepScope {
+        bake_ids: Some(bake_ids),
+        ..Default::default()
+    };
+    for img in catalog.list_images(None)? {
+        for p in img.publications.iter().filter(|p| p.target == "aws") {
+            scope.keep_images.extend(p.ami_id.clone());
+            scope.keep_snapshots.extend(p.snapshot_id.clone());
+        }
+    }
+    let client = webake_aws::ClientSettings::default();
+    let plan = crate::cmd::publish_aws::plan_sweep_aws(regions, &scope, &client)?;
+    if plan.is_empty() {
+        println!("AWS: nothing to sweep in {}", regions.join(", "));
+        return Ok(());
+    }
+    for item in &plan.items {
+        println!(
+            "{}{item}",
+            if dry_run {
+                "would delete: "
+            } else {
+                "will delete: "
+            }
+        );
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let report = crate::cmd::publish_aws::execute_sweep_aws(&plan, &client, settings.quiet)?;
+    for r in &report.removed {
+        println!("deleted: {r}");
+    }
+    if !report.leftovers.is_empty() {
+        let list: Vec<String> = report.leftovers.iter().map(ToString::to_string).collect();
+        return Err(anyhow::anyhow!(
+            "the AWS sweep could not delete: {}",
+            list.join("; ")
+        ));
+    }
+    Ok(())
 }
 
 /// Remove scratch dirs of bakes that are not running, cache staging entries, temp artifact

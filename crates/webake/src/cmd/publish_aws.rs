@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use webake_aws::{
-    Architecture, BootMode, ClientSettings, NameVars, Principal, Publication, PublishRequest,
-    Reporter, Session, SweepReport,
+    Architecture, BootMode, ClientSettings, ImagePlatform, NameVars, Principal, Publication,
+    PublishRequest, Reporter, RetryEvent, Session, SweepPlan, SweepReport, SweepScope,
 };
 
 use crate::exit::{INTERRUPTED, INVALID_INPUT, PUBLISH_FAILED, coded};
@@ -193,10 +193,13 @@ impl PublishAwsArgs {
                 .description
                 .clone()
                 .unwrap_or_else(|| format!("{} {} baked by webake", self.family, self.version)),
-            architecture: self.arch,
-            boot_mode: self.boot_mode,
-            ena_support: !self.no_ena,
-            tpm_support: self.tpm,
+            platform: ImagePlatform {
+                architecture: self.arch,
+                boot_mode: self.boot_mode,
+                ena_support: !self.no_ena,
+                imds_v2_only: true,
+                tpm_support: self.tpm,
+            },
             deprecate_at: self.deprecate_at,
             kms_key_arn: self.kms_key.clone(),
             copy_kms_keys: self
@@ -230,11 +233,7 @@ impl PublishAwsArgs {
         let cancel = webake_sys::CancelToken::new();
         let reporter = StderrReporter::new(settings.quiet);
         let client = self.client_settings();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let result = rt.block_on(async {
+        let result = runtime()?.block_on(async {
             let session = Session::new(&req.region, &client).await;
             webake_aws::publish_until(&session, req, &reporter, cancelled(cancel)).await
         });
@@ -252,25 +251,114 @@ impl PublishAwsArgs {
     }
 }
 
-/// For `webake clean --aws`: delete AMIs and snapshots tagged with one of `bake_ids` (bakes
-/// that did not finish) in every region of `regions`.
-pub fn sweep_aws(
+// Not called yet: `publish::aws_args` (outside this change) is to add `platform_args(img)` to
+// the argument list it builds and refuse PLATFORM_FLAGS from the user.
+#[allow(dead_code)]
+/// The options of a catalog image's platform (architecture, boot mode, ENA), for the
+/// `publish-aws` argument list built from the image; the user may not give them.
+pub const PLATFORM_FLAGS: &[&str] = &["--arch", "--boot-mode", "--no-ena"];
+
+/// [`PLATFORM_FLAGS`] with the values of `img` (see [`platform_of`]).
+#[allow(dead_code)]
+pub fn platform_args(img: &webake_catalog::Image) -> anyhow::Result<Vec<String>> {
+    let p = platform_of(img)?;
+    let mut args = vec![
+        "--arch".to_string(),
+        p.architecture.as_str().to_string(),
+        "--boot-mode".to_string(),
+        p.boot_mode.as_str().to_string(),
+    ];
+    if !p.ena_support {
+        args.push("--no-ena".into());
+    }
+    Ok(args)
+}
+
+/// How a catalog image boots, from its record: the architecture is the bootstrap's
+/// (`provenance.base.architecture`), else that of its kernel package in the inventory. Boot
+/// mode: webake assembles GPT disks with an ESP and GRUB for UEFI only, so `uefi`. ENA: the
+/// Debian kernels webake bakes include the ENA driver. IMDS: v2 only (the webake agent uses
+/// IMDSv2). The catalog records neither the recipe's `disk.boot` nor the kernel's modules,
+/// so the last three are properties of every webake image rather than read from the record.
+pub fn platform_of(img: &webake_catalog::Image) -> anyhow::Result<ImagePlatform> {
+    let from_base = img
+        .provenance
+        .pointer("/base/architecture")
+        .and_then(|v| v.as_str());
+    let from_kernel = img
+        .inventory
+        .as_ref()
+        .and_then(|inv| inv.get("packages"))
+        .and_then(|p| p.as_array())
+        .and_then(|pkgs| {
+            pkgs.iter().find_map(|p| {
+                let name = p.get("name")?.as_str()?;
+                let arch = p.get("architecture")?.as_str()?;
+                (name.starts_with("linux-image-") && arch != "all").then_some(arch)
+            })
+        });
+    let arch = from_base.or(from_kernel).ok_or_else(|| {
+        coded(
+            INVALID_INPUT,
+            anyhow::anyhow!(
+                "catalog image {} records no architecture (neither provenance.base.architecture nor a linux-image package in its inventory)",
+                img.id
+            ),
+        )
+    })?;
+    let architecture: Architecture = arch.parse().map_err(|e: webake_aws::Error| {
+        coded(
+            INVALID_INPUT,
+            anyhow::anyhow!("catalog image {}: {e}", img.id),
+        )
+    })?;
+    Ok(ImagePlatform {
+        architecture,
+        boot_mode: BootMode::Uefi,
+        ena_support: true,
+        imds_v2_only: true,
+        tpm_support: false,
+    })
+}
+
+/// For `webake clean --aws`: what the sweep would delete in `regions` (nothing is deleted).
+pub fn plan_sweep_aws(
     regions: &[String],
-    bake_ids: &[String],
+    scope: &SweepScope,
     client: &ClientSettings,
-) -> anyhow::Result<SweepReport> {
+) -> anyhow::Result<SweepPlan> {
     let Some(first) = regions.first() else {
+        return Ok(SweepPlan::default());
+    };
+    runtime()?
+        .block_on(async {
+            let session = Session::new(first, client).await;
+            webake_aws::plan_sweep(&session, regions, scope).await
+        })
+        .context("listing webake's AMIs and snapshots")
+}
+
+/// For `webake clean --aws`: delete what `plan` lists.
+pub fn execute_sweep_aws(
+    plan: &SweepPlan,
+    client: &ClientSettings,
+    quiet: bool,
+) -> anyhow::Result<SweepReport> {
+    let Some(first) = plan.items.first() else {
         return Ok(SweepReport::default());
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let reporter = StderrReporter::new(quiet);
+    Ok(runtime()?.block_on(async {
+        let session = Session::new(&first.resource.region, client).await;
+        webake_aws::execute_sweep(&session, plan, &reporter).await
+    }))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
-        let session = Session::new(first, client).await;
-        webake_aws::sweep(&session, regions, bake_ids).await
-    })
-    .context("sweeping AWS resources of unfinished bakes")
+        .context("starting the async runtime")
 }
 
 /// Resolves when the cancel token (set by the signal handlers) fires.
@@ -290,12 +378,18 @@ fn print_plan(req: &PublishRequest) {
     if !shares.is_empty() {
         println!("  share with:   {}", shares.join(", "));
     }
+    let p = &req.platform;
     println!(
-        "  boot:         {} {}, ENA {}, TPM {}, IMDSv2 only",
-        req.architecture.as_str(),
-        req.boot_mode.as_str(),
-        if req.ena_support { "on" } else { "off" },
-        if req.tpm_support { "v2.0" } else { "off" }
+        "  boot:         {} {}, ENA {}, TPM {}, IMDS {}",
+        p.architecture.as_str(),
+        p.boot_mode.as_str(),
+        if p.ena_support { "on" } else { "off" },
+        if p.tpm_support { "v2.0" } else { "off" },
+        if p.imds_v2_only {
+            "v2 only"
+        } else {
+            "v1 and v2"
+        }
     );
     println!("  bake id:      {}", req.bake_id);
     println!("  inputs:       {}", req.inputs_digest);
@@ -305,7 +399,7 @@ fn print_plan(req: &PublishRequest) {
 }
 
 fn print_publication(p: &Publication) {
-    println!("AMI {:?}", p.name);
+    println!("AMI {:?} (run {})", p.name, p.run_id);
     for (region, image) in &p.regions {
         let note = if image.reused {
             " (existing, reused)"
@@ -344,6 +438,20 @@ impl Reporter for StderrReporter {
     fn transfer_started(&self, snapshot_id: &str, total_blocks: u64) {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         p.insert(snapshot_id.to_string(), (0, total_blocks.max(1), 0));
+    }
+    fn retrying(&self, e: &RetryEvent<'_>) {
+        if !self.quiet {
+            eprintln!(
+                "[{}] {} {}: {}, retry {}/{} in {:.1?}",
+                e.region,
+                e.op,
+                e.what,
+                e.reason,
+                e.attempt,
+                e.attempts.saturating_sub(1),
+                e.delay
+            );
+        }
     }
     fn block_done(&self, snapshot_id: &str, _bytes: u64, _sent: bool) {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,8 +521,66 @@ mod tests {
         assert_eq!(req.copy_to, ["eu-west-1", "eu-central-1"]);
         assert_eq!(req.share_with, [Principal::Account("111122223333".into())]);
         assert_eq!(req.tags, [("team".to_string(), "platform".to_string())]);
-        assert_eq!(req.boot_mode, BootMode::UefiPreferred);
-        assert!(req.ena_support && req.tpm_support);
+        assert_eq!(req.platform.boot_mode, BootMode::UefiPreferred);
+        assert_eq!(req.platform.architecture, Architecture::Arm64);
+        assert!(req.platform.ena_support && req.platform.tpm_support);
+    }
+
+    fn image(
+        provenance: serde_json::Value,
+        inventory: Option<serde_json::Value>,
+    ) -> webake_catalog::Image {
+        webake_catalog::Image {
+            id: "img-1".into(),
+            bake_id: "bake-1".into(),
+            name: "web".into(),
+            family: "web".into(),
+            version: "1".into(),
+            created_at: 0,
+            inputs_digest: "sha256:x".into(),
+            recipe_digest: String::new(),
+            kernel: None,
+            tree_size: 0,
+            inventory,
+            provenance,
+            test_result: None,
+            artifacts: vec![],
+            publications: vec![],
+        }
+    }
+
+    #[test]
+    fn platform_comes_from_the_catalog_image() {
+        let arm = image(
+            serde_json::json!({"base": {"suite": "bookworm", "architecture": "arm64"}}),
+            None,
+        );
+        let p = platform_of(&arm).unwrap();
+        assert_eq!(p.architecture, Architecture::Arm64);
+        assert_eq!(p.boot_mode, BootMode::Uefi);
+        assert!(p.ena_support && p.imds_v2_only);
+        assert_eq!(
+            platform_args(&arm).unwrap(),
+            ["--arch", "arm64", "--boot-mode", "uefi"]
+        );
+        // A base prepared from an AMI has no bootstrap architecture: the kernel package's.
+        let from_ami = image(
+            serde_json::json!({"base": {"key": "k", "rootfs": "/r", "description": "ami"}}),
+            Some(serde_json::json!({"packages": [
+                {"name": "bash", "version": "5", "architecture": "amd64"},
+                {"name": "linux-image-6.1.0-cloud-amd64", "version": "6.1", "architecture": "amd64"},
+            ]})),
+        );
+        assert_eq!(
+            platform_of(&from_ami).unwrap().architecture,
+            Architecture::X86_64
+        );
+        let unknown = image(serde_json::Value::Null, None);
+        let e = platform_of(&unknown).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("records no architecture"),
+            "{e:#}"
+        );
     }
 
     #[test]
