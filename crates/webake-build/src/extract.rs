@@ -39,7 +39,8 @@
 //! listed in [`ExtractReport::skipped_xattrs`]: `trusted.*` (privileged, meaningful only to
 //! the kernel that set them), `system.data` (ext4's inline data, not an attribute), names in
 //! other namespaces or with unusual characters, attributes on symlinks and `user.*` on device
-//! nodes/FIFOs/sockets (the kernel refuses both). Not kept: inode flags (`chattr`:
+//! nodes/FIFOs/sockets (the kernel refuses both), and attributes other than capabilities and
+//! ACLs that the host refuses (an SELinux label its policy does not know). Not kept: inode flags (`chattr`:
 //! immutable, append-only, ...), creation and change times.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,6 +66,8 @@ pub const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 const BATCH: usize = 8192;
 /// Name of the staging directory inside the destination (renamed if the image has it too).
 const STAGING: &str = ".webake-extract";
+/// errno EOPNOTSUPP (= ENOTSUP on Linux).
+const EOPNOTSUPP: i32 = 95;
 /// ext4's inline-data inode flag (`EXT4_INLINE_DATA_FL`).
 const INLINE_DATA_FL: u32 = 0x1000_0000;
 /// Size of ext4's `i_block`: a symlink target shorter than this may live in the inode.
@@ -192,6 +195,9 @@ pub enum SkipReason {
     OnSymlink,
     /// `user.*` on a device node, FIFO or socket.
     UserOnSpecial,
+    /// The host refused it (an SELinux label unknown to the host's policy, `user.*` where the
+    /// destination filesystem has no support); never for capabilities or ACLs.
+    HostRefused,
 }
 
 impl fmt::Display for SkipReason {
@@ -202,6 +208,7 @@ impl fmt::Display for SkipReason {
             Self::Unsupported => "unsupported name",
             Self::OnSymlink => "on a symlink",
             Self::UserOnSpecial => "user.* on a device node, FIFO or socket",
+            Self::HostRefused => "refused by the host",
         })
     }
 }
@@ -1265,8 +1272,17 @@ fn set_attributes(
         tree.chmod(inner, e.mode & 0o7777)?;
     }
     for (name, value) in fetched.xattrs.get(&e.ino).into_iter().flatten() {
-        tree.set_xattr(inner, name, value)?;
-        report.xattrs += 1;
+        match tree.set_xattr(inner, name, value) {
+            Ok(()) => report.xattrs += 1,
+            Err(err) if host_may_refuse(name, &err.source) => {
+                report.skipped_xattrs.push(SkippedXattr {
+                    inner: shown(inner),
+                    name: name.to_string_lossy().into_owned(),
+                    reason: SkipReason::HostRefused,
+                });
+            }
+            Err(err) => return Err(err),
+        }
     }
     for (name, reason) in fetched.skipped.get(&e.ino).into_iter().flatten() {
         report.skipped_xattrs.push(SkippedXattr {
@@ -1276,6 +1292,21 @@ fn set_attributes(
         });
     }
     tree.set_times(inner, st.atime, st.mtime)
+}
+
+/// An attribute the host may refuse without failing the extraction (reported instead): a
+/// label its security module does not know (`security.selinux` on an SELinux host), `user.*`
+/// where the destination does not support it. File capabilities and ACLs are never optional.
+fn host_may_refuse(name: &std::ffi::CStr, e: &std::io::Error) -> bool {
+    let essential = name.to_bytes() == b"security.capability"
+        || name.to_bytes().starts_with(b"system.posix_acl_");
+    let refusal = matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::Unsupported
+    ) || e.raw_os_error() == Some(EOPNOTSUPP);
+    !essential && refusal
 }
 
 fn system_time((sec, nsec): (i64, i64)) -> SystemTime {
@@ -1302,14 +1333,23 @@ fn finish_root(
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(root.mode & 0o7777))
         .map_err(io(dest))?;
     for (name, value) in fetched.xattrs.get(&root.ino).into_iter().flatten() {
-        webake_sys::fsutil::set_xattr(dest, name, value).map_err(|source| ExtractError::Write {
-            disk: disk.to_path_buf(),
-            dest: dest.to_path_buf(),
-            inner: "\"/\"".into(),
-            op: "setxattr",
-            source,
-        })?;
-        report.xattrs += 1;
+        match webake_sys::fsutil::set_xattr(dest, name, value) {
+            Ok(()) => report.xattrs += 1,
+            Err(e) if host_may_refuse(name, &e) => report.skipped_xattrs.push(SkippedXattr {
+                inner: "\"/\"".into(),
+                name: name.to_string_lossy().into_owned(),
+                reason: SkipReason::HostRefused,
+            }),
+            Err(source) => {
+                return Err(ExtractError::Write {
+                    disk: disk.to_path_buf(),
+                    dest: dest.to_path_buf(),
+                    inner: "\"/\"".into(),
+                    op: "setxattr",
+                    source,
+                });
+            }
+        }
     }
     for (name, reason) in fetched.skipped.get(&root.ino).into_iter().flatten() {
         report.skipped_xattrs.push(SkippedXattr {
@@ -1478,6 +1518,18 @@ mod tests {
             xattr_policy("gnu.x", Kind::File),
             Err(SkipReason::Unsupported)
         );
+        let einval = std::io::Error::from_raw_os_error(22);
+        assert!(host_may_refuse(c"security.selinux", &einval));
+        assert!(host_may_refuse(
+            c"user.x",
+            &std::io::Error::from_raw_os_error(EOPNOTSUPP)
+        ));
+        assert!(!host_may_refuse(c"security.capability", &einval));
+        assert!(!host_may_refuse(c"system.posix_acl_access", &einval));
+        assert!(!host_may_refuse(
+            c"security.selinux",
+            &std::io::Error::from_raw_os_error(28)
+        ));
     }
 
     #[test]

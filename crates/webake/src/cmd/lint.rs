@@ -80,7 +80,8 @@ impl LintArgs {
     }
 }
 
-/// Extract the root filesystem of a disk image into `dir/root` offline (debugfs rdump).
+/// Extract the root filesystem of a disk image into `dir/root` offline
+/// ([`webake_build::extract`]; crafted disks are refused, never extracted onto the host).
 pub fn extract_root(disk: &Path, dir: &Path) -> anyhow::Result<()> {
     let raw = dir.join("disk.raw");
     webake_sys::process::capture(
@@ -89,8 +90,9 @@ pub fn extract_root(disk: &Path, dir: &Path) -> anyhow::Result<()> {
             .arg(disk)
             .arg(&raw),
     )?;
-    // The same offline extraction a base AMI uses (modes and device nodes restored too).
-    crate::cmd::base_ami::extract_rootfs(&raw, &dir.join("root"))?;
+    // The same offline extraction a base AMI uses.
+    crate::cmd::base_ami::extract_rootfs(&raw, &dir.join("root"))
+        .with_context(|| format!("extracting the root filesystem of {}", disk.display()))?;
     std::fs::remove_file(&raw)?;
     Ok(())
 }
