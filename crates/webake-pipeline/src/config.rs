@@ -333,6 +333,7 @@ impl PipelineConfig {
         Ok(config)
     }
 
+    /// Every field check, in the order of the file; the first problem is the error.
     fn validate(&self, path: &Path) -> Result<(), Error> {
         let check = Checker { path };
         check.dns_label("namespace", &self.namespace)?;
@@ -340,28 +341,28 @@ impl PipelineConfig {
         check.dns_subdomain("serviceAccount", &self.service_account)?;
         check.schedule("schedule", &self.schedule)?;
         check.non_blank("timeZone", &self.time_zone)?;
-        if let Some(aws) = &self.secrets.aws {
-            check.dns_subdomain("secrets.aws", aws)?;
+        self.secrets.validate(&check)?;
+        validate_resources(&check, &self.resources)?;
+        self.validate_cluster_repo_choice(&check)?;
+        if let Some(slug) = &self.github {
+            check.slug("github", slug, 2, 2, "OWNER/REPO")?;
         }
-        check.dns_subdomain("secrets.forge", &self.secrets.forge)?;
-        check.env_name("secrets.forgeTokenEnv", &self.secrets.forge_token_env)?;
-        if let Some(registry) = &self.secrets.registry {
-            check.dns_subdomain("secrets.registry", registry)?;
+        self.publish.validate(&check)?;
+        check.git_url("source.repo", &self.source.repo)?;
+        check.git_ref("source.revision", &self.source.revision)?;
+        check.dns_subdomain("cachePvc", &self.cache_pvc)?;
+        if let Some(limit) = &self.work_dir_size_limit {
+            check.quantity("workDirSizeLimit", limit)?;
         }
-        for (section, map) in [
-            ("requests", &self.resources.requests),
-            ("limits", &self.resources.limits),
-        ] {
-            for (name, quantity) in map {
-                let field = format!("resources.{section}.{name}");
-                if !["cpu", "memory", "ephemeral-storage"].contains(&name.as_str()) {
-                    return Err(check.invalid(&field, "expected cpu, memory or ephemeral-storage"));
-                }
-                check.quantity(&field, quantity)?;
-            }
-        }
+        validate_tolerations(&check, &self.tolerations)?;
+        self.job.validate(&check)?;
+        self.tool_images.validate(&check)
+    }
+
+    /// Exactly one of `clusterRepo` and `clusterRepos`; `github` goes with `clusterRepo`.
+    fn validate_cluster_repo_choice(&self, check: &Checker<'_>) -> Result<(), Error> {
         match (&self.cluster_repo, self.cluster_repos.is_empty()) {
-            (Some(repo), true) => check.git_url("clusterRepo", repo)?,
+            (Some(repo), true) => check.git_url("clusterRepo", repo),
             (None, false) => {
                 if self.github.is_some() {
                     return Err(check.invalid(
@@ -369,92 +370,131 @@ impl PipelineConfig {
                         "set `github` on each entry of `clusterRepos` instead",
                     ));
                 }
-                self.validate_cluster_repos(&check)?;
+                self.validate_cluster_repos(check)
             }
-            (Some(_), false) => {
-                return Err(check.invalid(
-                    "clusterRepos",
-                    "give `clusterRepo` (one repository) or `clusterRepos` (several), not both",
-                ));
-            }
-            (None, true) => {
-                return Err(check.invalid(
-                    "clusterRepo",
-                    "missing: the cluster repository the rollout proposes in (or `clusterRepos`)",
-                ));
-            }
+            (Some(_), false) => Err(check.invalid(
+                "clusterRepos",
+                "give `clusterRepo` (one repository) or `clusterRepos` (several), not both",
+            )),
+            (None, true) => Err(check.invalid(
+                "clusterRepo",
+                "missing: the cluster repository the rollout proposes in (or `clusterRepos`)",
+            )),
         }
-        if let Some(slug) = &self.github {
-            check.slug("github", slug, 2, 2, "OWNER/REPO")?;
+    }
+}
+
+impl SecretNames {
+    fn validate(&self, check: &Checker<'_>) -> Result<(), Error> {
+        if let Some(aws) = &self.aws {
+            check.dns_subdomain("secrets.aws", aws)?;
         }
-        let publish = &self.publish;
-        if publish.to == PublishTarget::Local
-            && (publish.region.is_some() || !publish.copy_to.is_empty())
-        {
+        check.dns_subdomain("secrets.forge", &self.forge)?;
+        check.env_name("secrets.forgeTokenEnv", &self.forge_token_env)?;
+        if let Some(registry) = &self.registry {
+            check.dns_subdomain("secrets.registry", registry)?;
+        }
+        Ok(())
+    }
+}
+
+/// Only `cpu`, `memory` and `ephemeral-storage`, each a quantity.
+fn validate_resources(check: &Checker<'_>, resources: &ResourceRequirements) -> Result<(), Error> {
+    for (section, map) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        for (name, quantity) in map {
+            let field = format!("resources.{section}.{name}");
+            if !["cpu", "memory", "ephemeral-storage"].contains(&name.as_str()) {
+                return Err(check.invalid(&field, "expected cpu, memory or ephemeral-storage"));
+            }
+            check.quantity(&field, quantity)?;
+        }
+    }
+    Ok(())
+}
+
+impl PublishSettings {
+    fn validate(&self, check: &Checker<'_>) -> Result<(), Error> {
+        if self.to == PublishTarget::Local && (self.region.is_some() || !self.copy_to.is_empty()) {
             return Err(check.invalid("publish.to", "region and copyTo apply to `to: aws` only"));
         }
-        if let Some(region) = &publish.region {
+        if let Some(region) = &self.region {
             check.region("publish.region", region)?;
         }
-        for (i, region) in publish.copy_to.iter().enumerate() {
+        for (i, region) in self.copy_to.iter().enumerate() {
             check.region(&format!("publish.copyTo[{i}]"), region)?;
         }
-        check.git_url("source.repo", &self.source.repo)?;
-        check.git_ref("source.revision", &self.source.revision)?;
-        check.dns_subdomain("cachePvc", &self.cache_pvc)?;
-        if let Some(limit) = &self.work_dir_size_limit {
-            check.quantity("workDirSizeLimit", limit)?;
-        }
-        for (i, t) in self.tolerations.iter().enumerate() {
-            if let Some(op) = &t.operator
-                && !["Exists", "Equal"].contains(&op.as_str())
-            {
-                return Err(check.invalid(
-                    &format!("tolerations[{i}].operator"),
-                    "expected Exists or Equal",
-                ));
-            }
-            if let Some(effect) = &t.effect
-                && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect.as_str())
-            {
-                return Err(check.invalid(
-                    &format!("tolerations[{i}].effect"),
-                    "expected NoSchedule, PreferNoSchedule or NoExecute",
-                ));
-            }
-        }
-        let job = &self.job;
-        check.at_least("job.backoffLimit", job.backoff_limit.into(), 0)?;
-        check.at_least("job.activeDeadlineSeconds", job.active_deadline_seconds, 1)?;
-        check.at_least(
-            "job.ttlSecondsAfterFinished",
-            job.ttl_seconds_after_finished.into(),
-            0,
-        )?;
-        check.at_least(
-            "job.startingDeadlineSeconds",
-            job.starting_deadline_seconds,
-            1,
-        )?;
-        check.at_least(
-            "job.successfulJobsHistoryLimit",
-            job.successful_jobs_history_limit.into(),
-            0,
-        )?;
-        check.at_least(
-            "job.failedJobsHistoryLimit",
-            job.failed_jobs_history_limit.into(),
-            0,
-        )?;
-        check.at_least(
-            "job.terminationGracePeriodSeconds",
-            job.termination_grace_period_seconds,
-            0,
-        )?;
-        check.image("toolImages.git", &self.tool_images.git)?;
-        check.image("toolImages.kaniko", &self.tool_images.kaniko)?;
-        check.image("toolImages.kubectl", &self.tool_images.kubectl)?;
         Ok(())
+    }
+}
+
+/// The operators and effects Kubernetes knows.
+fn validate_tolerations(check: &Checker<'_>, tolerations: &[Toleration]) -> Result<(), Error> {
+    for (i, t) in tolerations.iter().enumerate() {
+        if let Some(op) = &t.operator
+            && !["Exists", "Equal"].contains(&op.as_str())
+        {
+            return Err(check.invalid(
+                &format!("tolerations[{i}].operator"),
+                "expected Exists or Equal",
+            ));
+        }
+        if let Some(effect) = &t.effect
+            && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect.as_str())
+        {
+            return Err(check.invalid(
+                &format!("tolerations[{i}].effect"),
+                "expected NoSchedule, PreferNoSchedule or NoExecute",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl JobSettings {
+    fn validate(&self, check: &Checker<'_>) -> Result<(), Error> {
+        for (field, value, min) in [
+            ("job.backoffLimit", i64::from(self.backoff_limit), 0),
+            ("job.activeDeadlineSeconds", self.active_deadline_seconds, 1),
+            (
+                "job.ttlSecondsAfterFinished",
+                i64::from(self.ttl_seconds_after_finished),
+                0,
+            ),
+            (
+                "job.startingDeadlineSeconds",
+                self.starting_deadline_seconds,
+                1,
+            ),
+            (
+                "job.successfulJobsHistoryLimit",
+                i64::from(self.successful_jobs_history_limit),
+                0,
+            ),
+            (
+                "job.failedJobsHistoryLimit",
+                i64::from(self.failed_jobs_history_limit),
+                0,
+            ),
+            (
+                "job.terminationGracePeriodSeconds",
+                self.termination_grace_period_seconds,
+                0,
+            ),
+        ] {
+            check.at_least(field, value, min)?;
+        }
+        Ok(())
+    }
+}
+
+impl ToolImages {
+    fn validate(&self, check: &Checker<'_>) -> Result<(), Error> {
+        check.image("toolImages.git", &self.git)?;
+        check.image("toolImages.kaniko", &self.kaniko)?;
+        check.image("toolImages.kubectl", &self.kubectl)
     }
 }
 
