@@ -261,101 +261,14 @@ pub fn rollout_with_forge(
     lookup: &dyn ImageLookup,
     reporter: &dyn Reporter,
 ) -> Result<RolloutOutcome, RolloutError> {
-    let branch = git::branch_for_family(&req.family).map_err(RolloutError::InvalidRequest)?;
-    req.reference
-        .validate()
-        .map_err(RolloutError::InvalidRequest)?;
-    if let Some(label) = req.labels.iter().find(|l| l.trim().is_empty()) {
-        return Err(RolloutError::InvalidRequest(format!(
-            "empty label {label:?}"
-        )));
-    }
+    let branch = check_request(req)?;
+    let repo = ClonedRepo::open(&req.repo, req.base_branch.as_deref(), reporter)?;
+    let config = read_config(&repo.work, &req.config_path)?;
+    let rules = select_rules(req, &config)?;
+    let base = repo.checkout_base(req.base_branch.clone().or(config.base_branch.clone()))?;
 
-    let url = check_source(&req.repo)?;
-    let location = req.repo.display();
-    reporter.step(Step::Cloning {
-        location: &location,
-    });
-    let tmp = tempfile::Builder::new()
-        .prefix("webake-rollout-")
-        .tempdir()
-        .map_err(|e| RolloutError::io("create temp dir", std::env::temp_dir(), e))?;
-    let work = tmp.path().join("repo");
-    clone(&url, &work, req.base_branch.as_deref(), &location)?;
-    let git = Git::new(&work);
-
-    // Config and rules.
-    let config = read_config(&work, &req.config_path)?;
-    let rules: &[Rule] = if req.rules.is_empty() {
-        &config.rules
-    } else {
-        &req.rules
-    };
-    if rules.is_empty() {
-        return Err(RolloutError::NoRules {
-            config: req.config_path.clone(),
-        });
-    }
-    let base_branch = match req.base_branch.clone().or(config.base_branch.clone()) {
-        Some(b) => b,
-        None => git.run(&git::current_branch_args())?.trim().to_string(),
-    };
-    let base_ref = format!("refs/remotes/origin/{base_branch}^{{commit}}");
-    let mut base_commit = git.run_optional(&git::rev_parse_args(&base_ref))?;
-    if base_commit.is_none() {
-        // A base branch from the config that the single-branch clone did not fetch.
-        if git.run(&git::fetch_base_args(&base_branch)).is_ok() {
-            base_commit = git.run_optional(&git::rev_parse_args(&base_ref))?;
-        }
-    }
-    let base_commit = base_commit.ok_or_else(|| RolloutError::BaseBranchMissing {
-        location: location.clone(),
-        branch: base_branch.clone(),
-    })?;
-    git.run(&git::checkout_detached_args(&base_commit))?;
-
-    // Plan.
     reporter.step(Step::Planning { rules: rules.len() });
-    let files = read_repo_files(&work)?;
-    let edits = plan::plan(&files, rules, &req.reference, &req.family)?;
-    if edits.is_empty() {
-        return Err(RolloutError::NoReferenceFound {
-            location,
-            family: req.family.clone(),
-            rules: rules
-                .iter()
-                .map(Rule::describe)
-                .collect::<Vec<_>>()
-                .join("; "),
-        });
-    }
-    // Guards: a reference the cluster could not resolve, a downgrade.
-    review::check_resolvable(&edits)?;
-    let before_after = review::before_after(&edits, req.image.as_ref(), lookup)?;
-    if !req.allow_downgrade {
-        review::check_not_downgrade(&before_after, req.image.as_ref())?;
-    }
-    let (new_texts, diff) = render_changes(&files, &edits)?;
-    let changed_files: Vec<String> = new_texts.keys().cloned().collect();
-    let title = req
-        .title
-        .clone()
-        .unwrap_or_else(|| format!("Roll out {}", req.display_name()));
-    let body = pr_body(req, &edits, &before_after);
-    let mut outcome = RolloutOutcome {
-        branch: branch.clone(),
-        base_branch: base_branch.clone(),
-        base_commit: base_commit.clone(),
-        status: BranchStatus::DryRun,
-        commit: None,
-        edits,
-        changed_files,
-        diff,
-        title,
-        body,
-        before_after,
-        pull_request: None,
-    };
+    let (mut outcome, new_texts) = plan_rollout(req, &repo, rules, lookup, branch, base)?;
     if req.dry_run {
         return Ok(outcome);
     }
@@ -366,33 +279,216 @@ pub fn rollout_with_forge(
 
     // Ask the forge first: an auth failure must stop us before anything is pushed.
     let existing_pr = match forge {
-        Some(f) => f.find_open_pull_request(&branch)?,
+        Some(f) => f.find_open_pull_request(&outcome.branch)?,
         None => None,
     };
     // A reviewer who closed the pull request for this image has decided: keep it closed.
-    if let (Some(f), None, false) = (forge, &existing_pr, req.reopen) {
-        let marker = req.marker();
-        let declined = f
-            .find_closed_pull_requests(&branch)?
-            .into_iter()
-            .find(|pr| !pr.merged && pr.body.contains(&marker));
-        if let Some(pr) = declined {
-            tracing::info!(%branch, number = pr.number, "the pull request for this image was closed; not proposing it again");
-            outcome.status = BranchStatus::Declined;
-            outcome.pull_request = Some(PullRequestOutcome {
-                number: pr.number,
-                url: pr.url,
-                action: PullRequestAction::LeftClosed,
-            });
-            return Ok(outcome);
-        }
+    if let (Some(f), None, false) = (forge, &existing_pr, req.reopen)
+        && let Some(declined) = declined_pull_request(req, f, &outcome.branch)?
+    {
+        outcome.status = BranchStatus::Declined;
+        outcome.pull_request = Some(declined);
+        return Ok(outcome);
     }
 
-    // Commit on a branch rebuilt from the base.
-    reporter.step(Step::Committing { branch: &branch });
-    git.run(&git::checkout_new_branch_args(&branch))?;
-    for (path, text) in &new_texts {
-        let full = work.join(path);
+    let commit = commit_change(req, &repo, &outcome, &new_texts, reporter)?;
+    let (status, commit) = push_branch(&repo.git, &outcome, commit, reporter)?;
+    outcome.status = status;
+    outcome.commit = Some(commit);
+    if let Some(forge) = forge {
+        let pr = open_pull_request(req, forge, &config, existing_pr, &outcome, reporter)?;
+        outcome.pull_request = Some(pr);
+    }
+    Ok(outcome)
+}
+
+/// Check the request's own fields; returns the rollout branch of the family.
+fn check_request(req: &RolloutRequest) -> Result<String, RolloutError> {
+    let branch = git::branch_for_family(&req.family).map_err(RolloutError::InvalidRequest)?;
+    req.reference
+        .validate()
+        .map_err(RolloutError::InvalidRequest)?;
+    if let Some(label) = req.labels.iter().find(|l| l.trim().is_empty()) {
+        return Err(RolloutError::InvalidRequest(format!(
+            "empty label {label:?}"
+        )));
+    }
+    Ok(branch)
+}
+
+/// The cluster repository, cloned into a temporary directory (removed on drop).
+struct ClonedRepo {
+    /// The working tree.
+    work: PathBuf,
+    git: Git,
+    /// The repository as messages name it (credentials hidden).
+    location: String,
+    _tmp: tempfile::TempDir,
+}
+
+/// The branch the rollout branch starts from, and the commit it was at.
+struct Base {
+    branch: String,
+    commit: String,
+}
+
+impl ClonedRepo {
+    /// Check the source (a local repository must be clean) and clone it, `base_branch` only
+    /// when given.
+    fn open(
+        repo: &RepoLocation,
+        base_branch: Option<&str>,
+        reporter: &dyn Reporter,
+    ) -> Result<Self, RolloutError> {
+        let url = check_source(repo)?;
+        let location = repo.display();
+        reporter.step(Step::Cloning {
+            location: &location,
+        });
+        let tmp = tempfile::Builder::new()
+            .prefix("webake-rollout-")
+            .tempdir()
+            .map_err(|e| RolloutError::io("create temp dir", std::env::temp_dir(), e))?;
+        let work = tmp.path().join("repo");
+        clone(&url, &work, base_branch, &location)?;
+        Ok(Self {
+            git: Git::new(&work),
+            work,
+            location,
+            _tmp: tmp,
+        })
+    }
+
+    /// Check out the base (`branch`, else the clone's HEAD) detached, fetching it first when
+    /// the single-branch clone did not.
+    fn checkout_base(&self, branch: Option<String>) -> Result<Base, RolloutError> {
+        let branch = match branch {
+            Some(b) => b,
+            None => self
+                .git
+                .run(&git::current_branch_args())?
+                .trim()
+                .to_string(),
+        };
+        let base_ref = format!("refs/remotes/origin/{branch}^{{commit}}");
+        let mut commit = self.git.run_optional(&git::rev_parse_args(&base_ref))?;
+        // A base branch from the config that the single-branch clone did not fetch.
+        if commit.is_none() && self.git.run(&git::fetch_base_args(&branch)).is_ok() {
+            commit = self.git.run_optional(&git::rev_parse_args(&base_ref))?;
+        }
+        let commit = commit.ok_or_else(|| RolloutError::BaseBranchMissing {
+            location: self.location.clone(),
+            branch: branch.clone(),
+        })?;
+        self.git.run(&git::checkout_detached_args(&commit))?;
+        Ok(Base { branch, commit })
+    }
+}
+
+/// The request's rules, else the config's; none at all is an error.
+fn select_rules<'a>(
+    req: &'a RolloutRequest,
+    config: &'a RolloutConfig,
+) -> Result<&'a [Rule], RolloutError> {
+    let rules: &[Rule] = if req.rules.is_empty() {
+        &config.rules
+    } else {
+        &req.rules
+    };
+    if rules.is_empty() {
+        return Err(RolloutError::NoRules {
+            config: req.config_path.clone(),
+        });
+    }
+    Ok(rules)
+}
+
+/// Find the references the rules select, refuse what must not be rolled out (a reference the
+/// cluster could not resolve, a downgrade), and render the change: the outcome of a dry run,
+/// and the new text of each file that changes.
+fn plan_rollout(
+    req: &RolloutRequest,
+    repo: &ClonedRepo,
+    rules: &[Rule],
+    lookup: &dyn ImageLookup,
+    branch: String,
+    base: Base,
+) -> Result<(RolloutOutcome, BTreeMap<String, String>), RolloutError> {
+    let files = read_repo_files(&repo.work)?;
+    let edits = plan::plan(&files, rules, &req.reference, &req.family)?;
+    if edits.is_empty() {
+        return Err(RolloutError::NoReferenceFound {
+            location: repo.location.clone(),
+            family: req.family.clone(),
+            rules: rules
+                .iter()
+                .map(Rule::describe)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    review::check_resolvable(&edits)?;
+    let before_after = review::before_after(&edits, req.image.as_ref(), lookup)?;
+    if !req.allow_downgrade {
+        review::check_not_downgrade(&before_after, req.image.as_ref())?;
+    }
+    let (new_texts, diff) = render_changes(&files, &edits)?;
+    let outcome = RolloutOutcome {
+        branch,
+        base_branch: base.branch,
+        base_commit: base.commit,
+        status: BranchStatus::DryRun,
+        commit: None,
+        changed_files: new_texts.keys().cloned().collect(),
+        diff,
+        title: req
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("Roll out {}", req.display_name())),
+        body: pr_body(req, &edits, &before_after),
+        edits,
+        before_after,
+        pull_request: None,
+    };
+    Ok((outcome, new_texts))
+}
+
+/// The pull request a reviewer closed (unmerged) for this very image, if any.
+fn declined_pull_request(
+    req: &RolloutRequest,
+    forge: &dyn Forge,
+    branch: &str,
+) -> Result<Option<PullRequestOutcome>, RolloutError> {
+    let marker = req.marker();
+    let declined = forge
+        .find_closed_pull_requests(branch)?
+        .into_iter()
+        .find(|pr| !pr.merged && pr.body.contains(&marker));
+    Ok(declined.map(|pr| {
+        tracing::info!(%branch, number = pr.number, "the pull request for this image was closed; not proposing it again");
+        PullRequestOutcome {
+            number: pr.number,
+            url: pr.url,
+            action: PullRequestAction::LeftClosed,
+        }
+    }))
+}
+
+/// Commit the change on the rollout branch, rebuilt from the base; returns the commit.
+fn commit_change(
+    req: &RolloutRequest,
+    repo: &ClonedRepo,
+    outcome: &RolloutOutcome,
+    new_texts: &BTreeMap<String, String>,
+    reporter: &dyn Reporter,
+) -> Result<String, RolloutError> {
+    let git = &repo.git;
+    reporter.step(Step::Committing {
+        branch: &outcome.branch,
+    });
+    git.run(&git::checkout_new_branch_args(&outcome.branch))?;
+    for (path, text) in new_texts {
+        let full = repo.work.join(path);
         std::fs::write(&full, text).map_err(|e| RolloutError::io("write", full, e))?;
     }
     git.run(&git::add_args(&outcome.changed_files))?;
@@ -400,52 +496,68 @@ pub fn rollout_with_forge(
     git.clone()
         .with_env(git::identity_env(&req.author, &req.committer))
         .run(&git::commit_args(&message))?;
-    let commit = git.run(&git::rev_parse_args("HEAD"))?.trim().to_string();
+    Ok(git.run(&git::rev_parse_args("HEAD"))?.trim().to_string())
+}
 
-    // Push, superseding an older rollout of the family.
-    let remote = git::parse_ls_remote(&git.run(&git::ls_remote_branch_args(&branch))?, &branch);
-    let status = match &remote {
-        Some(old) if same_change(&git, &branch, &commit, &base_commit)? => {
+/// Push `commit`, superseding an older rollout of the family, unless the remote branch already
+/// holds this change. Returns what happened to the branch and the commit it holds.
+fn push_branch(
+    git: &Git,
+    outcome: &RolloutOutcome,
+    commit: String,
+    reporter: &dyn Reporter,
+) -> Result<(BranchStatus, String), RolloutError> {
+    let branch = outcome.branch.as_str();
+    let remote = git::parse_ls_remote(&git.run(&git::ls_remote_branch_args(branch))?, branch);
+    match remote {
+        Some(old) if same_change(git, branch, &commit, &outcome.base_commit)? => {
             tracing::info!(%branch, commit = %old, "branch already holds this change");
-            outcome.commit = Some(old.clone());
-            BranchStatus::Unchanged
+            Ok((BranchStatus::Unchanged, old))
         }
         _ => {
-            reporter.step(Step::Pushing { branch: &branch });
-            git.run(&git::push_args(&branch, remote.as_deref()))?;
-            outcome.commit = Some(commit);
-            if remote.is_some() {
+            reporter.step(Step::Pushing { branch });
+            git.run(&git::push_args(branch, remote.as_deref()))?;
+            let status = if remote.is_some() {
                 BranchStatus::Updated
             } else {
                 BranchStatus::Created
-            }
+            };
+            Ok((status, commit))
         }
-    };
-    outcome.status = status;
-
-    if let Some(forge) = forge {
-        reporter.step(Step::PullRequest { branch: &branch });
-        let mut labels = config.labels.clone();
-        for l in &req.labels {
-            if !labels.contains(l) {
-                labels.push(l.clone());
-            }
-        }
-        let spec = PullRequestSpec {
-            head_branch: branch.clone(),
-            base_branch: base_branch.clone(),
-            title: outcome.title.clone(),
-            body: outcome.body.clone(),
-            labels,
-        };
-        let (pr, action) = forge::ensure_pull_request(forge, existing_pr, &spec)?;
-        outcome.pull_request = Some(PullRequestOutcome {
-            number: pr.number,
-            url: pr.url,
-            action,
-        });
     }
-    Ok(outcome)
+}
+
+/// Create the pull request, or update the open one, with the config's and the request's labels.
+fn open_pull_request(
+    req: &RolloutRequest,
+    forge: &dyn Forge,
+    config: &RolloutConfig,
+    existing: Option<PullRequest>,
+    outcome: &RolloutOutcome,
+    reporter: &dyn Reporter,
+) -> Result<PullRequestOutcome, RolloutError> {
+    reporter.step(Step::PullRequest {
+        branch: &outcome.branch,
+    });
+    let mut labels = config.labels.clone();
+    for l in &req.labels {
+        if !labels.contains(l) {
+            labels.push(l.clone());
+        }
+    }
+    let spec = PullRequestSpec {
+        head_branch: outcome.branch.clone(),
+        base_branch: outcome.base_branch.clone(),
+        title: outcome.title.clone(),
+        body: outcome.body.clone(),
+        labels,
+    };
+    let (pr, action) = forge::ensure_pull_request(forge, existing, &spec)?;
+    Ok(PullRequestOutcome {
+        number: pr.number,
+        url: pr.url,
+        action,
+    })
 }
 
 /// Validate a local repository (exists, clean) and return what to clone.
