@@ -406,7 +406,7 @@ pub async fn download_snapshot_to_file(
                         code: None,
                         attempts: 1,
                         elapsed: Duration::ZERO,
-                        transient: true,
+                        ambiguous: true,
                     }))
                 })?
                 .into_bytes();

@@ -21,9 +21,10 @@ pub struct CallError {
     pub code: Option<String>,
     pub attempts: u32,
     pub elapsed: Duration,
-    /// The last failure was throttling, 5xx, a timeout or a connection failure: the call may
-    /// have taken effect although no answer said so.
-    pub transient: bool,
+    /// Some attempt ended without a definite answer (5xx, a timeout, a lost connection): the
+    /// call may have taken effect although no answer said so. Throttling and validation
+    /// errors are definite refusals.
+    pub ambiguous: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,9 +160,9 @@ fn rollback_summary(run_id: &str, removed: &[Resource], leftovers: &[Leftover]) 
 }
 
 impl Error {
-    /// True if the last failure of a call was transient: a create may have taken effect.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Aws(c) if c.transient)
+    /// True if the failed call may have taken effect (see [`CallError::ambiguous`]).
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Error::Aws(c) if c.ambiguous)
     }
 
     /// True if the operation stopped because it was cancelled (maps to exit code 130).
@@ -199,7 +200,7 @@ pub(crate) fn aws_error<E>(
     e: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
     attempts: u32,
     elapsed: Duration,
-    transient: bool,
+    ambiguous: bool,
 ) -> Error
 where
     E: std::error::Error + aws_sdk_ec2::error::ProvideErrorMetadata + Send + Sync + 'static,
@@ -213,7 +214,7 @@ where
         code: e.code().map(str::to_string),
         attempts,
         elapsed,
-        transient,
+        ambiguous,
     }))
 }
 

@@ -135,11 +135,11 @@ impl InFlight<'_> {
         self.done = true;
     }
 
-    /// The create failed with `e`. Only a definite refusal (validation, permissions, a
-    /// conflict) proves nothing was created; a transient failure or a stop between attempts
-    /// leaves the create uncertain.
+    /// The create failed with `e`. Definite refusals (throttling, validation, permissions)
+    /// prove nothing was created; an attempt without a definite answer (5xx, timeout) or a
+    /// stop between attempts leaves the create uncertain.
     pub(crate) fn failed(mut self, e: &Error) {
-        let ambiguous = e.is_transient() || matches!(e, Error::Cancelled);
+        let ambiguous = e.is_ambiguous() || matches!(e, Error::Cancelled);
         self.done = !ambiguous;
     }
 }
@@ -251,6 +251,9 @@ impl Ledger {
                 .filter(|r| r.kind == ResourceKind::Snapshot)
                 .cloned(),
         );
+        // Snapshots are deleted only after every AMI of the run is deregistered, including
+        // those found by tag below: a snapshot an AMI still uses cannot be deleted.
+        let mut deleted: BTreeSet<Resource> = BTreeSet::new();
 
         // Creates whose answer was lost carry the run tag: find them in every region.
         let uncertain = lock(&self.uncertain).clone();
@@ -265,7 +268,9 @@ impl Ledger {
                 match find_run_resources(&clients, caller, &self.run_id, &self.name).await {
                     Ok(found) => {
                         for r in found {
-                            let known = handled.contains(&r) || snapshots.contains(&r);
+                            let known = handled.contains(&r)
+                                || deleted.contains(&r)
+                                || snapshots.contains(&r);
                             pending.retain(|u| u.kind != r.kind || known);
                             if known {
                                 continue;
@@ -326,28 +331,49 @@ impl Ledger {
             }
         }
 
-        let mut seen = BTreeSet::new();
-        for s in snapshots {
-            if !seen.insert(s.clone()) {
-                continue;
-            }
-            let clients = session.region(&s.region);
-            let caller = clients.caller(reporter, &stop);
-            reporter.step(&s.region, &format!("rolling back: deleting {}", s.id));
-            match delete_snapshot(&clients, caller, &s.id).await {
-                Ok(()) => removed.push(s),
-                Err(e) => {
-                    tracing::error!(snapshot = %s, "rollback: {e}");
-                    leftovers.push(Leftover {
-                        region: s.region.clone(),
-                        kind: s.kind,
-                        id: Some(s.id.clone()),
-                        reason: e.to_string(),
-                    });
-                }
+        delete_snapshots(
+            session,
+            reporter,
+            &stop,
+            &mut snapshots,
+            &mut deleted,
+            &mut removed,
+            &mut leftovers,
+        )
+        .await;
+        (removed, leftovers)
+    }
+}
+
+/// Delete every snapshot in `pending` not yet in `done` (moving them there).
+async fn delete_snapshots(
+    session: &Session,
+    reporter: &dyn Reporter,
+    stop: &Stop,
+    pending: &mut Vec<Resource>,
+    done: &mut BTreeSet<Resource>,
+    removed: &mut Vec<Resource>,
+    leftovers: &mut Vec<Leftover>,
+) {
+    for s in std::mem::take(pending) {
+        if !done.insert(s.clone()) {
+            continue;
+        }
+        let clients = session.region(&s.region);
+        let caller = clients.caller(reporter, stop);
+        reporter.step(&s.region, &format!("rolling back: deleting {}", s.id));
+        match delete_snapshot(&clients, caller, &s.id).await {
+            Ok(()) => removed.push(s),
+            Err(e) => {
+                tracing::error!(snapshot = %s, "rollback: {e}");
+                leftovers.push(Leftover {
+                    region: s.region.clone(),
+                    kind: s.kind,
+                    id: Some(s.id.clone()),
+                    reason: e.to_string(),
+                });
             }
         }
-        (removed, leftovers)
     }
 }
 

@@ -103,6 +103,31 @@ const TRANSIENT_CODES: &[&str] = &[
     "TooManyRequestsException",
 ];
 
+/// Codes of definite refusals among the transient ones: the call did not take effect.
+const THROTTLE_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottledException",
+    "ConcurrentLimitExceededException",
+    "TooManyRequestsException",
+    "InsufficientInstanceCapacity",
+];
+
+/// Whether a failed attempt may have taken effect: no definite answer came back.
+fn ambiguous<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(se) => {
+            se.raw().status().is_server_error()
+                && !se.err().code().is_some_and(|c| THROTTLE_CODES.contains(&c))
+        }
+        _ => false,
+    }
+}
+
 /// Codes that mean the resource (AMI or snapshot) is unknown.
 pub(crate) const NOT_FOUND_CODES: &[&str] = &[
     "InvalidAMIID.NotFound",
@@ -174,12 +199,14 @@ impl Caller<'_> {
     {
         let started = Instant::now();
         let mut attempt = 1;
+        let mut unanswered = false;
         loop {
             self.stop.check()?;
             let e = match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            unanswered |= ambiguous(&e);
             let class = classify(&e);
             let code = e.code().map(str::to_string);
             let retryable = match class {
@@ -197,7 +224,7 @@ impl Caller<'_> {
                     &e,
                     attempt,
                     started.elapsed(),
-                    class == Class::Transient,
+                    unanswered,
                 ));
             }
             let delay = jitter(self.policy.delay(attempt));

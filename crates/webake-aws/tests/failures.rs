@@ -12,9 +12,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{
-    COPY, COPY2, Canned, Counting, Env, HOME, env, env_with, fast_timing, make_disk, request,
-};
+use common::{COPY, COPY2, Canned, Counting, Env, HOME, env, make_disk, request};
 use webake_aws::{
     Architecture, BootMode, Error, ImagePlatform, NoReporter, Publication, PublishRequest,
     ResourceKind, SweepScope, TAG_RUN,
@@ -360,16 +358,48 @@ async fn case4_a_copy_in_flight_when_another_fails_is_recorded_and_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn case4_delete_snapshot_in_use_after_deregister_is_retried() {
-    // A longer budget than the other tests (20 attempts, 1.9 s), so the snapshot stays in
-    // use for a good part of it.
-    let mut timing = fast_timing();
-    timing.retry.attempts = 20;
-    let env = env_with(timing).await;
+async fn case4_cancelling_awaits_the_copy_in_flight_and_removes_it() {
+    let env = env().await;
     let disk = env.dir.path().join("disk.raw");
     make_disk(&disk, 2);
     env.proxy
-        .set_in_use_after_deregister(Duration::from_secs(1));
+        .delay("CopyImage", COPY, Duration::from_millis(800), Some(1));
+    let req = request(&disk, "bake-c4f", "webake-c4f-1");
+    // Ctrl-C while CopyImage is on its way (held 0.8 s by the proxy).
+    let proxy = &env.proxy;
+    let cancelled = async {
+        while proxy.ops_in("CopyImage", COPY).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let err = webake_aws::publish_until(&env.session, &req, &NoReporter, cancelled)
+        .await
+        .unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    let Error::RolledBack {
+        removed, leftovers, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(
+        removed
+            .iter()
+            .any(|r| r.region == COPY && r.kind == ResourceKind::Image),
+        "the copy answered after the cancel was recorded and removed: {removed:?}"
+    );
+    env.proxy.assert_nothing_left(&[HOME, COPY], &req.bake_id);
+    env.proxy.assert_contract_kept();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case4_delete_snapshot_in_use_after_deregister_is_retried() {
+    let env = env().await;
+    let disk = env.dir.path().join("disk.raw");
+    make_disk(&disk, 2);
+    // Each snapshot of a deregistered AMI is refused as in use 5 times.
+    env.proxy.set_in_use_after_deregister(5);
     // Sharing is the last step: by then both regions have an AMI and a snapshot.
     env.proxy.fail("ModifySnapshotAttribute", None, || {
         Canned::ec2_error(400, "InvalidParameterValue")
@@ -382,7 +412,10 @@ async fn case4_delete_snapshot_in_use_after_deregister_is_retried() {
         .iter()
         .filter(|r| r.faulted)
         .count();
-    assert!(in_use > 0, "DeleteSnapshot met InvalidSnapshot.InUse");
+    assert_eq!(
+        in_use, 10,
+        "both snapshots met InvalidSnapshot.InUse 5 times"
+    );
     env.proxy.clear_rules();
     publish_ok(&env, &req).await;
     env.proxy.assert_contract_kept();

@@ -27,7 +27,27 @@ use common::*;
 
 /// `webake …` with dummy credentials and nothing from the host's AWS configuration.
 fn aws_cmd(env: &Env, endpoint: &str) -> Command {
-    let mut c = env.cmd();
+    with_aws_env(env.cmd(), env, endpoint)
+}
+
+/// `webake clean …` on `env`'s catalog and data, but with a private empty cache: `clean`
+/// also removes the cache's staging entries of bakes its catalog does not know as running,
+/// and the tests share one cache (another test may be baking into it right now).
+fn clean_cmd(env: &Env, endpoint: &str) -> Command {
+    let cache = env.path().join("clean-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_webake"));
+    c.arg("--data-dir")
+        .arg(&env.data)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--catalog")
+        .arg(&env.catalog)
+        .current_dir(repo_root());
+    with_aws_env(c, env, endpoint)
+}
+
+fn with_aws_env(mut c: Command, env: &Env, endpoint: &str) -> Command {
     for k in [
         "AWS_PROFILE",
         "AWS_DEFAULT_PROFILE",
@@ -288,7 +308,7 @@ fn publish_locally_and_to_moto_idempotently() {
         if dry {
             args.push("--dry-run");
         }
-        run(aws_cmd(&env, &proxy.url()), &args)
+        run(clean_cmd(&env, &proxy.url()), &args)
     };
     let o = clean(true);
     assert!(o.status.success(), "clean --aws --dry-run: {}", text(&o));

@@ -23,7 +23,7 @@
 //! - the AMI's root snapshot: moto's RegisterImage invents its own; DescribeImages answers
 //!   are rewritten to name the snapshot that was registered;
 //! - `InvalidSnapshot.InUse` for a snapshot used by a registered AMI, and optionally for a
-//!   window after that AMI was deregistered (moto deletes it);
+//!   few calls after that AMI was deregistered (moto deletes it at once);
 //! - `ListSnapshotBlocks` block indexes as integers (moto: strings).
 //!
 //! Faults: canned answers (N times or during a time window), a lost answer (forwarded, then
@@ -353,14 +353,14 @@ struct ModelImage {
 struct Model {
     snapshots: BTreeMap<String, EbsSnapshot>,
     images: BTreeMap<String, ModelImage>,
-    /// snapshot -> when the AMI using it was deregistered
-    released: BTreeMap<String, Instant>,
+    /// snapshot -> DeleteSnapshot calls still refused since the AMI using it was deregistered
+    released: BTreeMap<String, usize>,
     /// (region, op, token) -> raw upstream answer
     tokens: BTreeMap<(String, String, String), Vec<u8>>,
     /// moto's invented snapshot id -> the registered one (rewritten in DescribeImages)
     snapshot_alias: BTreeMap<String, String>,
     invisible_after_start: Duration,
-    in_use_after_deregister: Duration,
+    in_use_after_deregister: usize,
 }
 
 /// A resource created through the proxy.
@@ -515,10 +515,11 @@ impl Proxy {
         self.lock().model.invisible_after_start = window;
     }
 
-    /// Model: DeleteSnapshot answers `InvalidSnapshot.InUse` for `window` after the AMI using
-    /// the snapshot was deregistered.
-    pub fn set_in_use_after_deregister(&self, window: Duration) {
-        self.lock().model.in_use_after_deregister = window;
+    /// Model: EC2 takes a moment to release the snapshots of a deregistered AMI; here the
+    /// next `calls` DeleteSnapshot calls of each answer `InvalidSnapshot.InUse` (a count, so
+    /// tests do not depend on timing).
+    pub fn set_in_use_after_deregister(&self, calls: usize) {
+        self.lock().model.in_use_after_deregister = calls;
     }
 
     pub fn clear_rules(&self) {
@@ -1038,18 +1039,20 @@ fn pre_model(req: &Req, upstream: u16, state: &Mutex<ProxyState>) -> Option<Cann
         "DeleteSnapshot" => {
             let form = req.form();
             let snap = form.get("SnapshotId")?;
-            let s = lock();
+            let mut s = lock();
             let user = s
                 .model
                 .images
                 .iter()
                 .find(|(_, i)| i.region == req.region && i.snapshots.contains(snap))
                 .map(|(id, _)| id.clone());
-            let released = s
-                .model
-                .released
-                .get(snap)
-                .is_some_and(|t| t.elapsed() < s.model.in_use_after_deregister);
+            let released = match s.model.released.get_mut(snap) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
             match (user, released) {
                 (Some(ami), _) => Some(Canned::ec2_error_msg(
                     400,
@@ -1289,8 +1292,9 @@ fn deregistered(upstream: u16, req: &Req, ami: &str, state: &Mutex<ProxyState>) 
             );
         }
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let calls = s.model.in_use_after_deregister;
         for snap in image.snapshots {
-            s.model.released.insert(snap, Instant::now());
+            s.model.released.insert(snap, calls);
         }
     }
 }
