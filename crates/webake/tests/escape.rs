@@ -466,3 +466,118 @@ fn escape_attempts_change_nothing_on_the_host() {
     drop(lo);
     drop(imds);
 }
+
+/// Host mode: the Ansible controller runs from the host's installation, but in the sandbox. A
+/// play for `localhost` is the controller's own view (a private tmpfs with the host's /usr
+/// and /etc read-only), never the build host.
+#[test]
+fn a_localhost_play_in_host_mode_stays_in_the_controllers_sandbox() {
+    require_bake_capabilities();
+    assert!(
+        which("ansible-playbook"),
+        "host mode needs ansible on the host"
+    );
+    let env = Env::new();
+    let canaries = tempfile::Builder::new()
+        .prefix("escape-canary-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let c = canaries.path().display().to_string();
+    std::fs::write(canaries.path().join("file"), "canary\n").unwrap();
+    let before = snapshot(canaries.path());
+    let dir = env.path().join("pb");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("site.yml"),
+        format!(
+            "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n    - file: {{path: {c}, state: directory}}\n    - copy: {{dest: {c}/file, content: \"escaped\\n\"}}\n    - copy: {{dest: {c}/new, content: \"escaped\\n\"}}\n    - shell: echo controller sees $(ls /home 2>&1 | wc -l) home entries\n- hosts: all\n  gather_facts: false\n  tasks:\n    - raw: echo ok > /etc/from-host-mode\n"
+        ),
+    )
+    .unwrap();
+    let r = env.recipe(
+        "hostmode",
+        &format!(
+            "version: 1\nimage:\n  name: hostmode\n{BASE}provisioners:\n  - ansible:\n      playbook_file: pb/site.yml\n"
+        ),
+    );
+    let o = env.run(&["bake", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        snapshot(canaries.path()),
+        before,
+        "a localhost play changed the build host"
+    );
+    let imgs = env.images_json();
+    let raw = PathBuf::from(artifact_path(&imgs[0], "raw"));
+    assert_eq!(
+        cat_in_image(&raw, "/etc/from-host-mode").as_deref(),
+        Some("ok\n"),
+        "the play for the image did not reach it"
+    );
+}
+
+/// `webake lint DISK` extracts a disk someone else made: a crafted one (a symlink to a host
+/// canary, then a setuid file of the same name: what made `debugfs rdump` overwrite and chmod
+/// host files) is refused, naming the entry, and the canary stays as it was.
+#[test]
+fn lint_of_a_crafted_disk_refuses_it_and_never_writes_on_the_host() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let canaries = tempfile::Builder::new()
+        .prefix("escape-canary-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let canary = canaries.path().join("canary");
+    std::fs::write(&canary, "host canary\n").unwrap();
+    let before = snapshot(canaries.path());
+    let src = env.path().join("src");
+    for d in ["etc", "usr/bin"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("etc/os-release"), "ID=debian\n").unwrap();
+    std::os::unix::fs::symlink(&canary, src.join("victim")).unwrap();
+    std::fs::write(src.join("xictim"), "pwned\n").unwrap();
+    std::fs::set_permissions(
+        src.join("xictim"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    let img = env.path().join("crafted.img");
+    run_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-O",
+            "^metadata_csum,^dir_index",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    // Rename `xictim` to `victim` in the root directory block: two entries named `victim`,
+    // the symlink first.
+    let mut b = std::fs::read(&img).unwrap();
+    let hits: Vec<usize> = b
+        .windows(6)
+        .enumerate()
+        .filter(|(_, w)| *w == b"xictim")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "the name appears once");
+    b[hits[0]] = b'v';
+    std::fs::write(&img, b).unwrap();
+
+    let o = env.run(&["lint", img.to_str().unwrap()]);
+    let all = text(&o);
+    assert!(
+        !o.status.success(),
+        "a crafted disk was linted as clean: {all}"
+    );
+    assert!(all.contains("duplicate") && all.contains("victim"), "{all}");
+    assert_eq!(
+        snapshot(canaries.path()),
+        before,
+        "extraction wrote on the host"
+    );
+}
