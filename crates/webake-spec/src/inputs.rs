@@ -3,18 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::RecipePath;
 use crate::locate::{Seg, join, key};
 use crate::model::*;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Want {
+pub(crate) enum Want {
     File,
     Dir,
     Any,
 }
 
 /// Every recipe path with its field path and what it must be.
-fn paths<'a>(r: &'a Recipe) -> Vec<(Vec<Seg>, &'a str, Want)> {
+fn paths(r: &Recipe) -> Vec<(Vec<Seg>, &str, Want)> {
     let mut out = Vec::new();
     if let Base::Mmdebstrap(m) = &r.base {
         for (i, k) in m.keyrings.iter().enumerate() {
@@ -32,67 +33,115 @@ fn paths<'a>(r: &'a Recipe) -> Vec<(Vec<Seg>, &'a str, Want)> {
     }
     for (i, p) in r.provisioners.iter().enumerate() {
         let base = vec![key("provisioners"), Seg::Index(i), key(p.kind())];
-        let at = |k: &str, idx: Option<usize>| {
-            let mut v = join(&base, [key(k)]);
-            v.extend(idx.map(Seg::Index));
-            v
-        };
-        let mut add = |k: &str, idx: Option<usize>, rp: &'a str, w: Want| {
-            out.push((at(k, idx), rp, w));
-        };
-        match p {
-            Provisioner::Shell(s) => {
-                if let Some(sc) = &s.script {
-                    add("script", None, sc.as_str(), Want::File);
-                }
-            }
-            Provisioner::File(f) => add("source", None, f.source.as_str(), Want::Any),
-            Provisioner::AnsibleLocal(a) => {
-                for (j, p) in playbooks(&a.playbook_file) {
-                    add("playbook_file", j, p.as_str(), Want::File);
-                }
-                for (k, v, w) in [
-                    ("playbook_dir", &a.playbook_dir, Want::Dir),
-                    ("group_vars", &a.group_vars, Want::Dir),
-                    ("host_vars", &a.host_vars, Want::Dir),
-                    ("galaxy_file", &a.galaxy_file, Want::File),
-                ] {
-                    if let Some(v) = v {
-                        add(k, None, v.as_str(), w);
-                    }
-                }
-                for (j, p) in a.role_paths.iter().enumerate() {
-                    add("role_paths", Some(j), p.as_str(), Want::Dir);
-                }
-                for (j, p) in a.collection_paths.iter().enumerate() {
-                    add("collection_paths", Some(j), p.as_str(), Want::Dir);
-                }
-            }
-            Provisioner::Ansible(a) => {
-                for (j, p) in playbooks(&a.playbook_file) {
-                    add("playbook_file", j, p.as_str(), Want::File);
-                }
-                for (k, v) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars)] {
-                    if let Some(v) = v {
-                        add(k, None, v.as_str(), Want::Dir);
-                    }
-                }
-                for (j, p) in a.role_paths.iter().enumerate() {
-                    add("role_paths", Some(j), p.as_str(), Want::Dir);
-                }
-                for (j, p) in a.collection_paths.iter().enumerate() {
-                    add("collection_paths", Some(j), p.as_str(), Want::Dir);
-                }
-            }
+        for sp in step_paths(p) {
+            out.push((sp.field_path(&base), sp.path.as_str(), sp.want));
         }
     }
     out
 }
 
+/// A recipe path named by a step.
+pub(crate) struct StepPath<'a> {
+    /// The step's field, and the index when the field is a list.
+    pub field: &'static str,
+    pub index: Option<usize>,
+    pub path: &'a RecipePath,
+    pub want: Want,
+}
+
+impl StepPath<'_> {
+    /// Where the path is written, below the step's `base` path.
+    pub fn field_path(&self, base: &[Seg]) -> Vec<Seg> {
+        let mut v = join(base, [key(self.field)]);
+        v.extend(self.index.map(Seg::Index));
+        v
+    }
+}
+
+/// Every recipe path a step names, in the order of its fields.
+pub(crate) fn step_paths(p: &Provisioner) -> Vec<StepPath<'_>> {
+    match p {
+        Provisioner::Shell(s) => s
+            .script
+            .iter()
+            .map(|sc| StepPath {
+                field: "script",
+                index: None,
+                path: sc,
+                want: Want::File,
+            })
+            .collect(),
+        Provisioner::File(f) => vec![StepPath {
+            field: "source",
+            index: None,
+            path: &f.source,
+            want: Want::Any,
+        }],
+        Provisioner::AnsibleLocal(a) => ansible_paths(
+            &a.playbook_file,
+            [
+                ("playbook_dir", &a.playbook_dir, Want::Dir),
+                ("group_vars", &a.group_vars, Want::Dir),
+                ("host_vars", &a.host_vars, Want::Dir),
+                ("galaxy_file", &a.galaxy_file, Want::File),
+            ],
+            &a.role_paths,
+            &a.collection_paths,
+        ),
+        Provisioner::Ansible(a) => ansible_paths(
+            &a.playbook_file,
+            [
+                ("group_vars", &a.group_vars, Want::Dir),
+                ("host_vars", &a.host_vars, Want::Dir),
+            ],
+            &a.role_paths,
+            &a.collection_paths,
+        ),
+    }
+}
+
+/// The paths of an ansible step (either kind): the playbooks, the optional single paths, then
+/// the role and collection directories.
+fn ansible_paths<'a, const N: usize>(
+    playbook_file: &'a OneOrMany<RecipePath>,
+    optional: [(&'static str, &'a Option<RecipePath>, Want); N],
+    role_paths: &'a [RecipePath],
+    collection_paths: &'a [RecipePath],
+) -> Vec<StepPath<'a>> {
+    let playbooks = playbooks(playbook_file)
+        .into_iter()
+        .map(|(index, path)| StepPath {
+            field: "playbook_file",
+            index,
+            path,
+            want: Want::File,
+        });
+    let optional = optional.into_iter().filter_map(|(field, p, want)| {
+        Some(StepPath {
+            field,
+            index: None,
+            path: p.as_ref()?,
+            want,
+        })
+    });
+    let dirs = [
+        ("role_paths", role_paths),
+        ("collection_paths", collection_paths),
+    ]
+    .into_iter()
+    .flat_map(|(field, list)| {
+        list.iter().enumerate().map(move |(j, path)| StepPath {
+            field,
+            index: Some(j),
+            path,
+            want: Want::Dir,
+        })
+    });
+    playbooks.chain(optional).chain(dirs).collect()
+}
+
 /// The playbooks of a step, with their index when there are several.
-pub(crate) fn playbooks(
-    pb: &OneOrMany<crate::RecipePath>,
-) -> Vec<(Option<usize>, &crate::RecipePath)> {
+fn playbooks(pb: &OneOrMany<RecipePath>) -> Vec<(Option<usize>, &RecipePath)> {
     match pb {
         OneOrMany::One(p) => vec![(None, p)],
         OneOrMany::Many(v) => v.iter().enumerate().map(|(j, p)| (Some(j), p)).collect(),

@@ -484,22 +484,19 @@ fn step(rep: &mut Report, i: usize, p: &Provisioner, allow_out: bool) {
     if let Some(n) = p.name() {
         rep.check(at("name"), no_control("a step name", n));
     }
-    let path = |rep: &mut Report, k: &str, idx: Option<usize>, rp: &RecipePath| {
-        let mut p = at(k);
-        p.extend(idx.map(Seg::Index));
-        rep.check(p, check_path(rp, allow_out));
-    };
+    if let Provisioner::Shell(s) = p
+        && s.inline.is_empty() == s.script.is_none()
+    {
+        rep.err(
+            base.clone(),
+            "a shell step needs exactly one of `inline` or `script`",
+        );
+    }
+    for sp in crate::inputs::step_paths(p) {
+        rep.check(sp.field_path(&base), check_path(sp.path, allow_out));
+    }
     match p {
         Provisioner::Shell(s) => {
-            if s.inline.is_empty() == s.script.is_none() {
-                rep.err(
-                    base.clone(),
-                    "a shell step needs exactly one of `inline` or `script`",
-                );
-            }
-            if let Some(sc) = &s.script {
-                path(rep, "script", None, sc);
-            }
             for k in s.env.keys() {
                 rep.check(join(&at("env"), [key(k)]), check_env_name(k));
             }
@@ -507,95 +504,14 @@ fn step(rep: &mut Report, i: usize, p: &Provisioner, allow_out: bool) {
                 rep.check(join(&at("secret_env"), [Seg::Index(j)]), check_env_name(k));
             }
         }
-        Provisioner::File(f) => {
-            path(rep, "source", None, &f.source);
-            if let Err(e) = no_control("a destination", &f.destination) {
-                rep.err(at("destination"), e);
-            } else if !f.destination.starts_with('/') {
-                rep.err(
-                    at("destination"),
-                    format!(
-                        "expected an absolute path inside the image, found {:?}",
-                        f.destination
-                    ),
-                );
-            } else if f.destination.split('/').any(|c| c == "..") {
-                rep.err(
-                    at("destination"),
-                    format!(
-                        "expected a destination without '..', found {:?}",
-                        f.destination
-                    ),
-                );
-            }
-            if let Some(m) = &f.mode
-                && u32::from_str_radix(m, 8)
-                    .map(|v| v > 0o7777)
-                    .unwrap_or(true)
-            {
-                rep.err(
-                    at("mode"),
-                    format!("expected an octal mode like \"0644\", found {m:?}"),
-                );
-            }
-            if let Some(o) = &f.owner {
-                let ok = o.split(':').count() <= 2
-                    && o.split(':').all(|p| {
-                        !p.is_empty()
-                            && p.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                    });
-                if !ok {
-                    rep.err(
-                        at("owner"),
-                        format!("expected `user` or `user:group` as owner, found {o:?}"),
-                    );
-                }
-            }
-        }
-        Provisioner::AnsibleLocal(a) => {
-            for (j, pb) in crate::inputs::playbooks(&a.playbook_file) {
-                path(rep, "playbook_file", j, pb);
-            }
-            for (k, v) in [
-                ("playbook_dir", &a.playbook_dir),
-                ("group_vars", &a.group_vars),
-                ("host_vars", &a.host_vars),
-                ("galaxy_file", &a.galaxy_file),
-            ] {
-                if let Some(v) = v {
-                    path(rep, k, None, v);
-                }
-            }
-            for (j, p) in a.role_paths.iter().enumerate() {
-                path(rep, "role_paths", Some(j), p);
-            }
-            for (j, p) in a.collection_paths.iter().enumerate() {
-                path(rep, "collection_paths", Some(j), p);
-            }
-            for (j, g) in a.inventory_groups.iter().enumerate() {
-                rep.check(
-                    join(&at("inventory_groups"), [Seg::Index(j)]),
-                    check_inventory_group(g),
-                );
-            }
-        }
-        Provisioner::Ansible(a) => {
-            for (j, pb) in crate::inputs::playbooks(&a.playbook_file) {
-                path(rep, "playbook_file", j, pb);
-            }
-            for (k, v) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars)] {
-                if let Some(v) = v {
-                    path(rep, k, None, v);
-                }
-            }
-            for (j, p) in a.role_paths.iter().enumerate() {
-                path(rep, "role_paths", Some(j), p);
-            }
-            for (j, p) in a.collection_paths.iter().enumerate() {
-                path(rep, "collection_paths", Some(j), p);
-            }
-            for (j, g) in a.inventory_groups.iter().enumerate() {
+        Provisioner::File(f) => file_step(rep, &base, f),
+        Provisioner::AnsibleLocal(AnsibleLocalStep {
+            inventory_groups, ..
+        })
+        | Provisioner::Ansible(AnsibleStep {
+            inventory_groups, ..
+        }) => {
+            for (j, g) in inventory_groups.iter().enumerate() {
                 rep.check(
                     join(&at("inventory_groups"), [Seg::Index(j)]),
                     check_inventory_group(g),
@@ -603,6 +519,58 @@ fn step(rep: &mut Report, i: usize, p: &Provisioner, allow_out: bool) {
             }
         }
     }
+}
+
+/// A file step's destination, mode and owner (its source is a recipe path).
+fn file_step(rep: &mut Report, base: &[Seg], f: &FileStep) {
+    let at = |k: &str| join(base, [key(k)]);
+    if let Err(e) = no_control("a destination", &f.destination) {
+        rep.err(at("destination"), e);
+    } else if !f.destination.starts_with('/') {
+        rep.err(
+            at("destination"),
+            format!(
+                "expected an absolute path inside the image, found {:?}",
+                f.destination
+            ),
+        );
+    } else if f.destination.split('/').any(|c| c == "..") {
+        rep.err(
+            at("destination"),
+            format!(
+                "expected a destination without '..', found {:?}",
+                f.destination
+            ),
+        );
+    }
+    if let Some(m) = &f.mode
+        && u32::from_str_radix(m, 8)
+            .map(|v| v > 0o7777)
+            .unwrap_or(true)
+    {
+        rep.err(
+            at("mode"),
+            format!("expected an octal mode like \"0644\", found {m:?}"),
+        );
+    }
+    if let Some(o) = &f.owner
+        && !is_owner(o)
+    {
+        rep.err(
+            at("owner"),
+            format!("expected `user` or `user:group` as owner, found {o:?}"),
+        );
+    }
+}
+
+/// `user` or `user:group`, names of letters, digits, `_` and `-`.
+fn is_owner(o: &str) -> bool {
+    o.split(':').count() <= 2
+        && o.split(':').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
 }
 
 #[cfg(test)]

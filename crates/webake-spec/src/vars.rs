@@ -4,15 +4,18 @@
 //! later file wins over an earlier one), the environment (`WEBAKE_VAR_NAME`, the name exactly
 //! as declared), the declaration's `default`. A variable without any value is an error.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::locate::{Seg, key, render_path};
-use crate::model::{Provisioner, Recipe, VarType, VariableSpec};
+use crate::locate::{Seg, join, key, render_path};
+use crate::model::{
+    AnsibleLocalStep, AnsibleStep, Provisioner, Recipe, VarType, VarValidation, VariableSpec,
+};
 use crate::suggest::{did_you_mean, list, unknown};
 use crate::template::VersionTemplate;
-use crate::yaml::{Kind, Pos, Tree};
+use crate::yaml::{Entry, Kind, Pos, Tree};
 
 /// Environment variables named `WEBAKE_VAR_<name>` set variable `<name>`.
 pub const ENV_PREFIX: &str = "WEBAKE_VAR_";
@@ -158,6 +161,24 @@ struct Rule {
 }
 
 impl Rule {
+    /// The rule of a `validation:`; the error is the regex crate's reason.
+    fn new(v: &VarValidation) -> Result<Self, String> {
+        let built = |re: &str| regex::RegexBuilder::new(re).size_limit(1 << 20).build();
+        // The user's pattern alone first, so that a syntax error quotes what they wrote.
+        match built(&v.regex).and_then(|_| built(&format!("^(?:{})$", v.regex))) {
+            Ok(regex) => Ok(Rule {
+                regex,
+                pattern: v.regex.clone(),
+                message: v.message.clone(),
+            }),
+            Err(e) => {
+                let e = e.to_string();
+                let why = e.lines().last().unwrap_or_default().trim();
+                Err(why.strip_prefix("error: ").unwrap_or(why).to_string())
+            }
+        }
+    }
+
     fn check(&self, name: &str, v: &str) -> Result<(), String> {
         if self.regex.is_match(v) {
             return Ok(());
@@ -193,131 +214,164 @@ pub(crate) fn resolve(
     inputs: &VarInputs,
     read_file: &dyn Fn(&Path) -> Result<String, crate::SpecError>,
 ) -> Result<Resolution, crate::SpecError> {
-    let mut findings = Vec::new();
-    let mut warnings = Vec::new();
+    let mut r = Resolver::new(decls, recipe_file);
+    for (name, d) in decls {
+        r.declaration(name, d);
+    }
+    // Lowest precedence first: later values replace earlier ones.
+    r.environment(&inputs.env);
+    for f in &inputs.files {
+        r.var_file(f, read_file)?;
+    }
+    for (k, v) in &inputs.cli {
+        let place = Place::Origin(format!("--var {k}"));
+        r.accept(k, v.clone(), VarOrigin::CommandLine, place);
+    }
+    Ok(r.finish(declared_names(decls, tree)))
+}
+
+/// Every declared name, including declarations that failed to parse (still in the tree).
+fn declared_names(decls: &BTreeMap<String, VariableSpec>, tree: &Tree) -> BTreeSet<String> {
     let mut declared: BTreeSet<String> = decls.keys().cloned().collect();
     if let Some(n) = tree.get(&[key("variables")])
         && let Kind::Map(es) = &n.kind
     {
         declared.extend(es.iter().map(|e| e.key.clone()));
     }
-    let vpath = |n: &str, rest: &[&str]| {
-        let mut p = vec![key("variables"), key(n)];
-        p.extend(rest.iter().map(|k| key(k)));
-        p
-    };
-    let mut rules: BTreeMap<&str, Rule> = BTreeMap::new();
-    let mut chosen: BTreeMap<&str, (String, VarOrigin)> = BTreeMap::new();
-    for (name, d) in decls {
+    declared
+}
+
+/// `variables.NAME`, then `rest`.
+fn var_path(name: &str, rest: &[&str]) -> Vec<Seg> {
+    let mut p = vec![key("variables"), key(name)];
+    p.extend(rest.iter().map(|k| key(k)));
+    p
+}
+
+/// [`resolve`] under way: the validation rules, the value chosen so far for each variable, and
+/// what was found wrong.
+struct Resolver<'a> {
+    decls: &'a BTreeMap<String, VariableSpec>,
+    recipe_file: &'a Path,
+    rules: BTreeMap<&'a str, Rule>,
+    chosen: BTreeMap<&'a str, (String, VarOrigin)>,
+    findings: Vec<Finding>,
+    warnings: Vec<Finding>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(decls: &'a BTreeMap<String, VariableSpec>, recipe_file: &'a Path) -> Self {
+        Self {
+            decls,
+            recipe_file,
+            rules: BTreeMap::new(),
+            chosen: BTreeMap::new(),
+            findings: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Check a declaration: its name, its validation regex (kept as a rule), and its default
+    /// (the value unless a later input gives one).
+    fn declaration(&mut self, name: &'a str, d: &VariableSpec) {
         if !is_name(name) {
-            findings.push(at(
-                vpath(name, &[]),
+            self.findings.push(at(
+                var_path(name, &[]),
                 format!(
                     "expected a variable name made of letters, digits and `_` (starting with a letter or `_`), found {name:?}"
                 ),
             ));
-            continue;
+            return;
         }
         if let Some(v) = &d.validation {
-            let built = |re: &str| regex::RegexBuilder::new(re).size_limit(1 << 20).build();
-            // The user's pattern alone first, so that a syntax error quotes what they wrote.
-            match built(&v.regex).and_then(|_| built(&format!("^(?:{})$", v.regex))) {
-                Ok(regex) => {
-                    rules.insert(
-                        name,
-                        Rule {
-                            regex,
-                            pattern: v.regex.clone(),
-                            message: v.message.clone(),
-                        },
-                    );
+            match Rule::new(v) {
+                Ok(rule) => {
+                    self.rules.insert(name, rule);
                 }
-                Err(e) => {
-                    let e = e.to_string();
-                    let why = e.lines().last().unwrap_or_default().trim();
-                    let why = why.strip_prefix("error: ").unwrap_or(why);
-                    findings.push(at(
-                        vpath(name, &["validation", "regex"]),
-                        format!("expected a regular expression, found `{}`: {why}", v.regex),
-                    ));
-                }
+                Err(why) => self.findings.push(at(
+                    var_path(name, &["validation", "regex"]),
+                    format!("expected a regular expression, found `{}`: {why}", v.regex),
+                )),
             }
         }
         if let Some(def) = &d.default {
-            let checked = check_value(d.kind, &def.0)
-                .map_err(|m| format!("the default of {} variable `{name}`: {m}", d.kind.as_str()))
-                .and_then(|()| {
-                    rules
-                        .get(name.as_str())
-                        .map_or(Ok(()), |r| r.check(name, &def.0))
-                });
-            match checked {
+            match self.check(name, d, &def.0, "the default of ") {
                 Ok(()) => {
-                    chosen.insert(name, (def.0.clone(), VarOrigin::Default));
+                    self.chosen
+                        .insert(name, (def.0.clone(), VarOrigin::Default));
                 }
-                Err(m) => findings.push(at(vpath(name, &["default"]), m)),
+                Err(m) => self.findings.push(at(var_path(name, &["default"]), m)),
             }
         }
     }
-    let names: Vec<&str> = decls.keys().map(String::as_str).collect();
-    let unknown = |name: &str| {
-        if names.is_empty() {
+
+    /// Check a value against the variable's type and rule; `prefix` starts the message that
+    /// names the variable.
+    fn check(&self, name: &str, d: &VariableSpec, value: &str, prefix: &str) -> Result<(), String> {
+        check_value(d.kind, value)
+            .map_err(|m| format!("{prefix}{} variable `{name}`: {m}", d.kind.as_str()))
+            .and_then(|()| {
+                self.rules
+                    .get(name)
+                    .map_or(Ok(()), |r| r.check(name, value))
+            })
+    }
+
+    /// The message for a value given to a variable the recipe does not declare.
+    fn undeclared(&self, name: &str) -> String {
+        let names = self.decls.keys().map(String::as_str);
+        if self.decls.is_empty() {
             format!(
                 "no variable `{name}` is declared: {} has no `variables:` block",
-                recipe_file.display()
+                self.recipe_file.display()
             )
         } else {
             format!(
                 "no variable `{name}` is declared in {}{} (declared: {})",
-                recipe_file.display(),
-                did_you_mean(name, names.iter().copied()),
-                list(names.iter().copied())
+                self.recipe_file.display(),
+                did_you_mean(name, names.clone()),
+                list(names)
             )
         }
-    };
-    let mut accept = |name: &str,
-                      value: String,
-                      origin: VarOrigin,
-                      place: Place,
-                      findings: &mut Vec<Finding>| {
-        let Some((decl_name, d)) = decls.get_key_value(name) else {
-            findings.push(Finding {
-                place,
-                message: unknown(name),
-            });
+    }
+
+    /// A value given from outside: it replaces an earlier one if it is valid.
+    fn accept(&mut self, name: &str, value: String, origin: VarOrigin, place: Place) {
+        let Some((decl_name, d)) = self.decls.get_key_value(name) else {
+            let message = self.undeclared(name);
+            self.findings.push(Finding { place, message });
             return;
         };
-        let checked = check_value(d.kind, &value)
-            .map_err(|m| format!("{} variable `{name}`: {m}", d.kind.as_str()))
-            .and_then(|()| rules.get(name).map_or(Ok(()), |r| r.check(name, &value)));
-        match checked {
+        match self.check(name, d, &value, "") {
             Ok(()) => {
-                chosen.insert(decl_name.as_str(), (value, origin));
+                self.chosen.insert(decl_name.as_str(), (value, origin));
             }
-            Err(message) => findings.push(Finding { place, message }),
-        }
-    };
-    // Lowest precedence first: later values replace earlier ones.
-    for (k, v) in &inputs.env {
-        let Some(name) = k.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        if decls.contains_key(name) {
-            accept(
-                name,
-                v.clone(),
-                VarOrigin::Environment(k.clone()),
-                Place::Origin(format!("${k}")),
-                &mut findings,
-            );
-        } else {
-            warnings.push(Finding {
-                place: Place::Origin(format!("${k}")),
-                message: format!("{} (ignored)", unknown(name)),
-            });
+            Err(message) => self.findings.push(Finding { place, message }),
         }
     }
-    for f in &inputs.files {
+
+    /// `WEBAKE_VAR_NAME` entries; one for an undeclared variable is a warning only.
+    fn environment(&mut self, env: &[(String, String)]) {
+        for (k, v) in env {
+            let Some(name) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let place = Place::Origin(format!("${k}"));
+            if self.decls.contains_key(name) {
+                self.accept(name, v.clone(), VarOrigin::Environment(k.clone()), place);
+            } else {
+                let message = format!("{} (ignored)", self.undeclared(name));
+                self.warnings.push(Finding { place, message });
+            }
+        }
+    }
+
+    /// A `--var-file`: a mapping of names to scalar values.
+    fn var_file(
+        &mut self,
+        f: &Path,
+        read_file: &dyn Fn(&Path) -> Result<String, crate::SpecError>,
+    ) -> Result<(), crate::SpecError> {
         let text = read_file(f)?;
         let vt = crate::parse_tree(&text, f)?;
         let root = &vt.root;
@@ -325,81 +379,76 @@ pub(crate) fn resolve(
             Kind::Map(es) => es.as_slice(),
             _ if root.is_null() => &[],
             _ => {
-                findings.push(Finding {
-                    place: Place::File(f.clone(), root.pos, String::new()),
+                self.findings.push(Finding {
+                    place: Place::File(f.to_path_buf(), root.pos, String::new()),
                     message: "expected a mapping of variable names to values".into(),
                 });
                 &[]
             }
         };
         for p in &vt.problems {
-            findings.push(Finding {
-                place: Place::File(f.clone(), p.pos, render_path(&p.path)),
+            self.findings.push(Finding {
+                place: Place::File(f.to_path_buf(), p.pos, render_path(&p.path)),
                 message: p.message.clone(),
             });
         }
         for e in entries {
-            let value = match &e.value.kind {
-                Kind::Scalar { text, .. } if !e.value.is_null() => text.clone(),
-                _ => {
-                    let kind = decls.get(&e.key).map_or("string", |d| d.kind.as_str());
-                    findings.push(Finding {
-                        place: Place::File(f.clone(), e.value.pos, e.key.clone()),
-                        message: format!(
-                            "expected a {kind} value, found {}",
-                            match &e.value.kind {
-                                Kind::Seq(_) => "a list",
-                                Kind::Map(_) => "a mapping",
-                                Kind::Scalar { .. } => "nothing (an empty value)",
-                            }
-                        ),
-                    });
-                    continue;
-                }
-            };
-            accept(
-                &e.key,
-                value,
-                VarOrigin::File(f.clone()),
-                Place::File(f.clone(), e.key_pos, e.key.clone()),
-                &mut findings,
-            );
-        }
-    }
-    for (k, v) in &inputs.cli {
-        accept(
-            k,
-            v.clone(),
-            VarOrigin::CommandLine,
-            Place::Origin(format!("--var {k}")),
-            &mut findings,
-        );
-    }
-    let mut values = Vec::new();
-    for (name, d) in decls {
-        match chosen.remove(name.as_str()) {
-            Some((value, origin)) => values.push(ResolvedVariable {
-                name: name.clone(),
-                kind: d.kind,
-                secret: d.secret,
-                origin,
-                value,
-            }),
-            None if d.default.is_some() || !is_name(name) => {} // reported above
-            None => findings.push(at(
-                vpath(name, &[]),
-                format!(
-                    "variable `{name}` has no value: expected --var {name}=VALUE, a --var-file that sets it, ${ENV_PREFIX}{name}, or a `default`"
+            match self.file_value(e) {
+                Ok(value) => self.accept(
+                    &e.key,
+                    value,
+                    VarOrigin::File(f.to_path_buf()),
+                    Place::File(f.to_path_buf(), e.key_pos, e.key.clone()),
                 ),
-            )),
+                Err(message) => self.findings.push(Finding {
+                    place: Place::File(f.to_path_buf(), e.value.pos, e.key.clone()),
+                    message,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a var file entry: a scalar, not a list, a mapping or nothing.
+    fn file_value(&self, e: &Entry) -> Result<String, String> {
+        let found = match &e.value.kind {
+            Kind::Scalar { text, .. } if !e.value.is_null() => return Ok(text.clone()),
+            Kind::Seq(_) => "a list",
+            Kind::Map(_) => "a mapping",
+            Kind::Scalar { .. } => "nothing (an empty value)",
+        };
+        let kind = self.decls.get(&e.key).map_or("string", |d| d.kind.as_str());
+        Err(format!("expected a {kind} value, found {found}"))
+    }
+
+    /// Every declared variable with its value; one without a value is a finding.
+    fn finish(mut self, declared: BTreeSet<String>) -> Resolution {
+        let mut values = Vec::new();
+        for (name, d) in self.decls {
+            match self.chosen.remove(name.as_str()) {
+                Some((value, origin)) => values.push(ResolvedVariable {
+                    name: name.clone(),
+                    kind: d.kind,
+                    secret: d.secret,
+                    origin,
+                    value,
+                }),
+                None if d.default.is_some() || !is_name(name) => {} // reported above
+                None => self.findings.push(at(
+                    var_path(name, &[]),
+                    format!(
+                        "variable `{name}` has no value: expected --var {name}=VALUE, a --var-file that sets it, ${ENV_PREFIX}{name}, or a `default`"
+                    ),
+                )),
+            }
+        }
+        Resolution {
+            values,
+            declared,
+            findings: self.findings,
+            warnings: self.warnings,
         }
     }
-    Ok(Resolution {
-        values,
-        declared,
-        findings,
-        warnings,
-    })
 }
 
 /// A `{var.NAME}` in a text: the byte range and the name.
@@ -524,16 +573,114 @@ pub(crate) struct Applied {
 /// Replace `{var.NAME}` in the fields that allow it. With `mask`, secrets become
 /// `(secret NAME)` (for display) and problems are not reported.
 pub(crate) fn apply(r: &mut Recipe, res: &Resolution, mask: bool) -> Applied {
-    let mut out = Applied::default();
-    let values: BTreeMap<&str, &ResolvedVariable> =
-        res.values.iter().map(|v| (v.name.as_str(), v)).collect();
-    let names: Vec<&str> = res.declared.iter().map(String::as_str).collect();
-    // Secrets end up in names, paths or the catalog through these fields.
-    let public = |path: &[Seg]| {
-        matches!(path, [Seg::Key(a), Seg::Key(b)] if a == "image" && (b == "version" || b == "description"))
-            || matches!(path, [Seg::Key(a), _, Seg::Key(b), Seg::Key(c)] if a == "provisioners" && b == "file" && c == "source")
+    let interpolator = Interpolator {
+        values: res.values.iter().map(|v| (v.name.as_str(), v)).collect(),
+        declared: &res.declared,
+        mask,
     };
-    let one = |path: Vec<Seg>, text: &mut String, out: &mut Applied, version: bool| {
+    let mut out = Applied::default();
+    if let Some(v) = r.image.version.as_mut()
+        && v.variables().next().is_some()
+    {
+        interpolator.version(v, &mut out);
+    }
+    for (path, text) in interpolated_fields(r) {
+        interpolator.field(path, text, &mut out, false);
+    }
+    if mask {
+        out.findings.clear();
+        mask_secret_defaults(&mut r.variables);
+    }
+    out
+}
+
+/// The text fields where `{var.NAME}` is replaced, with their paths: those of
+/// [`is_interpolated`] but `image.version` (a template of its own).
+fn interpolated_fields(r: &mut Recipe) -> Vec<(Vec<Seg>, &mut String)> {
+    let mut fields: Vec<(Vec<Seg>, &mut String)> = Vec::new();
+    if let Some(d) = r.image.description.as_mut() {
+        fields.push((vec![key("image"), key("description")], d));
+    }
+    for (i, p) in r.provisioners.iter_mut().enumerate() {
+        let base = vec![key("provisioners"), Seg::Index(i), key(p.kind())];
+        match p {
+            Provisioner::Shell(s) => {
+                for (j, l) in s.inline.iter_mut().enumerate() {
+                    fields.push((join(&base, [key("inline"), Seg::Index(j)]), l));
+                }
+                for (k, v) in s.env.iter_mut() {
+                    fields.push((join(&base, [key("env"), key(k)]), v));
+                }
+            }
+            Provisioner::File(f) => fields.push((join(&base, [key("source")]), &mut f.source.0)),
+            Provisioner::AnsibleLocal(AnsibleLocalStep { extra_vars, .. })
+            | Provisioner::Ansible(AnsibleStep { extra_vars, .. }) => {
+                for (k, v) in extra_vars.iter_mut() {
+                    fields.push((join(&base, [key("extra_vars"), key(k)]), v));
+                }
+            }
+        }
+    }
+    if let Some(t) = r.test.as_mut() {
+        for (i, c) in t.checks.iter_mut().enumerate() {
+            let path = |k: &str| vec![key("test"), key("checks"), Seg::Index(i), key(k)];
+            fields.push((path("run"), &mut c.run));
+            if let Some(e) = c.expect_stdout.as_mut() {
+                fields.push((path("expect_stdout"), e));
+            }
+        }
+    }
+    fields
+}
+
+/// Shown instead of a secret variable's default.
+fn mask_secret_defaults(variables: &mut BTreeMap<String, VariableSpec>) {
+    for (name, d) in variables.iter_mut() {
+        if d.secret && d.default.is_some() {
+            d.default = Some(crate::model::VarDefault(format!("(secret {name})")));
+        }
+    }
+}
+
+/// Secrets end up in names, paths or the catalog through these fields.
+fn is_public(path: &[Seg]) -> bool {
+    matches!(path, [Seg::Key(a), Seg::Key(b)] if a == "image" && (b == "version" || b == "description"))
+        || matches!(path, [Seg::Key(a), _, Seg::Key(b), Seg::Key(c)] if a == "provisioners" && b == "file" && c == "source")
+}
+
+/// Whether a value can be part of an image version.
+fn fits_in_version(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+}
+
+/// Replaces `{var.NAME}` with the resolved values.
+struct Interpolator<'a> {
+    values: BTreeMap<&'a str, &'a ResolvedVariable>,
+    declared: &'a BTreeSet<String>,
+    /// Secrets become `(secret NAME)`.
+    mask: bool,
+}
+
+impl<'a> Interpolator<'a> {
+    /// `image.version`: interpolated, then parsed again as a version template.
+    fn version(&self, v: &mut VersionTemplate, out: &mut Applied) {
+        let path = vec![key("image"), key("version")];
+        let mut text = v.as_str().to_string();
+        let before = out.findings.len() + out.unresolved.len();
+        self.field(path.clone(), &mut text, out, true);
+        if out.findings.len() + out.unresolved.len() == before {
+            match VersionTemplate::parse(&text) {
+                Ok(t) => *v = t,
+                Err(m) => out.findings.push(at(path, m)),
+            }
+        }
+    }
+
+    /// Replace every reference in `text` (the field at `path`); when one cannot be replaced,
+    /// `text` is left as it is and the field is unresolved.
+    fn field(&self, path: Vec<Seg>, text: &mut String, out: &mut Applied, version: bool) {
         let found = match refs(text) {
             Ok(f) => f,
             Err(m) => {
@@ -550,68 +697,9 @@ pub(crate) fn apply(r: &mut Recipe, res: &Resolution, mask: bool) -> Applied {
         for r in &found {
             new.push_str(&text[last..r.start]);
             last = r.end;
-            match values.get(r.name) {
-                Some(v) => {
-                    if v.secret && public(&path) {
-                        out.findings.push(at(
-                            path.clone(),
-                            format!(
-                                "secret variable `{}` cannot be used in {}: its value would be recorded in image names, paths or the catalog; expected it only in shell inline/env, extra_vars or test checks",
-                                r.name,
-                                render_path(&path)
-                            ),
-                        ));
-                        ok = false;
-                        continue;
-                    }
-                    if version
-                        && !v.value.chars().all(|c| {
-                            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+')
-                        })
-                    {
-                        out.findings.push(at(
-                            path.clone(),
-                            format!(
-                                "variable `{}` is {:?}, which cannot be part of a version: expected letters, digits, '.', '-', '_' or '+'",
-                                r.name,
-                                v.display_value()
-                            ),
-                        ));
-                        ok = false;
-                        continue;
-                    }
-                    if v.secret {
-                        if let [Seg::Key(p), Seg::Index(i), ..] = path.as_slice()
-                            && p == "provisioners"
-                        {
-                            out.secret_steps.insert(*i);
-                        }
-                        if mask {
-                            new.push_str(&format!("(secret {})", r.name));
-                            continue;
-                        }
-                    }
-                    new.push_str(&v.value);
-                }
-                None if res.declared.contains(r.name) => {
-                    // No value (reported with the declaration): keep the reference.
-                    out.unresolved.push(path.clone());
-                    ok = false;
-                }
-                None => {
-                    out.findings.push(at(
-                        path.clone(),
-                        if names.is_empty() {
-                            format!(
-                                "unknown variable `{}`: expected a variable declared in a `variables:` block (there is none)",
-                                r.name
-                            )
-                        } else {
-                            unknown("variable", r.name, names.iter().copied())
-                        },
-                    ));
-                    ok = false;
-                }
+            match self.replacement(r.name, &path, out, version) {
+                Some(value) => new.push_str(&value),
+                None => ok = false,
             }
         }
         if ok {
@@ -620,83 +708,67 @@ pub(crate) fn apply(r: &mut Recipe, res: &Resolution, mask: bool) -> Applied {
         } else {
             out.unresolved.push(path);
         }
-    };
+    }
 
-    if let Some(v) = r.image.version.as_mut()
-        && v.variables().next().is_some()
-    {
-        let path = vec![key("image"), key("version")];
-        let mut text = v.as_str().to_string();
-        let before = out.findings.len() + out.unresolved.len();
-        one(path.clone(), &mut text, &mut out, true);
-        if out.findings.len() + out.unresolved.len() == before {
-            match VersionTemplate::parse(&text) {
-                Ok(t) => *v = t,
-                Err(m) => out.findings.push(at(path, m)),
+    /// What replaces `{var.NAME}` in the field at `path` (a `version` field); `None` when it
+    /// cannot be replaced (a finding, unless the variable has no value: that was reported with
+    /// its declaration). Records the steps that use a secret.
+    fn replacement(
+        &self,
+        name: &str,
+        path: &[Seg],
+        out: &mut Applied,
+        version: bool,
+    ) -> Option<Cow<'a, str>> {
+        let Some(&v) = self.values.get(name) else {
+            if !self.declared.contains(name) {
+                out.findings.push(at(path.to_vec(), self.unknown(name)));
+            }
+            return None;
+        };
+        if v.secret && is_public(path) {
+            out.findings.push(at(
+                path.to_vec(),
+                format!(
+                    "secret variable `{name}` cannot be used in {}: its value would be recorded in image names, paths or the catalog; expected it only in shell inline/env, extra_vars or test checks",
+                    render_path(path)
+                ),
+            ));
+            return None;
+        }
+        if version && !fits_in_version(&v.value) {
+            out.findings.push(at(
+                path.to_vec(),
+                format!(
+                    "variable `{name}` is {:?}, which cannot be part of a version: expected letters, digits, '.', '-', '_' or '+'",
+                    v.display_value()
+                ),
+            ));
+            return None;
+        }
+        if v.secret {
+            if let [Seg::Key(p), Seg::Index(i), ..] = path
+                && p == "provisioners"
+            {
+                out.secret_steps.insert(*i);
+            }
+            if self.mask {
+                return Some(Cow::Owned(format!("(secret {name})")));
             }
         }
+        Some(Cow::Borrowed(&v.value))
     }
-    let mut fields: Vec<(Vec<Seg>, &mut String)> = Vec::new();
-    if let Some(d) = r.image.description.as_mut() {
-        fields.push((vec![key("image"), key("description")], d));
-    }
-    for (i, p) in r.provisioners.iter_mut().enumerate() {
-        let base = |k: &str| vec![key("provisioners"), Seg::Index(i), key(k)];
-        match p {
-            Provisioner::Shell(s) => {
-                for (j, l) in s.inline.iter_mut().enumerate() {
-                    let mut path = base("shell");
-                    path.extend([key("inline"), Seg::Index(j)]);
-                    fields.push((path, l));
-                }
-                for (k, v) in s.env.iter_mut() {
-                    let mut path = base("shell");
-                    path.extend([key("env"), key(k)]);
-                    fields.push((path, v));
-                }
-            }
-            Provisioner::File(f) => {
-                let mut path = base("file");
-                path.push(key("source"));
-                fields.push((path, &mut f.source.0));
-            }
-            Provisioner::AnsibleLocal(a) => {
-                for (k, v) in a.extra_vars.iter_mut() {
-                    let mut path = base("ansible-local");
-                    path.extend([key("extra_vars"), key(k)]);
-                    fields.push((path, v));
-                }
-            }
-            Provisioner::Ansible(a) => {
-                for (k, v) in a.extra_vars.iter_mut() {
-                    let mut path = base("ansible");
-                    path.extend([key("extra_vars"), key(k)]);
-                    fields.push((path, v));
-                }
-            }
+
+    /// The message for a reference to a variable the recipe does not declare.
+    fn unknown(&self, name: &str) -> String {
+        if self.declared.is_empty() {
+            format!(
+                "unknown variable `{name}`: expected a variable declared in a `variables:` block (there is none)"
+            )
+        } else {
+            unknown("variable", name, self.declared.iter().map(String::as_str))
         }
     }
-    if let Some(t) = r.test.as_mut() {
-        for (i, c) in t.checks.iter_mut().enumerate() {
-            let path = |k: &str| vec![key("test"), key("checks"), Seg::Index(i), key(k)];
-            fields.push((path("run"), &mut c.run));
-            if let Some(e) = c.expect_stdout.as_mut() {
-                fields.push((path("expect_stdout"), e));
-            }
-        }
-    }
-    for (path, text) in fields {
-        one(path, text, &mut out, false);
-    }
-    if mask {
-        out.findings.clear();
-        for (name, d) in r.variables.iter_mut() {
-            if d.secret && d.default.is_some() {
-                d.default = Some(crate::model::VarDefault(format!("(secret {name})")));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

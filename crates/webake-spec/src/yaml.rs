@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use serde_saphyr::granit_parser::{Event, Options, Parser, ScalarStyle, ScanError, Span};
+use serde_saphyr::granit_parser::{Event, Options, Parser, ScalarStyle, ScanError, Span, Tag};
 
 use crate::locate::Seg;
 
@@ -270,11 +270,11 @@ where
         loop {
             match self.events.next() {
                 None => {
-                    return Err(Problem {
-                        pos: self.last,
-                        path: path.to_vec(),
-                        message: "the document ends in the middle of a value".into(),
-                    });
+                    return Err(problem(
+                        self.last,
+                        path,
+                        "the document ends in the middle of a value",
+                    ));
                 }
                 Some(Err(e)) => return Err(self.syntax(&e, path)),
                 Some(Ok((ev, span))) => {
@@ -300,37 +300,33 @@ where
             line: m.line() as u64,
             col: m.col() as u64 + 1,
         };
-        Problem {
-            pos,
-            path: path.to_vec(),
-            message: explain_syntax(&e.info(), self.src, pos),
-        }
+        problem(pos, path, explain_syntax(&e.info(), self.src, pos))
     }
 
     fn count(&mut self, n: usize, pos: Pos, path: &[Seg]) -> Result<(), Problem> {
         self.nodes += n;
         if self.nodes > self.limits.max_nodes {
-            return Err(Problem {
+            return Err(problem(
                 pos,
-                path: path.to_vec(),
-                message: format!(
+                path,
+                format!(
                     "expected at most {} values in a recipe, found more (are aliases expanding too much?)",
                     self.limits.max_nodes
                 ),
-            });
+            ));
         }
         Ok(())
     }
 
     fn too_deep(&self, pos: Pos, path: &[Seg]) -> Problem {
-        Problem {
+        problem(
             pos,
-            path: path.to_vec(),
-            message: format!(
+            path,
+            format!(
                 "expected at most {} levels of nesting, found more",
                 self.limits.max_depth
             ),
-        }
+        )
     }
 
     fn anchor(&mut self, anchor: usize, n: &Node, path: &[Seg]) -> Result<(), Problem> {
@@ -338,36 +334,31 @@ where
             return Ok(());
         }
         if self.anchors.len() >= self.limits.max_anchors {
-            return Err(Problem {
-                pos: n.pos,
-                path: path.to_vec(),
-                message: format!(
+            return Err(problem(
+                n.pos,
+                path,
+                format!(
                     "expected at most {} anchors (`&name`), found more",
                     self.limits.max_anchors
                 ),
-            });
+            ));
         }
         self.anchors.insert(anchor, n.clone());
         Ok(())
     }
 
-    fn check_tag(
-        &mut self,
-        tag: Option<&serde_saphyr::granit_parser::Tag>,
-        pos: Pos,
-        path: &[Seg],
-    ) {
+    fn check_tag(&mut self, tag: Option<&Tag>, pos: Pos, path: &[Seg]) {
         if let Some(t) = tag
             && t.core_suffix().is_none()
         {
-            self.problems.push(Problem {
+            self.problems.push(problem(
                 pos,
-                path: path.to_vec(),
-                message: format!(
+                path,
+                format!(
                     "the YAML tag `{}` is not supported here; remove it",
                     t.original()
                 ),
-            });
+            ));
         }
     }
 
@@ -417,152 +408,189 @@ where
             return Err(self.too_deep(pos, path));
         }
         match ev {
-            Event::Alias(id) => {
-                self.aliases += 1;
-                if self.aliases > self.limits.max_aliases {
-                    return Err(Problem {
-                        pos,
-                        path: path.clone(),
-                        message: format!(
-                            "expected at most {} aliases (`*name`), found more",
-                            self.limits.max_aliases
-                        ),
-                    });
-                }
-                let Some(target) = self.anchors.get(&id).cloned() else {
-                    return Err(Problem {
-                        pos,
-                        path: path.clone(),
-                        message: "this alias names no anchor defined before it".into(),
-                    });
-                };
-                self.refresh(&target, depth, path)
-            }
+            Event::Alias(id) => self.alias(id, pos, depth, path),
             Event::Scalar(v, style, anchor, tag) => {
-                self.count(1, pos, path)?;
-                self.check_tag(tag.as_deref(), pos, path);
+                self.begin(tag.as_deref(), pos, path)?;
                 let forced_str = tag
                     .as_deref()
                     .is_some_and(|t| t.is_yaml_core_schema_tag("str"));
-                let n = Node {
-                    id: self.id(),
-                    pos,
-                    kind: Kind::Scalar {
-                        text: v.into_owned(),
-                        plain: style == ScalarStyle::Plain && !forced_str,
-                    },
+                let kind = Kind::Scalar {
+                    text: v.into_owned(),
+                    plain: style == ScalarStyle::Plain && !forced_str,
                 };
-                self.anchor(anchor, &n, path)?;
-                Ok(n)
+                self.finish(kind, pos, anchor, path)
             }
             Event::SequenceStart(_, anchor, tag) => {
-                self.count(1, pos, path)?;
-                self.check_tag(tag.as_deref(), pos, path);
-                let mut items = Vec::new();
-                loop {
-                    let (ev, span) = self.next(path)?;
-                    if matches!(ev, Event::SequenceEnd) {
-                        break;
-                    }
-                    path.push(Seg::Index(items.len()));
-                    let item = self.node(ev, span, depth + 1, path)?;
-                    path.pop();
-                    items.push(item);
-                }
-                let n = Node {
-                    id: self.id(),
-                    pos,
-                    kind: Kind::Seq(items),
-                };
-                self.anchor(anchor, &n, path)?;
-                Ok(n)
+                self.begin(tag.as_deref(), pos, path)?;
+                let items = self.sequence_items(depth, path)?;
+                self.finish(Kind::Seq(items), pos, anchor, path)
             }
             Event::MappingStart(_, anchor, tag) => {
-                self.count(1, pos, path)?;
-                self.check_tag(tag.as_deref(), pos, path);
-                let mut entries: Vec<Entry> = Vec::new();
-                let mut merges = Vec::new();
-                loop {
-                    let (ev, span) = self.next(path)?;
-                    if matches!(ev, Event::MappingEnd) {
-                        break;
-                    }
-                    let key_pos = pos_of(&span);
-                    let k = self.node(ev, span, depth + 1, path)?;
-                    let (key, plain) = match k.kind {
-                        Kind::Scalar { text, plain } => (text, plain),
-                        _ => {
-                            return Err(Problem {
-                                pos: key_pos,
-                                path: path.clone(),
-                                message: "expected a key (a word or a string), found a list or a mapping used as a key".into(),
-                            });
-                        }
-                    };
-                    path.push(Seg::Key(key.clone()));
-                    let (ev, span) = self.next(path)?;
-                    let value = self.node(ev, span, depth + 1, path)?;
-                    if key == "<<" && plain {
-                        merges.push((key_pos, value));
-                    } else if let Some(first) = entries.iter().find(|e| e.key == key) {
-                        self.problems.push(Problem {
-                            pos: key_pos,
-                            path: path.clone(),
-                            message: format!(
-                                "duplicate key `{key}` (it is already set at line {}); keep one",
-                                first.key_pos.line
-                            ),
-                        });
-                    } else {
-                        entries.push(Entry {
-                            key,
-                            key_pos,
-                            value,
-                        });
-                    }
-                    path.pop();
-                }
-                for (key_pos, m) in merges {
-                    let maps = match m.kind {
-                        Kind::Map(_) => vec![m],
-                        Kind::Seq(items)
-                            if items.iter().all(|i| matches!(i.kind, Kind::Map(_))) =>
-                        {
-                            items
-                        }
-                        _ => {
-                            self.problems.push(Problem {
-                                pos: key_pos,
-                                path: path.clone(),
-                                message: "expected a mapping or a list of mappings after the merge key `<<`".into(),
-                            });
-                            continue;
-                        }
-                    };
-                    for map in maps {
-                        if let Kind::Map(es) = map.kind {
-                            for e in es {
-                                if !entries.iter().any(|x| x.key == e.key) {
-                                    entries.push(e);
-                                }
-                            }
-                        }
-                    }
-                }
-                let n = Node {
-                    id: self.id(),
-                    pos,
-                    kind: Kind::Map(entries),
-                };
-                self.anchor(anchor, &n, path)?;
-                Ok(n)
+                self.begin(tag.as_deref(), pos, path)?;
+                let entries = self.mapping_entries(depth, path)?;
+                self.finish(Kind::Map(entries), pos, anchor, path)
             }
-            _ => Err(Problem {
-                pos,
-                path: path.clone(),
-                message: "expected a value".into(),
-            }),
+            _ => Err(problem(pos, path, "expected a value")),
         }
+    }
+
+    /// A copy of the node an alias names (within the budget of aliases).
+    fn alias(&mut self, id: usize, pos: Pos, depth: usize, path: &[Seg]) -> Result<Node, Problem> {
+        self.aliases += 1;
+        if self.aliases > self.limits.max_aliases {
+            return Err(problem(
+                pos,
+                path,
+                format!(
+                    "expected at most {} aliases (`*name`), found more",
+                    self.limits.max_aliases
+                ),
+            ));
+        }
+        let Some(target) = self.anchors.get(&id).cloned() else {
+            return Err(problem(
+                pos,
+                path,
+                "this alias names no anchor defined before it",
+            ));
+        };
+        self.refresh(&target, depth, path)
+    }
+
+    /// The start of a node: count it, check its tag.
+    fn begin(&mut self, tag: Option<&Tag>, pos: Pos, path: &[Seg]) -> Result<(), Problem> {
+        self.count(1, pos, path)?;
+        self.check_tag(tag, pos, path);
+        Ok(())
+    }
+
+    /// The node, once its content is read (so that children have lower ids), under its anchor.
+    fn finish(
+        &mut self,
+        kind: Kind,
+        pos: Pos,
+        anchor: usize,
+        path: &[Seg],
+    ) -> Result<Node, Problem> {
+        let n = Node {
+            id: self.id(),
+            pos,
+            kind,
+        };
+        self.anchor(anchor, &n, path)?;
+        Ok(n)
+    }
+
+    /// The items of a sequence, up to its end.
+    fn sequence_items(&mut self, depth: usize, path: &mut Vec<Seg>) -> Result<Vec<Node>, Problem> {
+        let mut items = Vec::new();
+        loop {
+            let (ev, span) = self.next(path)?;
+            if matches!(ev, Event::SequenceEnd) {
+                break;
+            }
+            path.push(Seg::Index(items.len()));
+            let item = self.node(ev, span, depth + 1, path)?;
+            path.pop();
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    /// The entries of a mapping, up to its end, merge keys (`<<`) applied. A key given twice
+    /// is a problem; its first value is kept.
+    fn mapping_entries(
+        &mut self,
+        depth: usize,
+        path: &mut Vec<Seg>,
+    ) -> Result<Vec<Entry>, Problem> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut merges = Vec::new();
+        loop {
+            let (ev, span) = self.next(path)?;
+            if matches!(ev, Event::MappingEnd) {
+                break;
+            }
+            let key_pos = pos_of(&span);
+            let (key, plain) = self.key(ev, span, depth, path)?;
+            path.push(Seg::Key(key.clone()));
+            let (ev, span) = self.next(path)?;
+            let value = self.node(ev, span, depth + 1, path)?;
+            if key == "<<" && plain {
+                merges.push((key_pos, value));
+            } else if let Some(first) = entries.iter().find(|e| e.key == key) {
+                let message = format!(
+                    "duplicate key `{key}` (it is already set at line {}); keep one",
+                    first.key_pos.line
+                );
+                self.problems.push(problem(key_pos, path, message));
+            } else {
+                entries.push(Entry {
+                    key,
+                    key_pos,
+                    value,
+                });
+            }
+            path.pop();
+        }
+        self.merge(&mut entries, merges, path);
+        Ok(entries)
+    }
+
+    /// A mapping key: its text, and whether it is plain (`<<` merges only when plain).
+    fn key(
+        &mut self,
+        ev: Event<'a>,
+        span: Span,
+        depth: usize,
+        path: &mut Vec<Seg>,
+    ) -> Result<(String, bool), Problem> {
+        let key_pos = pos_of(&span);
+        match self.node(ev, span, depth + 1, path)?.kind {
+            Kind::Scalar { text, plain } => Ok((text, plain)),
+            _ => Err(problem(
+                key_pos,
+                path,
+                "expected a key (a word or a string), found a list or a mapping used as a key",
+            )),
+        }
+    }
+
+    /// Add the entries of merged mappings (`<<: *base`, `<<: [*a, *b]`) that the mapping does
+    /// not set itself; the first merged mapping that sets a key wins.
+    fn merge(&mut self, entries: &mut Vec<Entry>, merges: Vec<(Pos, Node)>, path: &[Seg]) {
+        for (key_pos, m) in merges {
+            let maps = match m.kind {
+                Kind::Map(_) => vec![m],
+                Kind::Seq(items) if items.iter().all(|i| matches!(i.kind, Kind::Map(_))) => items,
+                _ => {
+                    self.problems.push(problem(
+                        key_pos,
+                        path,
+                        "expected a mapping or a list of mappings after the merge key `<<`",
+                    ));
+                    continue;
+                }
+            };
+            for map in maps {
+                if let Kind::Map(es) = map.kind {
+                    for e in es {
+                        if !entries.iter().any(|x| x.key == e.key) {
+                            entries.push(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A problem at `pos`, inside the value at `path`.
+fn problem(pos: Pos, path: &[Seg], message: impl Into<String>) -> Problem {
+    Problem {
+        pos,
+        path: path.to_vec(),
+        message: message.into(),
     }
 }
 
