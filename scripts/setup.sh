@@ -36,6 +36,7 @@ packages=(
 if [ "$want_test" = 1 ]; then
   # The escape suite checks the host's firewall before and after a bake.
   packages+=(nftables)
+  packages+=(apt-utils gnupg)  # webake-upstream tests: apt-ftparchive, gpg (a signed apt repo on loopback)
 fi
 apt-get install -y -q --no-install-recommends --allow-downgrades "${packages[@]}"
 
