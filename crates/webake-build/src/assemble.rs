@@ -1,19 +1,48 @@
 //! Assemble a bootable GPT disk offline: no loop device, no mount.
 //!
-//! Layout: 1 MiB alignment, partition 1 the EFI system partition (FAT, made with
-//! `mkfs.vfat --offset` and filled with `mcopy`), partition 2 the ext4 root filesystem (made
-//! with `mkfs.ext4 -E offset=… -d TREE`). UEFI firmware loads `\EFI\BOOT\BOOTX64.EFI`, a GRUB
-//! image built from the host's GRUB modules with an embedded config that finds the root
-//! filesystem by UUID and reads `/boot/grub/grub.cfg`, which webake writes into the tree.
+//! The disk boots under the firmwares the recipe's `disk.boot` declares: `[uefi]` (the
+//! default), `[bios, uefi]` (hybrid) or `[bios]`. One GPT layout serves all three; a
+//! partition's number names its role whatever the firmwares, so the root filesystem is
+//! partition 2 on every webake disk (the BIOS boot partition takes 14, the number Debian's and
+//! Ubuntu's cloud images give it). Offsets are 1 MiB aligned; the first partition starts at
+//! LBA 2048.
+//!
+//! | where (hybrid) | `[uefi]` | `[bios]` | what | made with |
+//! |---|---|---|---|---|
+//! | LBA 0, bytes 0–439 | zeros | GRUB `boot.img` | boot code of the protective MBR (BIOS runs it) | written by webake, see [`grub_bios`] |
+//! | LBA 0, bytes 440–511 | same | same | disk signature, protective partition (type 0xEE), 55 AA | `sfdisk` |
+//! | LBA 1–33, last 33 sectors | same | same | GPT header and 128 entries, and their backup | `sfdisk` |
+//! | p14 at 1 MiB, 1 MiB | — | at 1 MiB | BIOS boot partition: GRUB `core.img` (i386-pc) from its first sector | `grub-mkimage -O i386-pc`, block list patched by webake |
+//! | p1 at 2 MiB, `disk.esp_size` | at 1 MiB | — | EFI system partition, FAT: `\EFI\BOOT\BOOTX64.EFI` (GRUB x86_64-efi) | `mkfs.vfat --offset`, `mcopy` |
+//! | p2 after the ESP, to the end | after the ESP | at 2 MiB | root filesystem, ext4, label `root`: the tree, with `/boot/grub/grub.cfg` | `mkfs.ext4 -E offset=… -d TREE` |
+//!
+//! Partition types: BIOS boot `21686148-6449-6E6F-744E-656564454649`, ESP
+//! `C12A7328-F81F-11D2-BA4B-00A0C93EC93B`, root `4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709`
+//! (Discoverable Partitions: root x86-64). A `[uefi]` disk is laid out exactly as before
+//! hybrid disks existed.
+//!
+//! Which firmware reads what:
+//! - BIOS (SeaBIOS, EC2 legacy BIOS) runs the MBR boot code, which loads `core.img` from the
+//!   BIOS boot partition by LBA (no filesystem); UEFI firmware ignores that code (the GPT is
+//!   valid) and runs `\EFI\BOOT\BOOTX64.EFI` from the ESP.
+//! - Both GRUB images embed the same small config ([`embedded_cfg`]): find the root
+//!   filesystem by its UUID, then read `/boot/grub/grub.cfg` from it. That one `grub.cfg`
+//!   ([`grub_cfg`]) serves both firmwares: serial and graphical console, one entry that boots
+//!   the newest kernel in `/boot` with its initrd. Both images carry every module they need,
+//!   so nothing else of GRUB is read from disk.
+//! - `/etc/fstab` mounts the root by UUID, and the ESP at `/boot/efi` (`nofail`) when there
+//!   is one.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use webake_spec::{DiskSpec, OutputFormat};
+use webake_spec::{BootMode, DiskSpec, OutputFormat};
 use webake_sys::process::{Cmd, run};
 
 use crate::digest::sha256_hex;
 use crate::error::{BuildError, Result};
+
+pub mod grub_bios;
 
 pub const SECTOR: u64 = 512;
 pub const ALIGN: u64 = 1 << 20;
@@ -22,23 +51,85 @@ const GPT_TAIL: u64 = 33 * SECTOR;
 
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// GRUB's BIOS boot partition ("Hah!IdontNeedEFI").
+pub const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+
+/// Partition numbers, one per role (see the module documentation).
+pub const ESP_PARTNO: u32 = 1;
+pub const ROOT_PARTNO: u32 = 2;
+pub const BIOS_BOOT_PARTNO: u32 = 14;
+/// Size of the BIOS boot partition: room for a `core.img` up to the 444 KiB diskboot loads
+/// (webake's is about 170 KiB).
+pub const BIOS_BOOT_BYTES: u64 = ALIGN;
+
+/// Where GRUB's modules and images for each platform are (Debian: grub-efi-amd64-bin,
+/// grub-pc-bin).
+pub const GRUB_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+pub const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
+
+/// The firmwares a `disk.boot` list declares, without repeats, BIOS first.
+pub fn firmwares(boot: &[BootMode]) -> Result<Vec<BootMode>> {
+    let v: Vec<BootMode> = [BootMode::Bios, BootMode::Uefi]
+        .into_iter()
+        .filter(|m| boot.contains(m))
+        .collect();
+    if v.is_empty() {
+        return Err(BuildError::Invalid(
+            "disk.boot is empty: expected `uefi`, `bios` or both".into(),
+        ));
+    }
+    Ok(v)
+}
+
+/// A byte range of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub bytes: u64,
+}
 
 /// Partition placement, computed from the disk spec (pure).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
     pub disk_bytes: u64,
-    pub esp_offset: u64,
-    pub esp_bytes: u64,
-    pub root_offset: u64,
-    pub root_bytes: u64,
+    /// The firmwares the disk boots under ([`firmwares`]).
+    pub firmwares: Vec<BootMode>,
+    /// The BIOS boot partition (GRUB's `core.img`), with BIOS boot.
+    pub bios_boot: Option<Extent>,
+    /// The EFI system partition, with UEFI boot.
+    pub esp: Option<Extent>,
+    pub root: Extent,
+}
+
+/// One line of the partition table.
+struct PartitionLine<'a> {
+    number: u32,
+    extent: Extent,
+    type_guid: &'static str,
+    uuid: &'a str,
+    name: &'static str,
 }
 
 impl Layout {
     pub fn new(disk: &DiskSpec) -> Result<Self> {
         let disk_bytes = disk.size.bytes();
-        let esp_offset = ALIGN;
-        let esp_bytes = disk.esp_size.bytes() / ALIGN * ALIGN;
-        let root_offset = esp_offset + esp_bytes;
+        let firmwares = firmwares(&disk.boot)?;
+        let mut next = ALIGN;
+        let mut take = |bytes: u64| {
+            let e = Extent {
+                offset: next,
+                bytes,
+            };
+            next += bytes;
+            e
+        };
+        let bios_boot = firmwares
+            .contains(&BootMode::Bios)
+            .then(|| take(BIOS_BOOT_BYTES));
+        let esp = firmwares
+            .contains(&BootMode::Uefi)
+            .then(|| take(disk.esp_size.bytes() / ALIGN * ALIGN));
+        let root_offset = next;
         let end = (disk_bytes - GPT_TAIL) / ALIGN * ALIGN;
         if end <= root_offset + (64 << 20) {
             return Err(BuildError::Invalid(format!(
@@ -48,25 +139,70 @@ impl Layout {
         }
         Ok(Self {
             disk_bytes,
-            esp_offset,
-            esp_bytes,
-            root_offset,
-            root_bytes: end - root_offset,
+            firmwares,
+            bios_boot,
+            esp,
+            root: Extent {
+                offset: root_offset,
+                bytes: end - root_offset,
+            },
         })
     }
 
-    /// The sfdisk script for this layout.
+    pub fn boots(&self, mode: BootMode) -> bool {
+        self.firmwares.contains(&mode)
+    }
+
+    /// The partitions in disk order.
+    fn partitions<'a>(&self, ids: &'a DiskIds) -> Vec<PartitionLine<'a>> {
+        let mut v = Vec::new();
+        if let Some(extent) = self.bios_boot {
+            v.push(PartitionLine {
+                number: BIOS_BOOT_PARTNO,
+                extent,
+                type_guid: BIOS_BOOT_TYPE,
+                uuid: &ids.bios_part_uuid,
+                name: "bios-boot",
+            });
+        }
+        if let Some(extent) = self.esp {
+            v.push(PartitionLine {
+                number: ESP_PARTNO,
+                extent,
+                type_guid: ESP_TYPE,
+                uuid: &ids.esp_part_uuid,
+                name: "esp",
+            });
+        }
+        v.push(PartitionLine {
+            number: ROOT_PARTNO,
+            extent: self.root,
+            type_guid: ROOT_X86_64_TYPE,
+            uuid: &ids.root_part_uuid,
+            name: "root",
+        });
+        v
+    }
+
+    /// The sfdisk script for this layout. Each line names its partition number (`pN :`,
+    /// sfdisk reads the number from the name's trailing digits).
     pub fn sfdisk_script(&self, ids: &DiskIds) -> String {
-        format!(
-            "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\nstart={}, size={}, type={ESP_TYPE}, uuid={}, name=\"esp\"\nstart={}, size={}, type={ROOT_X86_64_TYPE}, uuid={}, name=\"root\"\n",
-            ids.disk_guid,
-            self.esp_offset / SECTOR,
-            self.esp_bytes / SECTOR,
-            ids.esp_part_uuid,
-            self.root_offset / SECTOR,
-            self.root_bytes / SECTOR,
-            ids.root_part_uuid,
-        )
+        let mut s = format!(
+            "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\n",
+            ids.disk_guid
+        );
+        for p in self.partitions(ids) {
+            s.push_str(&format!(
+                "p{} : start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
+                p.number,
+                p.extent.offset / SECTOR,
+                p.extent.bytes / SECTOR,
+                p.type_guid,
+                p.uuid,
+                p.name,
+            ));
+        }
+        s
     }
 }
 
@@ -76,6 +212,7 @@ pub struct DiskIds {
     pub disk_guid: String,
     pub esp_part_uuid: String,
     pub root_part_uuid: String,
+    pub bios_part_uuid: String,
     pub root_fs_uuid: String,
     /// FAT volume id, 8 hex digits.
     pub esp_volume_id: String,
@@ -99,6 +236,7 @@ impl DiskIds {
             disk_guid: u("disk"),
             esp_part_uuid: u("esp-part"),
             root_part_uuid: u("root-part"),
+            bios_part_uuid: u("bios-part"),
             root_fs_uuid: u("root-fs"),
             esp_volume_id: sha256_hex(format!("{seed}/esp-vol").as_bytes())[..8].to_string(),
         }
@@ -113,12 +251,17 @@ impl DiskIds {
     }
 }
 
-/// The kernel and initrd to boot, as paths inside the tree.
+/// The kernel and initrd to boot, as paths inside the tree, and the firmwares the disk boots
+/// under.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootFiles {
     pub kernel: String,
     pub initrd: Option<String>,
     pub version: String,
+    /// `bios` and/or `uefi` (BIOS first), as [`assemble`] laid the disk out; empty from
+    /// [`find_kernel`] alone. An AMI of a disk with both boots `uefi-preferred`, BIOS only
+    /// `legacy-bios`, UEFI only `uefi`.
+    pub firmwares: Vec<BootMode>,
 }
 
 /// Find the newest kernel in `root/boot` (by version order), resolved inside the tree.
@@ -161,6 +304,7 @@ pub fn find_kernel(root: &Path) -> Result<BootFiles> {
         kernel: format!("/boot/vmlinuz-{v}"),
         initrd: has_initrd.then_some(initrd),
         version: v,
+        firmwares: Vec::new(),
     })
 }
 
@@ -205,7 +349,8 @@ pub fn grub_cfg(ids: &DiskIds, boot: &BootFiles, cmdline: &str, title: &str) -> 
     s
 }
 
-/// The config embedded in the EFI binary: find the root filesystem, read its grub.cfg.
+/// The config embedded in both GRUB images (EFI binary and BIOS `core.img`): find the root
+/// filesystem, read its grub.cfg.
 pub fn embedded_cfg(ids: &DiskIds) -> String {
     format!(
         "search --no-floppy --fs-uuid --set=root {u}\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n",
@@ -213,14 +358,22 @@ pub fn embedded_cfg(ids: &DiskIds) -> String {
     )
 }
 
-pub fn fstab(ids: &DiskIds) -> String {
-    format!(
-        "# Written by webake.\nUUID={}\t/\text4\tdefaults,errors=remount-ro\t0\t1\nUUID={}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n",
+/// `/etc/fstab`: the root, and the ESP when the disk has one (`esp`).
+pub fn fstab(ids: &DiskIds, esp: bool) -> String {
+    let mut s = format!(
+        "# Written by webake.\nUUID={}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n",
         ids.root_fs_uuid,
-        ids.esp_fs_uuid()
-    )
+    );
+    if esp {
+        s.push_str(&format!(
+            "UUID={}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n",
+            ids.esp_fs_uuid()
+        ));
+    }
+    s
 }
 
+/// Modules built into the EFI binary (x86_64-efi).
 pub const GRUB_MODULES: &[&str] = &[
     "part_gpt",
     "part_msdos",
@@ -245,6 +398,34 @@ pub const GRUB_MODULES: &[&str] = &[
     "boot",
 ];
 
+/// Modules built into the BIOS `core.img` (i386-pc): the EFI set with BIOS disk access
+/// (`biosdisk`) in place of the EFI console (`efi_gop`). `core.img` is read before any
+/// filesystem, so it has to find the root by UUID on its own (`biosdisk`, `part_gpt`,
+/// `ext2`, `search_fs_uuid`) and needs nothing from disk after that.
+pub const BIOS_GRUB_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_fs_uuid",
+    "configfile",
+    "echo",
+    "gzio",
+    "all_video",
+    "serial",
+    "terminal",
+    "test",
+    "ls",
+    "cat",
+    "reboot",
+    "halt",
+    "boot",
+];
+
 /// Host tools assembly needs, with the Debian package that provides each.
 pub const HOST_TOOLS: &[(&str, &str)] = &[
     ("sfdisk", "fdisk"),
@@ -256,7 +437,13 @@ pub const HOST_TOOLS: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
 ];
 
+/// The host tools for a UEFI disk (what every bake needed before BIOS boot existed).
 pub fn check_host_tools() -> Result<()> {
+    check_host_tools_for(&[BootMode::Uefi])
+}
+
+/// The host tools, and GRUB's modules for each firmware in `boot`.
+pub fn check_host_tools_for(boot: &[BootMode]) -> Result<()> {
     for (tool, pkg) in HOST_TOOLS {
         if webake_sys::process::which(tool).is_none() {
             return Err(BuildError::MissingTool {
@@ -265,10 +452,24 @@ pub fn check_host_tools() -> Result<()> {
             });
         }
     }
-    if !Path::new("/usr/lib/grub/x86_64-efi/linux.mod").is_file() {
+    check_grub_platforms(boot)
+}
+
+/// GRUB's modules and images for each firmware in `boot`.
+fn check_grub_platforms(boot: &[BootMode]) -> Result<()> {
+    if boot.contains(&BootMode::Uefi) && !Path::new(GRUB_EFI_DIR).join("linux.mod").is_file() {
         return Err(BuildError::MissingTool {
             tool: "GRUB x86_64-efi modules".into(),
             hint: "apt-get install grub-efi-amd64-bin".into(),
+        });
+    }
+    let bios = Path::new(GRUB_BIOS_DIR);
+    if boot.contains(&BootMode::Bios)
+        && !(bios.join("linux.mod").is_file() && bios.join("boot.img").is_file())
+    {
+        return Err(BuildError::MissingTool {
+            tool: "GRUB i386-pc modules and boot.img".into(),
+            hint: "apt-get install grub-pc-bin".into(),
         });
     }
     Ok(())
@@ -304,28 +505,73 @@ pub fn assemble(
     runner: &mut Runner<'_>,
 ) -> Result<(Vec<Artifact>, BootFiles)> {
     let layout = Layout::new(input.disk)?;
-    let tree = input.tree;
-    let boot = find_kernel(tree)?;
-    let cmdline = kernel_cmdline(&input.ids, &input.disk.kernel_cmdline);
+    check_grub_platforms(&layout.firmwares)?;
+    let mut boot = find_kernel(input.tree)?;
+    boot.firmwares = layout.firmwares.clone();
+    write_boot_config(input, &layout, &boot)?;
 
-    // Boot configuration inside the tree (every path resolved inside it: a planted
-    // /boot/grub symlink cannot send grub.cfg to the host).
-    let t = webake_sys::Tree::open(tree)?;
-    t.create_dir_all(Path::new("boot/grub"), 0o755)?;
-    t.write(
-        Path::new("boot/grub/grub.cfg"),
-        grub_cfg(&input.ids, &boot, &cmdline, &input.title).as_bytes(),
-        0o644,
-    )?;
-    t.create_dir_all(Path::new("boot/efi"), 0o755)?;
-    t.create_dir_all(Path::new("etc"), 0o755)?;
-    t.write(Path::new("etc/fstab"), fstab(&input.ids).as_bytes(), 0o644)?;
-
-    // The EFI binary.
     let scratch = input.scratch;
     std::fs::create_dir_all(scratch).map_err(|e| BuildError::io(scratch, e))?;
     let cfg = scratch.join("embedded.cfg");
     write_plain(&cfg, embedded_cfg(&input.ids).as_bytes())?;
+    let efi = layout
+        .boots(BootMode::Uefi)
+        .then(|| build_efi_image(&cfg, scratch, runner))
+        .transpose()?;
+    let core = layout
+        .boots(BootMode::Bios)
+        .then(|| build_bios_core(&cfg, scratch, runner))
+        .transpose()?;
+
+    // The raw disk, written under a temp name in the output directory.
+    std::fs::create_dir_all(input.out_dir).map_err(|e| BuildError::io(input.out_dir, e))?;
+    let raw_final = input.out_dir.join(format!("{}.raw", input.base_name));
+    let raw_tmp = webake_sys::fsutil::temp_sibling(&raw_final);
+    let guard = TempFiles(vec![raw_tmp.clone()]);
+    partition(&raw_tmp, &layout, &input.ids, scratch, runner)?;
+    if let (Some(esp), Some(efi)) = (layout.esp, &efi) {
+        make_esp(&raw_tmp, esp, &input.ids, efi, runner)?;
+    }
+    make_root(&raw_tmp, layout.root, &input.ids, input.tree, runner)?;
+    // Last: boot.img keeps the partition table it finds in sector 0.
+    if let (Some(part), Some(core)) = (layout.bios_boot, &core) {
+        grub_bios::install(
+            &raw_tmp,
+            &Path::new(GRUB_BIOS_DIR).join("boot.img"),
+            core,
+            part.offset / SECTOR,
+            part.bytes / SECTOR,
+        )?;
+    }
+    let out = write_artifacts(input, &raw_tmp, raw_final, guard, runner)?;
+    Ok((out, boot))
+}
+
+/// Boot configuration inside the tree (every path resolved inside it: a planted /boot/grub
+/// symlink cannot send grub.cfg to the host).
+fn write_boot_config(input: &AssembleInput<'_>, layout: &Layout, boot: &BootFiles) -> Result<()> {
+    let cmdline = kernel_cmdline(&input.ids, &input.disk.kernel_cmdline);
+    let t = webake_sys::Tree::open(input.tree)?;
+    t.create_dir_all(Path::new("boot/grub"), 0o755)?;
+    t.write(
+        Path::new("boot/grub/grub.cfg"),
+        grub_cfg(&input.ids, boot, &cmdline, &input.title).as_bytes(),
+        0o644,
+    )?;
+    if layout.esp.is_some() {
+        t.create_dir_all(Path::new("boot/efi"), 0o755)?;
+    }
+    t.create_dir_all(Path::new("etc"), 0o755)?;
+    t.write(
+        Path::new("etc/fstab"),
+        fstab(&input.ids, layout.esp.is_some()).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// `BOOTX64.EFI`: GRUB for x86_64-efi with the embedded config `cfg`.
+fn build_efi_image(cfg: &Path, scratch: &Path, runner: &mut Runner<'_>) -> Result<PathBuf> {
     let efi = scratch.join("BOOTX64.EFI");
     runner(
         &Cmd::new("grub-mkimage")
@@ -333,54 +579,90 @@ pub fn assemble(
                 "-O",
                 "x86_64-efi",
                 "-d",
-                "/usr/lib/grub/x86_64-efi",
+                GRUB_EFI_DIR,
                 "-p",
                 "/EFI/BOOT",
                 "-c",
             ])
-            .arg(&cfg)
+            .arg(cfg)
             .arg("-o")
             .arg(&efi)
             .args(GRUB_MODULES),
     )?;
+    Ok(efi)
+}
 
-    // The raw disk, written under a temp name in the output directory.
-    std::fs::create_dir_all(input.out_dir).map_err(|e| BuildError::io(input.out_dir, e))?;
-    let raw_final = input.out_dir.join(format!("{}.raw", input.base_name));
-    let raw_tmp = webake_sys::fsutil::temp_sibling(&raw_final);
-    let guard = TempFiles(vec![raw_tmp.clone()]);
+/// `core.img`: GRUB for i386-pc (diskboot, lzma-compressed kernel and modules) with the same
+/// embedded config. The prefix is a placeholder: the config sets it once the root is found.
+fn build_bios_core(cfg: &Path, scratch: &Path, runner: &mut Runner<'_>) -> Result<PathBuf> {
+    let core = scratch.join("core.img");
+    runner(
+        &Cmd::new("grub-mkimage")
+            .args([
+                "-O",
+                "i386-pc",
+                "-d",
+                GRUB_BIOS_DIR,
+                "-p",
+                "/boot/grub",
+                "-c",
+            ])
+            .arg(cfg)
+            .arg("-o")
+            .arg(&core)
+            .args(BIOS_GRUB_MODULES),
+    )?;
+    Ok(core)
+}
+
+/// A sparse file of the disk's size with the GPT written by sfdisk.
+fn partition(
+    raw: &Path,
+    layout: &Layout,
+    ids: &DiskIds,
+    scratch: &Path,
+    runner: &mut Runner<'_>,
+) -> Result<()> {
     {
-        let f = std::fs::File::create(&raw_tmp).map_err(|e| BuildError::io(&raw_tmp, e))?;
+        let f = std::fs::File::create(raw).map_err(|e| BuildError::io(raw, e))?;
         f.set_len(layout.disk_bytes)
-            .map_err(|e| BuildError::io(&raw_tmp, e))?;
+            .map_err(|e| BuildError::io(raw, e))?;
     }
     let script = scratch.join("layout.sfdisk");
-    write_plain(&script, layout.sfdisk_script(&input.ids).as_bytes())?;
+    write_plain(&script, layout.sfdisk_script(ids).as_bytes())?;
     runner(
         &Cmd::new("sh")
             .arg("-c")
             .arg("exec sfdisk --quiet --no-reread --no-tell-kernel \"$1\" < \"$2\"")
             .arg("sfdisk")
-            .arg(&raw_tmp)
+            .arg(raw)
             .arg(&script),
-    )?;
+    )
+}
 
-    // ESP: FAT at its offset, then the EFI binary copied in with mtools.
+/// ESP: FAT at its offset, then the EFI binary copied in with mtools.
+fn make_esp(
+    raw: &Path,
+    esp: Extent,
+    ids: &DiskIds,
+    efi: &Path,
+    runner: &mut Runner<'_>,
+) -> Result<()> {
     runner(
         &Cmd::new("mkfs.vfat")
             // FAT32 needs at least 65525 clusters: one 512-byte sector per cluster from 64 MiB
             // up; a smaller ESP is FAT16 (which UEFI firmware reads as well).
-            .args(if layout.esp_bytes >= 64 << 20 {
+            .args(if esp.bytes >= 64 << 20 {
                 ["-F", "32", "-s", "1"]
             } else {
                 ["-F", "16", "-s", "4"]
             })
-            .args(["-n", "ESP", "-i", &input.ids.esp_volume_id, "-S", "512"])
-            .arg(format!("--offset={}", layout.esp_offset / SECTOR))
-            .arg(&raw_tmp)
-            .arg((layout.esp_bytes / 1024).to_string()),
+            .args(["-n", "ESP", "-i", &ids.esp_volume_id, "-S", "512"])
+            .arg(format!("--offset={}", esp.offset / SECTOR))
+            .arg(raw)
+            .arg((esp.bytes / 1024).to_string()),
     )?;
-    let img = format!("{}@@{}", raw_tmp.display(), layout.esp_offset);
+    let img = format!("{}@@{}", raw.display(), esp.offset);
     runner(&Cmd::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args([
         "-i",
         &img,
@@ -391,11 +673,19 @@ pub fn assemble(
         &Cmd::new("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
             .args(["-i", &img])
-            .arg(&efi)
+            .arg(efi)
             .arg("::/EFI/BOOT/BOOTX64.EFI"),
-    )?;
+    )
+}
 
-    // Root filesystem populated from the tree, at its offset.
+/// Root filesystem populated from the tree, at its offset.
+fn make_root(
+    raw: &Path,
+    root: Extent,
+    ids: &DiskIds,
+    tree: &Path,
+    runner: &mut Runner<'_>,
+) -> Result<()> {
     runner(
         &Cmd::new("mkfs.ext4")
             .args([
@@ -404,30 +694,36 @@ pub fn assemble(
                 "-L",
                 "root",
                 "-U",
-                &input.ids.root_fs_uuid,
+                &ids.root_fs_uuid,
                 "-b",
                 "4096",
                 "-E",
             ])
-            .arg(format!(
-                "offset={},nodiscard,root_owner=0:0",
-                layout.root_offset
-            ))
+            .arg(format!("offset={},nodiscard,root_owner=0:0", root.offset))
             .arg("-d")
             .arg(tree)
-            .arg(&raw_tmp)
-            .arg(format!("{}k", layout.root_bytes / 1024))
+            .arg(raw)
+            .arg(format!("{}k", root.bytes / 1024))
             .env("E2FSPROGS_FAKE_TIME", "0")
             .env("MKE2FS_DEVICE_SECTSIZE", "512"),
-    )?;
+    )
+}
+
+/// The requested formats from the finished raw disk, hashed, renamed into place together.
+fn write_artifacts(
+    input: &AssembleInput<'_>,
+    raw_tmp: &Path,
+    raw_final: PathBuf,
+    mut tmps: TempFiles,
+    runner: &mut Runner<'_>,
+) -> Result<Vec<Artifact>> {
     let mut artifacts = Vec::new();
-    let mut tmps = guard;
     let want_raw = input.outputs.contains(&OutputFormat::Raw);
     // The raw disk is final now: hash it on a second thread while qemu-img compresses it
     // (both only read it; on two cores this hides most of hashing the whole disk).
     let raw_sha256 = std::thread::scope(|scope| -> Result<Option<String>> {
         let raw_hash = want_raw.then(|| {
-            let p = raw_tmp.clone();
+            let p = raw_tmp.to_path_buf();
             scope.spawn(move || crate::digest::sha256_file(&p))
         });
         let converted = if input.outputs.contains(&OutputFormat::Qcow2) {
@@ -451,7 +747,7 @@ pub fn assemble(
                         "-o",
                         "compression_type=zstd",
                     ])
-                    .arg(&raw_tmp)
+                    .arg(raw_tmp)
                     .arg(&q_tmp),
             );
             artifacts.push((OutputFormat::Qcow2, q_tmp, q_final));
@@ -464,7 +760,7 @@ pub fn assemble(
         raw_digest.transpose()
     })?;
     if want_raw {
-        artifacts.push((OutputFormat::Raw, raw_tmp.clone(), raw_final));
+        artifacts.push((OutputFormat::Raw, raw_tmp.to_path_buf(), raw_final));
     }
     // Digests, then rename into place (all or nothing).
     let mut out = Vec::new();
@@ -487,7 +783,7 @@ pub fn assemble(
         std::fs::rename(tmp, fin).map_err(|e| BuildError::io(fin, e))?;
     }
     drop(tmps); // removes the raw temp if raw was not requested
-    Ok((out, boot))
+    Ok(out)
 }
 
 /// Write a file of webake's own scratch directory.
@@ -525,14 +821,95 @@ mod tests {
             ..DiskSpec::default()
         };
         let l = Layout::new(&d).unwrap();
-        assert_eq!(l.esp_offset, 1 << 20);
-        assert_eq!(l.root_offset, 65 << 20);
-        assert_eq!(l.root_offset % ALIGN, 0);
-        assert!(l.root_offset + l.root_bytes + GPT_TAIL <= l.disk_bytes);
+        let esp = l.esp.unwrap();
+        assert_eq!(esp.offset, 1 << 20);
+        assert_eq!(l.root.offset, 65 << 20);
+        assert_eq!(l.root.offset % ALIGN, 0);
+        assert!(l.root.offset + l.root.bytes + GPT_TAIL <= l.disk_bytes);
+        assert_eq!(l.bios_boot, None);
+        assert_eq!(l.firmwares, [BootMode::Uefi]);
         let ids = DiskIds::derive("img-1");
         let s = l.sfdisk_script(&ids);
         assert!(s.contains("start=2048, size=131072"), "{s}");
         assert!(s.contains(ROOT_X86_64_TYPE));
+    }
+
+    fn disk(boot: &[BootMode]) -> DiskSpec {
+        DiskSpec {
+            size: ByteSize(2 << 30),
+            esp_size: ByteSize(64 << 20),
+            boot: boot.to_vec(),
+            ..DiskSpec::default()
+        }
+    }
+
+    /// The partition table of a UEFI disk is the one webake wrote before BIOS boot existed
+    /// (the script then had no `pN :` names; sfdisk writes the same GPT bytes, see the
+    /// `hybrid` tests).
+    #[test]
+    fn uefi_layout_is_unchanged() {
+        let ids = DiskIds::derive("img-1");
+        let l = Layout::new(&disk(&[BootMode::Uefi])).unwrap();
+        let root_sectors = ((2u64 << 30) - 33 * 512) / ALIGN * ALIGN / 512 - 133120;
+        assert_eq!(
+            l.sfdisk_script(&ids),
+            format!(
+                "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\n\
+                 p1 : start=2048, size=131072, type={ESP_TYPE}, uuid={}, name=\"esp\"\n\
+                 p2 : start=133120, size={root_sectors}, type={ROOT_X86_64_TYPE}, uuid={}, name=\"root\"\n",
+                ids.disk_guid, ids.esp_part_uuid, ids.root_part_uuid
+            )
+        );
+    }
+
+    #[test]
+    fn hybrid_and_bios_layouts() {
+        let ids = DiskIds::derive("img-1");
+        let h = Layout::new(&disk(&[BootMode::Uefi, BootMode::Bios, BootMode::Uefi])).unwrap();
+        assert_eq!(h.firmwares, [BootMode::Bios, BootMode::Uefi]);
+        let mib = |n: u64| n << 20;
+        assert_eq!(
+            h.bios_boot,
+            Some(Extent {
+                offset: mib(1),
+                bytes: mib(1)
+            })
+        );
+        assert_eq!(
+            h.esp,
+            Some(Extent {
+                offset: mib(2),
+                bytes: mib(64)
+            })
+        );
+        assert_eq!(h.root.offset, mib(66));
+        assert_eq!(h.root.offset + h.root.bytes, mib(2047));
+        let s = h.sfdisk_script(&ids);
+        let lines: Vec<&str> = s.lines().skip(5).collect();
+        assert_eq!(lines.len(), 3, "{s}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "p14 : start=2048, size=2048, type={BIOS_BOOT_TYPE}, uuid={}",
+                ids.bios_part_uuid
+            )),
+            "{s}"
+        );
+        assert!(
+            lines[1].starts_with("p1 : start=4096, size=131072, "),
+            "{s}"
+        );
+        assert!(lines[2].starts_with("p2 : start=135168, "), "{s}");
+
+        let b = Layout::new(&disk(&[BootMode::Bios])).unwrap();
+        assert_eq!(b.firmwares, [BootMode::Bios]);
+        assert_eq!(b.esp, None);
+        assert_eq!(b.root.offset, mib(2));
+        let s = b.sfdisk_script(&ids);
+        assert!(!s.contains(ESP_TYPE), "{s}");
+        assert!(s.contains("p2 : start=4096, "), "{s}");
+
+        let e = Layout::new(&disk(&[])).unwrap_err().to_string();
+        assert!(e.contains("disk.boot is empty"), "{e}");
     }
 
     #[test]
@@ -577,13 +954,16 @@ mod tests {
             kernel: "/boot/vmlinuz-6".into(),
             initrd: None,
             version: "6".into(),
+            firmwares: vec![BootMode::Uefi],
         };
         let cmd = kernel_cmdline(&ids, &["quiet".into()]);
         assert!(cmd.contains("console=ttyS0,115200n8") && cmd.ends_with("quiet"));
         assert!(
             grub_cfg(&ids, &boot, &cmd, "t").contains(&format!("root=UUID={}", ids.root_fs_uuid))
         );
-        assert!(fstab(&ids).contains(&format!("UUID={}\t/\t", ids.root_fs_uuid)));
+        assert!(fstab(&ids, true).contains(&format!("UUID={}\t/\t", ids.root_fs_uuid)));
+        assert!(fstab(&ids, true).contains("\t/boot/efi\tvfat\t"));
+        assert!(!fstab(&ids, false).contains("/boot/efi"));
         assert!(embedded_cfg(&ids).contains(&ids.root_fs_uuid));
     }
 }

@@ -127,8 +127,18 @@ fn semantic_errors_are_located() {
     assert_err(&src, 1, "version", "unsupported recipe version 7");
     let src = GOOD.replace("name: debian-minimal", "name: Debian Minimal");
     assert_err(&src, 3, "image.name", "lowercase");
-    let src = GOOD.replace("  size: 2GiB\n", "  size: 2GiB\n  boot: [bios]\n");
-    assert_err(&src, 11, "disk.boot", "UEFI boot is required");
+    let src = GOOD.replace("  size: 2GiB\n", "  size: 2GiB\n  boot: []\n");
+    assert_err(&src, 11, "disk.boot", "expected at least one boot method");
+    use BootMode::{Bios, Uefi};
+    for (boot, want) in [
+        ("[bios]", vec![Bios]),
+        ("[bios, uefi]", vec![Bios, Uefi]),
+        ("[uefi]", vec![Uefi]),
+    ] {
+        let src = GOOD.replace("  size: 2GiB\n", &format!("  size: 2GiB\n  boot: {boot}\n"));
+        let r = parse_str(&src, Path::new("r.yaml")).unwrap_or_else(|e| panic!("{boot}: {e}"));
+        assert_eq!(r.disk.boot, want, "{boot}");
+    }
     let src = GOOD.replace("version: \"{date}\"", "version: \"{build}\"");
     assert_err(&src, 4, "image.version", "unknown placeholder {build}");
 }

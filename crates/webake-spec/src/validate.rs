@@ -407,10 +407,10 @@ fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
 
 fn disk(rep: &mut Report, d: &DiskSpec, raw: &dyn Fn(&[Seg]) -> Option<String>) {
     let size = || vec![key("disk"), key("size")];
-    if !d.boot.contains(&BootMode::Uefi) {
+    if d.boot.is_empty() {
         rep.err(
             vec![key("disk"), key("boot")],
-            "UEFI boot is required: expected `uefi` in the list (e.g. `boot: [uefi]`)",
+            "expected at least one boot method: `uefi`, `bios` or both (e.g. `boot: [bios, uefi]`)",
         );
     }
     const MIN_ROOT: u64 = 256 << 20;
