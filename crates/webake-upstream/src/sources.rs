@@ -87,6 +87,61 @@ impl AptSource {
         format!("{}/dists/{}", self.uri.trim_end_matches('/'), self.suite)
     }
 
+    /// The one-line form for `sources.list` (and mmdebstrap's mirror arguments):
+    /// `deb [signed-by=K check-valid-until=no] URI SUITE COMPONENTS`. Pinned sources get
+    /// `check-valid-until=no`: a snapshot's Release expires but its content never changes.
+    pub fn one_line(&self) -> String {
+        let mut options = Vec::new();
+        if !self.signed_by.is_empty() {
+            let keys: Vec<String> = self
+                .signed_by
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            options.push(format!("signed-by={}", keys.join(",")));
+        }
+        if !self.architectures.is_empty() {
+            options.push(format!("arch={}", self.architectures.join(",")));
+        }
+        if self.pinned {
+            options.push("check-valid-until=no".to_owned());
+        }
+        let options = if options.is_empty() {
+            String::new()
+        } else {
+            format!("[{}] ", options.join(" "))
+        };
+        format!(
+            "deb {options}{} {} {}",
+            self.uri,
+            self.suite,
+            self.components.join(" ")
+        )
+    }
+
+    /// The deb822 stanza for `/etc/apt/sources.list.d/*.sources` (apt >= 1.1).
+    pub fn deb822(&self) -> String {
+        let mut out = format!(
+            "Types: deb\nURIs: {}\nSuites: {}\nComponents: {}\nArchitectures: {}\n",
+            self.uri,
+            self.suite,
+            self.components.join(" "),
+            self.architectures.join(" ")
+        );
+        if !self.signed_by.is_empty() {
+            let keys: Vec<String> = self
+                .signed_by
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            out.push_str(&format!("Signed-By: {}\n", keys.join(" ")));
+        }
+        if self.pinned {
+            out.push_str("Check-Valid-Until: no\n");
+        }
+        out
+    }
+
     /// Reject what the checker cannot check: empty fields, flat repositories, other schemes.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: &str| {
@@ -305,6 +360,35 @@ mod tests {
             "https://snapshot.debian.org/archive/debian-security/20261123T000000Z"
         );
         assert_eq!(s[1].uri, m);
+    }
+
+    #[test]
+    fn rendered_for_apt() {
+        let s = debian_sources(&DebianSuites::new(
+            "http://deb.debian.org/debian",
+            "bookworm",
+        ));
+        assert_eq!(
+            s[2].one_line(),
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg arch=amd64] \
+             http://deb.debian.org/debian-security bookworm-security main"
+        );
+        assert_eq!(
+            s[0].deb822(),
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n\
+             Architectures: amd64\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        );
+        let mut p = AptSource::new(
+            "https://snapshot.debian.org/archive/debian/20261123T000000Z",
+            "bookworm",
+        );
+        p.components.push("contrib".into());
+        assert_eq!(
+            p.one_line(),
+            "deb [arch=amd64 check-valid-until=no] \
+             https://snapshot.debian.org/archive/debian/20261123T000000Z bookworm main contrib"
+        );
+        assert!(p.deb822().ends_with("Check-Valid-Until: no\n"));
     }
 
     #[test]

@@ -539,3 +539,92 @@ fn changelog_of_a_package_without_its_own_doc_dir() {
     let e = newest_changelog_entry(&up.main.scratch_dir().join("missing.deb")).unwrap_err();
     assert!(matches!(e, Error::Command { .. }), "{e}");
 }
+
+/// The fixture is a repository apt itself accepts (signature, by-hash, indexes), and apt's
+/// upgrade plan for the same installed packages lists the same candidates.
+#[test]
+fn apt_agrees_with_the_candidates() {
+    let up = Upstream::start();
+    up.main
+        .add("stable-updates", &DebSpec::new("hello", "1.0-2"))
+        .unwrap();
+    up.main.publish("stable-updates").unwrap();
+    let mut fix = DebSpec::new("libfoo1", "2.0-1+deb12u1");
+    fix.source = Some("foo".into());
+    up.security.add("stable-security", &fix).unwrap();
+    up.security.publish("stable-security").unwrap();
+
+    let c = client();
+    let state = c.check(&up.sources()).unwrap();
+    let ours: Vec<(String, String)> = c
+        .candidates(&installed(), &state)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.candidate))
+        .collect();
+
+    // apt, with nothing from the host's configuration or state.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in [
+        "etc/apt.conf.d",
+        "etc/preferences.d",
+        "lists/partial",
+        "cache/archives/partial",
+    ] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let sources: String = up.sources().iter().map(|s| s.one_line() + "\n").collect();
+    std::fs::write(d.join("etc/sources.list"), sources).unwrap();
+    let status: String = installed()
+        .iter()
+        .map(|p| {
+            format!(
+                "Package: {}\nStatus: install ok installed\nPriority: optional\nSection: misc\n\
+                 Maintainer: t <t@webake.invalid>\nArchitecture: {}\nVersion: {}\nDescription: x\n\n",
+                p.name, p.architecture, p.version
+            )
+        })
+        .collect();
+    std::fs::write(d.join("status"), status).unwrap();
+    let conf = format!(
+        "Dir::Etc \"{0}/etc\";\nDir::State::Lists \"{0}/lists\";\nDir::State::status \"{0}/status\";\n\
+         Dir::Cache \"{0}/cache\";\nDir::Log \"{0}\";\nAPT::Architecture \"amd64\";\n\
+         APT::Sandbox::User \"root\";\nDebug::NoLocking \"true\";\nAcquire::Languages \"none\";\n",
+        d.display()
+    );
+    std::fs::write(d.join("apt.conf"), conf).unwrap();
+    let apt = |args: &[&str]| {
+        let out = std::process::Command::new("apt-get")
+            .env("APT_CONFIG", d.join("apt.conf"))
+            .args(args)
+            .output()
+            .expect("apt-get is required (the build host is Debian)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "apt-get {args:?}: {text}{err}");
+        assert!(!err.contains("W: "), "apt-get {args:?} warned: {err}");
+        text
+    };
+    apt(&["-q", "update"]);
+    let plan = apt(&["-s", "dist-upgrade"]);
+    let mut theirs: Vec<(String, String)> = plan
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next().unwrap().to_owned();
+            let version = l
+                .split_once(" (")
+                .unwrap()
+                .1
+                .split_whitespace()
+                .next()
+                .unwrap();
+            (name, version.to_owned())
+        })
+        .collect();
+    theirs.sort();
+    assert_eq!(ours, theirs, "apt's plan:\n{plan}");
+    assert_eq!(ours.len(), 2);
+}
