@@ -7,14 +7,17 @@
 //! Ubuntu's cloud images give it). Offsets are 1 MiB aligned; the first partition starts at
 //! LBA 2048.
 //!
-//! | where (hybrid) | `[uefi]` | `[bios]` | what | made with |
-//! |---|---|---|---|---|
-//! | LBA 0, bytes 0–439 | zeros | GRUB `boot.img` | boot code of the protective MBR (BIOS runs it) | written by webake, see [`grub_bios`] |
-//! | LBA 0, bytes 440–511 | same | same | disk signature, protective partition (type 0xEE), 55 AA | `sfdisk` |
-//! | LBA 1–33, last 33 sectors | same | same | GPT header and 128 entries, and their backup | `sfdisk` |
-//! | p14 at 1 MiB, 1 MiB | — | at 1 MiB | BIOS boot partition: GRUB `core.img` (i386-pc) from its first sector | `grub-mkimage -O i386-pc`, block list patched by webake |
-//! | p1 at 2 MiB, `disk.esp_size` | at 1 MiB | — | EFI system partition, FAT: `\EFI\BOOT\BOOTX64.EFI` (GRUB x86_64-efi) | `mkfs.vfat --offset`, `mcopy` |
-//! | p2 after the ESP, to the end | after the ESP | at 2 MiB | root filesystem, ext4, label `root`: the tree, with `/boot/grub/grub.cfg` | `mkfs.ext4 -E offset=… -d TREE` |
+//! Offsets for the default `esp_size` of 64 MiB (the root ends at the last MiB boundary
+//! before the backup GPT):
+//!
+//! | region | `[bios, uefi]` | `[uefi]` | `[bios]` | contents | made with |
+//! |---|---|---|---|---|---|
+//! | MBR boot code | LBA 0, bytes 0–439 | zeros | as hybrid | GRUB `boot.img`, patched to load LBA 2048 | webake ([`grub_bios`]) |
+//! | protective MBR | LBA 0, bytes 440–511 | same | same | disk signature 0, one partition of type 0xEE over the disk, 55 AA | `sfdisk` |
+//! | GPT | LBA 1–33, last 33 sectors | same | same | header and 128 entries; backup at the end | `sfdisk` |
+//! | p14 BIOS boot | 1 MiB, 1 MiB long | — | 1 MiB, 1 MiB long | GRUB `core.img` (i386-pc, ~170 KiB) from its first sector | `grub-mkimage -O i386-pc`, block list patched by webake |
+//! | p1 ESP | 2 MiB, `esp_size` long | 1 MiB, `esp_size` long | — | FAT32 (FAT16 below 64 MiB), label `ESP`: `\EFI\BOOT\BOOTX64.EFI` (GRUB x86_64-efi) | `mkfs.vfat --offset`, `mmd`, `mcopy` |
+//! | p2 root | 66 MiB to the end | 65 MiB to the end | 2 MiB to the end | ext4, label `root`: the tree, with `/boot/grub/grub.cfg` and `/etc/fstab` | `mkfs.ext4 -E offset=… -d TREE` |
 //!
 //! Partition types: BIOS boot `21686148-6449-6E6F-744E-656564454649`, ESP
 //! `C12A7328-F81F-11D2-BA4B-00A0C93EC93B`, root `4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709`

@@ -546,6 +546,8 @@ fn boot(dir: &Path, raw: &Path, fw: Firmware) -> String {
         std::thread::sleep(Duration::from_millis(500));
         let text = read();
         if text.contains("login:") {
+            // Shown with --nocapture: how long each firmware took to a login prompt.
+            eprintln!("{fw:?}: login prompt after {:.1?}", start.elapsed());
             return text;
         }
         if let Some(status) = q.0.try_wait().unwrap() {

@@ -165,9 +165,7 @@ pub fn install(
         .map_err(|e| BuildError::Invalid(format!("{}: {e}", boot_img.display())))?;
     f.write_all_at(&core, part_lba * SECTOR as u64)
         .map_err(|e| BuildError::io(disk, e))?;
-    f.write_all_at(&mbr, 0)
-        .map_err(|e| BuildError::io(disk, e))?;
-    f.sync_all().map_err(|e| BuildError::io(disk, e))
+    f.write_all_at(&mbr, 0).map_err(|e| BuildError::io(disk, e))
 }
 
 #[cfg(test)]
