@@ -395,6 +395,156 @@ pub fn commit_entry(staging: &Path, dest: &Path) -> Result<()> {
     }
 }
 
+/// Stage 1 of a bake: the base root filesystem. A cached bootstrap (or the base the caller
+/// prepared, e.g. from an AMI) is used as it is; otherwise mmdebstrap builds it. Returns the
+/// tree (the lowest overlay layer).
+pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<PathBuf> {
+    use crate::bake::BasePlan;
+    let step = "bootstrap";
+    let t = std::time::Instant::now();
+    let req = run.req;
+    let (key, detail, rootfs) = match &req.plan.base {
+        BasePlan::Prepared {
+            key,
+            rootfs,
+            description,
+        } => {
+            if !rootfs.is_dir() {
+                return Err(BuildError::Invalid(format!(
+                    "the prepared base {} is missing (was the cache cleared during the bake?)",
+                    rootfs.display()
+                ))
+                .in_step(step));
+            }
+            (
+                key,
+                format!("{description}: cached base {}", &key[..12]),
+                rootfs.clone(),
+            )
+        }
+        BasePlan::Mmdebstrap(bs) => {
+            match cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key)
+                .filter(|_| !req.refresh_base)
+            {
+                Some(root) => (
+                    &bs.key,
+                    format!("cached base {} ({})", &bs.key[..12], bs.suite),
+                    root,
+                ),
+                None => return bootstrap(run, bs, t),
+            }
+        }
+    };
+    run.started(step, &detail);
+    crate::steps::touch(&req.workspace.bootstrap_dir().join(key));
+    run.finished(step, t, crate::reporter::CacheStatus::Hit, key.clone());
+    Ok(rootfs)
+}
+
+/// mmdebstrap, in the sandbox, into a staging entry committed to the cache.
+fn bootstrap(
+    run: &mut crate::bake::Run<'_>,
+    bs: &BootstrapPlan,
+    t: std::time::Instant,
+) -> Result<PathBuf> {
+    let step = "bootstrap";
+    let req = run.req;
+    let why = if req.refresh_base {
+        "refresh requested".to_string()
+    } else {
+        format!("no cached base for key {}", &bs.key[..12])
+    };
+    run.started(
+        step,
+        &format!(
+            "mmdebstrap {} {} (mirror: {}; {why})",
+            bs.suite,
+            bs.variant,
+            bs.mirror.as_deref().unwrap_or("default")
+        ),
+    );
+    let staging = req
+        .workspace
+        .bootstrap_dir()
+        .join(staging_name(&bs.key, &req.bake_id));
+    let cleanup = webake_sys::fsutil::RemoveOnDrop::new(&staging);
+    crate::workspace::mkdir_p(&staging)?;
+    let target = staging.join("rootfs");
+    let cmd = bootstrap_command(req, bs, &staging, &target)?;
+    run.exec(step, &cmd).map_err(|e| e.in_step(step))?;
+    let _ = std::fs::remove_dir(staging.join("sandbox"));
+    populate_dev(&target).map_err(|e| e.in_step(step))?;
+    let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": crate::steps::now_secs()});
+    let meta_path = staging.join("meta.json");
+    std::fs::write(&meta_path, meta.to_string()).map_err(|e| BuildError::io(&meta_path, e))?;
+    let dest = req.workspace.bootstrap_dir().join(&bs.key);
+    if req.refresh_base {
+        webake_sys::fsutil::remove_dir_all_if_exists(&dest)
+            .map_err(|e| BuildError::io(&dest, e))?;
+    }
+    commit_entry(&staging, &dest)?;
+    let _ = cleanup.keep();
+    run.finished(step, t, crate::reporter::CacheStatus::Miss, why);
+    Ok(dest.join("rootfs"))
+}
+
+/// The sandboxed mmdebstrap command: in memory when there is room (dpkg's many small writes
+/// and renames are several times faster there; the finished tree is then copied into the
+/// cache in one go, and the tmpfs is gone with the sandbox), else straight into the cache.
+/// mmdebstrap runs from the host's installation, read-only, in the sandbox: its maintainer
+/// scripts are as untrusted as any step's.
+fn bootstrap_command(
+    req: &crate::bake::BakeRequest<'_>,
+    bs: &BootstrapPlan,
+    staging: &Path,
+    target: &Path,
+) -> Result<webake_sys::Cmd> {
+    use webake_sys::sandbox::{Bind, Power, SandboxSpec, View};
+    let argv = match tmpfs_budget() {
+        Some(bytes) => {
+            let mem = staging.join("mem");
+            let mut argv = vec![
+                "sh".to_string(),
+                "-ec".into(),
+                IN_MEMORY_SCRIPT.into(),
+                "webake-bootstrap".into(),
+                mem.display().to_string(),
+                target.display().to_string(),
+                bytes.to_string(),
+                INITRAMFS_HOOK.into(),
+            ];
+            argv.extend(bs.args(&mem.join("rootfs"), None, false));
+            argv
+        }
+        None => {
+            let mut argv = vec!["mmdebstrap".to_string()];
+            argv.extend(bs.args(target, None, true));
+            argv
+        }
+    };
+    let sbx = staging.join("sandbox");
+    crate::workspace::mkdir_p(&sbx)?;
+    let mut spec = SandboxSpec::host_tools(&sbx, argv);
+    spec.view = View::Host {
+        tree: None,
+        image_at: "/image".into(),
+    };
+    spec.power = Power::Mounts;
+    spec.network = req.network.clone();
+    spec.env.extend(bs.env());
+    for (path, readonly) in
+        std::iter::once((staging, false)).chain(bs.keyrings.iter().map(|k| (k.as_path(), true)))
+    {
+        spec.binds.push(Bind {
+            source: path.to_path_buf(),
+            target: path.to_path_buf(),
+            readonly,
+        });
+    }
+    spec.command(&req.helper_exe)
+        .map_err(|e| BuildError::io(&sbx, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! assemble (GPT disk offline: ESP + ext4 root, GRUB for UEFI) -> artifacts (raw, qcow2, sha256).
 //! It never talks to clouds or git.
 
+pub mod agent;
 pub mod assemble;
 pub mod bake;
 pub mod bootstrap;
@@ -15,9 +16,10 @@ pub mod extract;
 pub mod finalize;
 pub mod provision;
 pub mod reporter;
+pub mod steps;
 pub mod workspace;
 
-pub use bake::{BakeRequest, BakeResult, bake};
+pub use bake::{BakeRequest, DiskImage, RootFs, assemble_disk, build_root};
 pub use error::BuildError;
 pub use reporter::{CacheStatus, Reporter};
 pub use workspace::Workspace;

@@ -29,19 +29,50 @@ pub struct StepPlan {
     pub inputs: BTreeMap<String, String>,
 }
 
-/// What the sandbox runs for a step.
+/// A file webake writes for a step into the step's `gen` directory (bound read-only at
+/// `STAGING/gen` in the image, or read by the host-mode controller at its host path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedFile {
+    /// Relative to the gen directory.
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+impl GeneratedFile {
+    fn new(path: &str, content: impl Into<Vec<u8>>, mode: u32) -> Self {
+        Self {
+            path: path.into(),
+            content: content.into(),
+            mode,
+        }
+    }
+}
+
+/// What a step runs, and where.
 #[derive(Debug, Clone)]
-pub struct StepCommand {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub binds: Vec<Bind>,
-    pub secrets: Vec<String>,
-    /// Files written by webake into a per-step host dir that is bound at STAGING/gen.
-    pub generated: Vec<(String, Vec<u8>, u32)>,
-    /// Run the host's Ansible against the merged tree (at /image) instead of inside it.
-    pub on_host: bool,
-    /// Host paths the host-mode controller reads (playbooks, roles, vars: read-only binds).
-    pub host_paths: Vec<PathBuf>,
+pub enum StepCommand {
+    /// Inside the image (shell, file, ansible-local): `argv` with `env` as root in the image,
+    /// recipe inputs bound under [`STAGING`].
+    InImage {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        binds: Vec<Bind>,
+        secrets: Vec<String>,
+        generated: Vec<GeneratedFile>,
+    },
+    /// Ansible host mode: the host's `ansible-playbook` with `args` against the image at
+    /// `/image` (chroot connection). The inventory is written by the bake (it lists the image
+    /// and `inventory_groups`); `vars_dirs` (group_vars, host_vars) sit next to it.
+    HostAnsible {
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        generated: Vec<GeneratedFile>,
+        inventory_groups: String,
+        vars_dirs: Vec<(String, PathBuf)>,
+        /// Host paths the controller reads (playbooks, roles, vars): bound read-only.
+        host_paths: Vec<PathBuf>,
+    },
 }
 
 pub fn step_label(i: usize, p: &Provisioner) -> String {
@@ -242,21 +273,19 @@ pub fn step_command(
                     body.push_str(l);
                     body.push('\n');
                 }
-                generated.push(("inline.sh".to_string(), body.into_bytes(), 0o644));
+                generated.push(GeneratedFile::new("inline.sh", body, 0o644));
                 vec![
                     "/bin/sh".into(),
                     "-e".into(),
                     format!("{STAGING}/gen/inline.sh"),
                 ]
             };
-            Ok(StepCommand {
+            Ok(StepCommand::InImage {
                 argv,
                 env,
                 binds,
                 secrets,
                 generated,
-                on_host: false,
-                host_paths: vec![],
             })
         }
         Provisioner::File(f) => {
@@ -286,14 +315,12 @@ pub fn step_command(
             if let Some(m) = &f.mode {
                 env.push(("WEBAKE_MODE".into(), m.clone()));
             }
-            Ok(StepCommand {
+            Ok(StepCommand::InImage {
                 argv: vec!["/bin/sh".into(), "-c".into(), script],
                 env,
                 binds,
                 secrets: vec![],
                 generated: vec![],
-                on_host: false,
-                host_paths: vec![],
             })
         }
         Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_) => {
@@ -302,235 +329,251 @@ pub fn step_command(
     }
 }
 
-/// Ansible steps (implemented in [`crate::provision`] for both modes).
+/// Ansible steps, in the image (ansible-local) or from the host (ansible).
 pub fn ansible_command(
     recipe: &LoadedRecipe,
     p: &Provisioner,
     vars: &BakeVars,
     mut env: Vec<(String, String)>,
 ) -> Result<StepCommand> {
-    let extra_vars = |user: &BTreeMap<String, String>| {
-        let mut m = serde_json::Map::new();
-        m.insert("webake_build".into(), true.into());
-        m.insert("webake_image_name".into(), vars.image_name.clone().into());
-        m.insert(
-            "webake_image_family".into(),
-            vars.image_family.clone().into(),
-        );
-        m.insert(
-            "webake_image_version".into(),
-            vars.image_version.clone().into(),
-        );
-        m.insert("webake_bake_id".into(), vars.bake_id.clone().into());
-        m.insert("packer_build_name".into(), vars.image_name.clone().into());
-        for (k, v) in user {
-            m.insert(k.clone(), v.clone().into());
-        }
-        serde_json::Value::Object(m).to_string()
-    };
-    env.push(("ANSIBLE_FORCE_COLOR".into(), "0".into()));
-    env.push(("ANSIBLE_NOCOLOR".into(), "1".into()));
-    env.push(("ANSIBLE_RETRY_FILES_ENABLED".into(), "0".into()));
-    env.push(("ANSIBLE_HOST_KEY_CHECKING".into(), "0".into()));
-    env.push(("PYTHONUNBUFFERED".into(), "1".into()));
-    env.push(("ANSIBLE_LOCAL_TEMP".into(), "/tmp/.ansible-local".into()));
-    env.push(("ANSIBLE_REMOTE_TEMP".into(), "/tmp/.ansible-remote".into()));
-    env.push(("ANSIBLE_GALAXY_SERVER_LIST".into(), String::new()));
+    env.extend(
+        ANSIBLE_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     match p {
-        Provisioner::AnsibleLocal(a) => {
-            let mut binds = Vec::new();
-            let mut playbooks = Vec::new();
-            for (i, pb) in a.playbook_file.as_slice().iter().enumerate() {
-                let src = recipe.resolve(pb);
-                // A playbook is staged with its directory so relative includes, group_vars
-                // and roles/ next to it keep working (as Packer's ansible-local does).
-                let dir = src
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| recipe.dir.clone());
-                let name = src
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let target = format!("{STAGING}/playbook{i}");
-                binds.push(ro(dir, target.clone()));
-                playbooks.push(format!("{target}/{name}"));
-            }
-            if let Some(d) = &a.playbook_dir {
-                binds.push(ro(recipe.resolve(d), format!("{STAGING}/playbook_dir")));
-            }
-            let mut roles = Vec::new();
-            for (i, r) in a.role_paths.iter().enumerate() {
-                let t = format!("{STAGING}/roles{i}");
-                binds.push(ro(recipe.resolve(r), t.clone()));
-                roles.push(t);
-            }
-            if a.playbook_dir.is_some() {
-                roles.push(format!("{STAGING}/playbook_dir/roles"));
-            }
-            let mut collections = Vec::new();
-            for (i, r) in a.collection_paths.iter().enumerate() {
-                let t = format!("{STAGING}/collections{i}");
-                binds.push(ro(recipe.resolve(r), t.clone()));
-                collections.push(t);
-            }
-            if !roles.is_empty() {
-                env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
-            }
-            if !collections.is_empty() {
-                env.push(("ANSIBLE_COLLECTIONS_PATH".into(), collections.join(":")));
-            }
-            // Inventory: the local host in the requested groups, connection local.
-            let mut inv = String::from(
-                "[all]\n127.0.0.1 ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
-            );
-            for g in &a.inventory_groups {
-                inv.push_str(&format!("\n[{g}]\n127.0.0.1\n"));
-            }
-            let mut generated = vec![("inventory/hosts".to_string(), inv.into_bytes(), 0o644)];
-            if let Some(g) = &a.group_vars {
-                binds.push(ro(
-                    recipe.resolve(g),
-                    format!("{STAGING}/gen/inventory/group_vars"),
-                ));
-            }
-            if let Some(h) = &a.host_vars {
-                binds.push(ro(
-                    recipe.resolve(h),
-                    format!("{STAGING}/gen/inventory/host_vars"),
-                ));
-            }
-            let mut script = String::from(
-                "set -e\ncommand -v ansible-playbook >/dev/null || { echo 'ansible-playbook is not installed in the image: install ansible in an earlier shell step, or use the `ansible` (host) provisioner' >&2; exit 127; }\n",
-            );
-            if let Some(g) = &a.galaxy_file {
-                let gf = recipe.resolve(g);
-                let text = std::fs::read_to_string(&gf).map_err(|e| BuildError::io(&gf, e))?;
-                check_galaxy_local_only(&text)
-                    .map_err(|m| BuildError::Invalid(format!("{}: {m}", gf.display())))?;
-                binds.push(ro(
-                    gf.parent().unwrap_or(Path::new(".")).to_path_buf(),
-                    format!("{STAGING}/galaxy"),
-                ));
-                let name = gf
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                script.push_str(&format!(
-                    "cd {STAGING}/galaxy && ansible-galaxy install -r {name} -p /tmp/.webake-galaxy/roles --ignore-errors=false\nexport ANSIBLE_ROLES_PATH=\"/tmp/.webake-galaxy/roles${{ANSIBLE_ROLES_PATH:+:$ANSIBLE_ROLES_PATH}}\"\n"
-                ));
-            }
-            let ev = extra_vars(&a.extra_vars);
-            generated.push(("extra_vars.json".to_string(), ev.into_bytes(), 0o600));
-            for pb in &playbooks {
-                let dir = Path::new(pb)
-                    .parent()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                let mut cmd = format!(
-                    "cd {} && ansible-playbook -i {STAGING}/gen/inventory/hosts -c local --extra-vars @{STAGING}/gen/extra_vars.json",
-                    sh_quote(&dir)
-                );
-                for x in &a.extra_arguments {
-                    cmd.push(' ');
-                    cmd.push_str(&sh_quote(x));
-                }
-                cmd.push(' ');
-                cmd.push_str(&sh_quote(pb));
-                script.push_str(&cmd);
-                script.push('\n');
-            }
-            generated.push(("ansible.sh".to_string(), script.into_bytes(), 0o644));
-            Ok(StepCommand {
-                argv: vec![
-                    "/bin/sh".into(),
-                    "-e".into(),
-                    format!("{STAGING}/gen/ansible.sh"),
-                ],
-                env,
-                binds,
-                secrets: vec![],
-                generated,
-                on_host: false,
-                host_paths: vec![],
-            })
-        }
-        Provisioner::Ansible(a) => {
-            // Host mode: argv is completed by the bake (it knows the merged root path).
-            // ansible-playbook runs in another directory: every path is made absolute.
-            // Canonical: they are bound at the same paths into the controller's sandbox.
-            let abs = |r: &webake_spec::RecipePath| {
-                let p = recipe.resolve(r);
-                p.canonicalize()
-                    .or_else(|_| std::path::absolute(&p))
-                    .unwrap_or(p)
-            };
-            let mut args = Vec::new();
-            // What the controller reads from the host, bound read-only at the same paths.
-            let mut host_paths = Vec::new();
-            for pb in a.playbook_file.as_slice() {
-                let p = abs(pb);
-                host_paths.push(p.parent().map(Path::to_path_buf).unwrap_or(p.clone()));
-                args.push(p.display().to_string());
-            }
-            for r in a.role_paths.iter().chain(&a.collection_paths) {
-                host_paths.push(abs(r));
-            }
-            let roles: Vec<String> = a
-                .role_paths
-                .iter()
-                .map(|r| abs(r).display().to_string())
-                .collect();
-            if !roles.is_empty() {
-                env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
-            }
-            let cols: Vec<String> = a
-                .collection_paths
-                .iter()
-                .map(|r| abs(r).display().to_string())
-                .collect();
-            if !cols.is_empty() {
-                env.push(("ANSIBLE_COLLECTIONS_PATH".into(), cols.join(":")));
-            }
-            let mut generated = vec![(
-                "extra_vars.json".to_string(),
-                extra_vars(&a.extra_vars).into_bytes(),
-                0o600,
-            )];
-            let mut groups = String::new();
-            for g in &a.inventory_groups {
-                groups.push_str(&format!("\n[{g}]\nimage\n"));
-            }
-            generated.push(("inventory.groups".to_string(), groups.into_bytes(), 0o644));
-            args.extend(a.extra_arguments.iter().cloned());
-            // group_vars / host_vars sit next to the generated inventory (symlinks made by the bake).
-            let mut links = Vec::new();
-            if let Some(g) = &a.group_vars {
-                links.push(("group_vars".to_string(), abs(g)));
-            }
-            if let Some(h) = &a.host_vars {
-                links.push(("host_vars".to_string(), abs(h)));
-            }
-            for (name, target) in links {
-                host_paths.push(target.clone());
-                generated.push((
-                    format!("link:{name}"),
-                    target.display().to_string().into_bytes(),
-                    0,
-                ));
-            }
-            Ok(StepCommand {
-                argv: args,
-                env,
-                binds: vec![],
-                secrets: vec![],
-                generated,
-                on_host: true,
-                host_paths,
-            })
-        }
+        Provisioner::AnsibleLocal(a) => ansible_local(recipe, a, vars, env),
+        Provisioner::Ansible(a) => ansible_host(recipe, a, vars, env),
         _ => unreachable!("only ansible steps"),
     }
+}
+
+/// The environment of every Ansible run: no color, no retry files, private temp dirs (the
+/// sandbox's /tmp), no galaxy server.
+const ANSIBLE_ENV: &[(&str, &str)] = &[
+    ("ANSIBLE_FORCE_COLOR", "0"),
+    ("ANSIBLE_NOCOLOR", "1"),
+    ("ANSIBLE_RETRY_FILES_ENABLED", "0"),
+    ("ANSIBLE_HOST_KEY_CHECKING", "0"),
+    ("PYTHONUNBUFFERED", "1"),
+    ("ANSIBLE_LOCAL_TEMP", "/tmp/.ansible-local"),
+    ("ANSIBLE_REMOTE_TEMP", "/tmp/.ansible-remote"),
+    ("ANSIBLE_GALAXY_SERVER_LIST", ""),
+];
+
+/// `--extra-vars` of every Ansible run: webake's variables, Packer's name, then the recipe's.
+fn extra_vars_json(vars: &BakeVars, user: &BTreeMap<String, String>) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("webake_build".into(), true.into());
+    for (k, v) in [
+        ("webake_image_name", &vars.image_name),
+        ("webake_image_family", &vars.image_family),
+        ("webake_image_version", &vars.image_version),
+        ("webake_bake_id", &vars.bake_id),
+        ("packer_build_name", &vars.image_name),
+    ] {
+        m.insert(k.into(), v.clone().into());
+    }
+    for (k, v) in user {
+        m.insert(k.clone(), v.clone().into());
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Bind `dirs` read-only under STAGING/`name`N, returning where they are inside.
+fn stage_dirs<'r>(
+    recipe: &LoadedRecipe,
+    dirs: impl IntoIterator<Item = &'r webake_spec::RecipePath>,
+    name: &str,
+    binds: &mut Vec<Bind>,
+) -> Vec<String> {
+    dirs.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let t = format!("{STAGING}/{name}{i}");
+            binds.push(ro(recipe.resolve(r), t.clone()));
+            t
+        })
+        .collect()
+}
+
+const NO_ANSIBLE: &str = "command -v ansible-playbook >/dev/null || { echo 'ansible-playbook is not installed in the image: install ansible in an earlier shell step, or use the `ansible` (host) provisioner' >&2; exit 127; }";
+
+/// ansible-local: the playbooks (each with its directory, as Packer stages them), roles,
+/// collections and vars bound into the image, run by the image's own ansible-playbook.
+fn ansible_local(
+    recipe: &LoadedRecipe,
+    a: &webake_spec::AnsibleLocalStep,
+    vars: &BakeVars,
+    mut env: Vec<(String, String)>,
+) -> Result<StepCommand> {
+    let mut binds = Vec::new();
+    let mut playbooks = Vec::new();
+    for (i, pb) in a.playbook_file.as_slice().iter().enumerate() {
+        let src = recipe.resolve(pb);
+        // A playbook is staged with its directory so relative includes, group_vars and roles/
+        // next to it keep working.
+        let dir = src
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| recipe.dir.clone());
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = format!("{STAGING}/playbook{i}");
+        binds.push(ro(dir, target.clone()));
+        playbooks.push(format!("{target}/{name}"));
+    }
+    if let Some(d) = &a.playbook_dir {
+        binds.push(ro(recipe.resolve(d), format!("{STAGING}/playbook_dir")));
+    }
+    let mut roles = stage_dirs(recipe, &a.role_paths, "roles", &mut binds);
+    if a.playbook_dir.is_some() {
+        roles.push(format!("{STAGING}/playbook_dir/roles"));
+    }
+    let collections = stage_dirs(recipe, &a.collection_paths, "collections", &mut binds);
+    if !roles.is_empty() {
+        env.push(("ANSIBLE_ROLES_PATH".into(), roles.join(":")));
+    }
+    if !collections.is_empty() {
+        env.push(("ANSIBLE_COLLECTIONS_PATH".into(), collections.join(":")));
+    }
+    // Inventory: the local host in the requested groups, connection local.
+    let mut inv = String::from(
+        "[all]\n127.0.0.1 ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+    );
+    for g in &a.inventory_groups {
+        inv.push_str(&format!("\n[{g}]\n127.0.0.1\n"));
+    }
+    for (dir, name) in [(&a.group_vars, "group_vars"), (&a.host_vars, "host_vars")] {
+        if let Some(d) = dir {
+            binds.push(ro(
+                recipe.resolve(d),
+                format!("{STAGING}/gen/inventory/{name}"),
+            ));
+        }
+    }
+    let mut script = format!("set -e\n{NO_ANSIBLE}\n");
+    if let Some(g) = &a.galaxy_file {
+        script.push_str(&galaxy_install(recipe, g, &mut binds)?);
+    }
+    for pb in &playbooks {
+        let dir = Path::new(pb)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut cmd = format!(
+            "cd {} && ansible-playbook -i {STAGING}/gen/inventory/hosts -c local --extra-vars @{STAGING}/gen/extra_vars.json",
+            sh_quote(&dir)
+        );
+        for x in a.extra_arguments.iter().chain(std::iter::once(pb)) {
+            cmd.push(' ');
+            cmd.push_str(&sh_quote(x));
+        }
+        script.push_str(&cmd);
+        script.push('\n');
+    }
+    Ok(StepCommand::InImage {
+        argv: vec![
+            "/bin/sh".into(),
+            "-e".into(),
+            format!("{STAGING}/gen/ansible.sh"),
+        ],
+        env,
+        binds,
+        secrets: vec![],
+        generated: vec![
+            GeneratedFile::new("inventory/hosts", inv, 0o644),
+            GeneratedFile::new(
+                "extra_vars.json",
+                extra_vars_json(vars, &a.extra_vars),
+                0o600,
+            ),
+            GeneratedFile::new("ansible.sh", script, 0o644),
+        ],
+    })
+}
+
+/// The script lines that install a (local-only) galaxy requirements file's roles.
+fn galaxy_install(
+    recipe: &LoadedRecipe,
+    g: &webake_spec::RecipePath,
+    binds: &mut Vec<Bind>,
+) -> Result<String> {
+    let gf = recipe.resolve(g);
+    let text = std::fs::read_to_string(&gf).map_err(|e| BuildError::io(&gf, e))?;
+    check_galaxy_local_only(&text)
+        .map_err(|m| BuildError::Invalid(format!("{}: {m}", gf.display())))?;
+    binds.push(ro(
+        gf.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        format!("{STAGING}/galaxy"),
+    ));
+    let name = gf
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(format!(
+        "cd {STAGING}/galaxy && ansible-galaxy install -r {name} -p /tmp/.webake-galaxy/roles --ignore-errors=false\nexport ANSIBLE_ROLES_PATH=\"/tmp/.webake-galaxy/roles${{ANSIBLE_ROLES_PATH:+:$ANSIBLE_ROLES_PATH}}\"\n"
+    ))
+}
+
+/// ansible (host mode): the host's ansible-playbook, with every path absolute and canonical
+/// (bound at the same paths into the controller's sandbox).
+fn ansible_host(
+    recipe: &LoadedRecipe,
+    a: &webake_spec::AnsibleStep,
+    vars: &BakeVars,
+    mut env: Vec<(String, String)>,
+) -> Result<StepCommand> {
+    let abs = |r: &webake_spec::RecipePath| {
+        let p = recipe.resolve(r);
+        p.canonicalize()
+            .or_else(|_| std::path::absolute(&p))
+            .unwrap_or(p)
+    };
+    let mut args = Vec::new();
+    let mut host_paths = Vec::new();
+    for pb in a.playbook_file.as_slice() {
+        let p = abs(pb);
+        host_paths.push(p.parent().map(Path::to_path_buf).unwrap_or(p.clone()));
+        args.push(p.display().to_string());
+    }
+    for (var, dirs) in [
+        ("ANSIBLE_ROLES_PATH", &a.role_paths),
+        ("ANSIBLE_COLLECTIONS_PATH", &a.collection_paths),
+    ] {
+        let paths: Vec<PathBuf> = dirs.iter().map(abs).collect();
+        if !paths.is_empty() {
+            let joined: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            env.push((var.into(), joined.join(":")));
+        }
+        host_paths.extend(paths);
+    }
+    args.extend(a.extra_arguments.iter().cloned());
+    let mut inventory_groups = String::new();
+    for g in &a.inventory_groups {
+        inventory_groups.push_str(&format!("\n[{g}]\nimage\n"));
+    }
+    let mut vars_dirs = Vec::new();
+    for (name, dir) in [("group_vars", &a.group_vars), ("host_vars", &a.host_vars)] {
+        if let Some(d) = dir {
+            host_paths.push(abs(d));
+            vars_dirs.push((name.to_string(), abs(d)));
+        }
+    }
+    Ok(StepCommand::HostAnsible {
+        args,
+        env,
+        generated: vec![GeneratedFile::new(
+            "extra_vars.json",
+            extra_vars_json(vars, &a.extra_vars),
+            0o600,
+        )],
+        inventory_groups,
+        vars_dirs,
+        host_paths,
+    })
 }
 
 /// The sandbox network of a recipe's bootstrap and steps.

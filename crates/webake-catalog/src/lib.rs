@@ -4,11 +4,19 @@
 //! image row and its artifact rows are written in one transaction, after the artifacts are
 //! complete on disk: there is never an image whose artifacts are missing.
 
+mod model;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+pub use webake_inventory::Inventory;
+
+pub use model::{
+    Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, Provenance, Publication, StepRecord,
+    TestResult, VariableRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -38,6 +46,10 @@ pub enum CatalogError {
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
+fn to_json<T: Serialize>(v: &T) -> rusqlite::Result<String> {
+    serde_json::to_string(v).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BakeStatus {
@@ -48,7 +60,7 @@ pub enum BakeStatus {
 }
 
 impl BakeStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
@@ -68,7 +80,7 @@ impl BakeStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bake {
-    pub id: String,
+    pub id: BakeId,
     pub recipe_path: String,
     pub name: String,
     pub family: String,
@@ -77,34 +89,16 @@ pub struct Bake {
     pub finished_at: Option<i64>,
     pub log_path: String,
     pub error: Option<String>,
-    pub image_id: Option<String>,
+    pub image_id: Option<ImageId>,
     pub pid: i64,
     pub inputs_digest: String,
     pub host: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Artifact {
-    pub format: String,
-    pub path: String,
-    pub sha256: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Publication {
-    pub target: String,
-    pub region: String,
-    pub ami_id: Option<String>,
-    pub snapshot_id: Option<String>,
-    pub name: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
-    pub id: String,
-    pub bake_id: String,
+    pub id: ImageId,
+    pub bake_id: BakeId,
     pub name: String,
     pub family: String,
     pub version: String,
@@ -114,17 +108,25 @@ pub struct Image {
     pub kernel: Option<String>,
     /// Apparent size of the root tree in bytes.
     pub tree_size: u64,
-    /// Inventory JSON (packages, kernel, os-release, units), as produced by webake-inventory.
-    pub inventory: Option<serde_json::Value>,
-    /// Provenance JSON: recipe, base and step input digests.
-    pub provenance: serde_json::Value,
-    /// Boot test result, if one ran: "passed" / "failed".
-    pub test_result: Option<String>,
+    /// Packages, kernels, units, os-release (webake-inventory).
+    pub inventory: Option<Inventory>,
+    /// What the image was made from.
+    pub provenance: Provenance,
+    /// Boot test result, if one ran.
+    pub test_result: Option<TestResult>,
     pub artifacts: Vec<Artifact>,
     pub publications: Vec<Publication>,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+impl Image {
+    /// The artifact of `format`, if the image has one.
+    pub fn artifact(&self, format: ArtifactFormat) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.format == format)
+    }
+}
+
+/// 1: the first schema. 2: publications.run_id.
+const SCHEMA_VERSION: i64 = 2;
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
@@ -198,10 +200,23 @@ impl Catalog {
     }
 
     fn migrate(&self) -> Result<()> {
-        let v: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        let version = |conn: &Connection| -> rusqlite::Result<i64> {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        };
+        if version(&self.conn).map_err(self.e())? == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Under the write lock, so concurrent first opens migrate once.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
             .map_err(self.e())?;
+        let r = self.migrate_locked(version(&self.conn).map_err(self.e())?);
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(self.e())?;
+        r
+    }
+
+    fn migrate_locked(&self, v: i64) -> Result<()> {
         if v > SCHEMA_VERSION {
             return Err(CatalogError::TooNew {
                 path: self.path.clone(),
@@ -212,8 +227,7 @@ impl Catalog {
         if v < 1 {
             self.conn
                 .execute_batch(
-                    "BEGIN IMMEDIATE;
-                    CREATE TABLE IF NOT EXISTS bakes (
+                    "CREATE TABLE IF NOT EXISTS bakes (
                         id TEXT PRIMARY KEY, recipe_path TEXT NOT NULL, name TEXT NOT NULL, family TEXT NOT NULL,
                         status TEXT NOT NULL, started_at INTEGER NOT NULL, finished_at INTEGER,
                         log_path TEXT NOT NULL, error TEXT, image_id TEXT, pid INTEGER NOT NULL,
@@ -233,8 +247,15 @@ impl Catalog {
                         image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE, target TEXT NOT NULL,
                         region TEXT NOT NULL, ami_id TEXT, snapshot_id TEXT, name TEXT NOT NULL,
                         created_at INTEGER NOT NULL, PRIMARY KEY (image_id, target, region));
-                    PRAGMA user_version = 1;
-                    COMMIT;",
+                    PRAGMA user_version = 1;",
+                )
+                .map_err(self.e())?;
+        }
+        if v < 2 {
+            self.conn
+                .execute_batch(
+                    "ALTER TABLE publications ADD COLUMN run_id TEXT;
+                    PRAGMA user_version = 2;",
                 )
                 .map_err(self.e())?;
         }
@@ -254,7 +275,7 @@ impl Catalog {
 
     pub fn end_bake(
         &self,
-        id: &str,
+        id: &BakeId,
         status: BakeStatus,
         error: Option<&str>,
         finished_at: i64,
@@ -293,16 +314,22 @@ impl Catalog {
                 img.recipe_digest,
                 img.kernel,
                 img.tree_size as i64,
-                img.inventory.as_ref().map(|v| v.to_string()),
-                img.provenance.to_string(),
-                img.test_result,
+                img.inventory.as_ref().map(to_json).transpose().map_err(e)?,
+                to_json(&img.provenance).map_err(e)?,
+                img.test_result.map(TestResult::as_str),
             ],
         )
         .map_err(e)?;
         for a in &img.artifacts {
             tx.execute(
                 "INSERT INTO artifacts (image_id, format, path, sha256, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![img.id, a.format, a.path, a.sha256, a.size as i64],
+                params![
+                    img.id,
+                    a.format.as_str(),
+                    a.path.to_string_lossy(),
+                    a.sha256,
+                    a.size as i64
+                ],
             )
             .map_err(e)?;
         }
@@ -315,22 +342,37 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn set_test_result(&self, image_id: &str, result: &str) -> Result<()> {
+    pub fn set_test_result(&self, image_id: &ImageId, result: TestResult) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE images SET test_result = ?2 WHERE id = ?1",
-                params![image_id, result],
+                params![image_id, result.as_str()],
             )
             .map_err(self.e())?;
         Ok(())
     }
 
-    pub fn add_publication(&self, image_id: &str, p: &Publication) -> Result<()> {
+    pub fn add_publication(&self, image_id: &ImageId, p: &Publication) -> Result<()> {
+        let (region, ami, snapshot, run_id) = match p {
+            Publication::Local { .. } => ("-", None, None, None),
+            Publication::Aws {
+                region,
+                ami_id,
+                snapshot_id,
+                run_id,
+                ..
+            } => (
+                region.as_str(),
+                Some(ami_id.as_str()),
+                snapshot_id.as_deref(),
+                run_id.as_deref(),
+            ),
+        };
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO publications (image_id, target, region, ami_id, snapshot_id, name, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![image_id, p.target, p.region, p.ami_id, p.snapshot_id, p.name, p.created_at],
+                "INSERT OR REPLACE INTO publications (image_id, target, region, ami_id, snapshot_id, name, created_at, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![image_id, p.target(), region, ami, snapshot, p.name(), p.created_at(), run_id],
             )
             .map_err(self.e())?;
         Ok(())
@@ -351,8 +393,10 @@ impl Catalog {
             kernel: r.get("kernel")?,
             tree_size: r.get::<_, i64>("tree_size")? as u64,
             inventory: inv.and_then(|s| serde_json::from_str(&s).ok()),
-            provenance: serde_json::from_str(&prov).unwrap_or(serde_json::Value::Null),
-            test_result: r.get("test_result")?,
+            provenance: serde_json::from_str(&prov).unwrap_or_default(),
+            test_result: r
+                .get::<_, Option<String>>("test_result")?
+                .and_then(|t| t.parse().ok()),
             artifacts: Vec::new(),
             publications: Vec::new(),
         })
@@ -362,9 +406,16 @@ impl Catalog {
         let mut st = self.conn.prepare("SELECT format, path, sha256, size FROM artifacts WHERE image_id = ?1 ORDER BY format").map_err(self.e())?;
         img.artifacts = st
             .query_map([&img.id], |r| {
+                let format: String = r.get(0)?;
                 Ok(Artifact {
-                    format: r.get(0)?,
-                    path: r.get(1)?,
+                    format: format.parse().map_err(|e: String| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            0,
+                            rusqlite::types::Type::Text,
+                            e.into(),
+                        )
+                    })?,
+                    path: PathBuf::from(r.get::<_, String>(1)?),
                     sha256: r.get(2)?,
                     size: r.get::<_, i64>(3)? as u64,
                 })
@@ -374,17 +425,24 @@ impl Catalog {
             .map_err(self.e())?;
         let mut st = self
             .conn
-            .prepare("SELECT target, region, ami_id, snapshot_id, name, created_at FROM publications WHERE image_id = ?1 ORDER BY target, region")
+            .prepare("SELECT target, region, ami_id, snapshot_id, name, created_at, run_id FROM publications WHERE image_id = ?1 ORDER BY target, region")
             .map_err(self.e())?;
         img.publications = st
             .query_map([&img.id], |r| {
-                Ok(Publication {
-                    target: r.get(0)?,
-                    region: r.get(1)?,
-                    ami_id: r.get(2)?,
-                    snapshot_id: r.get(3)?,
-                    name: r.get(4)?,
-                    created_at: r.get(5)?,
+                let target: String = r.get(0)?;
+                Ok(match target.as_str() {
+                    "local" => Publication::Local {
+                        name: r.get(4)?,
+                        created_at: r.get(5)?,
+                    },
+                    _ => Publication::Aws {
+                        region: r.get(1)?,
+                        ami_id: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        snapshot_id: r.get(3)?,
+                        name: r.get(4)?,
+                        created_at: r.get(5)?,
+                        run_id: r.get(6)?,
+                    },
                 })
             })
             .map_err(self.e())?
@@ -431,7 +489,7 @@ impl Catalog {
             1 => self.fill(rows.into_iter().next().expect("one")),
             _ => Err(CatalogError::Ambiguous {
                 query: query.into(),
-                ids: rows.into_iter().map(|i| i.id).collect(),
+                ids: rows.into_iter().map(|i| i.id.to_string()).collect(),
             }),
         }
     }
@@ -506,7 +564,7 @@ impl Catalog {
             .map_err(self.e())
     }
 
-    pub fn get_bake(&self, id: &str) -> Result<Option<Bake>> {
+    pub fn get_bake(&self, id: &BakeId) -> Result<Option<Bake>> {
         self.conn
             .query_row(
                 "SELECT * FROM bakes WHERE id = ?1",
@@ -544,7 +602,7 @@ impl Catalog {
     }
 
     /// Ids of bakes that did not finish successfully (for sweeping cloud resources).
-    pub fn unfinished_bake_ids(&self) -> Result<Vec<String>> {
+    pub fn unfinished_bake_ids(&self) -> Result<Vec<BakeId>> {
         let mut st = self
             .conn
             .prepare("SELECT id FROM bakes WHERE status != 'succeeded'")
@@ -568,11 +626,11 @@ impl Catalog {
                     Ok(m) => problems.push(format!(
                         "image {}: {} is {} bytes, recorded {}",
                         img.id,
-                        a.path,
+                        a.path.display(),
                         m.len(),
                         a.size
                     )),
-                    Err(e) => problems.push(format!("image {}: {}: {e}", img.id, a.path)),
+                    Err(e) => problems.push(format!("image {}: {}: {e}", img.id, a.path.display())),
                 }
             }
         }
@@ -614,11 +672,14 @@ mod tests {
             recipe_digest: "r".into(),
             kernel: Some("6.1".into()),
             tree_size: 10,
-            inventory: Some(serde_json::json!({"packages": []})),
-            provenance: serde_json::json!({"recipe": "r"}),
+            inventory: None,
+            provenance: Provenance {
+                recipe: "r".into(),
+                ..Provenance::default()
+            },
             test_result: None,
             artifacts: vec![Artifact {
-                format: "raw".into(),
+                format: ArtifactFormat::Raw,
                 path: "/x.raw".into(),
                 sha256: "ab".into(),
                 size: 3,
@@ -653,28 +714,25 @@ mod tests {
             "img-aaa1"
         );
         assert_eq!(
-            c.get_bake("b1").unwrap().unwrap().status,
+            c.get_bake(&"b1".into()).unwrap().unwrap().status,
             BakeStatus::Succeeded
         );
         assert_eq!(c.find_by_inputs("f", "d").unwrap().unwrap().id, "img-aab2");
         c.add_publication(
-            "img-aab2",
-            &Publication {
-                target: "aws".into(),
+            &"img-aab2".into(),
+            &Publication::Aws {
                 region: "eu-west-1".into(),
-                ami_id: Some("ami-1".into()),
+                ami_id: "ami-1".into(),
                 snapshot_id: Some("snap-1".into()),
                 name: "n".into(),
                 created_at: 5,
+                run_id: Some("run-1".into()),
             },
         )
         .unwrap();
-        assert_eq!(
-            c.find_image("img-aab2").unwrap().publications[0]
-                .ami_id
-                .as_deref(),
-            Some("ami-1")
-        );
+        let img = c.find_image("img-aab2").unwrap();
+        assert_eq!(img.publications[0].ami(), Some(("eu-west-1", "ami-1")));
+        assert_eq!(img.provenance.recipe, "r");
     }
 
     #[test]
@@ -687,7 +745,7 @@ mod tests {
         assert!(c.record_image(&img, 2).is_err());
         assert!(c.list_images(None).unwrap().is_empty());
         assert_eq!(
-            c.get_bake("b1").unwrap().unwrap().status,
+            c.get_bake(&"b1".into()).unwrap().unwrap().status,
             BakeStatus::Running
         );
     }
@@ -700,10 +758,10 @@ mod tests {
         let stale = c.reap_stale_bakes("h", &|_| false, 5).unwrap();
         assert_eq!(stale.len(), 1);
         assert_eq!(
-            c.get_bake("dead").unwrap().unwrap().status,
+            c.get_bake(&"dead".into()).unwrap().unwrap().status,
             BakeStatus::Failed
         );
-        assert_eq!(c.unfinished_bake_ids().unwrap(), vec!["dead".to_string()]);
+        assert_eq!(c.unfinished_bake_ids().unwrap(), vec![BakeId::from("dead")]);
     }
 
     #[test]

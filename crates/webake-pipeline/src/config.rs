@@ -702,6 +702,41 @@ struct RecipeImage {
 }
 
 impl RecipeRef {
+    /// The recipe's path relative to the root of the git checkout that holds it (the pod
+    /// clones that repository and runs `webake run <this path>` from its root).
+    pub fn path_in_repo(recipe: &Path) -> Result<String, Error> {
+        let invalid = |message: String| Error::Invalid {
+            path: recipe.to_owned(),
+            field: "recipe path".into(),
+            message,
+        };
+        let absolute = std::fs::canonicalize(recipe).map_err(|source| Error::Read {
+            path: recipe.to_owned(),
+            source,
+        })?;
+        let root = absolute
+            .ancestors()
+            .skip(1)
+            .find(|dir| dir.join(".git").exists())
+            .ok_or_else(|| {
+                invalid(
+                    "not inside a git checkout: say where it lives in the recipes repository \
+                     with --recipe-in-repo"
+                        .into(),
+                )
+            })?;
+        let relative = absolute.strip_prefix(root).unwrap_or(&absolute);
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| match c {
+                std::path::Component::Normal(part) => part.to_str().map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| invalid("not valid UTF-8".into()))?;
+        Ok(parts.join("/"))
+    }
+
     /// Read `image.name` (required) and `image.family` (defaults to the name) from the recipe.
     pub fn load(path: &Path, path_in_repo: &str) -> Result<Self, Error> {
         let text = read(path)?;
@@ -991,4 +1026,33 @@ pub(crate) fn is_dns_label(value: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn path_in_repo_is_relative_to_the_checkout_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+        std::fs::create_dir_all(dir.path().join("recipes/base")).unwrap();
+        let recipe = dir.path().join("recipes/base/debian.yaml");
+        std::fs::write(&recipe, "image:\n  name: debian\n").unwrap();
+        assert_eq!(
+            RecipeRef::path_in_repo(&recipe).unwrap(),
+            "recipes/base/debian.yaml"
+        );
+    }
+
+    #[test]
+    fn path_in_repo_outside_a_checkout_asks_for_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("debian.yaml");
+        std::fs::write(&recipe, "image:\n  name: debian\n").unwrap();
+        // A temp dir may itself sit inside a checkout; only check the message when it does not.
+        if let Err(err) = RecipeRef::path_in_repo(&recipe) {
+            assert!(err.to_string().contains("--recipe-in-repo"), "{err}");
+        }
+    }
 }

@@ -39,7 +39,7 @@ mod inputs;
 mod locate;
 mod model;
 mod size;
-mod suggest;
+pub mod suggest;
 mod template;
 mod validate;
 mod vars;

@@ -294,7 +294,8 @@ pub struct DiskSpec {
     /// Root filesystem type. Only `ext4`.
     #[serde(default)]
     pub filesystem: Filesystem,
-    /// Boot methods. `uefi` is required.
+    /// Firmwares the disk boots under: `[uefi]` (default), `[bios]`, or both (`[bios, uefi]`:
+    /// a hybrid disk, which an AMI registers as `uefi-preferred`).
     #[serde(default = "default_boot")]
     pub boot: Vec<BootMode>,
     /// Extra kernel command line arguments (the serial console is always added).
@@ -339,6 +340,15 @@ pub enum Filesystem {
 pub enum BootMode {
     Uefi,
     Bios,
+}
+
+impl BootMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uefi => "uefi",
+            Self::Bios => "bios",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

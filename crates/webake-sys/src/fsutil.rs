@@ -167,3 +167,38 @@ pub fn data_segments(f: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u
     }
     Ok(out)
 }
+
+/// Removes a directory tree (or file) when dropped, unless [`RemoveOnDrop::keep`] was called:
+/// for staging entries that must not outlive a failure.
+#[must_use]
+pub struct RemoveOnDrop {
+    path: Option<PathBuf>,
+}
+
+impl RemoveOnDrop {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: Some(path.into()),
+        }
+    }
+
+    /// Keep the path (it was committed elsewhere, or is wanted for debugging).
+    pub fn keep(mut self) -> PathBuf {
+        self.path.take().unwrap_or_default()
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let r = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(_) => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove");
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Command-line types (clap). Each subcommand's arguments live in its own module under `cmd/`.
+//! Command-line types (clap). Each subcommand's arguments live in its own module under `cmd/`;
+//! options shared by several commands in `args`.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "webake",
     version,
-    about = "Bake, test, publish and roll out machine images"
+    about = "Bake, test, publish and roll out machine images",
+    after_help = "Exit codes: 0 ok, 1 failed, 2 invalid input, 3 boot test failed, 4 publish failed, 5 rollout failed, 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -18,23 +20,27 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// SQLite catalog of images and bakes [default: $XDG_DATA_HOME/webake/catalog.db]
-    #[arg(long, global = true, env = "WEBAKE_CATALOG")]
+    #[arg(long, global = true, env = "WEBAKE_CATALOG", value_name = "FILE")]
     pub catalog: Option<PathBuf>,
     /// Directory for image artifacts and bake logs [default: $XDG_DATA_HOME/webake]
-    #[arg(long, global = true, env = "WEBAKE_DATA_DIR")]
+    #[arg(long, global = true, env = "WEBAKE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Directory for the bootstrap and layer cache [default: $XDG_CACHE_HOME/webake]
-    #[arg(long, global = true, env = "WEBAKE_CACHE_DIR")]
+    #[arg(long, global = true, env = "WEBAKE_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Log format for diagnostics on stderr
+    /// Print the result as one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Progress and diagnostics on stderr: text lines, or one JSON object per line
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WEBAKE_LOG_FORMAT")]
     pub log_format: LogFormat,
-    /// More output (repeat for more)
+    /// More diagnostics (-v: info, -vv: debug, -vvv: trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only errors
+    /// Only errors: no progress
     #[arg(short, long, global = true)]
     pub quiet: bool,
 }
@@ -62,8 +68,8 @@ pub enum Command {
     Lint(crate::cmd::lint::LintArgs),
     /// Publish a catalog image: locally (default) or to AWS as an AMI
     Publish(crate::cmd::publish::PublishArgs),
-    /// Publish a raw disk to AWS directly (low level; `publish --to aws` fills these from the catalog)
-    PublishAws(crate::cmd::publish_aws::PublishAwsArgs),
+    /// Publish a raw disk to AWS directly (low level; `publish --to aws` takes these from the catalog)
+    PublishAws(crate::cmd::publish::PublishAwsArgs),
     /// Open or update a pull request that rolls an image out in a cluster repository
     Rollout(crate::cmd::rollout::RolloutArgs),
     /// Bake, boot-test, publish and roll out a recipe in one go (skips an unchanged bake)
@@ -76,4 +82,34 @@ pub enum Command {
     Cache(crate::cmd::cache::CacheCommand),
     /// Print the JSON Schema of the recipe format
     Schema,
+}
+
+impl Command {
+    /// The command's name, as progress and errors in JSON name their source.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Validate(_) => "validate",
+            Command::Bake(_) => "bake",
+            Command::Images(_) => "images",
+            Command::Clean(_) => "clean",
+            Command::Test(_) => "test",
+            Command::Lint(_) => "lint",
+            Command::Publish(_) => "publish",
+            Command::PublishAws(_) => "publish-aws",
+            Command::Rollout(_) => "rollout",
+            Command::Run(_) => "run",
+            Command::Pipeline(_) => "pipeline",
+            Command::Cache(_) => "cache",
+            Command::Schema => "schema",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

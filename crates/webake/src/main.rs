@@ -1,9 +1,10 @@
-//! The `webake` binary: parses the command line, resolves settings, dispatches.
-//! Business logic lives in the library crates; this crate prints and maps errors to exit codes.
+//! The `webake` binary: parses the command line, resolves settings, calls the engine, prints
+//! the result and maps errors to the documented exit codes. No business logic lives here.
 
+mod args;
 mod cli;
 mod cmd;
-mod exit;
+mod output;
 mod settings;
 
 use std::process::ExitCode;
@@ -15,13 +16,34 @@ fn main() -> ExitCode {
     if let Some(code) = webake_sys::sandbox::helper_main_if_requested() {
         return ExitCode::from(code);
     }
-    if let Some(code) = cmd::test::tcp_pipe_main_if_requested() {
+    // The boot test's metadata relay re-executes it too.
+    if let Some(code) = webake_engine::boottest::imds::tcp_pipe_main_if_requested() {
         return ExitCode::from(code);
     }
     let cli = cli::Cli::parse();
-    cmd::init_tracing(&cli.global);
-    match cmd::dispatch(cli) {
-        Ok(code) => code,
-        Err(err) => exit::report(&err),
+    init_tracing(&cli.global);
+    cmd::dispatch(cli)
+}
+
+/// Diagnostics of the libraries (`tracing`) on stderr, as text or JSON lines.
+fn init_tracing(global: &cli::GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = if global.quiet {
+        "error"
+    } else {
+        match global.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_env("WEBAKE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match global.log_format {
+        cli::LogFormat::Text => builder.with_target(false).init(),
+        cli::LogFormat::Json => builder.json().init(),
     }
 }

@@ -1,50 +1,49 @@
-//! Settings resolution: command line > environment > defaults (XDG directories).
+//! Settings resolution: command line > environment > defaults (XDG directories). An empty
+//! variable counts as unset.
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use webake_engine::{Error, Settings};
 
 use crate::cli::GlobalArgs;
 
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub data_dir: PathBuf,
-    pub cache_dir: PathBuf,
-    pub catalog: PathBuf,
-    pub quiet: bool,
+fn env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
 }
 
-impl Settings {
-    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Self> {
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let xdg = |var: &str, fallback: &str| -> anyhow::Result<PathBuf> {
-            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-                return Ok(PathBuf::from(v));
-            }
-            let home = home
-                .clone()
-                .context("neither $HOME nor an explicit directory is set")?;
-            Ok(home.join(fallback))
-        };
-        let data_dir = match &global.data_dir {
-            Some(d) => d.clone(),
-            None => xdg("XDG_DATA_HOME", ".local/share")?.join("webake"),
-        };
-        let cache_dir = match &global.cache_dir {
-            Some(d) => d.clone(),
-            None => xdg("XDG_CACHE_HOME", ".cache")?.join("webake"),
-        };
-        let catalog = global
-            .catalog
-            .clone()
-            .unwrap_or_else(|| data_dir.join("catalog.db"));
-        // Absolute paths: the sandbox and overlay mounts see them from other directories.
-        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-        Ok(Self {
-            data_dir: abs(data_dir),
-            cache_dir: abs(cache_dir),
-            catalog: abs(catalog),
-            quiet: global.quiet,
-        })
+pub fn resolve(global: &GlobalArgs) -> Result<Settings, Error> {
+    let xdg = |var: &str, fallback: &str| -> Result<PathBuf, Error> {
+        if let Some(v) = env(var) {
+            return Ok(PathBuf::from(v));
+        }
+        let home = env("HOME").ok_or_else(|| {
+            Error::Invalid("neither $HOME nor an explicit directory is set".into())
+        })?;
+        Ok(PathBuf::from(home).join(fallback))
+    };
+    let given = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    let data_dir = match given(&global.data_dir) {
+        Some(d) => d,
+        None => xdg("XDG_DATA_HOME", ".local/share")?.join("webake"),
+    };
+    let cache_dir = match given(&global.cache_dir) {
+        Some(d) => d,
+        None => xdg("XDG_CACHE_HOME", ".cache")?.join("webake"),
+    };
+    let catalog = given(&global.catalog).unwrap_or_else(|| data_dir.join("catalog.db"));
+    // Absolute paths: the sandbox and overlay mounts see them from other directories.
+    let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let mut s = Settings::new(&abs(data_dir), &abs(cache_dir), &abs(catalog))?;
+    if let Some(agent) = env("WEBAKE_AGENT_BINARY") {
+        s.agent_binary = Some(PathBuf::from(agent));
     }
+    s.mirror = env("WEBAKE_MIRROR");
+    s.aws_endpoint = env("WEBAKE_AWS_ENDPOINT_URL");
+    if let Some(a) = env("WEBAKE_ACCEL") {
+        s.accel = Some(
+            a.parse()
+                .map_err(|e: String| Error::Invalid(format!("WEBAKE_ACCEL: {e}")))?,
+        );
+    }
+    Ok(s)
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use webake_catalog::{Artifact, Catalog, Image, Publication};
+use webake_catalog::{Artifact, ArtifactFormat, Catalog, Image, Provenance, Publication, TestResult};
 
 const OLD_AMI: &str = "ami-0a1b2c3d4e5f60718";
 const NEW_AMI: &str = "ami-0123456789abcdef0";
@@ -149,7 +149,7 @@ impl World {
         std::fs::write(dir.join(format!("{name}-{version}.spdx.json")), b"{}").unwrap();
         let img = Image {
             id: id.into(),
-            bake_id: format!("bake-{id}"),
+            bake_id: format!("bake-{id}").into(),
             name: name.into(),
             family: name.into(),
             version: version.into(),
@@ -158,12 +158,14 @@ impl World {
             recipe_digest: "sha256:r".into(),
             kernel: Some(kernel.into()),
             tree_size: 800_000_000,
-            inventory: Some(inventory(packages, kernel, 800_000_000)),
-            provenance: serde_json::json!({}),
-            test_result: Some("passed".into()),
+            inventory: Some(
+                serde_json::from_value(inventory(packages, kernel, 800_000_000)).unwrap(),
+            ),
+            provenance: Provenance::default(),
+            test_result: Some(TestResult::Passed),
             artifacts: vec![Artifact {
-                format: "raw".into(),
-                path: raw.display().to_string(),
+                format: ArtifactFormat::Raw,
+                path: raw,
                 sha256: "00".into(),
                 size: 4,
             }],
@@ -172,14 +174,14 @@ impl World {
         cat.record_image(&img, created_at).unwrap();
         if let Some(ami) = ami {
             cat.add_publication(
-                id,
-                &Publication {
-                    target: "aws".into(),
+                &id.into(),
+                &Publication::Aws {
                     region: "eu-west-1".into(),
-                    ami_id: Some(ami.into()),
+                    ami_id: ami.into(),
                     snapshot_id: Some("snap-0".into()),
                     name: format!("{name}-{version}"),
                     created_at,
+                    run_id: None,
                 },
             )
             .unwrap();

@@ -1,14 +1,14 @@
-//! `webake images list|show|diff`
+//! `webake images list|show|diff|bakes`
 
-use std::path::Path;
+use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use webake_catalog::{Catalog, Image};
+use webake_catalog::{ArtifactFormat, Image, Publication};
+use webake_engine::{Context, Error};
 
-use crate::settings::Settings;
+use crate::cmd::CmdResult;
+use crate::output::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
@@ -24,22 +24,18 @@ pub enum ImagesCommand {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only this family
+    /// Only images of this family
     #[arg(long)]
     pub family: Option<String>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// Image id (or unique prefix), `family:NAME` for the latest of a family, or `NAME:VERSION`
     pub image: String,
-    #[arg(long)]
-    pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiffFormat {
     Text,
     Markdown,
@@ -52,124 +48,167 @@ pub struct DiffArgs {
     pub a: String,
     /// The newer image
     pub b: String,
+    /// Output format (`--json` is `--format json`)
     #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
     pub format: DiffFormat,
 }
 
 #[derive(Debug, Args)]
 pub struct BakesArgs {
+    /// How many bakes to list (newest first)
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    #[arg(long)]
-    pub json: bool,
+}
+
+/// A catalog query the user typed that matches nothing is invalid input.
+pub fn find(ctx: &Context<'_>, query: &str) -> Result<Image, Error> {
+    if !ctx.catalog_exists() {
+        return Err(Error::Invalid(format!(
+            "no catalog at {} (bake an image first)",
+            ctx.settings.catalog.display()
+        )));
+    }
+    ctx.catalog()?.find_image(query).map_err(|e| match e {
+        webake_catalog::CatalogError::NotFound(_)
+        | webake_catalog::CatalogError::Ambiguous { .. } => Error::Invalid(e.to_string()),
+        e => e.into(),
+    })
 }
 
 impl ImagesCommand {
-    pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let catalog = Catalog::open(&settings.catalog)?;
+    pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
         match self {
             Self::List(a) => {
-                let imgs = catalog.list_images(a.family.as_deref())?;
-                if a.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &imgs.iter().map(summary).collect::<Vec<_>>()
-                        )?
-                    );
-                } else if imgs.is_empty() {
-                    eprintln!(
-                        "no images in {} (bake one with `webake bake RECIPE`)",
-                        settings.catalog.display()
-                    );
+                let imgs = if ctx.catalog_exists() {
+                    ctx.catalog()?.list_images(a.family.as_deref())?
                 } else {
-                    println!(
-                        "{:<17} {:<24} {:<20} {:<18} {:>10}  TEST",
-                        "ID", "FAMILY", "VERSION", "CREATED", "SIZE"
-                    );
-                    for i in &imgs {
-                        let size = i
-                            .artifacts
-                            .iter()
-                            .find(|a| a.format == "qcow2")
-                            .or(i.artifacts.first())
-                            .map(|a| a.size)
-                            .unwrap_or(0);
-                        println!(
-                            "{:<17} {:<24} {:<20} {:<18} {:>10}  {}",
-                            i.id,
-                            i.family,
-                            i.version,
-                            created(i.created_at),
-                            human(size),
-                            i.test_result.as_deref().unwrap_or("-")
-                        );
+                    vec![]
+                };
+                if imgs.is_empty() && !out.json {
+                    match &a.family {
+                        Some(f) => eprintln!(
+                            "no image of family {f} in {}",
+                            ctx.settings.catalog.display()
+                        ),
+                        None => eprintln!(
+                            "no images in {} (bake one with `webake bake RECIPE`)",
+                            ctx.settings.catalog.display()
+                        ),
                     }
+                    return Ok(ExitCode::SUCCESS);
                 }
+                let summaries: Vec<Summary<'_>> = imgs.iter().map(Summary::of).collect();
+                out.result(&summaries, |_| list_text(&imgs))?;
             }
             Self::Show(a) => {
-                let img = catalog.find_image(&a.image)?;
-                if a.json {
-                    println!("{}", serde_json::to_string_pretty(&img)?);
-                } else {
-                    print_image(&img);
-                }
+                let img = find(ctx, &a.image)?;
+                out.result(&img, show_text)?;
             }
             Self::Diff(a) => {
-                let old = catalog.find_image(&a.a)?;
-                let new = catalog.find_image(&a.b)?;
-                println!("{}", render_diff(&old, &new, a.format)?);
+                let old = find(ctx, &a.a)?;
+                let new = find(ctx, &a.b)?;
+                let format = if out.json { DiffFormat::Json } else { a.format };
+                fn inv(i: &Image) -> Result<&webake_catalog::Inventory, Error> {
+                    i.inventory
+                        .as_ref()
+                        .ok_or_else(|| Error::Invalid(format!("image {} has no inventory", i.id)))
+                }
+                let d = webake_inventory::diff(inv(&old)?, inv(&new)?);
+                let text = match format {
+                    DiffFormat::Text => d.to_text(),
+                    DiffFormat::Json => d.to_json(),
+                    DiffFormat::Markdown => d.to_markdown(
+                        &format!("{} {} ({})", old.name, old.version, old.id),
+                        &format!("{} {} ({})", new.name, new.version, new.id),
+                    ),
+                };
+                println!("{text}");
             }
             Self::Bakes(a) => {
-                let bakes = catalog.list_bakes(a.limit)?;
-                if a.json {
-                    println!("{}", serde_json::to_string_pretty(&bakes)?);
+                let bakes = if ctx.catalog_exists() {
+                    ctx.catalog()?.list_bakes(a.limit)?
                 } else {
+                    vec![]
+                };
+                out.result(&bakes, |bakes| {
+                    let mut s = String::new();
                     for b in bakes {
-                        println!(
+                        let _ = writeln!(
+                            s,
                             "{:<32} {:<10} {:<20} {:<17} {}",
                             b.id,
-                            format!("{:?}", b.status).to_lowercase(),
+                            b.status.as_str(),
                             b.family,
                             b.image_id.as_deref().unwrap_or("-"),
                             b.log_path
                         );
-                        if let Some(e) = b.error {
-                            println!("    {}", e.lines().next().unwrap_or_default());
+                        if let Some(e) = &b.error {
+                            let _ = writeln!(s, "    {}", e.lines().next().unwrap_or_default());
                         }
                     }
-                }
+                    s
+                })?;
             }
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
-pub fn render_diff(old: &Image, new: &Image, format: DiffFormat) -> anyhow::Result<String> {
-    let inv = |i: &Image| -> anyhow::Result<webake_inventory::Inventory> {
-        let v = i
-            .inventory
-            .clone()
-            .with_context(|| format!("image {} has no inventory", i.id))?;
-        serde_json::from_value(v).with_context(|| format!("image {}: unreadable inventory", i.id))
-    };
-    let d = webake_inventory::diff(&inv(old)?, &inv(new)?);
-    Ok(match format {
-        DiffFormat::Text => d.to_text(),
-        DiffFormat::Json => d.to_json(),
-        DiffFormat::Markdown => d.to_markdown(
-            &format!("{} {} ({})", old.name, old.version, old.id),
-            &format!("{} {} ({})", new.name, new.version, new.id),
-        ),
-    })
+/// `images list --json`: an image without its inventory and provenance.
+#[derive(serde::Serialize)]
+struct Summary<'a> {
+    id: &'a str,
+    name: &'a str,
+    family: &'a str,
+    version: &'a str,
+    created_at: i64,
+    kernel: Option<&'a str>,
+    test_result: Option<webake_catalog::TestResult>,
+    artifacts: &'a [webake_catalog::Artifact],
+    publications: &'a [Publication],
+    inputs_digest: &'a str,
 }
 
-fn summary(i: &Image) -> serde_json::Value {
-    serde_json::json!({
-        "id": i.id, "name": i.name, "family": i.family, "version": i.version, "created_at": i.created_at,
-        "kernel": i.kernel, "test_result": i.test_result, "artifacts": i.artifacts, "publications": i.publications,
-        "inputs_digest": i.inputs_digest,
-    })
+impl<'a> Summary<'a> {
+    fn of(i: &'a Image) -> Self {
+        Self {
+            id: &i.id,
+            name: &i.name,
+            family: &i.family,
+            version: &i.version,
+            created_at: i.created_at,
+            kernel: i.kernel.as_deref(),
+            test_result: i.test_result,
+            artifacts: &i.artifacts,
+            publications: &i.publications,
+            inputs_digest: &i.inputs_digest,
+        }
+    }
+}
+
+fn list_text(imgs: &[Image]) -> String {
+    let mut s = format!(
+        "{:<17} {:<24} {:<20} {:<18} {:>10}  TEST\n",
+        "ID", "FAMILY", "VERSION", "CREATED", "SIZE"
+    );
+    for i in imgs {
+        let size = i
+            .artifact(ArtifactFormat::Qcow2)
+            .or(i.artifacts.first())
+            .map(|a| a.size)
+            .unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "{:<17} {:<24} {:<20} {:<18} {:>10}  {}",
+            i.id,
+            i.family,
+            i.version,
+            created(i.created_at),
+            human(size),
+            i.test_result.map(|t| t.as_str()).unwrap_or("-")
+        );
+    }
+    s
 }
 
 fn created(ts: i64) -> String {
@@ -193,116 +232,73 @@ pub fn human(b: u64) -> String {
     }
 }
 
-fn print_image(i: &Image) {
-    println!("image      {}", i.id);
-    println!("name       {} {}", i.name, i.version);
-    println!("family     {}", i.family);
-    println!("created    {} UTC", created(i.created_at));
-    println!("bake       {}", i.bake_id);
+fn show_text(i: &Image) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "image      {}", i.id);
+    let _ = writeln!(s, "name       {} {}", i.name, i.version);
+    let _ = writeln!(s, "family     {}", i.family);
+    let _ = writeln!(s, "created    {} UTC", created(i.created_at));
+    let _ = writeln!(s, "bake       {}", i.bake_id);
     if let Some(k) = &i.kernel {
-        println!("kernel     {k}");
+        let _ = writeln!(s, "kernel     {k}");
     }
-    println!("tree size  {}", human(i.tree_size));
-    println!(
+    let _ = writeln!(s, "tree size  {}", human(i.tree_size));
+    let _ = writeln!(
+        s,
         "boot test  {}",
-        i.test_result.as_deref().unwrap_or("not run")
+        i.test_result.map(|t| t.as_str()).unwrap_or("not run")
     );
-    println!("inputs     {}", i.inputs_digest);
-    println!(
+    let _ = writeln!(s, "inputs     {}", i.inputs_digest);
+    let _ = writeln!(
+        s,
         "recipe     {} (sha256 {})",
-        i.provenance
-            .get("recipe")
-            .and_then(|v| v.as_str())
+        Some(i.provenance.recipe.as_str())
+            .filter(|r| !r.is_empty())
             .unwrap_or("?"),
         i.recipe_digest
     );
     if let Some(inv) = &i.inventory {
-        let n = inv
-            .get("packages")
-            .and_then(|p| p.as_array())
-            .map(|a| a.len())
-            .unwrap_or(0);
-        let os = inv
-            .pointer("/os/pretty_name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?");
-        println!("contents   {os}, {n} packages");
+        let _ = writeln!(
+            s,
+            "contents   {}, {} packages",
+            inv.os.pretty_name.as_deref().unwrap_or("?"),
+            inv.packages.len()
+        );
     }
-    println!("artifacts");
+    let _ = writeln!(s, "artifacts");
     for a in &i.artifacts {
-        println!(
+        let _ = writeln!(
+            s,
             "  {:<6} {}\n         sha256 {}  {}",
             a.format,
-            a.path,
+            a.path.display(),
             a.sha256,
             human(a.size)
         );
     }
     if i.publications.is_empty() {
-        println!("published  nowhere yet");
-    } else {
-        println!("published");
-        for p in &i.publications {
-            println!(
-                "  {:<6} {:<14} {} {}  ({})",
-                p.target,
-                p.region,
-                p.ami_id.as_deref().unwrap_or("-"),
-                p.snapshot_id.as_deref().unwrap_or("-"),
-                p.name
-            );
-        }
+        let _ = writeln!(s, "published  nowhere yet");
+        return s;
     }
-}
-
-/// Append to (or create) a Packer-style manifest.json.
-pub fn append_packer_manifest(
-    path: &Path,
-    img: &Image,
-    build_time: Duration,
-) -> anyhow::Result<()> {
-    let amis: Vec<String> = img
-        .publications
-        .iter()
-        .filter_map(|p| p.ami_id.as_ref().map(|a| format!("{}:{a}", p.region)))
-        .collect();
-    let artifact_id = if amis.is_empty() {
-        img.artifacts
-            .first()
-            .map(|a| a.path.clone())
-            .unwrap_or_default()
-    } else {
-        amis.join(",")
-    };
-    let build = webake_inventory::PackerBuild {
-        name: img.family.clone(),
-        builder_type: "webake".into(),
-        build_time: jiff::Timestamp::now().as_second(),
-        files: Some(
-            img.artifacts
-                .iter()
-                .map(|a| webake_inventory::PackerFile {
-                    name: a.path.clone(),
-                    size: a.size,
-                })
-                .collect(),
-        ),
-        artifact_id,
-        packer_run_uuid: img.bake_id.clone(),
-        custom_data: Some(
-            [
-                ("image_id".to_string(), img.id.clone()),
-                ("version".to_string(), img.version.clone()),
-                (
-                    "build_seconds".to_string(),
-                    build_time.as_secs().to_string(),
-                ),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-    };
-    webake_inventory::PackerManifest::append_to(path, build)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let _ = writeln!(s, "published");
+    for p in &i.publications {
+        let _ = match p {
+            Publication::Local { name, .. } => {
+                writeln!(s, "  local  -              - -  ({name})")
+            }
+            Publication::Aws {
+                region,
+                ami_id,
+                snapshot_id,
+                name,
+                ..
+            } => writeln!(
+                s,
+                "  {:<6} {region:<14} {ami_id} {}  ({name})",
+                "aws",
+                snapshot_id.as_deref().unwrap_or("-")
+            ),
+        };
+    }
+    s
 }

@@ -1,65 +1,35 @@
-//! `webake lint IMAGE|DIR`: environment-agnostic and hygiene checks.
+//! `webake lint IMAGE|DISK|DIR`: environment-agnostic and hygiene checks (exit 1 on errors).
 
-use std::path::{Path, PathBuf};
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
-use webake_catalog::Catalog;
-use webake_sys::process::Cmd;
+use webake_engine::{Context, ErrorKind};
+use webake_inventory::Severity;
 
-use crate::settings::Settings;
+use crate::cmd::CmdResult;
+use crate::output::Output;
 
 #[derive(Debug, Args)]
 pub struct LintArgs {
     /// A directory tree, a raw/qcow2 disk file, or a catalog image
     pub target: String,
     /// Rules to allow (repeatable)
-    #[arg(long)]
+    #[arg(long, value_name = "RULE")]
     pub allow: Vec<String>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 impl LintArgs {
-    pub fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let p = Path::new(&self.target);
-        let _tmp;
-        let root: PathBuf = if p.is_dir() {
-            p.to_path_buf()
-        } else {
-            let disk = if p.is_file() {
-                p.to_path_buf()
-            } else {
-                let img = Catalog::open(&settings.catalog)?.find_image(&self.target)?;
-                PathBuf::from(
-                    &img.artifacts
-                        .iter()
-                        .find(|a| a.format == "raw")
-                        .or(img.artifacts.first())
-                        .context("image has no artifacts")?
-                        .path,
-                )
-            };
-            let t = tempfile::tempdir().context("temp dir")?;
-            extract_root(&disk, t.path())?;
-            let r = t.path().join("root");
-            _tmp = t;
-            r
-        };
-        let cfg = webake_inventory::LintConfig {
-            allow: self.allow,
-            extra_secrets: vec![],
-            builder_resolv_conf: std::fs::read("/etc/resolv.conf").ok(),
-        };
-        let findings = webake_inventory::lint(&root, &cfg)?;
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&findings)?);
-        } else if findings.is_empty() {
-            println!("{}: clean", self.target);
-        } else {
-            for f in &findings {
-                println!(
+    pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
+        let findings = webake_engine::lint::lint_target(ctx, &self.target, &self.allow)?;
+        out.result(&findings, |findings| {
+            if findings.is_empty() {
+                return format!("{}: clean\n", self.target);
+            }
+            let mut s = String::new();
+            for f in findings {
+                let _ = writeln!(
+                    s,
                     "{:<8} {:<22} {}: {}",
                     format!("{:?}", f.severity).to_lowercase(),
                     f.rule.id(),
@@ -67,32 +37,12 @@ impl LintArgs {
                     f.message
                 );
             }
-        }
-        let errors = findings
-            .iter()
-            .filter(|f| f.severity == webake_inventory::Severity::Error)
-            .count();
-        Ok(if errors > 0 {
-            ExitCode::from(crate::exit::FAILURE)
+            s
+        })?;
+        Ok(if findings.iter().any(|f| f.severity == Severity::Error) {
+            crate::output::exit(ErrorKind::Failure)
         } else {
             ExitCode::SUCCESS
         })
     }
-}
-
-/// Extract the root filesystem of a disk image into `dir/root` offline
-/// ([`webake_build::extract`]; crafted disks are refused, never extracted onto the host).
-pub fn extract_root(disk: &Path, dir: &Path) -> anyhow::Result<()> {
-    let raw = dir.join("disk.raw");
-    webake_sys::process::capture(
-        &Cmd::new("qemu-img")
-            .args(["convert", "-q", "-O", "raw"])
-            .arg(disk)
-            .arg(&raw),
-    )?;
-    // The same offline extraction a base AMI uses.
-    crate::cmd::base_ami::extract_rootfs(&raw, &dir.join("root"))
-        .with_context(|| format!("extracting the root filesystem of {}", disk.display()))?;
-    std::fs::remove_file(&raw)?;
-    Ok(())
 }

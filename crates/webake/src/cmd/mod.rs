@@ -1,15 +1,13 @@
-//! One module per subcommand; each has an args struct and a `run()`.
+//! One module per subcommand: its clap arguments, their conversion into the engine's options,
+//! the engine call, and how the result prints.
 
-pub mod agent;
 pub mod bake;
-pub mod base_ami;
 pub mod cache;
 pub mod clean;
 pub mod images;
 pub mod lint;
 pub mod pipeline;
 pub mod publish;
-pub mod publish_aws;
 pub mod rollout;
 pub mod run;
 pub mod test;
@@ -17,46 +15,54 @@ pub mod validate;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, GlobalArgs, LogFormat};
-use crate::settings::Settings;
+use webake_engine::{Context, Error};
 
-pub fn init_tracing(global: &GlobalArgs) {
-    use tracing_subscriber::EnvFilter;
-    let default = if global.quiet {
-        "error"
-    } else {
-        match global.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }
-    };
-    let filter = EnvFilter::try_from_env("WEBAKE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match global.log_format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().init(),
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+
+pub type CmdResult = Result<ExitCode, Error>;
+
+pub fn dispatch(mut cli: Cli) -> ExitCode {
+    if let Command::Run(r) = &cli.command
+        && r.progress == run::Progress::Json
+    {
+        cli.global.log_format = crate::cli::LogFormat::Json;
     }
+    let out = Output::new(&cli.global, cli.command.name());
+    let result = crate::settings::resolve(&cli.global).and_then(|settings| {
+        if matches!(
+            cli.command,
+            Command::Bake(_)
+                | Command::Test(_)
+                | Command::Publish(_)
+                | Command::PublishAws(_)
+                | Command::Rollout(_)
+                | Command::Run(_)
+                | Command::Clean(_)
+        ) {
+            // The first Ctrl-C / SIGTERM stops the command cleanly (exit 130); the second exits.
+            webake_sys::cancel::install_signal_handlers();
+        }
+        let ctx = Context::new(settings, &out, webake_sys::CancelToken::new());
+        run(cli.command, &ctx, &out)
+    });
+    result.unwrap_or_else(|e| out.error(&e))
 }
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&cli.global)?;
-    match cli.command {
-        Command::Validate(args) => args.run(&settings),
-        Command::Bake(args) => args.run(&settings),
-        Command::Images(cmd) => cmd.run(&settings),
-        Command::Clean(args) => args.run(&settings),
-        Command::Test(args) => args.run(&settings),
-        Command::Lint(args) => args.run(&settings),
-        Command::Pipeline(cmd) => cmd.run(&settings),
-        Command::Publish(args) => args.run(&settings),
-        Command::PublishAws(args) => args.run(&settings),
-        Command::Rollout(args) => args.run(&settings),
-        Command::Run(args) => args.run(&settings),
-        Command::Cache(cmd) => cmd.run(&settings),
+fn run(command: Command, ctx: &Context<'_>, out: &Output) -> CmdResult {
+    match command {
+        Command::Validate(a) => a.run(ctx, out),
+        Command::Bake(a) => a.run(ctx, out),
+        Command::Images(c) => c.run(ctx, out),
+        Command::Clean(a) => a.run(ctx, out),
+        Command::Test(a) => a.run(ctx, out),
+        Command::Lint(a) => a.run(ctx, out),
+        Command::Publish(a) => a.run(ctx, out),
+        Command::PublishAws(a) => a.run(ctx, out),
+        Command::Rollout(a) => a.run(ctx, out),
+        Command::Run(a) => a.run(ctx, out),
+        Command::Pipeline(c) => c.run(out),
+        Command::Cache(c) => c.run(ctx, out),
         Command::Schema => {
             println!("{}", webake_spec::schema_json());
             Ok(ExitCode::SUCCESS)

@@ -3,14 +3,20 @@
 //! Parses arguments, reads the inputs through `webake-pipeline`, prints or writes the documents.
 //! Input errors (config, service descriptor, recipe) exit with code 2.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use webake_engine::Error;
 use webake_pipeline::{Inputs, PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind};
 
-use crate::exit::{INVALID_INPUT, coded};
+use crate::cmd::CmdResult;
+use crate::output::Output;
+
+/// Every input error of the pipeline crate is the caller's (exit 2).
+fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(e.to_string())
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
@@ -40,17 +46,17 @@ pub struct RenderArgs {
 }
 
 impl PipelineCommand {
-    pub fn run(self, settings: &crate::settings::Settings) -> anyhow::Result<ExitCode> {
+    pub fn run(self, out: &Output) -> CmdResult {
         match self {
-            Self::Render(args) => args.run(settings),
+            Self::Render(args) => args.run(out),
         }
     }
 }
 
 impl RenderArgs {
-    pub fn run(self, settings: &crate::settings::Settings) -> anyhow::Result<ExitCode> {
-        let inputs = self.inputs().map_err(|e| coded(INVALID_INPUT, e))?;
-        let rendered = webake_pipeline::render(&inputs).map_err(|e| coded(INVALID_INPUT, e))?;
+    pub fn run(self, out: &Output) -> CmdResult {
+        let inputs = self.inputs()?;
+        let rendered = webake_pipeline::render(&inputs).map_err(invalid)?;
         match &self.out {
             None => {
                 use std::io::Write as _;
@@ -58,11 +64,13 @@ impl RenderArgs {
                 stdout
                     .write_all(rendered.to_multi_document().as_bytes())
                     .and_then(|()| stdout.flush())
-                    .context("cannot write to stdout")?;
+                    .map_err(|e| Error::io("stdout", e))?;
             }
             Some(dir) => {
-                let written = rendered.write_to_dir(dir)?;
-                if !settings.quiet {
+                let written = rendered
+                    .write_to_dir(dir)
+                    .map_err(|e| Error::Failed(format!("writing into {}: {e}", dir.display())))?;
+                if !out.quiet {
                     for path in written {
                         println!("{}", path.display());
                     }
@@ -72,19 +80,19 @@ impl RenderArgs {
         Ok(ExitCode::SUCCESS)
     }
 
-    fn inputs(&self) -> anyhow::Result<Inputs> {
-        let config = PipelineConfig::load(&self.config)?;
+    fn inputs(&self) -> Result<Inputs, Error> {
+        let config = PipelineConfig::load(&self.config).map_err(invalid)?;
         let service = match &self.service {
-            Some(path) => Some(ServiceDescriptor::load(path)?),
+            Some(path) => Some(ServiceDescriptor::load(path).map_err(invalid)?),
             None => None,
         };
         let recipe = match &self.recipe {
             Some(path) => {
                 let in_repo = match &self.recipe_in_repo {
                     Some(p) => p.clone(),
-                    None => path_in_repo(path)?,
+                    None => RecipeRef::path_in_repo(path).map_err(invalid)?,
                 };
-                Some(RecipeRef::load(path, &in_repo)?)
+                Some(RecipeRef::load(path, &in_repo).map_err(invalid)?)
             }
             None => None,
         };
@@ -92,11 +100,15 @@ impl RenderArgs {
             (Some(service), _) => service,
             (None, Some(recipe)) => ServiceDescriptor::default_ami(&recipe.name),
             (None, None) => {
-                anyhow::bail!("give a recipe, or a --service descriptor of kind docker")
+                return Err(invalid(
+                    "give a recipe, or a --service descriptor of kind docker",
+                ));
             }
         };
         if service.kind == ServiceKind::Ami && recipe.is_none() {
-            anyhow::bail!("the service is of kind ami: give the recipe to bake");
+            return Err(invalid(
+                "the service is of kind ami: give the recipe to bake",
+            ));
         }
         Ok(Inputs {
             config,
@@ -106,61 +118,5 @@ impl RenderArgs {
             recipe,
             recipe_path: self.recipe.as_ref().map(|p| p.display().to_string()),
         })
-    }
-}
-
-/// The recipe's path relative to the root of the git checkout that holds it (the pod clones
-/// that repository and runs `webake run <this path>` from its root).
-fn path_in_repo(recipe: &Path) -> anyhow::Result<String> {
-    let absolute = std::fs::canonicalize(recipe)
-        .with_context(|| format!("cannot resolve the recipe path {}", recipe.display()))?;
-    let root = absolute
-        .ancestors()
-        .skip(1)
-        .find(|dir| dir.join(".git").exists())
-        .with_context(|| {
-            format!(
-                "{} is not inside a git checkout: say where it lives in the recipes repository \
-                 with --recipe-in-repo",
-                recipe.display()
-            )
-        })?;
-    let relative = absolute
-        .strip_prefix(root)
-        .expect("an ancestor is a prefix");
-    let parts: Vec<String> = relative
-        .components()
-        .map(|c| match c {
-            Component::Normal(part) => part.to_str().map(str::to_owned),
-            _ => None,
-        })
-        .collect::<Option<_>>()
-        .with_context(|| format!("the recipe path {} is not valid UTF-8", recipe.display()))?;
-    Ok(parts.join("/"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_in_repo_is_relative_to_the_checkout_root() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
-        std::fs::create_dir_all(dir.path().join("recipes/base")).unwrap();
-        let recipe = dir.path().join("recipes/base/debian.yaml");
-        std::fs::write(&recipe, "image:\n  name: debian\n").unwrap();
-        assert_eq!(path_in_repo(&recipe).unwrap(), "recipes/base/debian.yaml");
-    }
-
-    #[test]
-    fn path_in_repo_outside_a_checkout_asks_for_the_flag() {
-        let dir = tempfile::tempdir().unwrap();
-        let recipe = dir.path().join("debian.yaml");
-        std::fs::write(&recipe, "image:\n  name: debian\n").unwrap();
-        // A temp dir may itself sit inside a checkout; only check the message when it does not.
-        if let Err(err) = path_in_repo(&recipe) {
-            assert!(err.to_string().contains("--recipe-in-repo"), "{err}");
-        }
     }
 }

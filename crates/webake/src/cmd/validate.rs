@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use serde::Serialize;
+use webake_engine::{Context, ErrorKind};
 
-use crate::settings::Settings;
+use crate::args::VarArgs;
+use crate::cmd::CmdResult;
+use crate::output::Output;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -16,104 +20,102 @@ pub struct ValidateArgs {
     pub recipes: Vec<PathBuf>,
 }
 
-/// Values for a recipe's `variables:`. Precedence: --var, then --var-file (a later file wins),
-/// then the environment (WEBAKE_VAR_NAME), then the recipe's default.
-#[derive(Debug, Clone, Default, Args)]
-pub struct VarArgs {
-    /// Set a recipe variable (repeatable; the last one for a name wins)
-    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
-    pub vars: Vec<(String, String)>,
-    /// Read recipe variables from a YAML file of `NAME: VALUE` (repeatable; a later file wins)
-    #[arg(long = "var-file", value_name = "FILE")]
-    pub var_files: Vec<PathBuf>,
+#[derive(Debug, Serialize)]
+struct Checked {
+    recipe: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    family: Option<String>,
+    steps: usize,
+    /// name -> (value, where it came from); secrets shown as `(secret)`.
+    variables: Vec<Variable>,
+    warnings: Vec<String>,
+    /// The errors, each located (file:line:col, field).
+    errors: Vec<String>,
 }
 
-fn parse_var(s: &str) -> Result<(String, String), String> {
-    webake_spec::parse_var_arg(s)
-}
-
-/// The operator's allowlist of host variables recipes may read as secrets.
-pub const SECRET_ENV: &str = "WEBAKE_SECRET_ENV";
-
-/// Load a recipe with the command line's variables and print its warnings.
-pub fn load_recipe(
-    path: &std::path::Path,
-    vars: &VarArgs,
-) -> anyhow::Result<webake_spec::LoadedRecipe> {
-    let r = webake_spec::load_with(path, &vars.load_options())?;
-    for w in &r.warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(r)
-}
-
-impl VarArgs {
-    /// The recipe load options: these flags, the process's `WEBAKE_VAR_*` variables, and the
-    /// operator's allowlist of secret environment variables (`WEBAKE_SECRET_ENV`, comma
-    /// separated names or `PREFIX*`; empty: recipes may read no host variable as a secret).
-    pub fn load_options(&self) -> webake_spec::LoadOptions {
-        let env = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with(webake_spec::ENV_PREFIX))
-            .collect();
-        webake_spec::LoadOptions {
-            vars: webake_spec::VarInputs {
-                cli: self.vars.clone(),
-                files: self.var_files.clone(),
-                env,
-            },
-            secret_env_allow: Some(
-                std::env::var(SECRET_ENV)
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            ),
-        }
-    }
+#[derive(Debug, Serialize)]
+struct Variable {
+    name: String,
+    value: String,
+    origin: String,
 }
 
 impl ValidateArgs {
-    pub fn run(self, _settings: &Settings) -> anyhow::Result<ExitCode> {
+    pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
         let options = self.vars.load_options();
-        let mut bad = 0;
+        let mut results = Vec::new();
         for r in &self.recipes {
+            let mut c = Checked {
+                recipe: r.display().to_string(),
+                ok: false,
+                name: None,
+                family: None,
+                steps: 0,
+                variables: vec![],
+                warnings: vec![],
+                errors: vec![],
+            };
             match webake_spec::load_with(r, &options) {
                 Ok(l) => {
-                    for w in &l.warnings {
-                        eprintln!("warning: {w}");
+                    c.warnings = l.warnings.iter().map(ToString::to_string).collect();
+                    for w in &c.warnings {
+                        ctx.reporter.warning(w);
                     }
-                    let plan = crate::cmd::bake::make_plan(&l, None);
-                    match plan {
+                    match webake_engine::plan::plan(None, &l) {
                         Ok(_) => {
-                            println!(
-                                "{}: ok ({} {}, {} step(s))",
-                                r.display(),
-                                l.recipe.image.name,
-                                l.family(),
-                                l.recipe.provisioners.len()
-                            );
-                            for v in &l.variables {
-                                println!("  var {} = {} ({})", v.name, v.display_value(), v.origin);
-                            }
+                            c.ok = true;
+                            c.name = Some(l.recipe.image.name.clone());
+                            c.family = Some(l.family().to_string());
+                            c.steps = l.recipe.provisioners.len();
+                            c.variables = l
+                                .variables
+                                .iter()
+                                .map(|v| Variable {
+                                    name: v.name.clone(),
+                                    value: v.display_value().to_string(),
+                                    origin: v.origin.to_string(),
+                                })
+                                .collect();
                         }
-                        Err(e) => {
-                            eprintln!("{}: {e:#}", r.display());
-                            bad += 1;
-                        }
+                        Err(e) => c.errors.push(format!(
+                            "{}: {}",
+                            r.display(),
+                            webake_engine::error::chain(&e)
+                        )),
                     }
                 }
-                Err(e) => {
+                Err(e) => c.errors.push(e.to_string()),
+            }
+            if !out.json {
+                for e in &c.errors {
                     eprintln!("{e}");
-                    bad += 1;
                 }
             }
+            results.push(c);
         }
-        Ok(if bad == 0 {
+        out.result(&results, |results| {
+            let mut s = String::new();
+            for c in results.iter().filter(|c| c.ok) {
+                s.push_str(&format!(
+                    "{}: ok ({} {}, {} step(s))\n",
+                    c.recipe,
+                    c.name.as_deref().unwrap_or_default(),
+                    c.family.as_deref().unwrap_or_default(),
+                    c.steps
+                ));
+                for v in &c.variables {
+                    s.push_str(&format!("  var {} = {} ({})\n", v.name, v.value, v.origin));
+                }
+            }
+            s
+        })?;
+        Ok(if results.iter().all(|c| c.ok) {
             ExitCode::SUCCESS
         } else {
-            ExitCode::from(crate::exit::INVALID_INPUT)
+            crate::output::exit(ErrorKind::Invalid)
         })
     }
 }

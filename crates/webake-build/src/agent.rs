@@ -2,9 +2,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use webake_sys::Tree;
+use webake_sys::process::{Cmd, capture};
 
-pub const UNIT: &str = include_str!("../../../webake-agent/systemd/webake-agent.service");
+use crate::error::{BuildError, Result};
+
+/// The agent's systemd unit.
+pub const UNIT: &str = include_str!("../../webake-agent/systemd/webake-agent.service");
 
 /// Copy the agent binary, its unit and config into `tree`, enable it, and check the config.
 pub fn install_agent(
@@ -12,10 +16,10 @@ pub fn install_agent(
     binary: &Path,
     role: Option<&str>,
     template: Option<&str>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     // Every path is resolved inside the tree: a symlink a step planted (say
     // network-online.target.wants -> a host directory) cannot lead a write out of it.
-    let t = webake_sys::Tree::open(tree)?;
+    let t = Tree::open(tree)?;
     let p = Path::new;
     for d in [
         "usr/local/bin",
@@ -24,8 +28,7 @@ pub fn install_agent(
     ] {
         t.create_dir_all(p(d), 0o755)?;
     }
-    let mut bin =
-        std::fs::File::open(binary).with_context(|| format!("opening {}", binary.display()))?;
+    let mut bin = std::fs::File::open(binary).map_err(|e| BuildError::io(binary, e))?;
     t.write_with(p("usr/local/bin/webake-agent"), 0o755, |f| {
         std::io::copy(&mut bin, f).map(|_| ())
     })?;
@@ -46,7 +49,9 @@ pub fn install_agent(
     }
     if let Some(tpl) = template {
         if tpl.contains('"') || tpl.contains('\n') {
-            bail!("agent hostname template {tpl:?} must not contain quotes or newlines");
+            return Err(BuildError::Invalid(format!(
+                "agent hostname template {tpl:?} must not contain quotes or newlines"
+            )));
         }
         conf.push_str(&format!("template = \"{tpl}\"\n"));
     }
@@ -64,17 +69,10 @@ pub fn install_agent(
         }
     }
     // Validate the config as the agent will read it (no network).
-    let out = std::process::Command::new(binary)
-        .arg("--root")
-        .arg(tree)
-        .arg("--check")
-        .output()
-        .with_context(|| format!("running {} --check", binary.display()))?;
-    if !out.status.success() {
-        bail!(
-            "webake-agent --check rejected the configuration: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    capture(&Cmd::new(binary).arg("--root").arg(tree).arg("--check")).map_err(|e| {
+        BuildError::Invalid(format!(
+            "webake-agent --check rejected the configuration: {e}"
+        ))
+    })?;
     Ok(())
 }

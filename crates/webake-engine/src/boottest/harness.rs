@@ -1,0 +1,171 @@
+//! The test harness injected into a throw-away copy of the disk: a oneshot unit that, once
+//! multi-user is reached, runs the checks, records the results in the guest's filesystem and
+//! powers off. The results are read back offline after power-off (the serial console
+//! interleaves with systemd's status output and cannot be parsed reliably).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use webake_spec::BootCheck;
+use webake_sys::process::{Cmd, capture};
+
+use crate::{Error, Result};
+
+const HARNESS_UNIT: &str = "[Unit]
+Description=webake boot test harness (test copy only)
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /usr/local/lib/webake-test/run.sh
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Where the harness writes its results inside the guest.
+const RESULTS: &str = "/var/lib/webake-test/results";
+
+/// The drop-in that points the agent at the fake metadata address during the test.
+pub const IMDS_DROPIN: &str =
+    "[Service]\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT=http://169.254.169.254\n";
+
+pub fn script(checks: &[BootCheck]) -> String {
+    let mut s = String::from(
+        "#!/bin/sh\n# webake boot test harness: runs the checks, records results, powers off.\n",
+    );
+    s.push_str(&format!("R={RESULTS}\nmkdir -p \"$(dirname $R)\"\n: > $R\necho BEGIN >> $R\necho WEBAKE-TEST-BEGIN\n"));
+    s.push_str("echo \"FAILED-UNITS $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\\n' ' ')\" >> $R\n");
+    for (i, c) in checks.iter().enumerate() {
+        let b64 = B64.encode(c.run.as_bytes());
+        s.push_str(&format!("out=$(echo {b64} | base64 -d | sh 2>&1); rc=$?; echo \"CHECK {i} rc=$rc out=$(printf %s \"$out\" | base64 -w0)\" >> $R; echo \"WEBAKE-CHECK {i} rc=$rc\"\n"));
+    }
+    s.push_str("echo END >> $R\nsync\necho WEBAKE-TEST-END\nsystemctl poweroff --no-block\n");
+    s
+}
+
+fn offset(raw: &Path) -> Result<u64> {
+    Ok(webake_build::extract::root_offset(raw)?)
+}
+
+/// Inject the harness into a raw copy with debugfs (offline, no mount; debugfs resolves paths
+/// inside the filesystem image, never on the host).
+pub fn inject(
+    raw: &Path,
+    checks: &[BootCheck],
+    scratch: &Path,
+    imds_dropin: Option<&str>,
+) -> Result<()> {
+    let off = offset(raw)?;
+    let write = |name: &str, body: &str| -> Result<std::path::PathBuf> {
+        let p = scratch.join(name);
+        std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
+        Ok(p)
+    };
+    let unit = write("webake-test.service", HARNESS_UNIT)?;
+    let run = write("run.sh", &script(checks))?;
+    let mut cmds = format!(
+        "mkdir /usr/local/lib/webake-test\nwrite {} /usr/local/lib/webake-test/run.sh\nwrite {} /etc/systemd/system/webake-test.service\nmkdir /etc/systemd/system/multi-user.target.wants\nsymlink /etc/systemd/system/multi-user.target.wants/webake-test.service /etc/systemd/system/webake-test.service\n",
+        run.display(),
+        unit.display()
+    );
+    if let Some(d) = imds_dropin {
+        let f = write("imds.conf", d)?;
+        cmds.push_str(&format!(
+            "mkdir /etc/systemd/system/webake-agent.service.d\nwrite {} /etc/systemd/system/webake-agent.service.d/webake-test-imds.conf\n",
+            f.display()
+        ));
+    }
+    let cmdfile = write("debugfs.cmds", &cmds)?;
+    // debugfs reports most command errors on stderr but exits 0 ("mkdir: file exists" is fine).
+    let out = capture(
+        &Cmd::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmdfile)
+            .arg(format!("{}?offset={off}", raw.display())),
+    )?;
+    tracing::debug!(%out, "debugfs");
+    Ok(())
+}
+
+/// What the harness recorded.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub began: bool,
+    pub ended: bool,
+    pub failed_units: String,
+    /// check index -> (exit code, output)
+    pub checks: BTreeMap<usize, (i32, String)>,
+}
+
+/// Read the harness results from the test disk after the VM stopped.
+pub fn read(raw: &Path) -> Result<Recorded> {
+    let off = offset(raw)?;
+    let text = capture(
+        &Cmd::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat {RESULTS}"))
+            .arg(format!("{}?offset={off}", raw.display())),
+    )?;
+    Ok(parse(&text))
+}
+
+pub fn parse(text: &str) -> Recorded {
+    let mut r = Recorded::default();
+    for line in text.lines() {
+        if line == "BEGIN" {
+            r.began = true;
+        } else if line == "END" {
+            r.ended = true;
+        } else if let Some(rest) = line.strip_prefix("FAILED-UNITS") {
+            r.failed_units = rest.trim().to_string();
+        } else if let Some(rest) = line.strip_prefix("CHECK ") {
+            let mut it = rest.splitn(3, ' ');
+            let i: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+            let rc: i32 = it
+                .next()
+                .and_then(|s| s.strip_prefix("rc="))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1);
+            let out = it
+                .next()
+                .and_then(|s| s.strip_prefix("out="))
+                .and_then(|b| B64.decode(b.trim()).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            r.checks.insert(i, (rc, out));
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_harness_reports_each_check_and_its_output_round_trips() {
+        let s = script(&[BootCheck {
+            name: "h".into(),
+            run: "hostname -f\n".into(),
+            expect_stdout: None,
+        }]);
+        assert!(s.contains("WEBAKE-CHECK 0"));
+        assert!(s.contains("systemctl poweroff"));
+        assert!(s.contains(&B64.encode("hostname -f\n")));
+        let out = B64.encode("kubernetes-prod-euwest1-07a38e448ad62b4da");
+        let r = parse(&format!(
+            "BEGIN\nFAILED-UNITS a.service \nCHECK 0 rc=0 out={out}\nEND\n"
+        ));
+        assert!(r.began && r.ended);
+        assert_eq!(r.failed_units, "a.service");
+        assert_eq!(
+            r.checks[&0],
+            (0, "kubernetes-prod-euwest1-07a38e448ad62b4da".to_string())
+        );
+    }
+}

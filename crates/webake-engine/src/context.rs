@@ -1,0 +1,116 @@
+//! What every stage works in: settings resolved once, the workspace, the catalog (opened once
+//! per command), the reporter and the cancellation token.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use webake_build::Workspace;
+use webake_catalog::Catalog;
+use webake_sys::CancelToken;
+
+use crate::events::Reporter;
+use crate::{Error, Result};
+
+/// Plain settings (the CLI resolves them: command line > environment > defaults).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub catalog: PathBuf,
+    /// The executable that serves as sandbox helper (the webake binary).
+    pub helper_exe: PathBuf,
+    /// The webake-agent binary installed into images (None: the recipe may not install it).
+    pub agent_binary: Option<PathBuf>,
+    /// Debian mirror when a recipe names none (`WEBAKE_MIRROR`).
+    pub mirror: Option<String>,
+    /// AWS endpoint override (tests: moto).
+    pub aws_endpoint: Option<String>,
+    /// The boot test's accelerator when a command does not force one (None: probe KVM).
+    pub accel: Option<crate::boottest::Accel>,
+}
+
+impl Settings {
+    /// Settings for data and cache directories, with the running executable as sandbox helper
+    /// and the agent binary next to it.
+    pub fn new(data_dir: &Path, cache_dir: &Path, catalog: &Path) -> Result<Self> {
+        let helper_exe =
+            std::env::current_exe().map_err(|e| Error::io("the running executable", e))?;
+        let agent_binary = helper_exe
+            .parent()
+            .map(|d| d.join("webake-agent"))
+            .filter(|p| p.is_file());
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            cache_dir: cache_dir.to_path_buf(),
+            catalog: catalog.to_path_buf(),
+            helper_exe,
+            agent_binary,
+            mirror: None,
+            aws_endpoint: None,
+            accel: None,
+        })
+    }
+}
+
+/// The context of one command.
+pub struct Context<'r> {
+    pub settings: Settings,
+    pub workspace: Workspace,
+    pub reporter: &'r dyn Reporter,
+    pub cancel: CancelToken,
+    catalog: Mutex<Option<Catalog>>,
+}
+
+impl<'r> Context<'r> {
+    pub fn new(settings: Settings, reporter: &'r dyn Reporter, cancel: CancelToken) -> Self {
+        let workspace = Workspace::new(&settings.data_dir, &settings.cache_dir);
+        Self {
+            settings,
+            workspace,
+            reporter,
+            cancel,
+            catalog: Mutex::new(None),
+        }
+    }
+
+    /// The catalog, opened on first use (once per command).
+    pub fn catalog(&self) -> Result<CatalogGuard<'_>> {
+        let mut g = self
+            .catalog
+            .lock()
+            .map_err(|_| Error::Failed("the catalog lock is poisoned".into()))?;
+        if g.is_none() {
+            *g = Some(Catalog::open(&self.settings.catalog)?);
+        }
+        Ok(CatalogGuard(g))
+    }
+
+    /// Does the catalog exist yet (read-only commands do not create one)?
+    pub fn catalog_exists(&self) -> bool {
+        self.settings.catalog.exists()
+    }
+
+    /// Stop here if the user asked to (Ctrl-C, SIGTERM).
+    pub fn check_cancel(&self) -> Result<()> {
+        if self.cancel.is_cancelled() || webake_sys::cancel::signalled() {
+            return Err(Error::Interrupted);
+        }
+        Ok(())
+    }
+}
+
+/// The open catalog, locked for the caller.
+pub struct CatalogGuard<'a>(MutexGuard<'a, Option<Catalog>>);
+
+impl std::ops::Deref for CatalogGuard<'_> {
+    type Target = Catalog;
+    fn deref(&self) -> &Catalog {
+        self.0.as_ref().expect("opened in Context::catalog")
+    }
+}
+
+impl std::ops::DerefMut for CatalogGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Catalog {
+        self.0.as_mut().expect("opened in Context::catalog")
+    }
+}

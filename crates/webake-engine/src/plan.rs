@@ -1,0 +1,181 @@
+//! The plan of a bake, before anything runs: the base, every step with its cache key and why
+//! it would run, the inputs digest. `bake --dry-run/--explain` print it; the bake executes it.
+
+use std::path::Path;
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use webake_build::bake::{BasePlan, Plan};
+use webake_build::bootstrap::HostSources;
+use webake_spec::LoadedRecipe;
+
+use crate::{Context, Result, ResultExt};
+
+/// Plan a recipe. A `base: {ami: ...}` is resolved to its root snapshot on AWS (nothing is
+/// downloaded); `ctx == None` plans offline (for `validate`).
+pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Plan> {
+    if let webake_spec::Base::Ami(a) = &recipe.recipe.base {
+        return crate::base::plan_ami(ctx, recipe, a);
+    }
+    let host = HostSources::read(Path::new("/etc/apt"));
+    let mirror = ctx.and_then(|c| c.settings.mirror.clone());
+    webake_build::bake::plan(recipe, mirror, &host)
+        .with_context(|| format!("planning {}", recipe.path.display()))
+}
+
+/// What a bake would do, step by step (for `--dry-run`, `--explain` and their JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub recipe: String,
+    pub family: String,
+    pub base: BaseReport,
+    pub steps: Vec<StepReport>,
+    pub disk: String,
+    /// Firmwares the disk boots under (`bios`, `uefi`).
+    pub boot: Vec<String>,
+    pub outputs: Vec<String>,
+    pub inputs_digest: String,
+    /// Variable values (secrets shown as `(secret)`).
+    pub variables: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseReport {
+    /// True for a bootstrap (mmdebstrap), false for a prepared base (an AMI's root).
+    pub bootstrap: bool,
+    /// `mmdebstrap SUITE VARIANT [include]  mirror: ...` or the prepared base's description.
+    pub what: String,
+    pub key: String,
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub label: String,
+    pub key: String,
+    pub cached: bool,
+    /// Why it would run (which input changed), when it would.
+    pub why: Option<String>,
+    pub inputs: Vec<(String, String)>,
+}
+
+/// Compare the plan with the caches: what would run, and why.
+pub fn report(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> PlanReport {
+    let ws = &ctx.workspace;
+    let cached =
+        webake_build::bootstrap::cached_rootfs(&ws.bootstrap_dir(), plan.base.key()).is_some();
+    let what = match &plan.base {
+        BasePlan::Mmdebstrap(b) => format!(
+            "mmdebstrap {} {} [{}]  mirror: {} ({})",
+            b.suite,
+            b.variant,
+            b.include.join(","),
+            b.mirror.as_deref().unwrap_or("default"),
+            b.mirror_source
+        ),
+        BasePlan::Prepared { description, .. } => description.clone(),
+    };
+    let steps = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let hit = ws.layers_dir().join(&s.key).join("meta.json").is_file();
+            let explain = ws
+                .cache_dir
+                .join("explain")
+                .join(recipe.family())
+                .join(format!("step-{}.json", s.index));
+            StepReport {
+                label: s.label.clone(),
+                key: s.key.clone(),
+                cached: hit,
+                why: (!hit).then(|| webake_build::steps::explain_miss(&explain, s, false)),
+                inputs: s
+                    .inputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }
+        })
+        .collect();
+    PlanReport {
+        recipe: recipe.path.display().to_string(),
+        family: recipe.family().to_string(),
+        base: BaseReport {
+            bootstrap: matches!(plan.base, BasePlan::Mmdebstrap(_)),
+            what,
+            key: plan.base.key().to_string(),
+            cached,
+        },
+        steps,
+        disk: recipe.recipe.disk.size.to_string(),
+        boot: recipe
+            .recipe
+            .disk
+            .boot
+            .iter()
+            .map(|b| b.as_str().to_string())
+            .collect(),
+        outputs: recipe
+            .recipe
+            .outputs
+            .iter()
+            .map(|o| o.extension().to_string())
+            .collect(),
+        inputs_digest: plan.inputs_digest.clone(),
+        variables: recipe
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), v.display_value().to_string()))
+            .collect(),
+    }
+}
+
+/// The plan, one line per stage and step.
+impl std::fmt::Display for PlanReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        let mut s = format!("plan for {} (family {})\n", r.recipe, r.family);
+        let short = |k: &str| k[..12.min(k.len())].to_string();
+        let (kind, miss) = if r.base.bootstrap {
+            ("bootstrap", "would run")
+        } else {
+            ("base     ", "would download")
+        };
+        let _ = writeln!(
+            s,
+            "  {kind}  {}  key {}  {}",
+            r.base.what,
+            short(&r.base.key),
+            if r.base.cached { "cache hit" } else { miss }
+        );
+        for st in &r.steps {
+            let why = match &st.why {
+                None => "cache hit".to_string(),
+                Some(w) => format!("would run: {w}"),
+            };
+            let _ = writeln!(
+                s,
+                "  step       {}  key {}  {why}",
+                st.label,
+                short(&st.key)
+            );
+            for (k, v) in &st.inputs {
+                let _ = writeln!(s, "               input {k} = {}", &v[..16.min(v.len())]);
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  assemble   disk {} ext4, boot {}, outputs {}",
+            r.disk,
+            r.boot.join(" + "),
+            r.outputs.join(", ")
+        );
+        for (k, v) in &r.variables {
+            let _ = writeln!(s, "  var        {k} = {v}");
+        }
+        let _ = writeln!(s, "  inputs digest {}", r.inputs_digest);
+        f.write_str(&s)
+    }
+}
