@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use webake_catalog::{Artifact, ArtifactFormat, Catalog, Image, Provenance, Publication, TestResult};
+use webake_catalog::{
+    Artifact, ArtifactFormat, Catalog, Image, Provenance, Publication, TestResult,
+};
 
 const OLD_AMI: &str = "ami-0a1b2c3d4e5f60718";
 const NEW_AMI: &str = "ami-0123456789abcdef0";
