@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt as _;
 use crate::client::RegionClients;
 use crate::error::{CallError, Error, Result};
 use crate::reporter::Reporter;
-use crate::retry::{Also, Pool, Stop};
+use crate::retry::{Also, Caller, Pool, Stop};
 
 /// EBS direct APIs work in fixed blocks of 512 KiB.
 pub const EBS_BLOCK_SIZE: usize = 512 * 1024;
@@ -124,7 +124,43 @@ pub(crate) async fn upload_snapshot_until(
 ) -> Result<UploadSummary> {
     let region = &clients.region;
     let caller = clients.caller(reporter, stop);
-    let mut file = tokio::fs::File::open(path)
+    let (file, len) = open_disk_image(path).await?;
+    let size = checked_volume_size(path, len, opts.volume_size_gib)?;
+    let blocks_total = len.div_ceil(EBS_BLOCK_SIZE as u64);
+
+    let (snapshot_id, created_at) = start_snapshot(clients, caller, path, opts, size).await?;
+    on_started(&snapshot_id);
+    tracing::info!(%region, %snapshot_id, size_gib = size, blocks_total, "snapshot started");
+    reporter.transfer_started(&snapshot_id, blocks_total);
+
+    let upload = Upload {
+        ebs: &clients.ebs,
+        caller,
+        snapshot_id: &snapshot_id,
+        created_at,
+    };
+    let Blocks {
+        digests,
+        sent,
+        skipped,
+    } = upload
+        .put_blocks(file, path, len, opts.concurrency.max(1), reporter, stop)
+        .await?;
+    upload.complete(sent, &digests).await?;
+    reporter.transfer_finished(&snapshot_id);
+    tracing::info!(%region, %snapshot_id, sent, skipped, "snapshot upload complete");
+    Ok(UploadSummary {
+        snapshot_id,
+        volume_size_gib: size,
+        blocks_total,
+        blocks_sent: sent,
+        blocks_skipped: skipped,
+    })
+}
+
+/// Open the disk image; returns it with its length, which must not be zero.
+async fn open_disk_image(path: &Path) -> Result<(tokio::fs::File, u64)> {
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(Error::io("opening disk image", path))?;
     let len = file
@@ -138,16 +174,32 @@ pub(crate) async fn upload_snapshot_until(
             path.display()
         )));
     }
+    Ok((file, len))
+}
+
+/// The volume size in GiB: the one asked for, which must hold `len` bytes, or else the
+/// smallest that does.
+fn checked_volume_size(path: &Path, len: u64, asked: Option<i64>) -> Result<i64> {
     let needed = volume_size_gib(len);
-    let size = opts.volume_size_gib.unwrap_or(needed);
+    let size = asked.unwrap_or(needed);
     if size < needed {
         return Err(Error::Invalid(format!(
             "volume size {size} GiB is smaller than the disk image {} ({len} bytes)",
             path.display()
         )));
     }
-    let blocks_total = len.div_ceil(EBS_BLOCK_SIZE as u64);
+    Ok(size)
+}
 
+/// StartSnapshot with the run's tags, timeout and encryption; returns the new snapshot's
+/// id and when EBS answered (the start of the "not yet visible" grace period).
+async fn start_snapshot(
+    clients: &RegionClients,
+    caller: Caller<'_>,
+    path: &Path,
+    opts: &UploadOptions,
+    size: i64,
+) -> Result<(String, Instant)> {
     let tags: Vec<EbsTag> = opts
         .tags
         .iter()
@@ -179,113 +231,147 @@ pub(crate) async fn upload_snapshot_until(
         .snapshot_id()
         .ok_or_else(|| Error::Missing {
             what: "snapshot id",
-            context: format!("StartSnapshot in {region}"),
+            context: format!("StartSnapshot in {}", clients.region),
         })?
         .to_string();
-    on_started(&snapshot_id);
-    tracing::info!(%region, %snapshot_id, size_gib = size, blocks_total, "snapshot started");
-    reporter.transfer_started(&snapshot_id, blocks_total);
+    Ok((snapshot_id, created_at))
+}
 
-    let concurrency = opts.concurrency.max(1);
-    let mut digests: Vec<Option<[u8; 32]>> = vec![None; blocks_total as usize];
-    let mut pool: Pool<'_, Result<()>> = Pool::new();
-    let mut sent = 0u64;
-    let mut skipped = 0u64;
-    let snapshot = snapshot_id.as_str();
-    for index in 0..blocks_total {
-        stop.check()?;
-        let mut buf = vec![0u8; EBS_BLOCK_SIZE];
-        let want = (len - index * EBS_BLOCK_SIZE as u64).min(EBS_BLOCK_SIZE as u64) as usize;
-        file.read_exact(&mut buf[..want])
-            .await
-            .map_err(Error::io("reading disk image", path))?;
-        // The tail of the last block stays zero: EBS blocks are always full size.
-        if buf.iter().all(|&b| b == 0) {
-            // Unwritten blocks of a snapshot read back as zeros: skip them (sparse upload).
-            skipped += 1;
-            reporter.block_done(&snapshot_id, want as u64, false);
-            continue;
-        }
-        let digest = block_digest(&buf);
-        digests[index as usize] = Some(digest);
-        sent += 1;
-        while pool.len() >= concurrency {
-            if let Some(r) = pool.next().await {
-                r?;
-            }
-        }
-        let progress = ((index + 1) * 100 / blocks_total) as i32;
-        let checksum = B64.encode(digest);
-        let data = buf;
-        let ebs = &clients.ebs;
-        pool.push(async move {
-            let what = format!("{snapshot} block {index}");
-            caller
-                .call(
-                    "PutSnapshotBlock",
-                    &what,
-                    Also {
-                        created_at: Some(created_at),
-                        codes: &[],
-                    },
-                    || {
-                        ebs.put_snapshot_block()
-                            .snapshot_id(snapshot)
-                            .block_index(index as i32)
-                            .block_data(ByteStream::from(data.clone()))
-                            .data_length(EBS_BLOCK_SIZE as i32)
-                            .checksum(&checksum)
-                            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-                            .progress(progress.clamp(0, 100))
-                            .send()
-                    },
-                )
+/// A started snapshot: what every PutSnapshotBlock and the CompleteSnapshot need.
+struct Upload<'a> {
+    ebs: &'a aws_sdk_ebs::Client,
+    caller: Caller<'a>,
+    snapshot_id: &'a str,
+    created_at: Instant,
+}
+
+/// What [`Upload::put_blocks`] sent: the digest of every block sent (`None` for a skipped
+/// zero block), in block index order, and the counts.
+struct Blocks {
+    digests: Vec<Option<[u8; 32]>>,
+    sent: u64,
+    skipped: u64,
+}
+
+impl Upload<'_> {
+    /// Read `file` block by block and put every non-zero block, `concurrency` at a time.
+    async fn put_blocks(
+        &self,
+        mut file: tokio::fs::File,
+        path: &Path,
+        len: u64,
+        concurrency: usize,
+        reporter: &dyn Reporter,
+        stop: &Stop,
+    ) -> Result<Blocks> {
+        let blocks_total = len.div_ceil(EBS_BLOCK_SIZE as u64);
+        let mut digests: Vec<Option<[u8; 32]>> = vec![None; blocks_total as usize];
+        let mut pool: Pool<'_, Result<()>> = Pool::new();
+        let mut sent = 0u64;
+        let mut skipped = 0u64;
+        for index in 0..blocks_total {
+            stop.check()?;
+            let mut buf = vec![0u8; EBS_BLOCK_SIZE];
+            let want = (len - index * EBS_BLOCK_SIZE as u64).min(EBS_BLOCK_SIZE as u64) as usize;
+            file.read_exact(&mut buf[..want])
                 .await
-                .map(|_| ())
-        });
-        reporter.block_done(&snapshot_id, want as u64, true);
-    }
-    while let Some(r) = pool.next().await {
-        r?;
-    }
-    drop(pool);
-
-    let aggregate = (sent > 0).then(|| aggregate_checksum(digests.iter().flatten()));
-    caller
-        .call(
-            "CompleteSnapshot",
-            &snapshot_id,
-            Also {
-                created_at: Some(created_at),
-                codes: &[],
-            },
-            || {
-                let mut complete = clients
-                    .ebs
-                    .complete_snapshot()
-                    .snapshot_id(&snapshot_id)
-                    .changed_blocks_count(sent as i32);
-                if let Some(sum) = &aggregate {
-                    complete = complete
-                        .checksum(sum)
-                        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-                        .checksum_aggregation_method(
-                            ChecksumAggregationMethod::ChecksumAggregationLinear,
-                        );
+                .map_err(Error::io("reading disk image", path))?;
+            // The tail of the last block stays zero: EBS blocks are always full size.
+            if buf.iter().all(|&b| b == 0) {
+                // Unwritten blocks of a snapshot read back as zeros: skip them (sparse upload).
+                skipped += 1;
+                reporter.block_done(self.snapshot_id, want as u64, false);
+                continue;
+            }
+            let digest = block_digest(&buf);
+            digests[index as usize] = Some(digest);
+            sent += 1;
+            while pool.len() >= concurrency {
+                if let Some(r) = pool.next().await {
+                    r?;
                 }
-                complete.send()
-            },
-        )
-        .await?;
-    reporter.transfer_finished(&snapshot_id);
-    tracing::info!(%region, %snapshot_id, sent, skipped, "snapshot upload complete");
-    Ok(UploadSummary {
-        snapshot_id,
-        volume_size_gib: size,
-        blocks_total,
-        blocks_sent: sent,
-        blocks_skipped: skipped,
-    })
+            }
+            let progress = ((index + 1) * 100 / blocks_total) as i32;
+            pool.push(self.put_block(index, buf, B64.encode(digest), progress));
+            reporter.block_done(self.snapshot_id, want as u64, true);
+        }
+        while let Some(r) = pool.next().await {
+            r?;
+        }
+        Ok(Blocks {
+            digests,
+            sent,
+            skipped,
+        })
+    }
+
+    /// PutSnapshotBlock for block `index`; `checksum` is the base64 SHA-256 of `data`.
+    async fn put_block(
+        &self,
+        index: u64,
+        data: Vec<u8>,
+        checksum: String,
+        progress: i32,
+    ) -> Result<()> {
+        let snapshot = self.snapshot_id;
+        let what = format!("{snapshot} block {index}");
+        self.caller
+            .call(
+                "PutSnapshotBlock",
+                &what,
+                Also {
+                    created_at: Some(self.created_at),
+                    codes: &[],
+                },
+                || {
+                    self.ebs
+                        .put_snapshot_block()
+                        .snapshot_id(snapshot)
+                        .block_index(index as i32)
+                        .block_data(ByteStream::from(data.clone()))
+                        .data_length(EBS_BLOCK_SIZE as i32)
+                        .checksum(&checksum)
+                        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                        .progress(progress.clamp(0, 100))
+                        .send()
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// CompleteSnapshot with the count of blocks sent and, if any was, their linear
+    /// aggregate checksum.
+    async fn complete(&self, sent: u64, digests: &[Option<[u8; 32]>]) -> Result<()> {
+        let aggregate = (sent > 0).then(|| aggregate_checksum(digests.iter().flatten()));
+        self.caller
+            .call(
+                "CompleteSnapshot",
+                self.snapshot_id,
+                Also {
+                    created_at: Some(self.created_at),
+                    codes: &[],
+                },
+                || {
+                    let mut complete = self
+                        .ebs
+                        .complete_snapshot()
+                        .snapshot_id(self.snapshot_id)
+                        .changed_blocks_count(sent as i32);
+                    if let Some(sum) = &aggregate {
+                        complete = complete
+                            .checksum(sum)
+                            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                            .checksum_aggregation_method(
+                                ChecksumAggregationMethod::ChecksumAggregationLinear,
+                            );
+                    }
+                    complete.send()
+                },
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 /// What a download did.
@@ -309,7 +395,53 @@ pub async fn download_snapshot_to_file(
 ) -> Result<DownloadSummary> {
     let stop = Stop::new();
     let caller = clients.caller(reporter, &stop);
-    // List every block (paginated).
+    let (blocks, size_gib) = list_snapshot_blocks(clients, caller, snapshot_id).await?;
+    let size_bytes = size_gib as u64 * GIB;
+    let (file, tmp, guard) = create_partial(path, size_bytes)?;
+    let file = Arc::new(file);
+
+    reporter.transfer_started(snapshot_id, blocks.len() as u64);
+    let download = Download {
+        clients,
+        caller,
+        snapshot_id,
+        file: &file,
+        tmp: &tmp,
+    };
+    let mut pool: Pool<'_, Result<()>> = Pool::new();
+    let written = blocks.len() as u64;
+    for (index, token) in blocks {
+        while pool.len() >= concurrency.max(1) {
+            if let Some(r) = pool.next().await {
+                r?;
+            }
+        }
+        pool.push(download.get_block(index, token));
+        reporter.block_done(snapshot_id, EBS_BLOCK_SIZE as u64, true);
+    }
+    while let Some(r) = pool.next().await {
+        r?;
+    }
+    drop(pool);
+    file.sync_all().map_err(Error::io("syncing", &tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;
+    guard.disarm();
+    reporter.transfer_finished(snapshot_id);
+    Ok(DownloadSummary {
+        snapshot_id: snapshot_id.to_string(),
+        path: path.to_path_buf(),
+        volume_size_bytes: size_bytes,
+        blocks_written: written,
+    })
+}
+
+/// Every block of the snapshot (index and token, all pages) and its volume size in GiB.
+async fn list_snapshot_blocks(
+    clients: &RegionClients,
+    caller: Caller<'_>,
+    snapshot_id: &str,
+) -> Result<(Vec<(i32, String)>, i64)> {
     let mut blocks: Vec<(i32, String)> = Vec::new();
     let mut volume_size_gib = None;
     let mut next: Option<String> = None;
@@ -346,8 +478,12 @@ pub async fn download_snapshot_to_file(
         what: "volume size",
         context: format!("snapshot {snapshot_id}"),
     })?;
-    let size_bytes = size_gib as u64 * GIB;
+    Ok((blocks, size_gib))
+}
 
+/// Create the temporary file beside `path`, `size_bytes` long (sparse), with the guard that
+/// removes it on every early return.
+fn create_partial(path: &Path, size_bytes: u64) -> Result<(std::fs::File, PathBuf, TempFile)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -364,88 +500,75 @@ pub async fn download_snapshot_to_file(
     let guard = TempFile(Some(tmp.clone()));
     file.set_len(size_bytes)
         .map_err(Error::io("sizing", &tmp))?;
-    let file = Arc::new(file);
+    Ok((file, tmp, guard))
+}
 
-    reporter.transfer_started(snapshot_id, blocks.len() as u64);
-    let mut pool: Pool<'_, Result<()>> = Pool::new();
-    let written = blocks.len() as u64;
-    for (index, token) in blocks {
-        while pool.len() >= concurrency.max(1) {
-            if let Some(r) = pool.next().await {
-                r?;
-            }
-        }
-        let file = file.clone();
-        let tmp = tmp.clone();
-        let region = &clients.region;
-        pool.push(async move {
-            let what = format!("{snapshot_id} block {index}");
-            let out = caller
-                .call("GetSnapshotBlock", &what, Also::default(), || {
-                    clients
-                        .ebs
-                        .get_snapshot_block()
-                        .snapshot_id(snapshot_id)
-                        .block_index(index)
-                        .block_token(&token)
-                        .send()
-                })
-                .await?;
-            let expected = out.checksum().map(str::to_string);
-            let algo = out.checksum_algorithm().cloned();
-            let data = out
-                .block_data
-                .collect()
-                .await
-                .map_err(|e| {
-                    Error::Aws(Box::new(CallError {
-                        op: "GetSnapshotBlock",
-                        region: region.clone(),
-                        what: what.clone(),
-                        detail: e.to_string(),
-                        code: None,
-                        attempts: 1,
-                        elapsed: Duration::ZERO,
-                        ambiguous: true,
-                    }))
-                })?
-                .into_bytes();
-            if let (Some(expected), Some(ChecksumAlgorithm::ChecksumAlgorithmSha256)) =
-                (&expected, &algo)
-                && *expected != block_checksum(&data)
-            {
-                return Err(Error::Checksum {
-                    snapshot_id: snapshot_id.to_string(),
-                    block_index: index as i64,
-                });
-            }
-            let offset = index as u64 * EBS_BLOCK_SIZE as u64;
-            tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt as _;
-                file.write_all_at(&data, offset)
-                    .map_err(Error::io("writing", &tmp))
+/// A snapshot being downloaded into a temporary file: what every block needs.
+struct Download<'a> {
+    clients: &'a RegionClients,
+    caller: Caller<'a>,
+    snapshot_id: &'a str,
+    file: &'a Arc<std::fs::File>,
+    tmp: &'a Path,
+}
+
+impl Download<'_> {
+    /// GetSnapshotBlock `index`, check it against its checksum, and write it at its offset.
+    async fn get_block(&self, index: i32, token: String) -> Result<()> {
+        let snapshot_id = self.snapshot_id;
+        let what = format!("{snapshot_id} block {index}");
+        let out = self
+            .caller
+            .call("GetSnapshotBlock", &what, Also::default(), || {
+                self.clients
+                    .ebs
+                    .get_snapshot_block()
+                    .snapshot_id(snapshot_id)
+                    .block_index(index)
+                    .block_token(&token)
+                    .send()
             })
+            .await?;
+        let expected = out.checksum().map(str::to_string);
+        let algo = out.checksum_algorithm().cloned();
+        let data = out
+            .block_data
+            .collect()
             .await
-            .map_err(|e| Error::Task(e.to_string()))??;
-            Ok(())
-        });
-        reporter.block_done(snapshot_id, EBS_BLOCK_SIZE as u64, true);
+            .map_err(|e| {
+                Error::Aws(Box::new(CallError {
+                    op: "GetSnapshotBlock",
+                    region: self.clients.region.clone(),
+                    what: what.clone(),
+                    detail: e.to_string(),
+                    code: None,
+                    attempts: 1,
+                    elapsed: Duration::ZERO,
+                    ambiguous: true,
+                }))
+            })?
+            .into_bytes();
+        if let (Some(expected), Some(ChecksumAlgorithm::ChecksumAlgorithmSha256)) =
+            (&expected, &algo)
+            && *expected != block_checksum(&data)
+        {
+            return Err(Error::Checksum {
+                snapshot_id: snapshot_id.to_string(),
+                block_index: index as i64,
+            });
+        }
+        let offset = index as u64 * EBS_BLOCK_SIZE as u64;
+        let file = self.file.clone();
+        let tmp = self.tmp.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt as _;
+            file.write_all_at(&data, offset)
+                .map_err(Error::io("writing", &tmp))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(())
     }
-    while let Some(r) = pool.next().await {
-        r?;
-    }
-    drop(pool);
-    file.sync_all().map_err(Error::io("syncing", &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;
-    guard.disarm();
-    reporter.transfer_finished(snapshot_id);
-    Ok(DownloadSummary {
-        snapshot_id: snapshot_id.to_string(),
-        path: path.to_path_buf(),
-        volume_size_bytes: size_bytes,
-        blocks_written: written,
-    })
 }
 
 /// Removes a partial download on every early return.

@@ -221,127 +221,181 @@ impl Ledger {
         self.settled.store(true, Ordering::SeqCst);
         // The run's stop may be set (cancellation): the rollback has its own, never set.
         let stop = Stop::new();
-        let mut removed = Vec::new();
-        let mut leftovers = Vec::new();
-        let mut handled: BTreeSet<Resource> = BTreeSet::new();
-        let mut snapshots: Vec<Resource> = Vec::new();
+        let mut undo = Undo::default();
 
         let items = self.items();
-        for r in items.iter().rev() {
-            if r.kind == ResourceKind::Image {
-                let clients = session.region(&r.region);
-                let caller = clients.caller(reporter, &stop);
-                reporter.step(&r.region, &format!("rolling back: deregistering {}", r.id));
-                undo_image(
-                    &clients,
-                    caller,
-                    r,
-                    &mut removed,
-                    &mut leftovers,
-                    &mut snapshots,
-                )
-                .await;
-                handled.insert(r.clone());
-            }
-        }
-        snapshots.extend(
+        undo.deregister_recorded(session, reporter, &stop, &items)
+            .await;
+        undo.snapshots.extend(
             items
                 .iter()
                 .rev()
                 .filter(|r| r.kind == ResourceKind::Snapshot)
                 .cloned(),
         );
-        // Snapshots are deleted only after every AMI of the run is deregistered, including
-        // those found by tag below: a snapshot an AMI still uses cannot be deleted.
-        let mut deleted: BTreeSet<Resource> = BTreeSet::new();
 
         // Creates whose answer was lost carry the run tag: find them in every region.
         let uncertain = lock(&self.uncertain).clone();
         for region in &self.regions {
             let clients = session.region(region);
             let caller = clients.caller(reporter, &stop);
-            let mut pending: Vec<&Uncertain> =
-                uncertain.iter().filter(|u| &u.region == region).collect();
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match find_run_resources(&clients, caller, &self.run_id, &self.name).await {
-                    Ok(found) => {
-                        for r in found {
-                            let known = handled.contains(&r)
-                                || deleted.contains(&r)
-                                || snapshots.contains(&r);
-                            pending.retain(|u| u.kind != r.kind || known);
-                            if known {
-                                continue;
-                            }
-                            tracing::warn!(found = %r, run = %self.run_id, "rollback: found by tag");
-                            if r.kind == ResourceKind::Image {
-                                reporter.step(
-                                    region,
-                                    &format!("rolling back: deregistering {} (found by tag)", r.id),
-                                );
-                                undo_image(
-                                    &clients,
-                                    caller,
-                                    &r,
-                                    &mut removed,
-                                    &mut leftovers,
-                                    &mut snapshots,
-                                )
-                                .await;
-                                handled.insert(r);
-                            } else {
-                                snapshots.push(r);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(%region, "rollback: looking for the run's resources: {e}");
-                        leftovers.push(Leftover {
-                            region: region.clone(),
-                            kind: ResourceKind::Image,
-                            id: None,
-                            reason: format!(
-                                "could not look for resources tagged {TAG_RUN}={}: {e}",
-                                self.run_id
-                            ),
-                        });
-                        pending.clear();
-                        break;
-                    }
-                }
-                // A lost create may take a moment to show up in Describe* (eventual
-                // consistency): keep looking for it under the retry policy.
-                if pending.is_empty() || attempt >= clients.timing.retry.attempts {
-                    break;
-                }
-                let _ = stop.sleep(clients.timing.retry.delay(attempt)).await;
-            }
-            for u in pending {
-                leftovers.push(Leftover {
-                    region: region.clone(),
-                    kind: u.kind,
-                    id: None,
-                    reason: format!(
-                        "the answer of {} was lost and nothing tagged {TAG_RUN}={} turned up",
-                        u.what, self.run_id
-                    ),
-                });
-            }
+            self.find_lost_creates(&clients, caller, reporter, &stop, &uncertain, &mut undo)
+                .await;
         }
 
+        // Snapshots are deleted only after every AMI of the run is deregistered, including
+        // those found by tag above: a snapshot an AMI still uses cannot be deleted.
         delete_snapshots(
             session,
             reporter,
             &stop,
-            &mut snapshots,
-            &mut deleted,
-            &mut removed,
-            &mut leftovers,
+            &mut undo.snapshots,
+            &mut undo.deleted,
+            &mut undo.removed,
+            &mut undo.leftovers,
         )
         .await;
-        (removed, leftovers)
+        (undo.removed, undo.leftovers)
+    }
+
+    /// Look in `clients.region` for the creates of this run whose answer was lost: undo what
+    /// carries the run's tag, and report as leftovers those still missing once the retry
+    /// budget is spent.
+    async fn find_lost_creates(
+        &self,
+        clients: &RegionClients,
+        caller: Caller<'_>,
+        reporter: &dyn Reporter,
+        stop: &Stop,
+        uncertain: &[Uncertain],
+        undo: &mut Undo,
+    ) {
+        let region = &clients.region;
+        let mut pending: Vec<&Uncertain> =
+            uncertain.iter().filter(|u| &u.region == region).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match find_run_resources(clients, caller, &self.run_id, &self.name).await {
+                Ok(found) => {
+                    for r in found {
+                        let known = undo.knows(&r);
+                        pending.retain(|u| u.kind != r.kind || known);
+                        if !known {
+                            undo.found_by_tag(clients, caller, reporter, r, &self.run_id)
+                                .await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%region, "rollback: looking for the run's resources: {e}");
+                    undo.leftovers.push(Leftover {
+                        region: region.clone(),
+                        kind: ResourceKind::Image,
+                        id: None,
+                        reason: format!(
+                            "could not look for resources tagged {TAG_RUN}={}: {e}",
+                            self.run_id
+                        ),
+                    });
+                    pending.clear();
+                    break;
+                }
+            }
+            // A lost create may take a moment to show up in Describe* (eventual
+            // consistency): keep looking for it under the retry policy.
+            if pending.is_empty() || attempt >= clients.timing.retry.attempts {
+                break;
+            }
+            let _ = stop.sleep(clients.timing.retry.delay(attempt)).await;
+        }
+        for u in pending {
+            undo.leftovers.push(Leftover {
+                region: region.clone(),
+                kind: u.kind,
+                id: None,
+                reason: format!(
+                    "the answer of {} was lost and nothing tagged {TAG_RUN}={} turned up",
+                    u.what, self.run_id
+                ),
+            });
+        }
+    }
+}
+
+/// The state of one rollback: what was removed, what remains, and the snapshots queued for
+/// deletion.
+#[derive(Default)]
+struct Undo {
+    removed: Vec<Resource>,
+    leftovers: Vec<Leftover>,
+    /// AMIs already deregistered (or tried).
+    handled: BTreeSet<Resource>,
+    snapshots: Vec<Resource>,
+    deleted: BTreeSet<Resource>,
+}
+
+impl Undo {
+    /// Deregister the recorded AMIs, newest first, queueing their snapshots.
+    async fn deregister_recorded(
+        &mut self,
+        session: &Session,
+        reporter: &dyn Reporter,
+        stop: &Stop,
+        items: &[Resource],
+    ) {
+        for r in items.iter().rev() {
+            if r.kind == ResourceKind::Image {
+                let clients = session.region(&r.region);
+                let caller = clients.caller(reporter, stop);
+                reporter.step(&r.region, &format!("rolling back: deregistering {}", r.id));
+                undo_image(
+                    &clients,
+                    caller,
+                    r,
+                    &mut self.removed,
+                    &mut self.leftovers,
+                    &mut self.snapshots,
+                )
+                .await;
+                self.handled.insert(r.clone());
+            }
+        }
+    }
+
+    /// Is `r` already deregistered, deleted or queued?
+    fn knows(&self, r: &Resource) -> bool {
+        self.handled.contains(r) || self.deleted.contains(r) || self.snapshots.contains(r)
+    }
+
+    /// Undo `r`, found by the tag of run `run_id`: deregister an AMI now, queue a snapshot.
+    async fn found_by_tag(
+        &mut self,
+        clients: &RegionClients,
+        caller: Caller<'_>,
+        reporter: &dyn Reporter,
+        r: Resource,
+        run_id: &str,
+    ) {
+        tracing::warn!(found = %r, run = %run_id, "rollback: found by tag");
+        if r.kind == ResourceKind::Image {
+            reporter.step(
+                &clients.region,
+                &format!("rolling back: deregistering {} (found by tag)", r.id),
+            );
+            undo_image(
+                clients,
+                caller,
+                &r,
+                &mut self.removed,
+                &mut self.leftovers,
+                &mut self.snapshots,
+            )
+            .await;
+            self.handled.insert(r);
+        } else {
+            self.snapshots.push(r);
+        }
     }
 }
 
