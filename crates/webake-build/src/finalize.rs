@@ -60,92 +60,119 @@ const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhos
 pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<FinalizeReport> {
     let t = Tree::open(root)?;
     let mut r = FinalizeReport::default();
-    let mut did = |s: String| r.actions.push(s);
+    ssh_host_keys(&t, &mut r)?;
+    machine_id(&t, &mut r)?;
+    hostname(&t, &mut r)?;
+    resolv_conf(&t, host_resolv_conf, &mut r)?;
+    apt_lists_and_caches(&t, &mut r)?;
+    histories_and_instance_state(&t, &mut r)?;
+    build_logs(&t)?;
+    Ok(r)
+}
 
-    // SSH host keys: removed; regenerated on first boot by a oneshot unit.
-    if t.is_dir(p("etc/ssh")) {
-        let n = clear_dir(&t, "etc/ssh", &|name| {
-            !(name.starts_with("ssh_host_")
-                && (name.ends_with("_key") || name.ends_with("_key.pub")))
-        })?;
-        if n > 0 {
-            did(format!("removed {n} SSH host key files"));
-        }
-        if t.exists(p("usr/sbin/sshd")) || t.exists(p("lib/systemd/system/ssh.service")) {
-            t.create_dir_all(p("etc/systemd/system"), 0o755)?;
-            t.write(
-                p("etc/systemd/system/webake-ssh-keygen.service"),
-                SSH_KEYGEN_UNIT.as_bytes(),
-                0o644,
-            )?;
-            for wants in ["multi-user.target.wants", "ssh.service.wants"] {
-                let d = Path::new("etc/systemd/system").join(wants);
-                t.create_dir_all(&d, 0o755)?;
-                t.symlink(
-                    p("/etc/systemd/system/webake-ssh-keygen.service"),
-                    &d.join("webake-ssh-keygen.service"),
-                )?;
-            }
-            did(
-                "installed webake-ssh-keygen.service (host keys are generated on first boot)"
-                    .into(),
-            );
-        }
+impl FinalizeReport {
+    fn did(&mut self, action: String) {
+        self.actions.push(action);
     }
+}
 
-    // machine-id: empty, so systemd generates one on first boot.
+/// SSH host keys: removed; regenerated on first boot by a oneshot unit.
+fn ssh_host_keys(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
+    if !t.is_dir(p("etc/ssh")) {
+        return Ok(());
+    }
+    let n = clear_dir(t, "etc/ssh", &|name| {
+        !(name.starts_with("ssh_host_") && (name.ends_with("_key") || name.ends_with("_key.pub")))
+    })?;
+    if n > 0 {
+        r.did(format!("removed {n} SSH host key files"));
+    }
+    if t.exists(p("usr/sbin/sshd")) || t.exists(p("lib/systemd/system/ssh.service")) {
+        t.create_dir_all(p("etc/systemd/system"), 0o755)?;
+        t.write(
+            p("etc/systemd/system/webake-ssh-keygen.service"),
+            SSH_KEYGEN_UNIT.as_bytes(),
+            0o644,
+        )?;
+        for wants in ["multi-user.target.wants", "ssh.service.wants"] {
+            let d = Path::new("etc/systemd/system").join(wants);
+            t.create_dir_all(&d, 0o755)?;
+            t.symlink(
+                p("/etc/systemd/system/webake-ssh-keygen.service"),
+                &d.join("webake-ssh-keygen.service"),
+            )?;
+        }
+        r.did("installed webake-ssh-keygen.service (host keys are generated on first boot)".into());
+    }
+    Ok(())
+}
+
+/// machine-id: empty, so systemd generates one on first boot.
+fn machine_id(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
     if t.is_dir(p("etc")) {
         t.write(p("etc/machine-id"), b"", 0o444)?;
-        did("emptied /etc/machine-id".into());
+        r.did("emptied /etc/machine-id".into());
     }
-    if is_file(&t, "var/lib/dbus/machine-id")? {
+    if is_file(t, "var/lib/dbus/machine-id")? {
         t.remove(p("var/lib/dbus/machine-id"))?;
-        did("removed /var/lib/dbus/machine-id".into());
+        r.did("removed /var/lib/dbus/machine-id".into());
     }
+    Ok(())
+}
 
-    // Hostname: none baked in; the agent (or DHCP) sets it at boot.
+/// Hostname: none baked in; the agent (or DHCP) sets it at boot.
+fn hostname(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
     if t.remove(p("etc/hostname"))? {
-        did("removed /etc/hostname".into());
+        r.did("removed /etc/hostname".into());
     }
     if t.is_dir(p("etc")) {
-        let keep = is_file(&t, "etc/hosts")?
+        let keep = is_file(t, "etc/hosts")?
             && t.read(p("etc/hosts"))
                 .map(|b| !String::from_utf8_lossy(&b).contains("127.0.1.1"))
                 .unwrap_or(false);
         if !keep {
             t.write(p("etc/hosts"), DEFAULT_HOSTS.as_bytes(), 0o644)?;
-            did("wrote a generic /etc/hosts".into());
+            r.did("wrote a generic /etc/hosts".into());
         }
     }
+    Ok(())
+}
 
-    // resolv.conf: a regular file comes from the builder; a symlink (systemd-resolved) is the
-    // image's own and stays.
-    if is_file(&t, "etc/resolv.conf")? {
+/// resolv.conf: a regular file comes from the builder; a symlink (systemd-resolved) is the
+/// image's own and stays.
+fn resolv_conf(t: &Tree, host_resolv_conf: Option<&[u8]>, r: &mut FinalizeReport) -> Result<()> {
+    if is_file(t, "etc/resolv.conf")? {
         let content = t.read(p("etc/resolv.conf"))?;
         if host_resolv_conf.is_none_or(|h| h == content.as_slice()) || !content.is_empty() {
             t.write(p("etc/resolv.conf"), b"", 0o644)?;
-            did("emptied /etc/resolv.conf (DNS is configured at boot)".into());
+            r.did("emptied /etc/resolv.conf (DNS is configured at boot)".into());
         }
     }
+    Ok(())
+}
 
-    // apt lists and caches.
-    let n = clear_dir(&t, "var/lib/apt/lists", &|n| n == "lock" || n == "partial")?;
-    clear_dir(&t, "var/lib/apt/lists/partial", &|_| false)?;
+/// apt lists and caches.
+fn apt_lists_and_caches(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
+    let n = clear_dir(t, "var/lib/apt/lists", &|n| n == "lock" || n == "partial")?;
+    clear_dir(t, "var/lib/apt/lists/partial", &|_| false)?;
     if n > 0 {
-        did(format!("removed {n} apt list files"));
+        r.did(format!("removed {n} apt list files"));
     }
     if t.is_dir(p("var/cache/apt")) {
-        let n = clear_dir(&t, "var/cache/apt", &|n| !n.ends_with(".bin"))?;
-        let m = clear_dir(&t, "var/cache/apt/archives", &|n| {
+        let n = clear_dir(t, "var/cache/apt", &|n| !n.ends_with(".bin"))?;
+        let m = clear_dir(t, "var/cache/apt/archives", &|n| {
             n == "lock" || n == "partial"
         })?;
-        clear_dir(&t, "var/cache/apt/archives/partial", &|_| false)?;
+        clear_dir(t, "var/cache/apt/archives/partial", &|_| false)?;
         if n + m > 0 {
-            did(format!("removed {} apt cache files", n + m));
+            r.did(format!("removed {} apt cache files", n + m));
         }
     }
+    Ok(())
+}
 
-    // Shell histories, ansible leftovers, cloud-init instance state, policy-rc.d.
+/// Shell histories, ansible leftovers, cloud-init instance state, policy-rc.d.
+fn histories_and_instance_state(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
     for rel in [
         "root/.bash_history",
         "root/.ansible",
@@ -158,7 +185,7 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
         "usr/sbin/policy-rc.d",
     ] {
         if t.remove(p(rel))? {
-            did(format!("removed /{rel}"));
+            r.did(format!("removed /{rel}"));
         }
     }
     if t.is_dir(p("home")) {
@@ -169,25 +196,29 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
             }
             for f in [".bash_history", ".ansible"] {
                 if t.remove(&home.join(f))? {
-                    did(format!("removed /{}", home.join(f).display()));
+                    r.did(format!("removed /{}", home.join(f).display()));
                 }
             }
         }
     }
-    // Logs of the build itself.
+    Ok(())
+}
+
+/// Logs of the build itself.
+fn build_logs(t: &Tree) -> Result<()> {
     for rel in ["var/log/apt", "var/log/installer"] {
-        clear_dir(&t, rel, &|_| false)?;
+        clear_dir(t, rel, &|_| false)?;
     }
     for rel in [
         "var/log/dpkg.log",
         "var/log/alternatives.log",
         "var/log/bootstrap.log",
     ] {
-        if is_file(&t, rel)? {
+        if is_file(t, rel)? {
             t.write(p(rel), b"", 0o644)?;
         }
     }
-    Ok(r)
+    Ok(())
 }
 
 #[cfg(test)]
