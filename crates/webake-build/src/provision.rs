@@ -465,11 +465,11 @@ fn ansible_local(
             .unwrap_or_default();
         let mut cmd = format!(
             "cd {} && ansible-playbook -i {STAGING}/gen/inventory/hosts -c local --extra-vars @{STAGING}/gen/extra_vars.json",
-            sh_quote(&dir)
+            webake_sys::process::shell_quote(&dir)
         );
         for x in a.extra_arguments.iter().chain(std::iter::once(pb)) {
             cmd.push(' ');
-            cmd.push_str(&sh_quote(x));
+            cmd.push_str(&webake_sys::process::shell_quote(x));
         }
         script.push_str(&cmd);
         script.push('\n');
@@ -649,17 +649,6 @@ pub fn check_galaxy_local_only(text: &str) -> std::result::Result<(), String> {
         }
     }
     Ok(())
-}
-
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,12 @@ impl Image {
     pub fn artifact(&self, format: ArtifactFormat) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.format == format)
     }
+
+    /// The disk to boot, extract or inspect: the raw artifact, else the first one.
+    pub fn disk(&self) -> Option<&Artifact> {
+        self.artifact(ArtifactFormat::Raw)
+            .or(self.artifacts.first())
+    }
 }
 
 /// 1: the first schema. 2: publications.run_id.

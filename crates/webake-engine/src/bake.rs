@@ -490,11 +490,11 @@ pub fn new_bake_id() -> String {
         use std::io::Read;
         let _ = f.read_exact(&mut rnd);
     }
-    format!("bake-{}-{}", now.strftime("%Y%m%d-%H%M%S"), hex(&rnd))
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!(
+        "bake-{}-{}",
+        now.strftime("%Y%m%d-%H%M%S"),
+        hex::encode(rnd)
+    )
 }
 
 pub fn hostname() -> String {

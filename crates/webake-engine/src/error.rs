@@ -166,9 +166,9 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
     }
 }
 
-/// The error and its causes as one text, each cause once (a wrapper such as "step X: <source>"
-/// already contains its source's text).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// The error and its causes, each once (a wrapper such as "step X: <source>" already
+/// contains its source's text).
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut msgs: Vec<String> = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
@@ -178,5 +178,10 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = c.source();
     }
-    msgs.join(": ")
+    msgs
+}
+
+/// The error and its causes as one text, each cause once.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    causes(e).join(": ")
 }

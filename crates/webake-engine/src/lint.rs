@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use webake_catalog::ArtifactFormat;
 use webake_inventory::{Finding, LintConfig, Rule};
 use webake_sys::process::Cmd;
 
@@ -33,11 +32,7 @@ pub fn lint_target(ctx: &Context<'_>, target: &str, allow: &[String]) -> Result<
             .catalog()?
             .find_image(target)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        img.artifact(ArtifactFormat::Raw)
-            .or(img.artifacts.first())
-            .ok_or_else(|| Error::Invalid(format!("image {} has no artifacts", img.id)))?
-            .path
-            .clone()
+        crate::boottest::disk_of(&img)?.to_path_buf()
     };
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let root = tmp.path().join("root");

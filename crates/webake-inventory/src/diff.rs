@@ -471,14 +471,14 @@ fn code_list(v: &[String]) -> String {
 
 fn size_line(s: &SizeChange) -> String {
     if s.delta_bytes == 0 {
-        return format!("{} (unchanged)", human(s.new_bytes));
+        return format!("{} (unchanged)", human_bytes(s.new_bytes));
     }
     let sign = if s.delta_bytes > 0 { "+" } else { "-" };
     let mut line = format!(
         "{} → {} ({sign}{}",
-        human(s.old_bytes),
-        human(s.new_bytes),
-        human(s.delta_bytes.unsigned_abs())
+        human_bytes(s.old_bytes),
+        human_bytes(s.new_bytes),
+        human_bytes(s.delta_bytes.unsigned_abs())
     );
     if s.old_bytes > 0 {
         let pct = s.delta_bytes as f64 * 100.0 / s.old_bytes as f64;
@@ -489,7 +489,7 @@ fn size_line(s: &SizeChange) -> String {
 }
 
 /// Binary units with one decimal: `512 B`, `1.5 KiB`, `1.2 GiB`.
-fn human(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -509,8 +509,8 @@ mod tests {
 
     #[test]
     fn human_sizes() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 }

@@ -18,6 +18,7 @@ mod version;
 
 pub use diff::{
     Change, DiffSummary, InputChange, InventoryDiff, KernelChange, PackageChange, SizeChange, diff,
+    human_bytes,
 };
 pub use dpkg::{Package, parse_status};
 pub use error::{Error, Result};

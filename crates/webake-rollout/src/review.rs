@@ -449,21 +449,7 @@ fn split_location(loc: &str) -> (String, usize) {
 // ---------------------------------------------------------------------------------------------
 // Markdown
 
-/// Human size: `812.3 MiB`.
-pub fn human_bytes(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
+pub use webake_inventory::human_bytes;
 
 fn signed_bytes(old: u64, new: u64) -> String {
     if new >= old {

@@ -178,7 +178,8 @@ impl fmt::Debug for Cmd {
     }
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one word for `sh` (quoted only when it needs to be).
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))

@@ -84,6 +84,38 @@ pub enum Command {
     Schema,
 }
 
+impl Cli {
+    /// Parse the command line. An environment variable that is set but empty counts as unset
+    /// (clap would take it as an empty value).
+    pub fn parse_args() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = ignore_empty_env(Self::command()).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+fn ignore_empty_env(mut cmd: clap::Command) -> clap::Command {
+    let empty: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_env()
+                .is_some_and(|var| std::env::var_os(var).is_some_and(|v| v.is_empty()))
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in empty {
+        cmd = cmd.mut_arg(id, |a| a.env(None));
+    }
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in subs {
+        cmd = cmd.mut_subcommand(name, ignore_empty_env);
+    }
+    cmd
+}
+
 impl Command {
     /// The command's name, as progress and errors in JSON name their source.
     pub fn name(&self) -> &'static str {

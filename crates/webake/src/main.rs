@@ -9,8 +9,6 @@ mod settings;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // The sandbox helper re-executes this binary inside fresh namespaces; it never returns here.
     if let Some(code) = webake_sys::sandbox::helper_main_if_requested() {
@@ -20,7 +18,7 @@ fn main() -> ExitCode {
     if let Some(code) = webake_engine::boottest::imds::tcp_pipe_main_if_requested() {
         return ExitCode::from(code);
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_args();
     init_tracing(&cli.global);
     cmd::dispatch(cli)
 }

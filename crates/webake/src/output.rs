@@ -70,7 +70,7 @@ impl Output {
     /// Print the error (each cause once) and return its documented exit code.
     pub fn error(&self, e: &Error) -> ExitCode {
         let code = e.kind().exit_code();
-        let causes = causes(e);
+        let causes = webake_engine::error::causes(e);
         self.line(
             "error",
             serde_json::json!({
@@ -94,21 +94,6 @@ impl Output {
         );
         ExitCode::from(code)
     }
-}
-
-/// The error's messages, each cause once (a wrapper such as "step X: <source>" already
-/// contains its source's text).
-fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut msgs: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !m.is_empty() && !msgs.last().is_some_and(|prev| prev.contains(m.as_str())) {
-            msgs.push(m);
-        }
-        cur = c.source();
-    }
-    msgs
 }
 
 impl Reporter for Output {

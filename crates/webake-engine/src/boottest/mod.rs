@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use webake_build::bake::BakeLog;
-use webake_catalog::{ArtifactFormat, Image};
+use webake_catalog::Image;
 use webake_spec::TestSpec;
 use webake_sys::CancelToken;
 use webake_sys::process::{Cmd, run};
@@ -59,12 +59,15 @@ pub fn test_image(
     spec: Option<&TestSpec>,
     log: &BakeLog,
 ) -> Result<TestReport> {
-    let a = img
-        .artifact(ArtifactFormat::Raw)
-        .or(img.artifacts.first())
-        .ok_or_else(|| Error::Invalid(format!("image {} has no artifacts", img.id)))?;
     let spec = spec.cloned().unwrap_or_else(default_spec);
-    test_disk(ctx, &a.path, &spec, &TestOptions::default(), log)
+    test_disk(ctx, disk_of(img)?, &spec, &TestOptions::default(), log)
+}
+
+/// The disk of a catalog image to boot or inspect (its raw artifact preferred).
+pub fn disk_of(img: &Image) -> Result<&Path> {
+    img.disk()
+        .map(|a| a.path.as_path())
+        .ok_or_else(|| Error::Invalid(format!("image {} has no artifacts", img.id)))
 }
 
 /// Boot `disk` and run `spec`'s checks. A failure carries the console tail.
@@ -370,12 +373,7 @@ impl Subject {
     fn disk(&self) -> Result<PathBuf> {
         match self {
             Subject::Disk(d) => Ok(d.clone()),
-            Subject::Image(img) => Ok(img
-                .artifact(ArtifactFormat::Raw)
-                .or(img.artifacts.first())
-                .ok_or_else(|| Error::Invalid(format!("image {} has no artifacts", img.id)))?
-                .path
-                .clone()),
+            Subject::Image(img) => Ok(disk_of(img)?.to_path_buf()),
         }
     }
 }

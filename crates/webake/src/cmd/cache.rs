@@ -9,8 +9,8 @@ use webake_engine::{Context, Error};
 use webake_spec::ByteSize;
 
 use crate::cmd::CmdResult;
-use crate::cmd::images::human;
 use crate::output::Output;
+use webake_inventory::human_bytes as human;
 
 /// Default cache size limit for `gc` (override with --max-size or WEBAKE_CACHE_MAX).
 pub const DEFAULT_MAX: &str = "20GiB";

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use webake_catalog::{ArtifactFormat, Image, Publication};
 use webake_engine::{Context, Error};
+use webake_inventory::human_bytes;
 
 use crate::cmd::CmdResult;
 use crate::output::Output;
@@ -64,7 +65,7 @@ pub struct BakesArgs {
 pub fn find(ctx: &Context<'_>, query: &str) -> Result<Image, Error> {
     if !ctx.catalog_exists() {
         return Err(Error::Invalid(format!(
-            "no catalog at {} (bake an image first)",
+            "no image {query}: there is no catalog at {} yet (bake an image first)",
             ctx.settings.catalog.display()
         )));
     }
@@ -204,7 +205,7 @@ fn list_text(imgs: &[Image]) -> String {
             i.family,
             i.version,
             created(i.created_at),
-            human(size),
+            human_bytes(size),
             i.test_result.map(|t| t.as_str()).unwrap_or("-")
         );
     }
@@ -217,21 +218,6 @@ fn created(ts: i64) -> String {
         .unwrap_or_default()
 }
 
-pub fn human(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 fn show_text(i: &Image) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "image      {}", i.id);
@@ -242,7 +228,7 @@ fn show_text(i: &Image) -> String {
     if let Some(k) = &i.kernel {
         let _ = writeln!(s, "kernel     {k}");
     }
-    let _ = writeln!(s, "tree size  {}", human(i.tree_size));
+    let _ = writeln!(s, "tree size  {}", human_bytes(i.tree_size));
     let _ = writeln!(
         s,
         "boot test  {}",
@@ -273,7 +259,7 @@ fn show_text(i: &Image) -> String {
             a.format,
             a.path.display(),
             a.sha256,
-            human(a.size)
+            human_bytes(a.size)
         );
     }
     if i.publications.is_empty() {
