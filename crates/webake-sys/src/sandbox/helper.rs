@@ -595,8 +595,52 @@ fn pid1(
     parent_alive: &File,
     gsync: &mut Sync,
 ) -> Result<u8, String> {
+    stay_tied_to_parent(parent_alive)?;
+    mount_masked_proc(work, ids)?;
+    become_root(gsync)?;
+    // Changing credentials cleared the parent-death signal and the dumpable flag.
+    stay_tied_to_parent(parent_alive)?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| format!("unshare(mount, uts, ipc, cgroup): {e}"))?;
+    mount_at(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let _ = nix::unistd::sethostname(&spec.hostname);
+    let image = mount_image(spec, work)?;
+    let outbound = matches!(spec.network, Network::Outbound { .. });
+    let (new_root, image_inside) = build_new_root(spec, work, image, outbound)?;
+    for (i, b) in spec.binds.iter().enumerate() {
+        let target = safe_mkdir_in_root(&new_root, &b.target, work.bind(i).is_dir())?;
+        let s = work.bind(i).display().to_string();
+        mount_at(Some(&s), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    enter_root(&new_root)?;
+    chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
+
+    let guards = install_guards(spec, image_inside.as_deref(), outbound)?;
+    let code = run_command(spec)?;
+    // Everything else still alive in this PID namespace (daemons a step started) dies now.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())).is_ok() {}
+    for g in guards.into_iter().rev() {
+        g.restore()?;
+    }
+    Ok(code)
+}
+
+/// Die with the parent, keep the command from inspecting PID 1 (/proc/1/mem, environ, fds),
+/// and fail if the parent is already gone.
+fn stay_tied_to_parent(parent_alive: &File) -> Result<(), String> {
     die_with_parent();
-    // The command cannot inspect PID 1 (/proc/1/mem, environ, fds).
     // SAFETY: plain prctl.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -604,11 +648,15 @@ fn pid1(
     if hung_up(parent_alive) {
         return Err("the sandbox's parent died during setup".into());
     }
-    // Still root of the host's user namespace: /proc of the new PID namespace, its private
-    // kernel parameters and its masks are mounted here, in a mount namespace of the host's
-    // user namespace. So no "fully visible /proc" is needed (a container's /proc is masked),
-    // and once the sandbox's own mount namespace copies them they are locked: the command
-    // cannot unmount a mask.
+    Ok(())
+}
+
+/// Mount /proc of the new PID namespace, its private kernel parameters and its masks while
+/// still root of the host's user namespace, in a mount namespace of that user namespace. So
+/// no "fully visible /proc" is needed (a container's /proc is masked), and once the
+/// sandbox's own mount namespace copies them they are locked: the command cannot unmount a
+/// mask.
+fn mount_masked_proc(work: &Work, ids: &IdRange) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare(mount): {e}"))?;
     mount_at(
         None,
@@ -627,7 +675,11 @@ fn pid1(
     )?;
     procfs::private_sysctl(&proc_dir, ids.base)?;
     procfs::mask(&proc_dir)?;
-    // Now the user namespace (C writes its maps), then root in it.
+    Ok(())
+}
+
+/// Enter a new user namespace (C writes its maps), then become root in it.
+fn become_root(gsync: &mut Sync) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare(user): {e}"))?;
     gsync.signal()?;
     gsync.wait()?;
@@ -636,42 +688,23 @@ fn pid1(
     nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
     let uroot = nix::unistd::Uid::from_raw(0);
     nix::unistd::setresuid(uroot, uroot, uroot).map_err(|e| format!("setresuid: {e}"))?;
-    // Changing credentials cleared the parent-death signal and the dumpable flag.
-    die_with_parent();
-    // SAFETY: plain prctl.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
-    if hung_up(parent_alive) {
-        return Err("the sandbox's parent died during setup".into());
-    }
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| format!("unshare(mount, uts, ipc, cgroup): {e}"))?;
-    mount_at(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
-    let _ = nix::unistd::sethostname(&spec.hostname);
-    let image = mount_image(spec, work)?;
-    let outbound = matches!(spec.network, Network::Outbound { .. });
-    // The new root, and where the image is inside it.
-    let (new_root, image_inside): (PathBuf, Option<PathBuf>) = match &spec.view {
+    Ok(())
+}
+
+/// The new root, and where the image is inside it.
+fn build_new_root(
+    spec: &SandboxSpec,
+    work: &Work,
+    image: Option<PathBuf>,
+    outbound: bool,
+) -> Result<(PathBuf, Option<PathBuf>), String> {
+    match &spec.view {
         View::Image { .. } => {
-            let root = image
-                .clone()
-                .ok_or("an image view needs an overlay or a tree")?;
+            let root = image.ok_or("an image view needs an overlay or a tree")?;
             if spec.api_filesystems {
                 mount_api_filesystems(&root)?;
             }
-            (root, Some(PathBuf::from("/")))
+            Ok((root, Some(PathBuf::from("/"))))
         }
         View::Host { image_at, .. } => {
             let root = work.view_root();
@@ -690,26 +723,9 @@ fn pid1(
                     mount_api_filesystems(&at)?;
                 }
             }
-            (root, image.as_ref().map(|_| image_at.clone()))
+            Ok((root, image.as_ref().map(|_| image_at.clone())))
         }
-    };
-    for (i, b) in spec.binds.iter().enumerate() {
-        let target = safe_mkdir_in_root(&new_root, &b.target, work.bind(i).is_dir())?;
-        let s = work.bind(i).display().to_string();
-        mount_at(Some(&s), &target, None, MsFlags::MS_BIND, None)?;
     }
-    enter_root(&new_root)?;
-    chdir(&spec.cwd).map_err(|e| format!("chdir {}: {e}", spec.cwd.display()))?;
-
-    let guards = install_guards(spec, image_inside.as_deref(), outbound)?;
-    let code = run_command(spec)?;
-    // Everything else still alive in this PID namespace (daemons a step started) dies now.
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-    while waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())).is_ok() {}
-    for g in guards.into_iter().rev() {
-        g.restore()?;
-    }
-    Ok(code)
 }
 
 /// `pivot_root` into `root` and detach the old root: no path leads back to the host's tree.
