@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Author and committer of rollout commits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -234,34 +233,33 @@ impl Git {
         redact_url(&format!("git {}", joined.join(" ")))
     }
 
-    /// Run `git ARGS` in the directory; stdout on success, stderr in the error otherwise.
+    /// Run `git ARGS` in the directory (the workspace's process runner); stdout on success,
+    /// stderr in the error otherwise.
     pub fn run(&self, args: &[OsString]) -> Result<String, GitError> {
         let command = Self::display(args);
         tracing::debug!(dir = %self.dir.display(), %command, "running git");
-        let output = Command::new("git")
+        let mut cmd = webake_sys::process::Cmd::new("git")
             .args(args)
-            .current_dir(&self.dir)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| GitError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            let status = match output.status.code() {
-                Some(code) => format!("exit status {code}"),
-                None => "killed by a signal".into(),
-            };
-            let stderr = redact_url(String::from_utf8_lossy(&output.stderr).trim());
-            Err(GitError::Failed {
-                command,
-                status,
-                stderr,
-            })
+            .cwd(&self.dir)
+            .display_as(command.clone());
+        for (k, v) in &self.env {
+            cmd = cmd.env(k, v);
         }
+        webake_sys::process::capture(&cmd).map_err(|e| match e {
+            webake_sys::ProcessError::Spawn { source, .. } => GitError::Spawn { command, source },
+            webake_sys::ProcessError::Failed { code, tail, .. } => GitError::Failed {
+                command,
+                status: match code {
+                    Some(code) => format!("exit status {code}"),
+                    None => "killed by a signal".into(),
+                },
+                stderr: redact_url(tail.join("\n").trim()),
+            },
+            other => GitError::Spawn {
+                command,
+                source: std::io::Error::other(other.to_string()),
+            },
+        })
     }
 
     /// Like `run`, but a failure with no output on stderr means "no" (`rev-parse --verify --quiet`).
