@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use webake_inventory::Inventory;
 
 pub use model::{
-    Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, Provenance, Publication, StepRecord,
+    Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, ParentRecord, Provenance, Publication, StepRecord,
     TestResult, VariableRecord,
 };
 

@@ -255,6 +255,29 @@ pub struct VariableRecord {
     pub origin: String,
 }
 
+/// The catalog image a derived image was built on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    pub id: String,
+    pub name: String,
+    pub family: String,
+    pub version: String,
+    pub inputs_digest: String,
+    /// sha256 of the parent's disk the base tree was extracted from.
+    pub disk_sha256: String,
+}
+
+impl Provenance {
+    /// The firmwares the image boots under (`uefi` for records older than hybrid disks).
+    pub fn firmwares(&self) -> Vec<String> {
+        if self.boot.is_empty() {
+            vec!["uefi".to_string()]
+        } else {
+            self.boot.clone()
+        }
+    }
+}
+
 /// Everything an image was made from: enough to say what a rebake would need.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
@@ -269,6 +292,13 @@ pub struct Provenance {
     pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variables: Vec<VariableRecord>,
+    /// Firmwares the disk boots under (`bios`, `uefi`); empty in records older than hybrid
+    /// disks, which were all UEFI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot: Vec<String>,
+    /// The catalog image this one was built on (`base: {image: ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRecord>,
     #[serde(default)]
     pub webake_version: String,
     /// Fields this version does not know (written by a newer webake): kept as they are.
