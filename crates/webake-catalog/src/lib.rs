@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 pub use webake_inventory::Inventory;
 
 pub use model::{
-    Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, ParentRecord, Provenance, Publication, StepRecord,
-    TestResult, VariableRecord,
+    Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, ParentRecord, Provenance, Publication,
+    StepRecord, TestResult, VariableRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
