@@ -8,9 +8,9 @@ use std::cell::RefCell;
 
 use support::{FixtureRepo, assert_expected, image_facts};
 use webake_rollout::{
-    BranchStatus, CurrentImage, ImageFacts, ImageReference, InstanceGroupRule, NoReporter,
-    PackageChange, PackageChangeKind, PackageNote, RepoLocation, RolloutError, RolloutRequest,
-    Rule, local_reference, rollout,
+    BeforeAfter, BranchStatus, CurrentImage, ImageFacts, ImageReference, InstanceGroupRule,
+    NoReporter, PackageChange, PackageChangeKind, PackageNote, RepoLocation, RolloutError,
+    RolloutOutcome, RolloutRequest, Rule, local_reference, rollout,
 };
 
 const FIXTURE: &str = "platform-kubernetes";
@@ -109,6 +109,141 @@ fn assert_nothing_pushed(repo: &FixtureRepo) {
     );
 }
 
+fn package_change(
+    name: &str,
+    kind: PackageChangeKind,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> PackageChange {
+    PackageChange {
+        name: name.into(),
+        architecture: "amd64".into(),
+        kind,
+        old_version: old.map(String::from),
+        new_version: new.map(String::from),
+        security: false,
+        changelog: None,
+    }
+}
+
+/// The package changes from `old_image()` to `new_image()`, sorted by name.
+fn old_to_new_package_changes() -> Vec<PackageChange> {
+    let change = package_change;
+    let mut openssl = change(
+        "openssl",
+        PackageChangeKind::Upgraded,
+        Some("3.0.14-1~deb12u2"),
+        Some("3.0.15-1~deb12u1"),
+    );
+    openssl.security = true;
+    openssl.changelog = Some("  * Fix CVE-2024-5535: SSL_select_next_proto buffer overread".into());
+    vec![
+        change(
+            "containerd",
+            PackageChangeKind::Added,
+            None,
+            Some("1.7.24~ds1-1"),
+        ),
+        change(
+            "linux-image-6.1.0-26-cloud-amd64",
+            PackageChangeKind::Removed,
+            Some("6.1.112-1"),
+            None,
+        ),
+        change(
+            "linux-image-6.1.0-27-cloud-amd64",
+            PackageChangeKind::Added,
+            None,
+            Some("6.1.115-1"),
+        ),
+        openssl,
+        change(
+            "python3-yaml",
+            PackageChangeKind::Removed,
+            Some("6.0-3+b2"),
+            None,
+        ),
+        change(
+            "tzdata",
+            PackageChangeKind::Upgraded,
+            Some("2024a-0+deb12u1"),
+            Some("2024b-0+deb12u1"),
+        ),
+    ]
+}
+
+/// Prod runs the catalog's old image: kernel, size, boot test and packages are compared.
+fn assert_prod_compared_with_the_catalog_image(prod: &BeforeAfter) {
+    assert_eq!(
+        prod.locations,
+        [
+            format!("{PROD_IGS}:11"),
+            format!("{PROD_IGS}:27"),
+            format!("{PROD_IGS}:45")
+        ]
+    );
+    let CurrentImage::Known(current) = &prod.current else {
+        panic!("{:?}", prod.current)
+    };
+    assert_eq!(current.id, "img-20261118a");
+    let kernel = prod.kernel.as_ref().unwrap();
+    assert_eq!(
+        (kernel.old.as_str(), kernel.new.as_str()),
+        ("6.1.0-26-cloud-amd64", "6.1.0-27-cloud-amd64")
+    );
+    let size = prod.size.as_ref().unwrap();
+    assert_eq!((size.old, size.new), (845_000_000, 861_000_000));
+    assert_eq!(prod.boot_test.old.as_deref(), Some("passed"));
+    assert_eq!(
+        prod.packages.as_deref().unwrap(),
+        old_to_new_package_changes()
+    );
+}
+
+/// Staging runs an AMI the catalog does not know: said so, nothing invented.
+fn assert_staging_is_said_unknown(staging: &BeforeAfter) {
+    assert_eq!(
+        staging.locations,
+        [format!("{STAGING}:22"), format!("{STAGING}:36")]
+    );
+    let CurrentImage::Unknown(info) = &staging.current else {
+        panic!("{:?}", staging.current)
+    };
+    assert_eq!(info.form, "ami-id");
+    assert!(staging.packages.is_none() && staging.kernel.is_none());
+}
+
+/// The dry run has the title and body the pull request would get, and `--json` prints both.
+fn assert_title_body_and_json(outcome: &RolloutOutcome) {
+    assert_eq!(outcome.title, "Roll out k8s-node 2026.12.02");
+    assert!(outcome.body.contains(
+        "Runs now: an image unknown to the webake catalog (known from the reference: AMI id \
+         `ami-0f0e0d0c0b0a09080`). Nothing to compare packages against."
+    ));
+    assert!(
+        outcome
+            .body
+            .contains("| `openssl` (amd64) | 3.0.14-1~deb12u2 | 3.0.15-1~deb12u1 | **security** |"),
+        "{}",
+        outcome.body
+    );
+    assert!(
+        outcome
+            .body
+            .ends_with("<!-- webake-rollout family=k8s-node image=img-20261202b -->\n")
+    );
+    assert_expected("k8s-node-before-after.md", &outcome.body);
+
+    // `webake rollout --json` prints the outcome: the before/after is in it.
+    let json = serde_json::to_value(outcome).unwrap();
+    assert_eq!(json["before_after"][0]["current"]["known"], "catalog");
+    assert_eq!(json["before_after"][0]["current"]["id"], "img-20261118a");
+    assert_eq!(json["before_after"][1]["current"]["known"], "unknown");
+    assert_eq!(json["before_after"][1]["current"]["form"], "ami-id");
+    assert_eq!(json["before_after"][0]["packages"][3]["security"], true);
+    assert_eq!(json["title"], "Roll out k8s-node 2026.12.02");
+}
+
 #[test]
 fn dry_run_compares_what_each_reference_runs_now_and_prints_title_and_body() {
     let repo = FixtureRepo::new(FIXTURE);
@@ -131,118 +266,9 @@ fn dry_run_compares_what_each_reference_runs_now_and_prints_title_and_body() {
     let [prod, staging] = outcome.before_after.as_slice() else {
         panic!("{:#?}", outcome.before_after)
     };
-    assert_eq!(
-        prod.locations,
-        [
-            format!("{PROD_IGS}:11"),
-            format!("{PROD_IGS}:27"),
-            format!("{PROD_IGS}:45")
-        ]
-    );
-    let CurrentImage::Known(current) = &prod.current else {
-        panic!("{:?}", prod.current)
-    };
-    assert_eq!(current.id, "img-20261118a");
-    let kernel = prod.kernel.as_ref().unwrap();
-    assert_eq!(
-        (kernel.old.as_str(), kernel.new.as_str()),
-        ("6.1.0-26-cloud-amd64", "6.1.0-27-cloud-amd64")
-    );
-    let size = prod.size.as_ref().unwrap();
-    assert_eq!((size.old, size.new), (845_000_000, 861_000_000));
-    assert_eq!(prod.boot_test.old.as_deref(), Some("passed"));
-    let change = |name: &str, kind, old: Option<&str>, new: Option<&str>| PackageChange {
-        name: name.into(),
-        architecture: "amd64".into(),
-        kind,
-        old_version: old.map(String::from),
-        new_version: new.map(String::from),
-        security: false,
-        changelog: None,
-    };
-    let mut openssl = change(
-        "openssl",
-        PackageChangeKind::Upgraded,
-        Some("3.0.14-1~deb12u2"),
-        Some("3.0.15-1~deb12u1"),
-    );
-    openssl.security = true;
-    openssl.changelog = Some("  * Fix CVE-2024-5535: SSL_select_next_proto buffer overread".into());
-    assert_eq!(
-        prod.packages.as_deref().unwrap(),
-        [
-            change(
-                "containerd",
-                PackageChangeKind::Added,
-                None,
-                Some("1.7.24~ds1-1")
-            ),
-            change(
-                "linux-image-6.1.0-26-cloud-amd64",
-                PackageChangeKind::Removed,
-                Some("6.1.112-1"),
-                None
-            ),
-            change(
-                "linux-image-6.1.0-27-cloud-amd64",
-                PackageChangeKind::Added,
-                None,
-                Some("6.1.115-1")
-            ),
-            openssl,
-            change(
-                "python3-yaml",
-                PackageChangeKind::Removed,
-                Some("6.0-3+b2"),
-                None
-            ),
-            change(
-                "tzdata",
-                PackageChangeKind::Upgraded,
-                Some("2024a-0+deb12u1"),
-                Some("2024b-0+deb12u1")
-            ),
-        ]
-    );
-    // Staging runs an AMI the catalog does not know: said so, nothing invented.
-    assert_eq!(
-        staging.locations,
-        [format!("{STAGING}:22"), format!("{STAGING}:36")]
-    );
-    let CurrentImage::Unknown(info) = &staging.current else {
-        panic!("{:?}", staging.current)
-    };
-    assert_eq!(info.form, "ami-id");
-    assert!(staging.packages.is_none() && staging.kernel.is_none());
-
-    // The dry run has the title and body the pull request would get.
-    assert_eq!(outcome.title, "Roll out k8s-node 2026.12.02");
-    assert!(outcome.body.contains(
-        "Runs now: an image unknown to the webake catalog (known from the reference: AMI id \
-         `ami-0f0e0d0c0b0a09080`). Nothing to compare packages against."
-    ));
-    assert!(
-        outcome
-            .body
-            .contains("| `openssl` (amd64) | 3.0.14-1~deb12u2 | 3.0.15-1~deb12u1 | **security** |"),
-        "{}",
-        outcome.body
-    );
-    assert!(
-        outcome
-            .body
-            .ends_with("<!-- webake-rollout family=k8s-node image=img-20261202b -->\n")
-    );
-    assert_expected("k8s-node-before-after.md", &outcome.body);
-
-    // `webake rollout --json` prints the outcome: the before/after is in it.
-    let json = serde_json::to_value(&outcome).unwrap();
-    assert_eq!(json["before_after"][0]["current"]["known"], "catalog");
-    assert_eq!(json["before_after"][0]["current"]["id"], "img-20261118a");
-    assert_eq!(json["before_after"][1]["current"]["known"], "unknown");
-    assert_eq!(json["before_after"][1]["current"]["form"], "ami-id");
-    assert_eq!(json["before_after"][0]["packages"][3]["security"], true);
-    assert_eq!(json["title"], "Roll out k8s-node 2026.12.02");
+    assert_prod_compared_with_the_catalog_image(prod);
+    assert_staging_is_said_unknown(staging);
+    assert_title_body_and_json(&outcome);
 }
 
 #[test]

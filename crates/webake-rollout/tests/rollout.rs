@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use support::{FakeGitHub, FixtureRepo, assert_expected, git, tree_files};
 use webake_rollout::{
     BranchStatus, ForgeError, GitHub, ImageReference, InstanceGroupRule, NoLookup, NoReporter,
-    PullRequestAction, RepoLocation, RolloutError, RolloutRequest, Rule, rollout,
+    PullRequestAction, RepoLocation, RolloutError, RolloutOutcome, RolloutRequest, Rule, rollout,
     rollout_with_forge,
 };
 
@@ -604,19 +604,30 @@ fn assert_github_headers(r: &support::Recorded) {
     );
 }
 
-#[test]
-fn github_pull_request_is_created_then_updated_in_place() {
-    let repo = FixtureRepo::new(FIXTURE);
-    let fake = FakeGitHub::start("acme", "platform-kubernetes", TOKEN);
-    let forge = github(&fake, TOKEN);
+/// The (method, target) of each recorded request.
+fn calls_of(reqs: &[support::Recorded]) -> Vec<(String, String)> {
+    reqs.iter()
+        .map(|r| (r.method.clone(), r.target.clone()))
+        .collect()
+}
 
-    let first = rollout_with_forge(
-        &github_request(&repo, "2026.11.25", k8s_node_v2()),
-        Some(&forge),
+fn rollout_on_github(
+    repo: &FixtureRepo,
+    forge: &GitHub,
+    version: &str,
+    reference: ImageReference,
+) -> RolloutOutcome {
+    rollout_with_forge(
+        &github_request(repo, version, reference),
+        Some(forge),
         &NoLookup,
         &NoReporter,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The first rollout finds no pull request (open or closed), creates one and labels it.
+fn assert_first_rollout_created_the_pull_request(fake: &FakeGitHub, first: &RolloutOutcome) {
     let pr = first.pull_request.clone().unwrap();
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Created));
     assert_eq!(
@@ -625,10 +636,7 @@ fn github_pull_request_is_created_then_updated_in_place() {
     );
 
     let reqs = fake.requests();
-    let calls: Vec<(String, String)> = reqs
-        .iter()
-        .map(|r| (r.method.clone(), r.target.clone()))
-        .collect();
+    let calls = calls_of(&reqs);
     assert_eq!(
         calls,
         [
@@ -666,23 +674,19 @@ fn github_pull_request_is_created_then_updated_in_place() {
         reqs[3].json(),
         serde_json::json!({"labels": ["image-rollout", "automated"]})
     );
+}
 
-    // A newer image: the same pull request is updated, no second one is created.
-    let second = rollout_with_forge(
-        &github_request(&repo, "2026.12.02", k8s_node_v3()),
-        Some(&forge),
-        &NoLookup,
-        &NoReporter,
-    )
-    .unwrap();
+/// A newer image: the same pull request is updated, no second one is created.
+fn assert_second_rollout_updated_it_in_place(
+    repo: &FixtureRepo,
+    fake: &FakeGitHub,
+    second: &RolloutOutcome,
+) {
     let pr = second.pull_request.clone().unwrap();
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Updated));
     assert_eq!(second.status, BranchStatus::Updated);
     let reqs = fake.requests();
-    let later: Vec<(String, String)> = reqs[4..]
-        .iter()
-        .map(|r| (r.method.clone(), r.target.clone()))
-        .collect();
+    let later = calls_of(&reqs[4..]);
     assert_eq!(
         later,
         [
@@ -710,15 +714,23 @@ fn github_pull_request_is_created_then_updated_in_place() {
     assert_eq!(pulls[0].title, "Roll out k8s-node 2026.12.02");
     assert_eq!(pulls[0].labels, ["image-rollout", "automated"]);
     assert_eq!(repo.webake_branches(), vec!["refs/heads/webake/k8s-node"]);
+}
+
+#[test]
+fn github_pull_request_is_created_then_updated_in_place() {
+    let repo = FixtureRepo::new(FIXTURE);
+    let fake = FakeGitHub::start("acme", "platform-kubernetes", TOKEN);
+    let forge = github(&fake, TOKEN);
+
+    let first = rollout_on_github(&repo, &forge, "2026.11.25", k8s_node_v2());
+    assert_first_rollout_created_the_pull_request(&fake, &first);
+
+    // A newer image: the same pull request is updated, no second one is created.
+    let second = rollout_on_github(&repo, &forge, "2026.12.02", k8s_node_v3());
+    assert_second_rollout_updated_it_in_place(&repo, &fake, &second);
 
     // The same image again: nothing pushed, the pull request is refreshed, still one.
-    let third = rollout_with_forge(
-        &github_request(&repo, "2026.12.02", k8s_node_v3()),
-        Some(&forge),
-        &NoLookup,
-        &NoReporter,
-    )
-    .unwrap();
+    let third = rollout_on_github(&repo, &forge, "2026.12.02", k8s_node_v3());
     assert_eq!(third.status, BranchStatus::Unchanged);
     assert_eq!(third.commit, second.commit);
     let pr = third.pull_request.unwrap();

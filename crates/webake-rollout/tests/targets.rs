@@ -4,10 +4,12 @@
 
 mod support;
 
+use std::path::Path;
+
 use support::{FakeGitHub, FakeGitLab, FixtureRepo, image_facts};
 use webake_rollout::{
     Forge, ForgeConfig, ForgeError, GitHub, GitLab, ImageReference, NoLookup, NoReporter,
-    PullRequestAction, RepoLocation, RolloutRequest, RolloutTargets, TargetStatus,
+    PullRequestAction, RepoLocation, RolloutRequest, RolloutTargets, TargetOutcome, TargetStatus,
     rollout_targets_with, summary_table,
 };
 
@@ -46,14 +48,16 @@ fn run_request() -> RolloutRequest {
     req
 }
 
-#[test]
-fn one_run_proposes_in_two_cluster_repositories_and_sums_up() {
-    let platform = FixtureRepo::new("platform-kubernetes");
-    let acme = FixtureRepo::new("acme-clusters");
-    let github = FakeGitHub::start("acme", "platform-kubernetes", GH_TOKEN);
-    let gitlab = FakeGitLab::start("acme/clusters", GL_TOKEN);
-    let missing = platform.tmp.path().join("no-such-repo.git");
-    let text = format!(
+/// Three targets: platform-kubernetes on GitHub (rules given here), acme-clusters on GitLab (its
+/// own config's rules) and a repository that does not exist.
+fn targets_yaml(
+    platform: &FixtureRepo,
+    acme: &FixtureRepo,
+    missing: &Path,
+    github: &FakeGitHub,
+    gitlab: &FakeGitLab,
+) -> String {
+    format!(
         r#"
 repositories:
   # The platform repository's own config has no rule for gpu-node: the rules are given here.
@@ -76,63 +80,61 @@ repositories:
         missing = missing.display(),
         github_api = github.base,
         gitlab_api = gitlab.base,
-    );
-    let targets = RolloutTargets::from_yaml(&text, "rollout-targets.yaml").unwrap();
+    )
+}
 
-    // The forges a run would build from the environment, with the tokens of the fakes instead.
-    let make_forge = |config: &ForgeConfig| -> Result<Option<Box<dyn Forge>>, ForgeError> {
-        Ok(match config {
-            ForgeConfig::None => None,
-            ForgeConfig::GitHub {
+/// The forges a run would build from the environment, with the tokens of the fakes instead.
+fn forge_with_fake_tokens(config: &ForgeConfig) -> Result<Option<Box<dyn Forge>>, ForgeError> {
+    Ok(match config {
+        ForgeConfig::None => None,
+        ForgeConfig::GitHub {
+            api_base,
+            owner,
+            repo,
+            token_env,
+        } => {
+            assert_eq!(token_env, "PLATFORM_TOKEN");
+            Some(Box::new(GitHub::with_token(
                 api_base,
                 owner,
                 repo,
                 token_env,
-            } => {
-                assert_eq!(token_env, "PLATFORM_TOKEN");
-                Some(Box::new(GitHub::with_token(
-                    api_base,
-                    owner,
-                    repo,
-                    token_env,
-                    GH_TOKEN.into(),
-                )))
-            }
-            ForgeConfig::GitLab {
+                GH_TOKEN.into(),
+            )))
+        }
+        ForgeConfig::GitLab {
+            api_base,
+            project,
+            token_env,
+        } => {
+            assert_eq!(token_env, "ACME_GITLAB_TOKEN");
+            Some(Box::new(GitLab::with_token(
                 api_base,
                 project,
                 token_env,
-            } => {
-                assert_eq!(token_env, "ACME_GITLAB_TOKEN");
-                Some(Box::new(GitLab::with_token(
-                    api_base,
-                    project,
-                    token_env,
-                    GL_TOKEN.into(),
-                )))
-            }
-        })
-    };
-    let outcomes = rollout_targets_with(
+                GL_TOKEN.into(),
+            )))
+        }
+    })
+}
+
+fn roll_out_to(targets: &RolloutTargets) -> Vec<TargetOutcome> {
+    rollout_targets_with(
         &run_request(),
-        &targets,
-        &make_forge,
+        targets,
+        &forge_with_fake_tokens,
         &NoLookup,
         &NoReporter,
-    );
-    assert_eq!(outcomes.len(), 3);
-    let statuses: Vec<TargetStatus> = outcomes.iter().map(|o| o.status).collect();
-    assert_eq!(
-        statuses,
-        [
-            TargetStatus::Created,
-            TargetStatus::Created,
-            TargetStatus::Failed
-        ]
-    );
+    )
+}
 
-    // platform-kubernetes: the nodes of both clusters, one GitHub pull request.
-    let p = outcomes[0].outcome.as_ref().unwrap();
+/// platform-kubernetes: the nodes of both clusters, one GitHub pull request.
+fn assert_platform_got_one_pull_request(
+    outcome: &TargetOutcome,
+    platform: &FixtureRepo,
+    github: &FakeGitHub,
+) {
+    let p = outcome.outcome.as_ref().unwrap();
     assert_eq!(p.edits.iter().filter(|e| e.changes()).count(), 3);
     let pr = p.pull_request.as_ref().unwrap();
     assert_eq!((pr.number, pr.action), (1, PullRequestAction::Created));
@@ -140,10 +142,16 @@ repositories:
     let pulls = github.pulls();
     assert_eq!(pulls.len(), 1);
     assert_eq!(pulls[0].labels, ["image-rollout", "automated", "gpu"]);
-    assert_eq!(outcomes[0].forge, "github acme/platform-kubernetes");
+    assert_eq!(outcome.forge, "github acme/platform-kubernetes");
+}
 
-    // acme-clusters: its own config's rules, one GitLab merge request.
-    let a = outcomes[1].outcome.as_ref().unwrap();
+/// acme-clusters: its own config's rules, one GitLab merge request.
+fn assert_acme_got_one_merge_request(
+    outcome: &TargetOutcome,
+    acme: &FixtureRepo,
+    gitlab: &FakeGitLab,
+) {
+    let a = outcome.outcome.as_ref().unwrap();
     assert_eq!(
         a.changed_files,
         [
@@ -162,20 +170,16 @@ repositories:
         ["os-image", "needs-cluster-roll", "automated"]
     );
     assert_eq!(acme.webake_branches(), ["refs/heads/webake/gpu-node"]);
+}
 
-    // The missing repository failed on its own; the others went through.
-    assert!(outcomes[2].failure.is_some());
-    assert!(
-        outcomes[2]
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("no-such-repo.git"),
-        "{:?}",
-        outcomes[2].error
-    );
-
-    let table = summary_table(&outcomes);
+/// One row per repository: its pull request, how many references changed, and its status.
+fn assert_summary_table(
+    outcomes: &[TargetOutcome],
+    platform: &FixtureRepo,
+    acme: &FixtureRepo,
+    missing: &Path,
+) {
+    let table = summary_table(outcomes);
     let p_repo = platform.bare.display().to_string();
     let a_repo = acme.bare.display().to_string();
     let m_repo = missing.display().to_string();
@@ -202,15 +206,47 @@ repositories:
     ]
     .concat();
     assert_eq!(table, expected, "\n{table}");
+}
+
+#[test]
+fn one_run_proposes_in_two_cluster_repositories_and_sums_up() {
+    let platform = FixtureRepo::new("platform-kubernetes");
+    let acme = FixtureRepo::new("acme-clusters");
+    let github = FakeGitHub::start("acme", "platform-kubernetes", GH_TOKEN);
+    let gitlab = FakeGitLab::start("acme/clusters", GL_TOKEN);
+    let missing = platform.tmp.path().join("no-such-repo.git");
+    let text = targets_yaml(&platform, &acme, &missing, &github, &gitlab);
+    let targets = RolloutTargets::from_yaml(&text, "rollout-targets.yaml").unwrap();
+
+    let outcomes = roll_out_to(&targets);
+    assert_eq!(outcomes.len(), 3);
+    let statuses: Vec<TargetStatus> = outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            TargetStatus::Created,
+            TargetStatus::Created,
+            TargetStatus::Failed
+        ]
+    );
+    assert_platform_got_one_pull_request(&outcomes[0], &platform, &github);
+    assert_acme_got_one_merge_request(&outcomes[1], &acme, &gitlab);
+
+    // The missing repository failed on its own; the others went through.
+    assert!(outcomes[2].failure.is_some());
+    assert!(
+        outcomes[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no-such-repo.git"),
+        "{:?}",
+        outcomes[2].error
+    );
+    assert_summary_table(&outcomes, &platform, &acme, &missing);
 
     // Again: nothing new anywhere, the same pull requests.
-    let again = rollout_targets_with(
-        &run_request(),
-        &targets,
-        &make_forge,
-        &NoLookup,
-        &NoReporter,
-    );
+    let again = roll_out_to(&targets);
     assert_eq!(
         again.iter().map(|o| o.status).collect::<Vec<_>>(),
         [
