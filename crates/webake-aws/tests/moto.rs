@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
 use common::{
-    COPY, Canned, Counting, HOME, Moto, ORG, Proxy, SHARE_ACCOUNT, env, make_disk, request,
+    COPY, Canned, Counting, Env, HOME, Moto, ORG, Proxy, SHARE_ACCOUNT, env, make_disk, request,
 };
 use sha2::{Digest as _, Sha256};
 use webake_aws::{
-    EBS_BLOCK_SIZE, Error, NoReporter, RegionClients, Reporter, Session, TAG_BAKE_ID,
-    TAG_INPUTS_DIGEST, TAG_RUN,
+    EBS_BLOCK_SIZE, Error, NoReporter, Publication, PublishRequest, RegionClients, RegionImage,
+    Reporter, Session, TAG_BAKE_ID, TAG_INPUTS_DIGEST, TAG_RUN,
 };
 
 fn bake_filter(bake_id: &str) -> Filter {
@@ -63,21 +63,10 @@ fn b64_sha256(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_copy_share_tag_rerun_and_download() {
-    let env = env().await;
-    let disk = env.dir.path().join("disk.raw");
-    let data = make_disk(&disk, 6); // 6 full blocks + a partial tail; blocks 1 and 4 are zero
-    let mut req = request(&disk, "bake-1", "webake-test-1.0.0-x86_64");
-    req.platform.tpm_support = true;
-    req.deprecate_at = Some("2027-01-01T00:00:00Z".parse().unwrap());
-    // moto has no EnableImageDeprecation: answer it here and assert the request instead.
-    env.proxy.fail("EnableImageDeprecation", None, || {
-        Canned::ec2_ok("EnableImageDeprecation")
-    });
-
+/// The first publish: two regions, zero blocks skipped and reported, bounded concurrency.
+async fn first_publish(env: &Env, req: &PublishRequest) -> Publication {
     let reporter = Counting::default();
-    let publication = webake_aws::publish(&env.session, &req, &reporter)
+    let publication = webake_aws::publish(&env.session, req, &reporter)
         .await
         .unwrap();
     assert_eq!(publication.regions.len(), 2, "{publication:?}");
@@ -102,8 +91,11 @@ async fn publish_copy_share_tag_rerun_and_download() {
     assert!(home.ami_id.starts_with("ami-") && home.snapshot_id.starts_with("snap-"));
     assert!(copy.ami_id.starts_with("ami-") && copy.ami_id != home.ami_id);
     assert!(!home.reused && !copy.reused);
+    publication
+}
 
-    // -- the requests webake sent (moto drops most RegisterImage fields) --
+/// The RegisterImage request webake sent (moto drops most of its fields); returns its form.
+fn assert_register_image_sent(env: &Env, home: &RegionImage) -> BTreeMap<String, String> {
     let register = env.proxy.ops("RegisterImage");
     assert_eq!(register.len(), 1);
     let f = register[0].form();
@@ -133,9 +125,11 @@ async fn publish_copy_share_tag_rerun_and_download() {
             "RegisterImage field {k} in {f:?}"
         );
     }
+    f
+}
 
-    // Blocks: only non-zero ones, each with its own SHA-256; the tail padded to 512 KiB.
-    let puts = env.proxy.ops("PutSnapshotBlock");
+/// The non-zero blocks of `data`, by index, each padded to a full EBS block.
+fn non_zero_blocks(data: &[u8]) -> Vec<(usize, Vec<u8>)> {
     let mut expected_blocks = Vec::new();
     for (i, chunk) in data.chunks(EBS_BLOCK_SIZE).enumerate() {
         let mut block = chunk.to_vec();
@@ -144,9 +138,16 @@ async fn publish_copy_share_tag_rerun_and_download() {
             expected_blocks.push((i, block));
         }
     }
+    expected_blocks
+}
+
+/// Blocks: only non-zero ones, each with its own SHA-256; the tail padded to 512 KiB. Then
+/// CompleteSnapshot with the count and the aggregate checksum, and StartSnapshot's tags.
+fn assert_blocks_sent(env: &Env, expected_blocks: &[(usize, Vec<u8>)]) {
+    let puts = env.proxy.ops("PutSnapshotBlock");
     assert_eq!(puts.len(), expected_blocks.len(), "zero blocks are skipped");
     let mut digests = Vec::new();
-    for (i, block) in &expected_blocks {
+    for (i, block) in expected_blocks {
         let put = puts
             .iter()
             .find(|p| p.path.ends_with(&format!("/blocks/{i}")))
@@ -185,7 +186,15 @@ async fn publish_copy_share_tag_rerun_and_download() {
         start_body["Tags"].to_string().contains("bake-1"),
         "snapshot tagged at start: {start_body}"
     );
+}
 
+/// Tags at creation (RegisterImage form `f`, CopyImage), the copy in its own region,
+/// deprecation and snapshot sharing in every region.
+fn assert_tagged_copied_deprecated_shared(
+    env: &Env,
+    f: &BTreeMap<String, String>,
+    home: &RegionImage,
+) {
     assert_eq!(
         f.get("TagSpecification.1.ResourceType").map(String::as_str),
         Some("image")
@@ -222,95 +231,96 @@ async fn publish_copy_share_tag_rerun_and_download() {
 
     let shares = env.proxy.ops("ModifySnapshotAttribute");
     assert_eq!(shares.len(), 2, "snapshot shared in every region");
+}
 
-    // -- state in moto: tags, sharing, snapshot completed --
-    for (region, image) in &publication.regions {
-        let clients = env.session.region(region);
-        let (images, snaps) = tagged(&clients, "bake-1").await;
-        assert_eq!(images, vec![image.ami_id.clone()], "AMI tagged in {region}");
-        assert!(
-            snaps.contains(&image.snapshot_id),
-            "snapshot tagged in {region}: {snaps:?}"
-        );
-        let d = clients
-            .ec2
-            .describe_images()
-            .image_ids(&image.ami_id)
-            .send()
-            .await
-            .unwrap();
-        let tags: BTreeMap<_, _> = d.images()[0]
-            .tags()
-            .iter()
-            .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
-            .collect();
-        assert_eq!(
-            tags.get(TAG_INPUTS_DIGEST).map(String::as_str),
-            Some("sha256:bake-1-inputs")
-        );
-        assert_eq!(tags.get("team").map(String::as_str), Some("platform"));
-        assert_eq!(tags.get(TAG_RUN), Some(&publication.run_id));
-        let perms = clients
-            .ec2
-            .describe_image_attribute()
-            .image_id(&image.ami_id)
-            .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
-            .send()
-            .await
-            .unwrap();
-        let users: Vec<_> = perms
-            .launch_permissions()
-            .iter()
-            .filter_map(|p| p.user_id())
-            .collect();
-        assert!(
-            users.contains(&SHARE_ACCOUNT),
-            "launch permission in {region}: {perms:?}"
-        );
-        let orgs: Vec<_> = perms
-            .launch_permissions()
-            .iter()
-            .filter_map(|p| p.organization_arn())
-            .collect();
-        assert!(
-            orgs.contains(&ORG),
-            "org launch permission in {region}: {perms:?}"
-        );
-        let sp = clients
-            .ec2
-            .describe_snapshot_attribute()
-            .snapshot_id(&image.snapshot_id)
-            .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            sp.create_volume_permissions()
-                .iter()
-                .any(|p| p.user_id() == Some(SHARE_ACCOUNT)),
-            "{sp:?}"
-        );
-    }
-    let home_clients = env.session.region(HOME);
-    let s = home_clients
+/// State in moto for one region: the AMI and its snapshot tagged, launch and volume
+/// permissions shared.
+async fn assert_region_state(
+    clients: &RegionClients,
+    region: &str,
+    image: &RegionImage,
+    run_id: &str,
+) {
+    let (images, snaps) = tagged(clients, "bake-1").await;
+    assert_eq!(images, vec![image.ami_id.clone()], "AMI tagged in {region}");
+    assert!(
+        snaps.contains(&image.snapshot_id),
+        "snapshot tagged in {region}: {snaps:?}"
+    );
+    let d = clients
         .ec2
-        .describe_snapshots()
-        .snapshot_ids(&home.snapshot_id)
+        .describe_images()
+        .image_ids(&image.ami_id)
         .send()
         .await
         .unwrap();
+    let tags: BTreeMap<_, _> = d.images()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
     assert_eq!(
-        s.snapshots()[0].state(),
-        Some(&aws_sdk_ec2::types::SnapshotState::Completed)
+        tags.get(TAG_INPUTS_DIGEST).map(String::as_str),
+        Some("sha256:bake-1-inputs")
     );
-
-    // -- idempotent re-run: same AMIs, nothing uploaded or registered again --
-    env.proxy.clear_log();
-    let again = webake_aws::publish(&env.session, &req, &NoReporter)
+    assert_eq!(tags.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(tags.get(TAG_RUN).map(String::as_str), Some(run_id));
+    assert_launch_permissions(clients, region, image).await;
+    let sp = clients
+        .ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(&image.snapshot_id)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        .send()
         .await
         .unwrap();
-    assert_eq!(again.regions[HOME].ami_id, home.ami_id);
-    assert_eq!(again.regions[COPY].ami_id, copy.ami_id);
+    assert!(
+        sp.create_volume_permissions()
+            .iter()
+            .any(|p| p.user_id() == Some(SHARE_ACCOUNT)),
+        "{sp:?}"
+    );
+}
+
+/// The AMI launches for the shared account and the organization.
+async fn assert_launch_permissions(clients: &RegionClients, region: &str, image: &RegionImage) {
+    let perms = clients
+        .ec2
+        .describe_image_attribute()
+        .image_id(&image.ami_id)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    let users: Vec<_> = perms
+        .launch_permissions()
+        .iter()
+        .filter_map(|p| p.user_id())
+        .collect();
+    assert!(
+        users.contains(&SHARE_ACCOUNT),
+        "launch permission in {region}: {perms:?}"
+    );
+    let orgs: Vec<_> = perms
+        .launch_permissions()
+        .iter()
+        .filter_map(|p| p.organization_arn())
+        .collect();
+    assert!(
+        orgs.contains(&ORG),
+        "org launch permission in {region}: {perms:?}"
+    );
+}
+
+/// Idempotent re-run: same AMIs, nothing uploaded or registered again; the same name with
+/// other inputs is refused.
+async fn assert_rerun_is_idempotent(env: &Env, req: &PublishRequest, publication: &Publication) {
+    env.proxy.clear_log();
+    let again = webake_aws::publish(&env.session, req, &NoReporter)
+        .await
+        .unwrap();
+    assert_eq!(again.regions[HOME].ami_id, publication.regions[HOME].ami_id);
+    assert_eq!(again.regions[COPY].ami_id, publication.regions[COPY].ami_id);
     assert!(again.regions.values().all(|r| r.reused));
     assert_ne!(again.run_id, publication.run_id, "every run has its own id");
     for op in [
@@ -329,19 +339,22 @@ async fn publish_copy_share_tag_rerun_and_download() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NameConflict { .. }), "{err}");
+}
 
-    // -- download gives back the same bytes (the volume is 1 GiB; the rest reads as zeros) --
+/// Download gives back the same bytes (the volume is 1 GiB; the rest reads as zeros).
+async fn assert_download_gives_back_the_disk(
+    env: &Env,
+    clients: &RegionClients,
+    home: &RegionImage,
+    data: &[u8],
+    blocks: usize,
+) {
     let out = env.dir.path().join("down.raw");
-    let summary = webake_aws::download_snapshot_to_file(
-        &home_clients,
-        &home.snapshot_id,
-        &out,
-        4,
-        &NoReporter,
-    )
-    .await
-    .unwrap();
-    assert_eq!(summary.blocks_written as usize, expected_blocks.len());
+    let summary =
+        webake_aws::download_snapshot_to_file(clients, &home.snapshot_id, &out, 4, &NoReporter)
+            .await
+            .unwrap();
+    assert_eq!(summary.blocks_written as usize, blocks);
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got.len(), 1 << 30);
     assert!(
@@ -349,6 +362,51 @@ async fn publish_copy_share_tag_rerun_and_download() {
         "downloaded bytes differ from the disk"
     );
     assert!(got[data.len()..].iter().all(|&b| b == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_copy_share_tag_rerun_and_download() {
+    let env = env().await;
+    let disk = env.dir.path().join("disk.raw");
+    let data = make_disk(&disk, 6); // 6 full blocks + a partial tail; blocks 1 and 4 are zero
+    let mut req = request(&disk, "bake-1", "webake-test-1.0.0-x86_64");
+    req.platform.tpm_support = true;
+    req.deprecate_at = Some("2027-01-01T00:00:00Z".parse().unwrap());
+    // moto has no EnableImageDeprecation: answer it here and assert the request instead.
+    env.proxy.fail("EnableImageDeprecation", None, || {
+        Canned::ec2_ok("EnableImageDeprecation")
+    });
+
+    let publication = first_publish(&env, &req).await;
+    let home = &publication.regions[HOME];
+
+    // -- the requests webake sent (moto drops most RegisterImage fields) --
+    let register_form = assert_register_image_sent(&env, home);
+    let expected_blocks = non_zero_blocks(&data);
+    assert_blocks_sent(&env, &expected_blocks);
+    assert_tagged_copied_deprecated_shared(&env, &register_form, home);
+
+    // -- state in moto: tags, sharing, snapshot completed --
+    for (region, image) in &publication.regions {
+        let clients = env.session.region(region);
+        assert_region_state(&clients, region, image, &publication.run_id).await;
+    }
+    let home_clients = env.session.region(HOME);
+    let s = home_clients
+        .ec2
+        .describe_snapshots()
+        .snapshot_ids(&home.snapshot_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.snapshots()[0].state(),
+        Some(&aws_sdk_ec2::types::SnapshotState::Completed)
+    );
+
+    assert_rerun_is_idempotent(&env, &req, &publication).await;
+    assert_download_gives_back_the_disk(&env, &home_clients, home, &data, expected_blocks.len())
+        .await;
 
     // find_root_snapshot reads the root mapping of an AMI (the proxy reports the registered
     // snapshot, as AWS does; moto alone invents its own).

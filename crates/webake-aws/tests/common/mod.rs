@@ -863,212 +863,227 @@ fn violation(state: &Mutex<ProxyState>, msg: String) -> Canned {
 /// Answers the model gives instead of moto (contract violations, missing snapshots,
 /// duplicates, snapshots in use). `None`: forward.
 fn pre_model(req: &Req, upstream: u16, state: &Mutex<ProxyState>) -> Option<Canned> {
-    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     match req.op.as_str() {
-        "PutSnapshotBlock" => {
-            let (snap, index) = req.ebs_snapshot();
-            let index = index?;
-            {
-                let s = lock();
-                let m = &s.model;
-                let Some(sn) = m.snapshots.get(&snap) else {
-                    return Some(Canned::ebs_error_msg(
-                        404,
-                        "ResourceNotFoundException",
-                        &format!("The snapshot {snap} does not exist."),
-                    ));
-                };
-                match sn.state {
-                    SnapState::Deleted => {
-                        return Some(Canned::ebs_error_msg(
-                            404,
-                            "ResourceNotFoundException",
-                            &format!("The snapshot {snap} does not exist."),
-                        ));
-                    }
-                    SnapState::Completed => {
-                        return Some(Canned::ebs_error_msg(
-                            400,
-                            "ValidationException",
-                            &format!("The snapshot {snap} is not in pending state."),
-                        ));
-                    }
-                    SnapState::Pending => {}
-                }
-                if sn.started_at.elapsed() < m.invisible_after_start {
-                    return Some(Canned::ebs_error_msg(
-                        404,
-                        "ResourceNotFoundException",
-                        &format!("The snapshot {snap} does not exist."),
-                    ));
-                }
-                if index >= sn.volume_gib * 2048 {
-                    drop(s);
-                    return Some(violation(
-                        state,
-                        format!("{snap} block {index} is outside the volume"),
-                    ));
-                }
-            }
-            let len = req.header("x-amz-data-length");
-            if len != Some("524288") || req.body.len() != BLOCK {
+        "PutSnapshotBlock" => pre_put_snapshot_block(req, state),
+        "CompleteSnapshot" => pre_complete_snapshot(req, state),
+        "RegisterImage" | "CopyImage" => pre_register_or_copy(req, upstream, state),
+        "DeleteSnapshot" => pre_delete_snapshot(req, state),
+        _ => None,
+    }
+}
+
+fn snapshot_not_found(snap: &str) -> Canned {
+    Canned::ebs_error_msg(
+        404,
+        "ResourceNotFoundException",
+        &format!("The snapshot {snap} does not exist."),
+    )
+}
+
+/// A block for a snapshot that is missing, deleted, completed or not visible yet, or outside
+/// the volume, is refused; then the block's length and checksum are checked.
+fn pre_put_snapshot_block(req: &Req, state: &Mutex<ProxyState>) -> Option<Canned> {
+    let (snap, index) = req.ebs_snapshot();
+    let index = index?;
+    put_block_target(&snap, index, state).or_else(|| put_block_contract(req, &snap, index, state))
+}
+
+fn put_block_target(snap: &str, index: u64, state: &Mutex<ProxyState>) -> Option<Canned> {
+    let s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let m = &s.model;
+    let Some(sn) = m.snapshots.get(snap) else {
+        return Some(snapshot_not_found(snap));
+    };
+    match sn.state {
+        SnapState::Deleted => {
+            return Some(snapshot_not_found(snap));
+        }
+        SnapState::Completed => {
+            return Some(Canned::ebs_error_msg(
+                400,
+                "ValidationException",
+                &format!("The snapshot {snap} is not in pending state."),
+            ));
+        }
+        SnapState::Pending => {}
+    }
+    if sn.started_at.elapsed() < m.invisible_after_start {
+        return Some(snapshot_not_found(snap));
+    }
+    if index >= sn.volume_gib * 2048 {
+        drop(s);
+        return Some(violation(
+            state,
+            format!("{snap} block {index} is outside the volume"),
+        ));
+    }
+    None
+}
+
+fn put_block_contract(
+    req: &Req,
+    snap: &str,
+    index: u64,
+    state: &Mutex<ProxyState>,
+) -> Option<Canned> {
+    let len = req.header("x-amz-data-length");
+    if len != Some("524288") || req.body.len() != BLOCK {
+        return Some(violation(
+            state,
+            format!(
+                "{snap} block {index}: data length header {len:?}, body {} bytes (must be 524288)",
+                req.body.len()
+            ),
+        ));
+    }
+    if req.header("x-amz-checksum-algorithm") != Some("SHA256") {
+        return Some(violation(
+            state,
+            format!("{snap} block {index}: checksum algorithm is not SHA256"),
+        ));
+    }
+    let want = webake_aws::block_checksum(&req.body);
+    if req.header("x-amz-checksum") != Some(want.as_str()) {
+        return Some(violation(
+            state,
+            format!(
+                "{snap} block {index}: checksum {:?} does not match the body ({want})",
+                req.header("x-amz-checksum")
+            ),
+        ));
+    }
+    None
+}
+
+/// Only a pending snapshot completes, with the count of blocks written and (if any) their
+/// LINEAR aggregate SHA-256.
+fn pre_complete_snapshot(req: &Req, state: &Mutex<ProxyState>) -> Option<Canned> {
+    let (snap, _) = req.ebs_snapshot();
+    let s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(sn) = s.model.snapshots.get(&snap) else {
+        return Some(snapshot_not_found(&snap));
+    };
+    if sn.state != SnapState::Pending {
+        return Some(Canned::ebs_error_msg(
+            if sn.state == SnapState::Deleted {
+                404
+            } else {
+                400
+            },
+            if sn.state == SnapState::Deleted {
+                "ResourceNotFoundException"
+            } else {
+                "ValidationException"
+            },
+            &format!("The snapshot {snap} is not in pending state."),
+        ));
+    }
+    let count = req.header("x-amz-changedblockscount").unwrap_or("");
+    let blocks = sn.blocks.len();
+    let digests: Vec<[u8; 32]> = sn.blocks.values().copied().collect();
+    drop(s);
+    if count != blocks.to_string() {
+        return Some(violation(
+            state,
+            format!("{snap}: ChangedBlocksCount {count:?}, but {blocks} blocks were written"),
+        ));
+    }
+    if blocks > 0 {
+        let want = webake_aws::aggregate_checksum(digests.iter());
+        let checks = [
+            (
+                req.header("x-amz-checksum"),
+                want.as_str(),
+                "aggregate checksum",
+            ),
+            (
+                req.header("x-amz-checksum-algorithm"),
+                "SHA256",
+                "checksum algorithm",
+            ),
+            (
+                req.header("x-amz-checksum-aggregation-method"),
+                "LINEAR",
+                "aggregation method",
+            ),
+        ];
+        for (got, want, what) in checks {
+            if got != Some(want) {
                 return Some(violation(
                     state,
-                    format!(
-                        "{snap} block {index}: data length header {len:?}, body {} bytes (must be 524288)",
-                        req.body.len()
-                    ),
+                    format!("{snap}: {what} {got:?}, expected {want}"),
                 ));
-            }
-            if req.header("x-amz-checksum-algorithm") != Some("SHA256") {
-                return Some(violation(
-                    state,
-                    format!("{snap} block {index}: checksum algorithm is not SHA256"),
-                ));
-            }
-            let want = webake_aws::block_checksum(&req.body);
-            if req.header("x-amz-checksum") != Some(want.as_str()) {
-                return Some(violation(
-                    state,
-                    format!(
-                        "{snap} block {index}: checksum {:?} does not match the body ({want})",
-                        req.header("x-amz-checksum")
-                    ),
-                ));
-            }
-            None
-        }
-        "CompleteSnapshot" => {
-            let (snap, _) = req.ebs_snapshot();
-            let s = lock();
-            let Some(sn) = s.model.snapshots.get(&snap) else {
-                return Some(Canned::ebs_error_msg(
-                    404,
-                    "ResourceNotFoundException",
-                    &format!("The snapshot {snap} does not exist."),
-                ));
-            };
-            if sn.state != SnapState::Pending {
-                return Some(Canned::ebs_error_msg(
-                    if sn.state == SnapState::Deleted {
-                        404
-                    } else {
-                        400
-                    },
-                    if sn.state == SnapState::Deleted {
-                        "ResourceNotFoundException"
-                    } else {
-                        "ValidationException"
-                    },
-                    &format!("The snapshot {snap} is not in pending state."),
-                ));
-            }
-            let count = req.header("x-amz-changedblockscount").unwrap_or("");
-            let blocks = sn.blocks.len();
-            let digests: Vec<[u8; 32]> = sn.blocks.values().copied().collect();
-            drop(s);
-            if count != blocks.to_string() {
-                return Some(violation(
-                    state,
-                    format!(
-                        "{snap}: ChangedBlocksCount {count:?}, but {blocks} blocks were written"
-                    ),
-                ));
-            }
-            if blocks > 0 {
-                let want = webake_aws::aggregate_checksum(digests.iter());
-                let checks = [
-                    (
-                        req.header("x-amz-checksum"),
-                        want.as_str(),
-                        "aggregate checksum",
-                    ),
-                    (
-                        req.header("x-amz-checksum-algorithm"),
-                        "SHA256",
-                        "checksum algorithm",
-                    ),
-                    (
-                        req.header("x-amz-checksum-aggregation-method"),
-                        "LINEAR",
-                        "aggregation method",
-                    ),
-                ];
-                for (got, want, what) in checks {
-                    if got != Some(want) {
-                        return Some(violation(
-                            state,
-                            format!("{snap}: {what} {got:?}, expected {want}"),
-                        ));
-                    }
-                }
-            }
-            None
-        }
-        "RegisterImage" | "CopyImage" => {
-            let form = req.form();
-            let name = form.get("Name")?;
-            let xml = ec2_query_as(
-                upstream,
-                req,
-                &[
-                    ("Action", "DescribeImages"),
-                    ("Owner.1", "self"),
-                    ("Filter.1.Name", "name"),
-                    ("Filter.1.Value.1", name),
-                ],
-            );
-            // Only image names are `<name>` elements (tags are key/value); moto does not
-            // list deregistered images.
-            let taken = xml_values(&xml, "name").contains(name);
-            // A repeated CopyImage token is answered from the token table, not refused.
-            let replay = req.token().is_some_and(|t| {
-                lock()
-                    .model
-                    .tokens
-                    .contains_key(&(req.region.clone(), req.op.clone(), t))
-            });
-            (taken && !replay).then(|| {
-                Canned::ec2_error_msg(
-                    400,
-                    "InvalidAMIName.Duplicate",
-                    &format!("AMI name {name} is already in use by AMI"),
-                )
-            })
-        }
-        "DeleteSnapshot" => {
-            let form = req.form();
-            let snap = form.get("SnapshotId")?;
-            let mut s = lock();
-            let user = s
-                .model
-                .images
-                .iter()
-                .find(|(_, i)| i.region == req.region && i.snapshots.contains(snap))
-                .map(|(id, _)| id.clone());
-            let released = match s.model.released.get_mut(snap) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            };
-            match (user, released) {
-                (Some(ami), _) => Some(Canned::ec2_error_msg(
-                    400,
-                    "InvalidSnapshot.InUse",
-                    &format!("The snapshot {snap} is currently in use by {ami}"),
-                )),
-                (None, true) => Some(Canned::ec2_error_msg(
-                    400,
-                    "InvalidSnapshot.InUse",
-                    &format!(
-                        "The snapshot {snap} is currently in use by an AMI being deregistered"
-                    ),
-                )),
-                _ => None,
             }
         }
+    }
+    None
+}
+
+/// An AMI name this account already uses in the region is refused (unless a repeated
+/// CopyImage token is answered from the token table).
+fn pre_register_or_copy(req: &Req, upstream: u16, state: &Mutex<ProxyState>) -> Option<Canned> {
+    let form = req.form();
+    let name = form.get("Name")?;
+    let xml = ec2_query_as(
+        upstream,
+        req,
+        &[
+            ("Action", "DescribeImages"),
+            ("Owner.1", "self"),
+            ("Filter.1.Name", "name"),
+            ("Filter.1.Value.1", name),
+        ],
+    );
+    // Only image names are `<name>` elements (tags are key/value); moto does not
+    // list deregistered images.
+    let taken = xml_values(&xml, "name").contains(name);
+    // A repeated CopyImage token is answered from the token table, not refused.
+    let replay = req.token().is_some_and(|t| {
+        state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .model
+            .tokens
+            .contains_key(&(req.region.clone(), req.op.clone(), t))
+    });
+    (taken && !replay).then(|| {
+        Canned::ec2_error_msg(
+            400,
+            "InvalidAMIName.Duplicate",
+            &format!("AMI name {name} is already in use by AMI"),
+        )
+    })
+}
+
+/// A snapshot used by a registered AMI, or released by one just deregistered, is in use.
+fn pre_delete_snapshot(req: &Req, state: &Mutex<ProxyState>) -> Option<Canned> {
+    let form = req.form();
+    let snap = form.get("SnapshotId")?;
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let user = s
+        .model
+        .images
+        .iter()
+        .find(|(_, i)| i.region == req.region && i.snapshots.contains(snap))
+        .map(|(id, _)| id.clone());
+    let released = match s.model.released.get_mut(snap) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
+    match (user, released) {
+        (Some(ami), _) => Some(Canned::ec2_error_msg(
+            400,
+            "InvalidSnapshot.InUse",
+            &format!("The snapshot {snap} is currently in use by {ami}"),
+        )),
+        (None, true) => Some(Canned::ec2_error_msg(
+            400,
+            "InvalidSnapshot.InUse",
+            &format!("The snapshot {snap} is currently in use by an AMI being deregistered"),
+        )),
         _ => None,
     }
 }
@@ -1119,31 +1134,7 @@ fn post_model(
     let (head, mut body) = split_response(&resp);
     let text = String::from_utf8_lossy(&body).to_string();
     match req.op.as_str() {
-        "StartSnapshot" if ok => {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if let Some(id) = v["SnapshotId"].as_str() {
-                let mut s = lock();
-                s.model.snapshots.insert(
-                    id.to_string(),
-                    EbsSnapshot {
-                        state: SnapState::Pending,
-                        started_at: Instant::now(),
-                        volume_gib: v["VolumeSize"].as_u64().unwrap_or(1),
-                        blocks: BTreeMap::new(),
-                    },
-                );
-                s.created.push(Created {
-                    region: req.region.clone(),
-                    kind: "snapshot",
-                    id: id.to_string(),
-                });
-                if let Some(t) = req.token() {
-                    s.model
-                        .tokens
-                        .insert((req.region.clone(), req.op.clone(), t), resp.clone());
-                }
-            }
-        }
+        "StartSnapshot" if ok => snapshot_started(req, &resp, &text, state),
         "PutSnapshotBlock" if ok => {
             let (snap, index) = req.ebs_snapshot();
             if let (Some(sn), Some(i)) = (lock().model.snapshots.get_mut(&snap), index) {
@@ -1156,91 +1147,8 @@ fn post_model(
                 sn.state = SnapState::Completed;
             }
         }
-        "RegisterImage" if ok => {
-            if let Some(ami) = xml_values(&text, "imageId").first().cloned() {
-                let form = req.form();
-                let ours: Vec<String> = form
-                    .iter()
-                    .filter(|(k, _)| {
-                        k.starts_with("BlockDeviceMapping.") && k.ends_with(".Ebs.SnapshotId")
-                    })
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                let described = ec2_query_as(
-                    upstream,
-                    req,
-                    &[("Action", "DescribeImages"), ("ImageId.1", &ami)],
-                );
-                let motos = xml_values(&described, "snapshotId");
-                apply_tag_specs(upstream, req, &form, "image", std::slice::from_ref(&ami));
-                let mut s = lock();
-                if let (Some(m), Some(o)) = (motos.first(), ours.first()) {
-                    s.model.snapshot_alias.insert(m.clone(), o.clone());
-                }
-                s.model.images.insert(
-                    ami.clone(),
-                    ModelImage {
-                        region: req.region.clone(),
-                        snapshots: ours,
-                        moto_snapshots: motos,
-                    },
-                );
-                s.created.push(Created {
-                    region: req.region.clone(),
-                    kind: "image",
-                    id: ami,
-                });
-            }
-        }
-        "CopyImage" if ok => {
-            if let Some(ami) = xml_values(&text, "imageId").first().cloned() {
-                let form = req.form();
-                let described = ec2_query_as(
-                    upstream,
-                    req,
-                    &[("Action", "DescribeImages"), ("ImageId.1", &ami)],
-                );
-                let snaps = xml_values(&described, "snapshotId");
-                apply_tag_specs(upstream, req, &form, "image", std::slice::from_ref(&ami));
-                apply_tag_specs(upstream, req, &form, "snapshot", &snaps);
-                {
-                    let mut s = lock();
-                    if let Some(t) = req.token() {
-                        s.model
-                            .tokens
-                            .insert((req.region.clone(), req.op.clone(), t), resp.clone());
-                    }
-                    s.model.images.insert(
-                        ami.clone(),
-                        ModelImage {
-                            region: req.region.clone(),
-                            snapshots: snaps.clone(),
-                            moto_snapshots: Vec::new(),
-                        },
-                    );
-                    s.created.push(Created {
-                        region: req.region.clone(),
-                        kind: "image",
-                        id: ami.clone(),
-                    });
-                    for snap in &snaps {
-                        s.created.push(Created {
-                            region: req.region.clone(),
-                            kind: "snapshot",
-                            id: snap.clone(),
-                        });
-                    }
-                }
-                if vanish {
-                    ec2_query_as(
-                        upstream,
-                        req,
-                        &[("Action", "DeregisterImage"), ("ImageId", &ami)],
-                    );
-                    deregistered(upstream, req, &ami, state);
-                }
-            }
-        }
+        "RegisterImage" if ok => image_registered(req, &text, upstream, state),
+        "CopyImage" if ok => image_copied(req, &resp, &text, upstream, state, vanish),
         "DeregisterImage" if ok => {
             if let Some(ami) = req.form().get("ImageId") {
                 deregistered(upstream, req, ami, state);
@@ -1272,6 +1180,131 @@ fn post_model(
         _ => {}
     }
     rebuild(&head, &body)
+}
+
+/// A started snapshot is pending, recorded as created, and its token remembers the answer.
+fn snapshot_started(req: &Req, resp: &[u8], text: &str, state: &Mutex<ProxyState>) {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    if let Some(id) = v["SnapshotId"].as_str() {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.model.snapshots.insert(
+            id.to_string(),
+            EbsSnapshot {
+                state: SnapState::Pending,
+                started_at: Instant::now(),
+                volume_gib: v["VolumeSize"].as_u64().unwrap_or(1),
+                blocks: BTreeMap::new(),
+            },
+        );
+        s.created.push(Created {
+            region: req.region.clone(),
+            kind: "snapshot",
+            id: id.to_string(),
+        });
+        if let Some(t) = req.token() {
+            s.model
+                .tokens
+                .insert((req.region.clone(), req.op.clone(), t), resp.to_vec());
+        }
+    }
+}
+
+/// A registered AMI gets its tags, uses the snapshot that was registered (moto's invented
+/// one becomes an alias of it), and is recorded as created.
+fn image_registered(req: &Req, text: &str, upstream: u16, state: &Mutex<ProxyState>) {
+    let Some(ami) = xml_values(text, "imageId").first().cloned() else {
+        return;
+    };
+    let form = req.form();
+    let ours: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k.starts_with("BlockDeviceMapping.") && k.ends_with(".Ebs.SnapshotId"))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let described = ec2_query_as(
+        upstream,
+        req,
+        &[("Action", "DescribeImages"), ("ImageId.1", &ami)],
+    );
+    let motos = xml_values(&described, "snapshotId");
+    apply_tag_specs(upstream, req, &form, "image", std::slice::from_ref(&ami));
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(m), Some(o)) = (motos.first(), ours.first()) {
+        s.model.snapshot_alias.insert(m.clone(), o.clone());
+    }
+    s.model.images.insert(
+        ami.clone(),
+        ModelImage {
+            region: req.region.clone(),
+            snapshots: ours,
+            moto_snapshots: motos,
+        },
+    );
+    s.created.push(Created {
+        region: req.region.clone(),
+        kind: "image",
+        id: ami,
+    });
+}
+
+/// A copied AMI and its snapshots get their tags, its token remembers the answer, both are
+/// recorded as created; with `vanish`, the copy is deregistered right away.
+fn image_copied(
+    req: &Req,
+    resp: &[u8],
+    text: &str,
+    upstream: u16,
+    state: &Mutex<ProxyState>,
+    vanish: bool,
+) {
+    let Some(ami) = xml_values(text, "imageId").first().cloned() else {
+        return;
+    };
+    let form = req.form();
+    let described = ec2_query_as(
+        upstream,
+        req,
+        &[("Action", "DescribeImages"), ("ImageId.1", &ami)],
+    );
+    let snaps = xml_values(&described, "snapshotId");
+    apply_tag_specs(upstream, req, &form, "image", std::slice::from_ref(&ami));
+    apply_tag_specs(upstream, req, &form, "snapshot", &snaps);
+    {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = req.token() {
+            s.model
+                .tokens
+                .insert((req.region.clone(), req.op.clone(), t), resp.to_vec());
+        }
+        s.model.images.insert(
+            ami.clone(),
+            ModelImage {
+                region: req.region.clone(),
+                snapshots: snaps.clone(),
+                moto_snapshots: Vec::new(),
+            },
+        );
+        s.created.push(Created {
+            region: req.region.clone(),
+            kind: "image",
+            id: ami.clone(),
+        });
+        for snap in &snaps {
+            s.created.push(Created {
+                region: req.region.clone(),
+                kind: "snapshot",
+                id: snap.clone(),
+            });
+        }
+    }
+    if vanish {
+        ec2_query_as(
+            upstream,
+            req,
+            &[("Action", "DeregisterImage"), ("ImageId", &ami)],
+        );
+        deregistered(upstream, req, &ami, state);
+    }
 }
 
 /// The model after `ami` was deregistered: its snapshots are released (in use for a while),
