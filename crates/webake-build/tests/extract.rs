@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::Digest;
-use webake_build::extract::{ExtractError, SkipReason, extract, root_offset};
+use webake_build::extract::{ExtractError, ExtractReport, SkipReason, extract, root_offset};
 
 fn require_root_and_tools() {
     let out = Command::new("id")
@@ -634,14 +634,11 @@ fn listing(root: &Path) -> BTreeMap<Vec<u8>, String> {
     m
 }
 
-#[test]
-fn a_tree_round_trips_through_mkfs_and_extract() {
-    let fx = Fixture::new();
-    let src = rich_source(&fx);
+/// The rich source tree in an image, with nanoseconds and a time past 2038 (the epoch bits of
+/// the extra word), which mkfs -d does not produce, and one more hard link.
+fn rich_image(fx: &Fixture, src: &Path) -> PathBuf {
     let img = fx.path("rich.img");
-    mkfs(&src, &img, &[]);
-    // Nanoseconds and a time past 2038 (the epoch bits of the extra word), which mkfs -d
-    // does not produce.
+    mkfs(src, &img, &[]);
     debugfs_w(
         &img,
         &format!(
@@ -652,19 +649,13 @@ fn a_tree_round_trips_through_mkfs_and_extract() {
             1 | (5 << 2)
         ),
     );
-    let before = snapshot(&fx.host());
-    let dest = fx.path("out");
-    let report = extract(&img, 0, &dest).unwrap();
-    assert_eq!(snapshot(&fx.host()), before, "host canaries changed");
-    // Before anything reads it (reading moves the access time).
-    let plain = std::fs::metadata(dest.join("plain")).unwrap();
-    assert_eq!(
-        (plain.atime(), plain.atime_nsec()),
-        (1_400_000_000, 987_654_321)
-    );
+    img
+}
 
-    let mut want = listing(&src);
-    let got = listing(&dest);
+/// The listing of the source, changed as `rich_image` changed the image and without what is
+/// not carried over.
+fn expected_listing(src: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut want = listing(src);
     let rel = want[&b"./rel"[..]].clone();
     want.insert(b"./d/rel-again".to_vec(), rel);
     // /empty's time was moved past 2038 in the image.
@@ -681,22 +672,31 @@ fn a_tree_round_trips_through_mkfs_and_extract() {
             v.replace_range(i..end, "");
         }
     }
+    want
+}
+
+fn strip_dir_mtime(m: &BTreeMap<Vec<u8>, String>) -> BTreeMap<Vec<u8>, String> {
+    m.iter()
+        .map(|(k, v)| {
+            let v = if v.starts_with("d ") {
+                v.split(' ')
+                    .filter(|f| !f.starts_with("mtime="))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Every path of the source is extracted with the same listing; directory times are those
+/// of the image.
+fn assert_listing_matches(src: &Path, img: &Path, dest: &Path) {
+    let want = expected_listing(src);
+    let got = listing(dest);
     // mkfs -d does not keep the times of directories it fills; compare those apart.
-    let strip_dir_mtime = |m: &BTreeMap<Vec<u8>, String>| -> BTreeMap<Vec<u8>, String> {
-        m.iter()
-            .map(|(k, v)| {
-                let v = if v.starts_with("d ") {
-                    v.split(' ')
-                        .filter(|f| !f.starts_with("mtime="))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                } else {
-                    v.clone()
-                };
-                (k.clone(), v)
-            })
-            .collect()
-    };
     let (want_cmp, got_cmp) = (strip_dir_mtime(&want), strip_dir_mtime(&got));
     for (k, v) in &want_cmp {
         assert_eq!(
@@ -711,15 +711,17 @@ fn a_tree_round_trips_through_mkfs_and_extract() {
         got_cmp.keys().collect::<Vec<_>>()
     );
     // Directory times are those of the image (as debugfs shows them).
-    let stat = debugfs_r(&img, "stat /d/sub");
+    let stat = debugfs_r(img, "stat /d/sub");
     let mt = stat
         .lines()
         .find_map(|l| l.trim().strip_prefix("mtime: 0x"))
         .unwrap();
     let secs = i64::from_str_radix(&mt[..8], 16).unwrap();
     assert_eq!(std::fs::metadata(dest.join("d/sub")).unwrap().mtime(), secs);
+}
 
-    // Explicit checks of what matters most.
+/// Explicit checks of what matters most: times, modes, owners, special files, hard links.
+fn assert_metadata_kept(src: &Path, dest: &Path) {
     let md = |s: &str| std::fs::symlink_metadata(dest.join(s)).unwrap();
     assert_eq!(
         (md("plain").mtime(), md("plain").mtime_nsec()),
@@ -745,6 +747,11 @@ fn a_tree_round_trips_through_mkfs_and_extract() {
     assert_eq!(md("h1").nlink(), 3);
     assert_eq!(md("rel").ino(), md("d/rel-again").ino());
     assert_eq!(md("fifo").ino(), md("d/fifo2").ino());
+}
+
+/// Symlink targets as written (never resolved on the host), capabilities kept, trusted.*
+/// skipped and reported, the counts of the report, no staging directory left.
+fn assert_links_xattrs_and_report(fx: &Fixture, dest: &Path, report: &ExtractReport) {
     assert_eq!(
         std::fs::read_link(dest.join("abs-to-host")).unwrap(),
         fx.host().join("canary")
@@ -787,12 +794,33 @@ fn a_tree_round_trips_through_mkfs_and_extract() {
     assert_eq!(report.hard_links, 4, "{report}");
     assert!(report.xattrs >= 4, "{report}");
     // Nothing of the staging directory is left.
-    assert!(!std::fs::read_dir(&dest).unwrap().any(|e| {
+    assert!(!std::fs::read_dir(dest).unwrap().any(|e| {
         e.unwrap()
             .file_name()
             .to_string_lossy()
             .starts_with(".webake-extract")
     }),);
+}
+
+#[test]
+fn a_tree_round_trips_through_mkfs_and_extract() {
+    let fx = Fixture::new();
+    let src = rich_source(&fx);
+    let img = rich_image(&fx, &src);
+    let before = snapshot(&fx.host());
+    let dest = fx.path("out");
+    let report = extract(&img, 0, &dest).unwrap();
+    assert_eq!(snapshot(&fx.host()), before, "host canaries changed");
+    // Before anything reads it (reading moves the access time).
+    let plain = std::fs::metadata(dest.join("plain")).unwrap();
+    assert_eq!(
+        (plain.atime(), plain.atime_nsec()),
+        (1_400_000_000, 987_654_321)
+    );
+
+    assert_listing_matches(&src, &img, &dest);
+    assert_metadata_kept(&src, &dest);
+    assert_links_xattrs_and_report(&fx, &dest, &report);
 }
 
 /// A partitioned disk: the root partition is found with sfdisk and extracted at its offset.
