@@ -5,6 +5,7 @@
 //! complete on disk: there is never an image whose artifacts are missing.
 
 mod model;
+mod removal;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use model::{
     Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, ParentRecord, Provenance, Publication,
     StepRecord, TestResult, VariableRecord,
 };
+pub use removal::{Removal, Removed, Tombstone};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -34,6 +36,9 @@ pub enum CatalogError {
     NotFound(String),
     #[error("{query:?} matches several images: {}", .ids.join(", "))]
     Ambiguous { query: String, ids: Vec<String> },
+    /// An image cannot be replaced by its tombstone while files or AMIs of it remain.
+    #[error("image {image} still has {}: not marking it removed", .remains.join(", "))]
+    StillHolds { image: String, remains: Vec<String> },
     #[error(
         "catalog {path} has schema version {found}, newer than this webake understands ({supported})"
     )]
@@ -131,8 +136,9 @@ impl Image {
     }
 }
 
-/// 1: the first schema. 2: publications.run_id.
-const SCHEMA_VERSION: i64 = 2;
+/// 1: the first schema. 2: publications.run_id. 3: publications.deprecated_at, removals and
+/// tombstones (`webake gc`).
+const SCHEMA_VERSION: i64 = 3;
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
@@ -263,6 +269,11 @@ impl Catalog {
                     "ALTER TABLE publications ADD COLUMN run_id TEXT;
                     PRAGMA user_version = 2;",
                 )
+                .map_err(self.e())?;
+        }
+        if v < 3 {
+            self.conn
+                .execute_batch(removal::MIGRATION_V3)
                 .map_err(self.e())?;
         }
         Ok(())

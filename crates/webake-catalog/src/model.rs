@@ -170,6 +170,8 @@ pub enum Publication {
     /// An AMI in one region.
     Aws {
         region: String,
+        /// Empty when `webake gc` deregistered the AMI but its snapshot (`snapshot_id`) could
+        /// not be deleted yet: what remains in the region is that snapshot.
         ami_id: String,
         snapshot_id: Option<String>,
         /// The AMI's name.
@@ -198,11 +200,12 @@ impl Publication {
             Self::Local { created_at, .. } | Self::Aws { created_at, .. } => *created_at,
         }
     }
-    /// `(region, ami)` of an AWS publication.
+    /// `(region, ami)` of an AWS publication whose AMI exists (not of one whose AMI `gc`
+    /// deregistered while its snapshot remains).
     pub fn ami(&self) -> Option<(&str, &str)> {
         match self {
-            Self::Aws { region, ami_id, .. } => Some((region, ami_id)),
-            Self::Local { .. } => None,
+            Self::Aws { region, ami_id, .. } if !ami_id.is_empty() => Some((region, ami_id)),
+            Self::Aws { .. } | Self::Local { .. } => None,
         }
     }
 }
