@@ -138,6 +138,15 @@ impl Session {
         &self.timing
     }
 
+    /// An Auto Scaling client for `region` (only `webake gc` asks Auto Scaling anything, so it
+    /// is not kept in [`RegionClients`]).
+    pub(crate) fn autoscaling(&self, region: &str) -> aws_sdk_autoscaling::Client {
+        let conf = aws_sdk_autoscaling::config::Builder::from(&self.sdk)
+            .region(aws_sdk_autoscaling::config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_autoscaling::Client::from_conf(conf)
+    }
+
     /// Clients for `region`, sharing the resolved credentials.
     pub fn region(&self, region: &str) -> RegionClients {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,6 +1,7 @@
 //! webake-aws: publish a baked raw disk to AWS as an AMI through the EBS direct APIs (no
 //! volume attach), idempotently and with rollback; sweep leftovers; download a snapshot to
-//! start a bake from an existing AMI; resolve attached EBS volumes by NVMe serial.
+//! start a bake from an existing AMI; resolve attached EBS volumes by NVMe serial; list the
+//! AMIs in use and retire unused ones step by step (`webake gc`).
 //!
 //! The library never prints: progress goes through [`Reporter`], diagnostics through
 //! `tracing`. Credentials come from the standard AWS chain and are never logged.
@@ -16,10 +17,12 @@
 mod client;
 mod ebs;
 mod error;
+mod in_use;
 mod ledger;
 mod nvme;
 mod publish;
 mod reporter;
+mod retire;
 mod retry;
 mod sweep;
 pub mod wait;
@@ -35,6 +38,7 @@ pub use ebs::{
     download_snapshot_to_file, upload_snapshot, volume_size_gib,
 };
 pub use error::{CallError, Error, Result};
+pub use in_use::{AmiUse, AmiUser, LIVE_INSTANCE_STATES, amis_in_use};
 pub use ledger::{Ledger, Leftover, Resource, ResourceKind, TAG_RUN};
 pub use nvme::{EBS_NVME_MODEL, nvme_serial_of, resolve_nvme_device};
 pub use publish::{
@@ -43,6 +47,7 @@ pub use publish::{
     publish, publish_until, render_name, validate_ami_name,
 };
 pub use reporter::{NoReporter, Reporter, RetryEvent};
+pub use retire::{delete_snapshot, deprecate_image, deregister_image};
 pub use retry::{
     NOT_YET_VISIBLE_GRACE, RETRY_ATTEMPTS, RETRY_BASE_DELAY, RETRY_MAX_DELAY, RetryPolicy,
 };

@@ -1077,7 +1077,7 @@ async fn share(
     Ok(())
 }
 
-async fn deprecate(
+pub(crate) async fn deprecate(
     clients: &RegionClients,
     caller: Caller<'_>,
     ami_id: &str,
