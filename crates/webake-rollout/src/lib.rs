@@ -20,6 +20,7 @@ pub mod forge;
 mod git;
 mod plan;
 mod reference;
+mod references;
 pub mod review;
 mod rules;
 mod targets;
@@ -41,6 +42,7 @@ pub use reference::{
     ImageReference, LOCAL_REFERENCE_PREFIX, ReferenceKind, is_local_reference, local_reference,
     region_of_zone,
 };
+pub use references::{FoundReference, RepositoryReferences, find_references};
 pub use review::{
     BeforeAfter, CurrentImage, ImageFacts, ImageLookup, NoLookup, PackageChange, PackageChangeKind,
     PackageNote, ReferenceInfo,

@@ -576,6 +576,43 @@ fn group_region(kops: &KopsIndex<'_>, doc: &Document) -> Option<String> {
     one(cluster.regions.clone())
 }
 
+/// `(file, line, what, image)` of the `spec.image` of every kops InstanceGroup in `files`,
+/// whatever rules select (for `webake gc`: every image a cluster boots from).
+pub(crate) fn instance_group_images(
+    files: &[RepoFile],
+) -> Result<Vec<(String, usize, String, String)>, RolloutError> {
+    let parsed = Parsed::new(files, &[DEFAULT_KOPS_FILES.to_string()])?;
+    let kops = KopsIndex::build(&parsed)?;
+    let mut out = Vec::new();
+    for group in &kops.groups {
+        let Some(scalar) = group
+            .doc
+            .root
+            .get_path(&["spec", "image"])
+            .and_then(Node::as_scalar)
+        else {
+            continue;
+        };
+        let name = group
+            .doc
+            .root
+            .get_path(&["metadata", "name"])
+            .and_then(Node::as_str)
+            .unwrap_or("?");
+        let what = match group_cluster(group.doc) {
+            Some(cluster) => format!("InstanceGroup {name} (cluster {cluster}) spec.image"),
+            None => format!("InstanceGroup {name} spec.image"),
+        };
+        out.push((
+            group.file.path.clone(),
+            scalar.line,
+            what,
+            scalar.value.clone(),
+        ));
+    }
+    Ok(out)
+}
+
 fn plan_instance_groups(
     kops: &KopsIndex<'_>,
     rule_index: usize,
