@@ -18,6 +18,7 @@ pub mod clean;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod lint;
 pub mod manifest;
 pub mod plan;

@@ -62,6 +62,8 @@ pub enum Command {
     Images(crate::cmd::images::ImagesCommand),
     /// Remove what a crash can leave behind (temp dirs, stale bake records)
     Clean(crate::cmd::clean::CleanArgs),
+    /// Retire old images nothing uses (catalog, local files, AMIs); says why each is kept
+    Gc(crate::cmd::gc::GcArgs),
     /// Boot an image under qemu (UEFI) and run the recipe's checks
     Test(crate::cmd::test::TestArgs),
     /// Hygiene lint of an image or a directory tree
@@ -124,6 +126,7 @@ impl Command {
             Command::Bake(_) => "bake",
             Command::Images(_) => "images",
             Command::Clean(_) => "clean",
+            Command::Gc(_) => "gc",
             Command::Test(_) => "test",
             Command::Lint(_) => "lint",
             Command::Publish(_) => "publish",

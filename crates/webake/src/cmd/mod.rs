@@ -4,6 +4,7 @@
 pub mod bake;
 pub mod cache;
 pub mod clean;
+pub mod gc;
 pub mod images;
 pub mod lint;
 pub mod pipeline;
@@ -39,6 +40,7 @@ pub fn dispatch(mut cli: Cli) -> ExitCode {
                 | Command::Rollout(_)
                 | Command::Run(_)
                 | Command::Clean(_)
+                | Command::Gc(_)
         ) {
             // The first Ctrl-C / SIGTERM stops the command cleanly (exit 130); the second exits.
             webake_sys::cancel::install_signal_handlers();
@@ -55,6 +57,7 @@ fn run(command: Command, ctx: &Context<'_>, out: &Output) -> CmdResult {
         Command::Bake(a) => a.run(ctx, out),
         Command::Images(c) => c.run(ctx, out),
         Command::Clean(a) => a.run(ctx, out),
+        Command::Gc(a) => a.run(ctx, out),
         Command::Test(a) => a.run(ctx, out),
         Command::Lint(a) => a.run(ctx, out),
         Command::Publish(a) => a.run(ctx, out),
