@@ -317,7 +317,19 @@ fn kubernetes_node_roles_take_effect() {
     let world = World::new();
     let raw = world.bake(&recipe("kubernetes-node.yaml"));
     let root = world.extract(&raw);
-    let pkgs = installed_packages(&root);
+    assert_packages_without_recommends(&root);
+    assert_timezone_logrotate_syslog_and_ulimits(&root);
+    assert_unbound_caches_dns(&root);
+    assert_network_and_sshd(&root);
+    assert_kubelet_prerequisites_and_containerd(&root);
+
+    // The agent (recipe `agent: {install: true}`) and its role.
+    assert!(read(&root, "etc/webake/agent.conf").contains("role = kubernetes"));
+    assert_enabled(&root, "multi-user.target", "webake-agent.service");
+}
+
+fn assert_packages_without_recommends(root: &Path) {
+    let pkgs = installed_packages(root);
     for p in [
         "ansible-core", // the shell step: the only thing it does
         "python3-apt",
@@ -343,54 +355,58 @@ fn kubernetes_node_roles_take_effect() {
             "package {p} (a recommend) is in the image"
         );
     }
+}
 
+fn assert_timezone_logrotate_syslog_and_ulimits(root: &Path) {
     // timezone
     let lt = std::fs::read_link(root.join("etc/localtime")).expect("/etc/localtime is a symlink");
     assert_eq!(lt, Path::new("/usr/share/zoneinfo/Etc/UTC"));
     assert!(root.join("usr/share/zoneinfo/Etc/UTC").is_file());
-    assert_eq!(read(&root, "etc/timezone"), "Etc/UTC\n");
+    assert_eq!(read(root, "etc/timezone"), "Etc/UTC\n");
 
     // logrotate
-    let lr = read(&root, "etc/logrotate.conf");
+    let lr = read(root, "etc/logrotate.conf");
     assert!(
         lr.contains("rotate 7")
             && lr.contains("\ncompress\n")
             && lr.contains("include /etc/logrotate.d"),
         "{lr}"
     );
-    assert_enabled(&root, "timers.target", "logrotate.timer");
+    assert_enabled(root, "timers.target", "logrotate.timer");
 
     // syslog
-    assert!(read(&root, "etc/rsyslog.d/10-webake.conf").contains("$FileCreateMode 0640"));
-    assert_enabled(&root, "multi-user.target", "rsyslog.service");
+    assert!(read(root, "etc/rsyslog.d/10-webake.conf").contains("$FileCreateMode 0640"));
+    assert_enabled(root, "multi-user.target", "rsyslog.service");
 
     // ulimits
-    let lim = read(&root, "etc/security/limits.d/90-webake.conf");
+    let lim = read(root, "etc/security/limits.d/90-webake.conf");
     assert!(
         lim.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["*", "-", "nofile", "65536"]),
         "{lim}"
     );
+}
 
-    // unbound
-    let ub = read(&root, "etc/unbound/unbound.conf.d/webake-cache.conf");
+/// unbound caches DNS on 127.0.0.1 and forwards to the VPC resolver; resolv.conf points at it.
+fn assert_unbound_caches_dns(root: &Path) {
+    let ub = read(root, "etc/unbound/unbound.conf.d/webake-cache.conf");
     assert!(
         ub.contains("interface: 127.0.0.1") && ub.contains("forward-addr: 169.254.169.253"),
         "{ub}"
     );
     assert_eq!(
-        read(&root, "etc/unbound/resolv.conf").lines().nth(1),
+        read(root, "etc/unbound/resolv.conf").lines().nth(1),
         Some("nameserver 127.0.0.1")
     );
     assert!(
-        read(&root, "etc/tmpfiles.d/unbound-resolv.conf")
+        read(root, "etc/tmpfiles.d/unbound-resolv.conf")
             .contains("L+ /etc/resolv.conf - - - - /etc/unbound/resolv.conf")
     );
-    assert_enabled(&root, "multi-user.target", "unbound.service");
+    assert_enabled(root, "multi-user.target", "unbound.service");
     // The configuration unbound starts with at boot is valid: its start helper installs the
     // trust anchor (from dns-root-data), then unbound-checkconf reads the whole config.
     let o = Command::new("chroot")
-        .arg(&root)
+        .arg(root)
         .args([
             "sh",
             "-c",
@@ -403,23 +419,25 @@ fn kubernetes_node_roles_take_effect() {
         "unbound's configuration is invalid: {}",
         text(&o)
     );
+}
 
+fn assert_network_and_sshd(root: &Path) {
     // network: networkd DHCP on en*, network-online waits for it (the agent needs it)
-    let net = read(&root, "etc/systemd/network/10-dhcp.network");
+    let net = read(root, "etc/systemd/network/10-dhcp.network");
     assert!(
         net.contains("[Match]\nName=en*\n") && net.contains("DHCP=yes"),
         "{net}"
     );
-    assert_enabled(&root, "multi-user.target", "systemd-networkd.service");
+    assert_enabled(root, "multi-user.target", "systemd-networkd.service");
     assert_enabled(
-        &root,
+        root,
         "network-online.target",
         "systemd-networkd-wait-online.service",
     );
 
     // sshd hardening: a drop-in that sshd_config includes
-    assert!(read(&root, "etc/ssh/sshd_config").contains("Include /etc/ssh/sshd_config.d/*.conf"));
-    let ssh = read(&root, "etc/ssh/sshd_config.d/50-hardening.conf");
+    assert!(read(root, "etc/ssh/sshd_config").contains("Include /etc/ssh/sshd_config.d/*.conf"));
+    let ssh = read(root, "etc/ssh/sshd_config.d/50-hardening.conf");
     for l in [
         "PermitRootLogin no",
         "PasswordAuthentication no",
@@ -431,16 +449,18 @@ fn kubernetes_node_roles_take_effect() {
             "{l:?} not in the sshd drop-in:\n{ssh}"
         );
     }
-    assert_enabled(&root, "multi-user.target", "ssh.service");
+    assert_enabled(root, "multi-user.target", "ssh.service");
+}
 
+fn assert_kubelet_prerequisites_and_containerd(root: &Path) {
     // kubelet prerequisites
-    let mods: Vec<String> = read(&root, "etc/modules-load.d/kubernetes.conf")
+    let mods: Vec<String> = read(root, "etc/modules-load.d/kubernetes.conf")
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(str::to_string)
         .collect();
     assert_eq!(mods, ["overlay", "br_netfilter"]);
-    let sysctl = read(&root, "etc/sysctl.d/90-kubernetes.conf");
+    let sysctl = read(root, "etc/sysctl.d/90-kubernetes.conf");
     for l in [
         "net.ipv4.ip_forward = 1",
         "net.bridge.bridge-nf-call-iptables = 1",
@@ -452,17 +472,13 @@ fn kubernetes_node_roles_take_effect() {
     }
 
     // containerd with the systemd cgroup driver
-    let ctd = read(&root, "etc/containerd/config.toml");
+    let ctd = read(root, "etc/containerd/config.toml");
     assert!(ctd.contains("version = 2"), "{ctd}");
     let opts = ctd
         .find("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]")
         .expect("runc options table");
     assert!(ctd[opts..].contains("SystemdCgroup = true"), "{ctd}");
-    assert_enabled(&root, "multi-user.target", "containerd.service");
-
-    // The agent (recipe `agent: {install: true}`) and its role.
-    assert!(read(&root, "etc/webake/agent.conf").contains("role = kubernetes"));
-    assert_enabled(&root, "multi-user.target", "webake-agent.service");
+    assert_enabled(root, "multi-user.target", "containerd.service");
 }
 
 #[test]

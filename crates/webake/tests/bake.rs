@@ -19,6 +19,19 @@ fn bake_example_and_inspect_without_booting() {
     let image = &res["image"];
     let id = image["id"].as_str().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_progress_lines(&stderr);
+    assert_cached_bases_untouched(&env, &stderr);
+
+    let raw = assert_artifacts(image);
+    let raw = Path::new(&raw);
+    assert_partition_table_and_esp(raw);
+    assert_root_filesystem(raw);
+    assert_extracted_root(raw);
+    assert_catalog_sboms_and_scratch(&env, id, image, raw);
+    assert_unchanged_bake_is_a_no_op_and_force_reuses_layers(&env, id);
+}
+
+fn assert_progress_lines(stderr: &str) {
     for step in [
         "==> bootstrap",
         "==> 1. message of the day (file)",
@@ -32,9 +45,11 @@ fn bake_example_and_inspect_without_booting() {
             "progress line {step:?} missing:\n{stderr}"
         );
     }
+}
 
-    // The exported tree is hard links into the cache; finalize and assemble replaced files
-    // in it (fstab, grub.cfg, host keys removed) without ever touching the cached inodes.
+/// The exported tree is hard links into the cache; finalize and assemble replaced files
+/// in it (fstab, grub.cfg, host keys removed) without ever touching the cached inodes.
+fn assert_cached_bases_untouched(env: &Env, stderr: &str) {
     assert!(
         stderr.contains("hard-linked from the layers"),
         "export did not use hard links:\n{stderr}"
@@ -72,8 +87,10 @@ fn bake_example_and_inspect_without_booting() {
         }
     }
     assert!(bases > 0, "no cached base found");
+}
 
-    // Artifacts: both formats, digests match the files.
+/// Artifacts: both formats, digests match the files, the qcow2 checks. Returns the raw path.
+fn assert_artifacts(image: &serde_json::Value) -> String {
     let arts = image["artifacts"].as_array().unwrap();
     assert_eq!(arts.len(), 2);
     let raw = arts.iter().find(|a| a["format"] == "raw").unwrap()["path"]
@@ -103,9 +120,13 @@ fn bake_example_and_inspect_without_booting() {
         .output()
         .unwrap();
     assert!(check.status.success(), "qemu-img check: {}", text(&check));
+    raw
+}
 
-    // Partition table: GPT, ESP then the x86-64 root, 1 MiB aligned.
-    let pt = partitions(Path::new(&raw));
+/// Partition table: GPT, ESP then the x86-64 root, 1 MiB aligned; the ESP holds the UEFI
+/// loader (mtools reads the FAT at its offset).
+fn assert_partition_table_and_esp(raw: &Path) {
+    let pt = partitions(raw);
     assert_eq!(pt["partitiontable"]["label"], "gpt");
     let parts = pt["partitiontable"]["partitions"].as_array().unwrap();
     assert_eq!(parts.len(), 2);
@@ -123,11 +144,14 @@ fn bake_example_and_inspect_without_booting() {
     );
     assert_eq!(parts[0]["start"].as_u64().unwrap() % 2048, 0);
 
-    // The ESP holds the UEFI loader (mtools reads the FAT at its offset).
     let esp_off = parts[0]["start"].as_u64().unwrap() * 512;
     let dir = Command::new("mdir")
         .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &format!("{raw}@@{esp_off}"), "::/EFI/BOOT"])
+        .args([
+            "-i",
+            &format!("{}@@{esp_off}", raw.display()),
+            "::/EFI/BOOT",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -135,9 +159,10 @@ fn bake_example_and_inspect_without_booting() {
         "ESP lacks BOOTX64.EFI: {}",
         text(&dir)
     );
+}
 
-    // The root filesystem: provisioner output, environment-agnostic, bootable.
-    let raw = Path::new(&raw);
+/// The root filesystem: clean, provisioner output, environment-agnostic.
+fn assert_root_filesystem(raw: &Path) {
     let fsck = Command::new("e2fsck")
         .args(["-fn"])
         .arg(format!("{}?offset={}", raw.display(), root_offset(raw)))
@@ -169,6 +194,11 @@ fn bake_example_and_inspect_without_booting() {
             .is_empty(),
         "builder resolv.conf left in the image"
     );
+}
+
+/// The extracted root: no host keys but their generator, a kernel, grub.cfg and an
+/// initramfs, no build-time leftovers, the root in fstab.
+fn assert_extracted_root(raw: &Path) {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = extract_root(raw, tmp.path());
     let ssh: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
@@ -186,13 +216,13 @@ fn bake_example_and_inspect_without_booting() {
             .is_ok(),
         "host keys would never be generated"
     );
-    assert!(
+    let boot_has = |prefix: &str| {
         std::fs::read_dir(root.join("boot"))
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")),
-        "no kernel"
-    );
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    };
+    assert!(boot_has("vmlinuz-"), "no kernel");
     assert!(root.join("boot/grub/grub.cfg").is_file());
     let lists: Vec<_> = std::fs::read_dir(root.join("var/lib/apt/lists"))
         .unwrap()
@@ -209,17 +239,14 @@ fn bake_example_and_inspect_without_booting() {
         "the build-time dpkg force-unsafe-io drop-in was left in the image"
     );
     // Built once by the bootstrap's customize hook (INITRD=No during package installs).
-    assert!(
-        std::fs::read_dir(root.join("boot"))
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("initrd.img-")),
-        "no initramfs in /boot"
-    );
+    assert!(boot_has("initrd.img-"), "no initramfs in /boot");
     let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
     assert!(fstab.contains("\t/\text4"), "{fstab}");
+}
 
-    // Catalog: show (text and JSON) agrees with the bake output.
+/// Catalog: show (text and JSON) agrees with the bake output; SBOMs next to the artifacts;
+/// no scratch left.
+fn assert_catalog_sboms_and_scratch(env: &Env, id: &str, image: &serde_json::Value, raw: &Path) {
     let show = env.run(&["images", "show", id, "--json"]);
     assert!(show.status.success(), "{}", text(&show));
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
@@ -251,8 +278,11 @@ fn bake_example_and_inspect_without_booting() {
         "scratch left behind: {:?}",
         env.scratch_entries()
     );
+}
 
-    // A second bake of unchanged inputs is a no-op: the image is up to date.
+/// A second bake of unchanged inputs is a no-op: the image is up to date. --force bakes
+/// again, reusing every cached layer (no bootstrap).
+fn assert_unchanged_bake_is_a_no_op_and_force_reuses_layers(env: &Env, id: &str) {
     let t = Instant::now();
     let again = env.run(&["bake", "recipes/debian-minimal.yaml"]);
     assert!(again.status.success(), "{}", text(&again));
@@ -267,7 +297,6 @@ fn bake_example_and_inspect_without_booting() {
         t.elapsed()
     );
     assert_eq!(env.images_json().as_array().unwrap().len(), 1);
-    // --force bakes again, reusing every cached layer (no bootstrap).
     let forced = env.run(&["bake", "--force", "recipes/debian-minimal.yaml"]);
     assert!(forced.status.success(), "{}", text(&forced));
     let e = String::from_utf8_lossy(&forced.stderr);

@@ -295,53 +295,146 @@ try sysrq sh -c 'echo s > /proc/sysrq-trigger'
 exit 0
 "#;
 
-#[test]
-fn escape_attempts_change_nothing_on_the_host() {
-    require_bake_capabilities();
-    for tool in ["ip", "losetup", "python3", "nft"] {
-        assert!(which(tool), "the escape suite needs `{tool}` on the host");
-    }
-    let env = Env::new();
-    // Canaries under /var/tmp, a path the steps also create inside the image: every planted
-    // link below resolves to an existing directory in the image, so the bake goes through
-    // finalize, assembly and the agent install with the links in place.
-    let canaries = tempfile::Builder::new()
-        .prefix("escape-canary-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let cdir = canaries.path().join("dir");
-    std::fs::create_dir(&cdir).unwrap();
-    for (name, body) in [
-        ("file", "canary\n"),
-        ("grub.cfg", "host grub.cfg\n"),
-        ("ssh_host_ed25519_key", "host key\n"),
-        ("Packages", "host apt list\n"),
-    ] {
-        std::fs::write(cdir.join(name), body).unwrap();
-    }
-    let cfile = canaries.path().join("file");
-    std::fs::write(&cfile, "canary file\n").unwrap();
-    let blk_file = canaries.path().join("block");
-    std::fs::write(&blk_file, vec![0x5a; 1 << 20]).unwrap();
-    let lo = Loop::new(&blk_file);
-    let (maj, min) = lo.major_minor();
-    let imds = Imds::start();
-    let (port, hits) = counting_listener("0.0.0.0");
+/// Canaries under /var/tmp, a path the steps also create inside the image: every planted
+/// link resolves to an existing directory in the image, so the bake goes through finalize,
+/// assembly and the agent install with the links in place.
+struct Canaries {
+    tmp: tempfile::TempDir,
+    /// Files named like what the bake writes (grub.cfg, host keys, apt lists).
+    dir: PathBuf,
+    file: PathBuf,
+    /// The backing file of the loop device the attacks try to write.
+    block: PathBuf,
+}
 
-    let before_canaries = snapshot(canaries.path());
-    let before_sysctl = sysctl_all();
-    let _restore = SysctlGuard(before_sysctl.clone());
-    // (A kernel without module support has no /proc/modules: nothing can load then.)
-    let before_modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
-    let before_firewall = run_ok("nft", &["list", "ruleset"]);
-    let before_mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
+impl Canaries {
+    fn plant() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("escape-canary-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().join("dir");
+        std::fs::create_dir(&dir).unwrap();
+        for (name, body) in [
+            ("file", "canary\n"),
+            ("grub.cfg", "host grub.cfg\n"),
+            ("ssh_host_ed25519_key", "host key\n"),
+            ("Packages", "host apt list\n"),
+        ] {
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "canary file\n").unwrap();
+        let block = tmp.path().join("block");
+        std::fs::write(&block, vec![0x5a; 1 << 20]).unwrap();
+        Self {
+            tmp,
+            dir,
+            file,
+            block,
+        }
+    }
 
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+/// What the host looked like before the bake; kernel parameters are written back on drop.
+struct HostBefore {
+    canaries: BTreeMap<PathBuf, (u32, Vec<u8>)>,
+    sysctl: BTreeMap<String, String>,
+    _restore: SysctlGuard,
+    modules: String,
+    firewall: String,
+    mounts: usize,
+}
+
+impl HostBefore {
+    fn record(canaries: &Canaries) -> Self {
+        let before_canaries = snapshot(canaries.path());
+        let sysctl = sysctl_all();
+        let restore = SysctlGuard(sysctl.clone());
+        // (A kernel without module support has no /proc/modules: nothing can load then.)
+        let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+        let firewall = run_ok("nft", &["list", "ruleset"]);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count();
+        Self {
+            canaries: before_canaries,
+            sysctl,
+            _restore: restore,
+            modules,
+            firewall,
+            mounts,
+        }
+    }
+
+    /// The host is as it was: canaries, kernel parameters and modules, listeners, firewall,
+    /// mounts, the block device.
+    fn assert_unchanged(&self, canaries: &Canaries, hits: &AtomicUsize) {
+        assert_eq!(snapshot(canaries.path()), self.canaries, "a canary changed");
+        let after_sysctl = sysctl_all();
+        let changed: Vec<&String> = self
+            .sysctl
+            .iter()
+            .filter(|(k, v)| after_sysctl.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "host kernel parameters changed: {changed:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/modules").unwrap_or_default(),
+            self.modules,
+            "a kernel module was loaded"
+        );
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "a step reached a host listener"
+        );
+        assert_eq!(
+            run_ok("nft", &["list", "ruleset"]),
+            self.firewall,
+            "the host's firewall changed"
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .count(),
+            self.mounts,
+            "a mount was left on the host"
+        );
+        let mut blk = Vec::new();
+        std::fs::File::open(&canaries.block)
+            .unwrap()
+            .read_to_end(&mut blk)
+            .unwrap();
+        assert!(
+            blk.iter().all(|b| *b == 0x5a),
+            "the block device was written"
+        );
+    }
+}
+
+/// The recipe: tools for the attacks, the attacks (escape.sh, aimed at the canaries, the
+/// loop device, the listener and the fake IMDS), then links planted toward the canaries'
+/// path for finalize, assembly and the agent install.
+fn escape_recipe(
+    env: &Env,
+    canaries: &Canaries,
+    (maj, min): (u64, u64),
+    port: u16,
+    imds: &str,
+) -> PathBuf {
     let c = canaries.path().display().to_string();
-    let d = cdir.display().to_string();
-    let f = cfile.display().to_string();
+    let d = canaries.dir.display().to_string();
+    let f = canaries.file.display().to_string();
     let plant = [
         format!("mkdir -p {d} && echo inside > {d}/inside-marker"),
         // finalize / assembly / agent paths, each pointing at the host canaries' path
@@ -372,20 +465,24 @@ fn escape_attempts_change_nothing_on_the_host() {
         &format!(
             "version: 1\nimage:\n  name: escape\n{BASE}provisioners:\n  - shell:\n      name: tools for the attacks\n      inline:\n        - apt-get update -q\n        - apt-get install -y -q --no-install-recommends iptables nftables kmod\n  - shell:\n      name: attacks\n      script: escape.sh\n      env:\n        CANARY: {c}\n        LOOP_MAJOR: \"{maj}\"\n        LOOP_MINOR: \"{min}\"\n        HOST_PORT: \"{port}\"\n        HOST_ADDRS: \"{addrs}\"\n        IMDS: {imds}\n  - shell:\n      name: planted links\n      inline:\n{plant_yaml}agent:\n  install: true\n",
             addrs = host_addresses().join(" "),
-            imds = imds.addr,
         ),
     );
     std::fs::write(r.parent().unwrap().join("escape.sh"), ESCAPE_SH).unwrap();
+    r
+}
+
+/// Bake the recipe with a secret in webake's environment: every attempt ran, those that
+/// reach outside were refused, and the secret never reached the sandbox.
+fn bake_the_attacks(env: &Env, recipe: &Path) {
     let o = env
         .cmd()
         .env("WEBAKE_ESCAPE_HOST_SECRET", "host-secret-value-7d1e")
-        .args(["bake", r.to_str().unwrap()])
+        .args(["bake", recipe.to_str().unwrap()])
         .output()
         .unwrap();
     let all = text(&o);
     assert!(o.status.success(), "the bake failed: {all}");
 
-    // Every attempt ran; those that reach outside were refused.
     let attempts: Vec<&str> = all.lines().filter(|l| l.contains("ATTEMPT ")).collect();
     assert!(attempts.len() >= 20, "not every attempt ran: {all}");
     for l in &attempts {
@@ -399,58 +496,13 @@ fn escape_attempts_change_nothing_on_the_host() {
         !all.contains("host-secret-value-7d1e"),
         "webake's environment reached the sandbox"
     );
+}
 
-    // The host is as it was.
-    assert_eq!(
-        snapshot(canaries.path()),
-        before_canaries,
-        "a canary changed"
-    );
-    let after_sysctl = sysctl_all();
-    let changed: Vec<&String> = before_sysctl
-        .iter()
-        .filter(|(k, v)| after_sysctl.get(*k) != Some(v))
-        .map(|(k, _)| k)
-        .collect();
-    assert!(
-        changed.is_empty(),
-        "host kernel parameters changed: {changed:?}"
-    );
-    assert_eq!(
-        std::fs::read_to_string("/proc/modules").unwrap_or_default(),
-        before_modules,
-        "a kernel module was loaded"
-    );
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        0,
-        "a step reached a host listener"
-    );
-    assert_eq!(
-        run_ok("nft", &["list", "ruleset"]),
-        before_firewall,
-        "the host's firewall changed"
-    );
-    assert_eq!(
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .count(),
-        before_mounts,
-        "a mount was left on the host"
-    );
-    let mut blk = Vec::new();
-    std::fs::File::open(&blk_file)
-        .unwrap()
-        .read_to_end(&mut blk)
-        .unwrap();
-    assert!(
-        blk.iter().all(|b| *b == 0x5a),
-        "the block device was written"
-    );
-
-    // What the links pointed at was written inside the image (where the image resolves it;
-    // read with debugfs, which resolves links inside the filesystem, never on the host).
+/// What the links pointed at was written inside the image (where the image resolves it;
+/// read with debugfs, which resolves links inside the filesystem, never on the host).
+fn assert_links_resolved_inside_the_image(env: &Env, canaries: &Canaries) {
+    let c = canaries.path().display().to_string();
+    let d = canaries.dir.display().to_string();
     let imgs = env.images_json();
     let raw = PathBuf::from(artifact_path(&imgs[0], "raw"));
     let grub = cat_in_image(&raw, &format!("{d}/grub.cfg")).unwrap_or_default();
@@ -463,6 +515,26 @@ fn escape_attempts_change_nothing_on_the_host() {
         !agent.is_empty(),
         "the agent was not installed through the in-image link"
     );
+}
+
+#[test]
+fn escape_attempts_change_nothing_on_the_host() {
+    require_bake_capabilities();
+    for tool in ["ip", "losetup", "python3", "nft"] {
+        assert!(which(tool), "the escape suite needs `{tool}` on the host");
+    }
+    let env = Env::new();
+    let canaries = Canaries::plant();
+    let lo = Loop::new(&canaries.block);
+    let loop_device = lo.major_minor();
+    let imds = Imds::start();
+    let (port, hits) = counting_listener("0.0.0.0");
+    let before = HostBefore::record(&canaries);
+
+    let recipe = escape_recipe(&env, &canaries, loop_device, port, imds.addr);
+    bake_the_attacks(&env, &recipe);
+    before.assert_unchanged(&canaries, &hits);
+    assert_links_resolved_inside_the_image(&env, &canaries);
     drop(lo);
     drop(imds);
 }

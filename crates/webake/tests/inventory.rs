@@ -32,6 +32,21 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
     // The recorded inventory equals what dpkg itself says about the image's tree.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = extract_root(Path::new(&artifact_path(&b, "raw")), tmp.path());
+    let from_dpkg = packages_per_dpkg(&root);
+    let recorded = packages_in_catalog(&env, b["id"].as_str().unwrap());
+    assert_eq!(
+        recorded, from_dpkg,
+        "catalog inventory differs from dpkg-query in the image"
+    );
+    assert!(recorded.iter().any(|p| p.starts_with("less ")));
+
+    assert_diff_names_exactly_less(&env, &a, &b);
+    assert_lint_sbom_and_package_cache(&env, &b, &root);
+}
+
+/// `name version architecture` of every installed package, as dpkg-query reads the tree's
+/// database; sorted.
+fn packages_per_dpkg(root: &Path) -> Vec<String> {
     let q = Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
@@ -51,7 +66,12 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
         .map(|l| l.split('\t').skip(1).collect::<Vec<_>>().join(" "))
         .collect();
     from_dpkg.sort();
-    let show = env.run(&["images", "show", b["id"].as_str().unwrap(), "--json"]);
+    from_dpkg
+}
+
+/// `name version architecture` of every package in the catalog's inventory; sorted.
+fn packages_in_catalog(env: &Env, id: &str) -> Vec<String> {
+    let show = env.run(&["images", "show", id, "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     let mut recorded: Vec<String> = shown["inventory"]["packages"]
         .as_array()
@@ -67,21 +87,13 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
         })
         .collect();
     recorded.sort();
-    assert_eq!(
-        recorded, from_dpkg,
-        "catalog inventory differs from dpkg-query in the image"
-    );
-    assert!(recorded.iter().any(|p| p.starts_with("less ")));
+    recorded
+}
 
-    // The diff of the two bakes names exactly that package, in every format.
-    let diff = env.run(&[
-        "images",
-        "diff",
-        a["id"].as_str().unwrap(),
-        b["id"].as_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+/// The diff of the two bakes names exactly that package, in every format.
+fn assert_diff_names_exactly_less(env: &Env, a: &serde_json::Value, b: &serde_json::Value) {
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let diff = env.run(&["images", "diff", a, b, "--format", "json"]);
     assert!(diff.status.success(), "{}", text(&diff));
     let d: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     let added: Vec<&str> = d["packages"]["added"]
@@ -98,39 +110,30 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
             "{k} should be empty: {d}"
         );
     }
-    let md = env.run(&[
-        "images",
-        "diff",
-        a["id"].as_str().unwrap(),
-        b["id"].as_str().unwrap(),
-        "--format",
-        "markdown",
-    ]);
+    let md = env.run(&["images", "diff", a, b, "--format", "markdown"]);
     assert!(
         String::from_utf8_lossy(&md.stdout).contains("less"),
         "{}",
         text(&md)
     );
-    let txt = env.run(&[
-        "images",
-        "diff",
-        a["id"].as_str().unwrap(),
-        b["id"].as_str().unwrap(),
-    ]);
+    let txt = env.run(&["images", "diff", a, b]);
     assert!(
         String::from_utf8_lossy(&txt.stdout).contains("less"),
         "{}",
         text(&txt)
     );
+}
 
-    // The clean baked image passes the lint; the SBOM names the package.
+/// The clean baked image passes the lint; the SBOM names the package; the .debs apt
+/// downloaded went to the shared package cache, not into the image (extracted at `root`).
+fn assert_lint_sbom_and_package_cache(env: &Env, b: &serde_json::Value, root: &Path) {
     let lint = env.run(&["lint", b["id"].as_str().unwrap()]);
     assert!(
         lint.status.success(),
         "a clean baked image fails the lint: {}",
         text(&lint)
     );
-    let dir = Path::new(&artifact_path(&b, "raw"))
+    let dir = Path::new(&artifact_path(b, "raw"))
         .parent()
         .unwrap()
         .to_path_buf();
@@ -145,7 +148,6 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
             .unwrap()
             .contains("pkg:deb/debian/less@")
     );
-    // The .debs apt downloaded went to the shared package cache, not into the image.
     assert!(
         std::fs::read_dir(env.cache.join("packages"))
             .unwrap()

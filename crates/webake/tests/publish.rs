@@ -184,16 +184,23 @@ fn publish_locally_and_to_moto_idempotently() {
             .unwrap()
             .is_empty()
     );
+    publish_locally(&env, &id);
+    let (show, pubs) = first_publish_to_moto(&env, &proxy, &id);
+    assert_text_view_shows_both_regions(&env, &id, &pubs);
+    assert_second_publish_changes_nothing(&env, &proxy, &id, &pubs);
+    assert_clean_sweeps_only_the_stray_snapshot(&env, &proxy, &show, &pubs);
+}
 
-    // --to local (the default) records the local artifact.
-    let o = env.run(&["publish", &id]);
+/// --to local (the default) records the local artifact.
+fn publish_locally(env: &Env, id: &str) {
+    let o = env.run(&["publish", id]);
     assert!(o.status.success(), "publish (local): {}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&format!("published {id} locally")),
         "{}",
         text(&o)
     );
-    let show = show_json(&env, &id);
+    let show = show_json(env, id);
     let local: Vec<_> = show["publications"]
         .as_array()
         .unwrap()
@@ -205,11 +212,14 @@ fn publish_locally_and_to_moto_idempotently() {
         Path::new(local[0]["name"].as_str().unwrap()).is_file(),
         "local publication names the artifact: {show:#}"
     );
+}
 
-    // --to aws against moto: upload + register in eu-west-1, copy to us-east-1.
+/// `publish --to aws` against moto: upload + register in eu-west-1, copy to us-east-1.
+fn publish_to_moto(env: &Env, proxy: &Proxy, id: &str) -> Output {
+    let url = proxy.url();
     let args = [
         "publish",
-        &id,
+        id,
         "--to",
         "aws",
         "--region",
@@ -217,11 +227,21 @@ fn publish_locally_and_to_moto_idempotently() {
         "--copy-to",
         "us-east-1",
         "--endpoint-url",
-        &proxy.url(),
+        &url,
         "--tag",
         "team=platform",
     ];
-    let o = run(aws_cmd(&env, &proxy.url()), &args);
+    run(aws_cmd(env, &url), &args)
+}
+
+/// The first publish to moto: both regions recorded, each AMI printed and tagged in moto.
+/// Returns the image as shown and its AWS publications.
+fn first_publish_to_moto(
+    env: &Env,
+    proxy: &Proxy,
+    id: &str,
+) -> (serde_json::Value, BTreeMap<String, (String, String)>) {
+    let o = publish_to_moto(env, proxy, id);
     assert!(o.status.success(), "publish --to aws: {}", text(&o));
     let first = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
@@ -231,7 +251,7 @@ fn publish_locally_and_to_moto_idempotently() {
     );
     assert!(!first.contains("already published"), "{}", text(&o));
 
-    let show = show_json(&env, &id);
+    let show = show_json(env, id);
     let pubs = aws_publications(&show);
     assert_eq!(
         pubs.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -260,12 +280,19 @@ fn publish_locally_and_to_moto_idempotently() {
         pubs["eu-west-1"].0, pubs["us-east-1"].0,
         "the copy is another AMI"
     );
+    (show, pubs)
+}
 
-    // The text view shows both regions with their ids.
-    let o = env.run(&["images", "show", &id]);
+/// The text view shows both regions with their ids.
+fn assert_text_view_shows_both_regions(
+    env: &Env,
+    id: &str,
+    pubs: &BTreeMap<String, (String, String)>,
+) {
+    let o = env.run(&["images", "show", id]);
     assert!(o.status.success(), "{}", text(&o));
     let shown = String::from_utf8_lossy(&o.stdout).to_string();
-    for (region, (ami, snap)) in &pubs {
+    for (region, (ami, snap)) in pubs {
         let line = shown
             .lines()
             .find(|l| l.contains(region.as_str()) && l.contains("aws"))
@@ -276,12 +303,19 @@ fn publish_locally_and_to_moto_idempotently() {
         );
     }
     assert!(shown.contains("local"), "{shown}");
+}
 
-    // Again: nothing new, the same AMIs, said so.
-    let o = run(aws_cmd(&env, &proxy.url()), &args);
+/// Again: nothing new, the same AMIs, said so.
+fn assert_second_publish_changes_nothing(
+    env: &Env,
+    proxy: &Proxy,
+    id: &str,
+    pubs: &BTreeMap<String, (String, String)>,
+) {
+    let o = publish_to_moto(env, proxy, id);
     assert!(o.status.success(), "second publish: {}", text(&o));
     let second = String::from_utf8_lossy(&o.stdout).to_string();
-    for (region, (ami, _)) in &pubs {
+    for (region, (ami, _)) in pubs {
         let line = second
             .lines()
             .find(|l| l.contains(region.as_str()))
@@ -294,13 +328,20 @@ fn publish_locally_and_to_moto_idempotently() {
     }
     // The catalog still holds the same AMIs and snapshots (the proxy reports an AMI's
     // registered root snapshot, as AWS does; moto alone invents its own).
-    let again = aws_publications(&show_json(&env, &id));
-    assert_eq!(again, pubs);
+    let again = aws_publications(&show_json(env, id));
+    assert_eq!(&again, pubs);
     proxy.assert_contract_kept();
+}
 
-    // `clean --aws`: the published AMIs are accounted for by the catalog; a snapshot of the
-    // same bake that no publication names (what a killed publish leaves) is swept, whatever
-    // the bake's status, after the plan is printed.
+/// `clean --aws`: the published AMIs are accounted for by the catalog; a snapshot of the
+/// same bake that no publication names (what a killed publish leaves) is swept, whatever
+/// the bake's status, after the plan is printed.
+fn assert_clean_sweeps_only_the_stray_snapshot(
+    env: &Env,
+    proxy: &Proxy,
+    show: &serde_json::Value,
+    pubs: &BTreeMap<String, (String, String)>,
+) {
     let bake_id = show["bake_id"].as_str().expect("bake_id").to_string();
     let stray = stray_snapshot(&proxy.url(), "eu-west-1", &bake_id);
     let clean = |dry: bool| {
@@ -308,7 +349,7 @@ fn publish_locally_and_to_moto_idempotently() {
         if dry {
             args.push("--dry-run");
         }
-        run(clean_cmd(&env, &proxy.url()), &args)
+        run(clean_cmd(env, &proxy.url()), &args)
     };
     let o = clean(true);
     assert!(o.status.success(), "clean --aws --dry-run: {}", text(&o));
@@ -337,7 +378,7 @@ fn publish_locally_and_to_moto_idempotently() {
         proxy.ops("DeregisterImage").is_empty(),
         "published AMIs are kept"
     );
-    for (region, (ami, snap)) in &pubs {
+    for (region, (ami, snap)) in pubs {
         let (images, snaps) = proxy.tagged(region, "webake:bake-id", &bake_id);
         assert_eq!(images, vec![ami.clone()], "{region}");
         assert_eq!(snaps, vec![snap.clone()], "{region}");
@@ -432,11 +473,28 @@ fn bake_from_a_published_ami() {
 
     // Image A, published to eu-west-1.
     let (a, a_raw) = bake(&env, &recipe_a(&env), None);
+    let (ami, snap) = publish_to_eu_west_1(&env, &proxy, &a);
+    let mut cleanup = SharedCacheCleanup {
+        ami: ami.clone(),
+        bake_ids: vec![],
+    };
+
+    let b_recipe = recipe_from_ami(&env, &ami);
+    let (b, b_raw) = bake_from_ami(&env, &proxy, &b_recipe, &ami, &snap, &mut cleanup);
+    assert_b_holds_a_and_its_own_files(&a_raw, &b_raw);
+    // The base is in the bootstrap cache, keyed by the AMI, with its provenance.
+    let show = show_json(&env, &b);
+    assert!(show["publications"].as_array().unwrap().is_empty());
+    assert_second_plan_finds_the_cached_base(&env, &proxy, &b_recipe, &ami, &snap);
+}
+
+/// Publish `id` to eu-west-1 of moto; returns its (AMI, snapshot) there.
+fn publish_to_eu_west_1(env: &Env, proxy: &Proxy, id: &str) -> (String, String) {
     let o = run(
-        aws_cmd(&env, &proxy.url()),
+        aws_cmd(env, &proxy.url()),
         &[
             "publish",
-            &a,
+            id,
             "--to",
             "aws",
             "--region",
@@ -446,7 +504,7 @@ fn bake_from_a_published_ami() {
         ],
     );
     assert!(o.status.success(), "publish A: {}", text(&o));
-    let pubs = aws_publications(&show_json(&env, &a));
+    let pubs = aws_publications(&show_json(env, id));
     let (ami, snap) = pubs
         .get("eu-west-1")
         .expect("eu-west-1 publication")
@@ -455,22 +513,41 @@ fn bake_from_a_published_ami() {
         ami.starts_with("ami-") && snap.starts_with("snap-"),
         "{pubs:?}"
     );
-    let mut cleanup = SharedCacheCleanup {
-        ami: ami.clone(),
-        bake_ids: vec![],
-    };
+    (ami, snap)
+}
 
-    // Image B starts from A's AMI. Its step needs a working chroot: /bin/sh, apt-get (with
-    // the network), the file A wrote.
-    let b_recipe = env.recipe(
+/// Image B starts from A's AMI. Its step needs a working chroot: /bin/sh, apt-get (with
+/// the network), the file A wrote.
+fn recipe_from_ami(env: &Env, ami: &str) -> PathBuf {
+    env.recipe(
         "from-ami",
         &format!(
             "version: 1\nimage:\n  name: from-ami\nbase:\n  ami:\n    id: {ami}\n    region: eu-west-1\nprovisioners:\n  - shell:\n      name: mark b\n      inline:\n        - test -x /bin/sh && test -L /bin\n        - cat /etc/webake-a > /etc/webake-b-saw-a\n        - apt-get -q update\n        - echo written-by-b > /etc/webake-b\noutputs: [raw]\n"
         ),
-    );
-    let mut c = aws_cmd(&env, &proxy.url());
+    )
+}
+
+/// `webake …` against moto, the base AMI looked up there too.
+fn aws_base_cmd(env: &Env, proxy: &Proxy) -> Command {
+    let mut c = aws_cmd(env, &proxy.url());
     c.env("WEBAKE_AWS_ENDPOINT_URL", proxy.url());
-    let o = run(c, &["bake", b_recipe.to_str().unwrap(), "--json"]);
+    c
+}
+
+/// Bake B: the AMI's root snapshot is downloaded block by block. Its bake id goes to
+/// `cleanup` before anything is asserted. Returns (image id, raw disk path).
+fn bake_from_ami(
+    env: &Env,
+    proxy: &Proxy,
+    b_recipe: &Path,
+    ami: &str,
+    snap: &str,
+    cleanup: &mut SharedCacheCleanup,
+) -> (String, PathBuf) {
+    let o = run(
+        aws_base_cmd(env, proxy),
+        &["bake", b_recipe.to_str().unwrap(), "--json"],
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     if let Some(id) = v["bake_id"].as_str() {
         cleanup.bake_ids.push(id.to_string());
@@ -497,44 +574,54 @@ fn bake_from_a_published_ami() {
             .as_str()
             .unwrap(),
     );
+    (v["image"]["id"].as_str().unwrap().to_string(), b_raw)
+}
 
-    // B holds A's file and its own.
+/// B holds A's file and its own; what `debugfs rdump` alone would lose survives: setuid
+/// bits and device nodes.
+fn assert_b_holds_a_and_its_own_files(a_raw: &Path, b_raw: &Path) {
     assert_eq!(
-        cat_in_image(&b_raw, "/etc/webake-a").as_deref(),
+        cat_in_image(b_raw, "/etc/webake-a").as_deref(),
         Some("written-by-a\n")
     );
     assert_eq!(
-        cat_in_image(&b_raw, "/etc/webake-b-saw-a").as_deref(),
+        cat_in_image(b_raw, "/etc/webake-b-saw-a").as_deref(),
         Some("written-by-a\n")
     );
     assert_eq!(
-        cat_in_image(&b_raw, "/etc/webake-b").as_deref(),
+        cat_in_image(b_raw, "/etc/webake-b").as_deref(),
         Some("written-by-b\n")
     );
-    // What `debugfs rdump` alone would lose survives: setuid bits and device nodes.
     for (path, want) in [
         ("/usr/bin/su", "Mode:  04755"),
         ("/usr/bin/passwd", "Mode:  04755"),
     ] {
-        let (sa, sb) = (stat_in_image(&a_raw, path), stat_in_image(&b_raw, path));
+        let (sa, sb) = (stat_in_image(a_raw, path), stat_in_image(b_raw, path));
         assert!(sa.contains(want), "A {path}: {sa}");
         assert!(sb.contains(want), "B {path}: {sb}");
     }
-    let null = stat_in_image(&b_raw, "/dev/null");
+    let null = stat_in_image(b_raw, "/dev/null");
     assert!(
         null.contains("Type: character special")
             && null.contains("Device major/minor number: 01:03"),
         "B /dev/null: {null}"
     );
-    // The base is in the bootstrap cache, keyed by the AMI, with its provenance.
-    let show = show_json(&env, v["image"]["id"].as_str().unwrap());
-    assert!(show["publications"].as_array().unwrap().is_empty());
+}
 
-    // A second plan finds the cached base: nothing is downloaded again.
+/// A second plan finds the cached base: nothing is downloaded again; the cache entry holds
+/// the tree, not the downloaded disk.
+fn assert_second_plan_finds_the_cached_base(
+    env: &Env,
+    proxy: &Proxy,
+    b_recipe: &Path,
+    ami: &str,
+    snap: &str,
+) {
     let blocks = proxy.ops("GetSnapshotBlock").len();
-    let mut c = aws_cmd(&env, &proxy.url());
-    c.env("WEBAKE_AWS_ENDPOINT_URL", proxy.url());
-    let o = run(c, &["bake", b_recipe.to_str().unwrap(), "--dry-run"]);
+    let o = run(
+        aws_base_cmd(env, proxy),
+        &["bake", b_recipe.to_str().unwrap(), "--dry-run"],
+    );
     assert!(o.status.success(), "dry run: {}", text(&o));
     let plan = String::from_utf8_lossy(&o.stdout).to_string();
     let line = plan
@@ -542,7 +629,7 @@ fn bake_from_a_published_ami() {
         .find(|l| l.trim_start().starts_with("base "))
         .unwrap_or_else(|| panic!("no base line:\n{plan}"));
     assert!(
-        line.contains(&ami) && line.contains(&snap) && line.ends_with("cache hit"),
+        line.contains(ami) && line.contains(snap) && line.ends_with("cache hit"),
         "{line}"
     );
     assert_eq!(proxy.ops("GetSnapshotBlock").len(), blocks);
@@ -550,7 +637,7 @@ fn bake_from_a_published_ami() {
         .unwrap()
         .flatten()
         .find(|e| {
-            std::fs::read_to_string(e.path().join("meta.json")).is_ok_and(|m| m.contains(&ami))
+            std::fs::read_to_string(e.path().join("meta.json")).is_ok_and(|m| m.contains(ami))
         })
         .expect("a bootstrap cache entry for the AMI");
     assert!(entry.path().join("rootfs/etc/webake-a").is_file());

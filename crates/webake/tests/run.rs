@@ -211,30 +211,69 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Where `run` writes its results for pipelines.
+struct ResultFiles {
+    image_id: PathBuf,
+    ami_ids: PathBuf,
+    pr_url: PathBuf,
+}
+
+impl ResultFiles {
+    fn in_world(w: &World) -> Self {
+        Self {
+            image_id: w.result_file("image-id"),
+            ami_ids: w.result_file("ami-ids.json"),
+            pr_url: w.result_file("pr-url"),
+        }
+    }
+
+    /// The options of a run into `cluster` that write these files.
+    fn args<'a>(&'a self, cluster: &'a str) -> [&'a str; 8] {
+        [
+            "--cluster-repo",
+            cluster,
+            "--image-id-file",
+            self.image_id.to_str().unwrap(),
+            "--ami-ids-file",
+            self.ami_ids.to_str().unwrap(),
+            "--pr-url-file",
+            self.pr_url.to_str().unwrap(),
+        ]
+    }
+}
+
 #[test]
 fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
     require_root_and_tools();
     let w = World::new();
     let cluster = w.cluster.to_str().unwrap().to_string();
-    let (id_file, ami_file, pr_file) = (
-        w.result_file("image-id"),
-        w.result_file("ami-ids.json"),
-        w.result_file("pr-url"),
-    );
-    let files = [
-        "--cluster-repo",
-        cluster.as_str(),
-        "--image-id-file",
-        id_file.to_str().unwrap(),
-        "--ami-ids-file",
-        ami_file.to_str().unwrap(),
-        "--pr-url-file",
-        pr_file.to_str().unwrap(),
-    ];
+    let results = ResultFiles::in_world(&w);
+    let files = results.args(&cluster);
 
     // 1. The whole pipeline: bake, (no test), publish locally, roll out.
+    let s = first_run_does_every_stage(&w, &files, &results);
+    let image_id = s["image"]["id"].as_str().unwrap().to_string();
+    let version = s["image"]["version"].as_str().unwrap();
+    assert_branch_pushed_with_only_the_new_reference(&w, version);
+    assert_catalog_holds_one_image_published_locally(&w, &image_id);
+
+    // 2. Unchanged inputs: the bake is skipped and says why; the rest runs idempotently.
+    second_run_skips_the_bake(&w, &files, &results, &s);
+    human_summary_names_the_skip(&w, &image_id);
+
+    // 3. Exit codes per failing stage.
+    failing_stages_exit_with_their_codes(&w, &cluster);
+}
+
+/// Bake, (no test), publish locally, roll out: the summary, the result files and the
+/// progress lines. Returns the summary.
+fn first_run_does_every_stage(
+    w: &World,
+    files: &[&str],
+    results: &ResultFiles,
+) -> serde_json::Value {
     let started = std::time::Instant::now();
-    let o = w.run_recipe(&files);
+    let o = w.run_recipe(files);
     eprintln!("first run: {:.1}s", started.elapsed().as_secs_f64());
     assert!(o.status.success(), "first run: {}", text(&o));
     let s = summary(&o);
@@ -252,22 +291,23 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
         ])
     );
     let image_id = s["image"]["id"].as_str().unwrap().to_string();
-    let version = s["image"]["version"].as_str().unwrap().to_string();
     assert!(image_id.starts_with("img-"), "{s:#}");
     assert_eq!(s["image"]["inputs_digest"], s["inputs_digest"]);
     assert_eq!(s["ami_ids"], serde_json::json!({}));
     assert_eq!(s["rollout"]["branch"], BRANCH);
     assert_eq!(s["rollout"]["status"], "created");
     assert_eq!(s["rollout"]["base_branch"], "main");
-    let new_ref = format!("webake/debian-minimal:{version}");
     assert_eq!(
         s["rollout"]["changed_files"],
         serde_json::json!(["clusters/test.k8s.local/instancegroups.yaml"])
     );
     // Result files for pipelines.
-    assert_eq!(std::fs::read_to_string(&id_file).unwrap(), image_id);
-    assert_eq!(std::fs::read_to_string(&ami_file).unwrap(), "{}");
-    assert_eq!(std::fs::read_to_string(&pr_file).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(&results.image_id).unwrap(),
+        image_id
+    );
+    assert_eq!(std::fs::read_to_string(&results.ami_ids).unwrap(), "{}");
+    assert_eq!(std::fs::read_to_string(&results.pr_url).unwrap(), "");
     // Line-oriented progress on stderr.
     let err = String::from_utf8_lossy(&o.stderr);
     for line in [
@@ -279,8 +319,12 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
     ] {
         assert!(err.contains(line), "missing {line:?} in stderr:\n{err}");
     }
+    s
+}
 
-    // The branch was pushed to the bare remote with the new reference, nothing else changed.
+/// The branch was pushed to the bare remote with the new reference, nothing else changed.
+fn assert_branch_pushed_with_only_the_new_reference(w: &World, version: &str) {
+    let new_ref = format!("webake/debian-minimal:{version}");
     let pushed = git(
         &w.cluster,
         &[
@@ -298,26 +342,37 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
         &["show", "main:clusters/test.k8s.local/instancegroups.yaml"],
     );
     assert_eq!(main, INSTANCE_GROUPS, "main is untouched");
+}
 
-    // The catalog: one image, published locally.
+/// The catalog: one image, published locally.
+fn assert_catalog_holds_one_image_published_locally(w: &World, image_id: &str) {
     let imgs = w.images();
     assert_eq!(imgs.len(), 1, "{imgs:#?}");
-    assert_eq!(imgs[0]["id"], image_id.as_str());
+    assert_eq!(imgs[0]["id"], image_id);
     assert_eq!(imgs[0]["family"], FAMILY);
     let pubs = imgs[0]["publications"].as_array().unwrap();
     assert!(
         pubs.iter().any(|p| p["target"] == "local"),
         "published locally: {pubs:#?}"
     );
+}
 
-    // 2. Unchanged inputs: the bake is skipped and says why; the rest runs idempotently.
-    std::fs::remove_file(&id_file).unwrap();
+/// Unchanged inputs (`first` is the first run's summary): the bake is skipped and says why;
+/// publish and rollout run again and change nothing.
+fn second_run_skips_the_bake(
+    w: &World,
+    files: &[&str],
+    results: &ResultFiles,
+    first: &serde_json::Value,
+) {
+    let image_id = first["image"]["id"].as_str().unwrap();
+    std::fs::remove_file(&results.image_id).unwrap();
     let started = std::time::Instant::now();
-    let o = w.run_recipe(&files);
+    let o = w.run_recipe(files);
     eprintln!("second run: {:.1}s", started.elapsed().as_secs_f64());
     assert!(o.status.success(), "second run: {}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    let digest = s["inputs_digest"].as_str().unwrap();
+    let digest = first["inputs_digest"].as_str().unwrap();
     let why = format!(
         "skipping the bake: image {image_id} was baked from the same inputs (digest {digest})"
     );
@@ -326,7 +381,7 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
     let s2 = summary(&o);
     assert_eq!(s2["ok"], true);
     assert_eq!(s2["bake_skipped"], true);
-    assert_eq!(s2["image"]["id"], image_id.as_str());
+    assert_eq!(s2["image"]["id"], image_id);
     assert_eq!(
         statuses(&s2),
         pairs(&[
@@ -340,10 +395,15 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
         s2["rollout"]["status"], "unchanged",
         "the branch already holds this change: {s2:#}"
     );
-    assert_eq!(std::fs::read_to_string(&id_file).unwrap(), image_id);
+    assert_eq!(
+        std::fs::read_to_string(&results.image_id).unwrap(),
+        image_id
+    );
     assert_eq!(w.images().len(), 1, "still one image in the catalog");
+}
 
-    // Human summary (no --json) names the skip too.
+/// Human summary (no --json) names the skip too.
+fn human_summary_names_the_skip(w: &World, image_id: &str) {
     let recipe = repo_root().join("recipes/debian-minimal.yaml");
     let o = w.webake(&[
         "run",
@@ -363,9 +423,11 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
         out.contains(&format!("image {image_id} was baked from the same inputs")),
         "{out}"
     );
+}
 
-    // 3. Exit codes per failing stage: a rollout into a repository that does not exist is 5,
-    // with a summary naming the stage; options that cannot work are 2, before any bake.
+/// A rollout into a repository that does not exist is 5, with a summary naming the stage;
+/// options that cannot work are 2, before any bake.
+fn failing_stages_exit_with_their_codes(w: &World, cluster: &str) {
     let missing = w.dir.join("no-such-repo");
     let o = w.run_recipe(&["--cluster-repo", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
@@ -390,7 +452,7 @@ fn run_bakes_publishes_rolls_out_then_skips_unchanged_inputs() {
         "AWS options without --publish aws: {}",
         text(&o)
     );
-    let o = w.run_recipe(&["--cluster-repo", &cluster, "--github", "not-a-slug"]);
+    let o = w.run_recipe(&["--cluster-repo", cluster, "--github", "not-a-slug"]);
     assert_eq!(o.status.code(), Some(2), "bad --github: {}", text(&o));
     assert_eq!(w.images().len(), 1, "still one image in the catalog");
 }
