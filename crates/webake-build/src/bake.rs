@@ -71,7 +71,7 @@ pub fn plan(
         Base::Mmdebstrap(m) => m,
         Base::Image(i) => {
             return Err(BuildError::Invalid(format!(
-                "{}: base `image: {i}` is not supported by this webake yet; use base.mmdebstrap",
+                "{}: base `image: {i}` is prepared by the caller (extracted from the catalog before the bake); plan it with plan_with_base",
                 recipe.path.display()
             )));
         }

@@ -268,7 +268,7 @@ fn stages(
         }
     };
     let disk = webake_build::assemble_disk(&req, root)?;
-    let mut image = image_record(recipe, plan, b, &disk, inventory);
+    let mut image = image_record(ctx, recipe, plan, b, &disk, inventory);
     write_sboms(ctx, recipe, &image, &b.version)?;
     if opts.test || recipe.recipe.test.as_ref().is_some_and(|t| t.gate) {
         gate(ctx, recipe, &mut image, &b.log)?;
@@ -365,6 +365,7 @@ fn lint(
 
 /// The catalog record of the baked image.
 fn image_record(
+    ctx: &Context<'_>,
     recipe: &LoadedRecipe,
     plan: &Plan,
     b: &Begun,
@@ -383,7 +384,7 @@ fn image_record(
         kernel: Some(disk.boot.version.clone()),
         tree_size: inventory.size.bytes,
         inventory: Some(inventory),
-        provenance: provenance(recipe, plan),
+        provenance: provenance(ctx, recipe, plan),
         test_result: None,
         artifacts: disk
             .artifacts
@@ -407,7 +408,7 @@ pub fn artifact_format(f: webake_spec::OutputFormat) -> ArtifactFormat {
 }
 
 /// What the image was made from.
-fn provenance(recipe: &LoadedRecipe, plan: &Plan) -> Provenance {
+fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> Provenance {
     let base = serde_json::to_value(&plan.base)
         .and_then(serde_json::from_value::<BaseRecord>)
         .unwrap_or_default();
@@ -435,6 +436,14 @@ fn provenance(recipe: &LoadedRecipe, plan: &Plan) -> Provenance {
                 origin: v.origin.to_string(),
             })
             .collect(),
+        boot: recipe
+            .recipe
+            .disk
+            .boot
+            .iter()
+            .map(|b| b.as_str().to_string())
+            .collect(),
+        parent: crate::base::parent_of(ctx, recipe, plan),
         webake_version: env!("CARGO_PKG_VERSION").to_string(),
         other: Default::default(),
     }

@@ -15,8 +15,10 @@ use crate::{Context, Result, ResultExt};
 /// Plan a recipe. A `base: {ami: ...}` is resolved to its root snapshot on AWS (nothing is
 /// downloaded); `ctx == None` plans offline (for `validate`).
 pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Plan> {
-    if let webake_spec::Base::Ami(a) = &recipe.recipe.base {
-        return crate::base::plan_ami(ctx, recipe, a);
+    match &recipe.recipe.base {
+        webake_spec::Base::Ami(a) => return crate::base::plan_ami(ctx, recipe, a),
+        webake_spec::Base::Image(q) => return crate::base::plan_image(ctx, recipe, q),
+        webake_spec::Base::Mmdebstrap(_) => {}
     }
     let host = HostSources::read(Path::new("/etc/apt"));
     let mirror = ctx.and_then(|c| c.settings.mirror.clone());

@@ -221,7 +221,8 @@ pub fn request_for(src: &AmiSource, t: &AwsTarget) -> Result<PublishRequest> {
 
 /// How a catalog image boots, from its record: the architecture is the bootstrap's
 /// (`provenance.base.architecture`), else that of its kernel package in the inventory. Boot
-/// mode: UEFI (the disks webake assembles). ENA: the Debian kernels webake bakes include the
+/// mode follows the disk: hybrid (BIOS and UEFI) `uefi-preferred`, BIOS only `legacy-bios`,
+/// UEFI only `uefi`. ENA: the Debian kernels webake bakes include the
 /// driver. IMDS: v2 only (the webake agent uses IMDSv2).
 pub fn platform_of(img: &Image) -> Result<ImagePlatform> {
     let from_base = img.provenance.base.architecture.as_deref();
@@ -240,9 +241,18 @@ pub fn platform_of(img: &Image) -> Result<ImagePlatform> {
     let architecture: Architecture = arch
         .parse()
         .map_err(|e: webake_aws::Error| Error::Invalid(format!("catalog image {}: {e}", img.id)))?;
+    let firmwares = img.provenance.firmwares();
+    let boot_mode = match (
+        firmwares.iter().any(|f| f == "bios"),
+        firmwares.iter().any(|f| f == "uefi"),
+    ) {
+        (true, true) => BootMode::UefiPreferred,
+        (true, false) => BootMode::LegacyBios,
+        _ => BootMode::Uefi,
+    };
     Ok(ImagePlatform {
         architecture,
-        boot_mode: BootMode::Uefi,
+        boot_mode,
         ena_support: true,
         imds_v2_only: true,
         tpm_support: false,

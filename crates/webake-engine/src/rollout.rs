@@ -116,12 +116,25 @@ fn from_catalog(img: &Image) -> RolloutImage {
         image_name: img.name.clone(),
         version: img.version.clone(),
         reference,
-        body: format!(
-            "Baked by webake: bake `{}`, inputs digest `{}`.\n",
-            img.bake_id, img.inputs_digest
-        ),
+        body: provenance_markdown(img),
         facts: Some(facts_of(img)),
     }
+}
+
+/// What the pull request says of where the image comes from: the bake, and the parent image
+/// a derived image was built on.
+fn provenance_markdown(img: &Image) -> String {
+    let mut s = format!(
+        "Baked by webake: bake `{}`, inputs digest `{}`.\n",
+        img.bake_id, img.inputs_digest
+    );
+    if let Some(p) = &img.provenance.parent {
+        s.push_str(&format!(
+            "Built on catalog image `{}` ({} {}, family `{}`).\n",
+            p.id, p.name, p.version, p.family
+        ));
+    }
+    s
 }
 
 /// The library request for `image` into `repo` (pure).

@@ -265,35 +265,21 @@ impl Runner<'_, '_> {
     }
 
     fn bake(&mut self) -> Result<Outcome<Image>> {
-        let b = &self.opts.bake;
-        let digest = &self.plan.inputs_digest;
-        if b.force || b.no_cache || b.refresh_base {
-            let why = if b.force {
-                "--force"
-            } else if b.no_cache {
-                "--no-cache"
-            } else {
-                "--refresh-base"
-            };
-            self.ctx.reporter.note(&format!(
-                "{why}: not looking for an image baked from the same inputs"
-            ));
-        } else if let Some(img) = self.reusable_image()? {
+        let d = decide(self.ctx, self.recipe, self.plan, self.opts)?;
+        if let Some(img) = d.image {
             self.summary.bake_skipped = true;
-            let detail = format!(
-                "image {} was baked from the same inputs (digest {digest})",
-                img.id
-            );
             self.ctx.reporter.note(&format!(
-                "skipping the bake: {detail}; --force bakes anyway"
+                "skipping the bake: {}; --force bakes anyway",
+                d.reason
             ));
-            return Ok(Outcome::Skipped(img, detail));
+            return Ok(Outcome::Skipped(img, d.reason));
         }
+        self.ctx.reporter.note(&d.reason);
         self.started(Stage::Bake);
         // The skip rule above is run's own (it also asks for the AWS publications).
         let opts = BakeOptions {
             force: true,
-            ..b.clone()
+            ..self.opts.bake.clone()
         };
         let o = crate::bake::bake(self.ctx, self.recipe, self.plan, &opts)?;
         Ok(Outcome::Done(
@@ -306,46 +292,6 @@ impl Runner<'_, '_> {
                 o.log.display()
             ),
         ))
-    }
-
-    /// An image of the catalog baked from the same inputs that the later stages can use, if
-    /// any; says why a matching image is not reused.
-    fn reusable_image(&self) -> Result<Option<Image>> {
-        let note = |m: String| self.ctx.reporter.note(&m);
-        let family = self.recipe.family();
-        let digest = &self.plan.inputs_digest;
-        let Some(img) = self.ctx.catalog()?.find_by_inputs(family, digest)? else {
-            note(format!(
-                "no image of family {family} was baked from these inputs (digest {digest})"
-            ));
-            return Ok(None);
-        };
-        if !artifacts_intact(&img) {
-            note(format!(
-                "image {} was baked from the same inputs, but an artifact is gone: baking again",
-                img.id
-            ));
-            return Ok(None);
-        }
-        if let Some(Target::Aws(t)) = &self.opts.publish {
-            let missing: Vec<&str> = t
-                .regions()
-                .filter(|region| {
-                    !img.publications
-                        .iter()
-                        .any(|p| p.ami().is_some_and(|(r, _)| r == *region))
-                })
-                .collect();
-            if !missing.is_empty() {
-                note(format!(
-                    "image {} was baked from the same inputs, but is not published to AWS in {}: baking again",
-                    img.id,
-                    missing.join(", ")
-                ));
-                return Ok(None);
-            }
-        }
-        Ok(Some(img))
     }
 
     fn test(&mut self, image: &mut Image) -> Result<Outcome<()>> {
@@ -441,6 +387,123 @@ impl Runner<'_, '_> {
         self.summary.rollout_outcome = Some(outcome);
         Ok(Outcome::Done((), detail))
     }
+}
+
+/// Whether `run` bakes, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct BakeDecision {
+    /// The image the later stages would use instead of baking (None: bake).
+    #[serde(rename = "reuse", serialize_with = "image_id")]
+    pub image: Option<Image>,
+    pub reason: String,
+}
+
+fn image_id<S: serde::Serializer>(
+    img: &Option<Image>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match img {
+        Some(i) => s.serialize_some(i.id.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The skip rule of `run`: an image of the family baked from the same inputs, with its
+/// artifacts intact and, with an AWS target, published in every target region.
+pub fn decide(
+    ctx: &Context<'_>,
+    recipe: &LoadedRecipe,
+    plan: &Plan,
+    opts: &RunOptions,
+) -> Result<BakeDecision> {
+    let b = &opts.bake;
+    let bake = |reason: String| {
+        Ok(BakeDecision {
+            image: None,
+            reason,
+        })
+    };
+    if b.force || b.no_cache || b.refresh_base {
+        let why = if b.force {
+            "--force"
+        } else if b.no_cache {
+            "--no-cache"
+        } else {
+            "--refresh-base"
+        };
+        return bake(format!(
+            "{why}: not looking for an image baked from the same inputs"
+        ));
+    }
+    let family = recipe.family();
+    let digest = &plan.inputs_digest;
+    let found = if ctx.catalog_exists() {
+        ctx.catalog()?.find_by_inputs(family, digest)?
+    } else {
+        None
+    };
+    let Some(img) = found else {
+        if let Some(why) = stale_parent(ctx, recipe)? {
+            return bake(why);
+        }
+        return bake(format!(
+            "no image of family {family} was baked from these inputs (digest {digest})"
+        ));
+    };
+    if !artifacts_intact(&img) {
+        return bake(format!(
+            "image {} was baked from the same inputs, but an artifact is gone: baking again",
+            img.id
+        ));
+    }
+    if let Some(Target::Aws(t)) = &opts.publish {
+        let missing: Vec<&str> = t
+            .regions()
+            .filter(|region| {
+                !img.publications
+                    .iter()
+                    .any(|p| p.ami().is_some_and(|(r, _)| r == *region))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return bake(format!(
+                "image {} was baked from the same inputs, but is not published to AWS in {}: baking again",
+                img.id,
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(BakeDecision {
+        reason: format!(
+            "image {} was baked from the same inputs (digest {digest})",
+            img.id
+        ),
+        image: Some(img),
+    })
+}
+
+/// A derived image whose parent moved: the family's newest image was built on another parent
+/// than the one `base: {image: ...}` names now.
+fn stale_parent(ctx: &Context<'_>, recipe: &LoadedRecipe) -> Result<Option<String>> {
+    let webake_spec::Base::Image(query) = &recipe.recipe.base else {
+        return Ok(None);
+    };
+    let parent = crate::base::parent_image(ctx, query)?;
+    let newest = ctx
+        .catalog()?
+        .list_images(Some(recipe.family()))?
+        .into_iter()
+        .next();
+    let Some(child) = newest else {
+        return Ok(None);
+    };
+    Ok(match &child.provenance.parent {
+        Some(p) if p.id != parent.id.as_str() => Some(format!(
+            "image {} of family {} was built on {} ({} {}); its base {query} is now {} ({} {}): baking again",
+            child.id, child.family, p.id, p.name, p.version, parent.id, parent.name, parent.version
+        )),
+        _ => None,
+    })
 }
 
 /// A stage's failure: its own kind, unless the cause is invalid input, an interruption or a

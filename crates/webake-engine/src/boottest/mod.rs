@@ -21,7 +21,8 @@ use webake_spec::TestSpec;
 use webake_sys::CancelToken;
 use webake_sys::process::{Cmd, run};
 
-pub use qemu::Accel;
+pub use qemu::{Accel, Firmware};
+pub use webake_spec::BootMode;
 
 use crate::events::{CacheStatus, Event};
 use crate::{Context, Error, Result};
@@ -42,6 +43,9 @@ pub fn default_spec() -> TestSpec {
 pub struct TestOptions {
     /// Force the accelerator instead of probing.
     pub accel: Option<Accel>,
+    /// Boot under these firmwares, one after the other (empty: every firmware the disk has:
+    /// a BIOS boot partition, an ESP).
+    pub firmwares: Vec<BootMode>,
 }
 
 /// What a passing boot test saw.
@@ -49,7 +53,10 @@ pub struct TestOptions {
 pub struct TestReport {
     pub accel: &'static str,
     pub seconds: f64,
+    /// Checks that passed under each firmware.
     pub checks_passed: usize,
+    /// The firmwares it booted under, in order.
+    pub firmwares: Vec<&'static str>,
 }
 
 /// Boot-test a catalog image (the raw artifact preferred).
@@ -60,8 +67,74 @@ pub fn test_image(
     log: &BakeLog,
 ) -> Result<TestReport> {
     let spec = spec.cloned().unwrap_or_else(default_spec);
-    test_disk(ctx, disk_of(img)?, &spec, &TestOptions::default(), log)
+    let opts = TestOptions {
+        accel: None,
+        firmwares: firmwares_of(img),
+    };
+    test_disk(ctx, disk_of(img)?, &spec, &opts, log)
 }
+
+/// The firmwares a catalog image declares (UEFI for records older than hybrid disks).
+pub fn firmwares_of(img: &Image) -> Vec<BootMode> {
+    img.provenance
+        .firmwares()
+        .iter()
+        .filter_map(|f| match f.as_str() {
+            "bios" => Some(BootMode::Bios),
+            "uefi" => Some(BootMode::Uefi),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The firmwares a disk file can boot under, from its partition table: a BIOS boot partition
+/// (BIOS) and an EFI system partition (UEFI).
+pub fn firmwares_of_disk(ctx: &Context<'_>, disk: &Path, log: &BakeLog) -> Result<Vec<BootMode>> {
+    let scratch = tempfile::Builder::new()
+        .prefix("webake-probe-")
+        .tempdir_in(ctx.workspace.scratch_root())
+        .map_err(|e| Error::io(ctx.workspace.scratch_root(), e))?;
+    let raw = scratch.path().join("disk.raw");
+    run(
+        &Cmd::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(disk)
+            .arg(&raw),
+        &ctx.cancel,
+        &mut |l| log.line("boot test", l),
+    )?;
+    let json = webake_sys::process::capture(&Cmd::new("sfdisk").arg("--json").arg(&raw))?;
+    let table: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| Error::Failed(format!("sfdisk --json {}: {e}", disk.display())))?;
+    let types: Vec<String> = table["partitiontable"]["partitions"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["type"].as_str().map(str::to_uppercase))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    if types
+        .iter()
+        .any(|t| t == webake_build::assemble::BIOS_BOOT_TYPE)
+    {
+        found.push(BootMode::Bios);
+    }
+    if types.iter().any(|t| t == ESP_TYPE) {
+        found.push(BootMode::Uefi);
+    }
+    if found.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: neither a BIOS boot partition nor an EFI system partition: not a disk webake can boot",
+            disk.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// The GPT type of an EFI system partition.
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
 /// The disk of a catalog image to boot or inspect (its raw artifact preferred).
 pub fn disk_of(img: &Image) -> Result<&Path> {
@@ -70,7 +143,8 @@ pub fn disk_of(img: &Image) -> Result<&Path> {
         .ok_or_else(|| Error::Invalid(format!("image {} has no artifacts", img.id)))
 }
 
-/// Boot `disk` and run `spec`'s checks. A failure carries the console tail.
+/// Boot `disk` under each firmware and run `spec`'s checks. A failure carries the console
+/// tail and names the firmware.
 pub fn test_disk(
     ctx: &Context<'_>,
     disk: &Path,
@@ -78,25 +152,69 @@ pub fn test_disk(
     opts: &TestOptions,
     log: &BakeLog,
 ) -> Result<TestReport> {
-    let step = "boot test";
     let t0 = Instant::now();
     for tool in ["qemu-system-x86_64", "qemu-img", "debugfs", "sfdisk"] {
         if webake_sys::process::which(tool).is_none() {
             return Err(Error::Failed(format!(
-                "missing host tool `{tool}` for the boot test: apt-get install qemu-system-x86 qemu-utils e2fsprogs fdisk ovmf"
+                "missing host tool `{tool}` for the boot test: apt-get install qemu-system-x86 qemu-utils e2fsprogs fdisk ovmf seabios"
             )));
         }
     }
-    let (code, vars_template) = qemu::ovmf()?;
-    let (accel, why) = qemu::probe_accel(&code, opts.accel.or(ctx.settings.accel));
+    let modes = if opts.firmwares.is_empty() {
+        firmwares_of_disk(ctx, disk, log)?
+    } else {
+        opts.firmwares.clone()
+    };
+    let mut report = TestReport {
+        accel: "",
+        seconds: 0.0,
+        checks_passed: 0,
+        firmwares: Vec::new(),
+    };
+    for mode in modes {
+        let firmware = Firmware::find(mode)?;
+        let (accel, passed) = test_under(ctx, disk, spec, opts, &firmware, log)?;
+        report.accel = accel.as_str();
+        report.checks_passed = passed;
+        report.firmwares.push(firmware.name());
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    let summary = if spec.checks.is_empty() {
+        format!(
+            "boot test passed under {}: multi-user reached (the recipe defines no check)",
+            report.firmwares.join(" and ")
+        )
+    } else {
+        format!(
+            "boot test passed under {}: {} check(s) passed",
+            report.firmwares.join(" and "),
+            report.checks_passed
+        )
+    };
+    ctx.reporter.note(&summary);
+    Ok(report)
+}
+
+/// One boot under one firmware; the accelerator used and the checks that passed.
+fn test_under(
+    ctx: &Context<'_>,
+    disk: &Path,
+    spec: &TestSpec,
+    opts: &TestOptions,
+    firmware: &Firmware,
+    log: &BakeLog,
+) -> Result<(Accel, usize)> {
+    let step = "boot test";
+    let t0 = Instant::now();
+    let (accel, why) = qemu::probe_accel(firmware, opts.accel.or(ctx.settings.accel));
     let timeout = Duration::from_secs(match accel {
         Accel::Tcg => spec.timeout_secs * 4,
         Accel::Kvm => spec.timeout_secs,
     });
     let detail = format!(
-        "qemu {} ({why}), UEFI {}, timeout {}s, {} check(s)",
+        "qemu {} ({why}), {}, timeout {}s, {} check(s)",
         accel.as_str(),
-        code.display(),
+        firmware.describe(),
         timeout.as_secs(),
         spec.checks.len()
     );
@@ -104,25 +222,16 @@ pub fn test_disk(
         step,
         detail: &detail,
     });
-    let vm = Prepared::new(ctx, disk, spec, &vars_template, log)?;
-    let booted = boot(ctx, &vm, &code, accel, spec, timeout, log)?;
-    let checks_passed = verdict(ctx, &vm, spec, &booted, accel, timeout, log)?;
+    let vm = Prepared::new(ctx, disk, spec, firmware, log)?;
+    let booted = boot(ctx, &vm, firmware, accel, spec, timeout, log)?;
+    let checks_passed = verdict(ctx, &vm, spec, &booted, accel, timeout, log)
+        .map_err(|e| e.context(format!("under {}", firmware.describe())))?;
     ctx.reporter.event(&Event::StepFinished {
         step,
         elapsed: t0.elapsed(),
         cache: CacheStatus::Uncached,
     });
-    let summary = if spec.checks.is_empty() {
-        "boot test passed: multi-user reached (the recipe defines no check)".to_string()
-    } else {
-        format!("boot test passed: {checks_passed} check(s) passed")
-    };
-    ctx.reporter.note(&summary);
-    Ok(TestReport {
-        accel: accel.as_str(),
-        seconds: t0.elapsed().as_secs_f64(),
-        checks_passed,
-    })
+    Ok((accel, checks_passed))
 }
 
 /// The throw-away copy of the disk with the harness, the firmware variables and the metadata
@@ -130,7 +239,8 @@ pub fn test_disk(
 struct Prepared {
     _scratch: tempfile::TempDir,
     raw: PathBuf,
-    vars: PathBuf,
+    /// The UEFI variable store, or SeaBIOS's serial console switch (see `qemu::Machine`).
+    vars: Option<PathBuf>,
     imds: Option<imds::FakeImds>,
     _lease: webake_build::workspace::BakeLease,
 }
@@ -140,7 +250,7 @@ impl Prepared {
         ctx: &Context<'_>,
         disk: &Path,
         spec: &TestSpec,
-        vars_template: &Path,
+        firmware: &Firmware,
         log: &BakeLog,
     ) -> Result<Self> {
         let ws = &ctx.workspace;
@@ -165,8 +275,18 @@ impl Prepared {
             &ctx.cancel,
             &mut |l| log.line("boot test", l),
         )?;
-        let vars = scratch.path().join("OVMF_VARS.fd");
-        std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
+        let vars = match firmware {
+            Firmware::Uefi { vars_template, .. } => {
+                let vars = scratch.path().join("OVMF_VARS.fd");
+                std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
+                Some(vars)
+            }
+            Firmware::Bios => {
+                let sercon = scratch.path().join("sercon-port");
+                std::fs::write(&sercon, qemu::SERCON_PORT).map_err(|e| Error::io(&sercon, e))?;
+                Some(sercon)
+            }
+        };
         let imds = spec.imds.as_ref().map(imds::FakeImds::start).transpose()?;
         let dropin = imds.as_ref().map(|_| harness::IMDS_DROPIN);
         harness::inject(&raw, &spec.checks, scratch.path(), dropin)?;
@@ -194,7 +314,7 @@ struct Booted {
 fn boot(
     ctx: &Context<'_>,
     vm: &Prepared,
-    code: &Path,
+    firmware: &Firmware,
     accel: Accel,
     spec: &TestSpec,
     timeout: Duration,
@@ -204,8 +324,8 @@ fn boot(
     let cmd = qemu::command(&qemu::Machine {
         accel,
         memory_mib: spec.memory_mib,
-        code,
-        vars: &vm.vars,
+        firmware,
+        vars: vm.vars.as_deref(),
         disk: &vm.raw,
         imds: vm.imds.as_ref().map(|f| (exe.as_path(), f.port)),
     });
@@ -393,7 +513,11 @@ pub fn test_subject(
         disk.display(),
         log.path.display()
     ));
-    let res = test_disk(ctx, &disk, spec, opts, &log);
+    let mut opts = opts.clone();
+    if let (true, Subject::Image(img)) = (opts.firmwares.is_empty(), subject) {
+        opts.firmwares = firmwares_of(img);
+    }
+    let res = test_disk(ctx, &disk, spec, &opts, &log);
     if let Subject::Image(img) = subject {
         let r = if res.is_ok() {
             webake_catalog::TestResult::Passed

@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Cluster repository to roll out to: a local path or a URL git can clone and push to
     #[arg(long, value_name = "PATH|URL", required_unless_present = "no_rollout")]
     pub cluster_repo: Option<String>,
+    /// Print the plan and what each stage would do (bake or skip, and why), and do nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Stage progress on stderr: text lines, or JSON lines for log collectors
     #[arg(long, value_enum, default_value_t = Progress::Text)]
     pub progress: Progress,
@@ -85,12 +88,57 @@ pub struct RunArgs {
     pub aws: Vec<String>,
 }
 
+/// What `run --dry-run` prints.
+#[derive(Serialize)]
+struct Preview {
+    plan: webake_engine::plan::PlanReport,
+    bake: webake_engine::run::BakeDecision,
+    test: bool,
+    publish: String,
+    rollout: Option<String>,
+}
+
 impl RunArgs {
     pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
         // Everything that can be checked before a long bake is checked first (exit code 2).
         let recipe = self.vars.load(&self.recipe, ctx.reporter)?;
         let opts = self.options()?;
         let plan = webake_engine::plan::plan(Some(ctx), &recipe)?;
+        if self.dry_run {
+            let preview = Preview {
+                plan: webake_engine::plan::report(ctx, &recipe, &plan),
+                bake: webake_engine::run::decide(ctx, &recipe, &plan, &opts)?,
+                test: opts.test,
+                publish: match &opts.publish {
+                    None => "none".into(),
+                    Some(Target::Local) => "local".into(),
+                    Some(Target::Aws(t)) => {
+                        format!("aws: {}", t.regions().collect::<Vec<_>>().join(", "))
+                    }
+                },
+                rollout: opts.rollout.as_ref().map(|r| r.repo.clone()),
+            };
+            out.result(&preview, |p| {
+                format!(
+                    "{}bake:    {} ({})\ntest:    {}\npublish: {}\nrollout: {}\n",
+                    p.plan,
+                    if p.bake.image.is_some() {
+                        "skip"
+                    } else {
+                        "bake"
+                    },
+                    p.bake.reason,
+                    if p.test {
+                        "boot test (unless the image passed it)"
+                    } else {
+                        "no"
+                    },
+                    p.publish,
+                    p.rollout.as_deref().unwrap_or("no")
+                )
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let started = std::time::Instant::now();
         let (summary, result) = webake_engine::run::run(ctx, &recipe, &plan, &opts);
         let files = self.result_files(ctx, &summary, started.elapsed());

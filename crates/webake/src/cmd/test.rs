@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use webake_engine::Context;
-use webake_engine::boottest::{Accel, Subject, TestOptions};
+use webake_engine::boottest::{Accel, BootMode, Subject, TestOptions};
 
 use crate::args::VarArgs;
 use crate::cmd::CmdResult;
@@ -27,6 +27,20 @@ pub struct TestArgs {
     /// Force the accelerator instead of probing
     #[arg(long)]
     pub accel: Option<Accel>,
+    /// Firmware to boot under [default: all: every firmware the image declares, or the disk's
+    /// partitions provide]
+    #[arg(long, value_enum, default_value_t = FirmwareArg::All)]
+    pub firmware: FirmwareArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirmwareArg {
+    /// OVMF
+    Uefi,
+    /// SeaBIOS
+    Bios,
+    /// One boot per firmware of the image
+    All,
 }
 
 impl TestArgs {
@@ -40,12 +54,23 @@ impl TestArgs {
         if let Some(t) = self.timeout {
             spec.timeout_secs = t;
         }
-        let opts = TestOptions { accel: self.accel };
+        let opts = TestOptions {
+            accel: self.accel,
+            firmwares: match self.firmware {
+                FirmwareArg::Uefi => vec![BootMode::Uefi],
+                FirmwareArg::Bios => vec![BootMode::Bios],
+                FirmwareArg::All => vec![],
+            },
+        };
         let report = webake_engine::boottest::test_subject(ctx, &subject, &spec, &opts)?;
         out.result(&report, |r| {
             format!(
-                "boot test passed: {} ({} check(s), {}, {:.1}s)\n",
-                self.image, r.checks_passed, r.accel, r.seconds
+                "boot test passed: {} under {} ({} check(s), {}, {:.1}s)\n",
+                self.image,
+                r.firmwares.join(" and "),
+                r.checks_passed,
+                r.accel,
+                r.seconds
             )
         })?;
         Ok(ExitCode::SUCCESS)
