@@ -32,8 +32,9 @@ ARG DEBIAN_FRONTEND=noninteractive
 #   provision        ansible (host-mode ansible provisioner), git (roles from git)
 #   assemble         fdisk (sfdisk), e2fsprogs (mkfs.ext4 -d), dosfstools (mkfs.vfat),
 #                    mtools (mmd/mcopy into the ESP), grub-efi-amd64-bin (grub-mkimage),
+#                    grub-pc-bin (GRUB for BIOS: hybrid and BIOS-only disks),
 #                    qemu-utils (qemu-img: qcow2), zstd
-#   boot test        qemu-system-x86 + ovmf (UEFI firmware). qemu-utils is installed in the
+#   boot test        qemu-system-x86 + ovmf (UEFI firmware) + seabios (BIOS). qemu-utils is installed in the
 #                    same step: installing qemu-system-x86 alone can remove a newer qemu-img.
 #   rollout          git, openssh-client (ssh remotes), ca-certificates (https: forge, AWS)
 #   step sandbox     slirp4netns: user-mode outbound networking of the steps (docs/security.md)
@@ -50,9 +51,11 @@ RUN apt-get update \
       dosfstools \
       mtools \
       grub-efi-amd64-bin \
+      grub-pc-bin \
       qemu-utils \
       qemu-system-x86 \
       ovmf \
+      seabios \
       ansible \
       zstd \
       slirp4netns \

@@ -29,7 +29,7 @@ qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
 packages=(
   mmdebstrap dpkg-dev e2fsprogs fdisk dosfstools mtools util-linux
   grub-efi-amd64-bin grub-pc-bin grub-common
-  qemu-system-x86 "qemu-utils=${qemu_version}" ovmf
+  qemu-system-x86 "qemu-utils=${qemu_version}" ovmf seabios
   ansible git ca-certificates zstd python3 python3-venv
   slirp4netns iproute2
 )

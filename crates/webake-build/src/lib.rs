@@ -2,7 +2,7 @@
 //!
 //! bootstrap (mmdebstrap, cached) -> provision (each step an overlay layer, cached by its
 //! inputs) -> export (the merged tree, once) -> finalize (environment-agnostic) ->
-//! assemble (GPT disk offline: ESP + ext4 root, GRUB for UEFI) -> artifacts (raw, qcow2, sha256).
+//! assemble (GPT disk offline: ext4 root, GRUB for BIOS and/or UEFI) -> artifacts (raw, qcow2, sha256).
 //! It never talks to clouds or git.
 
 pub mod agent;
