@@ -738,13 +738,14 @@ fn retire_reason(plan: &GcPlan, img: &ImagePlan) -> String {
     if let Some(limit) = plan.older_than_seconds {
         let _ = write!(why, ", older than {}", human_duration(limit as i64));
     }
+    let n = plan.repositories.len();
     let _ = write!(
         why,
-        ", referenced by none of {} repositories",
-        plan.repositories.len()
+        ", not referenced in the {n} cluster {} read",
+        if n == 1 { "repository" } else { "repositories" }
     );
     if !plan.regions.is_empty() {
-        let _ = write!(why, ", in use in none of {}", plan.regions.join(", "));
+        let _ = write!(why, ", its AMIs unused in {}", plan.regions.join(", "));
     }
     why
 }

@@ -43,11 +43,12 @@ pub struct RepositoryReferences {
 }
 
 /// Clone `repo` (into a temporary directory, removed on return) and list the image references
-/// on its default branch, the base branch of the rollout config at `config_path` (when it
-/// names one), and every `webake/*` branch.
+/// on its default branch, `base_branch` (a rollout target's), the base branch of the rollout
+/// config at `config_path` (when it names one), and every `webake/*` branch.
 pub fn find_references(
     repo: &RepoLocation,
     config_path: &str,
+    base_branch: Option<&str>,
     reporter: &dyn Reporter,
 ) -> Result<RepositoryReferences, RolloutError> {
     let location = repo.display();
@@ -73,7 +74,7 @@ pub fn find_references(
             stderr: e.stderr().to_string(),
         })?;
     let git = Git::new(&work);
-    let branches = branches_to_read(&git, &work, config_path)?;
+    let branches = branches_to_read(&git, &work, config_path, base_branch)?;
     let mut out = RepositoryReferences {
         location,
         branches: Vec::new(),
@@ -101,14 +102,17 @@ pub fn find_references(
     Ok(out)
 }
 
-/// The default branch, the config's base branch, then the `webake/*` branches, each once.
+/// The default branch, the given and the config's base branch, then the `webake/*` branches,
+/// each once.
 fn branches_to_read(
     git: &Git,
     work: &std::path::Path,
     config_path: &str,
+    base_branch: Option<&str>,
 ) -> Result<Vec<String>, RolloutError> {
     let default = git.run(&git::current_branch_args())?.trim().to_string();
     let mut out = vec![default];
+    out.extend(base_branch.map(str::to_string));
     if let Some(base) = crate::read_config(work, config_path)?.base_branch {
         out.push(base);
     }
@@ -285,6 +289,7 @@ mod tests {
         let found = find_references(
             &RepoLocation::Path(work.clone()),
             crate::DEFAULT_CONFIG_PATH,
+            None,
             &crate::NoReporter,
         )
         .unwrap();
