@@ -73,6 +73,70 @@ pub struct PipelineConfig {
     pub job: JobSettings,
     #[serde(default)]
     pub tool_images: ToolImages,
+    /// A CronJob that retires old images of the recipe's family (`webake gc`); none without it.
+    #[serde(default)]
+    pub gc: Option<GcSettings>,
+}
+
+/// Default gc schedule: Sundays 06:00 (in `timeZone`), away from the Monday bake.
+pub const DEFAULT_GC_SCHEDULE: &str = "0 6 * * 0";
+/// Default of `gc.keep`.
+pub const DEFAULT_GC_KEEP: u32 = 3;
+
+/// The gc CronJob (`webake gc --family <the recipe's family>`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GcSettings {
+    /// Cron schedule of the gc.
+    #[serde(default = "default_gc_schedule")]
+    pub schedule: String,
+    /// Keep the newest N images of the family (at least 1).
+    #[serde(default = "default_gc_keep")]
+    pub keep: u32,
+    /// Keep every image younger than this (`30d`, `12h`, `2w`).
+    #[serde(default)]
+    pub older_than: Option<String>,
+    /// Retire AMIs too. Default: when `publish.to` is `aws`.
+    #[serde(default)]
+    pub aws: Option<bool>,
+    /// Deregister an AMI only this long after gc deprecated it (needs AWS).
+    #[serde(default)]
+    pub grace: Option<String>,
+    /// Only deprecate AMIs, remove nothing (needs AWS).
+    #[serde(default)]
+    pub deprecate_only: bool,
+}
+
+impl GcSettings {
+    /// Whether the gc retires AMIs.
+    pub fn aws(&self, config: &PipelineConfig) -> bool {
+        self.aws.unwrap_or(config.publish.to == PublishTarget::Aws)
+    }
+
+    fn validate(&self, config: &PipelineConfig, check: &Checker<'_>) -> Result<(), Error> {
+        check.schedule("gc.schedule", &self.schedule)?;
+        check.at_least("gc.keep", i64::from(self.keep), 1)?;
+        if let Some(age) = &self.older_than {
+            check.duration("gc.olderThan", age)?;
+        }
+        if let Some(grace) = &self.grace {
+            check.duration("gc.grace", grace)?;
+        }
+        if !self.aws(config) {
+            for (field, set) in [
+                ("gc.grace", self.grace.is_some()),
+                ("gc.deprecateOnly", self.deprecate_only),
+            ] {
+                if set {
+                    return Err(check.invalid(
+                        field,
+                        "applies to AMIs: needs `gc.aws` (or `publish.to: aws`)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the bake publishes (`webake run --publish`).
@@ -315,6 +379,14 @@ fn default_time_zone() -> String {
     DEFAULT_TIME_ZONE.to_owned()
 }
 
+fn default_gc_schedule() -> String {
+    DEFAULT_GC_SCHEDULE.to_owned()
+}
+
+fn default_gc_keep() -> u32 {
+    DEFAULT_GC_KEEP
+}
+
 fn default_revision() -> String {
     DEFAULT_REVISION.to_owned()
 }
@@ -356,7 +428,11 @@ impl PipelineConfig {
         }
         validate_tolerations(&check, &self.tolerations)?;
         self.job.validate(&check)?;
-        self.tool_images.validate(&check)
+        self.tool_images.validate(&check)?;
+        match &self.gc {
+            Some(gc) => gc.validate(self, &check),
+            None => Ok(()),
+        }
     }
 
     /// Exactly one of `clusterRepo` and `clusterRepos`; `github` goes with `clusterRepo`.
@@ -986,6 +1062,21 @@ impl Checker<'_> {
             return Err(self.invalid(
                 field,
                 format!("`{value}` is not an environment variable name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An age as `webake gc` takes it: a number and a unit, `s`, `m`, `h`, `d` or `w`.
+    fn duration(&self, field: &str, value: &str) -> Result<(), Error> {
+        let digits = value.trim_end_matches(['s', 'm', 'h', 'd', 'w']);
+        let ok = !digits.is_empty()
+            && value.len() == digits.len() + 1
+            && digits.chars().all(|c| c.is_ascii_digit());
+        if !ok {
+            return Err(self.invalid(
+                field,
+                format!("`{value}` is not a duration (a number and s, m, h, d or w: 30d, 12h)"),
             ));
         }
         Ok(())

@@ -5,7 +5,8 @@
 //! the ami kind, the recipe's name and family. It renders:
 //!
 //! - ami kind: a `batch/v1` Job and CronJob that run `webake run <recipe>`, and a Tekton pipeline
-//!   (clone, build the webake image, bake/test/publish, open the rollout pull request);
+//!   (clone, build the webake image, bake/test/publish, open the rollout pull request); with
+//!   `gc:` in the config, a second CronJob that runs `webake gc` for the recipe's family;
 //! - docker kind: a Tekton pipeline (clone, build and push, roll the Deployment);
 //! - for both: the Tasks, Pipeline, a PipelineRun and a TriggerTemplate/TriggerBinding "on merge".
 //!
@@ -22,7 +23,8 @@ pub mod tekton;
 use std::path::PathBuf;
 
 pub use config::{
-    ClusterForge, ClusterRepo, PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind,
+    ClusterForge, ClusterRepo, GcSettings, PipelineConfig, RecipeRef, ServiceDescriptor,
+    ServiceKind,
 };
 pub use render::{Document, Inputs, Rendered, render};
 

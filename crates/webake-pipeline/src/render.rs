@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::Error;
-use crate::config::{ClusterForge, PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind};
+use crate::config::{
+    ClusterForge, GcSettings, PipelineConfig, RecipeRef, ServiceDescriptor, ServiceKind,
+};
 use crate::k8s::{
     ConfigMap, Container, CronJob, CronJobSpec, EnvVar, Job, JobSpec, JobTemplateSpec, KeyToPath,
     ObjectMeta, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
@@ -202,6 +204,44 @@ pub mod contract {
         args
     }
 
+    /// Where the gc finds the cluster repositories whose references keep images.
+    #[derive(Debug, Clone, Copy)]
+    pub enum GcRepos<'a> {
+        /// One cluster repository (`--repo`).
+        Repo(&'a str),
+        /// The rollout targets file of several (`--targets`).
+        Targets(&'a str),
+    }
+
+    /// The gc CronJob: `webake gc --family F --keep N [--older-than D] (--repo URL |
+    /// --targets FILE) [--aws [--grace D] [--deprecate-only]]`.
+    pub fn gc(
+        family: &str,
+        settings: &crate::config::GcSettings,
+        repos: GcRepos<'_>,
+        aws: bool,
+    ) -> Vec<String> {
+        let keep = settings.keep.to_string();
+        let mut args = to_strings(&["gc", "--family", family, "--keep", &keep]);
+        if let Some(age) = &settings.older_than {
+            args.extend(to_strings(&["--older-than", age]));
+        }
+        args.extend(match repos {
+            GcRepos::Repo(url) => to_strings(&["--repo", url]),
+            GcRepos::Targets(file) => to_strings(&["--targets", file]),
+        });
+        if aws {
+            args.push("--aws".to_owned());
+            if let Some(grace) = &settings.grace {
+                args.extend(to_strings(&["--grace", grace]));
+            }
+            if settings.deprecate_only {
+                args.push("--deprecate-only".to_owned());
+            }
+        }
+        args
+    }
+
     fn to_strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -300,6 +340,9 @@ pub fn render(inputs: &Inputs) -> Result<Rendered, Error> {
             }
             docs.push(document("job.yaml", "Job", &r.job())?);
             docs.push(document("cronjob.yaml", "CronJob", &r.cronjob())?);
+            if let Some(gc) = &inputs.config.gc {
+                docs.push(document("cronjob-gc.yaml", "CronJob", &r.gc_cronjob(gc)?)?);
+            }
             let tasks = [
                 git_clone_task(&inputs.config),
                 build_image_task(&inputs.config),
@@ -835,6 +878,107 @@ impl<'a> AmiRenderer<'a> {
                 },
             },
         }
+    }
+
+    /// Labels of the gc's objects: the recipe's, as the gc component.
+    fn gc_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.bake_labels();
+        labels.insert("app.kubernetes.io/component".to_owned(), "gc".to_owned());
+        labels
+    }
+
+    /// The gc's container: `webake gc` of the recipe's family on the catalog of the PVC,
+    /// unprivileged (it reads git and AWS and deletes files and AMIs; it mounts nothing).
+    fn gc_container(&self, gc: &GcSettings) -> Container {
+        let c = self.config;
+        let aws = gc.aws(c);
+        let repos = match &c.cluster_repo {
+            Some(repo) if !self.several => contract::GcRepos::Repo(repo),
+            _ => contract::GcRepos::Targets(contract::TARGETS_FILE),
+        };
+        let mut env = pod_env_state(paths::STATE);
+        if aws {
+            env.extend(aws_env(c));
+        }
+        let mut volume_mounts = vec![
+            VolumeMount::new("state", paths::STATE),
+            VolumeMount::new("work", paths::WORK),
+        ];
+        if self.several {
+            volume_mounts.push(targets_mount());
+        }
+        Container {
+            name: "gc".to_owned(),
+            image: c.image.clone(),
+            image_pull_policy: Some("IfNotPresent".to_owned()),
+            command: contract::command(),
+            args: contract::gc(&self.recipe.family, gc, repos, aws),
+            working_dir: None,
+            env,
+            resources: None,
+            security_context: None,
+            volume_mounts,
+        }
+    }
+
+    fn gc_job_spec(&self, gc: &GcSettings) -> JobSpec {
+        let c = self.config;
+        let mut volumes = vec![
+            Volume::pvc("state", &c.cache_pvc),
+            Volume::empty_dir("work", None),
+        ];
+        if self.several {
+            volumes.push(targets_volume());
+        }
+        JobSpec {
+            backoff_limit: c.job.backoff_limit,
+            active_deadline_seconds: c.job.active_deadline_seconds,
+            ttl_seconds_after_finished: Some(c.job.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: ObjectMeta {
+                    labels: self.gc_labels(),
+                    ..ObjectMeta::default()
+                },
+                spec: PodSpec {
+                    service_account_name: c.service_account.clone(),
+                    automount_service_account_token: Some(false),
+                    restart_policy: "Never".to_owned(),
+                    termination_grace_period_seconds: Some(c.job.termination_grace_period_seconds),
+                    node_selector: c.node_selector.clone(),
+                    tolerations: c.tolerations.clone(),
+                    init_containers: Vec::new(),
+                    containers: vec![self.gc_container(gc)],
+                    volumes,
+                },
+            },
+        }
+    }
+
+    /// The gc CronJob (`gc:` in the config), named after the recipe like the bake's.
+    fn gc_cronjob(&self, gc: &GcSettings) -> Result<CronJob, Error> {
+        let c = self.config;
+        let name = object_name("webake-gc", &self.recipe.name, 52, "recipe name")?;
+        Ok(CronJob {
+            api_version: "batch/v1".to_owned(),
+            kind: "CronJob".to_owned(),
+            metadata: meta(&name, c, self.gc_labels()),
+            spec: CronJobSpec {
+                schedule: gc.schedule.clone(),
+                time_zone: Some(c.time_zone.clone()),
+                // Two gcs of one family would retire the same images twice over.
+                concurrency_policy: "Forbid".to_owned(),
+                starting_deadline_seconds: c.job.starting_deadline_seconds,
+                successful_jobs_history_limit: c.job.successful_jobs_history_limit,
+                failed_jobs_history_limit: c.job.failed_jobs_history_limit,
+                job_template: JobTemplateSpec {
+                    metadata: ObjectMeta {
+                        labels: self.gc_labels(),
+                        ..ObjectMeta::default()
+                    },
+                    spec: self.gc_job_spec(gc),
+                },
+            },
+        })
     }
 
     fn bake_task(&self) -> Task {

@@ -92,6 +92,7 @@ fn multi_document_stream_holds_header_and_every_document() {
         [
             "Job",
             "CronJob",
+            "CronJob",
             "Task",
             "Task",
             "Task",

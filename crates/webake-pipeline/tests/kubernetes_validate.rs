@@ -1,4 +1,4 @@
-//! The rendered Job and CronJob validate offline against the Kubernetes OpenAPI schemas in strict
+//! The rendered Job and CronJobs (the bake's and the gc's) validate offline against the Kubernetes OpenAPI schemas in strict
 //! mode (unknown fields are errors) with PyPI's `kubernetes-validate`. The tool is a test
 //! requirement (see requirements-test.txt): when it is missing this test fails, it never skips.
 
@@ -13,14 +13,15 @@ const KUBERNETES_VERSION: &str = "1.30";
 
 #[test]
 fn job_and_cronjob_validate_strictly_against_kubernetes_schemas() {
-    validate_case("ami", 2);
+    // The Job, the bake's CronJob and the gc's.
+    validate_case("ami", 3);
 }
 
 /// Several cluster repositories: the Job's bake is an init container, the rollout its
 /// container, the targets file a ConfigMap.
 #[test]
 fn job_cronjob_and_configmap_of_several_clusters_validate_strictly() {
-    validate_case("ami-clusters", 3);
+    validate_case("ami-clusters", 4);
 }
 
 fn validate_case(case: &str, expected: usize) {
@@ -39,7 +40,7 @@ fn validate_case(case: &str, expected: usize) {
     assert_eq!(
         files.len(),
         expected,
-        "{case}: Job, CronJob (and ConfigMap)"
+        "{case}: Job, CronJobs (and ConfigMap)"
     );
 
     let output = validate(&files);

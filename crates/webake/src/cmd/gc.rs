@@ -131,3 +131,49 @@ impl GcArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use webake_pipeline::render::contract::{self, GcRepos};
+
+    use crate::cli::{Cli, Command};
+
+    /// The command lines of the gc CronJob (`webake pipeline render`) parse with this CLI into
+    /// the options they say.
+    #[test]
+    fn the_pipeline_gc_contract_parses_with_the_real_cli() {
+        let settings = webake_pipeline::GcSettings {
+            schedule: "0 6 * * 0".into(),
+            keep: 4,
+            older_than: Some("30d".into()),
+            aws: None,
+            grace: Some("7d".into()),
+            deprecate_only: true,
+        };
+        for (repos, aws) in [
+            (GcRepos::Repo("https://git.example.com/k8s.git"), true),
+            (GcRepos::Targets("/etc/webake/rollout/targets.yaml"), false),
+        ] {
+            let args = contract::gc("k8s-node", &settings, repos, aws);
+            let argv = std::iter::once("webake".to_string()).chain(args.iter().cloned());
+            let cli = Cli::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("the gc contract {args:?} does not parse: {e}"));
+            let Command::Gc(a) = cli.command else {
+                panic!("{args:?} is not gc")
+            };
+            assert_eq!(a.families, ["k8s-node"]);
+            assert_eq!(a.keep, 4);
+            assert_eq!(
+                a.older_than,
+                Some(std::time::Duration::from_secs(30 * 86_400))
+            );
+            assert_eq!(a.aws, aws);
+            assert_eq!(a.deprecate_only, aws);
+            match repos {
+                GcRepos::Repo(url) => assert_eq!(a.repos, [url]),
+                GcRepos::Targets(file) => assert_eq!(a.targets.as_deref(), Some(file.as_ref())),
+            }
+        }
+    }
+}
