@@ -30,7 +30,7 @@ use crate::workspace::{Workspace, mkdir_p};
 #[serde(untagged)]
 pub enum BasePlan {
     /// Bootstrapped with mmdebstrap into the cache (`base.mmdebstrap`).
-    Mmdebstrap(BootstrapPlan),
+    Mmdebstrap(Box<BootstrapPlan>),
     /// A root filesystem the caller prepared before the bake (e.g. extracted from an AMI's
     /// root snapshot by the CLI: this crate never talks to clouds), committed to the
     /// bootstrap cache as `<bootstrap_dir>/<key>/rootfs`. The bake only reads it.
@@ -84,7 +84,7 @@ pub fn plan(
         }
     };
     let bootstrap = BootstrapPlan::new(base, &recipe.dir, env_mirror, host_sources)?;
-    plan_with_base(recipe, BasePlan::Mmdebstrap(bootstrap))
+    plan_with_base(recipe, BasePlan::Mmdebstrap(Box::new(bootstrap)))
 }
 
 /// Compute the plan on top of an already decided base (reads the recipe's input files).

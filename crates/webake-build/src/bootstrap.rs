@@ -22,14 +22,26 @@ pub struct BootstrapPlan {
     pub mirror_source: String,
     pub keyrings: Vec<PathBuf>,
     pub keyring_digests: Vec<String>,
-    /// Cache key: sha256 of the above (and the format version of this plan).
+    /// The apt sources the base installs from and lists in its own `sources.list`: the suite,
+    /// and for Debian `-updates` and `-security` (empty: mmdebstrap's default mirror line).
+    pub sources: Vec<webake_upstream::AptSource>,
+    /// sha256 of the above (and the format version of this plan): the configuration.
+    pub config_key: String,
+    /// What upstream said when this base was (or is to be) built: the signed state of every
+    /// source (`webake_upstream::UpstreamState`, as JSON). `None`: not checked (offline plan,
+    /// pinned sources).
+    pub upstream: Option<serde_json::Value>,
+    /// Cache key: the configuration, and the upstream generation it was built from
+    /// ([`BootstrapPlan::for_generation`]).
     pub key: String,
 }
 
 // v3: apt lists kept in the base (finalize removes them from the image), the initramfs is
 // built once at the end of the bootstrap instead of on every trigger.
 // v4: bootstrapped in the sandbox (a user namespace: no mknod), /dev populated afterwards.
-const PLAN_VERSION: &str = "webake-bootstrap-v4";
+// v5: Debian bases install from SUITE, SUITE-updates and SUITE-security; the key carries the
+// upstream generation.
+const PLAN_VERSION: &str = "webake-bootstrap-v5";
 
 /// mmdebstrap's hook directory that runs dpkg under eatmydata (no fsync per file; the
 /// bootstrap is either completed and committed, or thrown away).
@@ -55,6 +67,45 @@ const DEBIAN_SUITES: &[&str] = &[
     "unstable",
     "oldstable",
 ];
+
+/// Debian's default mirror, for the sources of a Debian suite when nothing else names one.
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// The apt sources of a base: for a Debian suite the suite, `-updates` and `-security` (as the
+/// recipe turns them on or off); for others (Ubuntu...) the suite on the recipe's mirror, or
+/// none (mmdebstrap's default).
+fn apt_sources(
+    base: &MmdebstrapBase,
+    mirror: Option<&str>,
+    keyrings: &[PathBuf],
+) -> Vec<webake_upstream::AptSource> {
+    let debian = DEBIAN_SUITES.contains(&base.suite.as_str());
+    let mut sources = if debian {
+        let mut d =
+            webake_upstream::DebianSuites::new(mirror.unwrap_or(DEBIAN_MIRROR), &base.suite);
+        d.security_mirror = base.security_mirror.clone();
+        d.components = base.components.clone();
+        d.architectures = vec![base.architecture.clone()];
+        d.signed_by = keyrings.to_vec();
+        d.updates = base.updates.unwrap_or(true);
+        d.security = base.security.unwrap_or(true);
+        webake_upstream::debian_sources(&d)
+    } else if let Some(m) = mirror {
+        let mut s = webake_upstream::AptSource::new(m, &base.suite);
+        s.components = base.components.clone();
+        s.architectures = vec![base.architecture.clone()];
+        s.signed_by = keyrings.to_vec();
+        vec![s]
+    } else {
+        Vec::new()
+    };
+    if base.pinned {
+        for s in &mut sources {
+            s.pinned = true;
+        }
+    }
+    sources
+}
 
 impl BootstrapPlan {
     pub fn new(
@@ -92,6 +143,7 @@ impl BootstrapPlan {
         let mut include = base.include.clone();
         include.sort();
         include.dedup();
+        let sources = apt_sources(base, mirror.as_deref(), &keyrings);
         let mut plan = Self {
             suite: base.suite.clone(),
             variant: base.variant.clone(),
@@ -102,16 +154,42 @@ impl BootstrapPlan {
             mirror_source,
             keyrings,
             keyring_digests,
+            sources,
+            config_key: String::new(),
+            upstream: None,
             key: String::new(),
         };
+        let lines: Vec<String> = plan.sources.iter().map(|s| s.one_line()).collect();
         let keyed = serde_json::json!({
             "v": PLAN_VERSION,
             "suite": plan.suite, "variant": plan.variant, "arch": plan.architecture,
             "components": plan.components, "include": plan.include, "mirror": plan.mirror,
-            "keyrings": plan.keyring_digests,
+            "keyrings": plan.keyring_digests, "sources": lines,
         });
-        plan.key = sha256_hex(keyed.to_string().as_bytes());
+        plan.config_key = sha256_hex(keyed.to_string().as_bytes());
+        plan.key = plan.config_key.clone();
         Ok(plan)
+    }
+
+    /// This configuration built from the upstream generation `fingerprint` (the digest of the
+    /// sources' package indexes), recording `upstream` (the state it was checked in).
+    pub fn for_generation(mut self, fingerprint: &str, upstream: serde_json::Value) -> Self {
+        self.key = sha256_hex(format!("{}\n{fingerprint}\n", self.config_key).as_bytes());
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// This configuration as the cached generation `key`, built in the upstream state
+    /// `upstream` (any serializable form of it).
+    pub fn with_key(mut self, key: &str, upstream: &impl Serialize) -> Self {
+        self.key = key.to_string();
+        self.upstream = serde_json::to_value(upstream).ok();
+        self
+    }
+
+    /// Are all sources pinned (snapshots): upstream never moves?
+    pub fn pinned(&self) -> bool {
+        !self.sources.is_empty() && self.sources.iter().all(|s| s.pinned)
     }
 
     /// Environment for mmdebstrap (on top of the sandbox's): see [`INITRAMFS_HOOK`].
@@ -162,12 +240,22 @@ impl BootstrapPlan {
         }
         a.push(self.suite.clone());
         a.push(target.display().to_string());
-        if let Some(m) = &self.mirror {
+        if let (true, Some(m)) = (self.sources.is_empty(), &self.mirror) {
             a.push(format!(
                 "deb {} {} {}",
                 m,
                 self.suite,
                 self.components.join(" ")
+            ));
+        }
+        // One sources.list line each (mmdebstrap writes them into the image too); the keyrings
+        // go through --keyring, so no signed-by here.
+        for src in &self.sources {
+            a.push(format!(
+                "deb {} {} {}",
+                src.uri,
+                src.suite,
+                src.components.join(" ")
             ));
         }
         a
@@ -558,6 +646,10 @@ mod tests {
             include: vec!["systemd-sysv".into(), "linux-image-cloud-amd64".into()],
             mirror: None,
             keyrings: vec![],
+            updates: None,
+            security: None,
+            security_mirror: None,
+            pinned: false,
         }
     }
 
@@ -610,7 +702,7 @@ mod tests {
     }
 
     #[test]
-    fn args_end_with_suite_target_mirror() {
+    fn args_end_with_suite_target_and_the_three_debian_sources() {
         let host = HostSources {
             debian_mirror: Some("http://deb.example/debian".into()),
             origin: "x".into(),
@@ -618,9 +710,32 @@ mod tests {
         let p = BootstrapPlan::new(&base(), Path::new("."), None, &host).unwrap();
         let a = p.args(Path::new("/t"), None, true);
         let n = a.len();
-        assert_eq!(a[n - 3], "bookworm");
-        assert_eq!(a[n - 2], "/t");
-        assert_eq!(a[n - 1], "deb http://deb.example/debian bookworm main");
+        assert_eq!(a[n - 5], "bookworm");
+        assert_eq!(a[n - 4], "/t");
+        assert_eq!(a[n - 3], "deb http://deb.example/debian bookworm main");
+        assert_eq!(
+            a[n - 2],
+            "deb http://deb.example/debian bookworm-updates main"
+        );
+        assert_eq!(
+            a[n - 1],
+            "deb http://deb.debian.org/debian-security bookworm-security main"
+        );
+        // Turned off per recipe, and pinned: the key says so.
+        let mut b = base();
+        b.updates = Some(false);
+        b.security = Some(false);
+        let only = BootstrapPlan::new(&b, Path::new("."), None, &host).unwrap();
+        assert_eq!(only.sources.len(), 1);
+        assert_ne!(only.config_key, p.config_key);
+        assert!(!only.pinned());
+        b.pinned = true;
+        let pinned = BootstrapPlan::new(&b, Path::new("."), None, &host).unwrap();
+        assert!(pinned.pinned());
+        // A generation keys the same configuration anew.
+        let g = p.clone().for_generation("abc", serde_json::json!({}));
+        assert_eq!(g.config_key, p.config_key);
+        assert_ne!(g.key, p.key);
         assert!(a.contains(&"--include=linux-image-cloud-amd64,systemd-sysv".to_string()));
         assert!(a.contains(&"--variant=apt".to_string()));
         assert!(a.contains(&"--skip=cleanup/apt/lists".to_string()));

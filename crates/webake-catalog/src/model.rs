@@ -258,6 +258,36 @@ pub struct VariableRecord {
     pub origin: String,
 }
 
+/// The upstream check of a bake: why its base was (or was not) refreshed, and the package
+/// updates the refresh brought.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamRecord {
+    /// `up_to_date`, `no_image_updates`, `updates`, `pinned`, `new_base`, `unchecked`.
+    pub status: String,
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<UpdateRecord>,
+}
+
+/// A package the image had in an older version, and what upstream offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    pub name: String,
+    pub source: String,
+    /// The version the previous image (or the cached base) had.
+    pub old: String,
+    /// The version upstream offered.
+    pub new: String,
+    pub suite: String,
+    pub security: bool,
+    /// The newest changelog entry of the new version (from its .deb).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changelog: Option<String>,
+    /// The Debian security tracker page of the source package (security updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracker: Option<String>,
+}
+
 /// The catalog image a derived image was built on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRecord {
@@ -302,6 +332,9 @@ pub struct Provenance {
     /// The catalog image this one was built on (`base: {image: ...}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRecord>,
+    /// What the upstream check said when the image was planned (Debian bases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamRecord>,
     #[serde(default)]
     pub webake_version: String,
     /// Fields this version does not know (written by a newer webake): kept as they are.

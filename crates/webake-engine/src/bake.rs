@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use webake_build::bake::{BakeLog, BakeRequest, Plan, StepReport};
+
+use crate::plan::Planned;
 use webake_build::{DiskImage, RootFs};
 use webake_catalog::{
     Artifact, ArtifactFormat, Bake, BakeId, BakeStatus, BaseRecord, Image, ImageId, Provenance,
@@ -57,7 +59,7 @@ pub struct BakeOutcome {
 pub fn bake(
     ctx: &Context<'_>,
     recipe: &LoadedRecipe,
-    plan: &Plan,
+    plan: &Planned,
     opts: &BakeOptions,
 ) -> Result<BakeOutcome> {
     if !(opts.force || opts.no_cache || opts.refresh_base || opts.test)
@@ -228,7 +230,7 @@ impl Begun {
 fn stages(
     ctx: &Context<'_>,
     recipe: &LoadedRecipe,
-    plan: &Plan,
+    plan: &Planned,
     opts: &BakeOptions,
     b: &Begun,
 ) -> Result<(Image, Vec<StepReport>)> {
@@ -237,7 +239,7 @@ fn stages(
     let bridge = BuildBridge(ctx.reporter);
     let req = BakeRequest {
         recipe,
-        plan,
+        plan: &plan.plan,
         bake_id: b.bake_id.to_string(),
         image_id: b.image_id.to_string(),
         version: b.version.clone(),
@@ -367,7 +369,7 @@ fn lint(
 fn image_record(
     ctx: &Context<'_>,
     recipe: &LoadedRecipe,
-    plan: &Plan,
+    plan: &Planned,
     b: &Begun,
     disk: &DiskImage,
     inventory: webake_inventory::Inventory,
@@ -408,7 +410,7 @@ pub fn artifact_format(f: webake_spec::OutputFormat) -> ArtifactFormat {
 }
 
 /// What the image was made from.
-fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> Provenance {
+fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Planned) -> Provenance {
     let base = serde_json::to_value(&plan.base)
         .and_then(serde_json::from_value::<BaseRecord>)
         .unwrap_or_default();
@@ -444,6 +446,10 @@ fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> Provenan
             .map(|b| b.as_str().to_string())
             .collect(),
         parent: crate::base::parent_of(ctx, recipe, plan),
+        upstream: plan
+            .upstream
+            .as_ref()
+            .map(|u| crate::upstream::record(ctx, u)),
         webake_version: env!("CARGO_PKG_VERSION").to_string(),
         other: Default::default(),
     }

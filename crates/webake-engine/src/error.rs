@@ -58,6 +58,8 @@ pub enum Error {
     Extract(Box<webake_build::extract::ExtractError>),
     #[error(transparent)]
     Process(Box<webake_sys::ProcessError>),
+    #[error(transparent)]
+    Upstream(Box<webake_upstream::Error>),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -113,6 +115,7 @@ boxed_from! {
     Tree(webake_sys::TreeError),
     Extract(webake_build::extract::ExtractError),
     Process(webake_sys::ProcessError),
+    Upstream(webake_upstream::Error),
 }
 
 impl Error {

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod publish;
 pub mod rollout;
 pub mod run;
+pub mod upstream;
 
 pub use context::{Context, Settings};
 pub use error::{Error, ErrorKind, Result, ResultExt};

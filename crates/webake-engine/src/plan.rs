@@ -12,17 +12,53 @@ use webake_spec::LoadedRecipe;
 
 use crate::{Context, Result, ResultExt};
 
-/// Plan a recipe. A `base: {ami: ...}` is resolved to its root snapshot on AWS (nothing is
-/// downloaded); `ctx == None` plans offline (for `validate`).
-pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Plan> {
-    match &recipe.recipe.base {
-        webake_spec::Base::Ami(a) => return crate::base::plan_ami(ctx, recipe, a),
-        webake_spec::Base::Image(q) => return crate::base::plan_image(ctx, recipe, q),
-        webake_spec::Base::Mmdebstrap(_) => {}
+/// A plan, and what the upstream check said of its base (Debian bases planned with a context).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub plan: Plan,
+    pub upstream: Option<crate::upstream::UpstreamReport>,
+}
+
+impl std::ops::Deref for Planned {
+    type Target = Plan;
+    fn deref(&self) -> &Plan {
+        &self.plan
     }
-    let host = HostSources::read(Path::new("/etc/apt"));
-    let mirror = ctx.and_then(|c| c.settings.mirror.clone());
-    webake_build::bake::plan(recipe, mirror, &host)
+}
+
+/// Plan a recipe. A `base: {ami: ...}` is resolved to its root snapshot on AWS (nothing is
+/// downloaded); a Debian base's sources are checked upstream to pick the base generation
+/// ([`crate::upstream`]); `ctx == None` plans offline (for `validate`).
+pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Planned> {
+    let plan = match &recipe.recipe.base {
+        webake_spec::Base::Ami(a) => crate::base::plan_ami(ctx, recipe, a)?,
+        webake_spec::Base::Image(q) => crate::base::plan_image(ctx, recipe, q)?,
+        webake_spec::Base::Mmdebstrap(m) => {
+            let host = HostSources::read(Path::new("/etc/apt"));
+            let mirror = ctx.and_then(|c| c.settings.mirror.clone());
+            let bs = webake_build::bootstrap::BootstrapPlan::new(m, &recipe.dir, mirror, &host)
+                .with_context(|| format!("planning {}", recipe.path.display()))?;
+            let Some(ctx) = ctx else {
+                return Ok(Planned {
+                    plan: with_base(recipe, BasePlan::Mmdebstrap(Box::new(bs)))?,
+                    upstream: None,
+                });
+            };
+            let (bs, report) = crate::upstream::choose_base(ctx, recipe, bs)?;
+            return Ok(Planned {
+                plan: with_base(recipe, BasePlan::Mmdebstrap(Box::new(bs)))?,
+                upstream: Some(report),
+            });
+        }
+    };
+    Ok(Planned {
+        plan,
+        upstream: None,
+    })
+}
+
+fn with_base(recipe: &LoadedRecipe, base: BasePlan) -> Result<Plan> {
+    webake_build::bake::plan_with_base(recipe, base)
         .with_context(|| format!("planning {}", recipe.path.display()))
 }
 
@@ -40,6 +76,9 @@ pub struct PlanReport {
     pub inputs_digest: String,
     /// Variable values (secrets shown as `(secret)`).
     pub variables: Vec<(String, String)>,
+    /// What the upstream check said of the base (Debian bases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<crate::upstream::UpstreamReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +102,8 @@ pub struct StepReport {
 }
 
 /// Compare the plan with the caches: what would run, and why.
-pub fn report(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> PlanReport {
+pub fn report(ctx: &Context<'_>, recipe: &LoadedRecipe, planned: &Planned) -> PlanReport {
+    let plan = &planned.plan;
     let ws = &ctx.workspace;
     let cached =
         webake_build::bootstrap::cached_rootfs(&ws.bootstrap_dir(), plan.base.key()).is_some();
@@ -131,6 +171,7 @@ pub fn report(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> PlanRepo
             .iter()
             .map(|v| (v.name.clone(), v.display_value().to_string()))
             .collect(),
+        upstream: planned.upstream.clone(),
     }
 }
 
@@ -176,6 +217,9 @@ impl std::fmt::Display for PlanReport {
         );
         for (k, v) in &r.variables {
             let _ = writeln!(s, "  var        {k} = {v}");
+        }
+        if let Some(u) = &r.upstream {
+            let _ = writeln!(s, "  upstream   {}", u.summary);
         }
         let _ = writeln!(s, "  inputs digest {}", r.inputs_digest);
         f.write_str(&s)

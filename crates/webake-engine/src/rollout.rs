@@ -255,7 +255,7 @@ pub fn facts_of(img: &Image) -> ImageFacts {
         boot_test: img.test_result.map(|t| t.to_string()),
         sbom_paths: sbom_paths(img),
         inventory: img.inventory.clone(),
-        package_notes: BTreeMap::new(),
+        package_notes: crate::upstream::package_notes(img),
     }
 }
 

@@ -12,15 +12,17 @@ use std::time::Instant;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use webake_build::bake::{BakeLog, Plan};
+use webake_build::bake::BakeLog;
 use webake_catalog::{Artifact, Image, TestResult};
 use webake_rollout::{BranchStatus, RolloutOutcome};
 use webake_spec::LoadedRecipe;
 
 use crate::bake::{BakeOptions, artifacts_intact};
 use crate::events::{Event, Stage, StageStatus};
+use crate::plan::Planned;
 use crate::publish::Target;
 use crate::rollout::{ImageChoice, RolloutOptions};
+use crate::upstream::UpstreamStatus;
 use crate::{Context, Error, ErrorKind, Result};
 
 /// Where `run` rolls out.
@@ -141,7 +143,7 @@ pub struct RunSummary {
 pub fn run(
     ctx: &Context<'_>,
     recipe: &LoadedRecipe,
-    plan: &Plan,
+    plan: &Planned,
     opts: &RunOptions,
 ) -> (RunSummary, Result<()>) {
     let mut r = Runner {
@@ -194,7 +196,7 @@ enum Outcome<T> {
 struct Runner<'a, 'r> {
     ctx: &'a Context<'r>,
     recipe: &'a LoadedRecipe,
-    plan: &'a Plan,
+    plan: &'a Planned,
     opts: &'a RunOptions,
     summary: RunSummary,
 }
@@ -413,7 +415,7 @@ fn image_id<S: serde::Serializer>(
 pub fn decide(
     ctx: &Context<'_>,
     recipe: &LoadedRecipe,
-    plan: &Plan,
+    plan: &Planned,
     opts: &RunOptions,
 ) -> Result<BakeDecision> {
     let b = &opts.bake;
@@ -446,6 +448,13 @@ pub fn decide(
         if let Some(why) = stale_parent(ctx, recipe)? {
             return bake(why);
         }
+        if let Some(u) = plan
+            .upstream
+            .as_ref()
+            .filter(|u| u.status == UpstreamStatus::Updates)
+        {
+            return bake(format!("upstream: {}", u.summary));
+        }
         return bake(format!(
             "no image of family {family} was baked from these inputs (digest {digest})"
         ));
@@ -473,9 +482,14 @@ pub fn decide(
             ));
         }
     }
+    let upstream = plan
+        .upstream
+        .as_ref()
+        .map(|u| format!("; {}", u.summary))
+        .unwrap_or_default();
     Ok(BakeDecision {
         reason: format!(
-            "image {} was baked from the same inputs (digest {digest})",
+            "image {} was baked from the same inputs (digest {digest}){upstream}",
             img.id
         ),
         image: Some(img),

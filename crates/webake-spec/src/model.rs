@@ -261,9 +261,25 @@ pub struct MmdebstrapBase {
     /// Mirror URL. When absent: `$WEBAKE_MIRROR`, else the host's apt sources, else mmdebstrap's default.
     #[serde(default)]
     pub mirror: Option<String>,
-    /// Keyring files for a non-Debian archive (e.g. Ubuntu), passed to mmdebstrap `--keyring`.
+    /// Keyring files for a non-Debian archive (e.g. Ubuntu), passed to mmdebstrap `--keyring`;
+    /// they replace the host's keyrings for every source of the base.
     #[serde(default)]
     pub keyrings: Vec<String>,
+    /// Also install from `SUITE-updates` on the same mirror. Default: true for Debian suites
+    /// that have it (not sid/unstable/experimental).
+    #[serde(default)]
+    pub updates: Option<bool>,
+    /// Also install from `SUITE-security`. Default: true for Debian suites that have it.
+    #[serde(default)]
+    pub security: Option<bool>,
+    /// Mirror of the security suite. Default: `http://deb.debian.org/debian-security`, or for a
+    /// snapshot mirror the debian-security snapshot of the same time.
+    #[serde(default)]
+    pub security_mirror: Option<String>,
+    /// The mirror never changes (a snapshot): the upstream check is not made. Snapshot URLs
+    /// (snapshot.debian.org, snapshot.ubuntu.com) are pinned without it.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 fn default_variant() -> String {

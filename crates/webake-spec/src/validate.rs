@@ -375,22 +375,12 @@ fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
             );
         }
     }
-    if let Some(mirror) = &m.mirror {
-        if let Err(e) = no_control("a mirror URL", mirror) {
-            rep.err(at("mirror"), e);
-        } else if mirror.contains(char::is_whitespace) {
-            rep.err(
-                at("mirror"),
-                format!("expected one URL without spaces, found {mirror:?}"),
-            );
-        } else if !(mirror.starts_with("http://")
-            || mirror.starts_with("https://")
-            || mirror.starts_with("file://"))
-        {
-            rep.err(
-                at("mirror"),
-                format!("expected an http(s):// or file:// URL, found {mirror:?}"),
-            );
+    for (field, url) in [
+        ("mirror", &m.mirror),
+        ("security_mirror", &m.security_mirror),
+    ] {
+        if let Some(url) = url {
+            mirror_url(rep, at(field), url);
         }
     }
     for (i, k) in m.keyrings.iter().enumerate() {
@@ -402,6 +392,25 @@ fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
         } else {
             rep.check(path, check_path(&RecipePath(k.clone()), allow_out));
         }
+    }
+}
+
+fn mirror_url(rep: &mut Report, at: Vec<Seg>, mirror: &str) {
+    if let Err(e) = no_control("a mirror URL", mirror) {
+        rep.err(at, e);
+    } else if mirror.contains(char::is_whitespace) {
+        rep.err(
+            at,
+            format!("expected one URL without spaces, found {mirror:?}"),
+        );
+    } else if !(mirror.starts_with("http://")
+        || mirror.starts_with("https://")
+        || mirror.starts_with("file://"))
+    {
+        rep.err(
+            at,
+            format!("expected an http(s):// or file:// URL, found {mirror:?}"),
+        );
     }
 }
 

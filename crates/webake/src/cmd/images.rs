@@ -124,6 +124,9 @@ impl ImagesCommand {
                     ),
                 };
                 println!("{text}");
+                if format != DiffFormat::Json {
+                    print!("{}", updates_text(&new));
+                }
             }
             Self::Bakes(a) => {
                 let bakes = if ctx.catalog_exists() {
@@ -185,6 +188,31 @@ impl<'a> Summary<'a> {
             inputs_digest: &i.inputs_digest,
         }
     }
+}
+
+/// The upstream updates the newer image's bake brought, security first, with their
+/// changelog entries and security tracker pages.
+fn updates_text(img: &Image) -> String {
+    let Some(u) = img
+        .provenance
+        .upstream
+        .as_ref()
+        .filter(|u| !u.updates.is_empty())
+    else {
+        return String::new();
+    };
+    let mut s = format!("\nupstream updates in {} ({}):\n", img.id, u.summary);
+    for r in &u.updates {
+        let mark = if r.security { " [security]" } else { "" };
+        let _ = writeln!(s, "  {} {} -> {} ({}){mark}", r.name, r.old, r.new, r.suite);
+        if let Some(t) = &r.tracker {
+            let _ = writeln!(s, "    {t}");
+        }
+        for line in r.changelog.iter().flat_map(|c| c.lines()).take(6) {
+            let _ = writeln!(s, "    {line}");
+        }
+    }
+    s
 }
 
 fn list_text(imgs: &[Image]) -> String {
