@@ -265,86 +265,125 @@ fn strs(v: &[&str]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // local
 
-#[test]
-fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() {
-    let w = World::new();
-    let t = now();
-    let fam = "k8s-node";
-    let fixtures = [
-        ("img-a", "2026.10.01", t - 60 * DAY),
-        ("img-b", "2026.10.08", t - 53 * DAY),
-        ("img-c", "2026.10.15", t - 46 * DAY),
-        ("img-d", "2026.10.22", t - 39 * DAY),
-        ("img-e", "2026.11.28", t - 2 * DAY),
-        ("img-f", "2026.11.29", t - DAY),
-    ];
-    let mut cat = w.open();
-    let mut files = BTreeMap::new();
-    for (id, version, created_at) in fixtures {
-        let f = Fixture {
-            id,
-            family: fam,
-            version,
-            created_at,
+/// The local scenario: six k8s-node images (two referenced by the cluster repository, two
+/// young, two old and unreferenced) and an old image of another family, each with its files.
+struct Local {
+    w: World,
+    /// When the fixtures were made; their ages count from here.
+    t: i64,
+    files: BTreeMap<&'static str, Vec<PathBuf>>,
+    /// The bare cluster repository.
+    repo: PathBuf,
+}
+
+const LOCAL_FAMILY: &str = "k8s-node";
+
+impl Local {
+    fn setup() -> Self {
+        let w = World::new();
+        let t = now();
+        let files = Self::record_fixtures(&w, t);
+        let repo = Self::cluster_repo(&w);
+        Self { w, t, files, repo }
+    }
+
+    fn record_fixtures(w: &World, t: i64) -> BTreeMap<&'static str, Vec<PathBuf>> {
+        let fixtures = [
+            ("img-a", "2026.10.01", t - 60 * DAY),
+            ("img-b", "2026.10.08", t - 53 * DAY),
+            ("img-c", "2026.10.15", t - 46 * DAY),
+            ("img-d", "2026.10.22", t - 39 * DAY),
+            ("img-e", "2026.11.28", t - 2 * DAY),
+            ("img-f", "2026.11.29", t - DAY),
+        ];
+        let mut cat = w.open();
+        let mut files = BTreeMap::new();
+        for (id, version, created_at) in fixtures {
+            let f = Fixture {
+                id,
+                family: LOCAL_FAMILY,
+                version,
+                created_at,
+                amis: Vec::new(),
+            };
+            files.insert(id, w.record(&mut cat, &f));
+        }
+        // Another family, old and unreferenced: not collected with --family k8s-node.
+        let other = Fixture {
+            id: "img-o",
+            family: "bastion",
+            version: "2026.01.01",
+            created_at: t - 300 * DAY,
             amis: Vec::new(),
         };
-        files.insert(id, w.record(&mut cat, &f));
+        files.insert("img-o", w.record(&mut cat, &other));
+        files
     }
-    // Another family, old and unreferenced: not collected with --family k8s-node.
-    let other = Fixture {
-        id: "img-o",
-        family: "bastion",
-        version: "2026.01.01",
-        created_at: t - 300 * DAY,
-        amis: Vec::new(),
-    };
-    files.insert("img-o", w.record(&mut cat, &other));
-    drop(cat);
-    // main runs img-a; the open rollout branch proposes img-b; a feature branch mentions img-d
-    // (not read: only the default, base and webake/* branches reach a cluster).
-    let repo = w.cluster(
-        &[(
-            "clusters/prod/nodes.yaml",
-            instance_group("nodes", "webake/k8s-node:2026.10.01"),
-        )],
-        &[
-            (
-                "webake/k8s-node",
-                &[(
-                    "clusters/prod/nodes.yaml",
-                    instance_group("nodes", "webake/k8s-node:2026.10.08"),
-                )],
-            ),
-            (
-                "feature/x",
-                &[("notes.txt", "try webake/k8s-node:2026.10.22\n".into())],
-            ),
-        ],
-    );
-    let args = [
-        "gc",
-        "--family",
-        fam,
-        "--keep",
-        "1",
-        "--older-than",
-        "30d",
-        "--repo",
-        repo.to_str().unwrap(),
-    ];
-    let snapshot = |w: &World| -> (usize, Vec<bool>) {
-        let c = w.open();
+
+    /// main runs img-a; the open rollout branch proposes img-b; a feature branch mentions img-d
+    /// (not read: only the default, base and webake/* branches reach a cluster).
+    fn cluster_repo(w: &World) -> PathBuf {
+        w.cluster(
+            &[(
+                "clusters/prod/nodes.yaml",
+                instance_group("nodes", "webake/k8s-node:2026.10.01"),
+            )],
+            &[
+                (
+                    "webake/k8s-node",
+                    &[(
+                        "clusters/prod/nodes.yaml",
+                        instance_group("nodes", "webake/k8s-node:2026.10.08"),
+                    )],
+                ),
+                (
+                    "feature/x",
+                    &[("notes.txt", "try webake/k8s-node:2026.10.22\n".into())],
+                ),
+            ],
+        )
+    }
+
+    /// `gc --family k8s-node --keep 1 --older-than 30d --repo <cluster>`, then `extra`.
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "gc",
+            "--family",
+            LOCAL_FAMILY,
+            "--keep",
+            "1",
+            "--older-than",
+            "30d",
+            "--repo",
+            self.repo.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// How many images the catalog lists and which files exist; asserts there is no tombstone.
+    fn snapshot(&self) -> (usize, Vec<bool>) {
+        let c = self.w.open();
         let n = c.list_images(None).unwrap().len();
-        let exist = files.values().flatten().map(|p| p.exists()).collect();
+        let exist = self.files.values().flatten().map(|p| p.exists()).collect();
         assert!(c.tombstones(None).unwrap().is_empty());
         (n, exist)
-    };
-    let before = snapshot(&w);
+    }
+}
 
-    // Dry run, text: what, where, why; and nothing changes.
-    let mut dry = args.to_vec();
-    dry.push("--dry-run");
-    let o = w.webake(&dry);
+#[test]
+fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() {
+    let s = Local::setup();
+    let before = s.snapshot();
+    local_dry_run_text_says_what_where_why(&s);
+    local_dry_run_json_is_the_same_plan_and_changes_nothing(&s, &before);
+    local_real_run_removes_the_unreferenced_old_and_leaves_tombstones(&s);
+    local_rerun_has_nothing_left_to_do(&s);
+}
+
+/// Dry run, text: what, where, why.
+fn local_dry_run_text_says_what_where_why(s: &Local) {
+    let o = s.w.webake(&s.args(&["--dry-run"]));
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     for needle in [
@@ -362,9 +401,11 @@ fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() 
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     assert!(!out.contains("img-o"), "{out}");
-    // Dry run, JSON: the same plan as data.
-    dry.push("--json");
-    let o = w.webake(&dry);
+}
+
+/// Dry run, JSON: the same plan as data; and nothing changes (since `before`).
+fn local_dry_run_json_is_the_same_plan_and_changes_nothing(s: &Local, before: &(usize, Vec<bool>)) {
+    let o = s.w.webake(&s.args(&["--dry-run", "--json"]));
     assert!(o.status.success(), "{}", text(&o));
     let v = json(&o);
     assert_eq!(v["dry_run"], true);
@@ -387,10 +428,13 @@ fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() 
         referenced["what"],
         "InstanceGroup nodes (cluster prod.example.com) spec.image"
     );
-    assert_eq!(snapshot(&w), before, "a dry run changes nothing");
+    assert_eq!(&s.snapshot(), before, "a dry run changes nothing");
+}
 
-    // The real run.
-    let o = w.webake(&args);
+/// The real run: img-c and img-d lose their files and directories and become tombstones
+/// listing those files; every other image is whole.
+fn local_real_run_removes_the_unreferenced_old_and_leaves_tombstones(s: &Local) {
+    let o = s.w.webake(&s.args(&[]));
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -401,15 +445,15 @@ fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() 
         out.contains("freed 19.5 KiB locally, 2 image(s) retired"),
         "{out}"
     );
-    for (id, paths) in &files {
+    for (id, paths) in &s.files {
         let gone = ["img-c", "img-d"].contains(id);
         for p in paths {
             assert_eq!(!p.exists(), gone, "{}", p.display());
         }
-        let dir = w.data.join("images").join(id);
+        let dir = s.w.data.join("images").join(id);
         assert_eq!(!dir.exists(), gone, "{}", dir.display());
     }
-    let c = w.open();
+    let c = s.w.open();
     let left: Vec<String> = c
         .list_images(None)
         .unwrap()
@@ -417,15 +461,15 @@ fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() 
         .map(|i| i.id.to_string())
         .collect();
     assert_eq!(left, ["img-f", "img-e", "img-b", "img-a", "img-o"]);
-    let stones = c.tombstones(Some(fam)).unwrap();
+    let stones = c.tombstones(Some(LOCAL_FAMILY)).unwrap();
     assert_eq!(stones.len(), 2);
-    for s in &stones {
+    for stone in &stones {
         assert!(
-            s.reason.contains("not among the newest 1 of k8s-node"),
+            stone.reason.contains("not among the newest 1 of k8s-node"),
             "{}",
-            s.reason
+            stone.reason
         );
-        let mut removed: Vec<&Path> = s
+        let mut removed: Vec<&Path> = stone
             .removed
             .iter()
             .map(|r| match &r.removed {
@@ -434,17 +478,19 @@ fn local_gc_keeps_what_clusters_reference_and_the_newest_and_removes_the_rest() 
             })
             .collect();
         removed.sort();
-        let mut want: Vec<&Path> = files[s.image_id.as_str()]
+        let mut want: Vec<&Path> = s.files[stone.image_id.as_str()]
             .iter()
             .map(|p| p.as_path())
             .collect();
         want.sort();
-        assert_eq!(removed, want, "{s:?}");
-        assert!(s.removed_at >= t);
+        assert_eq!(removed, want, "{stone:?}");
+        assert!(stone.removed_at >= s.t);
     }
-    drop(c);
-    // Nothing left to do.
-    let o = w.webake(&args);
+}
+
+/// The re-run: nothing left to do.
+fn local_rerun_has_nothing_left_to_do(s: &Local) {
+    let o = s.w.webake(&s.args(&[]));
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("retiring 0 of 4 image(s)"),
@@ -591,23 +637,68 @@ fn record_published(
     files
 }
 
-#[test]
-fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
-    let w = World::new();
-    let aws = Aws::start();
-    let ids = ["img-p1", "img-p2", "img-p3", "img-p4", "img-p5", "img-p6"];
-    let names: Vec<String> = ids.iter().map(|i| format!("gc-{i}")).collect();
-    let amis = aws.publish(&w.dir, &names);
-    let files = record_published(&w, "k8s-node", &ids, &amis);
-    // p1: the default version of a launch template; p4: its latest version (us-east-1).
-    let (p1, _) = ami_in(&amis[0], HOME);
-    let (p4, _) = ami_in(&amis[3], HOME);
+/// The AWS scenario: six images published into both regions, four of them in use.
+struct AwsScene {
+    // Declared first so moto stops before the world's temp dir goes.
+    aws: Aws,
+    w: World,
+    ids: [&'static str; 6],
+    amis: Vec<Vec<(String, String, String)>>,
+    files: BTreeMap<String, Vec<PathBuf>>,
+    /// p1's AMI in us-east-1: the default version of launch template gc-nodes.
+    p1: String,
+    /// p2's AMI in eu-west-1: a running instance.
+    p2_copy: String,
+    /// p3's AMI in eu-west-1: only a terminated instance.
+    p3_copy: String,
+    /// p4's AMI in us-east-1: the latest version of gc-nodes.
+    p4: String,
+    /// p5's AMI in us-east-1: the launch configuration of Auto Scaling group gc-asg.
+    p5: String,
+}
+
+const AWS_GC: [&str; 5] = ["gc", "--aws", "--keep", "1", "--json"];
+
+impl AwsScene {
+    fn setup() -> Self {
+        let w = World::new();
+        let aws = Aws::start();
+        let ids = ["img-p1", "img-p2", "img-p3", "img-p4", "img-p5", "img-p6"];
+        let names: Vec<String> = ids.iter().map(|i| format!("gc-{i}")).collect();
+        let amis = aws.publish(&w.dir, &names);
+        let files = record_published(&w, "k8s-node", &ids, &amis);
+        let (p1, _) = ami_in(&amis[0], HOME);
+        let (p4, _) = ami_in(&amis[3], HOME);
+        in_a_launch_template(&aws, &p1, &p4);
+        let (p2_copy, _) = ami_in(&amis[1], COPY);
+        let (p3_copy, _) = ami_in(&amis[2], COPY);
+        in_instances(&aws, &p2_copy, &p3_copy);
+        let (p5, _) = ami_in(&amis[4], HOME);
+        in_an_auto_scaling_group(&aws, &p5);
+        aws.proxy.clear_log();
+        Self {
+            aws,
+            w,
+            ids,
+            amis,
+            files,
+            p1,
+            p2_copy,
+            p3_copy,
+            p4,
+            p5,
+        }
+    }
+}
+
+/// `p1`: the default version of a launch template; `p4`: its latest version (us-east-1).
+fn in_a_launch_template(aws: &Aws, p1: &str, p4: &str) {
     let lt = aws.ec2(
         HOME,
         &[
             ("Action", "CreateLaunchTemplate"),
             ("LaunchTemplateName", "gc-nodes"),
-            ("LaunchTemplateData.ImageId", &p1),
+            ("LaunchTemplateData.ImageId", p1),
             ("LaunchTemplateData.InstanceType", "t3.micro"),
         ],
     );
@@ -617,14 +708,15 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
         &[
             ("Action", "CreateLaunchTemplateVersion"),
             ("LaunchTemplateName", "gc-nodes"),
-            ("LaunchTemplateData.ImageId", &p4),
+            ("LaunchTemplateData.ImageId", p4),
         ],
     );
     assert!(v2.contains("<versionNumber>2</versionNumber>"), "{v2}");
-    // p2: a running instance in eu-west-1; p3: only a terminated one (does not count).
-    let (p2_copy, _) = ami_in(&amis[1], COPY);
-    let (p3_copy, _) = ami_in(&amis[2], COPY);
-    for (ami, terminate) in [(&p2_copy, false), (&p3_copy, true)] {
+}
+
+/// `p2`: a running instance in eu-west-1; `p3`: only a terminated one (does not count).
+fn in_instances(aws: &Aws, p2_copy: &str, p3_copy: &str) {
+    for (ami, terminate) in [(p2_copy, false), (p3_copy, true)] {
         let run = aws.ec2(
             COPY,
             &[
@@ -643,14 +735,16 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
             );
         }
     }
-    // p5: the launch configuration of an Auto Scaling group (us-east-1).
-    let (p5, _) = ami_in(&amis[4], HOME);
+}
+
+/// `p5`: the launch configuration of an Auto Scaling group (us-east-1).
+fn in_an_auto_scaling_group(aws: &Aws, p5: &str) {
     aws.autoscaling(
         HOME,
         &[
             ("Action", "CreateLaunchConfiguration"),
             ("LaunchConfigurationName", "gc-lc"),
-            ("ImageId", &p5),
+            ("ImageId", p5),
             ("InstanceType", "t3.micro"),
         ],
     );
@@ -666,17 +760,26 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
             ("AvailabilityZones.member.1", "us-east-1a"),
         ],
     );
-    aws.proxy.clear_log();
-    let endpoint = aws.proxy.url();
-    let args = ["gc", "--aws", "--keep", "1", "--json"];
+}
 
-    // Dry run: the plan says why each is kept, and nothing changes.
-    let mut dry = args.to_vec();
+#[test]
+fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
+    let s = AwsScene::setup();
+    aws_dry_run_says_why_each_is_kept_and_changes_nothing(&s);
+    aws_real_run_deprecates_then_removes_p3_in_both_regions(&s);
+    aws_catalog_has_p3_as_a_tombstone_and_the_others_whole(&s);
+}
+
+/// Dry run: the plan says why each is kept, every region's users were looked at, and nothing
+/// changes.
+fn aws_dry_run_says_why_each_is_kept_and_changes_nothing(s: &AwsScene) {
+    let aws = &s.aws;
+    let mut dry = AWS_GC.to_vec();
     dry.push("--dry-run");
-    let o = w.aws(&endpoint, &dry);
+    let o = s.w.aws(&aws.proxy.url(), &dry);
     assert!(o.status.success(), "{}", text(&o));
     let v = json(&o);
-    check_aws_plan(&v["plan"], &p1, &p2_copy, &p4, &p5);
+    check_aws_plan(&v["plan"], &s.p1, &s.p2_copy, &s.p4, &s.p5);
     assert_eq!(
         aws.mutations(),
         Vec::<String>::new(),
@@ -699,12 +802,16 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
             assert!(regions.contains(&COPY.to_string()), "{ops}: {regions:?}");
         }
     }
-    for id in ids {
-        assert!(files[id].iter().all(|p| p.exists()));
+    for id in s.ids {
+        assert!(s.files[id].iter().all(|p| p.exists()));
     }
+}
 
-    // The real run.
-    let o = w.aws(&endpoint, &args);
+/// The real run: p3 deprecated first, in both regions, with a time; then deregistered and its
+/// snapshots deleted. Every other AMI and snapshot stays.
+fn aws_real_run_deprecates_then_removes_p3_in_both_regions(s: &AwsScene) {
+    let (aws, amis, ids) = (&s.aws, &s.amis, &s.ids);
+    let o = s.w.aws(&aws.proxy.url(), &AWS_GC);
     assert!(o.status.success(), "{}", text(&o));
     let v = json(&o);
     assert_eq!(
@@ -714,7 +821,7 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
     );
     let (p3_home, p3_home_snap) = ami_in(&amis[2], HOME);
     let (_, p3_copy_snap) = ami_in(&amis[2], COPY);
-    // Deprecated first, in both regions, with a time; then deregistered, snapshots deleted.
+    let p3_copy = &s.p3_copy;
     let deprecations = aws.proxy.ops("EnableImageDeprecation");
     let deprecated: Vec<(String, String)> = deprecations
         .iter()
@@ -732,7 +839,7 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
             .iter()
             .all(|r| r.form().contains_key("DeprecateAt"))
     );
-    assert!(!aws.ami_exists(HOME, &p3_home) && !aws.ami_exists(COPY, &p3_copy));
+    assert!(!aws.ami_exists(HOME, &p3_home) && !aws.ami_exists(COPY, p3_copy));
     assert!(!aws.snapshot_exists(HOME, &p3_home_snap) && !aws.snapshot_exists(COPY, &p3_copy_snap));
     for (i, img) in amis.iter().enumerate().filter(|(i, _)| *i != 2) {
         for (region, ami, snap) in img {
@@ -744,8 +851,15 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
             );
         }
     }
-    // The catalog: p3 is a tombstone listing what was removed; the others are whole.
-    let c = w.open();
+}
+
+/// After the real run, the catalog: p3 is a tombstone listing what was removed, its files
+/// gone; the others are whole.
+fn aws_catalog_has_p3_as_a_tombstone_and_the_others_whole(s: &AwsScene) {
+    let (p3_home, p3_home_snap) = ami_in(&s.amis[2], HOME);
+    let (_, p3_copy_snap) = ami_in(&s.amis[2], COPY);
+    let p3_copy = &s.p3_copy;
+    let c = s.w.open();
     let stone = c.tombstone(&"img-p3".into()).unwrap().expect("tombstone");
     let removed: Vec<String> = stone
         .removed
@@ -761,15 +875,15 @@ fn aws_gc_keeps_amis_in_use_and_retires_the_rest_in_every_region() {
         assert!(removed.contains(&needle), "{needle} not in {removed:?}");
     }
     assert_eq!(removed.len(), 8, "{removed:?}");
-    assert!(files["img-p3"].iter().all(|p| !p.exists()));
-    for id in ids.iter().filter(|i| **i != "img-p3") {
+    assert!(s.files["img-p3"].iter().all(|p| !p.exists()));
+    for id in s.ids.iter().filter(|i| **i != "img-p3") {
         let img = c.get_image(&(*id).into()).unwrap().expect(id);
         assert_eq!(
             img.publications.iter().filter_map(|p| p.ami()).count(),
             2,
             "{id}"
         );
-        assert!(files[*id].iter().all(|p| p.exists()));
+        assert!(s.files[*id].iter().all(|p| p.exists()));
     }
 }
 
