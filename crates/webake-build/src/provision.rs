@@ -349,8 +349,11 @@ pub fn ansible_command(
 }
 
 /// The environment of every Ansible run: no color, no retry files, private temp dirs (the
-/// sandbox's /tmp), no galaxy server.
+/// sandbox's /tmp), no galaxy server, and the sandbox's offline tools (systemctl, hostnamectl,
+/// modprobe, iptables, mount, ... that act on the image and record, never on the build host),
+/// so roles written for live hosts run unmodified.
 const ANSIBLE_ENV: &[(&str, &str)] = &[
+    (webake_sys::sandbox::OFFLINE_TOOLS_ENV, "1"),
     ("ANSIBLE_FORCE_COLOR", "0"),
     ("ANSIBLE_NOCOLOR", "1"),
     ("ANSIBLE_RETRY_FILES_ENABLED", "0"),

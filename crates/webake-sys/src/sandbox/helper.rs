@@ -18,7 +18,7 @@ use nix::unistd::{ForkResult, Pid, chdir, fork, pivot_root};
 use super::guards::{self, ReplacedFile};
 use super::ids::IdRange;
 use super::net::{self, Slirp};
-use super::{Allow, Network, SPEC_FD, SandboxSpec, View, caps, idmap, procfs, seccomp};
+use super::{Allow, Network, SPEC_FD, SandboxSpec, View, caps, idmap, offline, procfs, seccomp};
 
 /// Exit code of the helper when the sandbox itself fails (not the command).
 pub const SANDBOX_FAILED: u8 = 125;
@@ -251,6 +251,10 @@ impl Work {
     fn proc(&self) -> PathBuf {
         self.dir.join("p")
     }
+    /// The offline tools' layer (a tmpfs of G).
+    fn offline(&self) -> PathBuf {
+        self.dir.join("o")
+    }
 }
 
 fn check_spec(spec: &SandboxSpec) -> Result<(), String> {
@@ -385,6 +389,7 @@ fn prepare_mount_points(spec: &SandboxSpec, work: &Work) -> Result<(), String> {
     mkdir(&work.merged())?;
     mkdir(&work.tree())?;
     mkdir(&work.proc())?;
+    mkdir(&work.offline())?;
     mkdir(&work.view_root())?;
     for (i, b) in spec.binds.iter().enumerate() {
         if b.source.is_dir() {
@@ -545,27 +550,41 @@ fn hung_up(r: &File) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLHUP != 0 }
 }
 
+/// The overlay of `lowers` (top first) and the spec's upper layer at the merged dir.
+fn mount_overlay(o: &super::Overlay, work: &Work, lowers: &[String]) -> Result<(), String> {
+    let name = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
+    let up = work.upper_parent();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lowers.join(":"),
+        up.join(name(&o.upper)).display(),
+        up.join(name(&o.work)).display(),
+    );
+    mount_at(
+        Some("overlay"),
+        &work.merged(),
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(&data),
+    )
+}
+
 /// Where the image tree is mounted before `pivot_root` (if there is one).
 fn mount_image(spec: &SandboxSpec, work: &Work) -> Result<Option<PathBuf>, String> {
     if let Some(o) = &spec.overlay {
-        let lowers: Vec<String> = (0..o.lowers.len())
+        let mut lowers: Vec<String> = (0..o.lowers.len())
             .map(|i| work.lower(i).display().to_string())
             .collect();
-        let name = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
-        let up = work.upper_parent();
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr",
-            lowers.join(":"),
-            up.join(name(&o.upper)).display(),
-            up.join(name(&o.work)).display(),
-        );
-        mount_at(
-            Some("overlay"),
-            &work.merged(),
-            Some("overlay"),
-            MsFlags::MS_NODEV,
-            Some(&data),
-        )?;
+        mount_overlay(o, work, &lowers)?;
+        if offline::wanted(spec) {
+            // The offline tools shadow the image's own from a lower layer of their own (read
+            // from the image first): the step sees them, its layer never holds them.
+            offline::build_layer(&work.merged(), &work.offline())?;
+            umount2(&work.merged(), MntFlags::empty())
+                .map_err(|e| format!("unmounting the overlay: {e}"))?;
+            lowers.insert(0, work.offline().display().to_string());
+            mount_overlay(o, work, &lowers)?;
+        }
         return Ok(Some(work.merged()));
     }
     let tree = match &spec.view {
@@ -631,6 +650,9 @@ fn pid1(
     // Everything else still alive in this PID namespace (daemons a step started) dies now.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(Pid::from_raw(-1), Some(WaitPidFlag::empty())).is_ok() {}
+    if let Some(img) = &image_inside {
+        offline::report(img, &mut std::io::stdout());
+    }
     for g in guards.into_iter().rev() {
         g.restore()?;
     }
@@ -762,6 +784,9 @@ fn install_guards(
             0o755,
         )?);
     }
+    if offline::wanted(spec) {
+        offline::install(img)?;
+    }
     if spec.guards.dpkg_unsafe_io && inside("/etc/dpkg/dpkg.cfg.d").is_dir() {
         out.push(ReplacedFile::install(
             &inside(guards::DPKG_UNSAFE_IO),
@@ -780,8 +805,12 @@ fn run_command(spec: &SandboxSpec) -> Result<u8, String> {
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
         .map_err(|_| "argument contains NUL")?;
-    let env: Vec<CString> = spec
-        .env
+    let env_list = if offline::wanted(spec) {
+        offline::path_env(&spec.env)
+    } else {
+        spec.env.clone()
+    };
+    let env: Vec<CString> = env_list
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")))
         .collect::<Result<_, _>>()

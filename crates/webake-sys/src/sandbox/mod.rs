@@ -20,7 +20,9 @@
 //!    root and detaches the old one. It forks the command with a reduced capability bounding
 //!    set, `no_new_privs` and a seccomp filter, reaps everything, restores the files it put in
 //!    the tree for the duration of the command (resolv.conf, policy-rc.d, a dpkg drop-in) and
-//!    exits with the command's status.
+//!    exits with the command's status. A step that asks for them (`WEBAKE_OFFLINE_TOOLS=1`)
+//!    gets offline stand-ins for systemctl, hostnamectl, modprobe, iptables, mount, ... in a
+//!    lower layer of its own (`offline.rs`).
 //!
 //! Every mount lives in namespaces that die with these processes (each carries a parent-death
 //! signal), also on SIGKILL; slirp4netns exits when its exit pipe closes.
@@ -31,6 +33,7 @@ mod helper;
 mod idmap;
 pub mod ids;
 mod net;
+mod offline;
 mod procfs;
 mod seccomp;
 
@@ -46,6 +49,10 @@ use crate::process::Cmd;
 pub use guards::DPKG_UNSAFE_IO;
 pub use helper::safe_mkdir_in_root;
 pub use net::SLIRP_DNS;
+pub use offline::{
+    ENV as OFFLINE_TOOLS_ENV, LIB_DIR as OFFLINE_TOOLS_DIR, REPORT_PREFIX as OFFLINE_REPORT_PREFIX,
+    STATE as OFFLINE_STATE,
+};
 
 /// argv[1] that selects the helper.
 pub const HELPER_ARG: &str = "__webake-sandbox";
