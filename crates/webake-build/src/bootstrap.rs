@@ -588,6 +588,17 @@ fn bootstrap_command(
     target: &Path,
 ) -> Result<webake_sys::Cmd> {
     use webake_sys::sandbox::{Bind, Power, SandboxSpec, View};
+    let merged;
+    let bs = match keyring_dir(bs, staging)? {
+        Some(dir) => {
+            merged = BootstrapPlan {
+                keyrings: vec![dir],
+                ..bs.clone()
+            };
+            &merged
+        }
+        None => bs,
+    };
     let argv = match tmpfs_budget() {
         Some(bytes) => {
             let mem = staging.join("mem");
@@ -631,6 +642,32 @@ fn bootstrap_command(
     }
     spec.command(&req.helper_exe)
         .map_err(|e| BuildError::io(&sbx, e))
+}
+
+/// apt as run by mmdebstrap trusts one keyring file and one directory: several keyrings (a
+/// Debian archive and a local repository) are copied into `<staging>/keyrings/` and that
+/// directory is passed instead (apt's `TrustedParts`: `.gpg` binary, `.asc` armored).
+fn keyring_dir(bs: &BootstrapPlan, staging: &Path) -> Result<Option<PathBuf>> {
+    if bs.keyrings.len() < 2 {
+        return Ok(None);
+    }
+    let dir = staging.join("keyrings");
+    crate::workspace::mkdir_p(&dir)?;
+    for (i, k) in bs.keyrings.iter().enumerate() {
+        let data = std::fs::read(k).map_err(|e| BuildError::io(k, e))?;
+        let ext = if data.starts_with(b"-----BEGIN PGP") {
+            "asc"
+        } else {
+            "gpg"
+        };
+        let stem = k
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let to = dir.join(format!("{i:02}-{stem}.{ext}"));
+        std::fs::write(&to, &data).map_err(|e| BuildError::io(&to, e))?;
+    }
+    Ok(Some(dir))
 }
 
 #[cfg(test)]

@@ -446,10 +446,14 @@ fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Planned) -> Prove
             .map(|b| b.as_str().to_string())
             .collect(),
         parent: crate::base::parent_of(ctx, recipe, plan),
-        upstream: plan
-            .upstream
-            .as_ref()
-            .map(|u| crate::upstream::record(ctx, u)),
+        upstream: plan.upstream.as_ref().map(|u| {
+            let rootfs = ctx
+                .workspace
+                .bootstrap_dir()
+                .join(plan.base.key())
+                .join("rootfs");
+            crate::upstream::record(ctx, u, Some(&rootfs))
+        }),
         webake_version: env!("CARGO_PKG_VERSION").to_string(),
         other: Default::default(),
     }

@@ -221,7 +221,15 @@ fn image_packages(
 /// The catalog's record of an upstream check: for updates, each package's old and new version,
 /// suite, security mark, the newest changelog entry of the new version (read from its .deb in
 /// the package cache, no network) and the security tracker page.
-pub fn record(ctx: &Context<'_>, u: &UpstreamReport) -> webake_catalog::UpstreamRecord {
+///
+/// `rootfs` is the base the bake installed them into: a package whose .deb is not in the
+/// package cache has its changelog read from there (resolved inside that tree).
+pub fn record(
+    ctx: &Context<'_>,
+    u: &UpstreamReport,
+    rootfs: Option<&Path>,
+) -> webake_catalog::UpstreamRecord {
+    let tree = rootfs.and_then(|r| webake_sys::tree::Tree::open(r).ok());
     let status = serde_json::to_value(u.status)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
@@ -240,7 +248,8 @@ pub fn record(ctx: &Context<'_>, u: &UpstreamReport) -> webake_catalog::Upstream
                 new: c.candidate.clone(),
                 suite: c.suite.clone(),
                 security: c.security,
-                changelog: changelog(&packages, c),
+                changelog: changelog(&packages, c)
+                    .or_else(|| tree.as_ref().and_then(|t| installed_changelog(t, c))),
                 tracker: c
                     .security
                     .then(|| webake_upstream::security_tracker_url(&c.source).ok())
@@ -259,10 +268,23 @@ fn changelog(packages: &Path, c: &Candidate) -> Option<String> {
         c.architecture
     );
     let entry = webake_upstream::newest_changelog_entry(&packages.join(file)).ok()?;
-    Some(format!(
+    Some(entry_text(&entry))
+}
+
+/// The newest changelog entry of the candidate as installed in `tree`, when it is the
+/// candidate's version.
+fn installed_changelog(tree: &webake_sys::tree::Tree, c: &Candidate) -> Option<String> {
+    let path = webake_upstream::changelog_path(&c.name);
+    let gz = tree.read(&path).ok()?;
+    let entry = webake_upstream::newest_entry_of_changelog_gz(gz, &path).ok()?;
+    (entry.version == c.candidate).then(|| entry_text(&entry))
+}
+
+fn entry_text(entry: &webake_upstream::ChangelogEntry) -> String {
+    format!(
         "{} ({}) {}; {}\n{}",
         entry.source, entry.version, entry.distributions, entry.urgency, entry.changes
-    ))
+    )
 }
 
 /// Notes on an image's packages for reviewers (the rollout pull request, `images diff`): the

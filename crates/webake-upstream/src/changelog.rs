@@ -308,6 +308,17 @@ pub fn parse_first_entry(text: &str) -> Result<ChangelogEntry, String> {
     Err("changelog entry without a trailer line".into())
 }
 
+/// The newest entry of an installed package's `changelog.Debian.gz` (its bytes, read by the
+/// caller from a tree; `path` names it in errors).
+pub fn newest_entry_of_changelog_gz(gz: Vec<u8>, path: &Path) -> Result<ChangelogEntry> {
+    let what = path.display().to_string();
+    let text = tool::decompress(Codec::Gzip, gz, MAX_CHANGELOG, &what)?;
+    parse_first_entry(&String::from_utf8_lossy(&text)).map_err(|message| Error::BadPackage {
+        path: path.to_owned(),
+        message,
+    })
+}
+
 /// Where a binary package's Debian changelog lives (for callers that read trees, not .debs).
 pub fn changelog_path(package: &str) -> PathBuf {
     Path::new("usr/share/doc")

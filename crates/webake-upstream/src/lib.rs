@@ -29,8 +29,8 @@ mod tool;
 
 pub use candidates::{Candidate, Freshness, freshness};
 pub use changelog::{
-    ChangelogEntry, changelog_path, deb_field, newest_changelog_entry, parse_first_entry,
-    security_tracker_url,
+    ChangelogEntry, changelog_path, deb_field, newest_changelog_entry,
+    newest_entry_of_changelog_gz, parse_first_entry, security_tracker_url,
 };
 pub use error::{Error, Result};
 pub use http::Timeouts;
