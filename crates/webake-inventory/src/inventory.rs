@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dpkg::{self, Package};
 use crate::error::{IoContext, Result};
+use crate::offline::{OfflineRecord, read_offline};
 use crate::root::{self, Root};
 use crate::version::compare_versions;
 
@@ -31,6 +32,10 @@ pub struct Inventory {
     pub units: Vec<EnabledUnit>,
     pub size: TreeSize,
     pub provenance: Provenance,
+    /// What roles started, stopped, loaded, mounted or set during the bake (recorded by the
+    /// sandbox's offline tools; nothing of it ran), with what happens at boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<OfflineRecord>,
 }
 
 /// Fields of `os-release(5)`; absent keys are `None`.
@@ -95,14 +100,17 @@ pub struct Provenance {
 /// Read the whole inventory of the tree at `root`.
 pub fn collect(root: &Path, provenance: Provenance) -> Result<Inventory> {
     let r = Root::open(root)?;
+    let units = read_enabled_units(&r)?;
+    let offline = read_offline(&r, &units)?;
     Ok(Inventory {
         format: INVENTORY_FORMAT,
         os: read_os_release(&r)?,
         packages: read_packages(&r)?,
         kernels: read_kernels(&r)?,
-        units: read_enabled_units(&r)?,
+        units,
         size: measure(&r)?,
         provenance,
+        offline,
     })
 }
 

@@ -1,6 +1,6 @@
 //! What is in an image: read an inventory from a root tree (packages, kernels, os-release,
 //! enabled units, size, provenance), write SBOMs (SPDX 2.3, CycloneDX 1.5), diff two
-//! inventories, lint a tree for environment-specific state and leaked secrets, and write a
+//! inventories (with what roles recorded through the bake's offline tools), lint a tree for environment-specific state and leaked secrets, and write a
 //! Packer-compatible `manifest.json`.
 //!
 //! The tree is hostile input: paths are resolved inside the root (an absolute symlink
@@ -11,6 +11,7 @@ mod dpkg;
 mod error;
 mod inventory;
 mod lint;
+mod offline;
 mod packer;
 mod root;
 mod sbom;
@@ -27,6 +28,7 @@ pub use inventory::{
     collect, enabled_units, kernels, os_release, packages, parse_os_release, tree_size,
 };
 pub use lint::{Finding, LintConfig, MAX_SCAN_BYTES, MIN_EXTRA_SECRET_LEN, Rule, Severity, lint};
+pub use offline::{OFFLINE_STATE, OfflineRecord, parse_offline_state};
 pub use packer::{PackerBuild, PackerFile, PackerManifest};
 pub use sbom::{DEFAULT_NAMESPACE_BASE, SbomOptions, cyclonedx_json, purl, spdx_json};
 pub use version::{DebVersion, compare_versions};

@@ -85,6 +85,8 @@ rules! {
         "A non-empty /etc/machine-id (or a regular /var/lib/dbus/machine-id): instances would share it.";
     BakedHostname = "baked-hostname", Error,
         "A hostname in /etc/hostname (other than localhost): the agent sets it at boot.";
+    RoleHostname = "role-hostname", Warning,
+        "A role set a hostname during the bake (recorded in /var/lib/webake/offline-state): it is environment-specific and not kept.";
     BuilderResolvConf = "builder-resolv-conf", Error,
         "/etc/resolv.conf is the build host's.";
     AptLists = "apt-lists", Warning,
@@ -180,6 +182,9 @@ pub fn lint(root: &Path, config: &LintConfig) -> Result<Vec<Finding>> {
     }
     if on(Rule::BakedHostname) {
         hostname(&r, &mut out)?;
+    }
+    if on(Rule::RoleHostname) {
+        role_hostname(&r, &mut out)?;
     }
     if on(Rule::BuilderResolvConf)
         && let Some(builder) = &config.builder_resolv_conf
@@ -279,6 +284,33 @@ fn hostname(r: &Root, out: &mut Findings) -> Result<()> {
                 format!("hostname {name:?} is baked in; leave /etc/hostname empty or absent"),
             );
         }
+    }
+    Ok(())
+}
+
+/// Hostnames a role set through the offline tools (`hostnamectl`, `hostname`): finalize
+/// removes /etc/hostname, so the image does not keep them, but the role expects it to.
+fn role_hostname(r: &Root, out: &mut Findings) -> Result<()> {
+    let Some(bytes) = r.read(crate::offline::OFFLINE_STATE, 16 * 1024 * 1024)? else {
+        return Ok(());
+    };
+    let recs =
+        crate::offline::parse_offline_state(&String::from_utf8_lossy(&bytes), |_| false, |_| false);
+    let mut names: Vec<&str> = recs
+        .iter()
+        .filter(|r| r.kind == "hostname" && !r.value.is_empty())
+        .map(|r| r.value.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        out.add(
+            Rule::RoleHostname,
+            format!("/{}", crate::offline::OFFLINE_STATE),
+            format!(
+                "a role set the hostname {name:?} during the bake: a hostname is environment-specific; it is not kept in the image (the agent sets it at boot from instance metadata)"
+            ),
+        );
     }
     Ok(())
 }

@@ -46,6 +46,7 @@ fn inventory(packages: Vec<Package>) -> Inventory {
             inputs: [("role:base".to_owned(), "sha256:aaaa1111bbbb2222".to_owned())].into(),
             base_digest: None,
         },
+        offline: Vec::new(),
     }
 }
 

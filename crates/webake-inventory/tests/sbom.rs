@@ -71,6 +71,7 @@ fn collect_packages_only(root: &Path) -> Inventory {
             inputs: [("role:nginx".to_owned(), "sha256:bb".to_owned())].into(),
             base_digest: Some("sha256:cc".into()),
         },
+        offline: Vec::new(),
     }
 }
 
