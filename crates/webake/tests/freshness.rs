@@ -7,7 +7,8 @@
 //! - a newer version of a package in the image appears in the security suite: `run` rebakes
 //!   (a fresh bootstrap of the new base generation), the image holds the new version, the
 //!   catalog's provenance, `images diff` and the pull request body list it marked security,
-//!   with its changelog entry and tracker link;
+//!   with its changelog entry and tracker link; a bake from empty caches (base bootstrapped
+//!   again, no layers) installs exactly the same packages;
 //! - a bad signature, an expired Release and an unreachable source each fail with a message
 //!   naming the source, bake nothing and leave the bootstrap cache as it was.
 
@@ -162,6 +163,7 @@ fn the_weekly_run_rebakes_only_for_updates_of_the_image_and_says_which() {
     unchanged_upstream_skips(&w);
     unrelated_update_skips_with_the_reason(&w);
     let second = security_update_rebakes(&w, &first);
+    the_rebake_equals_a_bake_from_empty_caches(&w, &second);
     diff_and_pull_request_list_the_update(&w, &first, &second);
     broken_upstream_fails_cleanly(&mut w);
 }
@@ -269,6 +271,40 @@ fn security_update_rebakes(w: &World, first: &serde_json::Value) -> serde_json::
         format!("https://security-tracker.debian.org/tracker/{PKG}")
     );
     image
+}
+
+/// A bake that bootstraps the base again and ignores the layer cache installs the same
+/// packages, at the same versions, as the weekly rebake did.
+fn the_rebake_equals_a_bake_from_empty_caches(w: &World, rebaked: &serde_json::Value) {
+    let o = w.webake(&[
+        "bake",
+        "--refresh-base",
+        "--no-cache",
+        "--json",
+        w.recipe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fresh = json(&o)["image"].clone();
+    let packages = |img: &serde_json::Value| -> Vec<(String, String, String)> {
+        let o = w.webake(&["images", "show", img["id"].as_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v = json(&o);
+        let mut out: Vec<_> = v["inventory"]["packages"]
+            .as_array()
+            .expect("inventory packages")
+            .iter()
+            .map(|p| {
+                let f = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                (f("name"), f("version"), f("architecture"))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let (a, b) = (packages(rebaked), packages(&fresh));
+    assert!(a.len() > 100, "{} packages", a.len());
+    assert_eq!(a, b, "the rebake and a bake from empty caches differ");
+    assert_eq!(version_in(&fresh), "1.1-1");
 }
 
 fn diff_and_pull_request_list_the_update(
