@@ -565,12 +565,44 @@ fn write_boot_config(input: &AssembleInput<'_>, layout: &Layout, boot: &BootFile
         t.create_dir_all(Path::new("boot/efi"), 0o755)?;
     }
     t.create_dir_all(Path::new("etc"), 0o755)?;
+    let image_fstab = match t.metadata(Path::new("etc/fstab"))? {
+        Some(m) if m.is_file() => {
+            String::from_utf8_lossy(&t.read(Path::new("etc/fstab"))?).into_owned()
+        }
+        _ => String::new(),
+    };
     t.write(
         Path::new("etc/fstab"),
-        fstab(&input.ids, layout.esp.is_some()).as_bytes(),
+        with_image_mounts(&fstab(&input.ids, layout.esp.is_some()), &image_fstab).as_bytes(),
         0o644,
     )?;
     Ok(())
+}
+
+/// webake's `fstab` followed by the image's own entries for other mount points (what a role
+/// added: a tmpfs, a data volume); the image's root and ESP entries are replaced.
+pub fn with_image_mounts(ours: &str, image: &str) -> String {
+    let mut out = ours.to_string();
+    let kept: Vec<&str> = image
+        .lines()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            match (f.next(), f.next()) {
+                (Some(src), Some(dir)) if !src.starts_with('#') => {
+                    !matches!(dir, "/" | "/boot/efi")
+                }
+                _ => false,
+            }
+        })
+        .collect();
+    if !kept.is_empty() {
+        out.push_str("# From the image (its provisioning steps):\n");
+        for l in kept {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// `BOOTX64.EFI`: GRUB for x86_64-efi with the embedded config `cfg`.
@@ -947,6 +979,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("no kernel")
+        );
+    }
+
+    #[test]
+    fn fstab_keeps_the_images_other_mounts() {
+        let ours = "# Written by webake.\nUUID=r\t/\text4\tdefaults\t0\t1\n";
+        let image = "# /etc/fstab: static file system information.\nUUID=old / ext4 defaults 0 1\nUUID=e /boot/efi vfat umask=0077 0 1\ntmpfs /srv/scratch tmpfs nodev,noexec 0 0\n\nLABEL=data /srv/data ext4 defaults,nofail 0 0\n";
+        assert_eq!(
+            with_image_mounts(ours, image),
+            format!(
+                "{ours}# From the image (its provisioning steps):\ntmpfs /srv/scratch tmpfs nodev,noexec 0 0\nLABEL=data /srv/data ext4 defaults,nofail 0 0\n"
+            )
+        );
+        assert_eq!(with_image_mounts(ours, ""), ours);
+        assert_eq!(
+            with_image_mounts(ours, "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"),
+            ours
         );
     }
 
