@@ -162,6 +162,8 @@ pub struct BakeRequest<'a> {
     /// Every secret value of the bake: redacted from every step's output, not only the
     /// declaring step's.
     pub secrets: Vec<String>,
+    /// `--on-error shell`: when a step fails, open an interactive shell in its tree first.
+    pub shell_on_error: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -337,13 +339,56 @@ pub fn build_root(req: &BakeRequest<'_>) -> Result<RootFs> {
             if req.keep_on_error && !e.is_cancelled() {
                 scratch.keep = true;
                 req.reporter.note(&format!(
-                    "keeping scratch directory {} (--keep-on-error)",
-                    scratch.path.display()
+                    "keeping scratch directory {} (--keep-on-error): a failed step's changes are in its step-N/upper; \
+                     to work in the failed step's tree instead, bake with --on-error shell, or \
+                     `webake shell {} --after STEP` for the tree before it",
+                    scratch.path.display(),
+                    req.recipe.path.display()
                 ));
             }
             Err(e)
         }
     }
+}
+
+/// `webake shell RECIPE --after N`: the base and the first `steps` steps, cached or run as a
+/// bake would, then an interactive shell on that tree in the step sandbox. What the shell
+/// changes is thrown away with the scratch directory. Returns the shell's exit code.
+///
+/// `what` names the tree in the prompt and the note (default: "after step N ...").
+pub fn shell(req: &BakeRequest<'_>, steps: usize, what: Option<&str>) -> Result<i32> {
+    preflight(req)?;
+    let _cache_lock = crate::workspace::CacheLock::shared(&req.workspace.cache_dir)?;
+    let path = req.workspace.scratch_dir(&req.bake_id);
+    mkdir_p(&path)?;
+    let scratch = Scratch { path, keep: false };
+    let mut run = Run {
+        req,
+        scratch: scratch.path.clone(),
+        steps: Vec::new(),
+    };
+    let base = crate::bootstrap::base_stage(&mut run)?;
+    let lowers = crate::steps::provision_steps(&mut run, base, steps)?;
+    run.check_cancel()?;
+    let what = match (what, steps.min(req.plan.steps.len())) {
+        (Some(w), _) => w.to_string(),
+        (None, 0) => "after the base".to_string(),
+        (None, n) => format!("after step {}", req.plan.steps[n - 1].label),
+    };
+    req.reporter.note(&format!(
+        "shell on the tree {what}, in the step sandbox; changes are discarded when it exits"
+    ));
+    let code = crate::debug::open_shell(&crate::debug::Shell {
+        helper_exe: &req.helper_exe,
+        scratch: &scratch.path,
+        lowers,
+        upper: None,
+        network: req.network.clone(),
+        binds: Vec::new(),
+        prompt: format!("webake {what}"),
+    })?;
+    drop(scratch);
+    Ok(code)
 }
 
 /// Stage 3: export the merged layers once into a plain directory: hard links to the layers (no data
@@ -453,8 +498,11 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
             if req.keep_on_error && !e.is_cancelled() {
                 scratch.keep = true;
                 req.reporter.note(&format!(
-                    "keeping scratch directory {} (--keep-on-error)",
-                    scratch.path.display()
+                    "keeping scratch directory {} (--keep-on-error): a failed step's changes are in its step-N/upper; \
+                     to work in the failed step's tree instead, bake with --on-error shell, or \
+                     `webake shell {} --after STEP` for the tree before it",
+                    scratch.path.display(),
+                    req.recipe.path.display()
                 ));
             }
             return Err(e);

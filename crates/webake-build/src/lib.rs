@@ -9,6 +9,7 @@ pub mod agent;
 pub mod assemble;
 pub mod bake;
 pub mod bootstrap;
+pub mod debug;
 pub mod digest;
 pub mod error;
 pub mod export;
@@ -19,7 +20,7 @@ pub mod reporter;
 pub mod steps;
 pub mod workspace;
 
-pub use bake::{BakeRequest, DiskImage, RootFs, assemble_disk, build_root};
+pub use bake::{BakeRequest, DiskImage, RootFs, assemble_disk, build_root, shell};
 pub use error::BuildError;
 pub use reporter::{CacheStatus, Reporter};
 pub use workspace::Workspace;

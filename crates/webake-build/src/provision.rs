@@ -147,6 +147,35 @@ pub fn step_inputs(recipe: &LoadedRecipe, p: &Provisioner) -> Vec<(String, PathB
     v
 }
 
+/// The script of an `inline` step: the commands in order under `set -e`; when one fails, the
+/// script says which (its position and text) and its exit status before exiting.
+fn inline_script(inline: &[String]) -> String {
+    let n = inline.len();
+    let mut body = String::from("set -e\n");
+    body.push_str(&format!(
+        "trap 'rc=$?; if [ \"$rc\" -ne 0 ] && [ -n \"${{webake_inline:-}}\" ]; then \
+         echo \"webake: inline command $webake_inline of {n} failed with exit status $rc: \
+         $webake_inline_cmd\" >&2; fi' EXIT\n"
+    ));
+    for (i, l) in inline.iter().enumerate() {
+        let shown = l.lines().next().unwrap_or_default();
+        let shown = if l.lines().count() > 1 {
+            format!("{shown} ...")
+        } else {
+            shown.to_string()
+        };
+        body.push_str(&format!(
+            "webake_inline={} webake_inline_cmd={}\n",
+            i + 1,
+            webake_sys::process::shell_quote(&shown)
+        ));
+        body.push_str(l);
+        body.push('\n');
+    }
+    body.push_str("webake_inline=\n");
+    body
+}
+
 /// Plan every step: key_i = sha256(key_{i-1}, definition, input digests).
 pub fn plan_steps(
     recipe: &LoadedRecipe,
@@ -268,11 +297,7 @@ pub fn step_command(
                     vec!["/bin/sh".into(), "-e".into(), format!("{STAGING}/script")]
                 }
             } else {
-                let mut body = String::from("set -e\n");
-                for l in &s.inline {
-                    body.push_str(l);
-                    body.push('\n');
-                }
+                let body = inline_script(&s.inline);
                 generated.push(GeneratedFile::new("inline.sh", body, 0o644));
                 vec![
                     "/bin/sh".into(),

@@ -29,6 +29,16 @@ pub struct LayerMeta {
 
 /// Run every step on top of `base`; returns the layers, top first (overlay order).
 pub(crate) fn provision_stage(run: &mut Run<'_>, base: PathBuf) -> Result<Vec<PathBuf>> {
+    provision_steps(run, base, usize::MAX)
+}
+
+/// Run the first `count` steps on top of `base` (cached or not, as a bake would); returns the
+/// layers, top first.
+pub(crate) fn provision_steps(
+    run: &mut Run<'_>,
+    base: PathBuf,
+    count: usize,
+) -> Result<Vec<PathBuf>> {
     let recipe = run.req.recipe;
     let vars = BakeVars {
         image_name: recipe.recipe.image.name.clone(),
@@ -38,7 +48,7 @@ pub(crate) fn provision_stage(run: &mut Run<'_>, base: PathBuf) -> Result<Vec<Pa
     };
     let mut lowers = vec![base];
     let mut uncached_from_here = false;
-    for (i, sp) in run.req.plan.steps.iter().enumerate() {
+    for (i, sp) in run.req.plan.steps.iter().enumerate().take(count) {
         // A step that reads secrets depends on values the key must not contain: it, and every
         // step after it, always runs and is never written to the shared cache.
         let p = &recipe.recipe.provisioners[i];
@@ -103,11 +113,16 @@ fn run_step(
     let overlay = Overlay {
         lowers: lowers.to_vec(),
         upper: upper.clone(),
-        work,
+        work: work.clone(),
     };
     let sbx = dir.join("sandbox");
     mkdir_p(&sbx)?;
-    let (spec, secrets) = match &sc {
+    let gen_bind = Bind {
+        source: gen_dir.clone(),
+        target: format!("{STAGING}/gen").into(),
+        readonly: true,
+    };
+    let (spec, secrets, mut shell_binds) = match &sc {
         StepCommand::InImage {
             argv,
             env,
@@ -119,13 +134,16 @@ fn run_step(
             (
                 in_image_spec(run, &sbx, overlay, &gen_dir, argv, env, binds)?,
                 secrets.clone(),
+                binds.clone(),
             )
         }
         StepCommand::HostAnsible { .. } => (
             host_ansible_spec(run, &sbx, overlay, &gen_dir, &sc)?,
             Vec::new(),
+            Vec::new(),
         ),
     };
+    shell_binds.push(gen_bind);
     let cmd = spec
         .command(&req.helper_exe)
         .map_err(|e| BuildError::io(&sbx, e))?
@@ -135,6 +153,19 @@ fn run_step(
     if matches!(sc, StepCommand::InImage { .. }) {
         // Keep what apt downloaded, even when the step failed.
         let _ = link_debs(&run.scratch.join("debs"), &req.workspace.packages_dir());
+    }
+    if let Err(e) = &ran
+        && req.shell_on_error
+        && !e.is_cancelled()
+    {
+        shell_after_failure(
+            run,
+            &sp.label,
+            e,
+            lowers,
+            (upper.clone(), work),
+            shell_binds,
+        )?;
     }
     ran?;
     if uncached {
@@ -159,6 +190,36 @@ fn run_step(
     );
     run.finished(&sp.label, t, CacheStatus::Miss, why);
     Ok(entry.join("tree"))
+}
+
+/// `--on-error shell`: a shell on the failed step's tree, what it changed before failing
+/// included, with its inputs and generated files bound where the step had them. Nothing of
+/// it is kept: the bake then fails and cleans up as without it.
+fn shell_after_failure(
+    run: &Run<'_>,
+    label: &str,
+    error: &BuildError,
+    lowers: &[PathBuf],
+    upper: (PathBuf, PathBuf),
+    binds: Vec<Bind>,
+) -> Result<()> {
+    let req = run.req;
+    req.reporter.note(&format!(
+        "{error}\nopening a shell in the tree of step {label} as it failed (--on-error shell): \
+         the step's generated files are in {STAGING}/gen; exit the shell to clean up"
+    ));
+    let code = crate::debug::open_shell(&crate::debug::Shell {
+        helper_exe: &req.helper_exe,
+        scratch: &run.scratch,
+        lowers: lowers.to_vec(),
+        upper: Some(upper),
+        network: req.network.clone(),
+        binds,
+        prompt: format!("webake: {label} failed"),
+    })?;
+    req.log
+        .line(label, &format!("debug shell exited with status {code}"));
+    Ok(())
 }
 
 /// Commit a step's upper directory as the cache entry `entry` (an atomic rename of a complete

@@ -40,6 +40,8 @@ pub struct BakeOptions {
     pub keep_on_error: bool,
     /// Boot-test before recording, whatever the recipe says (a gate).
     pub test: bool,
+    /// When a step fails, open an interactive shell in its tree before cleaning up.
+    pub shell_on_error: bool,
 }
 
 /// What a bake produced.
@@ -254,6 +256,7 @@ fn stages(
         host_env: &host_env,
         network: webake_build::provision::sandbox_network(recipe),
         secrets: webake_build::provision::recipe_secrets(recipe, &host_env),
+        shell_on_error: opts.shell_on_error,
     };
     let root = webake_build::build_root(&req)?;
     let inventory = match inspect(ctx, recipe, plan, &req, &root) {

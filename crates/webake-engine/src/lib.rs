@@ -25,6 +25,7 @@ pub mod plan;
 pub mod publish;
 pub mod rollout;
 pub mod run;
+pub mod shell;
 pub mod upstream;
 
 pub use context::{Context, Settings};

@@ -36,6 +36,8 @@ pub struct Cmd {
     kill_on_parent_death: bool,
     /// A descriptor passed to the child under a fixed number (e.g. the sandbox spec on fd 3).
     pass_fd: Option<(i32, std::sync::Arc<std::os::fd::OwnedFd>)>,
+    /// [`interactive`]: the child's process group becomes the terminal's foreground group.
+    take_terminal: bool,
 }
 
 impl Cmd {
@@ -50,6 +52,7 @@ impl Cmd {
             display: None,
             kill_on_parent_death: true,
             pass_fd: None,
+            take_terminal: false,
         }
     }
 
@@ -126,6 +129,7 @@ impl Cmd {
             c.current_dir(d);
         }
         let pdeath = self.kill_on_parent_death;
+        let take_terminal = self.take_terminal;
         let pass = self
             .pass_fd
             .as_ref()
@@ -138,6 +142,13 @@ impl Cmd {
                 // its children in order.
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if take_terminal && libc::isatty(0) == 1 {
+                    // As a shell does for a job: a background group may not take the terminal
+                    // unless SIGTTOU is ignored.
+                    let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                    libc::tcsetpgrp(0, libc::getpid());
+                    libc::signal(libc::SIGTTOU, old);
                 }
                 if pdeath && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -381,6 +392,31 @@ pub fn run(
         tail,
         duration: start.elapsed(),
     })
+}
+
+/// Run with the terminal: stdin, stdout and stderr inherited, nothing logged or redacted (an
+/// interactive debug shell). When stdin is a terminal, the child's process group is its
+/// foreground group while it runs (Ctrl-C and reads reach the child, not webake), and webake
+/// takes it back afterwards. Returns the exit status, whatever it is.
+pub fn interactive(cmd: &Cmd) -> Result<ExitStatus, ProcessError> {
+    let shown = cmd.to_string();
+    let mut cmd = cmd.clone();
+    cmd.take_terminal = true;
+    let mut command = cmd.to_command();
+    let status = command.status().map_err(|source| ProcessError::Spawn {
+        command: shown,
+        source,
+    });
+    // SAFETY: plain syscalls on our own stdin and signal disposition.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::isatty(0) == 1 {
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(0, libc::getpgrp());
+            libc::signal(libc::SIGTTOU, old);
+        }
+    }
+    status
 }
 
 /// Run and capture stdout (stderr goes to the tail for errors). For short query commands.

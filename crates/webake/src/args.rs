@@ -79,9 +79,25 @@ pub struct BakeFlags {
     /// Bootstrap the base again even if it is cached (implies --force)
     #[arg(long)]
     pub refresh_base: bool,
-    /// Keep the scratch directory of a failed bake for debugging
+    /// Keep the scratch directory of a failed bake for debugging (as --on-error abort)
     #[arg(long)]
     pub keep_on_error: bool,
+    /// When a step fails: clean up; abort and keep the scratch directory; or open an
+    /// interactive shell in the failed step's tree, then clean up
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = OnError::Cleanup)]
+    pub on_error: OnError,
+}
+
+/// What a failed step leaves behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Remove the scratch directory (the default)
+    #[default]
+    Cleanup,
+    /// Stop and keep the scratch directory (--keep-on-error)
+    Abort,
+    /// Open a shell in the failed step's tree (its changes included), then clean up
+    Shell,
 }
 
 impl BakeFlags {
@@ -90,8 +106,9 @@ impl BakeFlags {
             force: self.force,
             no_cache: self.no_cache,
             refresh_base: self.refresh_base,
-            keep_on_error: self.keep_on_error,
+            keep_on_error: self.keep_on_error || self.on_error == OnError::Abort,
             test,
+            shell_on_error: self.on_error == OnError::Shell,
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum Command {
     Validate(crate::cmd::validate::ValidateArgs),
     /// Bake a recipe into an image in the local catalog
     Bake(crate::cmd::bake::BakeArgs),
+    /// A shell in the step sandbox: on a recipe's tree after a step, or on a catalog image
+    Shell(crate::cmd::shell::ShellArgs),
     /// List, show and compare baked images
     #[command(subcommand)]
     Images(crate::cmd::images::ImagesCommand),
@@ -124,6 +126,7 @@ impl Command {
         match self {
             Command::Validate(_) => "validate",
             Command::Bake(_) => "bake",
+            Command::Shell(_) => "shell",
             Command::Images(_) => "images",
             Command::Clean(_) => "clean",
             Command::Gc(_) => "gc",

@@ -31,6 +31,7 @@ const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 const OFF_ARG0_LO: u32 = 16;
+const OFF_ARG1_LO: u32 = 24;
 
 const NS_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUSER
@@ -127,6 +128,15 @@ pub fn program(power: Power) -> Vec<libc::sock_filter> {
     p.push(ins(JSET_K, 0, 1, NS_FLAGS));
     p.push(ins(RET_K, 0, 0, eperm));
     p.push(ins(RET_K, 0, 0, RET_ALLOW));
+    // ioctl(fd, TIOCSTI | TIOCLINUX): typing into a terminal the command inherited (a debug
+    // shell's, or webake's own when run from one) would run commands on the host after the
+    // step ends (bubblewrap's CVE-2017-5226). The kernel reads the request as 32 bits.
+    p.push(ins(JEQ_K, 0, 5, libc::SYS_ioctl as u32));
+    p.push(ins(LD_W_ABS, 0, 0, OFF_ARG1_LO));
+    p.push(ins(JEQ_K, 1, 0, libc::TIOCSTI as u32));
+    p.push(ins(JEQ_K, 0, 1, libc::TIOCLINUX as u32));
+    p.push(ins(RET_K, 0, 0, eperm));
+    p.push(ins(RET_K, 0, 0, RET_ALLOW));
     for nr in denied {
         p.push(ins(JEQ_K, 0, 1, nr as u32));
         p.push(ins(RET_K, 0, 0, eperm));
@@ -184,5 +194,20 @@ mod tests {
         assert!(has(&program(Power::Step), libc::SYS_mount));
         assert!(!has(&program(Power::Mounts), libc::SYS_mount));
         assert!(has(&program(Power::Mounts), libc::SYS_kexec_load));
+    }
+
+    #[test]
+    fn terminal_input_injection_is_denied() {
+        for power in [Power::Step, Power::Mounts] {
+            let p = program(power);
+            let at = p
+                .iter()
+                .position(|f| f.code == JEQ_K && f.k == libc::SYS_ioctl as u32)
+                .expect("ioctl is filtered");
+            assert_eq!(p[at + 1].k, OFF_ARG1_LO);
+            assert_eq!(p[at + 2].k, libc::TIOCSTI as u32);
+            assert_eq!(p[at + 3].k, libc::TIOCLINUX as u32);
+            assert_eq!(p[at + 4].k, RET_ERRNO | libc::EPERM as u32);
+        }
     }
 }

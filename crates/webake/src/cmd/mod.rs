@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod rollout;
 pub mod run;
+pub mod shell;
 pub mod test;
 pub mod validate;
 
@@ -34,6 +35,7 @@ pub fn dispatch(mut cli: Cli) -> ExitCode {
         if matches!(
             cli.command,
             Command::Bake(_)
+                | Command::Shell(_)
                 | Command::Test(_)
                 | Command::Publish(_)
                 | Command::PublishAws(_)
@@ -55,6 +57,7 @@ fn run(command: Command, ctx: &Context<'_>, out: &Output) -> CmdResult {
     match command {
         Command::Validate(a) => a.run(ctx, out),
         Command::Bake(a) => a.run(ctx, out),
+        Command::Shell(a) => a.run(ctx),
         Command::Images(c) => c.run(ctx, out),
         Command::Clean(a) => a.run(ctx, out),
         Command::Gc(a) => a.run(ctx, out),
