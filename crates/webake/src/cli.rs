@@ -68,6 +68,8 @@ pub enum Command {
     Gc(crate::cmd::gc::GcArgs),
     /// Boot an image under qemu (UEFI) and run the recipe's checks
     Test(crate::cmd::test::TestArgs),
+    /// Boot a copy of an image under qemu with its serial console on this terminal
+    Boot(crate::cmd::boot::BootArgs),
     /// Hygiene lint of an image or a directory tree
     Lint(crate::cmd::lint::LintArgs),
     /// Publish a catalog image: locally (default) or to AWS as an AMI
@@ -131,6 +133,7 @@ impl Command {
             Command::Clean(_) => "clean",
             Command::Gc(_) => "gc",
             Command::Test(_) => "test",
+            Command::Boot(_) => "boot",
             Command::Lint(_) => "lint",
             Command::Publish(_) => "publish",
             Command::PublishAws(_) => "publish-aws",

@@ -1,5 +1,5 @@
-//! Debugging a bake (issue 19): `webake shell RECIPE --after STEP`, `webake shell IMAGE` and
-//! `bake --on-error shell`, driven through the binary with the shell's commands on stdin (no
+//! Debugging a bake (issue 19): `webake shell RECIPE --after STEP`, `webake shell IMAGE`,
+//! `bake --on-error shell` and `webake boot IMAGE`, driven through the binary with the shell's commands on stdin (no
 //! terminal needed: the shell reads them as a user would type them).
 
 mod common;
@@ -148,6 +148,78 @@ fn shell_after_a_step_sees_that_tree_in_the_sandbox_and_keeps_nothing() {
     );
     let o = env.run(&["shell", "no-such-image"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    boot_puts_the_serial_console_on_the_terminal(&env, id);
+}
+
+/// `webake boot IMAGE`: a throwaway copy boots with root logged in on the serial console,
+/// which is webake's stdin/stdout; `poweroff` ends it with exit 0; the image is unchanged.
+fn boot_puts_the_serial_console_on_the_terminal(env: &Env, id: &str) {
+    require_qemu();
+    let o = env.run(&["images", "show", id, "--json"]);
+    let img: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let raw = artifact_path(&img, "raw");
+    let before = sha256sum(std::path::Path::new(&raw));
+    let mut child = env
+        .cmd()
+        .args(["boot", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run webake boot");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Read the console until root's prompt, then type; the reader keeps draining after.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !String::from_utf8_lossy(&console).contains("root@") {
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(chunk) => console.extend(chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "no root prompt on the console:\n{}",
+                String::from_utf8_lossy(&console)
+            );
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    stdin
+        .write_all(b"echo WEBAKE-$((6*7)); cat /etc/two; poweroff\n")
+        .unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    console.extend(rx.try_iter().flatten());
+    let console = String::from_utf8_lossy(&console);
+    assert!(status.success(), "webake boot: {status}\n{console}");
+    assert!(
+        console.contains("WEBAKE-42") && console.contains("second"),
+        "the typed command ran in the guest:\n{console}"
+    );
+    assert_eq!(
+        sha256sum(std::path::Path::new(&raw)),
+        before,
+        "the image was written"
+    );
+    assert!(
+        env.scratch_entries().is_empty(),
+        "{:?}",
+        env.scratch_entries()
+    );
 }
 
 #[test]

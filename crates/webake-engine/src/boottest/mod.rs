@@ -5,6 +5,7 @@
 //! ([`imds`]). Progress: the console milestones (firmware, kernel, initramfs, systemd,
 //! multi-user, checks) and each check's result.
 
+pub mod console;
 pub mod harness;
 pub mod imds;
 pub mod qemu;
@@ -328,6 +329,7 @@ fn boot(
         vars: vm.vars.as_deref(),
         disk: &vm.raw,
         imds: vm.imds.as_ref().map(|f| (exe.as_path(), f.port)),
+        interactive: false,
     });
     // A watchdog cancels the VM at the timeout (or when the command is cancelled).
     let vm_cancel = CancelToken::new();

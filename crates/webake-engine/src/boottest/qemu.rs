@@ -201,6 +201,9 @@ pub struct Machine<'a> {
     pub disk: &'a Path,
     /// The guestfwd bridge to the metadata fake: (this executable, its port).
     pub imds: Option<(&'a Path, u16)>,
+    /// `webake boot`: the serial console and qemu's monitor multiplexed on the terminal
+    /// (Ctrl-A X quits, Ctrl-A C switches to the monitor).
+    pub interactive: bool,
 }
 
 /// The qemu command of a boot test (pure: tested without qemu).
@@ -222,7 +225,11 @@ pub fn command(m: &Machine<'_>) -> Cmd {
         .args(["-accel", m.accel.as_str(), "-machine", "q35"])
         .args(["-m", &m.memory_mib.to_string(), "-smp", "2"])
         .args(["-display", "none", "-nodefaults", "-no-reboot"])
-        .args(["-monitor", "none", "-serial", "stdio"]);
+        .args(if m.interactive {
+            ["-monitor", "none", "-serial", "mon:stdio"]
+        } else {
+            ["-monitor", "none", "-serial", "stdio"]
+        });
     // UEFI: OVMF in flash; BIOS: qemu's default SeaBIOS.
     match (m.firmware, m.vars) {
         (Firmware::Uefi { code, .. }, Some(vars)) => {
@@ -290,6 +297,7 @@ mod tests {
             vars: Some(Path::new("/v.fd")),
             disk: Path::new("/d.raw"),
             imds: Some((Path::new("/w"), 4242)),
+            interactive: false,
         })
         .to_string();
         assert!(c.contains("restrict=on"), "{c}");
@@ -314,8 +322,10 @@ mod tests {
             vars: Some(Path::new("/s/sercon-port")),
             disk: Path::new("/d.raw"),
             imds: None,
+            interactive: true,
         })
         .to_string();
+        assert!(c.contains("-serial mon:stdio"), "{c}");
         assert!(!c.contains("pflash"), "{c}");
         assert!(
             c.contains("name=etc/sercon-port,file=/s/sercon-port"),

@@ -2,6 +2,7 @@
 //! the engine call, and how the result prints.
 
 pub mod bake;
+pub mod boot;
 pub mod cache;
 pub mod clean;
 pub mod gc;
@@ -62,6 +63,7 @@ fn run(command: Command, ctx: &Context<'_>, out: &Output) -> CmdResult {
         Command::Clean(a) => a.run(ctx, out),
         Command::Gc(a) => a.run(ctx, out),
         Command::Test(a) => a.run(ctx, out),
+        Command::Boot(a) => a.run(ctx),
         Command::Lint(a) => a.run(ctx, out),
         Command::Publish(a) => a.run(ctx, out),
         Command::PublishAws(a) => a.run(ctx, out),
