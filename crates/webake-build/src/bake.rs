@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use webake_spec::{Base, LoadedRecipe};
 use webake_sys::CancelToken;
-use webake_sys::process::{Cmd, run};
+use webake_sys::process::Cmd;
 use webake_sys::sandbox::{Bind, Network, Overlay, SandboxSpec};
 
 use crate::assemble::{Artifact, AssembleInput, BootFiles, DiskIds};
@@ -250,7 +250,13 @@ impl Run<'_> {
     pub fn exec(&self, step: &str, cmd: &Cmd) -> Result<()> {
         self.req.log.line(step, &format!("$ {cmd}"));
         let t = Instant::now();
-        run(cmd, &self.req.cancel, &mut |line| self.say(step, line))?;
+        webake_sys::process::run_with_heartbeat(
+            cmd,
+            &self.req.cancel,
+            &mut |line| self.say(step, line),
+            crate::reporter::HEARTBEAT,
+            &mut |elapsed| self.req.reporter.progress(step, elapsed),
+        )?;
         self.req.log.line(
             step,
             &format!("  (done in {:.2}s)", t.elapsed().as_secs_f64()),

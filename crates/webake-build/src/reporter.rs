@@ -21,7 +21,12 @@ pub trait Reporter: Send + Sync {
     fn output(&self, step: &str, line: &str);
     /// A notable event that is not a step.
     fn note(&self, message: &str);
+    /// A step is still running after `elapsed`, silent since the last heartbeat.
+    fn progress(&self, _step: &str, _elapsed: Duration) {}
 }
+
+/// How long a step may be silent before a heartbeat says it is still running.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// A reporter that drops everything (tests, library users that don't care).
 pub struct Silent;

@@ -136,6 +136,9 @@ impl webake_build::Reporter for BuildBridge<'_> {
     fn note(&self, message: &str) {
         self.0.note(message);
     }
+    fn progress(&self, step: &str, elapsed: Duration) {
+        self.0.event(&Event::Progress { step, elapsed });
+    }
 }
 
 /// webake-aws's publish steps and retries, as events.

@@ -286,6 +286,18 @@ pub fn run(
     cancel: &CancelToken,
     sink: &mut dyn FnMut(&str),
 ) -> Result<Output, ProcessError> {
+    run_with_heartbeat(cmd, cancel, sink, Duration::MAX, &mut |_| {})
+}
+
+/// [`run`], and `beat(elapsed)` whenever the command has been silent for `every` (a long step
+/// shows that it is alive and for how long).
+pub fn run_with_heartbeat(
+    cmd: &Cmd,
+    cancel: &CancelToken,
+    sink: &mut dyn FnMut(&str),
+    every: Duration,
+    beat: &mut dyn FnMut(Duration),
+) -> Result<Output, ProcessError> {
     let shown = cmd.to_string();
     tracing::debug!(command = %shown, "running");
     let (reader, writer) = std::io::pipe().map_err(|source| ProcessError::Spawn {
@@ -334,9 +346,15 @@ pub fn run(
     let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
     let mut cancelled_at: Option<Instant> = None;
     let mut io_error = None;
+    let mut heard = Instant::now();
     loop {
+        if heard.elapsed() >= every {
+            beat(start.elapsed());
+            heard = Instant::now();
+        }
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(line)) => {
+                heard = Instant::now();
                 let line = cmd.redact(&line);
                 sink(&line);
                 if tail.len() == TAIL_LINES {

@@ -147,7 +147,10 @@ impl Reporter for Output {
             Event::Progress { step, elapsed } => self.line(
                 "progress",
                 serde_json::json!({"step": step, "seconds": elapsed.as_secs_f64()}),
-                || format!("... {step}: {}s", elapsed.as_secs()),
+                || {
+                    let s = elapsed.as_secs();
+                    format!("... {step}: still running ({}m{:02}s)", s / 60, s % 60)
+                },
             ),
             Event::Output { step, line } => self.line(
                 "output",

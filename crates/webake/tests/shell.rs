@@ -260,3 +260,30 @@ fn on_error_shell_opens_the_failed_steps_tree_then_cleans_up() {
         text(&o)
     );
 }
+
+/// A step silent for longer than the heartbeat shows that it is still running, and for how
+/// long (issue 19: long steps show elapsed time), in text and in JSON progress.
+#[test]
+fn a_long_silent_step_shows_it_is_still_running() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let r = recipe(
+        &env,
+        "slow",
+        "  - shell:\n      name: slow\n      inline: [\"sleep 32\"]\n",
+    );
+    let o = env.run(&["--log-format", "json", "bake", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let beats: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "progress")
+        .collect();
+    assert_eq!(
+        beats.len(),
+        1,
+        "one heartbeat in 32 s of silence: {beats:?}"
+    );
+    assert_eq!(beats[0]["step"], "1. slow (shell)");
+    assert!(beats[0]["seconds"].as_f64().unwrap() >= 30.0, "{beats:?}");
+}
