@@ -458,3 +458,45 @@ fn the_pipeline_contract_for_several_repositories_runs() {
     assert_eq!(pushed, instance_groups(NEW_AMI));
     assert_eq!(std::fs::read_to_string(&urls).unwrap(), "");
 }
+
+#[test]
+fn a_repository_without_rules_names_the_selection_flags() {
+    let w = World::new();
+    let repo = w.cluster("norules", OLD_AMI);
+    let work = w.dir.join("norules-work");
+    git(&work, &["rm", "--quiet", ".webake/rollout.yaml"]);
+    git(&work, &["commit", "--quiet", "-m", "no rules"]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    let o = w.webake(&[
+        "rollout",
+        "img-new",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for flag in [
+        "--role ROLE",
+        "--instance-group NAME",
+        "--all-instance-groups",
+        ".webake/rollout.yaml",
+    ] {
+        assert!(err.contains(flag), "missing {flag:?}:\n{err}");
+    }
+    // The flag it names works.
+    let o = w.webake(&[
+        "rollout",
+        "img-new",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--all-instance-groups",
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(NEW_AMI),
+        "{}",
+        text(&o)
+    );
+}
