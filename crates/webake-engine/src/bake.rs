@@ -213,19 +213,43 @@ impl Begun {
                 }
                 // Partial artifacts never stay.
                 let _ = std::fs::remove_dir_all(ctx.workspace.image_dir(&self.image_id));
-                let e = e.context(format!(
+                if cancelled {
+                    // Said once, with where it stopped: the inner errors only repeat it.
+                    let during = step_of(&e)
+                        .map(|s| format!(" during step {s}"))
+                        .unwrap_or_default();
+                    return Err(Error::Interrupted.context(format!(
+                        "bake {} cancelled{during}; nothing was recorded (log: {})",
+                        self.bake_id,
+                        self.log.path.display()
+                    )));
+                }
+                Err(e.context(format!(
                     "bake {} {verb} (log: {})",
                     self.bake_id,
                     self.log.path.display()
-                ));
-                Err(if cancelled {
-                    Error::Interrupted.context(crate::error::chain(&e))
-                } else {
-                    e
-                })
+                )))
             }
         }
     }
+}
+
+/// The step a build error happened in, if it says.
+fn step_of(e: &Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        let build = c.downcast_ref::<webake_build::BuildError>().or_else(|| {
+            match c.downcast_ref::<Error>() {
+                Some(Error::Build(b)) => Some(b.as_ref()),
+                _ => None,
+            }
+        });
+        if let Some(webake_build::BuildError::Step { step, .. }) = build {
+            return Some(step.clone());
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// Everything between the bake record and its closing.

@@ -74,7 +74,8 @@ pub enum Error {
     /// The boot test ran and failed.
     #[error("{0}")]
     TestFailed(String),
-    #[error("interrupted")]
+    /// Cancelled (Ctrl-C, SIGTERM): the context above it says what was.
+    #[error("cancelled")]
     Interrupted,
     /// What was being done when `source` happened.
     #[error("{message}")]

@@ -730,7 +730,13 @@ fn first_sigint_cancels_cleanly() {
         "cancellation took {:?}",
         t.elapsed()
     );
-    assert!(err.contains("cancelled"), "{err}");
+    // Said once, with the step it stopped in, and nothing else after it.
+    let error = &err[err.find("error: ").expect(&err)..];
+    assert_eq!(error.matches("cancelled").count(), 1, "{error}");
+    assert!(
+        error.contains("cancelled during step ") && !error.contains("caused by"),
+        "{error}"
+    );
     assert_eq!(mounts(), m0, "mounts leaked");
     assert_eq!(loop_devices(), l0);
     assert!(
