@@ -148,9 +148,75 @@ impl Command {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     #[test]
     fn the_command_line_is_consistent() {
-        use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every long flag of a command and of its subcommands, and the global ones.
+    fn flags(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            cmd.get_arguments()
+                .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
+        );
+        for sub in cmd.get_subcommands() {
+            flags(sub, out);
+        }
+    }
+
+    /// The README's command table names every command, and every flag it shows exists on
+    /// that command (docs match behaviour).
+    #[test]
+    fn the_readme_command_table_matches_the_cli() {
+        let readme = include_str!("../../../README.md");
+        let cli = super::Cli::command();
+        let rows: Vec<String> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `webake ") && !l.starts_with("| `webake-"))
+            .map(|l| {
+                l.split(" | ")
+                    .next()
+                    .unwrap_or_default()
+                    .replace("\\|", "|")
+            })
+            .collect();
+        assert!(rows.len() > 10, "the README's command table: {rows:?}");
+        let mut named = Vec::new();
+        for row in &rows {
+            for alt in row.split(" / ") {
+                let words: Vec<&str> = alt
+                    .trim_matches(['|', ' ', '`'])
+                    .split_whitespace()
+                    .collect();
+                assert_eq!(words.first(), Some(&"webake"), "{row}");
+                let name = words[1].trim_matches('`');
+                let cmd = cli.find_subcommand(name).unwrap_or_else(|| {
+                    panic!("README names `webake {name}`, which does not exist")
+                });
+                named.push(name.to_string());
+                let mut known = Vec::new();
+                flags(cmd, &mut known);
+                flags(&cli, &mut known);
+                for w in &words[2..] {
+                    let w = w.trim_matches(|c: char| "[]`|".contains(c));
+                    if w.starts_with("--") {
+                        let flag = w.split('=').next().unwrap_or(w);
+                        assert!(
+                            known.iter().any(|k| k == flag),
+                            "README: `webake {name}` has no {flag}"
+                        );
+                    }
+                }
+            }
+        }
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            assert!(
+                named.iter().any(|n| n == name) || name == "publish-aws",
+                "`webake {name}` is missing from the README's command table"
+            );
+        }
     }
 }
