@@ -45,7 +45,10 @@ pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<
                 "{} does not boot under {} (it has: {})",
                 disk.display(),
                 f.as_str(),
-                has.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+                has.iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         None => *has.first().ok_or_else(|| {
