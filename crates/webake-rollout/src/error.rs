@@ -44,7 +44,9 @@ pub enum RolloutError {
     #[error("rollout config {file}: {message}")]
     Config { file: String, message: String },
 
-    #[error("no rollout rules: select the InstanceGroups with --role ROLE, --instance-group NAME or --all-instance-groups, or add {config} to the repository (docs/rollout.md)")]
+    #[error(
+        "no rollout rules: select the InstanceGroups with --role ROLE, --instance-group NAME or --all-instance-groups, or add {config} to the repository"
+    )]
     NoRules { config: String },
 
     #[error("no image reference found in {location} for family {family:?} (rules: {rules})")]
