@@ -272,7 +272,14 @@ fn a_long_silent_step_shows_it_is_still_running() {
         "slow",
         "  - shell:\n      name: slow\n      inline: [\"sleep 32\"]\n",
     );
-    let o = env.run(&["--log-format", "json", "bake", r.to_str().unwrap()]);
+    // --no-cache: the layer cache is shared and outlives the test; the step must run.
+    let o = env.run(&[
+        "--log-format",
+        "json",
+        "bake",
+        "--no-cache",
+        r.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let beats: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stderr)
         .lines()
