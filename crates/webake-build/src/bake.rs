@@ -89,7 +89,17 @@ pub fn plan(
 
 /// Compute the plan on top of an already decided base (reads the recipe's input files).
 pub fn plan_with_base(recipe: &LoadedRecipe, base: BasePlan) -> Result<Plan> {
-    let steps = provision::plan_steps(recipe, base.key(), &[])?;
+    plan_with_base_and(recipe, base, None)
+}
+
+/// [`plan_with_base`], with the generation of the apt sources the steps added as an input of
+/// the first step (see [`provision::plan_steps`]).
+pub fn plan_with_base_and(
+    recipe: &LoadedRecipe,
+    base: BasePlan,
+    steps_upstream: Option<&str>,
+) -> Result<Plan> {
+    let steps = provision::plan_steps(recipe, base.key(), &[], steps_upstream)?;
     // The recipe text and the values of its variables (secrets as a placeholder).
     let recipe_digest = sha256_hex(&recipe.digest_input());
     let last = steps

@@ -177,10 +177,15 @@ fn inline_script(inline: &[String]) -> String {
 }
 
 /// Plan every step: key_i = sha256(key_{i-1}, definition, input digests).
+///
+/// `steps_upstream`: the generation of the apt sources the steps added (a fingerprint of what
+/// they offer; see webake-engine's upstream check), an input of the first step: a new one
+/// reruns every step on the same base.
 pub fn plan_steps(
     recipe: &LoadedRecipe,
     base_key: &str,
     extra: &[(String, String)],
+    steps_upstream: Option<&str>,
 ) -> Result<Vec<StepPlan>> {
     let mut prev = base_key.to_string();
     let mut out = Vec::new();
@@ -203,6 +208,9 @@ pub fn plan_steps(
                 other => other,
             })?;
             inputs.insert(name, d);
+        }
+        if let (0, Some(u)) = (i, steps_upstream) {
+            inputs.insert("upstream".to_string(), sha256_hex(u.as_bytes()));
         }
         for (k, v) in extra {
             if matches!(p, Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_)) {
@@ -716,7 +724,7 @@ provisioners:
 ";
 
     fn keys(dir: &Path) -> Vec<String> {
-        plan_steps(&recipe(dir, BODY), "base", &[])
+        plan_steps(&recipe(dir, BODY), "base", &[], None)
             .unwrap()
             .into_iter()
             .map(|s| s.key)
@@ -768,7 +776,7 @@ provisioners:
         // The base key is the root of the chain.
         let r = recipe(p, BODY);
         assert_ne!(
-            plan_steps(&r, "other-base", &[]).unwrap()[0].key,
+            plan_steps(&r, "other-base", &[], None).unwrap()[0].key,
             keys(p)[0]
         );
     }

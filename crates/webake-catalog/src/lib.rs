@@ -16,7 +16,7 @@ pub use webake_inventory::Inventory;
 
 pub use model::{
     Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, ParentRecord, Provenance, Publication,
-    StepRecord, TestResult, UpdateRecord, UpstreamRecord, VariableRecord,
+    StepRecord, StepSourcesRecord, TestResult, UpdateRecord, UpstreamRecord, VariableRecord,
 };
 pub use removal::{Removal, Removed, Tombstone};
 

@@ -288,6 +288,21 @@ pub struct UpdateRecord {
     pub tracker: Option<String>,
 }
 
+/// The apt sources the steps added to the image beyond the base's (a vendor repository in
+/// `sources.list.d`), so that later plans can check them upstream: the sources (their keyrings
+/// copied into the cache), what they offered when the image was baked, and the generation the
+/// steps were keyed on (empty until one of their packages had an update).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSourcesRecord {
+    /// webake-upstream `AptSource`s.
+    pub sources: Vec<serde_json::Value>,
+    /// webake-upstream `UpstreamState` of those sources right after the bake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generation: String,
+}
+
 /// The catalog image a derived image was built on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRecord {
@@ -335,6 +350,9 @@ pub struct Provenance {
     /// What the upstream check said when the image was planned (Debian bases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamRecord>,
+    /// The apt sources the steps added, for the next plan's upstream check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_sources: Option<StepSourcesRecord>,
     #[serde(default)]
     pub webake_version: String,
     /// Fields this version does not know (written by a newer webake): kept as they are.

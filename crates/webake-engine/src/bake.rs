@@ -296,8 +296,10 @@ fn stages(
             return Err(e);
         }
     };
+    let step_sources = record_step_sources(ctx, plan, &root.tree);
     let disk = webake_build::assemble_disk(&req, root)?;
     let mut image = image_record(ctx, recipe, plan, b, &disk, inventory);
+    add_step_sources(ctx, plan, &mut image, step_sources);
     write_sboms(ctx, recipe, &image, &b.version)?;
     if opts.test || recipe.recipe.test.as_ref().is_some_and(|t| t.gate) {
         gate(ctx, recipe, &mut image, &b.log)?;
@@ -305,6 +307,58 @@ fn stages(
     let now = jiff::Timestamp::now().as_second();
     ctx.catalog()?.record_image(&image, now)?;
     Ok((image, disk.steps))
+}
+
+/// The apt sources the steps added to `tree` (beyond the base's), for the next plan.
+fn record_step_sources(
+    ctx: &Context<'_>,
+    plan: &Planned,
+    tree: &std::path::Path,
+) -> Option<webake_catalog::StepSourcesRecord> {
+    let base_root = ctx
+        .workspace
+        .bootstrap_dir()
+        .join(plan.base.key())
+        .join("rootfs");
+    let arch = match &plan.base {
+        webake_build::bake::BasePlan::Mmdebstrap(b) => b.architecture.clone(),
+        _ => "amd64".to_string(),
+    };
+    let generation = plan
+        .step_sources
+        .as_ref()
+        .map(|s| s.generation.clone())
+        .unwrap_or_default();
+    crate::step_sources::record(ctx, tree, &base_root, &arch, &generation)
+}
+
+/// Record the step sources in the provenance, and the updates they brought with the base's.
+fn add_step_sources(
+    ctx: &Context<'_>,
+    plan: &Planned,
+    image: &mut Image,
+    record: Option<webake_catalog::StepSourcesRecord>,
+) {
+    image.provenance.step_sources = record;
+    let Some(r) = plan
+        .step_sources
+        .as_ref()
+        .filter(|r| r.status == crate::upstream::UpstreamStatus::Updates)
+    else {
+        return;
+    };
+    let up = image
+        .provenance
+        .upstream
+        .get_or_insert_with(Default::default);
+    if up.summary.is_empty() {
+        up.status = "updates".into();
+        up.summary = r.summary.clone();
+    } else {
+        up.summary = format!("{}; {}", up.summary, r.summary);
+    }
+    up.updates
+        .extend(crate::upstream::update_records(ctx, &r.candidates, None));
 }
 
 /// Between the finished tree and the disk: the agent goes in, the inventory is taken, the
@@ -481,6 +535,7 @@ fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Planned) -> Prove
                 .join("rootfs");
             crate::upstream::record(ctx, u, Some(&rootfs))
         }),
+        step_sources: None,
         webake_version: env!("CARGO_PKG_VERSION").to_string(),
         other: Default::default(),
     }

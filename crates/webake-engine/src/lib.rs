@@ -26,6 +26,7 @@ pub mod publish;
 pub mod rollout;
 pub mod run;
 pub mod shell;
+pub mod step_sources;
 pub mod upstream;
 
 pub use context::{Context, Settings};

@@ -12,11 +12,13 @@ use webake_spec::LoadedRecipe;
 
 use crate::{Context, Result, ResultExt};
 
-/// A plan, and what the upstream check said of its base (Debian bases planned with a context).
+/// A plan, and what the upstream check said of its base (Debian bases planned with a context)
+/// and of the apt sources its steps added (when the family's newest image recorded some).
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub plan: Plan,
     pub upstream: Option<crate::upstream::UpstreamReport>,
+    pub step_sources: Option<crate::step_sources::StepSourcesReport>,
 }
 
 impl std::ops::Deref for Planned {
@@ -30,36 +32,38 @@ impl std::ops::Deref for Planned {
 /// downloaded); a Debian base's sources are checked upstream to pick the base generation
 /// ([`crate::upstream`]); `ctx == None` plans offline (for `validate`).
 pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Planned> {
-    let plan = match &recipe.recipe.base {
-        webake_spec::Base::Ami(a) => crate::base::plan_ami(ctx, recipe, a)?,
-        webake_spec::Base::Image(q) => crate::base::plan_image(ctx, recipe, q)?,
+    let (base, upstream) = match &recipe.recipe.base {
+        webake_spec::Base::Ami(a) => (crate::base::plan_ami(ctx, recipe, a)?.base, None),
+        webake_spec::Base::Image(q) => (crate::base::plan_image(ctx, recipe, q)?.base, None),
         webake_spec::Base::Mmdebstrap(m) => {
             let host = HostSources::read(Path::new("/etc/apt"));
             let mirror = ctx.and_then(|c| c.settings.mirror.clone());
             let bs = webake_build::bootstrap::BootstrapPlan::new(m, &recipe.dir, mirror, &host)
                 .with_context(|| format!("planning {}", recipe.path.display()))?;
-            let Some(ctx) = ctx else {
-                return Ok(Planned {
-                    plan: with_base(recipe, BasePlan::Mmdebstrap(Box::new(bs)))?,
-                    upstream: None,
-                });
-            };
-            let (bs, report) = crate::upstream::choose_base(ctx, recipe, bs)?;
-            return Ok(Planned {
-                plan: with_base(recipe, BasePlan::Mmdebstrap(Box::new(bs)))?,
-                upstream: Some(report),
-            });
+            match ctx {
+                Some(ctx) => {
+                    let (bs, report) = crate::upstream::choose_base(ctx, recipe, bs)?;
+                    (BasePlan::Mmdebstrap(Box::new(bs)), Some(report))
+                }
+                None => (BasePlan::Mmdebstrap(Box::new(bs)), None),
+            }
         }
     };
+    let step_sources = match ctx {
+        Some(ctx) => crate::step_sources::check(ctx, recipe)?,
+        None => None,
+    };
+    let generation = step_sources
+        .as_ref()
+        .map(|s| s.generation.as_str())
+        .filter(|g| !g.is_empty());
+    let plan = webake_build::bake::plan_with_base_and(recipe, base, generation)
+        .with_context(|| format!("planning {}", recipe.path.display()))?;
     Ok(Planned {
         plan,
-        upstream: None,
+        upstream,
+        step_sources,
     })
-}
-
-fn with_base(recipe: &LoadedRecipe, base: BasePlan) -> Result<Plan> {
-    webake_build::bake::plan_with_base(recipe, base)
-        .with_context(|| format!("planning {}", recipe.path.display()))
 }
 
 /// What a bake would do, step by step (for `--dry-run`, `--explain` and their JSON).
@@ -79,6 +83,9 @@ pub struct PlanReport {
     /// What the upstream check said of the base (Debian bases).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<crate::upstream::UpstreamReport>,
+    /// What it said of the apt sources the steps added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_sources: Option<crate::step_sources::StepSourcesReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +179,7 @@ pub fn report(ctx: &Context<'_>, recipe: &LoadedRecipe, planned: &Planned) -> Pl
             .map(|v| (v.name.clone(), v.display_value().to_string()))
             .collect(),
         upstream: planned.upstream.clone(),
+        step_sources: planned.step_sources.clone(),
     }
 }
 
@@ -219,6 +227,9 @@ impl std::fmt::Display for PlanReport {
             let _ = writeln!(s, "  var        {k} = {v}");
         }
         if let Some(u) = &r.upstream {
+            let _ = writeln!(s, "  upstream   {}", u.summary);
+        }
+        if let Some(u) = &r.step_sources {
             let _ = writeln!(s, "  upstream   {}", u.summary);
         }
         let _ = writeln!(s, "  inputs digest {}", r.inputs_digest);

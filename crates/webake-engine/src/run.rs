@@ -455,6 +455,13 @@ pub fn decide(
         {
             return bake(format!("upstream: {}", u.summary));
         }
+        if let Some(u) = plan
+            .step_sources
+            .as_ref()
+            .filter(|u| u.status == UpstreamStatus::Updates)
+        {
+            return bake(format!("upstream: {}", u.summary));
+        }
         return bake(format!(
             "no image of family {family} was baked from these inputs (digest {digest})"
         ));
@@ -482,11 +489,12 @@ pub fn decide(
             ));
         }
     }
-    let upstream = plan
+    let upstream: String = plan
         .upstream
-        .as_ref()
+        .iter()
         .map(|u| format!("; {}", u.summary))
-        .unwrap_or_default();
+        .chain(plan.step_sources.iter().map(|u| format!("; {}", u.summary)))
+        .collect();
     Ok(BakeDecision {
         reason: format!(
             "image {} was baked from the same inputs (digest {digest}){upstream}",

@@ -146,7 +146,7 @@ fn up_to_date_line(state: &UpstreamState) -> String {
 }
 
 /// "3 packages have updates: libssl3 3.0.20-1~deb12u2 -> 3.0.22-1~deb12u2 (bookworm-security), ...".
-fn updates_line(candidates: &[Candidate]) -> String {
+pub(crate) fn updates_line(candidates: &[Candidate]) -> String {
     let shown: Vec<String> = candidates
         .iter()
         .take(8)
@@ -229,34 +229,42 @@ pub fn record(
     u: &UpstreamReport,
     rootfs: Option<&Path>,
 ) -> webake_catalog::UpstreamRecord {
-    let tree = rootfs.and_then(|r| webake_sys::tree::Tree::open(r).ok());
     let status = serde_json::to_value(u.status)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    let packages = ctx.workspace.packages_dir();
     webake_catalog::UpstreamRecord {
         status,
         summary: u.summary.clone(),
-        updates: u
-            .candidates
-            .iter()
-            .map(|c| webake_catalog::UpdateRecord {
-                name: c.name.clone(),
-                source: c.source.clone(),
-                old: c.installed.clone(),
-                new: c.candidate.clone(),
-                suite: c.suite.clone(),
-                security: c.security,
-                changelog: changelog(&packages, c)
-                    .or_else(|| tree.as_ref().and_then(|t| installed_changelog(t, c))),
-                tracker: c
-                    .security
-                    .then(|| webake_upstream::security_tracker_url(&c.source).ok())
-                    .flatten(),
-            })
-            .collect(),
+        updates: update_records(ctx, &u.candidates, rootfs),
     }
+}
+
+/// One record per candidate: versions, suite, security mark, changelog entry, tracker page.
+pub fn update_records(
+    ctx: &Context<'_>,
+    candidates: &[Candidate],
+    rootfs: Option<&Path>,
+) -> Vec<webake_catalog::UpdateRecord> {
+    let tree = rootfs.and_then(|r| webake_sys::tree::Tree::open(r).ok());
+    let packages = ctx.workspace.packages_dir();
+    candidates
+        .iter()
+        .map(|c| webake_catalog::UpdateRecord {
+            name: c.name.clone(),
+            source: c.source.clone(),
+            old: c.installed.clone(),
+            new: c.candidate.clone(),
+            suite: c.suite.clone(),
+            security: c.security,
+            changelog: changelog(&packages, c)
+                .or_else(|| tree.as_ref().and_then(|t| installed_changelog(t, c))),
+            tracker: c
+                .security
+                .then(|| webake_upstream::security_tracker_url(&c.source).ok())
+                .flatten(),
+        })
+        .collect()
 }
 
 /// The newest changelog entry of the candidate's .deb, if the bake downloaded it.

@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use http::Timeouts;
 pub use sources::{
     AptSource, DEBIAN_ARCHIVE_KEYRING, DEBIAN_SECURITY_MIRROR, DebianSuites, SourceId,
-    debian_sources, is_security_suite, is_snapshot_uri,
+    debian_sources, is_security_suite, is_snapshot_uri, parse_sources_file,
 };
 pub use state::{
     Client, ClientOptions, Comparison, IndexState, MAX_FUTURE_SKEW, ReleaseState, STATE_FORMAT,

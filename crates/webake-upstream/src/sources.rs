@@ -37,6 +37,118 @@ pub struct AptSource {
     pub pinned: bool,
 }
 
+/// The `deb` sources of an apt sources file: one-line (`sources.list`, `*.list`) when `deb822`
+/// is false, else deb822 stanzas (`*.sources`). `deb-src`, disabled stanzas, flat
+/// repositories (`./`) and inline `Signed-By` key blocks are left out; `signed_by` holds the
+/// paths as the file names them (inside the image it came from). Architectures default to
+/// `default_arch`.
+pub fn parse_sources_file(text: &str, deb822: bool, default_arch: &str) -> Vec<AptSource> {
+    let mut out = Vec::new();
+    let mut push =
+        |uri: &str, suite: &str, comps: Vec<String>, arch: Vec<String>, keys: Vec<PathBuf>| {
+            if suite.ends_with('/') || uri.is_empty() || suite.is_empty() {
+                return;
+            }
+            let mut s = AptSource::new(uri.trim_end_matches('/'), suite);
+            s.components = comps;
+            s.architectures = if arch.is_empty() {
+                vec![default_arch.to_owned()]
+            } else {
+                arch
+            };
+            s.signed_by = keys;
+            out.push(s);
+        };
+    let list = |v: &str, sep: &[char]| -> Vec<String> {
+        v.split(sep)
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    if !deb822 {
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            let Some(rest) = line
+                .strip_prefix("deb ")
+                .or_else(|| line.strip_prefix("deb\t"))
+            else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let (opts, rest) = match rest.strip_prefix('[') {
+                Some(r) => r.split_once(']').unwrap_or((r, "")),
+                None => ("", rest),
+            };
+            let (mut arch, mut keys) = (Vec::new(), Vec::new());
+            for o in opts.split_whitespace() {
+                match o.split_once('=') {
+                    Some(("arch", v)) => arch = list(v, &[',']),
+                    Some(("signed-by", v)) => {
+                        keys = list(v, &[',']).into_iter().map(PathBuf::from).collect()
+                    }
+                    _ => {}
+                }
+            }
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            if w.len() >= 2 {
+                push(
+                    w[0],
+                    w[1],
+                    w[2..].iter().map(|c| c.to_string()).collect(),
+                    arch,
+                    keys,
+                );
+            }
+        }
+        return out;
+    }
+    for stanza in text.split("\n\n") {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in stanza.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with([' ', '\t']) {
+                if let Some((_, v)) = fields.last_mut() {
+                    v.push('\n');
+                    v.push_str(line.trim());
+                }
+            } else if let Some((k, v)) = line.split_once(':') {
+                fields.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| f == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        if !list(get("types"), &[' ', '\n']).iter().any(|t| t == "deb")
+            || get("enabled").eq_ignore_ascii_case("no")
+        {
+            continue;
+        }
+        let keys: Vec<PathBuf> = if get("signed-by").contains("BEGIN PGP") {
+            continue; // an inline key: not supported here
+        } else {
+            list(get("signed-by"), &[' ', '\n', ','])
+                .into_iter()
+                .map(PathBuf::from)
+                .collect()
+        };
+        let comps = list(get("components"), &[' ', '\n']);
+        let arch = list(get("architectures"), &[' ', '\n']);
+        for uri in list(get("uris"), &[' ', '\n']) {
+            for suite in list(get("suites"), &[' ', '\n']) {
+                push(&uri, &suite, comps.clone(), arch.clone(), keys.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Names a source in errors, states and comparisons: `uri suite`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SourceId {
@@ -293,6 +405,34 @@ pub fn debian_sources(d: &DebianSuites) -> Vec<AptSource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_files_one_line_and_deb822() {
+        let one = "# comment\ndeb http://deb.debian.org/debian bookworm main contrib\ndeb-src http://x y main\n\
+                   deb [arch=amd64 signed-by=/usr/share/keyrings/docker.gpg] https://download.docker.com/linux/debian/ bookworm stable # trailing\n\
+                   deb http://flat ./\n";
+        let s = parse_sources_file(one, false, "amd64");
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(s[0].uri, "http://deb.debian.org/debian");
+        assert_eq!(s[0].components, ["main", "contrib"]);
+        assert_eq!(s[1].uri, "https://download.docker.com/linux/debian");
+        assert_eq!(s[1].suite, "bookworm");
+        assert_eq!(
+            s[1].signed_by,
+            [PathBuf::from("/usr/share/keyrings/docker.gpg")]
+        );
+        let d = "Types: deb deb-src\nURIs: https://pkgs.k8s.io/core:/stable:/v1.30/deb/\nSuites: /\n\n\
+                 Types: deb\nURIs: http://a http://b\nSuites: s1 s2\nComponents: main\nSigned-By: /etc/apt/keyrings/a.asc\n\n\
+                 Types: deb\nEnabled: no\nURIs: http://off\nSuites: x\n";
+        let s = parse_sources_file(d, true, "arm64");
+        let names: Vec<String> = s.iter().map(|x| format!("{} {}", x.uri, x.suite)).collect();
+        assert_eq!(
+            names,
+            ["http://a s1", "http://a s2", "http://b s1", "http://b s2"]
+        );
+        assert_eq!(s[0].architectures, ["arm64"]);
+        assert_eq!(s[0].signed_by, [PathBuf::from("/etc/apt/keyrings/a.asc")]);
+    }
 
     #[test]
     fn default_debian_sources() {

@@ -15,7 +15,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use webake_upstream::testrepo::{DebSpec, Publish, Signer, TestRepo};
@@ -448,15 +448,105 @@ fn cluster_repo(dir: &Path, image: &str) -> PathBuf {
     bare
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(o.status.success(), "git {args:?}: {}", text(&o));
+/// A step adds a vendor apt repository (served on loopback, signed with its own key) and
+/// installs a package from it: the bake records the source; unchanged, the next run skips;
+/// a newer version of that package there makes `run` rebake every step on the same cached
+/// base, and the image holds the new version.
+#[test]
+fn updates_in_a_source_a_step_added_rebake_the_steps() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let repo = TestRepo::start().expect("start the test apt repository on loopback");
+    let publish = |version: &str| {
+        repo.add("vendor", &DebSpec::new("webake-vendor", version))
+            .expect("add the package");
+        repo.publish("vendor").expect("publish the suite");
+    };
+    publish("1.0-1");
+    std::fs::create_dir_all(env.path().join("files")).unwrap();
+    std::fs::copy(repo.keyring(), env.path().join("files/vendor.gpg")).unwrap();
+    let port = repo.uri().rsplit(':').next().unwrap().to_string();
+    let recipe = env.recipe(
+        "vendored",
+        &format!(
+            "version: 1\nimage:\n  name: vendored\n{BASE}network:\n  allow: [\"127.0.0.1:{port}\"]\n\
+             provisioners:\n  - file:\n      name: vendor key\n      source: files/vendor.gpg\n      destination: /usr/share/keyrings/vendor.gpg\n\
+             \x20 - shell:\n      name: vendor package\n      inline:\n\
+             \x20       - echo 'deb [signed-by=/usr/share/keyrings/vendor.gpg] {uri} vendor main' > /etc/apt/sources.list.d/vendor.list\n\
+             \x20       - apt-get update -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/vendor.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0\n\
+             \x20       - apt-get install -y webake-vendor\n",
+            uri = repo.uri()
+        ),
+    );
+    let r = recipe.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--no-test", "--no-rollout", "--publish", "local"];
+        args.extend_from_slice(extra);
+        args.push(r);
+        env.run(&args)
+    };
+    let bases = || {
+        std::fs::read_dir(env.cache.join("bootstrap"))
+            .unwrap()
+            .count()
+    };
+
+    let o = run(&["--json"]);
+    assert!(o.status.success(), "first run: {}", text(&o));
+    let first = json(&o)["image"].clone();
+    assert_eq!(version_of(&first, "webake-vendor"), "1.0-1");
+    let shown = env.run(&["images", "show", first["id"].as_str().unwrap(), "--json"]);
+    let rec = &json(&shown)["provenance"]["step_sources"];
+    assert_eq!(rec["sources"][0]["uri"], repo.uri(), "{rec:#}");
+    assert_eq!(rec["sources"][0]["suite"], "vendor");
+    assert!(rec["state"].is_object(), "{rec:#}");
+
+    let o = run(&["--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["bake_skipped"], true, "{}", text(&o));
+    assert!(
+        stderr(&o).contains("apt sources added by the steps up to date with upstream"),
+        "{}",
+        text(&o)
+    );
+
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    publish("1.1-1");
+    let n_bases = bases();
+    let o = run(&["--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["bake_skipped"], false, "{}", text(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("from the apt sources the steps added, 1 package(s) have updates: webake-vendor 1.0-1 -> 1.1-1 (vendor)"),
+        "{err}"
+    );
+    assert!(err.contains("cached base"), "the base is reused:\n{err}");
+    assert_eq!(bases(), n_bases, "no new bootstrap");
+    let second = json(&o)["image"].clone();
+    assert_eq!(version_of(&second, "webake-vendor"), "1.1-1");
+    let shown = env.run(&["images", "show", second["id"].as_str().unwrap(), "--json"]);
+    let updates = &json(&shown)["provenance"]["upstream"]["updates"];
+    assert!(
+        updates.as_array().is_some_and(|u| u
+            .iter()
+            .any(|x| x["name"] == "webake-vendor" && x["new"] == "1.1-1")),
+        "{updates:#}"
+    );
+
+    // The new generation is recorded: the next run skips again.
+    let o = run(&["--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["bake_skipped"], true, "{}", text(&o));
+}
+
+fn version_of(image: &serde_json::Value, package: &str) -> String {
+    let raw = artifact_path(image, "raw");
+    cat_in_image(
+        Path::new(&raw),
+        &format!("/usr/share/webake-test/{package}.version"),
+    )
+    .expect("the package's version file in the image")
+    .trim()
+    .to_string()
 }
