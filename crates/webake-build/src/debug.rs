@@ -67,8 +67,5 @@ pub fn open_shell(s: &Shell<'_>) -> Result<i32> {
         .map_err(|e| BuildError::io(&sbx, e))?;
     let status = webake_sys::process::interactive(&cmd)?;
     let _ = webake_sys::fsutil::remove_dir_all_if_exists(&sbx);
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(webake_sys::process::exit_code(&status))
 }

@@ -437,6 +437,13 @@ pub fn interactive(cmd: &Cmd) -> Result<ExitStatus, ProcessError> {
     status
 }
 
+/// A process's exit code as a shell reports it: its code, or 128 + the signal that ended it.
+pub fn exit_code(status: &ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
 /// Run and capture stdout (stderr goes to the tail for errors). For short query commands.
 pub fn capture(cmd: &Cmd) -> Result<String, ProcessError> {
     let shown = cmd.to_string();

@@ -9,6 +9,9 @@
 //! fails, never skips, without them. Nothing talks to real AWS: every endpoint is 127.0.0.1
 //! and the credentials are dummies.
 
+mod common;
+use common::git;
+
 #[path = "../../webake-aws/tests/common/mod.rs"]
 mod aws_harness;
 
@@ -37,20 +40,6 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(o.status.success(), "git {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A kops InstanceGroup running `image`.

@@ -4,6 +4,9 @@
 //! point at", `--dry-run` prints the diff then the title and body, the guards exit 5 with
 //! `file:line`, and `--targets` proposes in two repositories and prints the table.
 
+mod common;
+use common::git;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -36,20 +39,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(o.status.success(), "git {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn inventory(packages: &[(&str, &str)], kernel: &str, bytes: u64) -> serde_json::Value {

@@ -6,6 +6,9 @@
 //! scripts/setup.sh --test. The bootstrap and layer cache is shared by every integration test
 //! (`$CARGO_TARGET_TMPDIR/webake-cache`), so the base is bootstrapped once per machine.
 
+mod common;
+use common::git;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -77,20 +80,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(o.status.success(), "git {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A bare "remote" cluster repository with one kops InstanceGroup and a rollout config.

@@ -1,13 +1,10 @@
 //! `webake boot IMAGE`: boot a throwaway copy of an image under qemu with the serial console
 //! on the terminal (as `mkosi boot` / `mkosi qemu` do), logged in as root on the console.
 
-use std::path::Path;
-
 use webake_spec::BootMode;
-use webake_sys::process::{Cmd, capture, run};
 
 use super::qemu::{self, Accel, Firmware};
-use super::{Subject, firmwares_of};
+use super::{Subject, Throwaway, firmwares_of};
 use crate::{Context, Error, Result};
 
 /// How to boot.
@@ -31,8 +28,6 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 /// scratch directory are gone afterwards; the image is never written.
 pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<i32> {
     let disk = subject.disk()?;
-    let ws = &ctx.workspace;
-    ws.ensure()?;
     let log = crate::run::test_log(ctx)?;
     let has = match subject {
         Subject::Image(img) => firmwares_of(img),
@@ -56,36 +51,25 @@ pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<
         })?,
     };
     let firmware = Firmware::find(mode)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("webake-boot-")
-        .tempdir_in(ws.scratch_root())
-        .map_err(|e| Error::io(ws.scratch_root(), e))?;
-    let name = scratch
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let _lease = webake_build::workspace::BakeLease::acquire(&ws.cache_dir, &name, "")?;
-    let raw = scratch.path().join("disk.raw");
-    run(
-        &Cmd::new("qemu-img")
-            .args(["convert", "-q", "-O", "raw"])
-            .arg(&disk)
-            .arg(&raw),
-        &ctx.cancel,
-        &mut |l| log.line("boot", l),
-    )?;
+    let copy = Throwaway::copy(ctx, &disk, "webake-boot-", &log, "boot")?;
     if opts.autologin {
-        autologin(&raw, scratch.path())?;
+        let dropin = copy.dir.path().join("autologin.conf");
+        std::fs::write(&dropin, AUTOLOGIN).map_err(|e| Error::io(&dropin, e))?;
+        let dir = "/etc/systemd/system/serial-getty@ttyS0.service.d";
+        let cmds = format!(
+            "mkdir {dir}\nwrite {} {dir}/webake-autologin.conf\n",
+            dropin.display()
+        );
+        super::harness::debugfs_write(&copy.raw, copy.dir.path(), &cmds)?;
     }
-    let vars = firmware_state(&firmware, scratch.path())?;
+    let vars = copy.firmware_state(&firmware)?;
     let (accel, why) = qemu::probe_accel(&firmware, opts.accel.or(ctx.settings.accel));
     let cmd = qemu::command(&qemu::Machine {
         accel,
         memory_mib: opts.memory_mib.max(512),
         firmware: &firmware,
         vars: Some(&vars),
-        disk: &raw,
+        disk: &copy.raw,
         imds: None,
         interactive: true,
     });
@@ -97,46 +81,5 @@ pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<
         if opts.autologin { ", root logged in" } else { "" }
     ));
     let status = webake_sys::process::interactive(&cmd)?;
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// The UEFI variable store (a copy of the template) or SeaBIOS's serial console switch.
-fn firmware_state(firmware: &Firmware, scratch: &Path) -> Result<std::path::PathBuf> {
-    match firmware {
-        Firmware::Uefi { vars_template, .. } => {
-            let vars = scratch.join("OVMF_VARS.fd");
-            std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
-            Ok(vars)
-        }
-        Firmware::Bios => {
-            let sercon = scratch.join("sercon-port");
-            std::fs::write(&sercon, qemu::SERCON_PORT).map_err(|e| Error::io(&sercon, e))?;
-            Ok(sercon)
-        }
-    }
-}
-
-/// Root on the serial console without a password, in the copy (debugfs, offline).
-fn autologin(raw: &Path, scratch: &Path) -> Result<()> {
-    let off = webake_build::extract::root_offset(raw)?;
-    let dropin = scratch.join("autologin.conf");
-    std::fs::write(&dropin, AUTOLOGIN).map_err(|e| Error::io(&dropin, e))?;
-    let dir = "/etc/systemd/system/serial-getty@ttyS0.service.d";
-    let cmds = format!(
-        "mkdir {dir}\nwrite {} {dir}/webake-autologin.conf\n",
-        dropin.display()
-    );
-    let cmdfile = scratch.join("debugfs.cmds");
-    std::fs::write(&cmdfile, cmds).map_err(|e| Error::io(&cmdfile, e))?;
-    capture(
-        &Cmd::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&cmdfile)
-            .arg(format!("{}?offset={off}", raw.display())),
-    )?;
-    Ok(())
+    Ok(webake_sys::process::exit_code(&status))
 }

@@ -59,7 +59,6 @@ pub fn inject(
     scratch: &Path,
     imds_dropin: Option<&str>,
 ) -> Result<()> {
-    let off = offset(raw)?;
     let write = |name: &str, body: &str| -> Result<std::path::PathBuf> {
         let p = scratch.join(name);
         std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
@@ -79,7 +78,16 @@ pub fn inject(
             f.display()
         ));
     }
-    let cmdfile = write("debugfs.cmds", &cmds)?;
+    debugfs_write(raw, scratch, &cmds)
+}
+
+/// Run debugfs write commands (`mkdir`, `write HOST-FILE PATH`, `symlink`, ...) against the root
+/// filesystem of a raw disk copy, offline: debugfs resolves every path inside the filesystem
+/// image, never on the host. The command file goes to `scratch`.
+pub fn debugfs_write(raw: &Path, scratch: &Path, cmds: &str) -> Result<()> {
+    let off = offset(raw)?;
+    let cmdfile = scratch.join("debugfs.cmds");
+    std::fs::write(&cmdfile, cmds).map_err(|e| Error::io(&cmdfile, e))?;
     // debugfs reports most command errors on stderr but exits 0 ("mkdir: file exists" is fine).
     let out = capture(
         &Cmd::new("debugfs")

@@ -235,15 +235,77 @@ fn test_under(
     Ok((accel, checks_passed))
 }
 
+/// A throw-away raw copy of a disk in a scratch directory of its own, which `webake clean` (of
+/// any catalog) leaves alone while the lease is held; all gone on drop.
+pub(crate) struct Throwaway {
+    pub dir: tempfile::TempDir,
+    pub raw: PathBuf,
+    _lease: webake_build::workspace::BakeLease,
+}
+
+impl Throwaway {
+    /// Copy `disk` (raw or qcow2) as raw into a new scratch directory named `prefix...`.
+    pub(crate) fn copy(
+        ctx: &Context<'_>,
+        disk: &Path,
+        prefix: &str,
+        log: &BakeLog,
+        step: &str,
+    ) -> Result<Self> {
+        let ws = &ctx.workspace;
+        ws.ensure()?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(ws.scratch_root())
+            .map_err(|e| Error::io(ws.scratch_root(), e))?;
+        let name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lease = webake_build::workspace::BakeLease::acquire(&ws.cache_dir, &name, "")?;
+        let raw = dir.path().join("disk.raw");
+        run(
+            &Cmd::new("qemu-img")
+                .args(["convert", "-q", "-O", "raw"])
+                .arg(disk)
+                .arg(&raw),
+            &ctx.cancel,
+            &mut |l| log.line(step, l),
+        )?;
+        Ok(Self {
+            dir,
+            raw,
+            _lease: lease,
+        })
+    }
+
+    /// The firmware's per-boot file: the UEFI variable store (a copy of the template), or
+    /// the fw_cfg file that turns on SeaBIOS's serial console (see `qemu::Machine`).
+    pub(crate) fn firmware_state(&self, firmware: &Firmware) -> Result<PathBuf> {
+        match firmware {
+            Firmware::Uefi { vars_template, .. } => {
+                let vars = self.dir.path().join("OVMF_VARS.fd");
+                std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
+                Ok(vars)
+            }
+            Firmware::Bios => {
+                let sercon = self.dir.path().join("sercon-port");
+                std::fs::write(&sercon, qemu::SERCON_PORT).map_err(|e| Error::io(&sercon, e))?;
+                Ok(sercon)
+            }
+        }
+    }
+}
+
 /// The throw-away copy of the disk with the harness, the firmware variables and the metadata
 /// fake; all gone on drop.
 struct Prepared {
-    _scratch: tempfile::TempDir,
+    _copy: Throwaway,
     raw: PathBuf,
     /// The UEFI variable store, or SeaBIOS's serial console switch (see `qemu::Machine`).
     vars: Option<PathBuf>,
     imds: Option<imds::FakeImds>,
-    _lease: webake_build::workspace::BakeLease,
 }
 
 impl Prepared {
@@ -254,49 +316,16 @@ impl Prepared {
         firmware: &Firmware,
         log: &BakeLog,
     ) -> Result<Self> {
-        let ws = &ctx.workspace;
-        ws.ensure()?;
-        let scratch = tempfile::Builder::new()
-            .prefix("webake-test-")
-            .tempdir_in(ws.scratch_root())
-            .map_err(|e| Error::io(ws.scratch_root(), e))?;
-        // `webake clean` (of any catalog) leaves a scratch dir alone while its lease is held.
-        let name = scratch
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let lease = webake_build::workspace::BakeLease::acquire(&ws.cache_dir, &name, "")?;
-        let raw = scratch.path().join("disk.raw");
-        run(
-            &Cmd::new("qemu-img")
-                .args(["convert", "-q", "-O", "raw"])
-                .arg(disk)
-                .arg(&raw),
-            &ctx.cancel,
-            &mut |l| log.line("boot test", l),
-        )?;
-        let vars = match firmware {
-            Firmware::Uefi { vars_template, .. } => {
-                let vars = scratch.path().join("OVMF_VARS.fd");
-                std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
-                Some(vars)
-            }
-            Firmware::Bios => {
-                let sercon = scratch.path().join("sercon-port");
-                std::fs::write(&sercon, qemu::SERCON_PORT).map_err(|e| Error::io(&sercon, e))?;
-                Some(sercon)
-            }
-        };
+        let copy = Throwaway::copy(ctx, disk, "webake-test-", log, "boot test")?;
+        let vars = Some(copy.firmware_state(firmware)?);
         let imds = spec.imds.as_ref().map(imds::FakeImds::start).transpose()?;
         let dropin = imds.as_ref().map(|_| harness::IMDS_DROPIN);
-        harness::inject(&raw, &spec.checks, scratch.path(), dropin)?;
+        harness::inject(&copy.raw, &spec.checks, copy.dir.path(), dropin)?;
         Ok(Self {
-            _scratch: scratch,
-            raw,
+            raw: copy.raw.clone(),
+            _copy: copy,
             vars,
             imds,
-            _lease: lease,
         })
     }
 }

@@ -288,3 +288,19 @@ pub fn artifact_path(image: &serde_json::Value, format: &str) -> String {
         .expect("artifact path")
         .to_string()
 }
+
+/// `git -C dir ARGS` with a fixed identity and no system or user config; panics with its
+/// output on failure. Returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(o.status.success(), "git {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
