@@ -155,6 +155,28 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
+    /// Every argument of every command says what it is (`--help` describes every flag).
+    #[test]
+    fn every_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "webake", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
     /// Every long flag of a command and of its subcommands, and the global ones.
     fn flags(cmd: &clap::Command, out: &mut Vec<String>) {
         out.extend(
