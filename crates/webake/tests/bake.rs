@@ -579,9 +579,19 @@ fn three_concurrent_bakes_of_different_recipes() {
 fn hostile_symlinks_in_the_image_never_reach_the_host() {
     require_bake_capabilities();
     let env = Env::new();
-    let victim_dir = env.path().join("victim");
+    // The canaries' paths must also be creatable in the image: a step's /tmp is a tmpfs, so
+    // when the checkout (and the test's directory) is under /tmp, they go to /var/tmp.
+    let canaries = tempfile::Builder::new()
+        .prefix("webake-canary-")
+        .tempdir_in(if env.path().starts_with("/tmp") {
+            Path::new("/var/tmp")
+        } else {
+            env.path()
+        })
+        .unwrap();
+    let victim_dir = canaries.path().join("victim");
     std::fs::create_dir(&victim_dir).unwrap();
-    let victim_file = env.path().join("victim-file");
+    let victim_file = canaries.path().join("victim-file");
     std::fs::write(&victim_file, "host data\n").unwrap();
     std::fs::create_dir(env.path().join("files")).unwrap();
     std::fs::write(env.path().join("files/pwned"), "pwned\n").unwrap();
