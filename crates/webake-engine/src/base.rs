@@ -30,11 +30,11 @@ fn resolve(ctx: &Context<'_>, base: &AmiBase) -> Result<webake_aws::RootSnapshot
     .with_context(|| format!("resolving base AMI {} in {}", base.id, base.region))
 }
 
-/// The plan of a recipe whose base is an AMI: the AMI is resolved to its root snapshot (one
+/// The base of a recipe whose base is an AMI: the AMI is resolved to its root snapshot (one
 /// `DescribeImages`; nothing is downloaded) and the base is the cache entry keyed by (region,
 /// AMI, snapshot). `ctx == None` (offline, for `validate`): a placeholder key, good only for
 /// checking the steps.
-pub fn plan_ami(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe, base: &AmiBase) -> Result<Plan> {
+pub fn plan_ami(ctx: Option<&Context<'_>>, base: &AmiBase) -> Result<BasePlan> {
     let (key, snapshot, rootfs) = match ctx {
         Some(ctx) => {
             let root = resolve(ctx, base)?;
@@ -54,16 +54,14 @@ pub fn plan_ami(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe, base: &AmiBase
             Default::default(),
         ),
     };
-    let prepared = BasePlan::Prepared {
+    Ok(BasePlan::Prepared {
         key,
         rootfs,
         description: format!(
             "AMI {} ({}, root snapshot {snapshot})",
             base.id, base.region
         ),
-    };
-    webake_build::bake::plan_with_base(recipe, prepared)
-        .with_context(|| format!("planning {}", recipe.path.display()))
+    })
 }
 
 /// For an AMI base: make sure its cache entry exists (download and extract it when missing,
@@ -212,9 +210,9 @@ pub fn parent_image(ctx: &Context<'_>, query: &str) -> Result<Image> {
         .map_err(|e| Error::Invalid(format!("base image {query}: {e}")))
 }
 
-/// The plan of a recipe whose base is a catalog image: the base is the cache entry of that
+/// The base of a recipe whose base is a catalog image: the cache entry of that
 /// image's root tree. `ctx == None` (offline, for `validate`): a placeholder key.
-pub fn plan_image(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe, query: &str) -> Result<Plan> {
+pub fn plan_image(ctx: Option<&Context<'_>>, query: &str) -> Result<BasePlan> {
     let (key, rootfs, description) = match ctx {
         Some(ctx) => {
             let img = parent_image(ctx, query)?;
@@ -232,13 +230,11 @@ pub fn plan_image(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe, query: &str)
             format!("catalog image {query}"),
         ),
     };
-    let prepared = BasePlan::Prepared {
+    Ok(BasePlan::Prepared {
         key,
         rootfs,
         description,
-    };
-    webake_build::bake::plan_with_base(recipe, prepared)
-        .with_context(|| format!("planning {}", recipe.path.display()))
+    })
 }
 
 /// For a catalog image base: extract the image's root tree into the cache when missing.

@@ -33,8 +33,8 @@ impl std::ops::Deref for Planned {
 /// ([`crate::upstream`]); `ctx == None` plans offline (for `validate`).
 pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Planned> {
     let (base, upstream) = match &recipe.recipe.base {
-        webake_spec::Base::Ami(a) => (crate::base::plan_ami(ctx, recipe, a)?.base, None),
-        webake_spec::Base::Image(q) => (crate::base::plan_image(ctx, recipe, q)?.base, None),
+        webake_spec::Base::Ami(a) => (crate::base::plan_ami(ctx, a)?, None),
+        webake_spec::Base::Image(q) => (crate::base::plan_image(ctx, q)?, None),
         webake_spec::Base::Mmdebstrap(m) => {
             let host = HostSources::read(Path::new("/etc/apt"));
             let mirror = ctx.and_then(|c| c.settings.mirror.clone());
