@@ -45,6 +45,7 @@ use webake_sys::process::{Cmd, run};
 use crate::digest::sha256_hex;
 use crate::error::{BuildError, Result};
 
+pub mod ext4_times;
 pub mod grub_bios;
 
 pub const SECTOR: u64 = 512;
@@ -209,7 +210,8 @@ impl Layout {
     }
 }
 
-/// Identifiers derived from the image id, so a re-assembly of the same image is identical.
+/// Identifiers derived from a seed (a bake's inputs digest), never random: the same inputs give
+/// the same disk.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskIds {
     pub disk_guid: String,
@@ -219,6 +221,8 @@ pub struct DiskIds {
     pub root_fs_uuid: String,
     /// FAT volume id, 8 hex digits.
     pub esp_volume_id: String,
+    /// The root filesystem's directory hash seed (a UUID).
+    pub root_fs_hash_seed: String,
 }
 
 impl DiskIds {
@@ -241,6 +245,7 @@ impl DiskIds {
             root_part_uuid: u("root-part"),
             bios_part_uuid: u("bios-part"),
             root_fs_uuid: u("root-fs"),
+            root_fs_hash_seed: u("root-fs-hash-seed"),
             esp_volume_id: sha256_hex(format!("{seed}/esp-vol").as_bytes())[..8].to_string(),
         }
     }
@@ -497,6 +502,8 @@ pub struct AssembleInput<'a> {
     pub out_dir: &'a Path,
     pub base_name: String,
     pub outputs: &'a [OutputFormat],
+    /// The source date (`SOURCE_DATE_EPOCH`): every timestamp the disk holds is at most this.
+    pub source_date: i64,
 }
 
 /// Run a command through the shared runner, streaming its output to `sink`.
@@ -533,9 +540,16 @@ pub fn assemble(
     let guard = TempFiles(vec![raw_tmp.clone()]);
     partition(&raw_tmp, &layout, &input.ids, scratch, runner)?;
     if let (Some(esp), Some(efi)) = (layout.esp, &efi) {
-        make_esp(&raw_tmp, esp, &input.ids, efi, runner)?;
+        make_esp(&raw_tmp, esp, &input.ids, efi, input.source_date, runner)?;
     }
-    make_root(&raw_tmp, layout.root, &input.ids, input.tree, runner)?;
+    make_root(
+        &raw_tmp,
+        layout.root,
+        &input.ids,
+        input.tree,
+        input.source_date,
+        runner,
+    )?;
     // Last: boot.img keeps the partition table it finds in sector 0.
     if let (Some(part), Some(core)) = (layout.bios_boot, &core) {
         grub_bios::install(
@@ -675,16 +689,22 @@ fn partition(
     )
 }
 
-/// ESP: FAT at its offset, then the EFI binary copied in with mtools.
+/// ESP: FAT at its offset, then the EFI binary copied in with mtools. dosfstools and mtools
+/// take their clock from `SOURCE_DATE_EPOCH`, so the FAT is a function of the volume id, the
+/// binary and the source date.
 fn make_esp(
     raw: &Path,
     esp: Extent,
     ids: &DiskIds,
     efi: &Path,
+    source_date: i64,
     runner: &mut Runner<'_>,
 ) -> Result<()> {
+    let sde = source_date.to_string();
     runner(
         &Cmd::new("mkfs.vfat")
+            .env("SOURCE_DATE_EPOCH", &sde)
+            .arg("--invariant")
             // FAT32 needs at least 65525 clusters: one 512-byte sector per cluster from 64 MiB
             // up; a smaller ESP is FAT16 (which UEFI firmware reads as well).
             .args(if esp.bytes >= 64 << 20 {
@@ -698,29 +718,37 @@ fn make_esp(
             .arg((esp.bytes / 1024).to_string()),
     )?;
     let img = format!("{}@@{}", raw.display(), esp.offset);
-    runner(&Cmd::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args([
-        "-i",
-        &img,
-        "::/EFI",
-        "::/EFI/BOOT",
-    ]))?;
+    runner(
+        &Cmd::new("mmd")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", &sde)
+            .args(["-i", &img, "::/EFI", "::/EFI/BOOT"]),
+    )?;
     runner(
         &Cmd::new("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", &sde)
             .args(["-i", &img])
             .arg(efi)
             .arg("::/EFI/BOOT/BOOTX64.EFI"),
     )
 }
 
-/// Root filesystem populated from the tree, at its offset.
+/// Root filesystem populated from the tree, at its offset; then its timestamps are made a
+/// function of the source date ([`ext4_times`]).
 fn make_root(
     raw: &Path,
     root: Extent,
     ids: &DiskIds,
     tree: &Path,
+    source_date: i64,
     runner: &mut Runner<'_>,
 ) -> Result<()> {
+    // The htree hash seed is random unless given.
+    let extended = format!(
+        "offset={},nodiscard,root_owner=0:0,hash_seed={}",
+        root.offset, ids.root_fs_hash_seed
+    );
     runner(
         &Cmd::new("mkfs.ext4")
             .args([
@@ -734,14 +762,16 @@ fn make_root(
                 "4096",
                 "-E",
             ])
-            .arg(format!("offset={},nodiscard,root_owner=0:0", root.offset))
+            .arg(extended)
             .arg("-d")
             .arg(tree)
             .arg(raw)
             .arg(format!("{}k", root.bytes / 1024))
-            .env("E2FSPROGS_FAKE_TIME", "0")
+            .env("E2FSPROGS_FAKE_TIME", source_date.to_string())
             .env("MKE2FS_DEVICE_SECTSIZE", "512"),
-    )
+    )?;
+    ext4_times::normalize(raw, root.offset, source_date)?;
+    Ok(())
 }
 
 /// The requested formats from the finished raw disk, hashed, renamed into place together.
@@ -1017,5 +1047,58 @@ mod tests {
         assert!(fstab(&ids, true).contains("\t/boot/efi\tvfat\t"));
         assert!(!fstab(&ids, false).contains("/boot/efi"));
         assert!(embedded_cfg(&ids).contains(&ids.root_fs_uuid));
+    }
+
+    /// The same tree made at different times, from files with different access and change
+    /// times, gives the same root filesystem, byte for byte, and e2fsck finds it clean.
+    #[test]
+    fn the_root_filesystem_is_a_function_of_its_inputs() {
+        assert!(
+            webake_sys::process::which("mkfs.ext4").is_some()
+                && webake_sys::process::which("e2fsck").is_some(),
+            "this test needs mkfs.ext4 and e2fsck (apt-get install e2fsprogs)"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let sde = 1_700_000_000i64;
+        let ids = DiskIds::derive("same inputs");
+        let root = Extent {
+            offset: 1 << 20,
+            bytes: 32 << 20,
+        };
+        let mut digests = Vec::new();
+        for (n, order) in [["a", "b", "c"], ["c", "b", "a"]].iter().enumerate() {
+            let tree = d.path().join(format!("tree{n}"));
+            std::fs::create_dir_all(tree.join("etc/sub")).unwrap();
+            for name in order {
+                std::fs::write(tree.join("etc").join(name), name).unwrap();
+            }
+            // A file from a package (older than the source date) and one written during the
+            // bake (newer: clamped).
+            let old = std::fs::File::open(tree.join("etc/a")).unwrap();
+            old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000))
+                .unwrap();
+            std::fs::write(tree.join("etc/sub/new"), "x").unwrap();
+            let raw = d.path().join(format!("disk{n}.raw"));
+            std::fs::File::create(&raw)
+                .unwrap()
+                .set_len(root.offset + root.bytes)
+                .unwrap();
+            let mut runner = |c: &Cmd| run_simple(c, &webake_sys::CancelToken::new());
+            make_root(&raw, root, &ids, &tree, sde, &mut runner).unwrap();
+            let fsck = std::process::Command::new("e2fsck")
+                .args(["-fn"])
+                .arg(format!("{}?offset={}", raw.display(), root.offset))
+                .output()
+                .unwrap();
+            assert!(
+                fsck.status.success(),
+                "e2fsck: {}{}",
+                String::from_utf8_lossy(&fsck.stdout),
+                String::from_utf8_lossy(&fsck.stderr)
+            );
+            digests.push(crate::digest::sha256_file(&raw).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        assert_eq!(digests[0], digests[1]);
     }
 }

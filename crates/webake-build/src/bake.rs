@@ -56,10 +56,17 @@ impl BasePlan {
 pub struct Plan {
     pub base: BasePlan,
     pub steps: Vec<StepPlan>,
-    /// Digest of everything that determines the image (recipe text, base, step inputs).
+    /// Digest of everything that determines the image (recipe text, base, step inputs, the
+    /// source date).
     pub inputs_digest: String,
     pub recipe_digest: String,
+    /// The bake's date (`SOURCE_DATE_EPOCH`, Unix seconds).
+    pub source_date: i64,
 }
+
+/// The source date of a plan made without one: the base's, else 1980-01-01 (the earliest a
+/// FAT filesystem holds).
+pub const FALLBACK_SOURCE_DATE: i64 = 315_532_800;
 
 /// Compute the plan (reads the recipe's input files, touches nothing).
 pub fn plan(
@@ -89,30 +96,48 @@ pub fn plan(
 
 /// Compute the plan on top of an already decided base (reads the recipe's input files).
 pub fn plan_with_base(recipe: &LoadedRecipe, base: BasePlan) -> Result<Plan> {
-    plan_with_base_and(recipe, base, None)
+    let source_date = match &base {
+        BasePlan::Mmdebstrap(b) => b.source_date,
+        BasePlan::Prepared { .. } => None,
+    };
+    plan_with_base_and(
+        recipe,
+        base,
+        None,
+        source_date.unwrap_or(FALLBACK_SOURCE_DATE),
+    )
 }
 
-/// [`plan_with_base`], with the generation of the apt sources the steps added as an input of
-/// the first step (see [`provision::plan_steps`]).
+/// [`plan_with_base`], with the generation of the apt sources the steps added and the source
+/// date as inputs of the first step (see [`provision::plan_steps`]).
 pub fn plan_with_base_and(
     recipe: &LoadedRecipe,
     base: BasePlan,
     steps_upstream: Option<&str>,
+    source_date: i64,
 ) -> Result<Plan> {
-    let steps = provision::plan_steps(recipe, base.key(), &[], steps_upstream)?;
+    let first = provision::FirstStepInputs {
+        steps_upstream,
+        source_date: Some(source_date),
+    };
+    let steps = provision::plan_steps(recipe, base.key(), &[], first)?;
     // The recipe text and the values of its variables (secrets as a placeholder).
     let recipe_digest = sha256_hex(&recipe.digest_input());
     let last = steps
         .last()
         .map(|s| s.key.clone())
         .unwrap_or_else(|| base.key().to_string());
-    let inputs_digest =
-        sha256_hex(format!("webake-inputs-v1\n{recipe_digest}\n{last}\n").as_bytes());
+    // v2: the source date is an input (it is in every timestamp of the disk).
+    let inputs_digest = sha256_hex(
+        format!("webake-inputs-v2\n{recipe_digest}\n{last}\nsource-date {source_date}\n")
+            .as_bytes(),
+    );
     Ok(Plan {
         base,
         steps,
         inputs_digest,
         recipe_digest,
+        source_date,
     })
 }
 
@@ -492,7 +517,9 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
                 .join(", ")
         ),
     );
-    let ids = DiskIds::derive(&req.image_id);
+    // Every identifier of the disk (GUIDs, filesystem UUIDs, hash seed, FAT volume id) from the
+    // inputs digest: the same inputs give the same disk.
+    let ids = DiskIds::derive(&req.plan.inputs_digest);
     let input = AssembleInput {
         tree: &tree,
         disk: &recipe.recipe.disk,
@@ -502,6 +529,7 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
         out_dir: &req.workspace.image_dir(&req.image_id),
         base_name: format!("{}-{}", recipe.recipe.image.name, req.version),
         outputs: &recipe.recipe.outputs,
+        source_date: req.plan.source_date,
     };
     let assembled = {
         let r = &run;

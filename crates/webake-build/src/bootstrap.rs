@@ -31,8 +31,16 @@ pub struct BootstrapPlan {
     /// source (`webake_upstream::UpstreamState`, as JSON). `None`: not checked (offline plan,
     /// pinned sources).
     pub upstream: Option<serde_json::Value>,
-    /// Cache key: the configuration, and the upstream generation it was built from
-    /// ([`BootstrapPlan::for_generation`]).
+    /// The upstream generation (a fingerprint of what the sources offer, `pinned`, or empty
+    /// when not checked).
+    #[serde(default)]
+    pub generation: String,
+    /// The source date the base is bootstrapped with (`SOURCE_DATE_EPOCH`), once decided
+    /// ([`BootstrapPlan::with_source_date`]).
+    #[serde(default)]
+    pub source_date: Option<i64>,
+    /// Cache key: the configuration, the upstream generation it was built from
+    /// ([`BootstrapPlan::for_generation`]) and its source date.
     pub key: String,
 }
 
@@ -41,7 +49,8 @@ pub struct BootstrapPlan {
 // v4: bootstrapped in the sandbox (a user namespace: no mknod), /dev populated afterwards.
 // v5: Debian bases install from SUITE, SUITE-updates and SUITE-security; the key carries the
 // upstream generation.
-const PLAN_VERSION: &str = "webake-bootstrap-v5";
+// v6: bootstrapped with SOURCE_DATE_EPOCH; the key carries the source date.
+const PLAN_VERSION: &str = "webake-bootstrap-v6";
 
 /// mmdebstrap's hook directory that runs dpkg under eatmydata (no fsync per file; the
 /// bootstrap is either completed and committed, or thrown away).
@@ -157,6 +166,8 @@ impl BootstrapPlan {
             sources,
             config_key: String::new(),
             upstream: None,
+            generation: String::new(),
+            source_date: None,
             key: String::new(),
         };
         let lines: Vec<String> = plan.sources.iter().map(|s| s.one_line()).collect();
@@ -174,9 +185,26 @@ impl BootstrapPlan {
     /// This configuration built from the upstream generation `fingerprint` (the digest of the
     /// sources' package indexes), recording `upstream` (the state it was checked in).
     pub fn for_generation(mut self, fingerprint: &str, upstream: serde_json::Value) -> Self {
-        self.key = sha256_hex(format!("{}\n{fingerprint}\n", self.config_key).as_bytes());
+        self.generation = fingerprint.to_string();
         self.upstream = Some(upstream);
+        self.rekey();
         self
+    }
+
+    /// This plan bootstrapped with the source date `t` (part of the key: mmdebstrap and the
+    /// packages' scripts write it into the tree).
+    pub fn with_source_date(mut self, t: i64) -> Self {
+        self.source_date = Some(t);
+        self.rekey();
+        self
+    }
+
+    fn rekey(&mut self) {
+        let mut k = format!("{}\n{}\n", self.config_key, self.generation);
+        if let Some(t) = self.source_date {
+            k.push_str(&format!("source-date {t}\n"));
+        }
+        self.key = sha256_hex(k.as_bytes());
     }
 
     /// This configuration as the cached generation `key`, built in the upstream state
@@ -194,7 +222,11 @@ impl BootstrapPlan {
 
     /// Environment for mmdebstrap (on top of the sandbox's): see [`INITRAMFS_HOOK`].
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![("INITRD".to_string(), "No".to_string())]
+        let mut env = vec![("INITRD".to_string(), "No".to_string())];
+        if let Some(t) = self.source_date {
+            env.push(("SOURCE_DATE_EPOCH".to_string(), t.to_string()));
+        }
+        env
     }
 
     /// mmdebstrap's argument list (without the program name) for `target`.

@@ -185,7 +185,7 @@ pub fn plan_steps(
     recipe: &LoadedRecipe,
     base_key: &str,
     extra: &[(String, String)],
-    steps_upstream: Option<&str>,
+    first: FirstStepInputs<'_>,
 ) -> Result<Vec<StepPlan>> {
     let mut prev = base_key.to_string();
     let mut out = Vec::new();
@@ -209,8 +209,12 @@ pub fn plan_steps(
             })?;
             inputs.insert(name, d);
         }
-        if let (0, Some(u)) = (i, steps_upstream) {
+        if let (0, Some(u)) = (i, first.steps_upstream) {
             inputs.insert("upstream".to_string(), sha256_hex(u.as_bytes()));
+        }
+        // Every step sees SOURCE_DATE_EPOCH: the first step's key holds it, the others chain.
+        if let (0, Some(t)) = (i, first.source_date) {
+            inputs.insert("source_date".to_string(), t.to_string());
         }
         for (k, v) in extra {
             if matches!(p, Provisioner::AnsibleLocal(_) | Provisioner::Ansible(_)) {
@@ -241,6 +245,15 @@ fn ro(source: PathBuf, target: impl Into<PathBuf>) -> Bind {
     }
 }
 
+/// Inputs of the first step beyond its own (the later steps chain its key).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FirstStepInputs<'a> {
+    /// The generation of the apt sources the steps added.
+    pub steps_upstream: Option<&'a str>,
+    /// The source date every step sees as `SOURCE_DATE_EPOCH`.
+    pub source_date: Option<i64>,
+}
+
 /// Variables describing the bake, given to every step (and to Ansible as extra vars).
 #[derive(Debug, Clone)]
 pub struct BakeVars {
@@ -248,6 +261,9 @@ pub struct BakeVars {
     pub image_family: String,
     pub image_version: String,
     pub bake_id: String,
+    /// `SOURCE_DATE_EPOCH`: dpkg, Python, initramfs-tools, man-db and many more take their
+    /// clock from it instead of the build's.
+    pub source_date: i64,
 }
 
 impl BakeVars {
@@ -258,6 +274,7 @@ impl BakeVars {
             ("WEBAKE_IMAGE_VERSION".into(), self.image_version.clone()),
             ("WEBAKE_BAKE_ID".into(), self.bake_id.clone()),
             ("WEBAKE_BUILD".into(), "1".into()),
+            ("SOURCE_DATE_EPOCH".into(), self.source_date.to_string()),
         ]
     }
 }
@@ -724,7 +741,7 @@ provisioners:
 ";
 
     fn keys(dir: &Path) -> Vec<String> {
-        plan_steps(&recipe(dir, BODY), "base", &[], None)
+        plan_steps(&recipe(dir, BODY), "base", &[], Default::default())
             .unwrap()
             .into_iter()
             .map(|s| s.key)
@@ -776,7 +793,7 @@ provisioners:
         // The base key is the root of the chain.
         let r = recipe(p, BODY);
         assert_ne!(
-            plan_steps(&r, "other-base", &[], None).unwrap()[0].key,
+            plan_steps(&r, "other-base", &[], Default::default()).unwrap()[0].key,
             keys(p)[0]
         );
     }

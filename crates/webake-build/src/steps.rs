@@ -45,6 +45,7 @@ pub(crate) fn provision_steps(
         image_family: recipe.family().to_string(),
         image_version: run.req.version.clone(),
         bake_id: run.req.bake_id.clone(),
+        source_date: run.req.plan.source_date,
     };
     let mut lowers = vec![base];
     let mut uncached_from_here = false;

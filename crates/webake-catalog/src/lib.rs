@@ -16,7 +16,8 @@ pub use webake_inventory::Inventory;
 
 pub use model::{
     Artifact, ArtifactFormat, BakeId, BaseRecord, ImageId, ParentRecord, Provenance, Publication,
-    StepRecord, StepSourcesRecord, TestResult, UpdateRecord, UpstreamRecord, VariableRecord,
+    SourceDateRecord, StepRecord, StepSourcesRecord, TestResult, UpdateRecord, UpstreamRecord,
+    VariableRecord,
 };
 pub use removal::{Removal, Removed, Tombstone};
 

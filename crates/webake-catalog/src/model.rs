@@ -326,6 +326,15 @@ impl Provenance {
     }
 }
 
+/// A bake's source date.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDateRecord {
+    /// Unix seconds (`SOURCE_DATE_EPOCH`).
+    pub epoch: i64,
+    /// Where it came from: `--source-date-epoch`, the recipe, the base's upstream state...
+    pub origin: String,
+}
+
 /// Everything an image was made from: enough to say what a rebake would need.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
@@ -353,6 +362,9 @@ pub struct Provenance {
     /// The apt sources the steps added, for the next plan's upstream check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_sources: Option<StepSourcesRecord>,
+    /// The bake's source date and where it came from (`webake verify` rebakes with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date: Option<SourceDateRecord>,
     #[serde(default)]
     pub webake_version: String,
     /// Fields this version does not know (written by a newer webake): kept as they are.

@@ -42,6 +42,9 @@ pub struct BakeOptions {
     pub test: bool,
     /// When a step fails, open an interactive shell in its tree before cleaning up.
     pub shell_on_error: bool,
+    /// The image's version, instead of the recipe's template (`webake verify` rebakes an image
+    /// with its own).
+    pub version: Option<String>,
 }
 
 /// What a bake produced.
@@ -82,7 +85,7 @@ pub fn bake(
         });
     }
     let started = Instant::now();
-    let b = Begun::begin(ctx, recipe, plan)?;
+    let b = Begun::begin(ctx, recipe, plan, opts.version.as_deref())?;
     let result = stages(ctx, recipe, plan, opts, &b);
     b.end(ctx, started, result)
 }
@@ -119,7 +122,12 @@ struct Begun {
 }
 
 impl Begun {
-    fn begin(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Plan) -> Result<Self> {
+    fn begin(
+        ctx: &Context<'_>,
+        recipe: &LoadedRecipe,
+        plan: &Planned,
+        version: Option<&str>,
+    ) -> Result<Self> {
         let bake_id = BakeId::new(new_bake_id());
         let image_id = ImageId::new(format!(
             "img-{}",
@@ -128,13 +136,10 @@ impl Begun {
             )[..12]
         ));
         let now = jiff::Timestamp::now();
-        let version = recipe
-            .recipe
-            .image
-            .version
-            .clone()
-            .unwrap_or_default()
-            .render(now);
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => image_version(ctx, recipe, plan)?,
+        };
         let ws = &ctx.workspace;
         let log = BakeLog::create(&ws.bake_log_dir(&bake_id).join("bake.log"))?;
         log.line(
@@ -250,6 +255,43 @@ fn step_of(e: &Error) -> Option<String> {
         cur = c.source();
     }
     None
+}
+
+/// The version template rendered at the source date. When another image of the family
+/// already has that version but other inputs (a recipe change against the same upstream
+/// state), `.2`, `.3`... follow: a version names one image content.
+fn image_version(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Planned) -> Result<String> {
+    let v = recipe
+        .recipe
+        .image
+        .version
+        .clone()
+        .unwrap_or_default()
+        .render(plan.source_date.timestamp());
+    if !ctx.catalog_exists() {
+        return Ok(v);
+    }
+    let taken: Vec<(String, String)> = ctx
+        .catalog()?
+        .list_images(Some(recipe.family()))?
+        .into_iter()
+        .map(|i| (i.version, i.inputs_digest))
+        .collect();
+    let free = |cand: &str| {
+        taken
+            .iter()
+            .all(|(ver, inputs)| ver != cand || *inputs == plan.inputs_digest)
+    };
+    Ok((1..)
+        .map(|n| {
+            if n == 1 {
+                v.clone()
+            } else {
+                format!("{v}.{n}")
+            }
+        })
+        .find(|c| free(c))
+        .expect("some suffix is free"))
 }
 
 /// Everything between the bake record and its closing.
@@ -536,6 +578,7 @@ fn provenance(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Planned) -> Prove
             crate::upstream::record(ctx, u, Some(&rootfs))
         }),
         step_sources: None,
+        source_date: Some(plan.source_date.record()),
         webake_version: env!("CARGO_PKG_VERSION").to_string(),
         other: Default::default(),
     }

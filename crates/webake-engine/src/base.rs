@@ -82,6 +82,7 @@ pub fn ensure(
         _ => return Ok(()),
     };
     let (base, key) = key;
+    let source_date = plan.source_date;
     let ws = &ctx.workspace;
     ws.ensure()?;
     let _lock = CacheLock::shared(&ws.cache_dir)?;
@@ -131,6 +132,7 @@ pub fn ensure(
     let meta = serde_json::json!({
         "key": key, "ami": base.id, "region": base.region, "snapshot_id": root.snapshot_id,
         "bake_id": bake_id, "created": jiff::Timestamp::now().as_second().to_string(),
+        "source_date": source_date,
     });
     let meta_path = staging_path.join("meta.json");
     std::fs::write(&meta_path, meta.to_string()).map_err(|e| Error::io(&meta_path, e))?;

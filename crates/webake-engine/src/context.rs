@@ -27,6 +27,9 @@ pub struct Settings {
     pub aws_endpoint: Option<String>,
     /// The boot test's accelerator when a command does not force one (None: probe KVM).
     pub accel: Option<crate::boottest::Accel>,
+    /// The bakes' source date (`--source-date-epoch`, `SOURCE_DATE_EPOCH`), over the recipe's
+    /// and the base's ([`crate::source_date`]).
+    pub source_date_epoch: Option<i64>,
 }
 
 impl Settings {
@@ -48,6 +51,7 @@ impl Settings {
             mirror: None,
             aws_endpoint: None,
             accel: None,
+            source_date_epoch: None,
         })
     }
 }

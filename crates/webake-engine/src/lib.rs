@@ -26,6 +26,7 @@ pub mod publish;
 pub mod rollout;
 pub mod run;
 pub mod shell;
+pub mod source_date;
 pub mod step_sources;
 pub mod upstream;
 

@@ -10,6 +10,7 @@ use webake_build::bake::{BasePlan, Plan};
 use webake_build::bootstrap::HostSources;
 use webake_spec::LoadedRecipe;
 
+use crate::source_date::SourceDate;
 use crate::{Context, Result, ResultExt};
 
 /// A plan, and what the upstream check said of its base (Debian bases planned with a context)
@@ -19,6 +20,8 @@ pub struct Planned {
     pub plan: Plan,
     pub upstream: Option<crate::upstream::UpstreamReport>,
     pub step_sources: Option<crate::step_sources::StepSourcesReport>,
+    /// The bake's source date and where it came from (`plan.source_date` is its value).
+    pub source_date: SourceDate,
 }
 
 impl std::ops::Deref for Planned {
@@ -32,23 +35,7 @@ impl std::ops::Deref for Planned {
 /// downloaded); a Debian base's sources are checked upstream to pick the base generation
 /// ([`crate::upstream`]); `ctx == None` plans offline (for `validate`).
 pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Planned> {
-    let (base, upstream) = match &recipe.recipe.base {
-        webake_spec::Base::Ami(a) => (crate::base::plan_ami(ctx, a)?, None),
-        webake_spec::Base::Image(q) => (crate::base::plan_image(ctx, q)?, None),
-        webake_spec::Base::Mmdebstrap(m) => {
-            let host = HostSources::read(Path::new("/etc/apt"));
-            let mirror = ctx.and_then(|c| c.settings.mirror.clone());
-            let bs = webake_build::bootstrap::BootstrapPlan::new(m, &recipe.dir, mirror, &host)
-                .with_context(|| format!("planning {}", recipe.path.display()))?;
-            match ctx {
-                Some(ctx) => {
-                    let (bs, report) = crate::upstream::choose_base(ctx, recipe, bs)?;
-                    (BasePlan::Mmdebstrap(Box::new(bs)), Some(report))
-                }
-                None => (BasePlan::Mmdebstrap(Box::new(bs)), None),
-            }
-        }
-    };
+    let (base, upstream, source_date) = plan_base(ctx, recipe)?;
     let step_sources = match ctx {
         Some(ctx) => crate::step_sources::check(ctx, recipe)?,
         None => None,
@@ -57,13 +44,66 @@ pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Planned>
         .as_ref()
         .map(|s| s.generation.as_str())
         .filter(|g| !g.is_empty());
-    let plan = webake_build::bake::plan_with_base_and(recipe, base, generation)
+    let plan = webake_build::bake::plan_with_base_and(recipe, base, generation, source_date.epoch)
         .with_context(|| format!("planning {}", recipe.path.display()))?;
     Ok(Planned {
         plan,
         upstream,
         step_sources,
+        source_date,
     })
+}
+
+/// The base, what upstream said of it, and the source date.
+fn plan_base(
+    ctx: Option<&Context<'_>>,
+    recipe: &LoadedRecipe,
+) -> Result<(
+    BasePlan,
+    Option<crate::upstream::UpstreamReport>,
+    SourceDate,
+)> {
+    let prepared = |base: BasePlan| -> Result<_> {
+        let sd = match ctx {
+            Some(ctx) => crate::source_date::for_prepared(ctx, recipe, base.key())?,
+            None => offline_date(recipe),
+        };
+        Ok((base, None, sd))
+    };
+    match &recipe.recipe.base {
+        webake_spec::Base::Ami(a) => prepared(crate::base::plan_ami(ctx, a)?),
+        webake_spec::Base::Image(q) => prepared(crate::base::plan_image(ctx, q)?),
+        webake_spec::Base::Mmdebstrap(m) => {
+            let host = HostSources::read(Path::new("/etc/apt"));
+            let mirror = ctx.and_then(|c| c.settings.mirror.clone());
+            let bs = webake_build::bootstrap::BootstrapPlan::new(m, &recipe.dir, mirror, &host)
+                .with_context(|| format!("planning {}", recipe.path.display()))?;
+            match ctx {
+                Some(ctx) => {
+                    let (bs, report, sd) = crate::upstream::choose_base(ctx, recipe, bs)?;
+                    Ok((BasePlan::Mmdebstrap(Box::new(bs)), Some(report), sd))
+                }
+                None => {
+                    let sd = offline_date(recipe);
+                    let bs = bs.with_source_date(sd.epoch);
+                    Ok((BasePlan::Mmdebstrap(Box::new(bs)), None, sd))
+                }
+            }
+        }
+    }
+}
+
+/// An offline plan (`validate`) does not look at caches or upstream.
+fn offline_date(recipe: &LoadedRecipe) -> SourceDate {
+    crate::source_date::explicit(None, recipe)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            SourceDate::new(
+                webake_build::bake::FALLBACK_SOURCE_DATE,
+                "not decided (offline plan)",
+            )
+        })
 }
 
 /// What a bake would do, step by step (for `--dry-run`, `--explain` and their JSON).
@@ -78,6 +118,8 @@ pub struct PlanReport {
     pub boot: Vec<String>,
     pub outputs: Vec<String>,
     pub inputs_digest: String,
+    /// The source date and where it came from.
+    pub source_date: SourceDate,
     /// Variable values (secrets shown as `(secret)`).
     pub variables: Vec<(String, String)>,
     /// What the upstream check said of the base (Debian bases).
@@ -173,6 +215,7 @@ pub fn report(ctx: &Context<'_>, recipe: &LoadedRecipe, planned: &Planned) -> Pl
             .map(|o| o.extension().to_string())
             .collect(),
         inputs_digest: plan.inputs_digest.clone(),
+        source_date: planned.source_date.clone(),
         variables: recipe
             .variables
             .iter()
@@ -232,6 +275,7 @@ impl std::fmt::Display for PlanReport {
         if let Some(u) = &r.step_sources {
             let _ = writeln!(s, "  upstream   {}", u.summary);
         }
+        let _ = writeln!(s, "  source date   {}", r.source_date);
         let _ = writeln!(s, "  inputs digest {}", r.inputs_digest);
         f.write_str(&s)
     }

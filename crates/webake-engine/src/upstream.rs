@@ -20,6 +20,7 @@ use webake_build::bootstrap::BootstrapPlan;
 use webake_spec::LoadedRecipe;
 use webake_upstream::{Candidate, Client, ClientOptions, Freshness, UpstreamState};
 
+use crate::source_date::SourceDate;
 use crate::{Context, Error, Result, ResultExt};
 
 /// What the upstream check found for a plan.
@@ -50,27 +51,55 @@ pub enum UpstreamStatus {
     Unchecked,
 }
 
-/// Decide which generation of the base `bs` the bake uses, checking upstream.
+/// Decide which generation of the base `bs` the bake uses, checking upstream, and its source
+/// date ([`crate::source_date`]).
 pub fn choose_base(
     ctx: &Context<'_>,
     recipe: &LoadedRecipe,
     bs: BootstrapPlan,
-) -> Result<(BootstrapPlan, UpstreamReport)> {
+) -> Result<(BootstrapPlan, UpstreamReport, SourceDate)> {
     let report = |status, summary: String| UpstreamReport {
         status,
         summary,
         candidates: Vec::new(),
     };
-    if bs.sources.is_empty() {
-        let why =
-            "not checked: the base uses mmdebstrap's default mirror (name a mirror to check it)";
-        return Ok((bs, report(UpstreamStatus::Unchecked, why.into())));
-    }
-    if bs.pinned() {
-        let uris: Vec<&str> = bs.sources.iter().map(|s| s.uri.as_str()).collect();
-        let why = format!("pinned to {}: upstream is not checked", uris.join(", "));
-        let pinned = bs.for_generation("pinned", serde_json::Value::Null);
-        return Ok((pinned, report(UpstreamStatus::Pinned, why)));
+    let explicit = crate::source_date::explicit(Some(ctx), recipe)?;
+    let bootstrap_dir = ctx.workspace.bootstrap_dir();
+    // The cached bases of this configuration (with the explicit date, when one is given).
+    let cached: Vec<CachedBase> = cached_bases(&bootstrap_dir, &bs.config_key)
+        .into_iter()
+        .filter(|c| explicit.as_ref().is_none_or(|e| c.source_date == e.epoch))
+        .collect();
+    if bs.sources.is_empty() || bs.pinned() {
+        let (bs, status, why) = if bs.sources.is_empty() {
+            let why = "not checked: the base uses mmdebstrap's default mirror (name a mirror to check it)";
+            (bs, UpstreamStatus::Unchecked, why.to_string())
+        } else {
+            let uris: Vec<&str> = bs.sources.iter().map(|s| s.uri.as_str()).collect();
+            let why = format!("pinned to {}: upstream is not checked", uris.join(", "));
+            let pinned = bs.for_generation("pinned", serde_json::Value::Null);
+            (pinned, UpstreamStatus::Pinned, why)
+        };
+        let sd = explicit
+            .or_else(|| {
+                crate::source_date::of_snapshot_uris(bs.sources.iter().map(|s| s.uri.as_str()))
+                    .map(|t| SourceDate::new(t, "the snapshot date of the base's sources"))
+            })
+            .or_else(|| {
+                newest(&cached, |c| c.generation == bs.generation).map(|c| {
+                    SourceDate::new(
+                        c.source_date,
+                        "recorded with the cached base when it was bootstrapped (its sources are not checked upstream)",
+                    )
+                })
+            })
+            .unwrap_or_else(|| {
+                SourceDate::new(
+                    jiff::Timestamp::now().as_second(),
+                    "now: this bake bootstraps the base, and its sources are not checked upstream (a bake from empty caches gets another date; set image.source_date_epoch to pin it)",
+                )
+            });
+        return Ok((bs.with_source_date(sd.epoch), report(status, why), sd));
     }
     let client = Client::new(ClientOptions::default());
     let current = client
@@ -78,16 +107,36 @@ pub fn choose_base(
         .map_err(|e| Error::from(e).context("checking the base's apt sources upstream"))?;
     let state = serde_json::to_value(&current).map_err(|e| Error::Failed(e.to_string()))?;
     let fresh = bs.clone().for_generation(&current.fingerprint(), state);
-    let bootstrap_dir = ctx.workspace.bootstrap_dir();
-    if webake_build::bootstrap::cached_rootfs(&bootstrap_dir, &fresh.key).is_some() {
-        let summary = up_to_date_line(&current);
-        return Ok((fresh, report(UpstreamStatus::UpToDate, summary)));
-    }
-    let Some((key, recorded)) = newest_generation(&bootstrap_dir, &bs.config_key) else {
-        let why = "no cached base of this configuration: bootstrapping from upstream as it is now";
-        return Ok((fresh, report(UpstreamStatus::NewBase, why.into())));
+    let fresh_date = || {
+        explicit.clone().unwrap_or_else(|| {
+            SourceDate::new(
+                crate::source_date::of_state(&current).unwrap_or(0),
+                "the newest InRelease Date of the base's sources when this base generation was bootstrapped",
+            )
+        })
     };
-    let packages = image_packages(ctx, recipe, &bootstrap_dir.join(&key))?;
+    if let Some(c) = newest(&cached, |c| c.generation == fresh.generation) {
+        let sd = explicit.clone().unwrap_or_else(|| {
+            SourceDate::new(
+                c.source_date,
+                "the newest InRelease Date of the base's sources when this base generation was bootstrapped",
+            )
+        });
+        let summary = up_to_date_line(&current);
+        let fresh = fresh.with_source_date(sd.epoch);
+        return Ok((fresh, report(UpstreamStatus::UpToDate, summary), sd));
+    }
+    let Some(newest) = newest(&cached, |c| c.upstream.is_some()) else {
+        let why = "no cached base of this configuration: bootstrapping from upstream as it is now";
+        let sd = fresh_date();
+        let fresh = fresh.with_source_date(sd.epoch);
+        return Ok((fresh, report(UpstreamStatus::NewBase, why.into()), sd));
+    };
+    let recorded = newest
+        .upstream
+        .clone()
+        .expect("kept for its recorded state");
+    let packages = image_packages(ctx, recipe, &bootstrap_dir.join(&newest.key))?;
     let verdict = webake_upstream::freshness(&client, &recorded, &current, &packages)
         .context("comparing upstream with the cached base")?;
     let went_back = match &verdict {
@@ -103,8 +152,19 @@ pub fn choose_base(
         )));
     }
     let reuse = |status, summary| {
-        let old = bs.clone().with_key(&key, &recorded);
-        Ok((old, report(status, summary)))
+        let sd = SourceDate::new(
+            newest.source_date,
+            "the newest InRelease Date of the base's sources when this base generation was bootstrapped",
+        );
+        let old = bs
+            .clone()
+            .for_generation(
+                &newest.generation,
+                serde_json::to_value(&recorded).unwrap_or_default(),
+            )
+            .with_source_date(sd.epoch);
+        debug_assert_eq!(old.key, newest.key);
+        Ok((old, report(status, summary), explicit.clone().unwrap_or(sd)))
     };
     match verdict {
         Freshness::UpToDate { .. } => reuse(UpstreamStatus::UpToDate, up_to_date_line(&recorded)),
@@ -122,13 +182,15 @@ pub fn choose_base(
         Freshness::Updates { mut candidates, .. } => {
             candidates.sort_by(|a, b| b.security.cmp(&a.security).then(a.name.cmp(&b.name)));
             let summary = updates_line(&candidates);
+            let sd = fresh_date();
             Ok((
-                fresh,
+                fresh.with_source_date(sd.epoch),
                 UpstreamReport {
                     status: UpstreamStatus::Updates,
                     summary,
                     candidates,
                 },
+                sd,
             ))
         }
     }
@@ -170,30 +232,53 @@ pub(crate) fn updates_line(candidates: &[Candidate]) -> String {
     )
 }
 
-/// The newest cached generation of a base configuration: its key and recorded state.
-fn newest_generation(bootstrap_dir: &Path, config_key: &str) -> Option<(String, UpstreamState)> {
-    let mut best: Option<(i64, String, UpstreamState)> = None;
-    for e in std::fs::read_dir(bootstrap_dir).ok()?.flatten() {
-        let Ok(text) = std::fs::read(e.path().join("meta.json")) else {
-            continue;
-        };
-        let Ok(meta) = serde_json::from_slice::<serde_json::Value>(&text) else {
-            continue;
-        };
-        if meta["plan"]["config_key"] != config_key || !e.path().join("rootfs").is_dir() {
-            continue;
-        }
-        let Ok(state) = serde_json::from_value::<UpstreamState>(meta["plan"]["upstream"].clone())
-        else {
-            continue;
-        };
-        let created = meta["created"].as_i64().unwrap_or(0);
-        let key = e.file_name().to_string_lossy().into_owned();
-        if best.as_ref().is_none_or(|(c, _, _)| created > *c) {
-            best = Some((created, key, state));
-        }
-    }
-    best.map(|(_, k, s)| (k, s))
+/// A cached base of a configuration, as its meta.json records it.
+#[derive(Debug, Clone)]
+struct CachedBase {
+    key: String,
+    created: i64,
+    generation: String,
+    source_date: i64,
+    upstream: Option<UpstreamState>,
+}
+
+/// The cached bases of a configuration (complete entries whose plan records a source date).
+fn cached_bases(bootstrap_dir: &Path, config_key: &str) -> Vec<CachedBase> {
+    let Ok(entries) = std::fs::read_dir(bootstrap_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let text = std::fs::read(e.path().join("meta.json")).ok()?;
+            let meta = serde_json::from_slice::<serde_json::Value>(&text).ok()?;
+            let plan = &meta["plan"];
+            if plan["config_key"] != config_key || !e.path().join("rootfs").is_dir() {
+                return None;
+            }
+            Some(CachedBase {
+                key: e.file_name().to_string_lossy().into_owned(),
+                created: meta["created"]
+                    .as_i64()
+                    .or_else(|| meta["created"].as_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(0),
+                generation: plan["generation"].as_str().unwrap_or_default().to_string(),
+                source_date: plan["source_date"].as_i64()?,
+                upstream: serde_json::from_value(plan["upstream"].clone()).ok(),
+            })
+        })
+        .collect()
+}
+
+/// The most recently built of the cached bases that `keep` keeps.
+fn newest<'a>(
+    cached: &'a [CachedBase],
+    keep: impl Fn(&CachedBase) -> bool,
+) -> Option<&'a CachedBase> {
+    cached
+        .iter()
+        .filter(|c| keep(c))
+        .max_by(|a, b| a.created.cmp(&b.created).then(a.key.cmp(&b.key)))
 }
 
 /// The packages whose updates matter: those of the family's newest image (its steps installed

@@ -55,7 +55,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use model::*;
 pub use size::ByteSize;
 pub use template::VersionTemplate;
-pub use validate::KNOWN_SUITES;
+pub use validate::{KNOWN_SUITES, check_source_date};
 pub use vars::{ENV_PREFIX, ResolvedVariable, VarInputs, VarOrigin, is_name, parse_var_arg};
 
 use locate::{Seg, render_path};

@@ -227,6 +227,12 @@ pub struct ImageSpec {
     /// Role of the image (the agent's `{role}` hostname segment), e.g. `kubernetes`.
     #[serde(default)]
     pub role: Option<String>,
+    /// The image's date (`SOURCE_DATE_EPOCH`, Unix seconds): no timestamp in the image is
+    /// later, mmdebstrap and every step see it, the version template renders it. Default: the
+    /// base's (the newest InRelease `Date` of a checked Debian base, a snapshot mirror's date,
+    /// the parent image's); `--source-date-epoch` overrides it. See docs/reproducible.md.
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
 }
 
 /// Where the root filesystem comes from.

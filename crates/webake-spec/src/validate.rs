@@ -199,6 +199,27 @@ fn check_suite(r: &mut Report, path: Vec<Seg>, suite: &str) {
     }
 }
 
+/// A source date: Unix seconds, not before 1980 (FAT and zip cannot say so) and not in the
+/// future (a bake could not clamp the files it writes to it).
+pub fn check_source_date(t: i64) -> Result<(), String> {
+    const Y1980: i64 = 315_532_800;
+    let now = jiff::Timestamp::now().as_second();
+    if t < Y1980 {
+        return Err(format!(
+            "{t} is before 1980-01-01 (315532800), the earliest date a FAT filesystem holds"
+        ));
+    }
+    if t > now {
+        return Err(format!(
+            "{t} ({}) is in the future: a source date is when the inputs were made",
+            jiff::Timestamp::from_second(t)
+                .map(|x| x.to_string())
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
 fn check_env_name(k: &str) -> Result<(), String> {
     if k.is_empty()
         || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -272,6 +293,12 @@ pub(crate) fn validate(r: &Recipe, raw: &dyn Fn(&[Seg]) -> Option<String>) -> Re
     }
     if let Some(role) = &r.image.role {
         rep.check(vec![key("image"), key("role")], no_control("a role", role));
+    }
+    if let Some(t) = r.image.source_date_epoch {
+        rep.check(
+            vec![key("image"), key("source_date_epoch")],
+            check_source_date(t),
+        );
     }
     match &r.base {
         Base::Mmdebstrap(m) => mmdebstrap(&mut rep, m, r.allow_paths_outside_recipe_dir),

@@ -86,6 +86,10 @@ pub struct BakeFlags {
     /// interactive shell in the failed step's tree, then clean up
     #[arg(long, value_enum, value_name = "WHAT", default_value_t = OnError::Cleanup)]
     pub on_error: OnError,
+    /// The image's date, Unix seconds: no timestamp in it is later [default: the recipe's
+    /// image.source_date_epoch, else the base's (see docs/reproducible.md)]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
 }
 
 /// What a failed step leaves behind.
@@ -109,6 +113,7 @@ impl BakeFlags {
             keep_on_error: self.keep_on_error || self.on_error == OnError::Abort,
             test,
             shell_on_error: self.on_error == OnError::Shell,
+            version: None,
         }
     }
 }

@@ -32,7 +32,12 @@ pub fn dispatch(mut cli: Cli) -> ExitCode {
         cli.global.log_format = crate::cli::LogFormat::Json;
     }
     let out = Output::new(&cli.global, cli.command.name());
-    let result = crate::settings::resolve(&cli.global).and_then(|settings| {
+    let result = crate::settings::resolve(&cli.global).and_then(|mut settings| {
+        settings.source_date_epoch = match &cli.command {
+            Command::Bake(b) => b.flags.source_date_epoch,
+            Command::Run(r) => r.flags.source_date_epoch,
+            _ => None,
+        };
         if matches!(
             cli.command,
             Command::Bake(_)
