@@ -797,13 +797,12 @@ fn write_artifacts(
             tmps.0.push(q_tmp.clone());
             let r = runner(
                 &Cmd::new("qemu-img")
-                    // -W: clusters are compressed on several threads and written as they
-                    // finish, so the qcow2's cluster order (not its content) varies between
-                    // runs; every bake has its own disk ids anyway.
+                    // No -W: with out-of-order writes the cluster order (not the content)
+                    // varies between runs. In order, the qcow2 is a function of the raw disk
+                    // (measured: 3.2 s instead of 2.3 s for the example's 2 GiB disk).
                     .args([
                         "convert",
                         "-q",
-                        "-W",
                         "-f",
                         "raw",
                         "-O",

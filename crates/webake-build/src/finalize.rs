@@ -67,6 +67,7 @@ pub fn finalize(root: &Path, host_resolv_conf: Option<&[u8]>) -> Result<Finalize
     apt_lists_and_caches(&t, &mut r)?;
     histories_and_instance_state(&t, &mut r)?;
     build_logs(&t)?;
+    temp_files(&t, &mut r)?;
     Ok(r)
 }
 
@@ -200,6 +201,17 @@ fn histories_and_instance_state(t: &Tree, r: &mut FinalizeReport) -> Result<()> 
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// What the build left in `/tmp` (the tmpfs at boot hides it anyway): a step's `/tmp` is a
+/// tmpfs of its own, but the bootstrap's is not, and mkinitramfs's scratch directories there
+/// would make two bakes of the same inputs differ.
+fn temp_files(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
+    let n = clear_dir(t, "tmp", &|_| false)?;
+    if n > 0 {
+        r.did(format!("removed {n} entries from /tmp"));
     }
     Ok(())
 }
