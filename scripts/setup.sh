@@ -32,6 +32,7 @@ packages=(
   qemu-system-x86 "qemu-utils=${qemu_version}" ovmf seabios
   ansible git ca-certificates zstd python3 python3-venv
   slirp4netns iproute2
+  diffoscope-minimal  # webake verify: what differs inside the files of a non-reproduced disk
 )
 if [ "$want_test" = 1 ]; then
   # The escape suite checks the host's firewall before and after a bake.

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     PublishFailed,
     /// The rollout failed: exit 5.
     RolloutFailed,
+    /// A rebake did not reproduce the image, or its inputs cannot be had again: exit 6.
+    NotReproduced,
     /// Interrupted (Ctrl-C, SIGTERM): exit 130.
     Interrupted,
 }
@@ -32,6 +34,7 @@ impl ErrorKind {
             Self::TestFailed => 3,
             Self::PublishFailed => 4,
             Self::RolloutFailed => 5,
+            Self::NotReproduced => 6,
             Self::Interrupted => 130,
         }
     }
@@ -74,6 +77,9 @@ pub enum Error {
     /// The boot test ran and failed.
     #[error("{0}")]
     TestFailed(String),
+    /// `webake verify`: the image was not reproduced (or its inputs are gone).
+    #[error("{0}")]
+    NotReproduced(String),
     /// Cancelled (Ctrl-C, SIGTERM): the context above it says what was.
     #[error("cancelled")]
     Interrupted,
@@ -139,6 +145,7 @@ impl Error {
             Self::Spec(_) | Self::Invalid(_) => ErrorKind::Invalid,
             Self::Interrupted => ErrorKind::Interrupted,
             Self::TestFailed(_) => ErrorKind::TestFailed,
+            Self::NotReproduced(_) => ErrorKind::NotReproduced,
             Self::Build(b) if b.is_cancelled() => ErrorKind::Interrupted,
             Self::Process(p) if p.is_cancelled() => ErrorKind::Interrupted,
             Self::Aws(e) if e.is_cancelled() => ErrorKind::Interrupted,

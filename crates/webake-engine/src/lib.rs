@@ -29,6 +29,7 @@ pub mod shell;
 pub mod source_date;
 pub mod step_sources;
 pub mod upstream;
+pub mod verify;
 
 pub use context::{Context, Settings};
 pub use error::{Error, ErrorKind, Result, ResultExt};

@@ -70,6 +70,8 @@ pub enum Command {
     Test(crate::cmd::test::TestArgs),
     /// Boot a copy of an image under qemu with its serial console on this terminal
     Boot(crate::cmd::boot::BootArgs),
+    /// Rebake an image from its recorded inputs and compare the raw disks byte for byte
+    Verify(crate::cmd::verify::VerifyArgs),
     /// Hygiene lint of an image or a directory tree
     Lint(crate::cmd::lint::LintArgs),
     /// Publish a catalog image: locally (default) or to AWS as an AMI
@@ -134,6 +136,7 @@ impl Command {
             Command::Gc(_) => "gc",
             Command::Test(_) => "test",
             Command::Boot(_) => "boot",
+            Command::Verify(_) => "verify",
             Command::Lint(_) => "lint",
             Command::Publish(_) => "publish",
             Command::PublishAws(_) => "publish-aws",

@@ -15,6 +15,7 @@ pub mod run;
 pub mod shell;
 pub mod test;
 pub mod validate;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,7 @@ pub fn dispatch(mut cli: Cli) -> ExitCode {
             Command::Bake(_)
                 | Command::Shell(_)
                 | Command::Test(_)
+                | Command::Verify(_)
                 | Command::Publish(_)
                 | Command::PublishAws(_)
                 | Command::Rollout(_)
@@ -69,6 +71,7 @@ fn run(command: Command, ctx: &Context<'_>, out: &Output) -> CmdResult {
         Command::Gc(a) => a.run(ctx, out),
         Command::Test(a) => a.run(ctx, out),
         Command::Boot(a) => a.run(ctx),
+        Command::Verify(a) => a.run(ctx, out),
         Command::Lint(a) => a.run(ctx, out),
         Command::Publish(a) => a.run(ctx, out),
         Command::PublishAws(a) => a.run(ctx, out),
