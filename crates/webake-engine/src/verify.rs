@@ -149,7 +149,14 @@ pub fn verify(
         .artifact(webake_catalog::ArtifactFormat::Raw)
         .ok_or_else(|| Error::Invalid("the recipe does not output a raw disk".into()))?
         .clone();
-    let reference_sha256 = webake_build::digest::sha256_file(&reference)?;
+    let (reference_sha256, padding) = digest_of_disk(&reference, rebaked.size)?;
+    if padding > 0 {
+        ctx.reporter.note(&format!(
+            "{} is {padding} bytes longer than the disk, all zeros (a volume rounded up to whole GiB): compared the first {} bytes",
+            reference.display(),
+            rebaked.size
+        ));
+    }
     let mut report = VerifyReport {
         image: img.id.to_string(),
         reference: reference.clone(),
@@ -174,6 +181,39 @@ pub fn verify(
         report.scratch = Some(scratch.keep());
     }
     Ok(report)
+}
+
+/// The sha256 of a disk file; a file longer than `size` whose excess is all zeros (an EBS
+/// volume rounded up to whole GiB, downloaded) is hashed over its first `size` bytes. Returns
+/// the digest and the length of the zero padding left out.
+fn digest_of_disk(path: &Path, size: u64) -> Result<(String, u64)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut zero_tail) = (0u64, true);
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let inside = (size.saturating_sub(at) as usize).min(n);
+        h.update(&chunk[..inside]);
+        if chunk[inside..].iter().any(|&b| b != 0) {
+            zero_tail = false;
+        }
+        at += n as u64;
+    }
+    let digest = hex::encode(h.finalize());
+    match (len > size, zero_tail) {
+        (false, _) => Ok((digest, 0)),
+        (true, true) => Ok((digest, len - size)),
+        // Longer, with data past the disk: the whole file is the reference.
+        (true, false) => Ok((webake_build::digest::sha256_file(path)?, 0)),
+    }
 }
 
 /// The plan must be the image's: same recipe, same inputs (else say which moved).
@@ -392,7 +432,11 @@ pub(crate) fn compare_trees(a: &Path, b: &Path) -> Result<Vec<Difference>> {
         let what = if x.kind != y.kind {
             "type"
         } else if x.data != y.data {
-            if x.kind == "symlink" { "target" } else { "content" }
+            if x.kind == "symlink" {
+                "target"
+            } else {
+                "content"
+            }
         } else if x.mode != y.mode {
             "mode"
         } else if x.owner != y.owner {
@@ -417,7 +461,13 @@ fn diffoscope(ctx: &Context<'_>, a: &Path, b: &Path, diffs: &[Difference]) -> Op
     for d in diffs.iter().filter(|d| d.what == "content").take(5) {
         let rel = d.path.trim_start_matches('/');
         let o = std::process::Command::new("diffoscope")
-            .args(["--no-progress", "--text", "-", "--max-text-report-size", "20000"])
+            .args([
+                "--no-progress",
+                "--text",
+                "-",
+                "--max-text-report-size",
+                "20000",
+            ])
             .arg(a.join(rel))
             .arg(b.join(rel))
             .output();
@@ -476,5 +526,28 @@ mod tests {
                 ("/new", "only in the rebake")
             ]
         );
+    }
+
+    #[test]
+    fn a_volume_rounded_up_with_zeros_compares_as_the_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        std::fs::write(&disk, b"disk content").unwrap();
+        let want = webake_build::digest::sha256_file(&disk).unwrap();
+        let padded = d.path().join("volume.raw");
+        let mut bytes = b"disk content".to_vec();
+        bytes.extend(std::iter::repeat_n(0u8, 3 << 20));
+        std::fs::write(&padded, &bytes).unwrap();
+        assert_eq!(
+            digest_of_disk(&padded, 12).unwrap(),
+            (want.clone(), 3 << 20)
+        );
+        assert_eq!(digest_of_disk(&disk, 12).unwrap(), (want.clone(), 0));
+        bytes.push(1);
+        std::fs::write(&padded, &bytes).unwrap();
+        let (other, pad) = digest_of_disk(&padded, 12).unwrap();
+        assert_eq!(pad, 0);
+        assert_ne!(other, want);
+        assert_eq!(other, webake_build::digest::sha256_file(&padded).unwrap());
     }
 }

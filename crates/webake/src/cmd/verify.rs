@@ -98,7 +98,10 @@ fn text(r: &VerifyReport) -> String {
             s.push_str(&format!("    {}  ({})\n", d.path, d.what));
         }
         if r.differences.len() > 50 {
-            s.push_str(&format!("    ... {} more (--json lists all)\n", r.differences.len() - 50));
+            s.push_str(&format!(
+                "    ... {} more (--json lists all)\n",
+                r.differences.len() - 50
+            ));
         }
     }
     if let Some(d) = &r.diffoscope {
