@@ -184,6 +184,9 @@ fn histories_and_instance_state(t: &Tree, r: &mut FinalizeReport) -> Result<()> 
         "var/lib/cloud/data",
         "var/lib/cloud/sem",
         "usr/sbin/policy-rc.d",
+        // ldconfig's cache of the build host's inode numbers and change times (it rebuilds
+        // it); mmdebstrap removes it, a step that installs libraries writes it again.
+        "var/cache/ldconfig/aux-cache",
     ] {
         if t.remove(p(rel))? {
             r.did(format!("removed /{rel}"));
