@@ -147,6 +147,7 @@ fn assemble_disk(dir: &Path, tree: &Path, boot: &[BootMode], size: u64, title: &
         out_dir: &out_dir,
         base_name: "disk".into(),
         outputs: &[OutputFormat::Raw],
+        source_date: 1_700_000_000,
     };
     let cancel = webake_sys::CancelToken::new();
     let mut runner = |c: &Cmd| run_simple(c, &cancel);

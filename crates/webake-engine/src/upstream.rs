@@ -271,10 +271,7 @@ fn cached_bases(bootstrap_dir: &Path, config_key: &str) -> Vec<CachedBase> {
 }
 
 /// The most recently built of the cached bases that `keep` keeps.
-fn newest<'a>(
-    cached: &'a [CachedBase],
-    keep: impl Fn(&CachedBase) -> bool,
-) -> Option<&'a CachedBase> {
+fn newest(cached: &[CachedBase], keep: impl Fn(&CachedBase) -> bool) -> Option<&CachedBase> {
     cached
         .iter()
         .filter(|c| keep(c))
