@@ -71,35 +71,7 @@ pub fn choose_base(
         .filter(|c| explicit.as_ref().is_none_or(|e| c.source_date == e.epoch))
         .collect();
     if bs.sources.is_empty() || bs.pinned() {
-        let (bs, status, why) = if bs.sources.is_empty() {
-            let why = "not checked: the base uses mmdebstrap's default mirror (name a mirror to check it)";
-            (bs, UpstreamStatus::Unchecked, why.to_string())
-        } else {
-            let uris: Vec<&str> = bs.sources.iter().map(|s| s.uri.as_str()).collect();
-            let why = format!("pinned to {}: upstream is not checked", uris.join(", "));
-            let pinned = bs.for_generation("pinned", serde_json::Value::Null);
-            (pinned, UpstreamStatus::Pinned, why)
-        };
-        let sd = explicit
-            .or_else(|| {
-                crate::source_date::of_snapshot_uris(bs.sources.iter().map(|s| s.uri.as_str()))
-                    .map(|t| SourceDate::new(t, "the snapshot date of the base's sources"))
-            })
-            .or_else(|| {
-                newest(&cached, |c| c.generation == bs.generation).map(|c| {
-                    SourceDate::new(
-                        c.source_date,
-                        "recorded with the cached base when it was bootstrapped (its sources are not checked upstream)",
-                    )
-                })
-            })
-            .unwrap_or_else(|| {
-                SourceDate::new(
-                    jiff::Timestamp::now().as_second(),
-                    "now: this bake bootstraps the base, and its sources are not checked upstream (a bake from empty caches gets another date; set image.source_date_epoch to pin it)",
-                )
-            });
-        return Ok((bs.with_source_date(sd.epoch), report(status, why), sd));
+        return Ok(unchecked_base(bs, explicit, &cached));
     }
     let client = Client::new(ClientOptions::default());
     let current = client
@@ -194,6 +166,50 @@ pub fn choose_base(
             ))
         }
     }
+}
+
+/// A base whose sources are not checked upstream (mmdebstrap's default mirror) or pinned:
+/// its generation is fixed, its source date explicit, the snapshot's, or the cached base's.
+fn unchecked_base(
+    bs: BootstrapPlan,
+    explicit: Option<SourceDate>,
+    cached: &[CachedBase],
+) -> (BootstrapPlan, UpstreamReport, SourceDate) {
+    let report = |status, summary: String| UpstreamReport {
+        status,
+        summary,
+        candidates: Vec::new(),
+    };
+    let (bs, status, why) = if bs.sources.is_empty() {
+        let why =
+            "not checked: the base uses mmdebstrap's default mirror (name a mirror to check it)";
+        (bs, UpstreamStatus::Unchecked, why.to_string())
+    } else {
+        let uris: Vec<&str> = bs.sources.iter().map(|s| s.uri.as_str()).collect();
+        let why = format!("pinned to {}: upstream is not checked", uris.join(", "));
+        let pinned = bs.for_generation("pinned", serde_json::Value::Null);
+        (pinned, UpstreamStatus::Pinned, why)
+    };
+    let sd = explicit
+        .or_else(|| {
+            crate::source_date::of_snapshot_uris(bs.sources.iter().map(|s| s.uri.as_str()))
+                .map(|t| SourceDate::new(t, "the snapshot date of the base's sources"))
+        })
+        .or_else(|| {
+            newest(cached, |c| c.generation == bs.generation).map(|c| {
+                SourceDate::new(
+                    c.source_date,
+                    "recorded with the cached base when it was bootstrapped (its sources are not checked upstream)",
+                )
+            })
+        })
+        .unwrap_or_else(|| {
+            SourceDate::new(
+                jiff::Timestamp::now().as_second(),
+                "now: this bake bootstraps the base, and its sources are not checked upstream (a bake from empty caches gets another date; set image.source_date_epoch to pin it)",
+            )
+        });
+    (bs.with_source_date(sd.epoch), report(status, why), sd)
 }
 
 /// "up to date with upstream (InRelease of bookworm, bookworm-updates, bookworm-security
