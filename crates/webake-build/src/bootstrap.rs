@@ -543,16 +543,38 @@ pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<PathBuf> {
             )
         }
         BasePlan::Mmdebstrap(bs) => {
-            match cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key)
-                .filter(|_| !req.refresh_base)
-            {
-                Some(root) => (
-                    &bs.key,
-                    format!("cached base {} ({})", &bs.key[..12], bs.suite),
-                    root,
-                ),
-                None => return bootstrap(run, bs, t),
-            }
+            let cached = || {
+                cached_rootfs(&req.workspace.bootstrap_dir(), &bs.key).filter(|_| !req.refresh_base)
+            };
+            let root = match cached() {
+                Some(root) => root,
+                None => {
+                    // Another bake of this base (a recipe baked next to this one) may be
+                    // bootstrapping it: wait for it rather than bootstrap twice.
+                    let _lock = crate::workspace::EntryLock::acquire(
+                        &req.workspace.cache_dir,
+                        "bootstrap",
+                        &bs.key,
+                        &req.cancel,
+                        &mut || {
+                            req.reporter.output(
+                                step,
+                                "waiting for a concurrent bake that bootstraps the same base",
+                            )
+                        },
+                    )
+                    .map_err(|e| e.in_step(step))?;
+                    match cached() {
+                        Some(root) => root,
+                        None => return bootstrap(run, bs, t),
+                    }
+                }
+            };
+            (
+                &bs.key,
+                format!("cached base {} ({})", &bs.key[..12], bs.suite),
+                root,
+            )
         }
     };
     run.started(step, &detail);

@@ -75,6 +75,51 @@ fn explain_file(run: &Run<'_>, i: usize) -> PathBuf {
         .join(format!("step-{i}.json"))
 }
 
+/// A layer this bake can use as it is, or the right to build it.
+enum Claim {
+    Cached(PathBuf),
+    /// Build it, holding the entry's lock (none for a step that is never cached).
+    Build(Option<crate::workspace::EntryLock>),
+}
+
+/// The cached layer of `sp`, else its lock: a concurrent bake building the same layer (the
+/// same first steps of two recipes baked at once) is waited for, and its layer used.
+fn claim_layer(run: &mut Run<'_>, sp: &StepPlan, cacheable: bool, t: Instant) -> Result<Claim> {
+    let req = run.req;
+    let entry = req.workspace.layers_dir().join(&sp.key);
+    let hit = |run: &mut Run<'_>| -> Option<PathBuf> {
+        (cacheable && entry.join("meta.json").is_file() && entry.join("tree").is_dir()).then(|| {
+            run.started(&sp.label, &format!("cached layer {}", &sp.key[..12]));
+            touch(&entry);
+            run.finished(&sp.label, t, CacheStatus::Hit, sp.key.clone());
+            entry.join("tree")
+        })
+    };
+    if let Some(tree) = hit(run) {
+        return Ok(Claim::Cached(tree));
+    }
+    if !cacheable {
+        return Ok(Claim::Build(None));
+    }
+    let lock = crate::workspace::EntryLock::acquire(
+        &req.workspace.cache_dir,
+        "layer",
+        &sp.key,
+        &req.cancel,
+        &mut || {
+            req.reporter.output(
+                &sp.label,
+                "waiting for a concurrent bake that builds the same layer",
+            )
+        },
+    )
+    .map_err(|e| e.in_step(&sp.label))?;
+    Ok(match hit(run) {
+        Some(tree) => Claim::Cached(tree),
+        None => Claim::Build(Some(lock)),
+    })
+}
+
 /// One step: its cached layer, or a run in the sandbox and the new layer. Returns the layer.
 fn run_step(
     run: &mut Run<'_>,
@@ -87,16 +132,11 @@ fn run_step(
     let req = run.req;
     let t = Instant::now();
     let entry = req.workspace.layers_dir().join(&sp.key);
-    if !req.no_cache
-        && !uncached
-        && entry.join("meta.json").is_file()
-        && entry.join("tree").is_dir()
-    {
-        run.started(&sp.label, &format!("cached layer {}", &sp.key[..12]));
-        touch(&entry);
-        run.finished(&sp.label, t, CacheStatus::Hit, sp.key.clone());
-        return Ok(entry.join("tree"));
-    }
+    let cacheable = !req.no_cache && !uncached;
+    let _lock = match claim_layer(run, sp, cacheable, t)? {
+        Claim::Cached(tree) => return Ok(tree),
+        Claim::Build(lock) => lock,
+    };
     let why = if uncached {
         "reads secrets (or follows a step that does): never cached".to_string()
     } else {

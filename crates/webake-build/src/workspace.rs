@@ -5,6 +5,7 @@
 //! - `cache_dir/packages/`         downloaded .deb files shared between bakes
 //! - `cache_dir/tmp/<bake-id>/`    per-bake scratch (layers in progress, export tree)
 //! - `cache_dir/leases/<bake-id>`  a running bake's lease (see [`BakeLease`])
+//! - `cache_dir/locks/<kind>-<key>.lock`  held while a bake builds that entry ([`EntryLock`])
 //! - `data_dir/images/<image-id>/` artifacts
 //! - `data_dir/bakes/<bake-id>/`   bake logs
 
@@ -126,6 +127,54 @@ fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
         Ok(()) => Ok(()),
         Err(TryLockError::WouldBlock) => Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
         Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// An exclusive lock on one cache entry while a bake builds it (flock on
+/// `cache_dir/locks/<kind>-<key>.lock`). A second bake that needs the same base or layer (two
+/// recipes on one base, baked at once) waits for the first and uses what it committed instead
+/// of building it again. Released on drop, and by the kernel when the process dies.
+#[must_use]
+pub struct EntryLock {
+    _file: std::fs::File,
+}
+
+impl EntryLock {
+    /// Take the lock, waiting (and polling `cancel`) while another bake holds it; `waiting`
+    /// is called once if it has to wait.
+    pub fn acquire(
+        cache_dir: &Path,
+        kind: &str,
+        key: &str,
+        cancel: &webake_sys::CancelToken,
+        waiting: &mut dyn FnMut(),
+    ) -> Result<Self> {
+        let dir = cache_dir.join("locks");
+        mkdir_p(&dir)?;
+        let p = dir.join(format!("{kind}-{key}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| BuildError::io(&p, e))?;
+        let mut said = false;
+        loop {
+            match flock(&f, libc_lock::EX | libc_lock::NB) {
+                Ok(()) => return Ok(Self { _file: f }),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !said {
+                        waiting();
+                        said = true;
+                    }
+                    if cancel.is_cancelled() {
+                        return Err(BuildError::Cancelled);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(BuildError::io(&p, e)),
+            }
+        }
     }
 }
 

@@ -17,6 +17,9 @@ pub struct Output {
     pub quiet: bool,
     /// `webake COMMAND`, the `source` of JSON lines.
     pub source: String,
+    /// The recipe a line is about, when one command bakes several at once: `[NAME] ` before
+    /// every text line, `"recipe": NAME` in every JSON line.
+    pub scope: Option<String>,
 }
 
 impl Output {
@@ -26,6 +29,18 @@ impl Output {
             json: global.json,
             quiet: global.quiet,
             source: format!("webake {command}"),
+            scope: None,
+        }
+    }
+
+    /// The same output, every progress line marked with `label`.
+    pub fn scoped(&self, label: &str) -> Output {
+        Output {
+            format: self.format,
+            json: self.json,
+            quiet: self.quiet,
+            source: self.source.clone(),
+            scope: Some(label.to_string()),
         }
     }
 
@@ -51,14 +66,22 @@ impl Output {
     }
 
     fn line(&self, event: &str, fields: serde_json::Value, text: impl FnOnce() -> String) {
-        match self.format {
-            LogFormat::Text => eprintln!("{}", text()),
-            LogFormat::Json => {
+        match (self.format, &self.scope) {
+            (LogFormat::Text, None) => eprintln!("{}", text()),
+            (LogFormat::Text, Some(label)) => {
+                // One write per event: the lines of concurrent bakes do not interleave.
+                let s: String = text().lines().map(|l| format!("[{label}] {l}\n")).collect();
+                eprint!("{s}");
+            }
+            (LogFormat::Json, scope) => {
                 let mut obj = serde_json::json!({
                     "time": jiff::Timestamp::now().to_string(),
                     "source": self.source,
                     "event": event,
                 });
+                if let (Some(o), Some(label)) = (obj.as_object_mut(), scope) {
+                    o.insert("recipe".into(), label.clone().into());
+                }
                 if let (Some(o), serde_json::Value::Object(f)) = (obj.as_object_mut(), fields) {
                     o.extend(f);
                 }

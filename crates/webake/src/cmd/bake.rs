@@ -1,4 +1,8 @@
-//! `webake bake RECIPE`: bake an image into the local catalog.
+//! `webake bake RECIPE...`: bake images into the local catalog. Several recipes are baked at
+//! once, up to `--jobs` at a time, each with its own bake (record, log, scratch) and its
+//! progress lines marked with its image name; a base or layer two of them share is built once
+//! (the second waits for the first, see `webake_build::workspace::EntryLock`). One failing
+//! does not stop the others.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -15,8 +19,12 @@ use crate::output::Output;
 
 #[derive(Debug, Args)]
 pub struct BakeArgs {
-    /// The recipe file (YAML)
-    pub recipe: PathBuf,
+    /// The recipe file(s) (YAML); several are baked at once, sharing what they have in common
+    #[arg(value_name = "RECIPE", required = true)]
+    pub recipes: Vec<PathBuf>,
+    /// With several recipes: how many bake at a time [default: the number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     #[command(flatten)]
     pub vars: VarArgs,
     /// Print the plan (steps, cache keys, why each would run) and do nothing
@@ -37,7 +45,10 @@ pub struct BakeArgs {
 
 impl BakeArgs {
     pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
-        let recipe = self.vars.load(&self.recipe, ctx.reporter)?;
+        if self.recipes.len() > 1 {
+            return crate::cmd::bake_many::run(&self, ctx, out);
+        }
+        let recipe = self.vars.load(&self.recipes[0], ctx.reporter)?;
         let plan = webake_engine::plan::plan(Some(ctx), &recipe)?;
         if self.dry_run || self.explain {
             let report = webake_engine::plan::report(ctx, &recipe, &plan);
@@ -64,7 +75,7 @@ impl BakeArgs {
     }
 }
 
-fn outcome_text(o: &BakeOutcome) -> String {
+pub(crate) fn outcome_text(o: &BakeOutcome) -> String {
     let img = &o.image;
     let mut s = format!(
         "image {}  {} {}  (family {})\n",

@@ -2,6 +2,7 @@
 //! the engine call, and how the result prints.
 
 pub mod bake;
+pub mod bake_many;
 pub mod boot;
 pub mod cache;
 pub mod clean;
