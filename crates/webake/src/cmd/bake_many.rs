@@ -72,7 +72,10 @@ pub fn run(args: &BakeArgs, ctx: &Context<'_>, out: &Output) -> CmdResult {
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
-                while let Some(i) = queue.lock().expect("queue").pop_front() {
+                loop {
+                    // Not `while let`: the queue's guard would live through the whole bake.
+                    let next = queue.lock().expect("queue").pop_front();
+                    let Some(i) = next else { break };
                     let scoped = out.scoped(&labels[i]);
                     let sub = Context::new(ctx.settings.clone(), &scoped, ctx.cancel.clone());
                     let r = webake_engine::plan::plan(Some(&sub), &recipes[i]).and_then(|plan| {
