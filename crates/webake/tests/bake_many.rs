@@ -1,6 +1,6 @@
-//! `webake bake A B C` (issue 25): several recipes in one invocation. Two recipes share their
-//! base and a slow first step: the step is built once (the other bake waits for it, or finds
-//! it cached), each line says which recipe it belongs to, a third recipe fails without losing
+//! `webake bake A B C` (issue 25): several recipes in one invocation. Three recipes share their
+//! base and a slow first step: the bakes run side by side, the step is built once (the others
+//! wait for it), each line says which recipe it belongs to, a third recipe fails without losing
 //! the other two images, and the exit code is the failure's.
 
 mod common;
@@ -16,7 +16,7 @@ image:
   - shell:
       name: shared
       inline:
-        - sleep 3
+        - sleep 5
         - echo {nonce} > /etc/shared-step
   - shell:
       name: own
@@ -73,6 +73,11 @@ fn several_recipes_bake_at_once_share_a_step_and_keep_going_after_a_failure() {
         .filter(|l| l.contains("<== 1. shared (shell): done in") && l.ends_with("(cached)"))
         .count();
     assert_eq!((built, cached), (1, 2), "{err}");
+    // The bakes ran side by side: at least one waited for the layer another was building.
+    assert!(
+        err.contains("waiting for a concurrent bake that builds the same layer"),
+        "{err}"
+    );
 
     // The failure is reported and the others are recorded.
     assert!(out.contains("2 of 3 recipe(s) baked"), "{out}");
