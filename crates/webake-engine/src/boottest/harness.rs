@@ -43,7 +43,7 @@ pub fn script(checks: &[BootCheck]) -> String {
         let b64 = B64.encode(c.run.as_bytes());
         s.push_str(&format!("out=$(echo {b64} | base64 -d | sh 2>&1); rc=$?; echo \"CHECK {i} rc=$rc out=$(printf %s \"$out\" | base64 -w0)\" >> $R; echo \"WEBAKE-CHECK {i} rc=$rc\"\n"));
     }
-    s.push_str("echo END >> $R\nsync\necho WEBAKE-TEST-END\nsystemctl poweroff --no-block\n");
+    s.push_str("echo END >> $R\nsync\necho WEBAKE-TEST-END\nsystemctl poweroff --force\n");
     s
 }
 
