@@ -19,27 +19,9 @@
 #   RUNS=n         pairs (default 3)
 set -euo pipefail
 
-KEEP=0
-for a in "$@"; do
-    case "$a" in
-        --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $a" >&2; exit 2 ;;
-    esac
-done
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-RUNS=${RUNS:-3}
-case "$RUNS" in ''|*[!0-9]*|0) echo "RUNS must be a positive number" >&2; exit 2 ;; esac
-WEBAKE_SRC=${WEBAKE:-$REPO/target/release/webake}
-[ -x "$WEBAKE_SRC" ] || (cd "$REPO" && cargo build --release -p webake -p webake-agent)
+. "$(dirname "$0")/lib.sh"
+bench_setup boot "$@"
 
-SCRATCH=$(mktemp -d "${BENCH_TMP:-/var/tmp}/webake-bench-boot.XXXXXX")
-cleanup() { [ "$KEEP" = 1 ] && echo "kept $SCRATCH" >&2 || rm -rf "$SCRATCH"; }
-trap cleanup EXIT
-mkdir -p "$SCRATCH/bin"
-cp "$WEBAKE_SRC" "$SCRATCH/bin/webake"
-cp "$(dirname "$WEBAKE_SRC")/webake-agent" "$SCRATCH/bin/webake-agent"
 W=("$SCRATCH/bin/webake" --data-dir "$SCRATCH/data" --cache-dir "$SCRATCH/cache" --catalog "$SCRATCH/catalog.db")
 
 (cd "$REPO" && "${W[@]}" bake --json recipes/debian-minimal.yaml >"$SCRATCH/bake.json" 2>"$SCRATCH/bake.log")
@@ -83,14 +65,12 @@ EOF
 }
 
 webake_test() {
-    local t0 t1
+    local t0
     t0=$(date +%s.%N)
-    "${W[@]}" test "$IMG" >"$SCRATCH/test.out" 2>"$SCRATCH/test.log" || { echo "webake test failed: $SCRATCH/test.log" >&2; KEEP=1; exit 1; }
-    t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f\n", b - a}'
+    "${W[@]}" test "$IMG" >"$SCRATCH/test.out" 2>"$SCRATCH/test.log" || { echo "webake test failed: $SCRATCH/test.log" >&2; keep_scratch; exit 1; }
+    seconds_since "$t0"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 w=() q=()
 for i in $(seq "$RUNS"); do
     w+=("$(webake_test)")
@@ -99,12 +79,12 @@ for i in $(seq "$RUNS"); do
 done
 mw=$(printf '%s\n' "${w[@]}" | median)
 mq=$(printf '%s\n' "${q[@]}" | median)
-ratio=$(awk -v a="$mw" -v b="$mq" 'BEGIN {printf "%.3f", a / b}')
+r=$(ratio "$mw" "$mq")
 cat <<EOF
 machine: $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg); qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}')
 webake test:                 ${w[*]}  median ${mw} s
 plain qemu (TCG) to login:   ${q[*]}  median ${mq} s
-ratio webake/qemu: ${ratio} (target <= 0.8: $(awk -v r="$ratio" 'BEGIN {print (r <= 0.8) ? "met" : "NOT met"}'))
+ratio webake/qemu: ${r} (target <= 0.8: $(verdict "$r" 0.8))
 last plain boot:
 $(cat "$SCRATCH/milestones")
 last webake test:
