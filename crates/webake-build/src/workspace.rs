@@ -393,3 +393,46 @@ pub fn evict_lru(
 pub fn remove_tree(p: &Path) -> Result<()> {
     webake_sys::fsutil::remove_dir_all_if_exists(p).map_err(|e| BuildError::io(p, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second claim on an entry waits (saying so once) until the first is released; a
+    /// cancelled wait stops with `Cancelled`; another entry is not held up.
+    #[test]
+    fn entry_locks_make_the_second_builder_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let cancel = webake_sys::CancelToken::new();
+        let first = EntryLock::acquire(d.path(), "layer", "k1", &cancel, &mut || {}).unwrap();
+        let mut waited = 0;
+        let other = EntryLock::acquire(d.path(), "layer", "k2", &cancel, &mut || waited += 1);
+        assert!(other.is_ok() && waited == 0, "another key does not wait");
+
+        let released = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                released.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(first);
+            });
+            let mut said = 0;
+            let second =
+                EntryLock::acquire(d.path(), "layer", "k1", &cancel, &mut || said += 1).unwrap();
+            assert!(released.load(std::sync::atomic::Ordering::SeqCst));
+            assert_eq!(said, 1);
+            drop(second);
+        });
+
+        let _held = EntryLock::acquire(d.path(), "bootstrap", "b", &cancel, &mut || {}).unwrap();
+        let stopper = cancel.clone();
+        let r = std::thread::scope(|s| {
+            s.spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                stopper.cancel();
+            });
+            EntryLock::acquire(d.path(), "bootstrap", "b", &cancel, &mut || {})
+        });
+        assert!(matches!(r, Err(BuildError::Cancelled)));
+    }
+}
