@@ -55,6 +55,14 @@ impl Workspace {
         self.data_dir.join("bakes").join(bake_id)
     }
 
+    /// Remove the entry lock files ([`EntryLock`]). Only with the cache lock held exclusively
+    /// (`cache gc|clear`): no bake is running, so no entry lock is held; they are created again
+    /// on demand.
+    pub fn remove_entry_locks(&self, _exclusive: &CacheLock) -> Result<()> {
+        let dir = self.cache_dir.join("locks");
+        webake_sys::fsutil::remove_dir_all_if_exists(&dir).map_err(|e| BuildError::io(&dir, e))
+    }
+
     pub fn ensure(&self) -> Result<()> {
         for d in [
             self.bootstrap_dir(),
@@ -434,5 +442,13 @@ mod tests {
             EntryLock::acquire(d.path(), "bootstrap", "b", &cancel, &mut || {})
         });
         assert!(matches!(r, Err(BuildError::Cancelled)));
+        drop(_held);
+
+        // cache gc|clear, holding the cache lock exclusively, removes the lock files.
+        let ws = Workspace::new(d.path().join("data"), d.path());
+        let exclusive = CacheLock::try_exclusive(d.path()).unwrap().unwrap();
+        assert!(d.path().join("locks/layer-k1.lock").is_file());
+        ws.remove_entry_locks(&exclusive).unwrap();
+        assert!(!d.path().join("locks").exists());
     }
 }

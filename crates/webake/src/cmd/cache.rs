@@ -74,6 +74,9 @@ impl CacheCommand {
             })?)
         };
         let removed = evict_lru(ws.cache_entries(), limit, dry_run)?;
+        if let Some(lock) = &_lock {
+            ws.remove_entry_locks(lock)?;
+        }
         let left: u64 = if dry_run {
             ws.cache_entries().iter().map(|e| e.bytes).sum::<u64>()
                 - removed.iter().map(|e| e.bytes).sum::<u64>()
