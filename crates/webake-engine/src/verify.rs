@@ -338,14 +338,13 @@ fn first_difference(a: &Path, b: &Path) -> Result<Option<String>> {
 
 /// " (partition N, NAME)" for a byte offset, from the disk's GPT (sfdisk).
 fn partition_of(disk: &Path, off: u64) -> String {
-    let Ok(o) = std::process::Command::new("sfdisk")
+    let cmd = webake_sys::process::Cmd::new("sfdisk")
         .arg("--json")
-        .arg(disk)
-        .output()
-    else {
+        .arg(disk);
+    let Ok(out) = webake_sys::process::capture(&cmd) else {
         return String::new();
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
         return String::new();
     };
     let parts = v["partitiontable"]["partitions"].as_array().cloned();
