@@ -15,14 +15,18 @@ ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
 # cmake and clang: aws-lc-sys (the TLS crypto of the AWS SDK) builds C code with them.
+# gcc-aarch64-linux-gnu: the linker of the arm64 agent (static, .cargo/config.toml).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake clang \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends cmake clang gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add aarch64-unknown-linux-gnu
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p webake -p webake-agent \
+ && cargo build --release --locked -p webake-agent --target aarch64-unknown-linux-gnu \
  && install -D -m 0755 target/release/webake /out/webake \
- && install -D -m 0755 target/release/webake-agent /out/webake-agent
+ && install -D -m 0755 target/release/webake-agent /out/webake-agent \
+ && install -D -m 0755 target/aarch64-unknown-linux-gnu/release/webake-agent /out/webake-agent-arm64
 
 FROM ${RUNTIME_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
@@ -38,6 +42,9 @@ ARG DEBIAN_FRONTEND=noninteractive
 #                    same step: installing qemu-system-x86 alone can remove a newer qemu-img.
 #   rollout          git, openssh-client (ssh remotes), ca-certificates (https: forge, AWS)
 #   step sandbox     slirp4netns: user-mode outbound networking of the steps (docs/security.md)
+#   arm64 images     qemu-user-static + arch-test (bootstrap and steps emulated, registered in
+#                    the sandbox's own binfmt_misc), qemu-system-arm + qemu-efi-aarch64 (boot
+#                    test); the arm64 agent is /usr/local/bin/webake-agent-arm64
 #   process reaping  tini: webake starts mmdebstrap, ansible and qemu; orphaned grandchildren
 #                    must be reaped by PID 1.
 RUN apt-get update \
@@ -59,11 +66,14 @@ RUN apt-get update \
       ansible \
       zstd \
       slirp4netns \
+      qemu-user-static arch-test \
+      qemu-system-arm qemu-efi-aarch64 \
       tini \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 
 COPY --from=build /out/webake /usr/local/bin/webake
 COPY --from=build /out/webake-agent /usr/local/bin/webake-agent
+COPY --from=build /out/webake-agent-arm64 /usr/local/bin/webake-agent-arm64
 
 # State lives on volumes: data/ (catalog, artifacts) and cache/ (bootstrap and layer cache) on one
 # persistent volume; scratch work on another. The scratch directory must not be the container's

@@ -33,6 +33,13 @@ packages=(
   ansible git ca-certificates zstd python3 python3-venv
   slirp4netns iproute2
   diffoscope-minimal  # webake verify: what differs inside the files of a non-reproduced disk
+  # arm64 images on x86-64 (docs/bake.md#other-architectures): qemu-user for the bootstrap and
+  # steps (registered in the sandbox's own binfmt_misc only; this package registers nothing
+  # without binfmt-support or a running systemd-binfmt), arch-test for mmdebstrap, the arm64
+  # boot test (qemu-system-aarch64, AAVMF), and the cross linker of the arm64 agent.
+  "qemu-user-static=${qemu_version}" arch-test
+  "qemu-system-arm=${qemu_version}" qemu-efi-aarch64
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 )
 if [ "$want_test" = 1 ]; then
   # The escape suite checks the host's firewall before and after a bake.
@@ -46,6 +53,14 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# The agent of arm64 images: cross-compiled (static; .cargo/config.toml names the linker).
+arm_target=aarch64-unknown-linux-gnu
+if [ "$(uname -m)" = x86_64 ] && command -v rustup >/dev/null; then
+  rustup target add "$arm_target"
+fi
+agent_profile=release
+[ "$want_test" = 1 ] && agent_profile=dev
+
 if [ "$want_test" = 1 ]; then
   # Test-only Python tools in a venv under target/ (never the system Python).
   python3 -m venv target/pyenv
@@ -56,5 +71,9 @@ if [ "$want_test" = 1 ]; then
   cargo build --locked --workspace --all-targets
 else
   cargo build --locked --release -p webake -p webake-agent
-  echo "setup: done; webake is target/release/webake"
 fi
+if [ "$(uname -m)" = x86_64 ]; then
+  cargo build --locked --profile "$agent_profile" -p webake-agent --target "$arm_target"
+fi
+[ "$want_test" = 1 ] || echo "setup: done; webake is target/release/webake"
+

@@ -10,6 +10,37 @@ use crate::error::{BuildError, Result};
 /// The agent's systemd unit.
 pub const UNIT: &str = include_str!("../../webake-agent/systemd/webake-agent.service");
 
+/// The command that runs the agent binary on this host: itself, or under qemu-user.
+fn agent_cmd(binary: &Path) -> Result<Cmd> {
+    use webake_sys::sandbox::binfmt;
+    match binfmt::elf_arch(binary) {
+        Some(a) if !binfmt::is_native(a) => {
+            let q = binfmt::qemu_arch(a).unwrap_or(a);
+            let emu = format!("/usr/bin/qemu-{q}-static");
+            if !Path::new(&emu).is_file() {
+                return Err(BuildError::MissingTool {
+                    tool: emu,
+                    hint: "apt-get install qemu-user-static".into(),
+                });
+            }
+            Ok(Cmd::new(emu).arg(binary))
+        }
+        _ => Ok(Cmd::new(binary)),
+    }
+}
+
+/// The agent for `debian_arch` must be built for it.
+pub fn check_agent_arch(binary: &Path, debian_arch: &str) -> Result<()> {
+    match webake_sys::sandbox::binfmt::elf_arch(binary) {
+        Some(a) if a == debian_arch => Ok(()),
+        found => Err(BuildError::Invalid(format!(
+            "the webake-agent binary {} is for {}, the image is {debian_arch}",
+            binary.display(),
+            found.unwrap_or("an unknown architecture")
+        ))),
+    }
+}
+
 /// Copy the agent binary, its unit and config into `tree`, enable it, and check the config.
 pub fn install_agent(
     tree: &Path,
@@ -68,8 +99,9 @@ pub fn install_agent(
             )?;
         }
     }
-    // Validate the config as the agent will read it (no network).
-    capture(&Cmd::new(binary).arg("--root").arg(tree).arg("--check")).map_err(|e| {
+    // Validate the config as the agent will read it (no network). An agent for another
+    // architecture (static, ours) runs under the host's qemu-user.
+    capture(&agent_cmd(binary)?.arg("--root").arg(tree).arg("--check")).map_err(|e| {
         BuildError::Invalid(format!(
             "webake-agent --check rejected the configuration: {e}"
         ))

@@ -16,7 +16,7 @@
 //! | protective MBR | LBA 0, bytes 440–511 | same | same | disk signature 0, one partition of type 0xEE over the disk, 55 AA | `sfdisk` |
 //! | GPT | LBA 1–33, last 33 sectors | same | same | header and 128 entries; backup at the end | `sfdisk` |
 //! | p14 BIOS boot | 1 MiB, 1 MiB long | — | 1 MiB, 1 MiB long | GRUB `core.img` (i386-pc, ~170 KiB) from its first sector | `grub-mkimage -O i386-pc`, block list patched by webake |
-//! | p1 ESP | 2 MiB, `esp_size` long | 1 MiB, `esp_size` long | — | FAT32 (FAT16 below 64 MiB), label `ESP`: `\EFI\BOOT\BOOTX64.EFI` (GRUB x86_64-efi) | `mkfs.vfat --offset`, `mmd`, `mcopy` |
+//! | p1 ESP | 2 MiB, `esp_size` long | 1 MiB, `esp_size` long | — | FAT32 (FAT16 below 64 MiB), label `ESP`: `\EFI\BOOT\BOOTX64.EFI` (GRUB x86_64-efi; `BOOTAA64.EFI`, arm64-efi, for arm64) | `mkfs.vfat --offset`, `mmd`, `mcopy` |
 //! | p2 root | 66 MiB to the end | 65 MiB to the end | 2 MiB to the end | ext4, label `root`: the tree, with `/boot/grub/grub.cfg` and `/etc/fstab` | `mkfs.ext4 -E offset=… -d TREE` |
 //!
 //! Partition types: BIOS boot `21686148-6449-6E6F-744E-656564454649`, ESP
@@ -327,12 +327,17 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 pub fn kernel_cmdline(ids: &DiskIds, extra: &[String]) -> String {
+    kernel_cmdline_for(ids, extra, &["ttyS0,115200n8"])
+}
+
+/// The kernel command line with the architecture's serial consoles.
+pub fn kernel_cmdline_for(ids: &DiskIds, extra: &[String], consoles: &[&str]) -> String {
     let mut args = vec![
         format!("root=UUID={}", ids.root_fs_uuid),
         "ro".to_string(),
         "console=tty0".to_string(),
-        "console=ttyS0,115200n8".to_string(),
     ];
+    args.extend(consoles.iter().map(|c| format!("console={c}")));
     args.extend(extra.iter().cloned());
     args.join(" ")
 }
@@ -460,12 +465,16 @@ pub fn check_host_tools_for(boot: &[BootMode]) -> Result<()> {
             });
         }
     }
-    check_grub_platforms(boot)
+    check_grub_platforms(boot, "x86_64-efi")
 }
 
-/// GRUB's modules and images for each firmware in `boot`.
-fn check_grub_platforms(boot: &[BootMode]) -> Result<()> {
-    if boot.contains(&BootMode::Uefi) && !Path::new(GRUB_EFI_DIR).join("linux.mod").is_file() {
+/// GRUB's modules and images for each firmware in `boot` (UEFI: on the host for x86-64,
+/// the image may bring another platform's, see [`grub_modules`]).
+fn check_grub_platforms(boot: &[BootMode], efi: &str) -> Result<()> {
+    if boot.contains(&BootMode::Uefi)
+        && efi == "x86_64-efi"
+        && !Path::new(GRUB_EFI_DIR).join("linux.mod").is_file()
+    {
         return Err(BuildError::MissingTool {
             tool: "GRUB x86_64-efi modules".into(),
             hint: "apt-get install grub-efi-amd64-bin".into(),
@@ -504,6 +513,68 @@ pub struct AssembleInput<'a> {
     pub outputs: &'a [OutputFormat],
     /// The source date (`SOURCE_DATE_EPOCH`): every timestamp the disk holds is at most this.
     pub source_date: i64,
+    /// The image's Debian architecture (`amd64`, `arm64`): which EFI GRUB and console.
+    pub arch: &'a str,
+    /// The webake binary (sandbox helper): GRUB modules taken from the image (arm64 on an
+    /// x86-64 host) are read by a `grub-mkimage` in the sandbox, never on the host.
+    pub sandbox_helper: Option<&'a Path>,
+}
+
+/// How an architecture boots with UEFI: GRUB's platform and the removable-media file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EfiPlatform {
+    pub grub: &'static str,
+    pub file: &'static str,
+    /// Kernel consoles besides `tty0` (the last is /dev/console where it exists).
+    pub consoles: &'static [&'static str],
+}
+
+impl EfiPlatform {
+    pub fn of(debian_arch: &str) -> Result<Self> {
+        match debian_arch {
+            "amd64" => Ok(Self {
+                grub: "x86_64-efi",
+                file: "BOOTX64.EFI",
+                consoles: &["ttyS0,115200n8"],
+            }),
+            // ttyS0: AWS Graviton's serial console; ttyAMA0: the PL011 of qemu's virt machine.
+            "arm64" => Ok(Self {
+                grub: "arm64-efi",
+                file: "BOOTAA64.EFI",
+                consoles: &["ttyS0,115200n8", "ttyAMA0,115200n8"],
+            }),
+            other => Err(BuildError::Invalid(format!(
+                "webake assembles UEFI disks for amd64 and arm64, not {other}"
+            ))),
+        }
+    }
+}
+
+/// Where `platform`'s GRUB modules are: the host's (`/usr/lib/grub/PLATFORM`, Debian
+/// grub-efi-*-bin), else the image's own (an arm64 image on an x86-64 host installs
+/// grub-efi-arm64-bin; webake adds it to an mmdebstrap base). `true`: the image's.
+fn grub_modules(tree: &Path, platform: &str) -> Result<(PathBuf, bool)> {
+    let host = Path::new("/usr/lib/grub").join(platform);
+    if host.join("linux.mod").is_file() {
+        return Ok((host, false));
+    }
+    let t = webake_sys::Tree::open(tree)?;
+    let inner = Path::new("usr/lib/grub").join(platform);
+    if t.is_dir(&inner)
+        && t.metadata(&inner.join("linux.mod"))?
+            .is_some_and(|m| m.is_file())
+    {
+        return Ok((Path::new("/image").join(inner), true));
+    }
+    let pkg = match platform {
+        "x86_64-efi" => "grub-efi-amd64-bin",
+        "arm64-efi" => "grub-efi-arm64-bin",
+        _ => "grub-efi",
+    };
+    Err(BuildError::MissingTool {
+        tool: format!("GRUB {platform} modules"),
+        hint: format!("apt-get install {pkg} on the host, or install {pkg} in the image"),
+    })
 }
 
 /// Run a command through the shared runner, streaming its output to `sink`.
@@ -515,7 +586,8 @@ pub fn assemble(
     runner: &mut Runner<'_>,
 ) -> Result<(Vec<Artifact>, BootFiles)> {
     let layout = Layout::new(input.disk)?;
-    check_grub_platforms(&layout.firmwares)?;
+    let efi_platform = EfiPlatform::of(input.arch)?;
+    check_grub_platforms(&layout.firmwares, efi_platform.grub)?;
     let mut boot = find_kernel(input.tree)?;
     boot.firmwares = layout.firmwares.clone();
     write_boot_config(input, &layout, &boot)?;
@@ -526,7 +598,7 @@ pub fn assemble(
     write_plain(&cfg, embedded_cfg(&input.ids).as_bytes())?;
     let efi = layout
         .boots(BootMode::Uefi)
-        .then(|| build_efi_image(&cfg, scratch, runner))
+        .then(|| build_efi_image(input, efi_platform, &cfg, runner))
         .transpose()?;
     let core = layout
         .boots(BootMode::Bios)
@@ -567,7 +639,11 @@ pub fn assemble(
 /// Boot configuration inside the tree (every path resolved inside it: a planted /boot/grub
 /// symlink cannot send grub.cfg to the host).
 fn write_boot_config(input: &AssembleInput<'_>, layout: &Layout, boot: &BootFiles) -> Result<()> {
-    let cmdline = kernel_cmdline(&input.ids, &input.disk.kernel_cmdline);
+    let cmdline = kernel_cmdline_for(
+        &input.ids,
+        &input.disk.kernel_cmdline,
+        EfiPlatform::of(input.arch)?.consoles,
+    );
     let t = webake_sys::Tree::open(input.tree)?;
     t.create_dir_all(Path::new("boot/grub"), 0o755)?;
     t.write(
@@ -619,25 +695,62 @@ pub fn with_image_mounts(ours: &str, image: &str) -> String {
     out
 }
 
-/// `BOOTX64.EFI`: GRUB for x86_64-efi with the embedded config `cfg`.
-fn build_efi_image(cfg: &Path, scratch: &Path, runner: &mut Runner<'_>) -> Result<PathBuf> {
-    let efi = scratch.join("BOOTX64.EFI");
-    runner(
-        &Cmd::new("grub-mkimage")
-            .args([
-                "-O",
-                "x86_64-efi",
-                "-d",
-                GRUB_EFI_DIR,
-                "-p",
-                "/EFI/BOOT",
-                "-c",
-            ])
-            .arg(cfg)
-            .arg("-o")
-            .arg(&efi)
-            .args(GRUB_MODULES),
-    )?;
+/// `BOOTX64.EFI` / `BOOTAA64.EFI`: GRUB for the platform with the embedded config `cfg`.
+/// Modules from the image are read by a `grub-mkimage` in the sandbox (the host's tools, the
+/// image at /image, the output directory bound in): a step's planted module or symlink
+/// reaches nothing of the host.
+fn build_efi_image(
+    input: &AssembleInput<'_>,
+    platform: EfiPlatform,
+    cfg: &Path,
+    runner: &mut Runner<'_>,
+) -> Result<PathBuf> {
+    let scratch = input.scratch;
+    let efi = scratch.join(platform.file);
+    let (dir, from_image) = grub_modules(input.tree, platform.grub)?;
+    let mut args: Vec<String> = ["-O", platform.grub, "-d"].map(String::from).to_vec();
+    args.push(dir.display().to_string());
+    args.extend(["-p", "/EFI/BOOT", "-c"].map(String::from));
+    if !from_image {
+        args.extend([
+            cfg.display().to_string(),
+            "-o".into(),
+            efi.display().to_string(),
+        ]);
+        args.extend(GRUB_MODULES.iter().map(|m| m.to_string()));
+        runner(&Cmd::new("grub-mkimage").args(&args))?;
+        return Ok(efi);
+    }
+    let helper = input.sandbox_helper.ok_or_else(|| {
+        BuildError::Invalid("GRUB modules from the image need the sandbox helper".into())
+    })?;
+    let out = scratch.join("efi-out");
+    let sbx = scratch.join("efi-sandbox");
+    for d in [&out, &sbx] {
+        std::fs::create_dir_all(d).map_err(|e| BuildError::io(d, e))?;
+    }
+    std::fs::copy(cfg, out.join("embedded.cfg")).map_err(|e| BuildError::io(cfg, e))?;
+    args.extend(["/out/embedded.cfg", "-o"].map(String::from));
+    args.push(format!("/out/{}", platform.file));
+    // Only the modules this platform has (all_video, efi_gop are x86-64 and arm64 alike).
+    args.extend(GRUB_MODULES.iter().map(|m| m.to_string()));
+    let mut argv = vec!["grub-mkimage".to_string()];
+    argv.extend(args);
+    let mut spec = webake_sys::sandbox::SandboxSpec::host_tools(&sbx, argv);
+    spec.view = webake_sys::sandbox::View::Host {
+        tree: Some(input.tree.to_path_buf()),
+        image_at: "/image".into(),
+    };
+    spec.binds.push(webake_sys::sandbox::Bind {
+        source: out.clone(),
+        target: "/out".into(),
+        readonly: false,
+    });
+    let cmd = spec
+        .command(helper)
+        .map_err(|e| BuildError::io(helper, e))?;
+    runner(&cmd)?;
+    std::fs::rename(out.join(platform.file), &efi).map_err(|e| BuildError::io(&efi, e))?;
     Ok(efi)
 }
 
@@ -730,7 +843,12 @@ fn make_esp(
             .env("SOURCE_DATE_EPOCH", &sde)
             .args(["-i", &img])
             .arg(efi)
-            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+            .arg(format!(
+                "::/EFI/BOOT/{}",
+                efi.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("BOOTX64.EFI")
+            )),
     )
 }
 

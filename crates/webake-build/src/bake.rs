@@ -170,6 +170,18 @@ impl BakeLog {
     }
 }
 
+/// The Debian architecture of the recipe's tree (a variant's, see `LoadedRecipe::variants`).
+pub fn tree_debian_arch(recipe: &LoadedRecipe) -> String {
+    match &recipe.recipe.base {
+        Base::Mmdebstrap(m) => m.arch().to_string(),
+        _ => recipe
+            .architecture()
+            .unwrap_or(webake_spec::Architecture::host())
+            .debian()
+            .to_string(),
+    }
+}
+
 /// Inputs of a bake.
 pub struct BakeRequest<'a> {
     pub recipe: &'a LoadedRecipe,
@@ -530,6 +542,8 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
         base_name: format!("{}-{}", recipe.recipe.image.name, req.version),
         outputs: &recipe.recipe.outputs,
         source_date: req.plan.source_date,
+        arch: &tree_debian_arch(recipe),
+        sandbox_helper: Some(&req.helper_exe),
     };
     let assembled = {
         let r = &run;

@@ -94,7 +94,7 @@ fn apt_sources(
             webake_upstream::DebianSuites::new(mirror.unwrap_or(DEBIAN_MIRROR), &base.suite);
         d.security_mirror = base.security_mirror.clone();
         d.components = base.components.clone();
-        d.architectures = vec![base.architecture.clone()];
+        d.architectures = vec![base.arch().to_string()];
         d.signed_by = keyrings.to_vec();
         d.updates = base.updates.unwrap_or(true);
         d.security = base.security.unwrap_or(true);
@@ -102,7 +102,7 @@ fn apt_sources(
     } else if let Some(m) = mirror {
         let mut s = webake_upstream::AptSource::new(m, &base.suite);
         s.components = base.components.clone();
-        s.architectures = vec![base.architecture.clone()];
+        s.architectures = vec![base.arch().to_string()];
         s.signed_by = keyrings.to_vec();
         vec![s]
     } else {
@@ -114,6 +114,11 @@ fn apt_sources(
         }
     }
     sources
+}
+
+/// The GRUB EFI platform and package of a non-x86 architecture.
+fn efi_grub_package(debian_arch: &str) -> Option<(&'static str, &'static str)> {
+    (debian_arch == "arm64").then_some(("arm64-efi", "grub-efi-arm64-bin"))
 }
 
 impl BootstrapPlan {
@@ -150,13 +155,23 @@ impl BootstrapPlan {
             keyrings.push(p);
         }
         let mut include = base.include.clone();
+        // The image's own GRUB modules make its EFI loader where the host has none of its
+        // platform (assemble::grub_modules): arm64 on an x86-64 host.
+        if let Some(pkg) = efi_grub_package(base.arch())
+            && !Path::new("/usr/lib/grub")
+                .join(pkg.0)
+                .join("linux.mod")
+                .is_file()
+        {
+            include.push(pkg.1.to_string());
+        }
         include.sort();
         include.dedup();
         let sources = apt_sources(base, mirror.as_deref(), &keyrings);
         let mut plan = Self {
             suite: base.suite.clone(),
             variant: base.variant.clone(),
-            architecture: base.architecture.clone(),
+            architecture: base.arch().to_string(),
             components: base.components.clone(),
             include,
             mirror,
@@ -685,6 +700,13 @@ fn bootstrap_command(
     spec.power = Power::Mounts;
     spec.network = req.network.clone();
     spec.env.extend(bs.env());
+    // A foreign architecture: mmdebstrap's arch-test, the maintainer scripts and the initramfs
+    // build run under qemu-user, registered in the sandbox only.
+    spec.emulate(&bs.architecture)
+        .map_err(|hint| BuildError::MissingTool {
+            tool: "qemu-user".into(),
+            hint,
+        })?;
     for (path, readonly) in
         std::iter::once((staging, false)).chain(bs.keyrings.iter().map(|k| (k.as_path(), true)))
     {
@@ -732,7 +754,7 @@ mod tests {
         MmdebstrapBase {
             suite: "bookworm".into(),
             variant: "apt".into(),
-            architecture: "amd64".into(),
+            architecture: Some("amd64".into()),
             components: vec!["main".into()],
             include: vec!["systemd-sysv".into(), "linux-image-cloud-amd64".into()],
             mirror: None,

@@ -49,6 +49,12 @@ pub fn open_shell(s: &Shell<'_>) -> Result<i32> {
         mkdir_p(d)?;
     }
     let mut spec = SandboxSpec::image(&sbx, vec!["/bin/sh".into(), "-c".into(), SHELL.into()]);
+    if let Some(arch) = webake_sys::sandbox::binfmt::tree_arch(&s.lowers) {
+        spec.emulate(arch).map_err(|hint| BuildError::MissingTool {
+            tool: "qemu-user".into(),
+            hint,
+        })?;
+    }
     spec.overlay = Some(Overlay {
         lowers: s.lowers.clone(),
         upper,

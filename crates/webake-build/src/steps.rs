@@ -304,6 +304,15 @@ fn write_generated(gen_dir: &Path, files: &[GeneratedFile]) -> Result<()> {
     Ok(())
 }
 
+/// Run the tree's programs under qemu-user when the recipe's architecture is not the host's.
+pub(crate) fn emulate(spec: &mut SandboxSpec, recipe: &webake_spec::LoadedRecipe) -> Result<()> {
+    spec.emulate(&crate::bake::tree_debian_arch(recipe))
+        .map_err(|hint| BuildError::MissingTool {
+            tool: "qemu-user".into(),
+            hint,
+        })
+}
+
 /// A step inside the image: its inputs, the generated files and the shared package cache
 /// bound in.
 fn in_image_spec(
@@ -332,6 +341,7 @@ fn in_image_spec(
         readonly: true,
     });
     let mut spec = SandboxSpec::image(sbx, argv.to_vec());
+    emulate(&mut spec, run.req.recipe)?;
     spec.overlay = Some(overlay);
     spec.binds = binds;
     spec.network = run.req.network.clone();
@@ -384,6 +394,8 @@ fn host_ansible_spec(
     ];
     argv.extend(args.iter().cloned());
     let mut spec = SandboxSpec::host_tools(sbx, argv);
+    // The controller is the host's; the modules it sends run the image's Python.
+    emulate(&mut spec, run.req.recipe)?;
     spec.env.extend(
         env.iter()
             .filter(|(k, _)| {

@@ -108,6 +108,11 @@ pub struct Image {
     pub name: String,
     pub family: String,
     pub version: String,
+    /// CPU architecture, by its AWS name (`x86_64`, `arm64`; another Debian name for an
+    /// architecture AWS does not run). An image family can hold one image per architecture
+    /// of the same version. Empty for images recorded before schema 4 that did not say.
+    #[serde(default)]
+    pub arch: String,
     pub created_at: i64,
     pub inputs_digest: String,
     pub recipe_digest: String,
@@ -138,8 +143,23 @@ impl Image {
 }
 
 /// 1: the first schema. 2: publications.run_id. 3: publications.deprecated_at, removals and
-/// tombstones (`webake gc`).
-const SCHEMA_VERSION: i64 = 3;
+/// tombstones (`webake gc`). 4: images.arch.
+const SCHEMA_VERSION: i64 = 4;
+
+/// The AWS name of the architecture webake runs on (what `family:NAME` prefers).
+pub const HOST_ARCH: &str = if cfg!(target_arch = "aarch64") {
+    "arm64"
+} else {
+    "x86_64"
+};
+
+/// images.arch, filled for older images from their bootstrap's architecture.
+const MIGRATION_V4: &str = "ALTER TABLE images ADD COLUMN arch TEXT NOT NULL DEFAULT '';
+    UPDATE images SET arch = CASE json_extract(provenance, '$.base.architecture')
+        WHEN 'amd64' THEN 'x86_64' WHEN 'arm64' THEN 'arm64'
+        ELSE coalesce(json_extract(provenance, '$.base.architecture'), '') END;
+    CREATE INDEX IF NOT EXISTS images_family_arch ON images(family, arch, created_at);
+    PRAGMA user_version = 4;";
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
@@ -277,6 +297,9 @@ impl Catalog {
                 .execute_batch(removal::MIGRATION_V3)
                 .map_err(self.e())?;
         }
+        if v < 4 {
+            self.conn.execute_batch(MIGRATION_V4).map_err(self.e())?;
+        }
         Ok(())
     }
 
@@ -319,8 +342,8 @@ impl Catalog {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(e)?;
         tx.execute(
-            "INSERT INTO images (id, bake_id, name, family, version, created_at, inputs_digest, recipe_digest, kernel, tree_size, inventory, provenance, test_result)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO images (id, bake_id, name, family, version, created_at, inputs_digest, recipe_digest, kernel, tree_size, inventory, provenance, test_result, arch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 img.id,
                 img.bake_id,
@@ -335,6 +358,7 @@ impl Catalog {
                 img.inventory.as_ref().map(to_json).transpose().map_err(e)?,
                 to_json(&img.provenance).map_err(e)?,
                 img.test_result.map(TestResult::as_str),
+                img.arch,
             ],
         )
         .map_err(e)?;
@@ -405,6 +429,7 @@ impl Catalog {
             name: r.get("name")?,
             family: r.get("family")?,
             version: r.get("version")?,
+            arch: r.get("arch")?,
             created_at: r.get("created_at")?,
             inputs_digest: r.get("inputs_digest")?,
             recipe_digest: r.get("recipe_digest")?,
@@ -469,20 +494,27 @@ impl Catalog {
         Ok(img)
     }
 
-    /// Find an image by id, unique id prefix, `family:NAME` (latest of a family) or `NAME:VERSION`.
+    /// Find an image by id, unique id prefix, `family:NAME` (latest of a family) or
+    /// `NAME:VERSION`; the last two take `@ARCH` (`family:debian-12@arm64`). Without it,
+    /// `family:NAME` is the latest of the host's architecture when the family has one.
     pub fn find_image(&self, query: &str) -> Result<Image> {
+        let (query, arch) = match query.rsplit_once('@') {
+            Some((q, a)) if query.contains(':') && !a.is_empty() => (q, Some(a)),
+            _ => (query, None),
+        };
         let rows: Vec<Image> = if let Some(fam) = query.strip_prefix("family:") {
-            let mut st = self.conn.prepare("SELECT * FROM images WHERE family = ?1 ORDER BY created_at DESC, id DESC LIMIT 1").map_err(self.e())?;
-            st.query_map([fam], |r| self.image_from_row(r))
+            let host = HOST_ARCH;
+            let mut st = self.conn.prepare("SELECT * FROM images WHERE family = ?1 AND (?2 IS NULL OR arch = ?2) ORDER BY (?2 IS NULL AND arch = ?3) DESC, created_at DESC, id DESC LIMIT 1").map_err(self.e())?;
+            st.query_map(params![fam, arch, host], |r| self.image_from_row(r))
                 .map_err(self.e())?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(self.e())?
         } else if let Some((name, version)) = query.split_once(':') {
             let mut st = self
                 .conn
-                .prepare("SELECT * FROM images WHERE name = ?1 AND version = ?2")
+                .prepare("SELECT * FROM images WHERE name = ?1 AND version = ?2 AND (?3 IS NULL OR arch = ?3)")
                 .map_err(self.e())?;
-            st.query_map([name, version], |r| self.image_from_row(r))
+            st.query_map(params![name, version, arch], |r| self.image_from_row(r))
                 .map_err(self.e())?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(self.e())?
@@ -539,13 +571,14 @@ impl Catalog {
         img.map(|i| self.fill(i)).transpose()
     }
 
-    /// The image of `family` created just before `image_id` (for diffs and rollouts).
+    /// The image of `family` and the same architecture created just before `image_id` (for
+    /// diffs and rollouts).
     pub fn previous_in_family(&self, img: &Image) -> Result<Option<Image>> {
         let prev = self
             .conn
             .query_row(
-                "SELECT * FROM images WHERE family = ?1 AND id != ?2 AND (created_at < ?3 OR (created_at = ?3 AND id < ?2)) ORDER BY created_at DESC, id DESC LIMIT 1",
-                params![img.family, img.id, img.created_at],
+                "SELECT * FROM images WHERE family = ?1 AND id != ?2 AND (created_at < ?3 OR (created_at = ?3 AND id < ?2)) AND (?4 = '' OR arch = ?4 OR arch = '') ORDER BY created_at DESC, id DESC LIMIT 1",
+                params![img.family, img.id, img.created_at, img.arch],
                 |r| self.image_from_row(r),
             )
             .optional()
@@ -685,6 +718,7 @@ mod tests {
             name: "n".into(),
             family: "f".into(),
             version: format!("v{created}"),
+            arch: "x86_64".into(),
             created_at: created,
             inputs_digest: "d".into(),
             recipe_digest: "r".into(),
@@ -704,6 +738,58 @@ mod tests {
             }],
             publications: vec![],
         }
+    }
+
+    #[test]
+    fn one_family_holds_an_image_per_architecture() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("catalog.db")).unwrap();
+        for (id, arch, created) in [
+            ("img-x1", "x86_64", 10),
+            ("img-a1", "arm64", 10),
+            ("img-x2", "x86_64", 20),
+            ("img-a2", "arm64", 20),
+        ] {
+            c.begin_bake(&bake(id)).unwrap();
+            let mut img = image(id, id, created);
+            img.arch = arch.into();
+            c.record_image(&img, created + 1).unwrap();
+        }
+        let host = HOST_ARCH;
+        let latest = c.find_image("family:f").unwrap();
+        assert_eq!((latest.arch.as_str(), latest.created_at), (host, 20));
+        let arm = c.find_image("family:f@arm64").unwrap();
+        assert_eq!(arm.id, "img-a2");
+        assert_eq!(c.find_image("n:v10@arm64").unwrap().id, "img-a1");
+        assert!(matches!(
+            c.find_image("n:v10"),
+            Err(CatalogError::Ambiguous { .. })
+        ));
+        // The previous image is the previous one of the same architecture.
+        assert_eq!(c.previous_in_family(&arm).unwrap().unwrap().id, "img-a1");
+        let x = c.find_image("img-x2").unwrap();
+        assert_eq!(c.previous_in_family(&x).unwrap().unwrap().id, "img-x1");
+    }
+
+    #[test]
+    fn schema_4_names_the_architecture_of_older_images() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("catalog.db");
+        {
+            let mut c = Catalog::open(&path).unwrap();
+            c.begin_bake(&bake("b1")).unwrap();
+            let mut img = image("img-old", "b1", 10);
+            img.provenance.base.architecture = Some("arm64".into());
+            c.record_image(&img, 11).unwrap();
+            // As a schema-3 catalog left it: no arch column.
+            c.conn
+                .execute_batch(
+                    "DROP INDEX images_family_arch; ALTER TABLE images DROP COLUMN arch; PRAGMA user_version = 3;",
+                )
+                .unwrap();
+        }
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.find_image("img-old").unwrap().arch, "arm64");
     }
 
     #[test]

@@ -378,6 +378,7 @@ mod tests {
             name: "n".into(),
             family: "f".into(),
             version: "1".into(),
+            arch: "x86_64".into(),
             created_at: 10,
             inputs_digest: "d".into(),
             recipe_digest: "r".into(),

@@ -112,7 +112,7 @@ fn a_version_2_catalog_opens_migrates_and_reads_typed() {
     let (_d, p) = copy_named("catalog-v2.db");
     assert_eq!(user_version(&p), 2, "the fixture is a schema-2 catalog");
     let c = Catalog::open(&p).unwrap();
-    assert_eq!(user_version(&p), 3);
+    assert_eq!(user_version(&p), 4);
     let images = c.list_images(None).unwrap();
     assert_eq!(images.len(), 7);
     assert_eq!(

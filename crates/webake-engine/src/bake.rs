@@ -271,10 +271,14 @@ fn image_version(ctx: &Context<'_>, recipe: &LoadedRecipe, plan: &Planned) -> Re
     if !ctx.catalog_exists() {
         return Ok(v);
     }
+    // Each architecture's image of a family has the version of the others baked from the same
+    // source date: only an image of the same architecture takes a version.
+    let arch = image_arch(recipe);
     let taken: Vec<(String, String)> = ctx
         .catalog()?
         .list_images(Some(recipe.family()))?
         .into_iter()
+        .filter(|i| i.arch == arch || i.arch.is_empty())
         .map(|i| (i.version, i.inputs_digest))
         .collect();
     let free = |cand: &str| {
@@ -419,9 +423,18 @@ fn inspect(
         detail: "agent, inventory, hygiene lint",
     });
     if let Some(agent) = recipe.recipe.agent.as_ref().filter(|a| a.install) {
-        let bin = ctx.settings.agent_binary.as_ref().ok_or_else(|| {
-            Error::Invalid("the recipe installs the webake agent, but no webake-agent binary was found next to webake (build it with `cargo build -p webake-agent`, or set WEBAKE_AGENT_BINARY)".into())
+        let arch = recipe
+            .architecture()
+            .unwrap_or(webake_spec::Architecture::host());
+        let bin = ctx.settings.agent_for(arch).ok_or_else(|| {
+            if arch == webake_spec::Architecture::host() {
+                Error::Invalid("the recipe installs the webake agent, but no webake-agent binary was found next to webake (build it with `cargo build -p webake-agent`, or set WEBAKE_AGENT_BINARY)".into())
+            } else {
+                Error::Invalid(format!("the recipe installs the webake agent in a {arch} image, but no {arch} webake-agent was found next to webake (scripts/setup.sh cross-builds it: `cargo build --release -p webake-agent --target {}-unknown-linux-gnu`; or set WEBAKE_AGENT_BINARY_{})", arch.qemu(), arch.as_str().to_uppercase()))
+            }
         })?;
+        webake_build::agent::check_agent_arch(bin, arch.debian())
+            .context("installing the agent")?;
         webake_build::agent::install_agent(
             &root.tree,
             bin,
@@ -488,6 +501,12 @@ fn lint(
     )))
 }
 
+/// The catalog's architecture name of a recipe variant's image.
+fn image_arch(recipe: &LoadedRecipe) -> String {
+    let debian = webake_build::bake::tree_debian_arch(recipe);
+    webake_spec::Architecture::parse(&debian).map_or(debian, |a| a.as_str().to_string())
+}
+
 /// The catalog record of the baked image.
 fn image_record(
     ctx: &Context<'_>,
@@ -503,6 +522,7 @@ fn image_record(
         name: recipe.recipe.image.name.clone(),
         family: recipe.family().to_string(),
         version: b.version.clone(),
+        arch: image_arch(recipe),
         created_at: b.created_at,
         inputs_digest: plan.inputs_digest.clone(),
         recipe_digest: plan.recipe_digest.clone(),
@@ -600,6 +620,7 @@ fn write_sboms(
         image_name: recipe.family().to_string(),
         created: std::time::SystemTime::now(),
         namespace_base: None,
+        architecture: Some(image.arch.clone()).filter(|a| !a.is_empty()),
     };
     let base = format!("{}-{}", recipe.recipe.image.name, version);
     for (ext, body) in [

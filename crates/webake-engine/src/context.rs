@@ -19,8 +19,11 @@ pub struct Settings {
     pub catalog: PathBuf,
     /// The executable that serves as sandbox helper (the webake binary).
     pub helper_exe: PathBuf,
-    /// The webake-agent binary installed into images (None: the recipe may not install it).
+    /// The webake-agent binary installed into images of the host's architecture (None: the
+    /// recipe may not install it).
     pub agent_binary: Option<PathBuf>,
+    /// The agent for the other architectures ([`Settings::agent_for`]).
+    pub foreign_agents: std::collections::BTreeMap<webake_spec::Architecture, PathBuf>,
     /// Debian mirror when a recipe names none (`WEBAKE_MIRROR`).
     pub mirror: Option<String>,
     /// AWS endpoint override (tests: moto).
@@ -42,7 +45,13 @@ impl Settings {
             .parent()
             .map(|d| d.join("webake-agent"))
             .filter(|p| p.is_file());
+        let foreign_agents = webake_spec::Architecture::ALL
+            .into_iter()
+            .filter(|a| *a != webake_spec::Architecture::host())
+            .filter_map(|a| Some((a, agent_next_to(&helper_exe, a)?)))
+            .collect();
         Ok(Self {
+            foreign_agents,
             data_dir: data_dir.to_path_buf(),
             cache_dir: cache_dir.to_path_buf(),
             catalog: catalog.to_path_buf(),
@@ -54,6 +63,36 @@ impl Settings {
             source_date_epoch: None,
         })
     }
+}
+
+impl Settings {
+    /// The agent binary for images of `arch`.
+    pub fn agent_for(&self, arch: webake_spec::Architecture) -> Option<&Path> {
+        if arch == webake_spec::Architecture::host() {
+            self.agent_binary.as_deref()
+        } else {
+            self.foreign_agents.get(&arch).map(PathBuf::as_path)
+        }
+    }
+}
+
+/// The agent for another architecture next to webake: `webake-agent-ARCH` (a release
+/// install, the container image), else cargo's cross build beside it
+/// (`target/aarch64-unknown-linux-gnu/release/webake-agent` for `target/release/webake`).
+fn agent_next_to(exe: &Path, arch: webake_spec::Architecture) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    let named = dir.join(format!("webake-agent-{arch}"));
+    if named.is_file() {
+        return Some(named);
+    }
+    let profile = dir.file_name()?;
+    let triple = format!("{}-unknown-linux-gnu", arch.qemu());
+    let cross = dir
+        .parent()?
+        .join(triple)
+        .join(profile)
+        .join("webake-agent");
+    cross.is_file().then_some(cross)
 }
 
 /// The context of one command.

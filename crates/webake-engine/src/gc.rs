@@ -478,7 +478,10 @@ fn protections(
 /// Does `reference` name `img`: its local name, one of its AMI ids, or `OWNER/NAME` of one of
 /// its AMIs' names?
 fn refers_to(reference: &str, img: &Image) -> bool {
-    if reference == webake_rollout::local_reference(&img.name, &img.version) {
+    if reference == webake_rollout::local_reference(&img.name, &img.version)
+        || reference
+            == webake_rollout::local_reference(&img.name, &format!("{}@{}", img.version, img.arch))
+    {
         return true;
     }
     img.publications.iter().any(|p| match p {
@@ -1071,6 +1074,7 @@ mod tests {
             name: "k8s-node".into(),
             family: "k8s-node".into(),
             version: "2026.11.18".into(),
+            arch: "x86_64".into(),
             created_at: 0,
             inputs_digest: String::new(),
             recipe_digest: String::new(),

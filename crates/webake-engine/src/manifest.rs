@@ -43,6 +43,7 @@ pub fn append_packer_manifest(path: &Path, img: &Image, build_time: Duration) ->
             [
                 ("image_id".to_string(), img.id.to_string()),
                 ("version".to_string(), img.version.clone()),
+                ("arch".to_string(), img.arch.clone()),
                 (
                     "build_seconds".to_string(),
                     build_time.as_secs().to_string(),

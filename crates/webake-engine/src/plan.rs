@@ -35,6 +35,16 @@ impl std::ops::Deref for Planned {
 /// downloaded); a Debian base's sources are checked upstream to pick the base generation
 /// ([`crate::upstream`]); `ctx == None` plans offline (for `validate`).
 pub fn plan(ctx: Option<&Context<'_>>, recipe: &LoadedRecipe) -> Result<Planned> {
+    let archs = recipe.architectures();
+    if archs.len() > 1 {
+        let names: Vec<String> = archs.iter().flatten().map(|a| a.to_string()).collect();
+        return Err(crate::Error::Invalid(format!(
+            "{} bakes {} architectures ({}): `webake bake` bakes each; name one with --arch",
+            recipe.path.display(),
+            archs.len(),
+            names.join(", ")
+        )));
+    }
     let (base, upstream, source_date) = plan_base(ctx, recipe)?;
     let step_sources = match ctx {
         Some(ctx) => crate::step_sources::check(ctx, recipe)?,

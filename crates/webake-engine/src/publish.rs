@@ -219,13 +219,18 @@ pub fn request_for(src: &AmiSource, t: &AwsTarget) -> Result<PublishRequest> {
     })
 }
 
-/// How a catalog image boots, from its record: the architecture is the bootstrap's
-/// (`provenance.base.architecture`), else that of its kernel package in the inventory. Boot
+/// How a catalog image boots, from its record: the architecture is the image's (`arch`),
+/// else the bootstrap's (`provenance.base.architecture`), else that of its kernel package in
+/// the inventory (older records). Boot
 /// mode follows the disk: hybrid (BIOS and UEFI) `uefi-preferred`, BIOS only `legacy-bios`,
 /// UEFI only `uefi`. ENA: the Debian kernels webake bakes include the
 /// driver. IMDS: v2 only (the webake agent uses IMDSv2).
 pub fn platform_of(img: &Image) -> Result<ImagePlatform> {
-    let from_base = img.provenance.base.architecture.as_deref();
+    let from_base = Some(img.arch.as_str()).filter(|a| !a.is_empty()).or(img
+        .provenance
+        .base
+        .architecture
+        .as_deref());
     let from_kernel = img.inventory.as_ref().and_then(|inv| {
         inv.packages
             .iter()
@@ -356,5 +361,31 @@ impl std::fmt::Display for Preview {
             let _ = writeln!(s, "  deprecate at: {at}");
         }
         f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arm64_catalog_image_registers_as_arm64_uefi() {
+        let mut img: Image = serde_json::from_value(serde_json::json!({
+            "id": "img-1", "bake_id": "b", "name": "n", "family": "f", "version": "1",
+            "arch": "arm64", "created_at": 0, "inputs_digest": "", "recipe_digest": "",
+            "kernel": null, "tree_size": 0, "inventory": null, "provenance": {},
+            "test_result": null, "artifacts": [], "publications": []
+        }))
+        .unwrap();
+        let p = platform_of(&img).unwrap();
+        assert_eq!(p.architecture, Architecture::Arm64);
+        assert_eq!(p.boot_mode, BootMode::Uefi);
+        // Older records: the bootstrap's Debian name.
+        img.arch.clear();
+        img.provenance.base.architecture = Some("amd64".into());
+        assert_eq!(
+            platform_of(&img).unwrap().architecture,
+            Architecture::X86_64
+        );
     }
 }

@@ -87,11 +87,22 @@ pub fn resolve(ctx: &Context<'_>, choice: &ImageChoice) -> Result<RolloutImage> 
                     ctx.settings.catalog.display()
                 )));
             }
-            let img = ctx
-                .catalog()?
+            let catalog = ctx.catalog()?;
+            let img = catalog
                 .find_image(query)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
+            let family = catalog.list_images(Some(&img.family))?;
+            let builds = builds_of(&family, &img);
+            drop(catalog);
             let mut image = from_catalog(&img);
+            if per_architecture(&family, &img) {
+                image.reference = ImageReference::PerArchitecture(
+                    builds
+                        .iter()
+                        .map(|b| (b.arch.clone(), reference_of(b, true)))
+                        .collect(),
+                );
+            }
             if let Some(v) = version {
                 image.version = v.clone();
             }
@@ -100,17 +111,55 @@ pub fn resolve(ctx: &Context<'_>, choice: &ImageChoice) -> Result<RolloutImage> 
     }
 }
 
-fn from_catalog(img: &Image) -> RolloutImage {
+/// The builds of `img`'s version, one per architecture: the images of its family with its
+/// version, the newest of each architecture (only `img` when its architecture is unknown).
+pub fn builds_of(family: &[Image], img: &Image) -> Vec<Image> {
+    if img.arch.is_empty() {
+        return vec![img.clone()];
+    }
+    let mut by_arch: BTreeMap<String, Image> = BTreeMap::new();
+    by_arch.insert(img.arch.clone(), img.clone());
+    // `family` is newest first: the first of each architecture wins.
+    for other in family {
+        if other.version == img.version && !other.arch.is_empty() {
+            by_arch
+                .entry(other.arch.clone())
+                .or_insert_with(|| other.clone());
+        }
+    }
+    by_arch.into_values().collect()
+}
+
+/// Route by architecture (each InstanceGroup gets the build of its machine type's, an
+/// architecture without a build is an error, never another's image) when the family has
+/// images of more than one architecture, or the image is not x86-64. Otherwise the one
+/// reference goes to every match, as for images recorded before architectures.
+pub fn per_architecture(family: &[Image], img: &Image) -> bool {
+    let other = |i: &Image| !i.arch.is_empty() && i.arch != img.arch;
+    family.iter().any(other) || !matches!(img.arch.as_str(), "" | "x86_64")
+}
+
+/// Where a build is: its AMIs per region, else its local name (`webake/NAME:VERSION`, with
+/// `@ARCH` when the version has builds of several architectures).
+fn reference_of(img: &Image, several: bool) -> ImageReference {
     let amis: BTreeMap<String, String> = img
         .publications
         .iter()
         .filter_map(|p| p.ami().map(|(r, a)| (r.to_string(), a.to_string())))
         .collect();
-    let reference = if amis.is_empty() {
-        ImageReference::Single(webake_rollout::local_reference(&img.name, &img.version))
+    if !amis.is_empty() {
+        return ImageReference::PerRegion(amis);
+    }
+    let version = if several {
+        format!("{}@{}", img.version, img.arch)
     } else {
-        ImageReference::PerRegion(amis)
+        img.version.clone()
     };
+    ImageReference::Single(webake_rollout::local_reference(&img.name, &version))
+}
+
+fn from_catalog(img: &Image) -> RolloutImage {
+    let reference = reference_of(img, false);
     RolloutImage {
         family: img.family.clone(),
         image_name: img.name.clone(),
@@ -405,4 +454,79 @@ pub fn summary_lines(outcome: &RolloutOutcome) -> Vec<String> {
         lines.push(format!("pull request #{} {action}: {}", pr.number, pr.url));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: &str, version: &str, arch: &str, created_at: i64, ami: Option<&str>) -> Image {
+        Image {
+            id: id.into(),
+            bake_id: format!("bake-{id}").into(),
+            name: "bastion".into(),
+            family: "debian-12-bastion".into(),
+            version: version.into(),
+            arch: arch.into(),
+            created_at,
+            inputs_digest: String::new(),
+            recipe_digest: String::new(),
+            kernel: None,
+            tree_size: 0,
+            inventory: None,
+            provenance: Default::default(),
+            test_result: None,
+            artifacts: vec![],
+            publications: ami
+                .map(|a| Publication::Aws {
+                    region: "eu-west-1".into(),
+                    ami_id: a.into(),
+                    snapshot_id: None,
+                    name: format!("n-{a}"),
+                    created_at,
+                    run_id: None,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_version_with_builds_of_two_architectures_rolls_out_per_architecture() {
+        // Newest first, as the catalog lists a family.
+        let family = vec![
+            image("img-a2", "2", "arm64", 20, Some("ami-0a2")),
+            image("img-x2", "2", "x86_64", 20, Some("ami-0b2")),
+            image("img-x1", "1", "x86_64", 10, Some("ami-0b1")),
+            image("img-a1", "1", "arm64", 10, None),
+        ];
+        let builds = builds_of(&family, &family[1]);
+        assert_eq!(
+            builds.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            ["img-a2", "img-x2"]
+        );
+        let old = builds_of(&family, &family[2]);
+        let refs: BTreeMap<String, ImageReference> = old
+            .iter()
+            .map(|b| (b.arch.clone(), reference_of(b, old.len() > 1)))
+            .collect();
+        assert_eq!(
+            refs["arm64"],
+            ImageReference::Single("webake/bastion:1@arm64".into())
+        );
+        assert_eq!(
+            refs["x86_64"],
+            ImageReference::PerRegion([("eu-west-1".into(), "ami-0b1".into())].into())
+        );
+        assert!(per_architecture(&family, &family[2]));
+        assert!(!per_architecture(&family[2..3], &family[2]));
+        assert!(
+            per_architecture(&family[..1], &family[0]),
+            "arm64 alone still routes"
+        );
+        // An image whose architecture is unknown is a build of its own.
+        let mut legacy = family[2].clone();
+        legacy.arch.clear();
+        assert_eq!(builds_of(&family, &legacy).len(), 1);
+    }
 }

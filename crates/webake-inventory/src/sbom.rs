@@ -28,6 +28,9 @@ pub struct SbomOptions {
     pub created: SystemTime,
     /// Base URI of the SPDX `documentNamespace` (default [`DEFAULT_NAMESPACE_BASE`]).
     pub namespace_base: Option<String>,
+    /// The image's CPU architecture (`x86_64`, `arm64`): the SPDX image package's comment,
+    /// the CycloneDX property `webake:architecture`.
+    pub architecture: Option<String>,
 }
 
 /// SPDX 2.3 JSON document of the image's packages.
@@ -51,6 +54,9 @@ pub fn spdx_json(inv: &Inventory, opts: &SbomOptions) -> String {
         "copyrightText": "NOASSERTION",
         "supplier": "NOASSERTION",
     })];
+    if let Some(a) = &opts.architecture {
+        packages[0]["comment"] = json!(format!("architecture: {a}"));
+    }
     let mut relationships = vec![json!({
         "spdxElementId": "SPDXRef-DOCUMENT",
         "relationshipType": "DESCRIBES",
@@ -131,6 +137,9 @@ pub fn cyclonedx_json(inv: &Inventory, opts: &SbomOptions) -> String {
     }
     for k in &inv.kernels {
         properties.push(json!({"name": "webake:kernel", "value": k.version}));
+    }
+    if let Some(a) = &opts.architecture {
+        properties.push(json!({"name": "webake:architecture", "value": a}));
     }
     let mut os = json!({
         "type": "operating-system",

@@ -17,6 +17,7 @@ fn opts(id: &str) -> SbomOptions {
         image_name: "web-base".into(),
         created: UNIX_EPOCH + Duration::from_secs(1_795_000_000),
         namespace_base: None,
+        architecture: Some("arm64".into()),
     }
 }
 
@@ -128,6 +129,15 @@ fn fixture_sboms_validate_and_are_complete() {
     );
     assert_eq!(cdx["metadata"]["timestamp"], "2026-11-18T11:06:40Z");
     assert_eq!(cdx["metadata"]["component"]["type"], "operating-system");
+    // The image's architecture, in both (validated above with it).
+    assert_eq!(spdx["packages"][0]["comment"], "architecture: arm64");
+    assert!(
+        cdx["metadata"]["properties"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": "webake:architecture", "value": "arm64"})),
+        "{cdx:#}"
+    );
 }
 
 #[test]

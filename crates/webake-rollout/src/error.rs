@@ -100,6 +100,37 @@ pub enum RolloutError {
     },
 
     #[error(
+        "{file}:{line}: {what} needs an {architecture} build of the image, which the rollout \
+         does not have (it has {available})"
+    )]
+    ArchitectureNotPublished {
+        file: String,
+        line: usize,
+        /// What needs it and why: `InstanceGroup NAME (cluster C) on m6g.large`, a rule's match
+        /// `(the rule's architecture:)`.
+        what: String,
+        architecture: String,
+        available: String,
+    },
+
+    #[error("{file}:{line}: {what} mixes {found}; an InstanceGroup gets one image")]
+    MixedArchitectures {
+        file: String,
+        line: usize,
+        what: String,
+        /// `x86_64 (m5.large) and arm64 (m6g.large)`.
+        found: String,
+    },
+
+    #[error("{file}:{line}: {what}: cannot tell which build of the image it gets: {message}")]
+    ArchitectureUnknown {
+        file: String,
+        line: usize,
+        what: String,
+        message: String,
+    },
+
+    #[error(
         "{ami} is an AMI id, valid in one region, but the matched references are in {regions}; \
          pass one AMI per region, or narrow the selection"
     )]

@@ -15,6 +15,7 @@
 //! The library never prints: it returns a [`RolloutOutcome`], reports steps through a
 //! [`Reporter`], and logs with `tracing`.
 
+pub mod arch;
 mod error;
 pub mod forge;
 mod git;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use arch::{architecture_of_machine_type, resolve_architecture};
 pub use error::RolloutError;
 pub use forge::{
     ClosedPullRequest, Forge, ForgeConfig, ForgeError, GITHUB_API, GITLAB_API, GitHub, GitLab,
@@ -270,7 +272,13 @@ pub fn rollout_with_forge(
     let base = repo.checkout_base(req.base_branch.clone().or(config.base_branch.clone()))?;
 
     reporter.step(Step::Planning { rules: rules.len() });
-    let (mut outcome, new_texts) = plan_rollout(req, &repo, rules, lookup, branch, base)?;
+    let planned = Planning {
+        rules,
+        architectures: &config.architectures,
+        branch,
+        base,
+    };
+    let (mut outcome, new_texts) = plan_rollout(req, &repo, planned, lookup)?;
     if req.dry_run {
         return Ok(outcome);
     }
@@ -405,19 +413,32 @@ fn select_rules<'a>(
     Ok(rules)
 }
 
+/// What a rollout is planned with: the rules, the config's architecture overrides, the rollout
+/// branch and its base.
+struct Planning<'a> {
+    rules: &'a [Rule],
+    architectures: &'a BTreeMap<String, String>,
+    branch: String,
+    base: Base,
+}
+
 /// Find the references the rules select, refuse what must not be rolled out (a reference the
 /// cluster could not resolve, a downgrade), and render the change: the outcome of a dry run,
 /// and the new text of each file that changes.
 fn plan_rollout(
     req: &RolloutRequest,
     repo: &ClonedRepo,
-    rules: &[Rule],
+    planning: Planning<'_>,
     lookup: &dyn ImageLookup,
-    branch: String,
-    base: Base,
 ) -> Result<(RolloutOutcome, BTreeMap<String, String>), RolloutError> {
+    let Planning {
+        rules,
+        architectures,
+        branch,
+        base,
+    } = planning;
     let files = read_repo_files(&repo.work)?;
-    let edits = plan::plan(&files, rules, &req.reference, &req.family)?;
+    let edits = plan::plan(&files, rules, &req.reference, &req.family, architectures)?;
     if edits.is_empty() {
         return Err(RolloutError::NoReferenceFound {
             location: repo.location.clone(),
@@ -707,12 +728,46 @@ fn commit_message(req: &RolloutRequest, edits: &[Edit]) -> String {
         req.reference.describe()
     ));
     for e in edits.iter().filter(|e| e.changes()) {
+        let arch = e
+            .architecture
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
         msg.push_str(&format!(
-            "- {}:{} {}: {} -> {}\n",
+            "- {}:{} {}: {} -> {}{arch}\n",
             e.file, e.line, e.what, e.old, e.new
         ));
     }
     msg
+}
+
+/// The table of changed references; with an `architecture` column when the image has a build
+/// per architecture.
+fn references_table(edits: &[Edit]) -> String {
+    let changed: Vec<&Edit> = edits.iter().filter(|e| e.changes()).collect();
+    let per_arch = changed.iter().any(|e| e.architecture.is_some());
+    let mut table = if per_arch {
+        "### Image references\n\n| file | what | architecture | from | to |\n|---|---|---|---|---|\n"
+    } else {
+        "### Image references\n\n| file | what | from | to |\n|---|---|---|---|\n"
+    }
+    .to_string();
+    for e in changed {
+        let arch = match (per_arch, &e.architecture) {
+            (false, _) => String::new(),
+            (true, Some(a)) => format!(" {a} |"),
+            (true, None) => " – |".into(),
+        };
+        table.push_str(&format!(
+            "| `{}:{}` | {} |{arch} `{}` | `{}` |\n",
+            e.file,
+            e.line,
+            e.what.replace('|', "\\|"),
+            e.old,
+            e.new
+        ));
+    }
+    table
 }
 
 /// The pull request body: the caller's Markdown, the new image, each current image against it,
@@ -733,17 +788,7 @@ fn pr_body(req: &RolloutRequest, edits: &[Edit], before_after: &[BeforeAfter]) -
         ));
         body.push('\n');
     }
-    body.push_str("### Image references\n\n| file | what | from | to |\n|---|---|---|---|\n");
-    for e in edits.iter().filter(|e| e.changes()) {
-        body.push_str(&format!(
-            "| `{}:{}` | {} | `{}` | `{}` |\n",
-            e.file,
-            e.line,
-            e.what.replace('|', "\\|"),
-            e.old,
-            e.new
-        ));
-    }
+    body.push_str(&references_table(edits));
     body.push_str(&format!(
         "\n<sub>Proposed by webake for image family `{}`. Merge to roll the clusters, or close to skip \
          this image (webake will not propose it again); a newer image updates this pull request or \
@@ -779,6 +824,57 @@ mod tests {
         assert_eq!(
             RepoLocation::parse("https://u:tok@h/r.git").display(),
             "https://***@h/r.git"
+        );
+    }
+
+    fn edit(line: usize, architecture: Option<&str>, new: &str) -> Edit {
+        Edit {
+            file: "clusters/prod/ig.yaml".into(),
+            line,
+            what: "InstanceGroup nodes (cluster prod) spec.image".into(),
+            rule: 0,
+            region: Some("eu-west-1".into()),
+            architecture: architecture.map(str::to_string),
+            old: "ami-0123".into(),
+            new: new.into(),
+            bytes: 0..0,
+            replacement: String::new(),
+            yaml_scalar: true,
+        }
+    }
+
+    #[test]
+    fn the_references_table_names_the_architecture_of_each_build() {
+        let per_arch = [
+            edit(9, Some("x86_64"), "ami-0aaa"),
+            edit(47, Some("arm64"), "ami-0bbb"),
+            edit(60, Some("arm64"), "ami-0123"),
+        ];
+        assert_eq!(
+            references_table(&per_arch),
+            "### Image references\n\n| file | what | architecture | from | to |\n|---|---|---|---|---|\n\
+             | `clusters/prod/ig.yaml:9` | InstanceGroup nodes (cluster prod) spec.image | x86_64 | `ami-0123` | `ami-0aaa` |\n\
+             | `clusters/prod/ig.yaml:47` | InstanceGroup nodes (cluster prod) spec.image | arm64 | `ami-0123` | `ami-0bbb` |\n"
+        );
+        // Without per-architecture builds the table is as it always was.
+        assert_eq!(
+            references_table(&[edit(9, None, "ami-0aaa")]),
+            "### Image references\n\n| file | what | from | to |\n|---|---|---|---|\n\
+             | `clusters/prod/ig.yaml:9` | InstanceGroup nodes (cluster prod) spec.image | `ami-0123` | `ami-0aaa` |\n"
+        );
+        let mut req = RolloutRequest::new(
+            "k8s-node",
+            ImageReference::Single("ami-0aaa".into()),
+            RepoLocation::parse("/r"),
+        );
+        req.version = "2026.12.02".into();
+        let msg = commit_message(&req, &per_arch);
+        assert!(
+            msg.contains(
+                "- clusters/prod/ig.yaml:47 InstanceGroup nodes (cluster prod) spec.image: \
+                 ami-0123 -> ami-0bbb (arm64)\n"
+            ),
+            "{msg}"
         );
     }
 

@@ -29,6 +29,10 @@ pub struct Edit {
     /// Index of the rule that selected it.
     pub rule: usize,
     pub region: Option<String>,
+    /// The build it got of a per-architecture reference (`x86_64`, `arm64`); `None` for the
+    /// other references.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
     /// The reference before and after.
     pub old: String,
     pub new: String,
@@ -111,12 +115,15 @@ impl<'a> Parsed<'a> {
     }
 }
 
-/// Plan the edits of every rule that applies to `family`, over all files.
+/// Plan the edits of every rule that applies to `family`, over all files. `architectures` are
+/// the rollout config's overrides of the architecture table (instance family or machine type ->
+/// architecture).
 pub(crate) fn plan(
     files: &[RepoFile],
     rules: &[Rule],
     reference: &ImageReference,
     family: &str,
+    architectures: &BTreeMap<String, String>,
 ) -> Result<Vec<Edit>, RolloutError> {
     let mut active = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
@@ -151,7 +158,13 @@ pub(crate) fn plan(
         let kops = KopsIndex::build(&parsed)?;
         for (i, rule) in &active {
             if let Rule::InstanceGroup(r) = rule {
-                plan_instance_groups(&kops, *i, r, reference, &mut edits)?;
+                let target = GroupTarget {
+                    rule_index: *i,
+                    rule: r,
+                    reference,
+                    architectures,
+                };
+                plan_instance_groups(&kops, &target, &mut edits)?;
             }
         }
     }
@@ -232,19 +245,35 @@ fn collect_scalars(node: &Node, out: &mut BTreeMap<usize, String>) {
 
 /// One AMI id cannot serve matches in several regions (it exists in one): refuse instead of
 /// proposing a change that kops would fail to apply.
+/// For a per-architecture reference, each build's own matches count.
 fn check_single_ami_region(edits: &[Edit], reference: &ImageReference) -> Result<(), RolloutError> {
-    let ImageReference::Single(ami) = reference else {
-        return Ok(());
+    // (architecture of the build, `None`: every match; its AMI id)
+    let singles: Vec<(Option<&str>, &str)> = match reference {
+        ImageReference::Single(ami) => vec![(None, ami.as_str())],
+        ImageReference::PerRegion(_) => Vec::new(),
+        ImageReference::PerArchitecture(map) => map
+            .iter()
+            .filter_map(|(arch, inner)| match inner {
+                ImageReference::Single(ami) => Some((Some(arch.as_str()), ami.as_str())),
+                _ => None,
+            })
+            .collect(),
     };
-    if crate::reference::ReferenceKind::of(ami) != Ok(crate::reference::ReferenceKind::AmiId) {
-        return Ok(());
-    }
-    let regions: BTreeSet<&str> = edits.iter().filter_map(|e| e.region.as_deref()).collect();
-    if regions.len() > 1 {
-        return Err(RolloutError::AmiInSeveralRegions {
-            ami: ami.clone(),
-            regions: regions.into_iter().collect::<Vec<_>>().join(", "),
-        });
+    for (arch, ami) in singles {
+        if crate::reference::ReferenceKind::of(ami) != Ok(crate::reference::ReferenceKind::AmiId) {
+            continue;
+        }
+        let regions: BTreeSet<&str> = edits
+            .iter()
+            .filter(|e| arch.is_none() || e.architecture.as_deref() == arch)
+            .filter_map(|e| e.region.as_deref())
+            .collect();
+        if regions.len() > 1 {
+            return Err(RolloutError::AmiInSeveralRegions {
+                ami: ami.to_string(),
+                regions: regions.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
     }
     Ok(())
 }
@@ -297,7 +326,55 @@ fn reference_for(
                 region,
                 available: available.join(", "),
             },
+            // Never reached: the build of an architecture is picked before its region.
+            RegionLookup::ArchitectureUnknown { available } => RolloutError::ArchitectureUnknown {
+                file: file.into(),
+                line,
+                what: what.into(),
+                message: format!("the image has builds for {}", available.join(", ")),
+            },
         })
+}
+
+/// The build of a per-architecture reference that a match of a yaml-path or regex rule gets:
+/// the rule's `architecture:`, else the only build. Other references are returned as they are
+/// (no architecture).
+fn rule_build<'r>(
+    reference: &'r ImageReference,
+    architecture: Option<&str>,
+    file: &str,
+    line: usize,
+    what: &str,
+) -> Result<(Option<String>, &'r ImageReference), RolloutError> {
+    let ImageReference::PerArchitecture(map) = reference else {
+        return Ok((None, reference));
+    };
+    let available = map.keys().cloned().collect::<Vec<_>>().join(", ");
+    let arch = match (architecture, map.keys().next()) {
+        (Some(arch), _) => arch,
+        (None, Some(only)) if map.len() == 1 => only.as_str(),
+        _ => {
+            return Err(RolloutError::ArchitectureUnknown {
+                file: file.into(),
+                line,
+                what: what.into(),
+                message: format!(
+                    "the image has builds for {available}; set `architecture:` on the rule to \
+                     pick one"
+                ),
+            });
+        }
+    };
+    match map.get(arch) {
+        Some(build) => Ok((Some(arch.to_string()), build)),
+        None => Err(RolloutError::ArchitectureNotPublished {
+            file: file.into(),
+            line,
+            what: format!("{what} (the rule's `architecture:`)"),
+            architecture: arch.to_string(),
+            available,
+        }),
+    }
 }
 
 /// Plain scalars we write unquoted: what kops references look like, nothing YAML could misread.
@@ -376,6 +453,7 @@ fn scalar_edit(
         what,
         rule,
         region,
+        architecture: None,
         old: scalar.value.clone(),
         new,
         bytes: scalar.bytes.clone(),
@@ -593,16 +671,7 @@ pub(crate) fn instance_group_images(
         else {
             continue;
         };
-        let name = group
-            .doc
-            .root
-            .get_path(&["metadata", "name"])
-            .and_then(Node::as_str)
-            .unwrap_or("?");
-        let what = match group_cluster(group.doc) {
-            Some(cluster) => format!("InstanceGroup {name} (cluster {cluster}) spec.image"),
-            None => format!("InstanceGroup {name} spec.image"),
-        };
+        let what = format!("{} spec.image", group_label(group.doc));
         out.push((
             group.file.path.clone(),
             scalar.line,
@@ -613,13 +682,21 @@ pub(crate) fn instance_group_images(
     Ok(out)
 }
 
+/// What an instance-group rule rolls out, and how an InstanceGroup's architecture is told.
+struct GroupTarget<'a> {
+    rule_index: usize,
+    rule: &'a InstanceGroupRule,
+    reference: &'a ImageReference,
+    /// The rollout config's overrides of the architecture table.
+    architectures: &'a BTreeMap<String, String>,
+}
+
 fn plan_instance_groups(
     kops: &KopsIndex<'_>,
-    rule_index: usize,
-    rule: &InstanceGroupRule,
-    reference: &ImageReference,
+    target: &GroupTarget<'_>,
     edits: &mut Vec<Edit>,
 ) -> Result<(), RolloutError> {
+    let rule = target.rule;
     let files = match &rule.files {
         Some(pattern) => Some(glob(pattern).map_err(RolloutError::InvalidRequest)?),
         None => None,
@@ -634,18 +711,10 @@ fn plan_instance_groups(
         if !group_matches(rule, group.doc)? {
             continue;
         }
-        let name = group
-            .doc
-            .root
-            .get_path(&["metadata", "name"])
-            .and_then(Node::as_str)
-            .unwrap_or("?");
-        let what = match group_cluster(group.doc) {
-            Some(cluster) => format!("InstanceGroup {name} (cluster {cluster}) spec.image"),
-            None => format!("InstanceGroup {name} spec.image"),
-        };
+        let name = group_label(group.doc);
+        let what = format!("{name} spec.image");
         let Some(image) = group.doc.root.get_path(&["spec", "image"]) else {
-            tracing::warn!(file = %group.file.path, group = name, "InstanceGroup has no spec.image; skipped");
+            tracing::warn!(file = %group.file.path, group = %name, "InstanceGroup has no spec.image; skipped");
             continue;
         };
         let Some(scalar) = image.as_scalar() else {
@@ -656,22 +725,182 @@ fn plan_instance_groups(
                 message: "spec.image is not a string".into(),
             });
         };
+        let (architecture, build) = group_build(target, group, scalar.line)?;
         let region = rule
             .region
             .clone()
             .or_else(|| group_region(kops, group.doc));
         let new = reference_for(
-            reference,
+            build,
             region.as_deref(),
             &group.file.path,
             scalar.line,
             &what,
         )?;
-        edits.push(scalar_edit(
-            group.file, scalar, what, rule_index, region, new,
-        )?);
+        let mut edit = scalar_edit(group.file, scalar, what, target.rule_index, region, new)?;
+        edit.architecture = architecture;
+        edits.push(edit);
     }
     Ok(())
+}
+
+/// `InstanceGroup NAME (cluster C)`, or `InstanceGroup NAME` without a cluster label.
+fn group_label(doc: &Document) -> String {
+    let name = doc
+        .root
+        .get_path(&["metadata", "name"])
+        .and_then(Node::as_str)
+        .unwrap_or("?");
+    match group_cluster(doc) {
+        Some(cluster) => format!("InstanceGroup {name} (cluster {cluster})"),
+        None => format!("InstanceGroup {name}"),
+    }
+}
+
+/// The build of a per-architecture reference that an InstanceGroup gets, by the architecture
+/// of its machine types (`image_line`: the line of its `spec.image`, for errors). Other
+/// references are returned as they are (no architecture): their machine types are not read.
+fn group_build<'r>(
+    target: &GroupTarget<'r>,
+    group: &KopsGroup<'_>,
+    image_line: usize,
+) -> Result<(Option<String>, &'r ImageReference), RolloutError> {
+    let ImageReference::PerArchitecture(map) = target.reference else {
+        return Ok((None, target.reference));
+    };
+    let file = &group.file.path;
+    let label = group_label(group.doc);
+    let available = map.keys().cloned().collect::<Vec<_>>().join(", ");
+    let types = machine_types(group, &label)?;
+    if types.is_empty() {
+        return Err(RolloutError::ArchitectureUnknown {
+            file: file.clone(),
+            line: image_line,
+            what: format!("{label} spec.image"),
+            message: format!(
+                "it has no spec.machineType (nor spec.mixedInstancesPolicy.instances), and the \
+                 image has builds for {available}"
+            ),
+        });
+    }
+    let arch = one_architecture(group, &label, &types, target.architectures)?;
+    let mut names: Vec<&str> = Vec::new();
+    for t in &types {
+        if !names.contains(&t.name.as_str()) {
+            names.push(&t.name);
+        }
+    }
+    match map.get(arch) {
+        Some(build) => Ok((Some(arch.to_string()), build)),
+        None => Err(RolloutError::ArchitectureNotPublished {
+            file: file.clone(),
+            line: image_line,
+            what: format!("{label} on {}", names.join(", ")),
+            architecture: arch.to_string(),
+            available,
+        }),
+    }
+}
+
+/// A machine type of an InstanceGroup, where it is written.
+struct MachineType {
+    name: String,
+    line: usize,
+    /// From `spec.mixedInstancesPolicy.instances` (else `spec.machineType`).
+    mixed: bool,
+}
+
+/// `spec.machineType`, then each of `spec.mixedInstancesPolicy.instances`.
+fn machine_types(group: &KopsGroup<'_>, label: &str) -> Result<Vec<MachineType>, RolloutError> {
+    let spec = group.doc.root.get("spec");
+    let mut out = Vec::new();
+    if let Some(s) = spec
+        .and_then(|s| s.get("machineType"))
+        .and_then(Node::as_scalar)
+        .filter(|s| !s.value.trim().is_empty())
+    {
+        out.push(MachineType {
+            name: s.value.trim().to_string(),
+            line: s.line,
+            mixed: false,
+        });
+    }
+    let Some(policy) = spec.and_then(|s| s.get("mixedInstancesPolicy")) else {
+        return Ok(out);
+    };
+    let policy_line = spec
+        .and_then(|s| s.key_line("mixedInstancesPolicy"))
+        .unwrap_or(0);
+    let not_a_list = |message: &str| RolloutError::ArchitectureUnknown {
+        file: group.file.path.clone(),
+        line: policy_line,
+        what: format!("{label} spec.mixedInstancesPolicy.instances"),
+        message: message.into(),
+    };
+    match policy.get("instances") {
+        None => {}
+        Some(Node::Seq(items)) => {
+            for item in items {
+                let s = item
+                    .as_scalar()
+                    .ok_or_else(|| not_a_list("an entry is not a machine type (a string)"))?;
+                out.push(MachineType {
+                    name: s.value.trim().to_string(),
+                    line: s.line,
+                    mixed: true,
+                });
+            }
+        }
+        Some(_) => return Err(not_a_list("not a list of machine types")),
+    }
+    Ok(out)
+}
+
+/// The one architecture of an InstanceGroup's machine types (not empty); several are an error
+/// at the first machine type of another architecture than the first.
+fn one_architecture<'a>(
+    group: &KopsGroup<'_>,
+    label: &str,
+    types: &[MachineType],
+    overrides: &'a BTreeMap<String, String>,
+) -> Result<&'a str, RolloutError> {
+    let archs: Vec<&str> = types
+        .iter()
+        .map(|t| crate::arch::resolve_architecture(&t.name, overrides))
+        .collect();
+    let Some(offending) = archs.iter().position(|a| *a != archs[0]) else {
+        return Ok(archs[0]);
+    };
+    // Which machine types of which architecture, in the order they are written.
+    let mut found: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (t, arch) in types.iter().zip(&archs) {
+        match found.iter_mut().find(|(a, _)| a == arch) {
+            Some((_, names)) if names.contains(&t.name.as_str()) => {}
+            Some((_, names)) => names.push(&t.name),
+            None => found.push((arch, vec![&t.name])),
+        }
+    }
+    let mixed_archs: BTreeSet<&str> = types
+        .iter()
+        .zip(&archs)
+        .filter(|(t, _)| t.mixed)
+        .map(|(_, a)| *a)
+        .collect();
+    let field = if mixed_archs.len() > 1 {
+        "spec.mixedInstancesPolicy.instances"
+    } else {
+        "spec.machineType and spec.mixedInstancesPolicy.instances"
+    };
+    Err(RolloutError::MixedArchitectures {
+        file: group.file.path.clone(),
+        line: types[offending].line,
+        what: format!("{label} {field}"),
+        found: found
+            .iter()
+            .map(|(arch, names)| format!("{arch} ({})", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join(" and "),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,21 +931,24 @@ fn plan_yaml_path(
                         message: "not a string (a mapping, sequence or alias)".into(),
                     });
                 };
-                let new = reference_for(
+                let (architecture, build) = rule_build(
                     reference,
+                    rule.architecture.as_deref(),
+                    &file.path,
+                    scalar.line,
+                    &what,
+                )?;
+                let new = reference_for(
+                    build,
                     rule.region.as_deref(),
                     &file.path,
                     scalar.line,
                     &what,
                 )?;
-                edits.push(scalar_edit(
-                    file,
-                    scalar,
-                    what,
-                    rule_index,
-                    rule.region.clone(),
-                    new,
-                )?);
+                let mut edit =
+                    scalar_edit(file, scalar, what, rule_index, rule.region.clone(), new)?;
+                edit.architecture = architecture;
+                edits.push(edit);
             }
         }
     }
@@ -745,13 +977,21 @@ fn plan_regex(
             let Some(m) = m else { continue };
             let line = line_of(&file.text, m.start());
             let what = format!("match of {:?}", rule.pattern);
-            let new = reference_for(reference, rule.region.as_deref(), &file.path, line, &what)?;
+            let (architecture, build) = rule_build(
+                reference,
+                rule.architecture.as_deref(),
+                &file.path,
+                line,
+                &what,
+            )?;
+            let new = reference_for(build, rule.region.as_deref(), &file.path, line, &what)?;
             edits.push(Edit {
                 file: file.path.clone(),
                 line,
                 what,
                 rule: rule_index,
                 region: rule.region.clone(),
+                architecture,
                 old: m.as_str().to_string(),
                 new: new.clone(),
                 bytes: m.range(),
@@ -794,7 +1034,7 @@ mod tests {
         reference: &ImageReference,
     ) -> Result<String, RolloutError> {
         let files = vec![file("ig.yaml", text)];
-        let edits = plan(&files, rules, reference, "fam")?;
+        let edits = plan(&files, rules, reference, "fam", &BTreeMap::new())?;
         let refs: Vec<&Edit> = edits.iter().collect();
         apply(&files[0], &refs)
     }
@@ -933,7 +1173,7 @@ mod tests {
         let docs = "apiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata:\n  name: a\n  labels: {kops.k8s.io/cluster: c1, pool: gpu}\nspec: {role: Node, image: ami-1}\n---\napiVersion: kops.k8s.io/v1alpha2\nkind: InstanceGroup\nmetadata:\n  name: b\n  labels: {kops.k8s.io/cluster: c2}\nspec: {role: Master, image: ami-1}\n---\napiVersion: v1\nkind: InstanceGroup\nmetadata: {name: not-kops}\nspec: {image: ami-1}\n";
         let files = vec![file("x.yml", docs)];
         let names = |rule: Rule| -> Vec<String> {
-            plan(&files, &[rule], &single("ami-2"), "fam")
+            plan(&files, &[rule], &single("ami-2"), "fam", &BTreeMap::new())
                 .unwrap()
                 .into_iter()
                 .map(|e| e.what)
@@ -985,7 +1225,7 @@ mod tests {
                 ..Default::default()
             }),
         ];
-        let edits = plan(&files, &rules, &single("ami-2"), "fam").unwrap();
+        let edits = plan(&files, &rules, &single("ami-2"), "fam", &BTreeMap::new()).unwrap();
         let summary: Vec<(String, usize, String)> = edits
             .iter()
             .map(|e| (e.file.clone(), e.line, e.what.clone()))
@@ -1033,17 +1273,505 @@ mod tests {
             file("ig.yaml", &format!("{IG}  image: ami-1\n")),
         ];
         assert_eq!(
-            plan(&files, &[ig_rule(|_| {})], &single("ami-2"), "f")
-                .unwrap()
-                .len(),
+            plan(
+                &files,
+                &[ig_rule(|_| {})],
+                &single("ami-2"),
+                "f",
+                &BTreeMap::new()
+            )
+            .unwrap()
+            .len(),
             1
         );
         let broken_ig = format!("{IG}  image: [ami-1\n");
         let files = vec![file("ig.yaml", &broken_ig)];
-        let err = plan(&files, &[ig_rule(|_| {})], &single("ami-2"), "f").unwrap_err();
+        let err = plan(
+            &files,
+            &[ig_rule(|_| {})],
+            &single("ami-2"),
+            "f",
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, RolloutError::Yaml { .. }) && err.to_string().starts_with("ig.yaml:"),
             "{err}"
+        );
+    }
+}
+
+/// Per-architecture references over kops specs as `kops get ig -o yaml` writes them.
+#[cfg(test)]
+mod architecture_tests {
+    use super::*;
+
+    const PROD: &str = "clusters/prod.k8s.example.com/instancegroups.yaml";
+    const STAGING: &str = "clusters/staging.k8s.example.com/kops.yaml";
+
+    const PROD_CLUSTER: &str = "apiVersion: kops.k8s.io/v1alpha2
+kind: Cluster
+metadata:
+  creationTimestamp: \"2025-06-11T08:12:31Z\"
+  name: prod.k8s.example.com
+spec:
+  api:
+    loadBalancer:
+      class: Network
+      type: Public
+  cloudProvider: aws
+  configBase: s3://acme-kops-state/prod.k8s.example.com
+  kubernetesVersion: 1.31.4
+  networkCIDR: 10.20.0.0/16
+  networking:
+    cilium: {}
+  subnets:
+  - cidr: 10.20.32.0/19
+    name: eu-west-1a
+    type: Private
+    zone: eu-west-1a
+  - cidr: 10.20.64.0/19
+    name: eu-west-1b
+    type: Private
+    zone: eu-west-1b
+  - cidr: 10.20.0.0/22
+    name: utility-eu-west-1a
+    type: Utility
+    zone: eu-west-1a
+  topology:
+    dns:
+      type: Public
+";
+
+    const PROD_IGS: &str = "apiVersion: kops.k8s.io/v1alpha2
+kind: InstanceGroup
+metadata:
+  creationTimestamp: \"2025-06-11T08:12:32Z\"
+  labels:
+    kops.k8s.io/cluster: prod.k8s.example.com
+  name: control-plane-eu-west-1a
+spec:
+  image: 099720109477/ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20250115
+  instanceMetadata:
+    httpPutResponseHopLimit: 3
+    httpTokens: required
+  machineType: m5.large
+  maxSize: 1
+  minSize: 1
+  role: ControlPlane
+  subnets:
+  - eu-west-1a
+---
+apiVersion: kops.k8s.io/v1alpha2
+kind: InstanceGroup
+metadata:
+  creationTimestamp: \"2025-06-11T08:12:32Z\"
+  labels:
+    kops.k8s.io/cluster: prod.k8s.example.com
+  name: nodes-amd64
+spec:
+  image: ami-0123456789abcdef0 # k8s-node 2026.11.18 x86_64
+  machineType: c5.2xlarge
+  maxSize: 12
+  minSize: 3
+  nodeLabels:
+    kops.k8s.io/instancegroup: nodes-amd64
+  role: Node
+  subnets:
+  - eu-west-1a
+  - eu-west-1b
+---
+apiVersion: kops.k8s.io/v1alpha2
+kind: InstanceGroup
+metadata:
+  creationTimestamp: \"2026-01-20T14:03:09Z\"
+  labels:
+    kops.k8s.io/cluster: prod.k8s.example.com
+  name: nodes-graviton
+spec:
+  image: \"ami-0fedcba9876543210\"
+  machineType: m6g.large
+  maxSize: 30
+  minSize: 0
+  mixedInstancesPolicy:
+    instances:
+    - m6g.large
+    - m7g.large
+    onDemandAboveBase: 0
+    onDemandBase: 2
+    spotAllocationStrategy: price-capacity-optimized
+  nodeLabels:
+    kops.k8s.io/instancegroup: nodes-graviton
+  role: Node
+  subnets:
+  - eu-west-1a
+  - eu-west-1b
+  taints:
+  - kubernetes.io/arch=arm64:NoSchedule
+";
+
+    const STAGING_KOPS: &str = "apiVersion: kops.k8s.io/v1alpha2
+kind: Cluster
+metadata:
+  name: staging.k8s.example.com
+spec:
+  cloudProvider: aws
+  kubernetesVersion: 1.31.4
+  subnets:
+  - cidr: 172.20.32.0/19
+    name: us-east-1a
+    type: Public
+    zone: us-east-1a
+---
+apiVersion: kops.k8s.io/v1alpha2
+kind: InstanceGroup
+metadata:
+  labels:
+    kops.k8s.io/cluster: staging.k8s.example.com
+  name: nodes-us-east-1a
+spec:
+  image: 'ami-0fedcba9876543210'
+  machineType: t4g.xlarge
+  maxSize: 4
+  minSize: 1
+  role: Node
+  subnets:
+  - us-east-1a
+";
+
+    const X86_EU: &str = "ami-0aaaaaaaaaaaaaaa1";
+    const X86_US: &str = "ami-0aaaaaaaaaaaaaaa2";
+    const ARM_EU: &str = "ami-0bbbbbbbbbbbbbbb1";
+    const ARM_US: &str = "ami-0bbbbbbbbbbbbbbb2";
+
+    fn fixture_files() -> Vec<RepoFile> {
+        [
+            ("clusters/prod.k8s.example.com/cluster.yaml", PROD_CLUSTER),
+            (PROD, PROD_IGS),
+            (STAGING, STAGING_KOPS),
+        ]
+        .into_iter()
+        .map(|(path, text)| RepoFile {
+            path: path.into(),
+            text: text.into(),
+        })
+        .collect()
+    }
+
+    fn per_region(eu: &str, us: &str) -> ImageReference {
+        ImageReference::PerRegion(
+            [
+                ("eu-west-1".to_string(), eu.to_string()),
+                ("us-east-1".to_string(), us.to_string()),
+            ]
+            .into(),
+        )
+    }
+
+    fn per_arch(builds: &[(&str, ImageReference)]) -> ImageReference {
+        ImageReference::PerArchitecture(
+            builds
+                .iter()
+                .map(|(arch, r)| (arch.to_string(), r.clone()))
+                .collect(),
+        )
+    }
+
+    fn both() -> ImageReference {
+        per_arch(&[
+            ("x86_64", per_region(X86_EU, X86_US)),
+            ("arm64", per_region(ARM_EU, ARM_US)),
+        ])
+    }
+
+    fn all_groups() -> Vec<Rule> {
+        vec![Rule::InstanceGroup(InstanceGroupRule {
+            all: true,
+            ..Default::default()
+        })]
+    }
+
+    fn plan_over(
+        files: &[RepoFile],
+        reference: &ImageReference,
+        overrides: &[(&str, &str)],
+    ) -> Result<Vec<Edit>, RolloutError> {
+        let overrides = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        plan(files, &all_groups(), reference, "k8s-node", &overrides)
+    }
+
+    /// The new text of `path` with the edits applied.
+    fn applied(files: &[RepoFile], edits: &[Edit], path: &str) -> String {
+        let file = files.iter().find(|f| f.path == path).unwrap();
+        let mine: Vec<&Edit> = edits.iter().filter(|e| e.file == path).collect();
+        apply(file, &mine).unwrap()
+    }
+
+    /// `files` with `from` replaced by `to` in `path`.
+    fn with(path: &str, from: &str, to: &str) -> Vec<RepoFile> {
+        let mut files = fixture_files();
+        let file = files.iter_mut().find(|f| f.path == path).unwrap();
+        assert!(file.text.contains(from), "{from:?}");
+        file.text = file.text.replacen(from, to, 1);
+        files
+    }
+
+    #[test]
+    fn each_instance_group_gets_the_build_of_its_architecture_and_region() {
+        let files = fixture_files();
+        let edits = plan_over(&files, &both(), &[]).unwrap();
+        let got: Vec<String> = edits
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{} {} {} {}",
+                    e.file,
+                    e.line,
+                    e.architecture.as_deref().unwrap_or("-"),
+                    e.region.as_deref().unwrap_or("-"),
+                    e.new
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // The control plane on m5, the x86 nodes on c5, the Graviton nodes whose
+                // machineType and mixed instances are all arm64; staging on t4g in us-east-1.
+                format!("{PROD}:9 x86_64 eu-west-1 {X86_EU}"),
+                format!("{PROD}:28 x86_64 eu-west-1 {X86_EU}"),
+                format!("{PROD}:47 arm64 eu-west-1 {ARM_EU}"),
+                format!("{STAGING}:21 arm64 us-east-1 {ARM_US}"),
+            ]
+        );
+        // Only the image values change; their quoting and comments stay.
+        assert_eq!(
+            applied(&files, &edits, PROD),
+            PROD_IGS
+                .replacen(
+                    "099720109477/ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20250115",
+                    X86_EU,
+                    1
+                )
+                .replacen("ami-0123456789abcdef0 # k8s", &format!("{X86_EU} # k8s"), 1)
+                .replacen("\"ami-0fedcba9876543210\"", &format!("\"{ARM_EU}\""), 1)
+        );
+        assert_eq!(
+            applied(&files, &edits, STAGING),
+            STAGING_KOPS.replacen("'ami-0fedcba9876543210'", &format!("'{ARM_US}'"), 1)
+        );
+    }
+
+    #[test]
+    fn a_single_reference_goes_everywhere_and_a_one_build_map_still_routes() {
+        // A single reference (no architecture) goes everywhere, as before, machine types unread.
+        let files = with(PROD, "    - m7g.large\n", "    - m5.large\n");
+        let edits = plan_over(
+            &files,
+            &ImageReference::Single("ssm:/webake/k8s-node".into()),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(edits.len(), 4);
+        assert!(edits.iter().all(|e| e.architecture.is_none()));
+        // A one-architecture map still routes by machine type: the arm64 groups have no build.
+        let x86_only = per_arch(&[("x86_64", per_region(X86_EU, X86_US))]);
+        let err = plan_over(&fixture_files(), &x86_only, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{PROD}:47: InstanceGroup nodes-graviton (cluster prod.k8s.example.com) on \
+                 m6g.large, m7g.large needs an arm64 build of the image, which the rollout does \
+                 not have (it has x86_64)"
+            )
+        );
+        assert!(matches!(
+            err,
+            RolloutError::ArchitectureNotPublished { line: 47, .. }
+        ));
+    }
+
+    #[test]
+    fn mixed_architectures_in_one_group_are_refused_at_the_offending_line() {
+        let files = with(PROD, "    - m7g.large\n", "    - m5.large\n");
+        let err = plan_over(&files, &both(), &[]).unwrap_err();
+        assert!(
+            matches!(err, RolloutError::MixedArchitectures { line: 54, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{PROD}:54: InstanceGroup nodes-graviton (cluster prod.k8s.example.com) \
+                 spec.mixedInstancesPolicy.instances mixes arm64 (m6g.large) and x86_64 \
+                 (m5.large); an InstanceGroup gets one image"
+            )
+        );
+        // The machine type against the mixed instances: the first instance that disagrees.
+        let files = with(
+            PROD,
+            "  machineType: m6g.large\n",
+            "  machineType: m5.large\n",
+        );
+        let err = plan_over(&files, &both(), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{PROD}:53: InstanceGroup nodes-graviton (cluster prod.k8s.example.com) \
+                 spec.machineType and spec.mixedInstancesPolicy.instances mixes x86_64 \
+                 (m5.large) and arm64 (m6g.large, m7g.large); an InstanceGroup gets one image"
+            )
+        );
+        // Not a list of machine types: at the line of mixedInstancesPolicy.
+        let files = with(
+            PROD,
+            "    instances:\n    - m6g.large\n",
+            "    instances:\n    - {type: m6g.large}\n",
+        );
+        let err = plan_over(&files, &both(), &[]).unwrap_err();
+        assert!(
+            matches!(err, RolloutError::ArchitectureUnknown { line: 51, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_group_without_a_machine_type_is_refused() {
+        let files = with(PROD, "  machineType: c5.2xlarge\n", "");
+        let err = plan_over(&files, &both(), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{PROD}:28: InstanceGroup nodes-amd64 (cluster prod.k8s.example.com) spec.image: \
+                 cannot tell which build of the image it gets: it has no spec.machineType (nor \
+                 spec.mixedInstancesPolicy.instances), and the image has builds for arm64, x86_64"
+            )
+        );
+    }
+
+    #[test]
+    fn the_config_overrides_the_table_by_family_or_machine_type() {
+        // m8gd is not in the table (x86_64) until the cluster repository says otherwise.
+        let files = with(STAGING, "t4g.xlarge", "m8gd.xlarge");
+        let new_of = |overrides: &[(&str, &str)]| {
+            let edits = plan_over(&files, &both(), overrides).unwrap();
+            let e = edits.iter().find(|e| e.file == STAGING).unwrap();
+            (e.new.clone(), e.architecture.clone().unwrap())
+        };
+        assert_eq!(new_of(&[]), (X86_US.to_string(), "x86_64".to_string()));
+        assert_eq!(
+            new_of(&[("m8gd", "arm64")]),
+            (ARM_US.to_string(), "arm64".to_string())
+        );
+        // A full machine type wins over its family.
+        assert_eq!(
+            new_of(&[("m8gd", "arm64"), ("m8gd.xlarge", "x86_64")]),
+            (X86_US.to_string(), "x86_64".to_string())
+        );
+        // An override can also make a group mixed.
+        let err = plan_over(&fixture_files(), &both(), &[("m7g.large", "x86_64")]).unwrap_err();
+        assert!(
+            matches!(err, RolloutError::MixedArchitectures { line: 54, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn yaml_path_and_regex_rules_name_their_architecture() {
+        let values = "karpenter:\n  nodeClass:\n    amiSelectorTerms:\n    - id: ami-0123456789abcdef0 # amd64\n";
+        let tf = "bastion_ami = \"ami-0fedcba9876543210\"\n";
+        let files = vec![
+            RepoFile {
+                path: "helm/values.yaml".into(),
+                text: values.into(),
+            },
+            RepoFile {
+                path: "terraform/prod.tfvars".into(),
+                text: tf.into(),
+            },
+        ];
+        let rules = |yaml_arch: Option<&str>, tf_arch: Option<&str>| {
+            vec![
+                Rule::YamlPath(YamlPathRule {
+                    files: "helm/*.yaml".into(),
+                    path: "karpenter.nodeClass.amiSelectorTerms[*].id".into(),
+                    region: Some("eu-west-1".into()),
+                    architecture: yaml_arch.map(str::to_string),
+                    ..Default::default()
+                }),
+                Rule::Regex(RegexRule {
+                    files: "terraform/*.tfvars".into(),
+                    pattern: r#"bastion_ami\s*=\s*"(?P<ref>[^"]+)""#.into(),
+                    region: Some("us-east-1".into()),
+                    architecture: tf_arch.map(str::to_string),
+                    ..Default::default()
+                }),
+            ]
+        };
+        let none = BTreeMap::new();
+        let edits = plan(
+            &files,
+            &rules(Some("x86_64"), Some("arm64")),
+            &both(),
+            "f",
+            &none,
+        )
+        .unwrap();
+        let got: Vec<(&str, &str, Option<&str>)> = edits
+            .iter()
+            .map(|e| (e.file.as_str(), e.new.as_str(), e.architecture.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("helm/values.yaml", X86_EU, Some("x86_64")),
+                ("terraform/prod.tfvars", ARM_US, Some("arm64")),
+            ]
+        );
+        // Two builds and no `architecture:`: the rule must pick.
+        let err = plan(&files, &rules(None, Some("arm64")), &both(), "f", &none).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "helm/values.yaml:4: karpenter.nodeClass.amiSelectorTerms[0].id: cannot tell which \
+             build of the image it gets: the image has builds for arm64, x86_64; set \
+             `architecture:` on the rule to pick one"
+        );
+        // One build: it is the one, whatever the rule says nothing about.
+        let arm_only = per_arch(&[("arm64", per_region(ARM_EU, ARM_US))]);
+        let edits = plan(&files, &rules(None, None), &arm_only, "f", &none).unwrap();
+        assert!(
+            edits
+                .iter()
+                .all(|e| e.architecture.as_deref() == Some("arm64"))
+        );
+        // A build the image does not have.
+        let err = plan(&files, &rules(None, Some("x86_64")), &arm_only, "f", &none).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "terraform/prod.tfvars:1: match of \"bastion_ami\\\\s*=\\\\s*\\\"(?P<ref>[^\\\"]+)\\\"\" \
+             (the rule's `architecture:`) needs an x86_64 build of the image, which the rollout \
+             does not have (it has arm64)"
+        );
+    }
+
+    #[test]
+    fn one_ami_id_per_build_serves_one_region() {
+        let reference = per_arch(&[
+            ("x86_64", ImageReference::Single(X86_EU.into())),
+            ("arm64", per_region(ARM_EU, ARM_US)),
+        ]);
+        // The x86 groups are all in eu-west-1: fine, although arm64 spans two regions.
+        let edits = plan_over(&fixture_files(), &reference, &[]).unwrap();
+        assert_eq!(edits.len(), 4);
+        // An x86 group in us-east-1 too: that AMI id cannot serve it.
+        let files = with(STAGING, "t4g.xlarge", "m6i.xlarge");
+        let err = plan_over(&files, &reference, &[]).unwrap_err();
+        assert!(
+            matches!(err, RolloutError::AmiInSeveralRegions { ref ami, .. } if ami == X86_EU),
+            "{err:?}"
         );
     }
 }

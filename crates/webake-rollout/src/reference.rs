@@ -1,4 +1,5 @@
-//! Image references as kops accepts them in `spec.image`, and per-region AMI maps.
+//! Image references as kops accepts them in `spec.image`, per-region AMI maps, and
+//! per-architecture builds.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,10 @@ pub enum ImageReference {
     Single(String),
     /// One AMI id per region (`eu-west-1 -> ami-…`); each match gets the AMI of its region.
     PerRegion(BTreeMap<String, String>),
+    /// One reference per CPU architecture (`x86_64`, `arm64`; see [`crate::arch`]), each a
+    /// `Single` or a `PerRegion` one: each match gets the build of its architecture (an
+    /// InstanceGroup's from its machine types, another rule's from its `architecture:`).
+    PerArchitecture(BTreeMap<String, ImageReference>),
 }
 
 /// The kops form of a single reference (kops resolves each differently).
@@ -81,6 +86,39 @@ impl ImageReference {
                 }
                 Ok(())
             }
+            Self::PerArchitecture(map) => {
+                if map.is_empty() {
+                    return Err("the per-architecture image map is empty".into());
+                }
+                for (arch, inner) in map {
+                    crate::arch::check_architecture(arch)?;
+                    if matches!(inner, Self::PerArchitecture(_)) {
+                        return Err(format!(
+                            "the {arch} reference is itself per architecture; give a single \
+                             reference or one AMI per region"
+                        ));
+                    }
+                    inner.validate().map_err(|e| format!("{arch}: {e}"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The architectures of a per-architecture reference (sorted); empty for the others.
+    pub fn architectures(&self) -> Vec<&str> {
+        match self {
+            Self::PerArchitecture(map) => map.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The reference for a match of `architecture`: the build of that architecture of a
+    /// per-architecture reference (`None` when it has none), the reference itself otherwise.
+    pub fn for_architecture(&self, architecture: &str) -> Option<&ImageReference> {
+        match self {
+            Self::PerArchitecture(map) => map.get(architecture),
+            _ => Some(self),
         }
     }
 
@@ -102,6 +140,13 @@ impl ImageReference {
                     }),
                 }
             }
+            // One build: no choice to make. Several: the architecture is picked first.
+            Self::PerArchitecture(map) => match map.values().next() {
+                Some(inner) if map.len() == 1 => inner.for_region(region),
+                _ => Err(RegionLookup::ArchitectureUnknown {
+                    available: map.keys().cloned().collect(),
+                }),
+            },
         }
     }
 
@@ -114,6 +159,12 @@ impl ImageReference {
                 .map(|(region, ami)| format!("{region}={ami}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            // `arm64: eu-west-1=ami-…, us-east-1=ami-…; x86_64: ami-…`
+            Self::PerArchitecture(map) => map
+                .iter()
+                .map(|(arch, inner)| format!("{arch}: {}", inner.describe()))
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 }
@@ -144,6 +195,10 @@ pub enum RegionLookup {
     },
     NotPublished {
         region: String,
+        available: Vec<String>,
+    },
+    /// A per-architecture reference with several builds: the architecture must be picked first.
+    ArchitectureUnknown {
         available: Vec<String>,
     },
 }
@@ -252,6 +307,67 @@ mod tests {
             ImageReference::Single("ubuntu/x".into())
                 .for_region(None)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn per_architecture_validates_describes_and_serializes() {
+        let eu_us = ImageReference::PerRegion(
+            [
+                ("eu-west-1".to_string(), "ami-0b1".to_string()),
+                ("us-east-1".into(), "ami-0b2".into()),
+            ]
+            .into(),
+        );
+        let r = ImageReference::PerArchitecture(
+            [
+                (
+                    "x86_64".to_string(),
+                    ImageReference::Single("ami-0a1".into()),
+                ),
+                ("arm64".to_string(), eu_us.clone()),
+            ]
+            .into(),
+        );
+        r.validate().unwrap();
+        assert_eq!(
+            r.describe(),
+            "arm64: eu-west-1=ami-0b1, us-east-1=ami-0b2; x86_64: ami-0a1"
+        );
+        assert_eq!(r.architectures(), ["arm64", "x86_64"]);
+        assert_eq!(r.for_architecture("arm64"), Some(&eu_us));
+        assert_eq!(r.for_architecture("i386"), None);
+        assert_eq!(eu_us.for_architecture("arm64"), Some(&eu_us));
+        // Several builds: the region alone does not pick one.
+        assert!(matches!(
+            r.for_region(Some("eu-west-1")),
+            Err(RegionLookup::ArchitectureUnknown { .. })
+        ));
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"per-architecture":{"arm64":{"per-region":{"eu-west-1":"ami-0b1","us-east-1":"ami-0b2"}},"x86_64":{"single":"ami-0a1"}}}"#
+        );
+        assert_eq!(serde_json::from_str::<ImageReference>(&json).unwrap(), r);
+        // The other forms serialize as before.
+        assert_eq!(
+            serde_json::to_string(&ImageReference::Single("ami-0a1".into())).unwrap(),
+            r#"{"single":"ami-0a1"}"#
+        );
+
+        let bad = |map: Vec<(&str, ImageReference)>| {
+            ImageReference::PerArchitecture(
+                map.into_iter().map(|(a, r)| (a.to_string(), r)).collect(),
+            )
+            .validate()
+            .unwrap_err()
+        };
+        assert!(bad(vec![]).contains("empty"));
+        assert!(bad(vec![("aarch64", eu_us.clone())]).contains("not an architecture"));
+        assert!(bad(vec![("arm64", r.clone())]).contains("itself per architecture"));
+        assert_eq!(
+            bad(vec![("arm64", ImageReference::Single("latest".into()))]),
+            "arm64: \"latest\" is not a kops image reference (ami-…, owner/name, alias/name or ssm:…)"
         );
     }
 }

@@ -240,6 +240,9 @@ pub struct BeforeAfter {
     /// What replaces it (per region, the one AMI of that region).
     pub new_reference: String,
     pub region: Option<String>,
+    /// The build of a per-architecture reference it gets (`x86_64`, `arm64`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
     /// `file:line` of each place that holds it.
     pub locations: Vec<String>,
     pub current: CurrentImage,
@@ -263,10 +266,12 @@ pub fn before_after(
     let mut groups: Vec<BeforeAfter> = Vec::new();
     for e in edits.iter().filter(|e| e.changes()) {
         let location = format!("{}:{}", e.file, e.line);
-        if let Some(g) = groups
-            .iter_mut()
-            .find(|g| g.reference == e.old && g.region == e.region && g.new_reference == e.new)
-        {
+        if let Some(g) = groups.iter_mut().find(|g| {
+            g.reference == e.old
+                && g.region == e.region
+                && g.architecture == e.architecture
+                && g.new_reference == e.new
+        }) {
             g.locations.push(location);
             continue;
         }
@@ -315,6 +320,7 @@ fn compare(
         reference: edit.old.clone(),
         new_reference: edit.new.clone(),
         region: edit.region.clone(),
+        architecture: edit.architecture.clone(),
         locations: vec![location],
         current: match current {
             Some(facts) => CurrentImage::Known(Box::new(facts)),
@@ -529,11 +535,17 @@ pub(crate) fn before_after_markdown(
 ) -> String {
     let mut s = String::from("### Before and after\n");
     for c in comparisons {
-        let region = c
+        let place: Vec<&str> = c
             .region
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
+            .iter()
+            .chain(&c.architecture)
+            .map(String::as_str)
+            .collect();
+        let region = if place.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", place.join(", "))
+        };
         let _ = writeln!(
             s,
             "\n#### `{}`{region} → `{}`\n",

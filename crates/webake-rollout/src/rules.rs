@@ -20,6 +20,9 @@
 //!     files: "terraform/**/*.tfvars"
 //!     pattern: 'bastion_ami\s*=\s*"(?P<ref>[^"]+)"'  # group `ref` (or 1) is replaced
 //!     region: eu-west-1
+//!     architecture: arm64           # which build of a per-architecture reference
+//! architectures:                    # instance family or machine type -> architecture,
+//!   m8gd: arm64                     # over the table of `crate::arch`
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,11 +44,23 @@ pub struct RolloutConfig {
     pub base_branch: Option<String>,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Instance family (`m8gd`) or full machine type (`m8gd.large`) -> architecture (`x86_64`,
+    /// `arm64`), over the table of [`crate::arch`] (a machine type wins over its family): which
+    /// build of a per-architecture image an InstanceGroup gets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub architectures: BTreeMap<String, String>,
 }
 
 impl RolloutConfig {
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         let config: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        for (machine, arch) in &config.architectures {
+            if machine.is_empty() {
+                return Err("architectures: an empty instance family".into());
+            }
+            crate::arch::check_architecture(arch)
+                .map_err(|e| format!("architectures.{machine}: {e}"))?;
+        }
         for (i, rule) in config.rules.iter().enumerate() {
             rule.validate().map_err(|e| format!("rules[{i}]: {e}"))?;
         }
@@ -106,6 +121,10 @@ pub struct YamlPathRule {
     pub path: String,
     #[serde(default)]
     pub region: Option<String>,
+    /// Which build of a per-architecture reference (`x86_64`, `arm64`); needed when it has
+    /// several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,6 +138,10 @@ pub struct RegexRule {
     pub pattern: String,
     #[serde(default)]
     pub region: Option<String>,
+    /// Which build of a per-architecture reference (`x86_64`, `arm64`); needed when it has
+    /// several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
 }
 
 impl Rule {
@@ -177,12 +200,14 @@ impl Rule {
             Rule::YamlPath(r) => {
                 glob(&r.files)?;
                 crate::yaml::parse_path(&r.path)?;
-                check_region(r.region.as_deref())
+                check_region(r.region.as_deref())?;
+                check_architecture(r.architecture.as_deref())
             }
             Rule::Regex(r) => {
                 glob(&r.files)?;
                 compile_regex(&r.pattern)?;
-                check_region(r.region.as_deref())
+                check_region(r.region.as_deref())?;
+                check_architecture(r.architecture.as_deref())
             }
         }
     }
@@ -209,8 +234,18 @@ impl Rule {
                 }
                 parts.join(" ")
             }
-            Rule::YamlPath(r) => format!("yaml-path {} in {}", r.path, r.files),
-            Rule::Regex(r) => format!("regex {:?} in {}", r.pattern, r.files),
+            Rule::YamlPath(r) => format!(
+                "yaml-path {} in {}{}",
+                r.path,
+                r.files,
+                describe_architecture(r.architecture.as_deref())
+            ),
+            Rule::Regex(r) => format!(
+                "regex {:?} in {}{}",
+                r.pattern,
+                r.files,
+                describe_architecture(r.architecture.as_deref())
+            ),
         }
     }
 }
@@ -222,6 +257,16 @@ fn check_region(region: Option<&str>) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+fn describe_architecture(architecture: Option<&str>) -> String {
+    architecture
+        .map(|a| format!(" architecture={a}"))
+        .unwrap_or_default()
+}
+
+fn check_architecture(architecture: Option<&str>) -> Result<(), String> {
+    architecture.map_or(Ok(()), crate::arch::check_architecture)
 }
 
 /// The canonical kops role (`Master` and `ControlPlane` are one role), case-insensitive.
@@ -315,6 +360,56 @@ rules:
         assert!(RolloutConfig::from_yaml(bad_region).is_err());
         let all = "rules:\n  - kind: instance-group\n    all: true\n";
         assert!(RolloutConfig::from_yaml(all).is_ok());
+    }
+
+    #[test]
+    fn config_overrides_architectures_and_rules_pick_one() {
+        let text = r#"
+architectures:
+  m8gd: arm64
+  u7i-12tb.224xlarge: x86_64
+rules:
+  - kind: yaml-path
+    files: "helm/karpenter/values*.yaml"
+    path: nodeClass.amiSelectorTerms[*].id
+    region: eu-central-1
+    architecture: arm64
+  - kind: regex
+    files: "terraform/**/*.tfvars"
+    pattern: 'bastion_ami\s*=\s*"(?P<ref>[^"]+)"'
+    architecture: x86_64
+"#;
+        let config = RolloutConfig::from_yaml(text).unwrap();
+        assert_eq!(
+            config.architectures.get("m8gd").map(String::as_str),
+            Some("arm64")
+        );
+        let Rule::YamlPath(y) = &config.rules[0] else {
+            panic!("{:?}", config.rules[0])
+        };
+        assert_eq!(y.architecture.as_deref(), Some("arm64"));
+        assert!(config.rules[0].describe().ends_with(" architecture=arm64"));
+        for (bad, needle) in [
+            ("architectures:\n  m8gd: aarch64\n", "architectures.m8gd"),
+            (
+                "rules:\n  - kind: regex\n    files: a\n    pattern: b\n    architecture: amd64\n",
+                "rules[0]",
+            ),
+            // InstanceGroups take theirs from their machine types.
+            (
+                "rules:\n  - kind: instance-group\n    all: true\n    architecture: arm64\n",
+                "architecture",
+            ),
+        ] {
+            let err = RolloutConfig::from_yaml(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        // Unset, nothing new is serialized.
+        let plain =
+            RolloutConfig::from_yaml("rules:\n  - kind: regex\n    files: a\n    pattern: b\n")
+                .unwrap();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("architecture"), "{json}");
     }
 
     #[test]

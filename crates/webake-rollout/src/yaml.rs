@@ -71,6 +71,18 @@ impl Node {
         }
     }
 
+    /// The 1-based line of `key` in a mapping.
+    pub fn key_line(&self, key: &str) -> Option<usize> {
+        match self {
+            Node::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .and_then(|(k, _)| k.as_scalar())
+                .map(|k| k.line),
+            _ => None,
+        }
+    }
+
     pub fn get_path(&self, keys: &[&str]) -> Option<&Node> {
         keys.iter().try_fold(self, |node, key| node.get(key))
     }

@@ -53,6 +53,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use model::*;
+
+/// In `base.mmdebstrap.include`: the Debian name of the architecture being baked.
+pub const DEBIAN_ARCH_PLACEHOLDER: &str = "{debian_arch}";
 pub use size::ByteSize;
 pub use template::VersionTemplate;
 pub use validate::{KNOWN_SUITES, check_source_date};
@@ -280,6 +283,47 @@ impl LoadedRecipe {
     /// Resolve a recipe path against the recipe directory.
     pub fn resolve(&self, p: &RecipePath) -> PathBuf {
         self.dir.join(&p.0)
+    }
+
+    /// The architectures this recipe bakes (see [`Recipe::architectures`]); `None` for a
+    /// single base architecture webake has no AWS name for (say `armhf`).
+    pub fn architectures(&self) -> Vec<Option<Architecture>> {
+        if !self.recipe.architectures.is_empty() {
+            return self.recipe.architectures.iter().map(|a| Some(*a)).collect();
+        }
+        match &self.recipe.base {
+            Base::Mmdebstrap(m) => vec![Architecture::parse(m.arch())],
+            _ => vec![Some(Architecture::host())],
+        }
+    }
+
+    /// One recipe per architecture, each baking exactly one: `architectures` holds it, an
+    /// mmdebstrap base names it, and `{debian_arch}` in the base's `include` is replaced.
+    pub fn variants(&self) -> Vec<LoadedRecipe> {
+        self.architectures()
+            .into_iter()
+            .map(|a| {
+                let mut v = self.clone();
+                for r in [&mut v.recipe, &mut v.masked] {
+                    if let Some(a) = a {
+                        r.architectures = vec![a];
+                    }
+                    if let Base::Mmdebstrap(m) = &mut r.base {
+                        let debian = a.map_or_else(|| m.arch().to_string(), |a| a.debian().into());
+                        for p in &mut m.include {
+                            *p = p.replace(DEBIAN_ARCH_PLACEHOLDER, &debian);
+                        }
+                        m.architecture = Some(debian);
+                    }
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// The one architecture of a variant (or a single-architecture recipe).
+    pub fn architecture(&self) -> Option<Architecture> {
+        self.architectures().into_iter().next().flatten()
     }
 
     pub fn family(&self) -> &str {
@@ -679,6 +723,8 @@ pub fn schema_json() -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_arch;
 #[cfg(test)]
 mod tests_inputs;
 #[cfg(test)]

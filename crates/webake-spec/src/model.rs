@@ -25,6 +25,14 @@ pub struct Recipe {
     pub image: ImageSpec,
     /// Where the root filesystem comes from.
     pub base: Base,
+    /// CPU architectures to bake: one image per architecture from this one recipe, all of the
+    /// same family and version. Those the build host cannot run natively are bootstrapped and
+    /// provisioned under qemu-user (docs/bake.md#other-architectures). In
+    /// `base.mmdebstrap.include`, `{debian_arch}` becomes the Debian name of each (`amd64`,
+    /// `arm64`), e.g. `linux-image-cloud-{debian_arch}`. Default: the base's `architecture`,
+    /// else the build host's.
+    #[serde(default)]
+    pub architectures: Vec<Architecture>,
     /// The disk the root filesystem is assembled into.
     #[serde(default)]
     pub disk: DiskSpec,
@@ -255,9 +263,10 @@ pub struct MmdebstrapBase {
     /// mmdebstrap variant.
     #[serde(default = "default_variant")]
     pub variant: String,
-    /// Debian architecture.
-    #[serde(default = "default_arch")]
-    pub architecture: String,
+    /// Debian architecture (`amd64`, `arm64`, ...). Default: the recipe's `architectures`,
+    /// else the build host's.
+    #[serde(default)]
+    pub architecture: Option<String>,
     /// Archive components.
     #[serde(default = "default_components")]
     pub components: Vec<String>,
@@ -291,8 +300,74 @@ pub struct MmdebstrapBase {
 fn default_variant() -> String {
     "apt".into()
 }
-fn default_arch() -> String {
-    "amd64".into()
+impl MmdebstrapBase {
+    /// The Debian architecture bootstrapped: the one set, else the build host's.
+    pub fn arch(&self) -> &str {
+        self.architecture
+            .as_deref()
+            .unwrap_or(Architecture::host().debian())
+    }
+}
+
+/// A CPU architecture webake bakes images for, by its AWS name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum Architecture {
+    /// 64-bit x86 (Debian `amd64`).
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit ARM, AWS Graviton (Debian `arm64`).
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 2] = [Architecture::X86_64, Architecture::Arm64];
+
+    /// The AWS (and catalog) name: `x86_64`, `arm64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Arm64 => "arm64",
+        }
+    }
+    /// The Debian name: `amd64`, `arm64`.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Self::X86_64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+    /// qemu's name: `x86_64`, `aarch64`.
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Arm64 => "aarch64",
+        }
+    }
+    /// From an AWS, Debian or qemu name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "x86_64" | "amd64" => Some(Self::X86_64),
+            "arm64" | "aarch64" => Some(Self::Arm64),
+            _ => None,
+        }
+    }
+    /// The architecture webake runs on.
+    pub fn host() -> Self {
+        if cfg!(target_arch = "aarch64") {
+            Self::Arm64
+        } else {
+            Self::X86_64
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 fn default_components() -> Vec<String> {
     vec!["main".into()]

@@ -316,6 +316,7 @@ pub(crate) fn validate(r: &Recipe, raw: &dyn Fn(&[Seg]) -> Option<String>) -> Re
         }
         Base::Image(i) => rep.check(vec![key("base"), key("image")], no_control("an image", i)),
     }
+    architectures(&mut rep, r);
     disk(&mut rep, &r.disk, raw);
     if r.outputs.is_empty() {
         rep.err(
@@ -353,6 +354,45 @@ pub(crate) fn validate(r: &Recipe, raw: &dyn Fn(&[Seg]) -> Option<String>) -> Re
     rep
 }
 
+/// `architectures`: no duplicates, agreeing with the base's, one for an AMI base, and arm64
+/// boots UEFI only.
+fn architectures(rep: &mut Report, r: &Recipe) {
+    let at = |i: usize| vec![key("architectures"), Seg::Index(i)];
+    for (i, a) in r.architectures.iter().enumerate() {
+        if r.architectures[..i].contains(a) {
+            rep.err(at(i), format!("`{a}` is listed twice"));
+        }
+    }
+    match &r.base {
+        Base::Mmdebstrap(m) if !r.architectures.is_empty() => {
+            if let Some(b) = &m.architecture {
+                let same = Architecture::parse(b);
+                if r.architectures.len() > 1 || same != Some(r.architectures[0]) {
+                    rep.err(
+                        vec![key("base"), key("mmdebstrap"), key("architecture")],
+                        format!(
+                            "the base's architecture `{b}` contradicts `architectures`; remove it (each architecture listed is bootstrapped)"
+                        ),
+                    );
+                }
+            }
+        }
+        Base::Ami(_) if r.architectures.len() > 1 => rep.err(
+            at(1),
+            "an AMI base has one architecture: bake the other from a base of its own",
+        ),
+        _ => {}
+    }
+    let arm = r.architectures.contains(&Architecture::Arm64)
+        || matches!(&r.base, Base::Mmdebstrap(m) if m.architecture.as_deref() == Some("arm64"));
+    if arm && r.disk.boot.contains(&BootMode::Bios) {
+        rep.err(
+            vec![key("disk"), key("boot")],
+            "arm64 images boot with UEFI only; remove `bios` (or bake arm64 from a recipe of its own)",
+        );
+    }
+}
+
 fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
     let at = |k: &str| vec![key("base"), key("mmdebstrap"), key(k)];
     check_suite(rep, at("suite"), &m.suite);
@@ -362,7 +402,9 @@ fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
             unknown("mmdebstrap variant", &m.variant, VARIANTS.iter().copied()),
         );
     }
-    let arch = &m.architecture;
+    let Some(arch) = &m.architecture else {
+        return mmdebstrap_lists(rep, m, allow_out);
+    };
     if let Err(e) = no_control("an architecture", arch) {
         rep.err(at("architecture"), e);
     } else if !KNOWN_ARCHITECTURES.contains(&arch.as_str()) {
@@ -377,6 +419,11 @@ fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
             ),
         }
     }
+    mmdebstrap_lists(rep, m, allow_out);
+}
+
+fn mmdebstrap_lists(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
+    let at = |k: &str| vec![key("base"), key("mmdebstrap"), key(k)];
     for (i, c) in m.components.iter().enumerate() {
         let path = join(&at("components"), [Seg::Index(i)]);
         if let Err(e) = no_control("a component", c) {
@@ -399,6 +446,17 @@ fn mmdebstrap(rep: &mut Report, m: &MmdebstrapBase, allow_out: bool) {
             rep.err(
                 path,
                 format!("expected one package name (no spaces or commas), found {p:?}"),
+            );
+        } else if p
+            .replace(crate::DEBIAN_ARCH_PLACEHOLDER, "")
+            .contains(['{', '}'])
+        {
+            rep.err(
+                path,
+                format!(
+                    "expected a package name, found {p:?}; the only placeholder here is `{}`",
+                    crate::DEBIAN_ARCH_PLACEHOLDER
+                ),
             );
         }
     }

@@ -366,6 +366,73 @@ macro_rules! tests {
     };
 }
 
+/// What the host's binfmt_misc holds (empty when it is not mounted), to prove it unchanged.
+fn host_binfmt_state() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), text)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// An arm64 program (arch-test's probe: a static binary printing "ok") runs in a sandbox that
+/// emulates arm64 through its own binfmt_misc instance, fails without it, and the host's
+/// binfmt_misc is the same before and after (the host cannot run it afterwards either, unless
+/// it could before).
+fn foreign_programs_run_under_the_sandboxs_own_binfmt() {
+    let probe = "/usr/lib/arch-test/arm64";
+    assert!(
+        Path::new(probe).is_file(),
+        "{probe} is missing: install arch-test (scripts/setup.sh --test does)"
+    );
+    let host_ran_before = std::process::Command::new(probe)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let before = host_binfmt_state();
+    let t = tree();
+    let plain = sandbox_run(&spec(&t, &format!("{probe}; echo rc=$?")));
+    if !host_ran_before {
+        assert!(plain.text.contains("rc=126"), "{}", plain.text);
+    }
+    let mut s = spec(
+        &t,
+        &format!("{probe}; echo rc=$?; cat /proc/sys/fs/binfmt_misc/qemu-aarch64"),
+    );
+    s.emulate("arm64")
+        .expect("qemu-user-static (scripts/setup.sh installs it)");
+    assert_eq!(s.binfmt.len(), 1);
+    let o = sandbox_run(&s);
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(o.text.starts_with("ok\nrc=0\nenabled\n"), "{}", o.text);
+    assert!(
+        o.text.contains("flags: ") && o.text.contains('F'),
+        "{}",
+        o.text
+    );
+    assert_eq!(
+        host_binfmt_state(),
+        before,
+        "the host's binfmt_misc changed"
+    );
+    let host_runs_after = std::process::Command::new(probe)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert_eq!(host_runs_after, host_ran_before);
+    // Native trees register nothing.
+    let mut native = spec(&t, "true");
+    native
+        .emulate(webake_sys::sandbox::binfmt::host_debian_arch())
+        .unwrap();
+    assert!(native.binfmt.is_empty());
+}
+
 fn main() {
     if let Some(code) = webake_sys::sandbox::helper_main_if_requested() {
         std::process::exit(code as i32);
@@ -393,6 +460,7 @@ fn main() {
         the_spec_is_not_on_the_command_line,
         works_under_a_containers_masked_proc,
         outbound_reaches_the_debian_mirror_by_name,
+        foreign_programs_run_under_the_sandboxs_own_binfmt,
     ];
     let mut failed = Vec::new();
     for (name, f) in tests {

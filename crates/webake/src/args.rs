@@ -22,6 +22,14 @@ pub struct VarArgs {
     /// Read recipe variables from a YAML file of `NAME: VALUE` (repeatable; a later file wins)
     #[arg(long = "var-file", value_name = "FILE")]
     pub var_files: Vec<PathBuf>,
+    /// Only this one of the recipe's `architectures` (x86_64, arm64)
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    pub arch: Option<webake_spec::Architecture>,
+}
+
+fn parse_arch(s: &str) -> Result<webake_spec::Architecture, String> {
+    webake_spec::Architecture::parse(s)
+        .ok_or_else(|| format!("expected x86_64 or arm64, found {s:?}"))
 }
 
 /// The operator's allowlist of host variables recipes may read as secrets.
@@ -63,7 +71,26 @@ impl VarArgs {
         for w in &r.warnings {
             reporter.warning(&w.to_string());
         }
-        Ok(r)
+        // One architecture (or --arch): its variant (the base names it, `{debian_arch}` is
+        // replaced). Several: as loaded; `bake` makes one bake of each, others refuse it.
+        let mut v = r.variants();
+        if let Some(a) = self.arch {
+            let Some(i) = v.iter().position(|x| x.architecture() == Some(a)) else {
+                let have: Vec<String> = r
+                    .architectures()
+                    .iter()
+                    .flatten()
+                    .map(|a| a.to_string())
+                    .collect();
+                return Err(Error::Invalid(format!(
+                    "{}: --arch {a}: the recipe bakes {}",
+                    path.display(),
+                    have.join(", ")
+                )));
+            };
+            return Ok(v.swap_remove(i));
+        }
+        Ok(if v.len() == 1 { v.remove(0) } else { r })
     }
 }
 

@@ -37,6 +37,14 @@ pub fn resolve(global: &GlobalArgs) -> Result<Settings, Error> {
     if let Some(agent) = env("WEBAKE_AGENT_BINARY") {
         s.agent_binary = Some(PathBuf::from(agent));
     }
+    for a in webake_spec::Architecture::ALL {
+        if let Some(agent) = env(&format!(
+            "WEBAKE_AGENT_BINARY_{}",
+            a.as_str().to_uppercase()
+        )) {
+            s.foreign_agents.insert(a, PathBuf::from(agent));
+        }
+    }
     s.mirror = env("WEBAKE_MIRROR");
     s.aws_endpoint = env("WEBAKE_AWS_ENDPOINT_URL");
     if let Some(a) = env("WEBAKE_ACCEL") {

@@ -148,6 +148,7 @@ impl World {
             name: f.family.into(),
             family: f.family.into(),
             version: f.version.into(),
+            arch: "x86_64".into(),
             created_at: f.created_at,
             inputs_digest: format!("sha256:{}", f.id),
             recipe_digest: "sha256:r".into(),

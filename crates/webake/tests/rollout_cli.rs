@@ -92,6 +92,7 @@ impl World {
             &[("bash", "5.2.15-2"), ("openssl", "3.0.14-1~deb12u2")],
             "6.1.0-26-cloud-amd64",
             Some(OLD_AMI),
+            "x86_64",
         );
         w.record(
             &mut cat,
@@ -106,6 +107,7 @@ impl World {
             ],
             "6.1.0-27-cloud-amd64",
             Some(NEW_AMI),
+            "x86_64",
         );
         // Published nowhere: its reference is the local name.
         w.record(
@@ -117,6 +119,7 @@ impl World {
             &[("bash", "5.2.15-2")],
             "6.1.0-27-cloud-amd64",
             None,
+            "x86_64",
         );
         w
     }
@@ -132,6 +135,7 @@ impl World {
         packages: &[(&str, &str)],
         kernel: &str,
         ami: Option<&str>,
+        arch: &str,
     ) {
         let dir = self.data.join("images").join(id);
         std::fs::create_dir_all(&dir).unwrap();
@@ -144,6 +148,7 @@ impl World {
             name: name.into(),
             family: name.into(),
             version: version.into(),
+            arch: arch.into(),
             created_at,
             inputs_digest: format!("sha256:{id}"),
             recipe_digest: "sha256:r".into(),
@@ -181,6 +186,11 @@ impl World {
 
     /// A bare cluster repository whose nodes run `image`.
     fn cluster(&self, name: &str, image: &str) -> PathBuf {
+        self.cluster_with(name, &instance_groups(image))
+    }
+
+    /// A bare cluster repository with these InstanceGroups in [`FILE`].
+    fn cluster_with(&self, name: &str, groups: &str) -> PathBuf {
         let bare = self.dir.join(format!("{name}.git"));
         let work = self.dir.join(format!("{name}-work"));
         std::fs::create_dir_all(&bare).unwrap();
@@ -199,7 +209,7 @@ impl World {
         );
         git(&work, &["checkout", "--quiet", "-B", "main"]);
         std::fs::create_dir_all(work.join("clusters/prod")).unwrap();
-        std::fs::write(work.join(FILE), instance_groups(image)).unwrap();
+        std::fs::write(work.join(FILE), groups).unwrap();
         std::fs::create_dir_all(work.join(".webake")).unwrap();
         std::fs::write(work.join(".webake/rollout.yaml"), ROLLOUT_CONFIG).unwrap();
         git(&work, &["add", "-A"]);
@@ -488,4 +498,93 @@ fn a_repository_without_rules_names_the_selection_flags() {
         "{}",
         text(&o)
     );
+}
+
+const ARM_AMI: &str = "ami-0fedcba9876543210";
+
+/// An InstanceGroup on `machine_type` running `image`.
+fn group(name: &str, machine_type: &str, image: &str) -> String {
+    format!(
+        "apiVersion: kops.k8s.io/v1alpha2\n\
+         kind: InstanceGroup\n\
+         metadata:\n  name: {name}\n  labels:\n    kops.k8s.io/cluster: prod.example.com\n\
+         spec:\n  role: Node\n  image: {image}\n  machineType: {machine_type}\n  zones: [eu-west-1a]\n"
+    )
+}
+
+#[test]
+fn each_instance_group_gets_the_build_of_its_architecture() {
+    let w = World::new();
+    let mut cat = Catalog::open(&w.catalog).unwrap();
+    // The arm64 build of the same version (baked from the same recipe).
+    w.record(
+        &mut cat,
+        "img-new-arm",
+        "k8s-node",
+        "2026.12.02",
+        DEC_02 + 1,
+        &[("bash", "5.2.15-2"), ("openssl", "3.0.15-1~deb12u1")],
+        "6.1.0-27-cloud-arm64",
+        Some(ARM_AMI),
+        "arm64",
+    );
+    drop(cat);
+    let groups = format!(
+        "{}---\n{}",
+        group("nodes-amd64", "m5.large", OLD_AMI),
+        group("nodes-graviton", "m6g.large", OLD_AMI)
+    );
+    let repo = w.cluster_with("platform", &groups);
+    let o = w.webake(&[
+        "rollout",
+        "family:k8s-node",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let new_at = out.find(&format!("+  image: {NEW_AMI}")).expect(&out);
+    let arm_at = out.find(&format!("+  image: {ARM_AMI}")).expect(&out);
+    assert!(new_at < arm_at, "amd64 group first in the file:\n{out}");
+    assert!(
+        out.contains("arm64"),
+        "the body names the architecture:\n{out}"
+    );
+    // The two builds side by side: the diff says they are of different architectures.
+    let o = w.webake(&["images", "diff", "img-new", "img-new-arm"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let diff = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        diff.starts_with("k8s-node 2026.12.02 x86_64 (img-new) -> k8s-node 2026.12.02 arm64 (img-new-arm)\nnote: the images are of different architectures (x86_64 and arm64)"),
+        "{diff}"
+    );
+    let list = w.webake(&["images", "list"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(" arm64 "),
+        "{}",
+        text(&list)
+    );
+
+    // A group mixing architectures is refused at its line; nothing is pushed.
+    let mixed = format!(
+        "{}  mixedInstancesPolicy:\n    instances:\n    - m6g.large\n    - m5.large\n",
+        group("nodes-mixed", "m6g.large", OLD_AMI)
+    );
+    let repo = w.cluster_with("mixed", &mixed);
+    let o = w.webake(&[
+        "rollout",
+        "family:k8s-node",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{FILE}:15:"))
+            && err.contains("mixes arm64 (m6g.large) and x86_64 (m5.large)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(branches(&repo), "");
 }

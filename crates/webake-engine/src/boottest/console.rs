@@ -29,9 +29,9 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<i32> {
     let disk = subject.disk()?;
     let log = crate::run::test_log(ctx)?;
-    let has = match subject {
-        Subject::Image(img) => firmwares_of(img),
-        Subject::Disk(_) => super::firmwares_of_disk(ctx, &disk, &log)?,
+    let (has, arch) = match subject {
+        Subject::Image(img) => (firmwares_of(img), super::arch_of(img)),
+        Subject::Disk(_) => super::disk_facts(ctx, &disk, &log)?,
     };
     let mode = match opts.firmware {
         Some(f) if has.contains(&f) => f,
@@ -50,12 +50,13 @@ pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<
             Error::Invalid(format!("{}: no firmware can boot it", disk.display()))
         })?,
     };
-    let firmware = Firmware::find(mode)?;
+    let firmware = Firmware::find_for(mode, arch)?;
     let copy = Throwaway::copy(ctx, &disk, "webake-boot-", &log, "boot")?;
     if opts.autologin {
         let dropin = copy.dir.path().join("autologin.conf");
         std::fs::write(&dropin, AUTOLOGIN).map_err(|e| Error::io(&dropin, e))?;
-        let dir = "/etc/systemd/system/serial-getty@ttyS0.service.d";
+        let (_, _, console) = qemu::system(arch);
+        let dir = format!("/etc/systemd/system/serial-getty@{console}.service.d");
         let cmds = format!(
             "mkdir {dir}\nwrite {} {dir}/webake-autologin.conf\n",
             dropin.display()

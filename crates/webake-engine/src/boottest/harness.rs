@@ -21,7 +21,7 @@ Type=oneshot
 ExecStart=/bin/sh /usr/local/lib/webake-test/run.sh
 StandardOutput=tty
 StandardError=tty
-TTYPath=/dev/ttyS0
+TTYPath=/dev/@CONSOLE@
 [Install]
 WantedBy=multi-user.target
 ";
@@ -58,13 +58,17 @@ pub fn inject(
     checks: &[BootCheck],
     scratch: &Path,
     imds_dropin: Option<&str>,
+    console: &str,
 ) -> Result<()> {
     let write = |name: &str, body: &str| -> Result<std::path::PathBuf> {
         let p = scratch.join(name);
         std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
         Ok(p)
     };
-    let unit = write("webake-test.service", HARNESS_UNIT)?;
+    let unit = write(
+        "webake-test.service",
+        &HARNESS_UNIT.replace("@CONSOLE@", console),
+    )?;
     let run = write("run.sh", &script(checks))?;
     let mut cmds = format!(
         "mkdir /usr/local/lib/webake-test\nwrite {} /usr/local/lib/webake-test/run.sh\nwrite {} /etc/systemd/system/webake-test.service\nmkdir /etc/systemd/system/multi-user.target.wants\nsymlink /etc/systemd/system/multi-user.target.wants/webake-test.service /etc/systemd/system/webake-test.service\n",

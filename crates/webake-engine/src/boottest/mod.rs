@@ -23,7 +23,7 @@ use webake_sys::CancelToken;
 use webake_sys::process::{Cmd, run};
 
 pub use qemu::{Accel, Firmware};
-pub use webake_spec::BootMode;
+pub use webake_spec::{Architecture, BootMode};
 
 use crate::events::{CacheStatus, Event};
 use crate::{Context, Error, Result};
@@ -47,6 +47,8 @@ pub struct TestOptions {
     /// Boot under these firmwares, one after the other (empty: every firmware the disk has:
     /// a BIOS boot partition, an ESP).
     pub firmwares: Vec<BootMode>,
+    /// The machine's architecture (`None`: the disk's, from the EFI loader on its ESP).
+    pub arch: Option<Architecture>,
 }
 
 /// What a passing boot test saw.
@@ -71,6 +73,7 @@ pub fn test_image(
     let opts = TestOptions {
         accel: None,
         firmwares: firmwares_of(img),
+        arch: Some(arch_of(img)),
     };
     test_disk(ctx, disk_of(img)?, &spec, &opts, log)
 }
@@ -88,9 +91,24 @@ pub fn firmwares_of(img: &Image) -> Vec<BootMode> {
         .collect()
 }
 
+/// The architecture of a catalog image (x86-64 for records that do not say).
+pub fn arch_of(img: &Image) -> Architecture {
+    Architecture::parse(&img.arch).unwrap_or(Architecture::X86_64)
+}
+
 /// The firmwares a disk file can boot under, from its partition table: a BIOS boot partition
 /// (BIOS) and an EFI system partition (UEFI).
 pub fn firmwares_of_disk(ctx: &Context<'_>, disk: &Path, log: &BakeLog) -> Result<Vec<BootMode>> {
+    Ok(disk_facts(ctx, disk, log)?.0)
+}
+
+/// The firmwares a disk boots under and its architecture: that of the removable-media EFI
+/// loader on its ESP (`BOOTAA64.EFI`: arm64), x86-64 for a BIOS-only disk.
+pub fn disk_facts(
+    ctx: &Context<'_>,
+    disk: &Path,
+    log: &BakeLog,
+) -> Result<(Vec<BootMode>, Architecture)> {
     let scratch = tempfile::Builder::new()
         .prefix("webake-probe-")
         .tempdir_in(ctx.workspace.scratch_root())
@@ -131,7 +149,35 @@ pub fn firmwares_of_disk(ctx: &Context<'_>, disk: &Path, log: &BakeLog) -> Resul
             disk.display()
         )));
     }
-    Ok(found)
+    let esp_start = table["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(ESP_TYPE))
+            })
+        })
+        .and_then(|p| p["start"].as_u64());
+    let arch = match esp_start {
+        Some(start) => {
+            let listing = webake_sys::process::capture(
+                &Cmd::new("mdir")
+                    .env("MTOOLS_SKIP_CHECK", "1")
+                    .args(["-b", "-i"])
+                    .arg(format!("{}@@{}", raw.display(), start * 512))
+                    .arg("::/EFI/BOOT"),
+            )
+            .unwrap_or_default();
+            if listing.to_uppercase().contains("BOOTAA64.EFI") {
+                Architecture::Arm64
+            } else {
+                Architecture::X86_64
+            }
+        }
+        None => Architecture::X86_64,
+    };
+    Ok((found, arch))
 }
 
 /// The GPT type of an EFI system partition.
@@ -154,18 +200,32 @@ pub fn test_disk(
     log: &BakeLog,
 ) -> Result<TestReport> {
     let t0 = Instant::now();
-    for tool in ["qemu-system-x86_64", "qemu-img", "debugfs", "sfdisk"] {
+    let (modes, arch) = match (opts.firmwares.is_empty(), opts.arch) {
+        (false, Some(a)) => (opts.firmwares.clone(), a),
+        (true, Some(a)) => (disk_facts(ctx, disk, log)?.0, a),
+        (empty, None) => {
+            let (found, a) = disk_facts(ctx, disk, log)?;
+            (if empty { found } else { opts.firmwares.clone() }, a)
+        }
+    };
+    let (qemu, _, _) = qemu::system(arch);
+    for tool in [qemu, "qemu-img", "debugfs", "sfdisk"] {
         if webake_sys::process::which(tool).is_none() {
             return Err(Error::Failed(format!(
-                "missing host tool `{tool}` for the boot test: apt-get install qemu-system-x86 qemu-utils e2fsprogs fdisk ovmf seabios"
+                "missing host tool `{tool}` for the boot test: apt-get install {} qemu-utils e2fsprogs fdisk {}",
+                if arch == Architecture::Arm64 {
+                    "qemu-system-arm"
+                } else {
+                    "qemu-system-x86"
+                },
+                if arch == Architecture::Arm64 {
+                    "qemu-efi-aarch64"
+                } else {
+                    "ovmf seabios"
+                },
             )));
         }
     }
-    let modes = if opts.firmwares.is_empty() {
-        firmwares_of_disk(ctx, disk, log)?
-    } else {
-        opts.firmwares.clone()
-    };
     let mut report = TestReport {
         accel: "",
         seconds: 0.0,
@@ -173,7 +233,7 @@ pub fn test_disk(
         firmwares: Vec::new(),
     };
     for mode in modes {
-        let firmware = Firmware::find(mode)?;
+        let firmware = Firmware::find_for(mode, arch)?;
         let (accel, passed) = test_under(ctx, disk, spec, opts, &firmware, log)?;
         report.accel = accel.as_str();
         report.checks_passed = passed;
@@ -285,7 +345,7 @@ impl Throwaway {
     pub(crate) fn firmware_state(&self, firmware: &Firmware) -> Result<PathBuf> {
         match firmware {
             Firmware::Uefi { vars_template, .. } => {
-                let vars = self.dir.path().join("OVMF_VARS.fd");
+                let vars = self.dir.path().join("UEFI_VARS.fd");
                 std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
                 Ok(vars)
             }
@@ -320,7 +380,8 @@ impl Prepared {
         let vars = Some(copy.firmware_state(firmware)?);
         let imds = spec.imds.as_ref().map(imds::FakeImds::start).transpose()?;
         let dropin = imds.as_ref().map(|_| harness::IMDS_DROPIN);
-        harness::inject(&copy.raw, &spec.checks, copy.dir.path(), dropin)?;
+        let (_, _, console) = qemu::system(firmware.arch());
+        harness::inject(&copy.raw, &spec.checks, copy.dir.path(), dropin, console)?;
         Ok(Self {
             raw: copy.raw.clone(),
             _copy: copy,
@@ -545,8 +606,11 @@ pub fn test_subject(
         log.path.display()
     ));
     let mut opts = opts.clone();
-    if let (true, Subject::Image(img)) = (opts.firmwares.is_empty(), subject) {
-        opts.firmwares = firmwares_of(img);
+    if let Subject::Image(img) = subject {
+        if opts.firmwares.is_empty() {
+            opts.firmwares = firmwares_of(img);
+        }
+        opts.arch = opts.arch.or(Some(arch_of(img)));
     }
     let res = test_disk(ctx, &disk, spec, &opts, &log);
     if let Subject::Image(img) = subject {

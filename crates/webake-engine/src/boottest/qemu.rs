@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use webake_spec::Architecture;
 use webake_sys::process::Cmd;
 
 use crate::{Error, Result};
@@ -37,27 +38,41 @@ impl std::str::FromStr for Accel {
 /// The firmware a boot test runs under, with its files.
 #[derive(Debug, Clone)]
 pub enum Firmware {
-    /// OVMF: its code and the template of its variable store (copied per boot).
+    /// OVMF (x86-64) or AAVMF (arm64): its code and the template of its variable store
+    /// (copied per boot).
     Uefi {
         code: PathBuf,
         vars_template: PathBuf,
+        arch: Architecture,
     },
     /// SeaBIOS, qemu's default firmware.
     Bios,
 }
 
 impl Firmware {
-    /// The firmware files for `mode`, or what to install.
-    pub fn find(mode: webake_spec::BootMode) -> Result<Self> {
-        match mode {
-            webake_spec::BootMode::Uefi => {
+    /// The firmware files for `mode` on a machine of `arch`, or what to install.
+    pub fn find_for(mode: webake_spec::BootMode, arch: Architecture) -> Result<Self> {
+        match (mode, arch) {
+            (webake_spec::BootMode::Uefi, Architecture::X86_64) => {
                 let (code, vars_template) = ovmf()?;
                 Ok(Firmware::Uefi {
                     code,
                     vars_template,
+                    arch,
                 })
             }
-            webake_spec::BootMode::Bios => {
+            (webake_spec::BootMode::Uefi, Architecture::Arm64) => {
+                let (code, vars_template) = aavmf()?;
+                Ok(Firmware::Uefi {
+                    code,
+                    vars_template,
+                    arch,
+                })
+            }
+            (webake_spec::BootMode::Bios, Architecture::Arm64) => Err(Error::Invalid(
+                "arm64 machines boot with UEFI only; there is no BIOS boot to test".into(),
+            )),
+            (webake_spec::BootMode::Bios, Architecture::X86_64) => {
                 if !Path::new(SEABIOS).is_file() {
                     return Err(Error::Failed(format!(
                         "BIOS firmware not found ({SEABIOS}): apt-get install seabios"
@@ -65,6 +80,14 @@ impl Firmware {
                 }
                 Ok(Firmware::Bios)
             }
+        }
+    }
+
+    /// The machine's architecture.
+    pub fn arch(&self) -> Architecture {
+        match self {
+            Firmware::Uefi { arch, .. } => *arch,
+            Firmware::Bios => Architecture::X86_64,
         }
     }
 
@@ -112,9 +135,41 @@ fn ovmf() -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
+/// AAVMF (arm64 UEFI for qemu's virt machine) files (code, vars template).
+fn aavmf() -> Result<(PathBuf, PathBuf)> {
+    let (c, v) = (
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/AAVMF/AAVMF_VARS.fd",
+    );
+    if Path::new(c).is_file() && Path::new(v).is_file() {
+        return Ok((c.into(), v.into()));
+    }
+    Err(Error::Failed(format!(
+        "arm64 UEFI firmware not found ({c}): apt-get install qemu-efi-aarch64"
+    )))
+}
+
+/// qemu's system emulator for `arch`, its machine and the guest's serial console device.
+pub fn system(arch: Architecture) -> (&'static str, &'static str, &'static str) {
+    match arch {
+        Architecture::X86_64 => ("qemu-system-x86_64", "q35", "ttyS0"),
+        Architecture::Arm64 => ("qemu-system-aarch64", "virt", "ttyAMA0"),
+    }
+}
+
 /// Does KVM really boot the firmware here? Some paravirtual /dev/kvm fail at once with an
 /// emulation failure; then software emulation (TCG) is used. Returns the choice and why.
 pub fn probe_accel(firmware: &Firmware, forced: Option<Accel>) -> (Accel, String) {
+    if firmware.arch() != Architecture::host() {
+        return (
+            Accel::Tcg,
+            format!(
+                "a {} guest on this {} host is emulated",
+                firmware.arch(),
+                Architecture::host()
+            ),
+        );
+    }
     if let Some(a) = forced {
         return (a, "forced".into());
     }
@@ -276,8 +331,10 @@ pub fn command(m: &Machine<'_>) -> Cmd {
         ),
         None => "user,id=n0,restrict=on".to_string(),
     };
-    let mut cmd = Cmd::new("qemu-system-x86_64")
-        .args(["-accel", m.accel.as_str(), "-machine", "q35"])
+    let arch = m.firmware.arch();
+    let (qemu, machine, _) = system(arch);
+    let mut cmd = Cmd::new(qemu)
+        .args(["-accel", m.accel.as_str(), "-machine", machine])
         .args(["-m", &m.memory_mib.to_string(), "-smp", "2"])
         .args(["-display", "none", "-nodefaults", "-no-reboot"])
         .args(if m.interactive {
@@ -316,7 +373,18 @@ pub fn command(m: &Machine<'_>) -> Cmd {
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
         ])
-        .args(["-cpu", if m.accel == Accel::Kvm { "host" } else { "max" }])
+        .args(["-cpu", cpu(arch, m.accel)])
+}
+
+/// The guest CPU: the host's under KVM; else everything TCG emulates, for arm64 with the
+/// implementation-defined pointer authentication (QARMA, the architected one, is slow to
+/// emulate and buys a test nothing).
+fn cpu(arch: Architecture, accel: Accel) -> &'static str {
+    match (accel, arch) {
+        (Accel::Kvm, _) => "host",
+        (Accel::Tcg, Architecture::Arm64) => "max,pauth-impdef=on",
+        (Accel::Tcg, Architecture::X86_64) => "max",
+    }
 }
 
 /// The boot milestones recognized on the console, in order.
@@ -350,6 +418,7 @@ mod tests {
         let uefi = Firmware::Uefi {
             code: "/c.fd".into(),
             vars_template: "/t.fd".into(),
+            arch: Architecture::X86_64,
         };
         let c = command(&Machine {
             accel: Accel::Tcg,
@@ -372,6 +441,38 @@ mod tests {
             Some("kernel started")
         );
         assert_eq!(milestone("nothing"), None);
+    }
+
+    #[test]
+    fn an_arm64_guest_is_a_virt_machine_emulated_with_aavmf() {
+        let fw = Firmware::Uefi {
+            code: "/usr/share/AAVMF/AAVMF_CODE.fd".into(),
+            vars_template: "/t.fd".into(),
+            arch: Architecture::Arm64,
+        };
+        let c = command(&Machine {
+            accel: Accel::Tcg,
+            memory_mib: 1024,
+            firmware: &fw,
+            vars: Some(Path::new("/v.fd")),
+            disk: Path::new("/d.raw"),
+            imds: None,
+            interactive: false,
+        })
+        .to_string();
+        assert!(
+            c.starts_with("qemu-system-aarch64 -accel tcg -machine virt"),
+            "{c}"
+        );
+        assert!(c.contains("-cpu max,pauth-impdef=on"), "{c}");
+        assert!(c.contains("file=/usr/share/AAVMF/AAVMF_CODE.fd"), "{c}");
+        if Architecture::host() == Architecture::X86_64 {
+            let (a, why) = probe_accel(&fw, Some(Accel::Kvm));
+            assert_eq!(a, Accel::Tcg, "{why}");
+            assert!(why.contains("arm64 guest"), "{why}");
+        }
+        assert!(Firmware::find_for(webake_spec::BootMode::Bios, Architecture::Arm64).is_err());
+        assert_eq!(system(Architecture::Arm64).2, "ttyAMA0");
     }
 
     #[test]

@@ -634,6 +634,7 @@ fn pid1(
         None,
     )?;
     let _ = nix::unistd::sethostname(&spec.hostname);
+    super::binfmt::register(&work.proc(), &spec.binfmt)?;
     let image = mount_image(spec, work)?;
     let outbound = matches!(spec.network, Network::Outbound { .. });
     let (new_root, image_inside) = build_new_root(spec, work, image, outbound)?;

@@ -27,6 +27,7 @@
 //! Every mount lives in namespaces that die with these processes (each carries a parent-death
 //! signal), also on SIGKILL; slirp4netns exits when its exit pipe closes.
 
+pub mod binfmt;
 mod caps;
 mod guards;
 mod helper;
@@ -155,6 +156,11 @@ pub struct SandboxSpec {
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
     pub argv: Vec<String>,
+    /// binfmt_misc registrations (qemu-user) made in the sandbox's own binfmt_misc instance
+    /// before the command runs: the tree's programs are of another architecture
+    /// ([`SandboxSpec::emulate`], `binfmt.rs`). The host's registrations are never touched.
+    #[serde(default)]
+    pub binfmt: Vec<String>,
 }
 
 impl SandboxSpec {
@@ -177,6 +183,7 @@ impl SandboxSpec {
             cwd: "/".into(),
             env: default_env(),
             argv,
+            binfmt: Vec::new(),
         }
     }
 
@@ -198,7 +205,19 @@ impl SandboxSpec {
             cwd: "/".into(),
             env: host_tools_env(),
             argv,
+            binfmt: Vec::new(),
         }
+    }
+
+    /// Run programs of `debian_arch` (the tree's architecture) under qemu-user when the host
+    /// cannot run them natively. An error names what to install.
+    pub fn emulate(&mut self, debian_arch: &str) -> Result<(), String> {
+        if binfmt::is_native(debian_arch) {
+            self.binfmt.clear();
+            return Ok(());
+        }
+        self.binfmt = vec![binfmt::registration(debian_arch)?];
+        Ok(())
     }
 
     /// The command that runs this spec through the helper in `exe` (the webake binary). The

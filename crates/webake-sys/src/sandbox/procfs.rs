@@ -84,8 +84,14 @@ fn collect(base: &Path, rel: &Path, out: &mut Vec<Entry>) {
     for e in rd.flatten() {
         let name = e.file_name();
         let r = rel.join(&name);
-        // binfmt_misc is a filesystem of its own, not a parameter.
+        // binfmt_misc is a filesystem of its own, not a parameter: an empty directory here,
+        // where the sandbox mounts its own instance when it emulates (binfmt.rs).
         if r == Path::new("fs/binfmt_misc") {
+            out.push(Entry {
+                rel: r,
+                mode: 0o755,
+                content: None,
+            });
             continue;
         }
         let Ok(md) = e.metadata() else { continue };

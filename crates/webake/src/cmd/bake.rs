@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use webake_engine::Context;
 use webake_engine::bake::BakeOutcome;
+use webake_spec::LoadedRecipe;
 
 use crate::args::{BakeFlags, VarArgs};
 use crate::cmd::CmdResult;
@@ -45,10 +46,19 @@ pub struct BakeArgs {
 
 impl BakeArgs {
     pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
-        if self.recipes.len() > 1 {
-            return crate::cmd::bake_many::run(&self, ctx, out);
+        // Every recipe is loaded (and its warnings shown) once, before anything is baked.
+        let loaded: Vec<LoadedRecipe> = self
+            .recipes
+            .iter()
+            .map(|p| self.vars.load(p, ctx.reporter))
+            .collect::<Result<_, _>>()?;
+        // A recipe of several architectures is one bake per architecture.
+        let mut recipes: Vec<LoadedRecipe> =
+            loaded.iter().flat_map(LoadedRecipe::variants).collect();
+        if recipes.len() > 1 {
+            return crate::cmd::bake_many::run(&self, ctx, out, recipes);
         }
-        let recipe = self.vars.load(&self.recipes[0], ctx.reporter)?;
+        let recipe = recipes.remove(0);
         let plan = webake_engine::plan::plan(Some(ctx), &recipe)?;
         if self.dry_run || self.explain {
             let report = webake_engine::plan::report(ctx, &recipe, &plan);

@@ -1,4 +1,5 @@
-//! `webake bake A.yaml B.yaml C.yaml`: several recipes in one invocation.
+//! `webake bake A.yaml B.yaml C.yaml`: several recipes in one invocation (and a recipe of
+//! several `architectures`: one bake per architecture, labelled `NAME/ARCH`).
 //!
 //! Every recipe is loaded and checked before anything is baked (an invalid one stops the
 //! command with exit 2, as for one recipe). Then up to `--jobs` bakes run at a time, each on
@@ -50,12 +51,13 @@ struct Summary {
     recipes: Vec<RecipeResult>,
 }
 
-pub fn run(args: &BakeArgs, ctx: &Context<'_>, out: &Output) -> CmdResult {
-    let recipes: Vec<LoadedRecipe> = args
-        .recipes
-        .iter()
-        .map(|p| args.vars.load(p, ctx.reporter))
-        .collect::<Result<_, _>>()?;
+/// `recipes`: every recipe of the command line, loaded and checked, one per architecture.
+pub fn run(
+    args: &BakeArgs,
+    ctx: &Context<'_>,
+    out: &Output,
+    recipes: Vec<LoadedRecipe>,
+) -> CmdResult {
     let labels = labels(&recipes);
     if args.dry_run {
         return plans(ctx, out, &recipes, &labels);
@@ -141,11 +143,21 @@ pub fn run(args: &BakeArgs, ctx: &Context<'_>, out: &Output) -> CmdResult {
     })
 }
 
-/// The image names, made unique (`name`, `name#2`) when two recipes share one.
+/// The image names (`name/arm64` for a recipe of several architectures), made unique
+/// (`name`, `name#2`) when two recipes share one.
 fn labels(recipes: &[LoadedRecipe]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in recipes {
-        let name = &r.recipe.image.name;
+        let name = &match r.architecture() {
+            Some(a)
+                if recipes
+                    .iter()
+                    .any(|o| o.path == r.path && o.architecture() != Some(a)) =>
+            {
+                format!("{}/{a}", r.recipe.image.name)
+            }
+            _ => r.recipe.image.name.clone(),
+        };
         let n = out
             .iter()
             .filter(|l| *l == name || l.starts_with(&format!("{name}#")))

@@ -115,13 +115,23 @@ impl ImagesCommand {
                         .ok_or_else(|| Error::Invalid(format!("image {} has no inventory", i.id)))
                 }
                 let d = webake_inventory::diff(inv(&old)?, inv(&new)?);
+                let label = |i: &Image| {
+                    let arch = if i.arch.is_empty() { "-" } else { &i.arch };
+                    format!("{} {} {arch} ({})", i.name, i.version, i.id)
+                };
                 let text = match format {
-                    DiffFormat::Text => d.to_text(),
+                    DiffFormat::Text => {
+                        let mut t = format!("{} -> {}\n", label(&old), label(&new));
+                        if old.arch != new.arch {
+                            t.push_str(&format!(
+                                "note: the images are of different architectures ({} and {}): their packages differ by architecture\n",
+                                old.arch, new.arch
+                            ));
+                        }
+                        t + &d.to_text()
+                    }
                     DiffFormat::Json => d.to_json(),
-                    DiffFormat::Markdown => d.to_markdown(
-                        &format!("{} {} ({})", old.name, old.version, old.id),
-                        &format!("{} {} ({})", new.name, new.version, new.id),
-                    ),
+                    DiffFormat::Markdown => d.to_markdown(&label(&old), &label(&new)),
                 };
                 println!("{text}");
                 if format != DiffFormat::Json {
@@ -165,6 +175,7 @@ struct Summary<'a> {
     name: &'a str,
     family: &'a str,
     version: &'a str,
+    arch: &'a str,
     created_at: i64,
     kernel: Option<&'a str>,
     test_result: Option<webake_catalog::TestResult>,
@@ -180,6 +191,7 @@ impl<'a> Summary<'a> {
             name: &i.name,
             family: &i.family,
             version: &i.version,
+            arch: &i.arch,
             created_at: i.created_at,
             kernel: i.kernel.as_deref(),
             test_result: i.test_result,
@@ -217,8 +229,8 @@ fn updates_text(img: &Image) -> String {
 
 fn list_text(imgs: &[Image]) -> String {
     let mut s = format!(
-        "{:<17} {:<24} {:<20} {:<18} {:>10}  TEST\n",
-        "ID", "FAMILY", "VERSION", "CREATED", "SIZE"
+        "{:<17} {:<24} {:<20} {:<7} {:<18} {:>10}  TEST\n",
+        "ID", "FAMILY", "VERSION", "ARCH", "CREATED", "SIZE"
     );
     for i in imgs {
         let size = i
@@ -228,10 +240,11 @@ fn list_text(imgs: &[Image]) -> String {
             .unwrap_or(0);
         let _ = writeln!(
             s,
-            "{:<17} {:<24} {:<20} {:<18} {:>10}  {}",
+            "{:<17} {:<24} {:<20} {:<7} {:<18} {:>10}  {}",
             i.id,
             i.family,
             i.version,
+            if i.arch.is_empty() { "-" } else { &i.arch },
             created(i.created_at),
             human_bytes(size),
             i.test_result.map(|t| t.as_str()).unwrap_or("-")
@@ -251,6 +264,9 @@ fn show_text(i: &Image) -> String {
     let _ = writeln!(s, "image      {}", i.id);
     let _ = writeln!(s, "name       {} {}", i.name, i.version);
     let _ = writeln!(s, "family     {}", i.family);
+    if !i.arch.is_empty() {
+        let _ = writeln!(s, "arch       {}", i.arch);
+    }
     let _ = writeln!(s, "created    {} UTC", created(i.created_at));
     let _ = writeln!(s, "bake       {}", i.bake_id);
     if let Some(k) = &i.kernel {

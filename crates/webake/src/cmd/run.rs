@@ -103,6 +103,10 @@ impl RunArgs {
         // Everything that can be checked before a long bake is checked first (exit code 2).
         let recipe = self.vars.load(&self.recipe, ctx.reporter)?;
         let opts = self.options()?;
+        let variants = recipe.variants();
+        if variants.len() > 1 && !self.dry_run {
+            return self.run_architectures(ctx, out, &variants, &opts);
+        }
         let plan = webake_engine::plan::plan(Some(ctx), &recipe)?;
         if self.dry_run {
             let preview = Preview {
@@ -149,6 +153,51 @@ impl RunArgs {
             print!("{summary}");
         }
         result.map(|()| ExitCode::SUCCESS)
+    }
+
+    /// A recipe of several architectures: bake, test and publish each in turn (all planned
+    /// first), then roll out once, after the last, so the pull request carries every
+    /// architecture's build of the version (each InstanceGroup gets its own). The first
+    /// failure stops the run before any rollout.
+    fn run_architectures(
+        &self,
+        ctx: &Context<'_>,
+        out: &Output,
+        variants: &[webake_spec::LoadedRecipe],
+        opts: &RunOptions,
+    ) -> CmdResult {
+        let plans = variants
+            .iter()
+            .map(|v| webake_engine::plan::plan(Some(ctx), v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = std::time::Instant::now();
+        let last = variants.len() - 1;
+        let mut summaries = Vec::new();
+        for (i, (v, plan)) in variants.iter().zip(&plans).enumerate() {
+            let mut o = opts.clone();
+            if i != last {
+                o.rollout = None;
+            }
+            let arch = v.architecture().map_or("?", |a| a.as_str());
+            ctx.reporter
+                .note(&format!("run: {arch} ({} of {})", i + 1, variants.len()));
+            let (summary, result) = webake_engine::run::run(ctx, v, plan, &o);
+            let result = result.and(self.result_files(ctx, &summary, started.elapsed()));
+            if !out.json && (!out.quiet || result.is_ok()) {
+                print!("[{arch}]\n{summary}");
+            }
+            summaries.push(summary);
+            if let Err(e) = result {
+                if out.json {
+                    out.result(&summaries, |_| String::new())?;
+                }
+                return Err(e);
+            }
+        }
+        if out.json {
+            out.result(&summaries, |_| String::new())?;
+        }
+        Ok(ExitCode::SUCCESS)
     }
 
     /// The engine's options, every one checked.

@@ -61,6 +61,7 @@ impl TestArgs {
                 FirmwareArg::Bios => vec![BootMode::Bios],
                 FirmwareArg::All => vec![],
             },
+            arch: None,
         };
         let report = webake_engine::boottest::test_subject(ctx, &subject, &spec, &opts)?;
         out.result(&report, |r| {

@@ -64,8 +64,13 @@ impl ValidateArgs {
                     for w in &c.warnings {
                         ctx.reporter.warning(w);
                     }
-                    match webake_engine::plan::plan(None, &l) {
-                        Ok(_) => {
+                    // Every architecture's variant plans (a mistake in one names it).
+                    let planned = l
+                        .variants()
+                        .iter()
+                        .try_for_each(|v| webake_engine::plan::plan(None, v).map(|_| ()));
+                    match planned {
+                        Ok(()) => {
                             c.ok = true;
                             c.name = Some(l.recipe.image.name.clone());
                             c.family = Some(l.family().to_string());

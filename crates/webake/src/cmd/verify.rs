@@ -41,7 +41,17 @@ impl VerifyArgs {
     pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
         let (img, recorded) = webake_engine::verify::image_and_recipe(ctx, &self.image)?;
         let path = self.recipe.clone().unwrap_or(recorded);
-        let recipe = self.vars.load(&path, ctx.reporter)?;
+        let loaded = self.vars.load(&path, ctx.reporter)?;
+        // A recipe of several architectures: the variant of the image's.
+        let variants = loaded.variants();
+        let several = variants.len() > 1;
+        let recipe = match variants
+            .into_iter()
+            .find(|v| v.architecture().is_some_and(|a| a.as_str() == img.arch))
+        {
+            Some(v) if several => v,
+            _ => loaded,
+        };
         let opts = VerifyOptions {
             artifact: self.artifact.clone(),
             reuse_cache: self.reuse_cache,
