@@ -5,7 +5,10 @@
 # times, interleaved:
 #
 #   webake   `webake test IMAGE` (wall clock: KVM probe, throw-away copy, harness injection,
-#            boot to multi-user, checks, power-off, results read back)
+#            boot to multi-user, checks, power-off, results read back; the checks' VM boots
+#            the disk's kernel directly while a second VM proves the firmware path up to
+#            that kernel, docs/boot-test.md)
+#   full     `webake test IMAGE --full-boot` (the checks' VM itself goes through OVMF and GRUB)
 #   qemu     plain qemu-system-x86_64, TCG, OVMF (a fresh copy of the variable store), the
 #            image's raw disk (snapshot=on), no network: wall clock until the serial console
 #            shows `login:`
@@ -67,26 +70,29 @@ EOF
 webake_test() {
     local t0
     t0=$(date +%s.%N)
-    "${W[@]}" test "$IMG" >"$SCRATCH/test.out" 2>"$SCRATCH/test.log" || { echo "webake test failed: $SCRATCH/test.log" >&2; keep_scratch; exit 1; }
+    "${W[@]}" test "$IMG" "$@" >"$SCRATCH/test.out" 2>"$SCRATCH/test.log" || { echo "webake test failed: $SCRATCH/test.log" >&2; keep_scratch; exit 1; }
     seconds_since "$t0"
 }
 
-w=() q=()
+w=() f=() q=()
 for i in $(seq "$RUNS"); do
-    w+=("$(webake_test)")
+    f+=("$(webake_test --full-boot)")
     q+=("$(plain_qemu)")
-    echo "run $i: webake test ${w[-1]} s, plain qemu to login ${q[-1]} s" >&2
+    w+=("$(webake_test)")
+    echo "run $i: webake test ${w[-1]} s, webake test --full-boot ${f[-1]} s, plain qemu to login ${q[-1]} s" >&2
 done
 mw=$(printf '%s\n' "${w[@]}" | median)
+mf=$(printf '%s\n' "${f[@]}" | median)
 mq=$(printf '%s\n' "${q[@]}" | median)
 r=$(ratio "$mw" "$mq")
 cat <<EOF
 machine: $(nproc) CPU(s), load $(cut -d' ' -f1-3 /proc/loadavg); qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}')
 webake test:                 ${w[*]}  median ${mw} s
+webake test --full-boot:     ${f[*]}  median ${mf} s
 plain qemu (TCG) to login:   ${q[*]}  median ${mq} s
 ratio webake/qemu: ${r} (target <= 0.8: $(verdict "$r" 0.8))
 last plain boot:
 $(cat "$SCRATCH/milestones")
 last webake test:
-$(grep -E '^    \| (firmware|kernel|initramfs|systemd|multi-user|checks)|<== boot test' "$SCRATCH/test.log" | sort -u)
+$(grep -E '^    \| (uefi: )?(firmware|kernel|initramfs|systemd|multi-user|checks)|<== boot test' "$SCRATCH/test.log" | sort -u)
 EOF

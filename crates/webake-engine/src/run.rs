@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub test: bool,
     pub publish: Option<Target>,
     pub rollout: Option<RolloutTarget>,
+    /// Why there is no rollout, when it is not `--no-rollout` (another architecture's run
+    /// rolls out, or one failed).
+    pub no_rollout_reason: Option<String>,
     /// Write the image id here once the image exists.
     pub image_id_file: Option<PathBuf>,
     /// Write region -> AMI (JSON) here after the publish stage.
@@ -146,11 +149,26 @@ pub fn run(
     plan: &Planned,
     opts: &RunOptions,
 ) -> (RunSummary, Result<()>) {
+    run_baked(ctx, recipe, plan, opts, None)
+}
+
+/// [`run`] whose bake stage already ran earlier in this invocation (`run A B C` bakes every
+/// recipe that [`decide`] says needs a bake first, several at a time, then runs each one's
+/// later stages): `baked` is that bake's outcome or failure; `None`: the bake stage decides
+/// as in [`run`].
+pub fn run_baked(
+    ctx: &Context<'_>,
+    recipe: &LoadedRecipe,
+    plan: &Planned,
+    opts: &RunOptions,
+    baked: Option<Result<crate::bake::BakeOutcome>>,
+) -> (RunSummary, Result<()>) {
     let mut r = Runner {
         ctx,
         recipe,
         plan,
         opts,
+        baked,
         summary: RunSummary {
             recipe: recipe.path.display().to_string(),
             family: recipe.family().to_string(),
@@ -190,6 +208,8 @@ pub fn run(
 /// What a stage returns: its value and a one-line detail.
 enum Outcome<T> {
     Done(T, String),
+    /// Done earlier in the invocation, in this many seconds.
+    DoneEarlier(T, String, f64),
     Skipped(T, String),
 }
 
@@ -198,6 +218,8 @@ struct Runner<'a, 'r> {
     recipe: &'a LoadedRecipe,
     plan: &'a Planned,
     opts: &'a RunOptions,
+    /// The bake stage's result when it ran earlier ([`run_baked`]).
+    baked: Option<Result<crate::bake::BakeOutcome>>,
     summary: RunSummary,
 }
 
@@ -235,6 +257,7 @@ impl Runner<'_, '_> {
         let seconds = start.elapsed().as_secs_f64();
         let (status, seconds, detail, out) = match result {
             Ok(Outcome::Done(v, d)) => (StageStatus::Done, Some(seconds), d, Ok(v)),
+            Ok(Outcome::DoneEarlier(v, d, s)) => (StageStatus::Done, Some(s), d, Ok(v)),
             Ok(Outcome::Skipped(v, d)) => (StageStatus::Skipped, None, d, Ok(v)),
             Err(e) => {
                 let e = stage_error(stage, e);
@@ -267,6 +290,11 @@ impl Runner<'_, '_> {
     }
 
     fn bake(&mut self) -> Result<Outcome<Image>> {
+        if let Some(baked) = self.baked.take() {
+            let o = baked?;
+            let detail = bake_detail(&o);
+            return Ok(Outcome::DoneEarlier(o.image, detail, o.seconds));
+        }
         let d = decide(self.ctx, self.recipe, self.plan, self.opts)?;
         if let Some(img) = d.image {
             self.summary.bake_skipped = true;
@@ -284,16 +312,8 @@ impl Runner<'_, '_> {
             ..self.opts.bake.clone()
         };
         let o = crate::bake::bake(self.ctx, self.recipe, self.plan, &opts)?;
-        Ok(Outcome::Done(
-            o.image.clone(),
-            format!(
-                "image {} version {} (bake {}, log {})",
-                o.image.id,
-                o.image.version,
-                o.bake_id,
-                o.log.display()
-            ),
-        ))
+        let detail = bake_detail(&o);
+        Ok(Outcome::Done(o.image, detail))
     }
 
     fn test(&mut self, image: &mut Image) -> Result<Outcome<()>> {
@@ -372,7 +392,8 @@ impl Runner<'_, '_> {
 
     fn rollout(&mut self, image: &Image) -> Result<Outcome<()>> {
         let Some(target) = &self.opts.rollout else {
-            return Ok(Outcome::Skipped((), "--no-rollout".into()));
+            let why = self.opts.no_rollout_reason.as_deref();
+            return Ok(Outcome::Skipped((), why.unwrap_or("--no-rollout").into()));
         };
         self.started(Stage::Rollout);
         let resolved = crate::rollout::resolve(
@@ -389,6 +410,17 @@ impl Runner<'_, '_> {
         self.summary.rollout_outcome = Some(outcome);
         Ok(Outcome::Done((), detail))
     }
+}
+
+/// The bake stage's detail line.
+fn bake_detail(o: &crate::bake::BakeOutcome) -> String {
+    format!(
+        "image {} version {} (bake {}, log {})",
+        o.image.id,
+        o.image.version,
+        o.bake_id,
+        o.log.display()
+    )
 }
 
 /// Whether `run` bakes, and why.

@@ -106,3 +106,97 @@ fn several_recipes_bake_at_once_share_a_step_and_keep_going_after_a_failure() {
         env.scratch_entries()
     );
 }
+
+/// `webake run A B C`: the bakes run at once (sharing their step), then each image is
+/// published in turn; the failing recipe does not stop the others, its stages after the bake
+/// do not run, and the exit code is the failure's. Run again: every bake is skipped.
+#[test]
+fn several_recipes_run_at_once_and_a_failure_keeps_the_others() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let nonce = format!("run-{}", std::process::id());
+    let a = env.recipe("a", &recipe("run-a", &nonce, "echo a > /etc/who"));
+    let b = env.recipe("b", &recipe("run-b", &nonce, "echo b > /etc/who"));
+    let bad = env.recipe("bad", &recipe("run-bad", &nonce, "exit 3"));
+    let args = |recipes: &[&std::path::Path]| {
+        let mut v: Vec<String> = ["run", "--jobs", "2", "--no-test", "--no-rollout", "--json"]
+            .map(String::from)
+            .to_vec();
+        v.extend(recipes.iter().map(|p| p.display().to_string()));
+        v
+    };
+    let argv = args(&[&a, &b, &bad]);
+    let o = env.run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        err.contains("run: baking 3 of 3 image(s), up to 2 at a time"),
+        "{err}"
+    );
+    let built = err
+        .lines()
+        .filter(|l| l.contains("<== 1. shared (shell): done in") && !l.ends_with("(cached)"))
+        .count();
+    assert_eq!(built, 1, "the shared step was built more than once:\n{err}");
+    assert!(err.contains("[run-bad] error:"), "{err}");
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let by_label = |l: &str| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["label"] == l)
+            .unwrap_or_else(|| panic!("no run of {l}: {runs:#}"))
+            .clone()
+    };
+    for name in ["run-a", "run-b"] {
+        let r = by_label(name);
+        assert_eq!(r["ok"], true, "{r:#}");
+        let stages: Vec<(&str, &str)> = r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["stage"].as_str().unwrap(), s["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                ("bake", "done"),
+                ("test", "skipped"),
+                ("publish", "done"),
+                ("rollout", "skipped")
+            ],
+            "{r:#}"
+        );
+        assert!(r["stages"][0]["seconds"].as_f64().unwrap() > 1.0, "{r:#}");
+    }
+    let failed = by_label("run-bad");
+    assert_eq!(
+        (&failed["ok"], &failed["failed_stage"], &failed["exit_code"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("bake"),
+            &serde_json::json!(1)
+        ),
+        "{failed:#}"
+    );
+    assert_eq!(failed["stages"][2]["status"], "not_run", "{failed:#}");
+
+    // Nothing changed: nothing is baked again.
+    let argv = args(&[&a, &b]);
+    let again = env.run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.status.success(), "{}", text(&again));
+    let runs: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    for r in runs.as_array().unwrap() {
+        assert_eq!(r["bake_skipped"], true, "{r:#}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("run: baking"),
+        "{}",
+        text(&again)
+    );
+    assert!(
+        env.scratch_entries().is_empty(),
+        "{:?}",
+        env.scratch_entries()
+    );
+}

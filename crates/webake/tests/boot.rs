@@ -73,6 +73,10 @@ test:
         err.contains("==> boot test: qemu"),
         "the accelerator is not reported:\n{err}"
     );
+    assert!(
+        err.contains("booted directly") && err.contains("start the disk's kernel"),
+        "the checks did not run on a direct kernel boot with the firmware path proven:\n{err}"
+    );
 }
 
 #[test]
@@ -85,13 +89,20 @@ fn broken_image_fails_the_boot_test_within_its_timeout() {
     let res: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let raw = artifact_path(&res["image"], "raw");
 
-    // The good image boots and passes the default checks (reaches multi-user, powers off).
-    let good = env.run(&["test", &raw, "--timeout", "90"]);
+    // The good image boots and passes the default checks (reaches multi-user, powers off),
+    // also when the checks' VM goes through the firmware and GRUB itself.
+    let good = env.run(&["test", &raw, "--timeout", "90", "--full-boot"]);
     assert!(
         good.status.success(),
         "the example image does not boot: {}",
         text(&good)
     );
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains("on a firmware kernel boot"),
+        "{}",
+        text(&good)
+    );
+    the_firmware_path_is_proven_even_when_the_kernel_boots_directly(&env, Path::new(&raw));
 
     // Break a copy: remove every kernel from /boot.
     let broken = env.path().join("broken.raw");
@@ -148,5 +159,38 @@ fn broken_image_fails_the_boot_test_within_its_timeout() {
     assert!(
         took < Duration::from_secs(15 * 4 + 60),
         "the boot test did not respect its timeout ({took:?})"
+    );
+}
+
+/// A disk whose kernel is fine but whose firmware path is broken (the ESP's loader removed)
+/// fails the test, though the checks' VM, booting the kernel directly, passes: the firmware
+/// boot that runs alongside never reaches the kernel.
+fn the_firmware_path_is_proven_even_when_the_kernel_boots_directly(env: &Env, raw: &Path) {
+    let broken = env.path().join("no-loader.raw");
+    assert!(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(raw)
+            .arg(&broken)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rm = Command::new("mdel")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{}", broken.display(), esp_offset(&broken)))
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", text(&rm));
+    let bad = env.run(&["test", broken.to_str().unwrap(), "--timeout", "60"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(3), "{}", text(&bad));
+    assert!(
+        err.contains("booted directly")
+            && err.contains("the firmware path did not start the disk's kernel")
+            && err.contains("Console tail"),
+        "unclear failure:\n{err}"
     );
 }

@@ -49,7 +49,7 @@ fn bake_hybrid_parent(env: &Env) -> String {
         );
     }
     assert!(
-        err.contains("boot test passed under bios and uefi"),
+        err.contains("boot test passed: bios and uefi start the disk's kernel"),
         "{err}"
     );
     let img = &out["image"];

@@ -63,7 +63,7 @@ pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<
         );
         super::harness::debugfs_write(&copy.raw, copy.dir.path(), &cmds)?;
     }
-    let vars = copy.firmware_state(&firmware)?;
+    let vars = copy.firmware_state(&firmware, "")?;
     let (accel, why) = qemu::probe_accel(&firmware, opts.accel.or(ctx.settings.accel));
     let cmd = qemu::command(&qemu::Machine {
         accel,
@@ -71,6 +71,8 @@ pub fn boot(ctx: &Context<'_>, subject: &Subject, opts: &BootOptions) -> Result<
         firmware: &firmware,
         vars: Some(&vars),
         disk: &copy.raw,
+        access: qemu::DiskAccess::Scratch,
+        kernel: None,
         imds: None,
         interactive: true,
     });

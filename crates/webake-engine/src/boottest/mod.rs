@@ -6,14 +6,13 @@
 //! multi-user, checks) and each check's result.
 
 pub mod console;
+pub mod direct;
 pub mod harness;
 pub mod imds;
 pub mod qemu;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use webake_build::bake::BakeLog;
@@ -36,6 +35,7 @@ pub fn default_spec() -> TestSpec {
         checks: vec![],
         imds: None,
         memory_mib: 1024,
+        direct_kernel: true,
     }
 }
 
@@ -58,8 +58,11 @@ pub struct TestReport {
     pub seconds: f64,
     /// Checks that passed under each firmware.
     pub checks_passed: usize,
-    /// The firmwares it booted under, in order.
+    /// The firmwares it booted under, in order (with `kernel_boot: direct`: up to the
+    /// kernel, the checks then ran on a direct kernel boot).
     pub firmwares: Vec<&'static str>,
+    /// How the checks' boot started the kernel: `direct` or `firmware`.
+    pub kernel_boot: &'static str,
 }
 
 /// Boot-test a catalog image (the raw artifact preferred).
@@ -226,34 +229,180 @@ pub fn test_disk(
             )));
         }
     }
+    let firmwares = modes
+        .iter()
+        .map(|m| Firmware::find_for(*m, arch))
+        .collect::<Result<Vec<_>>>()?;
+    if firmwares.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no firmware to boot it under",
+            disk.display()
+        )));
+    }
     let mut report = TestReport {
         accel: "",
         seconds: 0.0,
         checks_passed: 0,
-        firmwares: Vec::new(),
+        firmwares: firmwares.iter().map(Firmware::name).collect(),
+        kernel_boot: "direct",
     };
-    for mode in modes {
-        let firmware = Firmware::find_for(mode, arch)?;
-        let (accel, passed) = test_under(ctx, disk, spec, opts, &firmware, log)?;
+    let direct = match spec.direct_kernel {
+        true => test_direct(ctx, disk, spec, opts, &firmwares, log)?,
+        false => None,
+    };
+    if let Some((accel, passed)) = direct {
         report.accel = accel.as_str();
         report.checks_passed = passed;
-        report.firmwares.push(firmware.name());
+    } else {
+        report.kernel_boot = "firmware";
+        for firmware in &firmwares {
+            let (accel, passed) = test_under(ctx, disk, spec, opts, firmware, log)?;
+            report.accel = accel.as_str();
+            report.checks_passed = passed;
+        }
     }
     report.seconds = t0.elapsed().as_secs_f64();
-    let summary = if spec.checks.is_empty() {
-        format!(
-            "boot test passed under {}: multi-user reached (the recipe defines no check)",
-            report.firmwares.join(" and ")
-        )
+    let what = if spec.checks.is_empty() {
+        "multi-user reached (the recipe defines no check)".to_string()
     } else {
-        format!(
-            "boot test passed under {}: {} check(s) passed",
-            report.firmwares.join(" and "),
-            report.checks_passed
-        )
+        format!("{} check(s) passed", report.checks_passed)
+    };
+    let summary = match report.kernel_boot {
+        "direct" => format!(
+            "boot test passed: {} start the disk's kernel; on a direct boot of that kernel {what}",
+            report.firmwares.join(" and ")
+        ),
+        _ => format!(
+            "boot test passed under {}: {what}",
+            report.firmwares.join(" and ")
+        ),
     };
     ctx.reporter.note(&summary);
     Ok(report)
+}
+
+/// How long a boot may take: the recipe's timeout, four times that under software emulation.
+fn timeout_for(spec: &TestSpec, accel: Accel) -> Duration {
+    Duration::from_secs(match accel {
+        Accel::Tcg => spec.timeout_secs * 4,
+        Accel::Kvm => spec.timeout_secs,
+    })
+}
+
+/// After the checks passed on the direct boot, how long the firmware proofs may still take (at
+/// least; as long again as the checks took when that is longer).
+const PROOF_GRACE: Duration = Duration::from_secs(60);
+
+/// The checks on a direct kernel boot of the test copy, while the artifact boots through each
+/// firmware up to its kernel on the other CPU ([`direct`]). `None` when the disk cannot be
+/// booted directly (the reason is shown; the caller boots through the firmware).
+fn test_direct(
+    ctx: &Context<'_>,
+    disk: &Path,
+    spec: &TestSpec,
+    opts: &TestOptions,
+    firmwares: &[Firmware],
+    log: &BakeLog,
+) -> Result<Option<(Accel, usize)>> {
+    let step = "boot test";
+    let t0 = Instant::now();
+    let first = &firmwares[0];
+    let mut vm = Prepared::new(ctx, disk, spec, first, log)?;
+    let kernel = match direct::extract(&vm.raw, vm.copy.dir.path()) {
+        Ok(k) => k,
+        Err(why) => {
+            ctx.reporter.note(&format!(
+                "booting the checks through the firmware: {} cannot be booted directly ({why})",
+                disk.display()
+            ));
+            return Ok(None);
+        }
+    };
+    let forced = opts.accel.or(ctx.settings.accel);
+    let (accel, why) = qemu::probe_accel(first, forced);
+    let timeout = timeout_for(spec, accel);
+    let proofs = firmwares
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let state = vm.copy.firmware_state(f, &format!("-proof{i}"))?;
+            Ok((qemu::probe_accel(f, forced).0, state))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let detail = format!(
+        "qemu {} ({why}): {} booted directly with its GRUB entry's command line, the path through {} proven alongside; timeout {}s, {} check(s)",
+        accel.as_str(),
+        kernel.image_path,
+        firmwares
+            .iter()
+            .map(Firmware::describe)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        timeout.as_secs(),
+        spec.checks.len()
+    );
+    ctx.reporter.event(&Event::StepStarted {
+        step,
+        detail: &detail,
+    });
+    let cmdline = kernel.cmdline.clone();
+    vm.kernel = Some(kernel);
+    let stop_proofs = CancelToken::new();
+    let (checks, proven) = std::thread::scope(|s| {
+        let prover = s.spawn(|| {
+            firmwares
+                .iter()
+                .zip(&proofs)
+                .map(|(f, (a, state))| {
+                    let p = direct::Proof {
+                        firmware: f,
+                        accel: *a,
+                        disk,
+                        state,
+                        cmdline: &cmdline,
+                    };
+                    direct::prove(&p, &stop_proofs, timeout, ctx.reporter, log)
+                        .map(|secs| (f.name(), secs))
+                        .map_err(|why| (f.describe(), why))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        });
+        let checks = boot(ctx, &vm, first, accel, spec, timeout, log)
+            .and_then(|b| verdict(ctx, &vm, spec, &b, accel, timeout, log));
+        if checks.is_ok() {
+            // As long again as the checks took (a loaded machine slows both), at least 60 s.
+            let grace = PROOF_GRACE.max(t0.elapsed());
+            let waited = Instant::now();
+            while !prover.is_finished() && waited.elapsed() < grace {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        stop_proofs.cancel();
+        (checks, prover.join())
+    });
+    let passed = checks.map_err(|e| e.context("the checks' boot (kernel booted directly)"))?;
+    match proven {
+        Ok(Ok(proofs)) => {
+            for (firmware, secs) in proofs {
+                let line = format!(
+                    "{firmware}: the firmware and GRUB started the disk's kernel with its entry's command line ({secs:.1}s)"
+                );
+                ctx.reporter.event(&Event::Output { step, line: &line });
+            }
+        }
+        Ok(Err((firmware, why))) => {
+            return Err(Error::TestFailed(format!(
+                "boot test failed under {firmware}: the firmware path did not start the disk's kernel: {why}"
+            )));
+        }
+        Err(_) => return Err(Error::Failed("the firmware proof panicked".into())),
+    }
+    ctx.reporter.event(&Event::StepFinished {
+        step,
+        elapsed: t0.elapsed(),
+        cache: CacheStatus::Uncached,
+    });
+    Ok(Some((accel, passed)))
 }
 
 /// One boot under one firmware; the accelerator used and the checks that passed.
@@ -268,10 +417,7 @@ fn test_under(
     let step = "boot test";
     let t0 = Instant::now();
     let (accel, why) = qemu::probe_accel(firmware, opts.accel.or(ctx.settings.accel));
-    let timeout = Duration::from_secs(match accel {
-        Accel::Tcg => spec.timeout_secs * 4,
-        Accel::Kvm => spec.timeout_secs,
-    });
+    let timeout = timeout_for(spec, accel);
     let detail = format!(
         "qemu {} ({why}), {}, timeout {}s, {} check(s)",
         accel.as_str(),
@@ -341,16 +487,17 @@ impl Throwaway {
     }
 
     /// The firmware's per-boot file: the UEFI variable store (a copy of the template), or
-    /// the fw_cfg file that turns on SeaBIOS's serial console (see `qemu::Machine`).
-    pub(crate) fn firmware_state(&self, firmware: &Firmware) -> Result<PathBuf> {
+    /// the fw_cfg file that turns on SeaBIOS's serial console (see `qemu::Machine`); `tag`
+    /// tells several boots' files apart.
+    pub(crate) fn firmware_state(&self, firmware: &Firmware, tag: &str) -> Result<PathBuf> {
         match firmware {
             Firmware::Uefi { vars_template, .. } => {
-                let vars = self.dir.path().join("UEFI_VARS.fd");
+                let vars = self.dir.path().join(format!("UEFI_VARS{tag}.fd"));
                 std::fs::copy(vars_template, &vars).map_err(|e| Error::io(vars_template, e))?;
                 Ok(vars)
             }
             Firmware::Bios => {
-                let sercon = self.dir.path().join("sercon-port");
+                let sercon = self.dir.path().join(format!("sercon-port{tag}"));
                 std::fs::write(&sercon, qemu::SERCON_PORT).map_err(|e| Error::io(&sercon, e))?;
                 Ok(sercon)
             }
@@ -361,8 +508,10 @@ impl Throwaway {
 /// The throw-away copy of the disk with the harness, the firmware variables and the metadata
 /// fake; all gone on drop.
 struct Prepared {
-    _copy: Throwaway,
+    copy: Throwaway,
     raw: PathBuf,
+    /// Boot this kernel directly instead of through the firmware.
+    kernel: Option<direct::Kernel>,
     /// The UEFI variable store, or SeaBIOS's serial console switch (see `qemu::Machine`).
     vars: Option<PathBuf>,
     imds: Option<imds::FakeImds>,
@@ -377,14 +526,15 @@ impl Prepared {
         log: &BakeLog,
     ) -> Result<Self> {
         let copy = Throwaway::copy(ctx, disk, "webake-test-", log, "boot test")?;
-        let vars = Some(copy.firmware_state(firmware)?);
+        let vars = Some(copy.firmware_state(firmware, "")?);
         let imds = spec.imds.as_ref().map(imds::FakeImds::start).transpose()?;
         let dropin = imds.as_ref().map(|_| harness::IMDS_DROPIN);
         let (_, _, console) = qemu::system(firmware.arch());
         harness::inject(&copy.raw, &spec.checks, copy.dir.path(), dropin, console)?;
         Ok(Self {
             raw: copy.raw.clone(),
-            _copy: copy,
+            copy,
+            kernel: None,
             vars,
             imds,
         })
@@ -418,30 +568,17 @@ fn boot(
         firmware,
         vars: vm.vars.as_deref(),
         disk: &vm.raw,
+        access: qemu::DiskAccess::Scratch,
+        kernel: vm.kernel.as_ref(),
         imds: vm.imds.as_ref().map(|f| (exe.as_path(), f.port)),
         interactive: false,
     });
     // A watchdog cancels the VM at the timeout (or when the command is cancelled).
-    let vm_cancel = CancelToken::new();
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let (vm_cancel, done, outer) = (vm_cancel.clone(), done.clone(), ctx.cancel.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                if start.elapsed() > timeout || outer.is_cancelled() {
-                    vm_cancel.cancel();
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            false
-        })
-    };
+    let watchdog = direct::Watchdog::start(timeout, &ctx.cancel);
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut began = false;
     let t0 = Instant::now();
-    let res = run(&cmd, &vm_cancel, &mut |line| {
+    let res = run(&cmd, &watchdog.token, &mut |line| {
         let line = line.trim_end_matches('\r');
         log.line("boot test", line);
         if tail.len() == 30 {
@@ -457,8 +594,7 @@ fn boot(
             });
         }
     });
-    done.store(true, Ordering::SeqCst);
-    let timed_out = watchdog.join().unwrap_or(false);
+    let timed_out = watchdog.finish();
     if ctx.cancel.is_cancelled() || webake_sys::cancel::signalled() {
         return Err(Error::Interrupted.context("boot test cancelled"));
     }

@@ -309,11 +309,24 @@ pub struct Machine<'a> {
     /// that turns on SeaBIOS's serial console (its own and GRUB's messages on the console).
     pub vars: Option<&'a Path>,
     pub disk: &'a Path,
+    pub access: DiskAccess,
+    /// Boot this kernel directly (no firmware boot of the disk; `vars` is ignored).
+    pub kernel: Option<&'a super::direct::Kernel>,
     /// The guestfwd bridge to the metadata fake: (this executable, its port).
     pub imds: Option<(&'a Path, u16)>,
     /// `webake boot`: the serial console and qemu's monitor multiplexed on the terminal
     /// (Ctrl-A X quits, Ctrl-A C switches to the monitor).
     pub interactive: bool,
+}
+
+/// How the VM opens its disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskAccess {
+    /// A throw-away raw copy, written by the guest.
+    Scratch,
+    /// The artifact itself (format `raw` or `qcow2`), read-only: a firmware boot that is
+    /// stopped once the kernel starts (one vCPU is enough).
+    ReadOnly(&'static str),
 }
 
 /// The qemu command of a boot test (pure: tested without qemu).
@@ -335,16 +348,28 @@ pub fn command(m: &Machine<'_>) -> Cmd {
     let (qemu, machine, _) = system(arch);
     let mut cmd = Cmd::new(qemu)
         .args(["-accel", m.accel.as_str(), "-machine", machine])
-        .args(["-m", &m.memory_mib.to_string(), "-smp", "2"])
+        .args(["-m", &m.memory_mib.to_string()])
+        .args(match m.access {
+            DiskAccess::Scratch => ["-smp", "2"],
+            DiskAccess::ReadOnly(_) => ["-smp", "1"],
+        })
         .args(["-display", "none", "-nodefaults", "-no-reboot"])
         .args(if m.interactive {
             ["-monitor", "none", "-serial", "mon:stdio"]
         } else {
             ["-monitor", "none", "-serial", "stdio"]
         });
-    // UEFI: OVMF in flash; BIOS: qemu's default SeaBIOS.
-    match (m.firmware, m.vars) {
-        (Firmware::Uefi { code, .. }, Some(vars)) => {
+    // UEFI: OVMF in flash; BIOS: qemu's default SeaBIOS; a direct kernel boot: qemu loads
+    // the kernel and initrd itself (x86-64: through SeaBIOS's linuxboot ROM).
+    match (m.kernel, m.firmware, m.vars) {
+        (Some(k), _, _) => {
+            cmd = cmd.arg("-kernel").arg(&k.kernel);
+            if let Some(i) = &k.initrd {
+                cmd = cmd.arg("-initrd").arg(i);
+            }
+            cmd = cmd.arg("-append").arg(&k.cmdline);
+        }
+        (None, Firmware::Uefi { code, .. }, Some(vars)) => {
             cmd = cmd
                 .arg("-drive")
                 .arg(format!(
@@ -354,26 +379,38 @@ pub fn command(m: &Machine<'_>) -> Cmd {
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
-        (Firmware::Bios, Some(sercon)) => {
+        (None, Firmware::Bios, Some(sercon)) => {
             cmd = cmd
                 .arg("-fw_cfg")
                 .arg(format!("name=etc/sercon-port,file={}", sercon.display()));
         }
         _ => {}
     }
-    cmd.arg("-drive")
-        .arg(format!(
+    let drive = match m.access {
+        DiskAccess::Scratch => format!(
             "if=virtio,format=raw,file={},cache=unsafe",
             m.disk.display()
-        ))
-        // romfile=: no iPXE option ROM for the firmware to load and run (0.5 s under TCG).
-        .args([
+        ),
+        DiskAccess::ReadOnly(format) => {
+            format!(
+                "if=virtio,format={format},file={},readonly=on",
+                m.disk.display()
+            )
+        }
+    };
+    cmd = cmd.arg("-drive").arg(drive);
+    // A firmware boot up to the kernel has no network: with a NIC, a firmware that cannot boot
+    // the disk tries PXE next and waits for minutes instead of failing. romfile=: no iPXE
+    // option ROM for the firmware to load and run (0.5 s under TCG).
+    if m.access == DiskAccess::Scratch {
+        cmd = cmd.args([
             "-netdev",
             &netdev,
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
-        ])
-        .args(["-cpu", cpu(arch, m.accel)])
+        ]);
+    }
+    cmd.args(["-cpu", cpu(arch, m.accel)])
 }
 
 /// The guest CPU: the host's under KVM; else everything TCG emulates, for arm64 with the
@@ -426,6 +463,8 @@ mod tests {
             firmware: &uefi,
             vars: Some(Path::new("/v.fd")),
             disk: Path::new("/d.raw"),
+            access: DiskAccess::Scratch,
+            kernel: None,
             imds: Some((Path::new("/w"), 4242)),
             interactive: false,
         })
@@ -456,6 +495,8 @@ mod tests {
             firmware: &fw,
             vars: Some(Path::new("/v.fd")),
             disk: Path::new("/d.raw"),
+            access: DiskAccess::Scratch,
+            kernel: None,
             imds: None,
             interactive: false,
         })
@@ -476,6 +517,66 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_boot_loads_the_kernel_and_a_proof_opens_the_artifact_read_only() {
+        let uefi = Firmware::Uefi {
+            code: "/c.fd".into(),
+            vars_template: "/t.fd".into(),
+            arch: Architecture::X86_64,
+        };
+        let kernel = super::super::direct::Kernel {
+            kernel: "/s/vmlinuz".into(),
+            initrd: Some("/s/initrd.img".into()),
+            cmdline: "root=UUID=x ro console=ttyS0,115200n8".into(),
+            image_path: "/boot/vmlinuz-6.1".into(),
+        };
+        let direct = command(&Machine {
+            accel: Accel::Tcg,
+            memory_mib: 1024,
+            firmware: &uefi,
+            vars: Some(Path::new("/v.fd")),
+            disk: Path::new("/d.raw"),
+            access: DiskAccess::Scratch,
+            kernel: Some(&kernel),
+            imds: None,
+            interactive: false,
+        });
+        let argv: Vec<String> = direct.to_string().split(' ').map(String::from).collect();
+        let after = |flag: &str| {
+            argv.iter()
+                .position(|a| a == flag)
+                .map(|i| argv[i + 1].clone())
+        };
+        assert_eq!(after("-kernel").as_deref(), Some("/s/vmlinuz"));
+        assert_eq!(after("-initrd").as_deref(), Some("/s/initrd.img"));
+        assert_eq!(after("-smp").as_deref(), Some("2"));
+        assert!(!direct.to_string().contains("pflash"), "{direct}");
+        let proof = command(&Machine {
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            firmware: &uefi,
+            vars: Some(Path::new("/v1.fd")),
+            disk: Path::new("/img/disk.qcow2"),
+            access: DiskAccess::ReadOnly("qcow2"),
+            kernel: None,
+            imds: None,
+            interactive: false,
+        })
+        .to_string();
+        assert!(
+            proof.contains("if=virtio,format=qcow2,file=/img/disk.qcow2,readonly=on"),
+            "{proof}"
+        );
+        assert!(
+            proof.contains("file=/v1.fd") && proof.contains("-smp 1"),
+            "{proof}"
+        );
+        assert!(
+            !proof.contains("-kernel") && !proof.contains("cache=unsafe"),
+            "{proof}"
+        );
+    }
+
+    #[test]
     fn a_bios_boot_has_no_flash_and_a_serial_bios_console() {
         let c = command(&Machine {
             accel: Accel::Tcg,
@@ -483,6 +584,8 @@ mod tests {
             firmware: &Firmware::Bios,
             vars: Some(Path::new("/s/sercon-port")),
             disk: Path::new("/d.raw"),
+            access: DiskAccess::Scratch,
+            kernel: None,
             imds: None,
             interactive: true,
         })

@@ -67,40 +67,20 @@ pub fn run(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .clamp(1, recipes.len());
     let t = Instant::now();
-    let queue = Mutex::new((0..recipes.len()).collect::<VecDeque<_>>());
-    let results: Mutex<Vec<Option<Result<BakeOutcome, Error>>>> =
-        Mutex::new((0..recipes.len()).map(|_| None).collect());
     let opts = args.flags.options(args.test);
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| {
-                loop {
-                    // Not `while let`: the queue's guard would live through the whole bake.
-                    let next = queue.lock().expect("queue").pop_front();
-                    let Some(i) = next else { break };
-                    let scoped = out.scoped(&labels[i]);
-                    let sub = Context::new(ctx.settings.clone(), &scoped, ctx.cancel.clone());
-                    let r = webake_engine::plan::plan(Some(&sub), &recipes[i]).and_then(|plan| {
-                        if args.explain && !out.quiet {
-                            let report = webake_engine::plan::report(&sub, &recipes[i], &plan);
-                            let text: String = report
-                                .to_string()
-                                .lines()
-                                .map(|l| format!("[{}] {l}\n", labels[i]))
-                                .collect();
-                            eprint!("{text}");
-                        }
-                        webake_engine::bake::bake(&sub, &recipes[i], &plan, &opts)
-                    });
-                    if let Err(e) = &r {
-                        scoped.error(e);
-                    }
-                    results.lock().expect("results")[i] = Some(r);
-                }
-            });
+    let results = in_parallel(ctx, out, &labels, jobs, |i, sub| {
+        let plan = webake_engine::plan::plan(Some(sub), &recipes[i])?;
+        if args.explain && !out.quiet {
+            let report = webake_engine::plan::report(sub, &recipes[i], &plan);
+            let text: String = report
+                .to_string()
+                .lines()
+                .map(|l| format!("[{}] {l}\n", labels[i]))
+                .collect();
+            eprint!("{text}");
         }
+        webake_engine::bake::bake(sub, &recipes[i], &plan, &opts)
     });
-    let results = results.into_inner().expect("results");
     let mut first_failure = None;
     let mut summary = Summary {
         seconds: t.elapsed().as_secs_f64(),
@@ -108,7 +88,6 @@ pub fn run(
         recipes: Vec::new(),
     };
     for (i, r) in results.into_iter().enumerate() {
-        let r = r.unwrap_or(Err(Error::Interrupted));
         let (outcome, error) = match r {
             Ok(o) => (Some(o), None),
             Err(e) => {
@@ -143,9 +122,49 @@ pub fn run(
     })
 }
 
+/// Run `work(i, context)` for each of `labels`, up to `jobs` at a time, each on its own thread
+/// with its own context (catalog connection, reporter marking its lines `[label]`); they share
+/// the cancellation token, so Ctrl-C stops them all. A failure is reported when it happens;
+/// the others go on. The results in the order of `labels` (interrupted: work never started).
+pub(crate) fn in_parallel<T: Send>(
+    ctx: &Context<'_>,
+    out: &Output,
+    labels: &[String],
+    jobs: usize,
+    work: impl Fn(usize, &Context<'_>) -> Result<T, Error> + Sync,
+) -> Vec<Result<T, Error>> {
+    let queue = Mutex::new((0..labels.len()).collect::<VecDeque<_>>());
+    let results: Mutex<Vec<Option<Result<T, Error>>>> =
+        Mutex::new((0..labels.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| {
+                loop {
+                    // Not `while let`: the queue's guard would live through the whole work.
+                    let next = queue.lock().expect("queue").pop_front();
+                    let Some(i) = next else { break };
+                    let scoped = out.scoped(&labels[i]);
+                    let sub = Context::new(ctx.settings.clone(), &scoped, ctx.cancel.clone());
+                    let r = work(i, &sub);
+                    if let Err(e) = &r {
+                        scoped.error(e);
+                    }
+                    results.lock().expect("results")[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results")
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(Error::Interrupted)))
+        .collect()
+}
+
 /// The image names (`name/arm64` for a recipe of several architectures), made unique
 /// (`name`, `name#2`) when two recipes share one.
-fn labels(recipes: &[LoadedRecipe]) -> Vec<String> {
+pub(crate) fn labels(recipes: &[LoadedRecipe]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in recipes {
         let name = &match r.architecture() {

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod rollout;
 pub mod run;
+pub mod run_many;
 pub mod shell;
 pub mod test;
 pub mod validate;

@@ -1,6 +1,6 @@
-//! `webake run RECIPE`: bake, boot test, publish, rollout in one process, each stage optional,
+//! `webake run RECIPE…`: bake, boot test, publish, rollout in one process, each stage optional,
 //! with a summary (text, or `--json` on stdout, also when a stage fails) and one exit code per
-//! failing stage. See docs/run.md.
+//! failing stage. Several recipes (or architectures): `run_many`. See docs/run.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,13 +10,17 @@ use serde::Serialize;
 use webake_engine::publish::Target;
 use webake_engine::run::{RolloutTarget, RunOptions, RunSummary};
 use webake_engine::{Context, Error};
+use webake_spec::LoadedRecipe;
 
 use crate::args::{BakeFlags, RolloutFlags, TrailingAws, VarArgs, write_result_file};
 use crate::cmd::CmdResult;
 use crate::output::Output;
 
 const AFTER_HELP: &str = "\
-Stages: bake -> test -> publish -> rollout. The bake is skipped when the catalog holds an image
+Stages: bake -> test -> publish -> rollout. Several recipes (or a recipe of several
+architectures): every image that needs a bake is baked first, up to --jobs at a time, then
+each is tested and published, and each recipe rolled out once, in command-line order. The
+bake is skipped when the catalog holds an image
 baked from the same inputs (and, with --publish aws, published to AWS in every target region);
 --force bakes anyway. AWS options go after `--`, as after `publish --to aws`:
   webake run recipe.yaml --publish aws --cluster-repo URL --github OWNER/REPO -- --region eu-west-1 --copy-to us-east-1
@@ -46,8 +50,14 @@ pub enum Progress {
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct RunArgs {
-    /// The recipe file (YAML)
-    pub recipe: PathBuf,
+    /// The recipe file(s) (YAML); several are baked at once, then each is tested, published
+    /// and rolled out in turn
+    #[arg(value_name = "RECIPE", required = true)]
+    pub recipes: Vec<PathBuf>,
+    /// With several recipes or architectures: how many bake at a time [default: the number
+    /// of CPUs]
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     #[command(flatten)]
     pub vars: VarArgs,
     #[command(flatten)]
@@ -91,6 +101,7 @@ pub struct RunArgs {
 /// What `run --dry-run` prints.
 #[derive(Serialize)]
 struct Preview {
+    label: String,
     plan: webake_engine::plan::PlanReport,
     bake: webake_engine::run::BakeDecision,
     test: bool,
@@ -101,50 +112,30 @@ struct Preview {
 impl RunArgs {
     pub fn run(self, ctx: &Context<'_>, out: &Output) -> CmdResult {
         // Everything that can be checked before a long bake is checked first (exit code 2).
-        let recipe = self.vars.load(&self.recipe, ctx.reporter)?;
+        let loaded: Vec<LoadedRecipe> = self
+            .recipes
+            .iter()
+            .map(|p| self.vars.load(p, ctx.reporter))
+            .collect::<Result<_, _>>()?;
         let opts = self.options()?;
-        let variants = recipe.variants();
-        if variants.len() > 1 && !self.dry_run {
-            return self.run_architectures(ctx, out, &variants, &opts);
+        let groups: Vec<Vec<LoadedRecipe>> = loaded.iter().map(LoadedRecipe::variants).collect();
+        if groups.len() > 1
+            && let Some(flag) = self.single_result_flag()
+        {
+            return Err(Error::Invalid(format!(
+                "{flag} holds the result of one recipe: run the recipes one per invocation to use it"
+            )));
         }
-        let plan = webake_engine::plan::plan(Some(ctx), &recipe)?;
         if self.dry_run {
-            let preview = Preview {
-                plan: webake_engine::plan::report(ctx, &recipe, &plan),
-                bake: webake_engine::run::decide(ctx, &recipe, &plan, &opts)?,
-                test: opts.test,
-                publish: match &opts.publish {
-                    None => "none".into(),
-                    Some(Target::Local) => "local".into(),
-                    Some(Target::Aws(t)) => {
-                        format!("aws: {}", t.regions().collect::<Vec<_>>().join(", "))
-                    }
-                },
-                rollout: opts.rollout.as_ref().map(|r| r.repo.clone()),
-            };
-            out.result(&preview, |p| {
-                format!(
-                    "{}bake:    {} ({})\ntest:    {}\npublish: {}\nrollout: {}\n",
-                    p.plan,
-                    if p.bake.image.is_some() {
-                        "skip"
-                    } else {
-                        "bake"
-                    },
-                    p.bake.reason,
-                    if p.test {
-                        "boot test (unless the image passed it)"
-                    } else {
-                        "no"
-                    },
-                    p.publish,
-                    p.rollout.as_deref().unwrap_or("no")
-                )
-            })?;
-            return Ok(ExitCode::SUCCESS);
+            return self.preview(ctx, out, &groups.concat(), &opts);
         }
+        if groups.len() > 1 || groups[0].len() > 1 {
+            return crate::cmd::run_many::run(&self, ctx, out, &groups, &opts);
+        }
+        let recipe = &groups[0][0];
+        let plan = webake_engine::plan::plan(Some(ctx), recipe)?;
         let started = std::time::Instant::now();
-        let (summary, result) = webake_engine::run::run(ctx, &recipe, &plan, &opts);
+        let (summary, result) = webake_engine::run::run(ctx, recipe, &plan, &opts);
         let files = self.result_files(ctx, &summary, started.elapsed());
         let result = result.and(files);
         if out.json {
@@ -155,47 +146,71 @@ impl RunArgs {
         result.map(|()| ExitCode::SUCCESS)
     }
 
-    /// A recipe of several architectures: bake, test and publish each in turn (all planned
-    /// first), then roll out once, after the last, so the pull request carries every
-    /// architecture's build of the version (each InstanceGroup gets its own). The first
-    /// failure stops the run before any rollout.
-    fn run_architectures(
+    /// The result-file option that holds one recipe's result, if given.
+    fn single_result_flag(&self) -> Option<&'static str> {
+        [
+            (self.image_id_file.is_some(), "--image-id-file"),
+            (self.ami_ids_file.is_some(), "--ami-ids-file"),
+            (self.rollout.pr_url_file.is_some(), "--pr-url-file"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// `--dry-run`: the plan and what each stage would do, for each recipe and architecture.
+    fn preview(
         &self,
         ctx: &Context<'_>,
         out: &Output,
-        variants: &[webake_spec::LoadedRecipe],
+        variants: &[LoadedRecipe],
         opts: &RunOptions,
     ) -> CmdResult {
-        let plans = variants
-            .iter()
-            .map(|v| webake_engine::plan::plan(Some(ctx), v))
-            .collect::<Result<Vec<_>, _>>()?;
-        let started = std::time::Instant::now();
-        let last = variants.len() - 1;
-        let mut summaries = Vec::new();
-        for (i, (v, plan)) in variants.iter().zip(&plans).enumerate() {
-            let mut o = opts.clone();
-            if i != last {
-                o.rollout = None;
-            }
-            let arch = v.architecture().map_or("?", |a| a.as_str());
-            ctx.reporter
-                .note(&format!("run: {arch} ({} of {})", i + 1, variants.len()));
-            let (summary, result) = webake_engine::run::run(ctx, v, plan, &o);
-            let result = result.and(self.result_files(ctx, &summary, started.elapsed()));
-            if !out.json && (!out.quiet || result.is_ok()) {
-                print!("[{arch}]\n{summary}");
-            }
-            summaries.push(summary);
-            if let Err(e) = result {
-                if out.json {
-                    out.result(&summaries, |_| String::new())?;
-                }
-                return Err(e);
-            }
+        let labels = crate::cmd::bake_many::labels(variants);
+        let mut previews = Vec::new();
+        for (recipe, label) in variants.iter().zip(labels) {
+            let plan = webake_engine::plan::plan(Some(ctx), recipe)?;
+            previews.push(Preview {
+                label,
+                plan: webake_engine::plan::report(ctx, recipe, &plan),
+                bake: webake_engine::run::decide(ctx, recipe, &plan, opts)?,
+                test: opts.test,
+                publish: match &opts.publish {
+                    None => "none".into(),
+                    Some(Target::Local) => "local".into(),
+                    Some(Target::Aws(t)) => {
+                        format!("aws: {}", t.regions().collect::<Vec<_>>().join(", "))
+                    }
+                },
+                rollout: opts.rollout.as_ref().map(|r| r.repo.clone()),
+            });
         }
-        if out.json {
-            out.result(&summaries, |_| String::new())?;
+        let text = |p: &Preview| {
+            format!(
+                "{}bake:    {} ({})\ntest:    {}\npublish: {}\nrollout: {}\n",
+                p.plan,
+                if p.bake.image.is_some() {
+                    "skip"
+                } else {
+                    "bake"
+                },
+                p.bake.reason,
+                if p.test {
+                    "boot test (unless the image passed it)"
+                } else {
+                    "no"
+                },
+                p.publish,
+                p.rollout.as_deref().unwrap_or("no")
+            )
+        };
+        match previews.as_slice() {
+            [one] => out.result(one, text)?,
+            many => out.result(&many, |ps| {
+                ps.iter()
+                    .map(|p| format!("[{}]\n{}", p.label, text(p)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?,
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -240,13 +255,14 @@ impl RunArgs {
             test: !self.no_test,
             publish,
             rollout,
+            no_rollout_reason: None,
             image_id_file: self.image_id_file.clone(),
             ami_ids_file: self.ami_ids_file.clone(),
         })
     }
 
     /// `--pr-url-file` and `--manifest`, once the stages they need went through.
-    fn result_files(
+    pub(crate) fn result_files(
         &self,
         ctx: &Context<'_>,
         s: &RunSummary,
@@ -312,7 +328,7 @@ mod tests {
         let Command::Run(a) = parse(contract::run("recipes/x.yaml", repo, &aws)) else {
             panic!("not run")
         };
-        assert_eq!(a.recipe, PathBuf::from("recipes/x.yaml"));
+        assert_eq!(a.recipes, vec![PathBuf::from("recipes/x.yaml")]);
         assert_eq!(a.publish, PublishTo::Aws);
         assert_eq!(a.cluster_repo.as_deref(), Some(repo));
         assert!(!a.no_rollout);

@@ -31,6 +31,11 @@ pub struct TestArgs {
     /// partitions provide]
     #[arg(long, value_enum, default_value_t = FirmwareArg::All)]
     pub firmware: FirmwareArg,
+    /// Boot the checks' VM through the firmware and GRUB too (default: the recipe's
+    /// `test.direct_kernel`: the disk's kernel booted directly while the firmware path is
+    /// proven alongside, up to that kernel)
+    #[arg(long)]
+    pub full_boot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +59,9 @@ impl TestArgs {
         if let Some(t) = self.timeout {
             spec.timeout_secs = t;
         }
+        if self.full_boot {
+            spec.direct_kernel = false;
+        }
         let opts = TestOptions {
             accel: self.accel,
             firmwares: match self.firmware {
@@ -66,10 +74,11 @@ impl TestArgs {
         let report = webake_engine::boottest::test_subject(ctx, &subject, &spec, &opts)?;
         out.result(&report, |r| {
             format!(
-                "boot test passed: {} under {} ({} check(s), {}, {:.1}s)\n",
+                "boot test passed: {} under {} ({} check(s) on a {} kernel boot, {}, {:.1}s)\n",
                 self.image,
                 r.firmwares.join(" and "),
                 r.checks_passed,
+                r.kernel_boot,
                 r.accel,
                 r.seconds
             )

@@ -236,18 +236,23 @@ pub fn partitions(raw: &Path) -> serde_json::Value {
 }
 
 pub fn root_offset(raw: &Path) -> u64 {
+    partition_offset(raw, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+}
+
+/// The byte offset of the EFI system partition.
+pub fn esp_offset(raw: &Path) -> u64 {
+    partition_offset(raw, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+}
+
+/// The byte offset of the first partition of GPT type `ty`.
+pub fn partition_offset(raw: &Path, ty: &str) -> u64 {
     let v = partitions(raw);
     let p = v["partitiontable"]["partitions"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| {
-            p["type"]
-                .as_str()
-                .unwrap()
-                .eq_ignore_ascii_case("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
-        })
-        .expect("root partition");
+        .find(|p| p["type"].as_str().unwrap().eq_ignore_ascii_case(ty))
+        .unwrap_or_else(|| panic!("no partition of type {ty} on {}", raw.display()));
     p["start"].as_u64().unwrap() * 512
 }
 
