@@ -450,6 +450,21 @@ pub fn milestone(line: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    /// A TCG machine with 1 GiB, a scratch disk and no network; tests change what they test.
+    fn machine(firmware: &Firmware) -> Machine<'_> {
+        Machine {
+            accel: Accel::Tcg,
+            memory_mib: 1024,
+            firmware,
+            vars: Some(Path::new("/v.fd")),
+            disk: Path::new("/d.raw"),
+            access: DiskAccess::Scratch,
+            kernel: None,
+            imds: None,
+            interactive: false,
+        }
+    }
+
     #[test]
     fn the_command_connects_only_the_metadata_address() {
         let uefi = Firmware::Uefi {
@@ -458,15 +473,8 @@ mod tests {
             arch: Architecture::X86_64,
         };
         let c = command(&Machine {
-            accel: Accel::Tcg,
-            memory_mib: 1024,
-            firmware: &uefi,
-            vars: Some(Path::new("/v.fd")),
-            disk: Path::new("/d.raw"),
-            access: DiskAccess::Scratch,
-            kernel: None,
             imds: Some((Path::new("/w"), 4242)),
-            interactive: false,
+            ..machine(&uefi)
         })
         .to_string();
         assert!(c.contains("restrict=on"), "{c}");
@@ -489,18 +497,7 @@ mod tests {
             vars_template: "/t.fd".into(),
             arch: Architecture::Arm64,
         };
-        let c = command(&Machine {
-            accel: Accel::Tcg,
-            memory_mib: 1024,
-            firmware: &fw,
-            vars: Some(Path::new("/v.fd")),
-            disk: Path::new("/d.raw"),
-            access: DiskAccess::Scratch,
-            kernel: None,
-            imds: None,
-            interactive: false,
-        })
-        .to_string();
+        let c = command(&machine(&fw)).to_string();
         assert!(
             c.starts_with("qemu-system-aarch64 -accel tcg -machine virt"),
             "{c}"
@@ -530,15 +527,8 @@ mod tests {
             image_path: "/boot/vmlinuz-6.1".into(),
         };
         let direct = command(&Machine {
-            accel: Accel::Tcg,
-            memory_mib: 1024,
-            firmware: &uefi,
-            vars: Some(Path::new("/v.fd")),
-            disk: Path::new("/d.raw"),
-            access: DiskAccess::Scratch,
             kernel: Some(&kernel),
-            imds: None,
-            interactive: false,
+            ..machine(&uefi)
         });
         let argv: Vec<String> = direct.to_string().split(' ').map(String::from).collect();
         let after = |flag: &str| {
@@ -551,15 +541,11 @@ mod tests {
         assert_eq!(after("-smp").as_deref(), Some("2"));
         assert!(!direct.to_string().contains("pflash"), "{direct}");
         let proof = command(&Machine {
-            accel: Accel::Tcg,
             memory_mib: 512,
-            firmware: &uefi,
             vars: Some(Path::new("/v1.fd")),
             disk: Path::new("/img/disk.qcow2"),
             access: DiskAccess::ReadOnly("qcow2"),
-            kernel: None,
-            imds: None,
-            interactive: false,
+            ..machine(&uefi)
         })
         .to_string();
         assert!(
@@ -579,15 +565,9 @@ mod tests {
     #[test]
     fn a_bios_boot_has_no_flash_and_a_serial_bios_console() {
         let c = command(&Machine {
-            accel: Accel::Tcg,
-            memory_mib: 1024,
-            firmware: &Firmware::Bios,
             vars: Some(Path::new("/s/sercon-port")),
-            disk: Path::new("/d.raw"),
-            access: DiskAccess::Scratch,
-            kernel: None,
-            imds: None,
             interactive: true,
+            ..machine(&Firmware::Bios)
         })
         .to_string();
         assert!(c.contains("-serial mon:stdio"), "{c}");
