@@ -326,7 +326,12 @@ fn test_direct(
         .enumerate()
         .map(|(i, f)| {
             let state = vm.copy.firmware_state(f, &format!("-proof{i}"))?;
-            Ok((qemu::probe_accel(f, forced).0, state))
+            let a = if i == 0 {
+                accel // probed above (a probe starts qemu)
+            } else {
+                qemu::probe_accel(f, forced).0
+            };
+            Ok((a, state))
         })
         .collect::<Result<Vec<_>>>()?;
     let detail = format!(
