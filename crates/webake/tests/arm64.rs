@@ -124,6 +124,13 @@ fn the_arm64_variant_bakes_under_emulation_and_boots_with_its_hostname() {
         out.contains("qemu tcg (a arm64 guest on this x86_64 host is emulated)"),
         "{out}"
     );
+    // The checks ran on a direct boot of the arm64 kernel (`-machine virt`, no firmware), and
+    // AAVMF was proven to start that kernel with its GRUB entry's command line.
+    assert!(
+        out.contains("booted directly")
+            && out.contains("uefi: the firmware and GRUB started the disk's kernel"),
+        "{out}"
+    );
 
     let imgs = env.images_json();
     let img = &imgs[0];
