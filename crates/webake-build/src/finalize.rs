@@ -42,7 +42,12 @@ fn clear_dir(t: &Tree, dir: &str, keep: &dyn Fn(&str) -> bool) -> Result<usize> 
 pub const SSH_KEYGEN_UNIT: &str = "[Unit]
 Description=Generate SSH host keys (webake images ship without them)
 Documentation=https://github.com/webake/webake
-Before=ssh.service
+# As early as the root filesystem is writable, not after basic.target: on a slow first boot
+# (an emulated CPU) the RSA key takes seconds and gates sshd and multi-user.
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service
+Before=ssh.service shutdown.target
+Conflicts=shutdown.target
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
 
 [Service]
