@@ -148,6 +148,13 @@ fn broken_image_fails_the_boot_test_within_its_timeout() {
         "a kernel-less image passed the boot test? {}",
         text(&bad)
     );
+    // No kernel to boot directly: the checks' VM goes through the firmware (on the copy that
+    // was made for the direct boot), and that boot finds no kernel either.
+    assert!(
+        text(&bad).contains("cannot be booted directly"),
+        "{}",
+        text(&bad)
+    );
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
         err.contains("boot test failed")

@@ -248,17 +248,22 @@ pub fn test_disk(
     };
     let direct = match spec.direct_kernel {
         true => test_direct(ctx, disk, spec, opts, &firmwares, log)?,
-        false => None,
+        false => Direct::Fallback(None),
     };
-    if let Some((accel, passed)) = direct {
-        report.accel = accel.as_str();
-        report.checks_passed = passed;
-    } else {
-        report.kernel_boot = "firmware";
-        for firmware in &firmwares {
-            let (accel, passed) = test_under(ctx, disk, spec, opts, firmware, log)?;
+    match direct {
+        Direct::Passed(accel, passed) => {
             report.accel = accel.as_str();
             report.checks_passed = passed;
+        }
+        Direct::Fallback(mut prepared) => {
+            report.kernel_boot = "firmware";
+            for firmware in &firmwares {
+                // The first firmware's copy may be made already (a direct boot was not possible).
+                let vm = prepared.take().map(|vm| *vm);
+                let (accel, passed) = test_under(ctx, disk, spec, opts, firmware, vm, log)?;
+                report.accel = accel.as_str();
+                report.checks_passed = passed;
+            }
         }
     }
     report.seconds = t0.elapsed().as_secs_f64();
@@ -293,9 +298,18 @@ fn timeout_for(spec: &TestSpec, accel: Accel) -> Duration {
 /// least; as long again as the checks took when that is longer).
 const PROOF_GRACE: Duration = Duration::from_secs(60);
 
+/// How [`test_direct`] ended when it did not fail.
+enum Direct {
+    /// The checks passed (accelerator, checks passed) and every firmware path was proven.
+    Passed(Accel, usize),
+    /// The disk cannot be booted directly: boot through the firmware, starting with this copy
+    /// (prepared for the first firmware) if one was made.
+    Fallback(Option<Box<Prepared>>),
+}
+
 /// The checks on a direct kernel boot of the test copy, while the artifact boots through each
-/// firmware up to its kernel on the other CPU ([`direct`]). `None` when the disk cannot be
-/// booted directly (the reason is shown; the caller boots through the firmware).
+/// firmware up to its kernel on the other CPU ([`direct`]). [`Direct::Fallback`] when the disk
+/// cannot be booted directly (the reason is shown; the caller boots through the firmware).
 fn test_direct(
     ctx: &Context<'_>,
     disk: &Path,
@@ -303,7 +317,7 @@ fn test_direct(
     opts: &TestOptions,
     firmwares: &[Firmware],
     log: &BakeLog,
-) -> Result<Option<(Accel, usize)>> {
+) -> Result<Direct> {
     let step = "boot test";
     let t0 = Instant::now();
     let first = &firmwares[0];
@@ -315,7 +329,7 @@ fn test_direct(
                 "booting the checks through the firmware: {} cannot be booted directly ({why})",
                 disk.display()
             ));
-            return Ok(None);
+            return Ok(Direct::Fallback(Some(Box::new(vm))));
         }
     };
     let forced = opts.accel.or(ctx.settings.accel);
@@ -407,7 +421,7 @@ fn test_direct(
         elapsed: t0.elapsed(),
         cache: CacheStatus::Uncached,
     });
-    Ok(Some((accel, passed)))
+    Ok(Direct::Passed(accel, passed))
 }
 
 /// One boot under one firmware; the accelerator used and the checks that passed.
@@ -417,6 +431,7 @@ fn test_under(
     spec: &TestSpec,
     opts: &TestOptions,
     firmware: &Firmware,
+    prepared: Option<Prepared>,
     log: &BakeLog,
 ) -> Result<(Accel, usize)> {
     let step = "boot test";
@@ -434,7 +449,10 @@ fn test_under(
         step,
         detail: &detail,
     });
-    let vm = Prepared::new(ctx, disk, spec, firmware, log)?;
+    let vm = match prepared {
+        Some(vm) => vm,
+        None => Prepared::new(ctx, disk, spec, firmware, log)?,
+    };
     let booted = boot(ctx, &vm, firmware, accel, spec, timeout, log)?;
     let checks_passed = verdict(ctx, &vm, spec, &booted, accel, timeout, log)
         .map_err(|e| e.context(format!("under {}", firmware.describe())))?;
