@@ -130,6 +130,37 @@ pub struct Image {
 }
 
 impl Image {
+    /// A record of identity and version only (bake id `bake-ID`): no digests, kernel,
+    /// inventory, test result, artifacts or publications. Fill in the rest with struct update
+    /// syntax (`Image { artifacts, ..Image::bare(..) }`).
+    pub fn bare(
+        id: &str,
+        name: &str,
+        family: &str,
+        version: &str,
+        arch: &str,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            bake_id: format!("bake-{id}").into(),
+            name: name.into(),
+            family: family.into(),
+            version: version.into(),
+            arch: arch.into(),
+            created_at,
+            inputs_digest: String::new(),
+            recipe_digest: String::new(),
+            kernel: None,
+            tree_size: 0,
+            inventory: None,
+            provenance: Provenance::default(),
+            test_result: None,
+            artifacts: vec![],
+            publications: vec![],
+        }
+    }
+
     /// The artifact of `format`, if the image has one.
     pub fn artifact(&self, format: ArtifactFormat) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.format == format)
@@ -713,30 +744,22 @@ mod tests {
 
     fn image(id: &str, bake: &str, created: i64) -> Image {
         Image {
-            id: id.into(),
             bake_id: bake.into(),
-            name: "n".into(),
-            family: "f".into(),
-            version: format!("v{created}"),
-            arch: "x86_64".into(),
-            created_at: created,
             inputs_digest: "d".into(),
             recipe_digest: "r".into(),
             kernel: Some("6.1".into()),
             tree_size: 10,
-            inventory: None,
             provenance: Provenance {
                 recipe: "r".into(),
                 ..Provenance::default()
             },
-            test_result: None,
             artifacts: vec![Artifact {
                 format: ArtifactFormat::Raw,
                 path: "/x.raw".into(),
                 sha256: "ab".into(),
                 size: 3,
             }],
-            publications: vec![],
+            ..Image::bare(id, "n", "f", &format!("v{created}"), "x86_64", created)
         }
     }
 

@@ -369,31 +369,20 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Artifact, Provenance};
+    use crate::Artifact;
 
     fn image(id: &str) -> Image {
         Image {
-            id: id.into(),
-            bake_id: format!("bake-{id}").into(),
-            name: "n".into(),
-            family: "f".into(),
-            version: "1".into(),
-            arch: "x86_64".into(),
-            created_at: 10,
             inputs_digest: "d".into(),
             recipe_digest: "r".into(),
-            kernel: None,
             tree_size: 1,
-            inventory: None,
-            provenance: Provenance::default(),
-            test_result: None,
             artifacts: vec![Artifact {
                 format: ArtifactFormat::Raw,
                 path: "/i/n-1.raw".into(),
                 sha256: "00".into(),
                 size: 4,
             }],
-            publications: vec![],
+            ..Image::bare(id, "n", "f", "1", "x86_64", 10)
         }
     }
 

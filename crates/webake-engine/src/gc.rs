@@ -1069,21 +1069,6 @@ mod tests {
     #[test]
     fn references_name_images_by_ami_name_and_local_name() {
         let img = Image {
-            id: "img-1".into(),
-            bake_id: "b".into(),
-            name: "k8s-node".into(),
-            family: "k8s-node".into(),
-            version: "2026.11.18".into(),
-            arch: "x86_64".into(),
-            created_at: 0,
-            inputs_digest: String::new(),
-            recipe_digest: String::new(),
-            kernel: None,
-            tree_size: 0,
-            inventory: None,
-            provenance: Default::default(),
-            test_result: None,
-            artifacts: vec![],
             publications: vec![Publication::Aws {
                 region: "eu-west-1".into(),
                 ami_id: "ami-0123".into(),
@@ -1092,6 +1077,7 @@ mod tests {
                 created_at: 0,
                 run_id: None,
             }],
+            ..Image::bare("img-1", "k8s-node", "k8s-node", "2026.11.18", "x86_64", 0)
         };
         assert!(refers_to("ami-0123", &img));
         assert!(refers_to("123456789012/k8s-node-2026.11.18-x86_64", &img));

@@ -462,21 +462,6 @@ mod tests {
 
     fn image(id: &str, version: &str, arch: &str, created_at: i64, ami: Option<&str>) -> Image {
         Image {
-            id: id.into(),
-            bake_id: format!("bake-{id}").into(),
-            name: "bastion".into(),
-            family: "debian-12-bastion".into(),
-            version: version.into(),
-            arch: arch.into(),
-            created_at,
-            inputs_digest: String::new(),
-            recipe_digest: String::new(),
-            kernel: None,
-            tree_size: 0,
-            inventory: None,
-            provenance: Default::default(),
-            test_result: None,
-            artifacts: vec![],
             publications: ami
                 .map(|a| Publication::Aws {
                     region: "eu-west-1".into(),
@@ -488,6 +473,14 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            ..Image::bare(
+                id,
+                "bastion",
+                "debian-12-bastion",
+                version,
+                arch,
+                created_at,
+            )
         }
     }
 

@@ -189,18 +189,7 @@ fn publish_registers_an_arm64_uefi_ami(env: &Env, id: &str) {
     let moto = aws_harness::Moto::start();
     let proxy = aws_harness::Proxy::start_with(moto.port, false);
     let url = proxy.url();
-    let o = env
-        .cmd()
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", env.path().join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.path().join("no-aws-credentials"),
-        )
-        .env("AWS_ENDPOINT_URL", &url)
-        .env_remove("AWS_PROFILE")
+    let o = with_aws_env(env.cmd(), env.path(), &url)
         .args([
             "publish",
             id,

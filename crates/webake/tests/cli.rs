@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{Env, text};
+use common::{Env, text, with_aws_env};
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
@@ -142,16 +142,12 @@ fn a_refused_publish_exits_4() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let ec2 = RefusingEc2::start();
     let port = ec2.port;
-    let o = env
-        .cmd()
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let o = with_aws_env(env.cmd(), env.path(), &endpoint)
         .args(["publish-aws", "--disk", disk.to_str().unwrap()])
         .args(["--name", "x", "--family", "x", "--version", "1"])
         .args(["--bake-id", "bake-1", "--inputs-digest", "sha256:0"])
-        .args(["--region", "eu-west-1", "--endpoint-url"])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["--region", "eu-west-1", "--endpoint-url", &endpoint])
         .output()
         .unwrap();
     assert_eq!(code(&o), 4, "{}", text(&o));

@@ -10,7 +10,7 @@
 //! and the credentials are dummies.
 
 mod common;
-use common::git;
+use common::{git, with_aws_env};
 
 #[path = "../../webake-aws/tests/common/mod.rs"]
 mod aws_harness;
@@ -99,26 +99,7 @@ impl World {
 
     /// `webake …` with dummy credentials, AWS at `endpoint`, nothing from the host's config.
     fn aws(&self, endpoint: &str, args: &[&str]) -> Output {
-        let mut c = self.cmd();
-        for k in [
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "AWS_ENDPOINT_URL_EC2",
-            "AWS_REGION",
-            "AWS_DEFAULT_REGION",
-            "WEBAKE_AWS_ENDPOINT_URL",
-        ] {
-            c.env_remove(k);
-        }
-        let home = self.dir.join("aws-home");
-        std::fs::create_dir_all(&home).unwrap();
-        c.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_CONFIG_FILE", home.join("config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ENDPOINT_URL", endpoint)
+        with_aws_env(self.cmd(), &self.dir, endpoint)
             .args(args)
             .output()
             .expect("run webake")

@@ -27,7 +27,7 @@ use common::*;
 
 /// `webake …` with dummy credentials and nothing from the host's AWS configuration.
 fn aws_cmd(env: &Env, endpoint: &str) -> Command {
-    with_aws_env(env.cmd(), env, endpoint)
+    with_aws_env(env.cmd(), env.path(), endpoint)
 }
 
 /// `webake clean …` on `env`'s catalog and data, but with a private empty cache: `clean`
@@ -44,30 +44,7 @@ fn clean_cmd(env: &Env, endpoint: &str) -> Command {
         .arg("--catalog")
         .arg(&env.catalog)
         .current_dir(repo_root());
-    with_aws_env(c, env, endpoint)
-}
-
-fn with_aws_env(mut c: Command, env: &Env, endpoint: &str) -> Command {
-    for k in [
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL_EC2",
-        "AWS_ENDPOINT_URL_EBS",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-    ] {
-        c.env_remove(k);
-    }
-    let home = env.path().join("aws-home");
-    std::fs::create_dir_all(&home).unwrap();
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", home.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL", endpoint);
-    c
+    with_aws_env(c, env.path(), endpoint)
 }
 
 fn run(mut c: Command, args: &[&str]) -> Output {

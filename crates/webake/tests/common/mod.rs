@@ -162,6 +162,32 @@ impl Env {
     }
 }
 
+/// `c` with dummy AWS credentials, AWS at `endpoint`, and nothing from the host's AWS config
+/// or environment (a private, empty config home under `home`).
+pub fn with_aws_env(mut c: Command, home: &Path, endpoint: &str) -> Command {
+    for k in [
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_EC2",
+        "AWS_ENDPOINT_URL_EBS",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "WEBAKE_AWS_ENDPOINT_URL",
+    ] {
+        c.env_remove(k);
+    }
+    let home = home.join("aws-home");
+    std::fs::create_dir_all(&home).unwrap();
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_CONFIG_FILE", home.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", endpoint);
+    c
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
