@@ -251,6 +251,7 @@ pub fn prove(
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut verdict: Option<Result<f64, String>> = None;
     let t0 = Instant::now();
+    let mut milestones = qemu::Milestones::default();
     let _ = run(&cmd, &watch.token, &mut |line| {
         let line = line.trim_end_matches('\r');
         log.line(&step, line);
@@ -261,7 +262,7 @@ pub fn prove(
         if verdict.is_some() {
             return;
         }
-        if let Some(m) = qemu::milestone(line) {
+        if let Some(m) = milestones.first(line) {
             let msg = format!(
                 "{}: {m} ({:.1}s)",
                 p.firmware.name(),

@@ -600,6 +600,7 @@ fn boot(
     let watchdog = direct::Watchdog::start(timeout, &ctx.cancel);
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut began = false;
+    let mut milestones = qemu::Milestones::default();
     let t0 = Instant::now();
     let res = run(&cmd, &watchdog.token, &mut |line| {
         let line = line.trim_end_matches('\r');
@@ -608,8 +609,8 @@ fn boot(
             tail.pop_front();
         }
         tail.push_back(line.to_string());
-        if let Some(m) = qemu::milestone(line) {
-            began |= line.contains("WEBAKE-TEST-BEGIN");
+        began |= line.contains("WEBAKE-TEST-BEGIN");
+        if let Some(m) = milestones.first(line) {
             let msg = format!("{m} ({:.1}s)", t0.elapsed().as_secs_f64());
             ctx.reporter.event(&Event::Output {
                 step: "boot test",

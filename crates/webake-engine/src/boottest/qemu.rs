@@ -432,18 +432,67 @@ pub const MILESTONES: &[(&str, &str)] = &[
     ("Run /init as init process", "initramfs started"),
     ("systemd[1]: Detected", "systemd started"),
     (
+        "Starting webake-ssh-keygen",
+        "generating the SSH host keys (first boot; seconds under emulation)",
+    ),
+    // Not its end: systemd stops printing status lines once a getty owns the console, and
+    // getty's prompt has no newline (the console is read by lines).
+    (
         "Reached target multi-user.target",
         "multi-user target reached",
     ),
     ("WEBAKE-TEST-BEGIN", "checks running"),
 ];
 
-/// The milestone a console line marks, if any.
+/// The milestone a console line marks, if any. systemd's status lines color unit names
+/// (`Reached target \e[0;1;39mmulti-user.target`): escape sequences are ignored.
 pub fn milestone(line: &str) -> Option<&'static str> {
+    let plain = without_escapes(line);
     MILESTONES
         .iter()
-        .find(|(needle, _)| line.contains(needle))
+        .find(|(needle, _)| plain.contains(needle))
         .map(|(_, what)| *what)
+}
+
+/// The milestones one VM has shown so far: each is reported once (OVMF prints `BdsDxe:` twice,
+/// systemd `Detected` twice).
+#[derive(Default)]
+pub struct Milestones(Vec<&'static str>);
+
+impl Milestones {
+    /// The milestone `line` marks, unless it was seen before.
+    pub fn first(&mut self, line: &str) -> Option<&'static str> {
+        let m = milestone(line)?;
+        if self.0.contains(&m) {
+            return None;
+        }
+        self.0.push(m);
+        Some(m)
+    }
+}
+
+/// `line` without its ANSI CSI sequences (`ESC [ parameters final-byte`).
+fn without_escapes(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.contains('\x1b') {
+        return line.into();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            // Parameters and intermediates up to the final byte (@ to ~).
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -488,6 +537,37 @@ mod tests {
             Some("kernel started")
         );
         assert_eq!(milestone("nothing"), None);
+    }
+
+    /// systemd's colored status lines, as the serial console shows them.
+    #[test]
+    fn milestones_are_found_in_colored_status_lines() {
+        let line = |s: &str| s.replace("ESC", "\x1b");
+        assert_eq!(
+            milestone(&line(
+                "[ESC[0;32m  OK  ESC[0m] Reached target ESC[0;1;39mmulti-user.targetESC[0m - Multi-User System."
+            )),
+            Some("multi-user target reached")
+        );
+        assert_eq!(
+            milestone(&line(
+                "         Starting ESC[0;1;39mwebake-ssh-keygen…ebake images ship without them)..."
+            ))
+            .map(|m| m.starts_with("generating the SSH host keys")),
+            Some(true)
+        );
+        assert_eq!(
+            milestone("localhost login: WEBAKE-TEST-BEGIN"),
+            Some("checks running")
+        );
+        let mut seen = Milestones::default();
+        assert_eq!(
+            seen.first("BdsDxe: loading Boot0001"),
+            Some("firmware: booting the disk")
+        );
+        assert_eq!(seen.first("BdsDxe: starting Boot0001"), None);
+        assert_eq!(without_escapes(&line("aESC[0;1;39mbESC[0mc")), "abc");
+        assert_eq!(without_escapes("plain"), "plain");
     }
 
     #[test]
