@@ -74,12 +74,22 @@ webake_test() {
     seconds_since "$t0"
 }
 
-w=() f=() q=()
+# key_wait: seconds from the first-boot host key generation starting to the checks running,
+# in the last webake test's progress lines ("?" when a milestone is missing).
+key_wait() {
+    local k c
+    k=$(sed -n 's/.*| generating the SSH host keys.*(\([0-9.]*\)s)$/\1/p' "$SCRATCH/test.log" | head -1)
+    c=$(sed -n 's/.*| checks running (\([0-9.]*\)s)$/\1/p' "$SCRATCH/test.log" | head -1)
+    if [ -n "$k" ] && [ -n "$c" ]; then awk -v k="$k" -v c="$c" 'BEGIN {printf "%.1f", c - k}'; else echo "?"; fi
+}
+
+w=() f=() q=() kw=()
 for i in $(seq "$RUNS"); do
     f+=("$(webake_test --full-boot)")
     q+=("$(plain_qemu)")
     w+=("$(webake_test)")
-    echo "run $i: webake test ${w[-1]} s, webake test --full-boot ${f[-1]} s, plain qemu to login ${q[-1]} s" >&2
+    kw+=("$(key_wait)")
+    echo "run $i: webake test ${w[-1]} s (host keys to checks ${kw[-1]} s), webake test --full-boot ${f[-1]} s, plain qemu to login ${q[-1]} s" >&2
 done
 mw=$(printf '%s\n' "${w[@]}" | median)
 mf=$(printf '%s\n' "${f[@]}" | median)
@@ -91,8 +101,9 @@ webake test:                 ${w[*]}  median ${mw} s
 webake test --full-boot:     ${f[*]}  median ${mf} s
 plain qemu (TCG) to login:   ${q[*]}  median ${mq} s
 ratio webake/qemu: ${r} (target <= 0.8: $(verdict "$r" 0.8))
+webake test, from the first-boot host key generation starting to the checks: ${kw[*]} s
 last plain boot:
 $(cat "$SCRATCH/milestones")
 last webake test:
-$(grep -E '^    \| (uefi: )?(firmware|kernel|initramfs|systemd|multi-user|checks)|<== boot test' "$SCRATCH/test.log" | sort -u)
+$(grep -E '^    \| (uefi: )?(firmware|kernel|initramfs|systemd|generating|multi-user|checks)|<== boot test' "$SCRATCH/test.log" | sort -u)
 EOF
