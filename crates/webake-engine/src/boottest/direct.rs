@@ -13,7 +13,6 @@
 //! the kernel. A disk webake did not assemble, or a kernel command line that silences the
 //! kernel's messages (`quiet`, a low `loglevel`), is booted through the firmware instead.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use webake_sys::CancelToken;
 use webake_sys::process::{Cmd, capture, run};
 
 use super::qemu::{self, Accel, DiskAccess, Firmware};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 
 /// The first line of the `grub.cfg` webake writes (`webake_build::assemble::grub_cfg`).
 const WEBAKE_GRUB_CFG: &str = "# Written by webake.";
@@ -248,34 +247,19 @@ pub fn prove(
         interactive: false,
     });
     let watch = Watchdog::start(timeout, cancel);
-    let mut tail: VecDeque<String> = VecDeque::new();
     let mut verdict: Option<Result<f64, String>> = None;
-    let t0 = Instant::now();
-    let mut milestones = qemu::Milestones::default();
+    let mut console =
+        qemu::ConsoleWatch::new(&step, format!("{}: ", p.firmware.name()), 20, reporter, log);
     let _ = run(&cmd, &watch.token, &mut |line| {
         let line = line.trim_end_matches('\r');
-        log.line(&step, line);
-        if tail.len() == 20 {
-            tail.pop_front();
-        }
-        tail.push_back(line.to_string());
+        console.record(line);
         if verdict.is_some() {
             return;
         }
-        if let Some(m) = milestones.first(line) {
-            let msg = format!(
-                "{}: {m} ({:.1}s)",
-                p.firmware.name(),
-                t0.elapsed().as_secs_f64()
-            );
-            reporter.event(&Event::Output {
-                step: "boot test",
-                line: &msg,
-            });
-        }
+        console.milestone(line);
         if let Some((_, seen)) = line.split_once("Kernel command line:") {
             verdict = Some(if same_cmdline(seen, p.cmdline) {
-                Ok(t0.elapsed().as_secs_f64())
+                Ok(console.secs())
             } else {
                 Err(format!(
                     "GRUB started the kernel with `{}`, not the entry's `{}`",
@@ -290,11 +274,7 @@ pub fn prove(
         }
     });
     let timed_out = watch.finish();
-    let tail_text = tail
-        .iter()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tail_text = console.tail_text();
     match verdict {
         Some(Ok(s)) => Ok(s),
         Some(Err(why)) => Err(format!("{why}. Console tail:\n{tail_text}")),
@@ -304,7 +284,7 @@ pub fn prove(
         )),
         None if cancel.is_cancelled() => Err(format!(
             "the kernel had not started after {:.0}s, when the checks had long finished. Console tail:\n{tail_text}",
-            t0.elapsed().as_secs_f64()
+            console.secs()
         )),
         None => Err(format!(
             "qemu stopped before the kernel started. Console tail:\n{tail_text}"

@@ -11,7 +11,6 @@ pub mod harness;
 pub mod imds;
 pub mod qemu;
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -569,7 +568,8 @@ struct Booted {
     timed_out: bool,
     /// The console showed the harness starting.
     began: bool,
-    tail: Vec<String>,
+    /// The console's last lines, indented for an error message.
+    tail: String,
     /// qemu's own failure, if it did not power off cleanly.
     failure: Option<String>,
 }
@@ -598,25 +598,13 @@ fn boot(
     });
     // A watchdog cancels the VM at the timeout (or when the command is cancelled).
     let watchdog = direct::Watchdog::start(timeout, &ctx.cancel);
-    let mut tail: VecDeque<String> = VecDeque::new();
     let mut began = false;
-    let mut milestones = qemu::Milestones::default();
-    let t0 = Instant::now();
+    let mut console = qemu::ConsoleWatch::new("boot test", String::new(), 30, ctx.reporter, log);
     let res = run(&cmd, &watchdog.token, &mut |line| {
         let line = line.trim_end_matches('\r');
-        log.line("boot test", line);
-        if tail.len() == 30 {
-            tail.pop_front();
-        }
-        tail.push_back(line.to_string());
+        console.record(line);
         began |= line.contains("WEBAKE-TEST-BEGIN");
-        if let Some(m) = milestones.first(line) {
-            let msg = format!("{m} ({:.1}s)", t0.elapsed().as_secs_f64());
-            ctx.reporter.event(&Event::Output {
-                step: "boot test",
-                line: &msg,
-            });
-        }
+        console.milestone(line);
     });
     let timed_out = watchdog.finish();
     if ctx.cancel.is_cancelled() || webake_sys::cancel::signalled() {
@@ -625,7 +613,7 @@ fn boot(
     Ok(Booted {
         timed_out,
         began,
-        tail: tail.into(),
+        tail: console.tail_text(),
         failure: res.err().map(|e| e.to_string()),
     })
 }
@@ -640,12 +628,7 @@ fn verdict(
     timeout: Duration,
     log: &BakeLog,
 ) -> Result<usize> {
-    let tail_text = booted
-        .tail
-        .iter()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tail_text = &booted.tail;
     let rec = if booted.timed_out {
         harness::Recorded::default()
     } else {

@@ -454,14 +454,83 @@ pub fn milestone(line: &str) -> Option<&'static str> {
         .map(|(_, what)| *what)
 }
 
+/// One VM's serial console as webake follows it: each line logged under the VM's log step,
+/// the last lines kept for an error message, each milestone reported once with the seconds
+/// since the VM started (prefixed, e.g. `uefi: `, for a VM beside the checks' one).
+pub struct ConsoleWatch<'a> {
+    log_step: &'a str,
+    prefix: String,
+    reporter: &'a dyn crate::events::Reporter,
+    log: &'a webake_build::bake::BakeLog,
+    keep: usize,
+    tail: std::collections::VecDeque<String>,
+    milestones: Milestones,
+    t0: std::time::Instant,
+}
+
+impl<'a> ConsoleWatch<'a> {
+    pub fn new(
+        log_step: &'a str,
+        prefix: String,
+        keep: usize,
+        reporter: &'a dyn crate::events::Reporter,
+        log: &'a webake_build::bake::BakeLog,
+    ) -> Self {
+        Self {
+            log_step,
+            prefix,
+            reporter,
+            log,
+            keep,
+            tail: Default::default(),
+            milestones: Milestones::default(),
+            t0: std::time::Instant::now(),
+        }
+    }
+
+    /// Log `line` (a console line, its CR removed) and keep it for the tail.
+    pub fn record(&mut self, line: &str) {
+        self.log.line(self.log_step, line);
+        if self.tail.len() == self.keep {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    /// Report the milestone `line` marks, the first time it is seen.
+    pub fn milestone(&mut self, line: &str) {
+        if let Some(m) = self.milestones.first(line) {
+            let msg = format!("{}{m} ({:.1}s)", self.prefix, self.secs());
+            self.reporter.event(&crate::events::Event::Output {
+                step: "boot test",
+                line: &msg,
+            });
+        }
+    }
+
+    /// Seconds since the VM started.
+    pub fn secs(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    /// The kept lines, indented for an error message.
+    pub fn tail_text(&self) -> String {
+        self.tail
+            .iter()
+            .map(|l| format!("    | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// The milestones one VM has shown so far: each is reported once (OVMF prints `BdsDxe:` twice,
 /// systemd `Detected` twice).
 #[derive(Default)]
-pub struct Milestones(Vec<&'static str>);
+struct Milestones(Vec<&'static str>);
 
 impl Milestones {
     /// The milestone `line` marks, unless it was seen before.
-    pub fn first(&mut self, line: &str) -> Option<&'static str> {
+    fn first(&mut self, line: &str) -> Option<&'static str> {
         let m = milestone(line)?;
         if self.0.contains(&m) {
             return None;

@@ -62,10 +62,7 @@ pub fn run(
     if args.dry_run {
         return plans(ctx, out, &recipes, &labels);
     }
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .clamp(1, recipes.len());
+    let jobs = job_limit(args.jobs, recipes.len());
     let t = Instant::now();
     let opts = args.flags.options(args.test);
     let results = in_parallel(ctx, out, &labels, jobs, |i, sub| {
@@ -120,6 +117,13 @@ pub fn run(
         None => ExitCode::SUCCESS,
         Some(kind) => ExitCode::from(kind.exit_code()),
     })
+}
+
+/// How many of `n` bakes run at once: `--jobs`, else one per CPU, never more than `n`.
+pub(crate) fn job_limit(requested: Option<usize>, n: usize) -> usize {
+    requested
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, n.max(1))
 }
 
 /// Run `work(i, context)` for each of `labels`, up to `jobs` at a time, each on its own thread

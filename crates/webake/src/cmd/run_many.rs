@@ -21,7 +21,7 @@ use webake_engine::{Context, Error};
 use webake_spec::LoadedRecipe;
 
 use crate::cmd::CmdResult;
-use crate::cmd::bake_many::{in_parallel, labels};
+use crate::cmd::bake_many::{in_parallel, job_limit, labels};
 use crate::cmd::run::RunArgs;
 use crate::output::Output;
 
@@ -58,10 +58,7 @@ pub fn run(
         .collect();
     let mut baked: Vec<Option<Result<_, Error>>> = (0..all.len()).map(|_| None).collect();
     if !to_bake.is_empty() {
-        let jobs = args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .clamp(1, to_bake.len());
+        let jobs = job_limit(args.jobs, to_bake.len());
         let names: Vec<String> = to_bake.iter().map(|&i| labels[i].clone()).collect();
         ctx.reporter.note(&format!(
             "run: baking {} of {} image(s), up to {jobs} at a time: {}",
