@@ -323,11 +323,22 @@ impl Run<'_> {
         cache: CacheStatus,
         detail: impl Into<String>,
     ) {
-        self.req.reporter.step_finished(step, t.elapsed(), cache);
+        self.finished_after(step, t.elapsed(), cache, detail);
+    }
+
+    /// [`Run::finished`] for a step that took `took` (one that ran beside others).
+    pub fn finished_after(
+        &mut self,
+        step: &str,
+        took: std::time::Duration,
+        cache: CacheStatus,
+        detail: impl Into<String>,
+    ) {
+        self.req.reporter.step_finished(step, took, cache);
         self.steps.push(StepReport {
             name: step.into(),
             cache,
-            seconds: t.elapsed().as_secs_f64(),
+            seconds: took.as_secs_f64(),
             detail: detail.into(),
         });
     }
@@ -373,7 +384,10 @@ pub fn build_root(req: &BakeRequest<'_>) -> Result<RootFs> {
     let built = (|| -> Result<(PathBuf, Vec<String>)> {
         let base = crate::bootstrap::base_stage(&mut run)?;
         run.check_cancel()?;
-        let layers = crate::steps::provision_stage(&mut run, base)?;
+        let mut layers = crate::steps::provision_stage(&mut run, base.rootfs.clone())?;
+        // The steps ran on the base's tree; the export merges the base's layers under theirs.
+        layers.pop();
+        layers.extend(base.finish(&mut run)?);
         let tree = export_stage(&mut run, &layers)?;
         run.check_cancel()?;
         let actions = finalize_stage(&mut run, &tree)?;
@@ -421,7 +435,9 @@ pub fn shell(req: &BakeRequest<'_>, steps: usize, what: Option<&str>) -> Result<
         steps: Vec::new(),
     };
     let base = crate::bootstrap::base_stage(&mut run)?;
-    let lowers = crate::steps::provision_steps(&mut run, base, steps)?;
+    let mut lowers = crate::steps::provision_steps(&mut run, base.rootfs.clone(), steps)?;
+    lowers.pop();
+    lowers.extend(base.finish(&mut run)?);
     run.check_cancel()?;
     let what = match (what, steps.min(req.plan.steps.len())) {
         (Some(w), _) => w.to_string(),

@@ -50,18 +50,13 @@ pub struct BootstrapPlan {
 // v5: Debian bases install from SUITE, SUITE-updates and SUITE-security; the key carries the
 // upstream generation.
 // v6: bootstrapped with SOURCE_DATE_EPOCH; the key carries the source date.
-const PLAN_VERSION: &str = "webake-bootstrap-v6";
+// v7: the initramfs is a layer of its own (`initramfs/`), built beside the steps; the rootfs
+// has empty placeholders (crate::initramfs).
+const PLAN_VERSION: &str = "webake-bootstrap-v7";
 
 /// mmdebstrap's hook directory that runs dpkg under eatmydata (no fsync per file; the
 /// bootstrap is either completed and committed, or thrown away).
 pub const EATMYDATA_HOOKS: &str = "/usr/share/mmdebstrap/hooks/eatmydata";
-
-/// Run in the finished tree (mmdebstrap customize hook, with /proc, /sys and /dev mounted):
-/// build the initramfs of every installed kernel once. During the bootstrap the kernel's
-/// postinst hooks see `INITRD=No` and skip it, and `update-initramfs -u` triggers find
-/// nothing to update; without this the initramfs is built on the kernel's postinst and again
-/// on every package that triggers initramfs-tools.
-pub const INITRAMFS_HOOK: &str = r#"for k in "$1"/boot/vmlinuz-*; do [ -e "$k" ] || continue; v=${k##*/vmlinuz-}; [ -e "$1/boot/initrd.img-$v" ] && continue; if [ -x "$1/usr/sbin/update-initramfs" ]; then chroot "$1" update-initramfs -c -k "$v"; elif [ -x "$1/usr/bin/dracut" ]; then chroot "$1" dracut --force --kver "$v" "/boot/initrd.img-$v"; fi; done"#;
 
 /// Debian codenames and aliases for which the host's Debian mirror is a sensible default.
 const DEBIAN_SUITES: &[&str] = &[
@@ -235,7 +230,9 @@ impl BootstrapPlan {
         !self.sources.is_empty() && self.sources.iter().all(|s| s.pinned)
     }
 
-    /// Environment for mmdebstrap (on top of the sandbox's): see [`INITRAMFS_HOOK`].
+    /// Environment for mmdebstrap (on top of the sandbox's): no initramfs is built while the
+    /// packages are installed (the kernel's postinst sees `INITRD=No`; the initramfs is built
+    /// once, beside the steps: crate::initramfs).
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![("INITRD".to_string(), "No".to_string())];
         if let Some(t) = self.source_date {
@@ -245,13 +242,7 @@ impl BootstrapPlan {
     }
 
     /// mmdebstrap's argument list (without the program name) for `target`.
-    /// With `initramfs_hook` false the caller builds the initramfs itself ([`IN_MEMORY_SCRIPT`]).
-    pub fn args(
-        &self,
-        target: &Path,
-        package_cache: Option<&Path>,
-        initramfs_hook: bool,
-    ) -> Vec<String> {
+    pub fn args(&self, target: &Path, package_cache: Option<&Path>) -> Vec<String> {
         let mut a = vec![
             "--mode=root".to_string(),
             format!("--variant={}", self.variant),
@@ -263,9 +254,6 @@ impl BootstrapPlan {
             // provisioner only revalidates them; finalize removes them from the image.
             "--skip=cleanup/apt/lists".to_string(),
         ];
-        if initramfs_hook {
-            a.push(format!("--customize-hook={INITRAMFS_HOOK}"));
-        }
         // (The hook's extract script needs dpkg-architecture, from dpkg-dev.)
         if Path::new(EATMYDATA_HOOKS).is_dir()
             && webake_sys::process::which("dpkg-architecture").is_some()
@@ -309,43 +297,18 @@ impl BootstrapPlan {
     }
 }
 
-/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES HOOK MMDEBSTRAP-ARGS...`: run mmdebstrap
-/// into `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM (in the sandbox's mount
-/// namespace), then copy the tree to DEST while the initramfs is built in memory (HOOK =
-/// [`INITRAMFS_HOOK`]; the copy is I/O, the initramfs CPU). What the initramfs build wrote
-/// is copied again afterwards, so a file the concurrent copy caught half-written is replaced.
-pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; hook=$4; shift 4
+/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES MMDEBSTRAP-ARGS...`: run mmdebstrap into
+/// `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM (in the sandbox's mount namespace),
+/// then copy the tree to DEST in one go.
+pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; shift 3
 mkdir -p "$mem" "$dest"
 mount -t tmpfs -o "size=$size,mode=0755" webake-bootstrap "$mem"
 mmdebstrap "$@"
 root=$mem/rootfs
-echo "I: copying the tree into the cache while the initramfs is built..."
-# dev, proc and sys first and alone: the initramfs build mounts over them.
-cp -a "$root/dev" "$root/proc" "$root/sys" "$dest/"
+echo "I: copying the tree into the cache..."
 chown --reference="$root" "$dest"
 chmod --reference="$root" "$dest"
-set --
-for e in "$root"/* "$root"/.[!.]*; do
-    case ${e##*/} in dev|proc|sys) continue ;; esac
-    if [ -e "$e" ] || [ -L "$e" ]; then set -- "$@" "$e"; fi
-done
-cp -a --sparse=always "$@" "$dest/" &
-copy=$!
-mount --rbind /proc "$root/proc"
-mount --rbind /dev "$root/dev"
-mount --rbind /sys "$root/sys"
-rc=0
-sh -ec "$hook" initramfs "$root" || rc=$?
-umount -R "$root/dev"
-umount -l "$root/sys"
-umount -l "$root/proc"
-wait "$copy" || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
-[ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }
-for d in boot var/lib/initramfs-tools var/tmp; do
-    [ -e "$root/$d" ] || continue
-    rm -rf "$dest/$d"
-    cp -a "$root/$d" "$dest/$d"
-done
+cp -a --sparse=always "$root/." "$dest/"
 umount "$mem"
 rmdir "$mem""#;
 
@@ -531,14 +494,16 @@ pub fn commit_entry(staging: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Stage 1 of a bake: the base root filesystem. A cached bootstrap (or the base the caller
-/// prepared, e.g. from an AMI) is used as it is; otherwise mmdebstrap builds it. Returns the
-/// tree (the lowest overlay layer).
-pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<PathBuf> {
+/// prepared, e.g. from an AMI) is used as it is; otherwise mmdebstrap builds it, and its
+/// initramfs is built beside the steps (crate::initramfs). Returns the base: the tree the
+/// steps run on, and the layers the export merges.
+pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<crate::initramfs::Base> {
     use crate::bake::BasePlan;
+    use crate::initramfs::Base;
     let step = "bootstrap";
     let t = std::time::Instant::now();
     let req = run.req;
-    let (key, detail, rootfs) = match &req.plan.base {
+    let (key, detail, base) = match &req.plan.base {
         BasePlan::Prepared {
             key,
             rootfs,
@@ -554,7 +519,7 @@ pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<PathBuf> {
             (
                 key,
                 format!("{description}: cached base {}", &key[..12]),
-                rootfs.clone(),
+                Base::in_tree(rootfs.clone()),
             )
         }
         BasePlan::Mmdebstrap(bs) => {
@@ -566,7 +531,7 @@ pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<PathBuf> {
                 None => {
                     // Another bake of this base (a recipe baked next to this one) may be
                     // bootstrapping it: wait for it rather than bootstrap twice.
-                    let _lock = crate::workspace::EntryLock::acquire(
+                    let lock = crate::workspace::EntryLock::acquire(
                         &req.workspace.cache_dir,
                         "bootstrap",
                         &bs.key,
@@ -581,29 +546,32 @@ pub(crate) fn base_stage(run: &mut crate::bake::Run<'_>) -> Result<PathBuf> {
                     .map_err(|e| e.in_step(step))?;
                     match cached() {
                         Some(root) => root,
-                        None => return bootstrap(run, bs, t),
+                        None => return bootstrap(run, bs, t, lock),
                     }
                 }
             };
             (
                 &bs.key,
                 format!("cached base {} ({})", &bs.key[..12], bs.suite),
-                root,
+                Base::cached(root),
             )
         }
     };
     run.started(step, &detail);
     crate::steps::touch(&req.workspace.bootstrap_dir().join(key));
     run.finished(step, t, crate::reporter::CacheStatus::Hit, key.clone());
-    Ok(rootfs)
+    Ok(base)
 }
 
-/// mmdebstrap, in the sandbox, into a staging entry committed to the cache.
+/// mmdebstrap, in the sandbox, into a staging entry committed to the cache. With kernels to
+/// build an initramfs for, the entry is committed incomplete (no `meta.json`, `lock` held)
+/// and completed by the initramfs job.
 fn bootstrap(
     run: &mut crate::bake::Run<'_>,
     bs: &BootstrapPlan,
     t: std::time::Instant,
-) -> Result<PathBuf> {
+    lock: crate::workspace::EntryLock,
+) -> Result<crate::initramfs::Base> {
     let step = "bootstrap";
     let req = run.req;
     let why = if req.refresh_base {
@@ -631,9 +599,13 @@ fn bootstrap(
     run.exec(step, &cmd).map_err(|e| e.in_step(step))?;
     let _ = std::fs::remove_dir(staging.join("sandbox"));
     populate_dev(&target).map_err(|e| e.in_step(step))?;
+    let versions = crate::initramfs::missing(&target);
+    crate::initramfs::place_placeholders(&target, &versions).map_err(|e| e.in_step(step))?;
     let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": crate::steps::now_secs()});
-    let meta_path = staging.join("meta.json");
-    std::fs::write(&meta_path, meta.to_string()).map_err(|e| BuildError::io(&meta_path, e))?;
+    if versions.is_empty() {
+        let meta_path = staging.join("meta.json");
+        std::fs::write(&meta_path, meta.to_string()).map_err(|e| BuildError::io(&meta_path, e))?;
+    }
     let dest = req.workspace.bootstrap_dir().join(&bs.key);
     if req.refresh_base {
         webake_sys::fsutil::remove_dir_all_if_exists(&dest)
@@ -642,7 +614,11 @@ fn bootstrap(
     commit_entry(&staging, &dest)?;
     let _ = cleanup.keep();
     run.finished(step, t, crate::reporter::CacheStatus::Miss, why);
-    Ok(dest.join("rootfs"))
+    if versions.is_empty() || dest.join("meta.json").is_file() {
+        // Nothing to build, or a complete entry won the race.
+        return Ok(crate::initramfs::Base::cached(dest.join("rootfs")));
+    }
+    crate::initramfs::start(run, bs, &dest, versions, meta, lock)
 }
 
 /// The sandboxed mmdebstrap command: in memory when there is room (dpkg's many small writes
@@ -679,14 +655,13 @@ fn bootstrap_command(
                 mem.display().to_string(),
                 target.display().to_string(),
                 bytes.to_string(),
-                INITRAMFS_HOOK.into(),
             ];
-            argv.extend(bs.args(&mem.join("rootfs"), None, false));
+            argv.extend(bs.args(&mem.join("rootfs"), None));
             argv
         }
         None => {
             let mut argv = vec!["mmdebstrap".to_string()];
-            argv.extend(bs.args(target, None, true));
+            argv.extend(bs.args(target, None));
             argv
         }
     };
@@ -821,7 +796,7 @@ mod tests {
             origin: "x".into(),
         };
         let p = BootstrapPlan::new(&base(), Path::new("."), None, &host).unwrap();
-        let a = p.args(Path::new("/t"), None, true);
+        let a = p.args(Path::new("/t"), None);
         let n = a.len();
         assert_eq!(a[n - 5], "bookworm");
         assert_eq!(a[n - 4], "/t");
@@ -853,50 +828,10 @@ mod tests {
         assert!(a.contains(&"--variant=apt".to_string()));
         assert!(a.contains(&"--skip=cleanup/apt/lists".to_string()));
         assert!(
-            a.iter()
-                .any(|x| x.starts_with("--customize-hook=") && x.contains("update-initramfs -c"))
+            !a.iter().any(|x| x.starts_with("--customize-hook=")),
+            "the initramfs is built beside the steps, not by mmdebstrap"
         );
         assert!(p.env().contains(&("INITRD".to_string(), "No".to_string())));
-    }
-
-    /// The initramfs hook, run by sh on a fake tree with a stand-in `chroot` on PATH: it
-    /// builds the initramfs of each kernel without one, and only those.
-    #[test]
-    fn initramfs_hook_builds_each_missing_initramfs_once() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
-        let bin = t.path().join("bin");
-        for d in [root.join("boot"), root.join("usr/sbin"), bin.clone()] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(root.join("boot/vmlinuz-6.1.0-1-amd64"), "k").unwrap();
-        std::fs::write(root.join("boot/vmlinuz-6.1.0-2-amd64"), "k").unwrap();
-        std::fs::write(root.join("boot/initrd.img-6.1.0-2-amd64"), "i").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let exe = |p: &Path, body: &str| {
-            std::fs::write(p, body).unwrap();
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        };
-        exe(&root.join("usr/sbin/update-initramfs"), "#!/bin/sh\n");
-        let log = t.path().join("calls");
-        exe(
-            &bin.join("chroot"),
-            &format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
-        );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(INITRAMFS_HOOK)
-            .arg("hook")
-            .arg(&root)
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let calls = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(
-            calls,
-            format!("{} update-initramfs -c -k 6.1.0-1-amd64\n", root.display())
-        );
     }
 
     #[test]

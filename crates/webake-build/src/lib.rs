@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod extract;
 pub mod finalize;
+pub mod initramfs;
 pub mod provision;
 pub mod reporter;
 pub mod steps;

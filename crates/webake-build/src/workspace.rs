@@ -186,6 +186,16 @@ impl EntryLock {
     }
 }
 
+/// Is the lock of this cache entry held (a bake is building it right now)? An entry without
+/// `meta.json` whose lock is held is being completed, not corrupt.
+pub fn entry_lock_held(cache_dir: &Path, kind: &str, key: &str) -> bool {
+    let p = cache_dir.join("locks").join(format!("{kind}-{key}.lock"));
+    let Ok(f) = std::fs::File::open(&p) else {
+        return false;
+    };
+    matches!(flock(&f, libc_lock::EX | libc_lock::NB), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// A running bake's claim on its files: its scratch directory and staging entries in the
 /// cache, and its image directory. An exclusive flock on `cache_dir/leases/<bake-id>` held for
 /// the life of the bake process (the kernel drops it when the process dies, SIGKILL included).

@@ -101,10 +101,17 @@ fn bootable_tree(dir: &Path) -> PathBuf {
         .filter(|b| b.join("meta.json").is_file())
         .map(|b| b.join("rootfs"))
         .find(|r| {
-            std::fs::read_dir(r.join("boot")).is_ok_and(|d| {
-                d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy().starts_with("initrd.img-"))
-            })
+            // A kernel with a real initramfs, in the tree or the base's initramfs layer.
+            [r.join("boot"), r.with_file_name("initramfs/boot")]
+                .iter()
+                .any(|b| {
+                    std::fs::read_dir(b).is_ok_and(|d| {
+                        d.filter_map(|e| e.ok()).any(|e| {
+                            e.file_name().to_string_lossy().starts_with("initrd.img-")
+                                && e.metadata().is_ok_and(|m| m.len() > 0)
+                        })
+                    })
+                })
         })
         .unwrap_or_else(|| {
             panic!(
@@ -118,6 +125,14 @@ fn bootable_tree(dir: &Path) -> PathBuf {
         .args(["-a", "--sparse=always"])
         .arg(&base)
         .arg(&t));
+    // The base's initramfs is a layer of its own, over the rootfs's placeholder.
+    let layer = base.with_file_name(webake_build::initramfs::LAYER);
+    if layer.is_dir() {
+        run(Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(format!("{}/.", layer.display()))
+            .arg(&t));
+    }
     t
 }
 

@@ -88,7 +88,16 @@ pub fn clean(ctx: &Context<'_>, dry_run: bool) -> Result<Vec<Removed>> {
                 if !running.iter().any(|id| name.ends_with(id.as_str())) {
                     doomed.push((e, "incomplete cache entry"));
                 }
-            } else if !name.starts_with('.') && !e.join("meta.json").is_file() {
+            } else if !name.starts_with('.')
+                && !e.join("meta.json").is_file()
+                // A fresh base is committed before its initramfs is built; its lock is held
+                // until then.
+                && !webake_build::workspace::entry_lock_held(
+                    &ctx.settings.cache_dir,
+                    "bootstrap",
+                    &name,
+                )
+            {
                 doomed.push((e, "corrupt cache entry"));
             }
         }

@@ -827,3 +827,132 @@ fn clean_of_another_catalog_never_touches_a_running_bake() {
         .unwrap_or_default();
     assert!(leases.is_empty(), "a lease outlived its bake: {leases:?}");
 }
+
+/// The base's initramfs is built beside the steps (crate::initramfs); the steps see an empty
+/// placeholder. A step that changes the initramfs configuration and runs `update-initramfs -u`
+/// (what a package with an initramfs hook triggers) must still rebuild it, and its initramfs,
+/// not the base's, must be the one in the image.
+#[test]
+fn a_step_that_rebuilds_the_initramfs_wins_over_the_base_s() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let r = env.recipe(
+        "initrd-hook",
+        &format!(
+            "version: 1\nimage:\n  name: initrd-hook\n{BASE}provisioners:\n  - shell:\n      name: initramfs hook\n      inline:\n        - printf '#!/bin/sh\\n[ \"$1\" = prereqs ] \\&\\& exit 0\\necho webake > \"$DESTDIR/webake-marker\"\\n' > /etc/initramfs-tools/hooks/webake-marker\n        - chmod +x /etc/initramfs-tools/hooks/webake-marker\n        - update-initramfs -u\n        - sha256sum /boot/initrd.img-* > /etc/webake-initrd.sha256\n"
+        ),
+    );
+    let o = env.run(&["bake", r.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let res: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let raw = artifact_path(&res["image"], "raw");
+    let raw = Path::new(&raw);
+    let recorded = cat_in_image(raw, "/etc/webake-initrd.sha256").expect("the step's record");
+    let (sum, path) = recorded.trim().split_once("  ").expect("sha256sum output");
+    assert_ne!(
+        sum, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "update-initramfs -u in the step did not rebuild the placeholder: {recorded}"
+    );
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = tmp.path().join("initrd");
+    let d = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump {path} {}", out.display()))
+        .arg(format!("{}?offset={}", raw.display(), root_offset(raw)))
+        .output()
+        .unwrap();
+    assert!(d.status.success() && out.is_file(), "{}", text(&d));
+    assert_eq!(
+        sha256sum(&out),
+        sum,
+        "the image's {path} is not the one the step built (the base's background build won?)"
+    );
+}
+
+/// A bake that fails (or is killed) while the base's initramfs is still being built beside
+/// its steps leaves no half-built base: failed, the job is stopped and the entry removed;
+/// killed, the incomplete entry (no meta.json) is never used and `webake clean` removes it.
+/// Bootstraps its own base twice (a private bootstrap cache).
+#[test]
+fn a_failed_or_killed_bake_never_leaves_a_half_built_base() {
+    require_bake_capabilities();
+    let env = Env::new();
+    let bootstrap = env.cache.join("bootstrap");
+    std::fs::remove_file(&bootstrap).unwrap();
+    std::fs::create_dir(&bootstrap).unwrap();
+    let (m0, l0) = (mounts(), loop_devices());
+    let entries = || -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = std::fs::read_dir(&bootstrap)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let complete = e.path().join("meta.json").is_file();
+                (e.file_name().to_string_lossy().into_owned(), complete)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let no_leftovers = |when: &str| {
+        let left = processes_mentioning(env.path().to_str().unwrap());
+        assert!(left.is_empty(), "{when}: processes left: {left:?}");
+        assert_eq!(mounts(), m0, "{when}: mounts leaked");
+        assert_eq!(loop_devices(), l0, "{when}: loop devices leaked");
+    };
+
+    // Failed: the first step fails at once, seconds before the initramfs is done.
+    let r = failing_recipe(&env);
+    let o = env.run(&["bake", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("building the initramfs of") && !err.contains("==> initramfs"),
+        "the failing step did not run while the initramfs was built:\n{err}"
+    );
+    no_leftovers("after the failed bake");
+    assert_eq!(entries(), vec![], "a half-built base was left in the cache");
+
+    // Killed while the initramfs is built.
+    let ok = env.recipe(
+        "slow",
+        &format!("version: 1\nimage:\n  name: slow\n{BASE}provisioners:\n  - shell:\n      name: slow\n      inline: [\"sleep 20\"]\n"),
+    );
+    let mut child = env
+        .cmd()
+        .args(["bake", ok.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let seen = {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("building the initramfs of"))
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "the bake never started the initramfs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(env.path().to_str().unwrap()).is_empty()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    no_leftovers("after the kill");
+    let left = entries();
+    assert!(
+        left.len() == 1 && !left[0].1,
+        "expected one incomplete entry: {left:?}"
+    );
+    let clean = env.run(&["clean"]);
+    assert!(clean.status.success(), "{}", text(&clean));
+    assert!(
+        String::from_utf8_lossy(&clean.stdout).contains("corrupt cache entry"),
+        "clean did not remove the incomplete base: {}",
+        text(&clean)
+    );
+    assert_eq!(entries(), vec![], "clean left the incomplete base");
+}
