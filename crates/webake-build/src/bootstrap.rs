@@ -299,7 +299,9 @@ impl BootstrapPlan {
 
 /// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES MMDEBSTRAP-ARGS...`: run mmdebstrap into
 /// `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM (in the sandbox's mount namespace),
-/// then copy the tree to DEST in one go.
+/// then copy the tree to DEST: `usr/lib` (half of a Debian tree) and the rest at once, on two
+/// CPUs (1.65 s against 1.14 s for the example's 400 MB tree), unless a file in `usr/lib` is
+/// hard-linked from outside it (two copies would not keep the link: one `cp` then).
 pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; shift 3
 mkdir -p "$mem" "$dest"
 mount -t tmpfs -o "size=$size,mode=0755" webake-bootstrap "$mem"
@@ -308,7 +310,32 @@ root=$mem/rootfs
 echo "I: copying the tree into the cache..."
 chown --reference="$root" "$dest"
 chmod --reference="$root" "$dest"
-cp -a --sparse=always "$root/." "$dest/"
+split=no
+if [ -d "$root/usr/lib" ] && [ ! -L "$root/usr" ] && [ ! -L "$root/usr/lib" ]; then
+    split=yes
+    cross=$( { find "$root/usr/lib" -xdev -type f -links +1 -printf 'l %i\n'
+               find "$root" -xdev -path "$root/usr/lib" -prune -o -type f -links +1 -printf 'o %i\n'; } |
+             awk '{ s[$2] = s[$2] $1 } END { for (i in s) if (s[i] ~ /l/ && s[i] ~ /o/) { print i; exit } }')
+    [ -z "$cross" ] || split=no
+fi
+if [ "$split" = yes ]; then
+    echo "I: usr/lib and the rest at once"
+    mkdir "$dest/usr"
+    cp -a --sparse=always "$root/usr/lib" "$dest/usr/" &
+    lib=$!
+    rc=0
+    find "$root" -mindepth 1 -maxdepth 1 ! -name usr \
+        -exec cp -a --sparse=always -t "$dest/" {} + || rc=$?
+    find "$root/usr" -mindepth 1 -maxdepth 1 ! -name lib \
+        -exec cp -a --sparse=always -t "$dest/usr/" {} + || rc=$?
+    wait "$lib" || rc=$?
+    [ "$rc" = 0 ] || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
+    chown --reference="$root/usr" "$dest/usr"
+    chmod --reference="$root/usr" "$dest/usr"
+    touch -h -r "$root/usr" "$dest/usr"
+else
+    cp -a --sparse=always "$root/." "$dest/"
+fi
 umount "$mem"
 rmdir "$mem""#;
 
@@ -832,6 +859,84 @@ mod tests {
             "the initramfs is built beside the steps, not by mmdebstrap"
         );
         assert!(p.env().contains(&("INITRD".to_string(), "No".to_string())));
+    }
+
+    /// The in-memory bootstrap's copy, with a stand-in mmdebstrap, in a private mount
+    /// namespace (root): the copy is the tree, attributes, symlinks and hard links included,
+    /// whether it runs in two parts or (a hard link across them) in one.
+    #[test]
+    fn in_memory_copy_is_the_tree_in_two_parts_or_one() {
+        assert!(
+            nix_is_root(),
+            "this test needs root (a tmpfs in a private mount namespace); CI runs as root"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("mmdebstrap");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nset -e\nr=$1\nmkdir -p $r/usr/lib/x $r/usr/bin $r/usr/share/doc $r/etc $r/var/tmp\n\
+             ln -s usr/lib $r/lib\necho lib > $r/usr/lib/x/f\necho a > $r/usr/bin/a\nln $r/usr/bin/a $r/usr/bin/b\n\
+             echo d > $r/.dot\nchmod 0710 $r/usr\nchmod 1777 $r/var/tmp\ntruncate -s 1M $r/usr/share/doc/sparse\n\
+             [ -z \"$CROSS\" ] || ln $r/usr/lib/x/f $r/etc/f\n\
+             find $r -exec touch -h -d @1000000000 {} +\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let listing = |root: &Path| {
+            let o = std::process::Command::new("find")
+                .arg(root)
+                .args(["-mindepth", "1", "-printf", "%P %y %m %U %G %s %l %n %T@\n"])
+                .output()
+                .unwrap();
+            let mut l: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            l.sort();
+            l
+        };
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+        for (cross, split) in [(false, true), (true, false)] {
+            let case = t.path().join(format!("cross-{cross}"));
+            let (mem, dest, reference) = (case.join("mem"), case.join("dest"), case.join("ref"));
+            let env_cross = if cross { "1" } else { "" };
+            let made = std::process::Command::new(&fake)
+                .arg(&reference)
+                .env("CROSS", env_cross)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let out = std::process::Command::new("unshare")
+                .args(["-m", "sh", "-ec", IN_MEMORY_SCRIPT, "webake-bootstrap"])
+                .arg(&mem)
+                .arg(&dest)
+                .arg("64M")
+                .arg(mem.join("rootfs"))
+                .env("PATH", &path)
+                .env("CROSS", env_cross)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                said.contains("usr/lib and the rest at once"),
+                split,
+                "{said}"
+            );
+            assert_eq!(listing(&dest), listing(&reference), "cross link: {cross}");
+            assert!(!mem.exists(), "the tmpfs mount point is left");
+        }
+    }
+
+    fn nix_is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
     }
 
     #[test]
