@@ -297,47 +297,111 @@ impl BootstrapPlan {
     }
 }
 
-/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES MMDEBSTRAP-ARGS...`: run mmdebstrap into
-/// `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM (in the sandbox's mount namespace),
-/// then copy the tree to DEST: `usr/lib` (half of a Debian tree) and the rest at once, on two
-/// CPUs (1.65 s against 1.14 s for the example's 400 MB tree), unless a file in `usr/lib` is
-/// hard-linked from outside it (two copies would not keep the link: one `cp` then).
-pub const IN_MEMORY_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; shift 3
-mkdir -p "$mem" "$dest"
-mount -t tmpfs -o "size=$size,mode=0755" webake-bootstrap "$mem"
-mmdebstrap "$@"
-root=$mem/rootfs
-echo "I: copying the tree into the cache..."
-chown --reference="$root" "$dest"
-chmod --reference="$root" "$dest"
-split=no
-if [ -d "$root/usr/lib" ] && [ ! -L "$root/usr" ] && [ ! -L "$root/usr/lib" ]; then
-    split=yes
-    cross=$( { find "$root/usr/lib" -xdev -type f -links +1 -printf 'l %i\n'
-               find "$root" -xdev -path "$root/usr/lib" -prune -o -type f -links +1 -printf 'o %i\n'; } |
-             awk '{ s[$2] = s[$2] $1 } END { for (i in s) if (s[i] ~ /l/ && s[i] ~ /o/) { print i; exit } }')
-    [ -z "$cross" ] || split=no
-fi
-if [ "$split" = yes ]; then
-    echo "I: usr/lib and the rest at once"
-    mkdir "$dest/usr"
-    cp -a --sparse=always "$root/usr/lib" "$dest/usr/" &
-    lib=$!
-    rc=0
-    find "$root" -mindepth 1 -maxdepth 1 ! -name usr \
-        -exec cp -a --sparse=always -t "$dest/" {} + || rc=$?
-    find "$root/usr" -mindepth 1 -maxdepth 1 ! -name lib \
-        -exec cp -a --sparse=always -t "$dest/usr/" {} + || rc=$?
-    wait "$lib" || rc=$?
-    [ "$rc" = 0 ] || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
-    chown --reference="$root/usr" "$dest/usr"
-    chmod --reference="$root/usr" "$dest/usr"
-    touch -h -r "$root/usr" "$dest/usr"
+/// `sh -ec SCRIPT webake-bootstrap MEM DEST BYTES LAYER MMDEBSTRAP-ARGS...`, in the sandbox.
+///
+/// 1. mmdebstrap: with MEM set, into `MEM/rootfs` on a tmpfs of at most BYTES mounted at MEM
+///    (in the sandbox's mount namespace; dpkg's many small writes are several times faster
+///    there), else straight into DEST (the caller passes the target among the arguments).
+/// 2. Each kernel without an initramfs (and a generator in the tree) gets an empty placeholder
+///    `boot/initrd.img-V`, and its real initramfs starts building in the background, chrooted
+///    into an overlay over the tree (the tree itself stays as it is: the copy reads it, steps
+///    run on it).
+/// 3. With MEM, the tree is copied to DEST: `usr/lib` (half of a Debian tree) and the rest at
+///    once, on two CPUs, unless a file in `usr/lib` is hard-linked from outside it (two copies
+///    would not keep the link: one `cp` then).
+/// 4. `webake: tree ready: V...` ([`crate::initramfs::READY`]): DEST is complete; the caller
+///    goes on with the steps while the script waits for the initramfs and copies it into
+///    LAYER/boot (crate::initramfs).
+pub const BOOTSTRAP_SCRIPT: &str = r#"mem=$1; dest=$2; size=$3; layer=$4; shift 4
+if [ -n "$mem" ]; then
+    mkdir -p "$mem" "$dest"
+    mount -t tmpfs -o "size=$size,mode=0755" webake-bootstrap "$mem"
+    root=$mem/rootfs; work=$mem/initramfs
 else
-    cp -a --sparse=always "$root/." "$dest/"
+    root=$dest; work=$layer.work
 fi
-umount "$mem"
-rmdir "$mem""#;
+mmdebstrap "$@"
+versions=
+if [ -x "$root/usr/sbin/update-initramfs" ] || [ -x "$root/usr/bin/dracut" ]; then
+    for k in "$root"/boot/vmlinuz-*; do
+        [ -e "$k" ] || continue
+        v=${k##*/vmlinuz-}
+        [ -e "$root/boot/initrd.img-$v" ] || versions="$versions $v"
+    done
+fi
+job=
+if [ -n "$versions" ]; then
+    for v in $versions; do : > "$root/boot/initrd.img-$v"; done
+    mkdir -p "$work/upper" "$work/work" "$work/tree"
+    mount -t overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/work,userxattr" webake-initramfs "$work/tree"
+    mount --rbind /proc "$work/tree/proc"
+    mount --rbind /dev "$work/tree/dev"
+    mount --rbind /sys "$work/tree/sys"
+    echo "I: building the initramfs of$versions beside the copy and the steps"
+    ( for v in $versions; do
+          if [ -x "$work/tree/usr/sbin/update-initramfs" ]; then
+              chroot "$work/tree" update-initramfs -c -k "$v"
+          else
+              chroot "$work/tree" dracut --force --kver "$v" "/boot/initrd.img-$v"
+          fi
+      done ) &
+    job=$!
+fi
+if [ -n "$mem" ]; then
+    echo "I: copying the tree into the cache..."
+    chown --reference="$root" "$dest"
+    chmod --reference="$root" "$dest"
+    split=no
+    if [ -d "$root/usr/lib" ] && [ ! -L "$root/usr" ] && [ ! -L "$root/usr/lib" ]; then
+        split=yes
+        cross=$( { find "$root/usr/lib" -xdev -type f -links +1 -printf 'l %i\n'
+                   find "$root" -xdev -path "$root/usr/lib" -prune -o -type f -links +1 -printf 'o %i\n'; } |
+                 awk '{ s[$2] = s[$2] $1 } END { for (i in s) if (s[i] ~ /l/ && s[i] ~ /o/) { print i; exit } }')
+        [ -z "$cross" ] || split=no
+    fi
+    rc=0
+    if [ "$split" = yes ]; then
+        echo "I: usr/lib and the rest at once"
+        mkdir "$dest/usr"
+        cp -a --sparse=always "$root/usr/lib" "$dest/usr/" &
+        lib=$!
+        find "$root" -mindepth 1 -maxdepth 1 ! -name usr \
+            -exec cp -a --sparse=always -t "$dest/" {} + || rc=$?
+        find "$root/usr" -mindepth 1 -maxdepth 1 ! -name lib \
+            -exec cp -a --sparse=always -t "$dest/usr/" {} + || rc=$?
+        wait "$lib" || rc=$?
+        chown --reference="$root/usr" "$dest/usr"
+        chmod --reference="$root/usr" "$dest/usr"
+        touch -h -r "$root/usr" "$dest/usr"
+    else
+        cp -a --sparse=always "$root/." "$dest/" || rc=$?
+    fi
+    [ "$rc" = 0 ] || { echo "E: copying the tree into the cache failed" >&2; exit 1; }
+fi
+echo "webake: tree ready:$versions"
+if [ -n "$job" ]; then
+    rc=0
+    wait "$job" || rc=$?
+    umount -R "$work/tree"
+    [ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }
+    mkdir -p "$layer/boot"
+    for v in $versions; do
+        f=$work/upper/boot/initrd.img-$v
+        [ -s "$f" ] || { echo "E: /boot/initrd.img-$v was not written" >&2; exit 1; }
+        cp -a "$f" "$layer/boot/"
+    done
+    for d in "" /boot; do
+        chown --reference="$root$d" "$layer$d"
+        chmod --reference="$root$d" "$layer$d"
+        touch -h -r "$root$d" "$layer$d"
+    done
+    rm -rf "$work"
+    echo "I: initramfs built"
+fi
+if [ -n "$mem" ]; then
+    umount "$mem"
+    rmdir "$mem"
+fi"#;
 
 /// How large a tmpfs the bootstrap may use, if it should run in memory at all: half of the
 /// available memory, at most 16 GiB, when at least 4 GiB are available. `WEBAKE_BOOTSTRAP_TMPFS=0`
@@ -622,42 +686,65 @@ fn bootstrap(
     let cleanup = webake_sys::fsutil::RemoveOnDrop::new(&staging);
     crate::workspace::mkdir_p(&staging)?;
     let target = staging.join("rootfs");
-    let cmd = bootstrap_command(req, bs, &staging, &target)?;
-    run.exec(step, &cmd).map_err(|e| e.in_step(step))?;
-    let _ = std::fs::remove_dir(staging.join("sandbox"));
+    let sbx = run.scratch.join("bootstrap-sandbox");
+    let cmd = bootstrap_command(req, bs, &staging, &target, &sbx)?;
+    // Until the tree is ready; the initramfs may still be building then (crate::initramfs).
+    let (proc, versions) = crate::initramfs::run_until_ready(run, step, &cmd)?;
     populate_dev(&target).map_err(|e| e.in_step(step))?;
-    let versions = crate::initramfs::missing(&target);
-    crate::initramfs::place_placeholders(&target, &versions).map_err(|e| e.in_step(step))?;
     let meta = serde_json::json!({"key": bs.key, "plan": bs, "bake_id": req.bake_id, "created": crate::steps::now_secs()});
-    if versions.is_empty() {
-        let meta_path = staging.join("meta.json");
-        std::fs::write(&meta_path, meta.to_string()).map_err(|e| BuildError::io(&meta_path, e))?;
+    let proc = match proc {
+        Some(p) if !versions.is_empty() => p,
+        rest => {
+            if let Some(p) = rest {
+                p.wait(&req.cancel)
+                    .map_err(|e| BuildError::from(e).in_step(step))?;
+            }
+            let meta_path = staging.join("meta.json");
+            std::fs::write(&meta_path, meta.to_string())
+                .map_err(|e| BuildError::io(&meta_path, e))?;
+            let dest = commit(req, bs, &staging)?;
+            let _ = cleanup.keep();
+            run.finished(step, t, crate::reporter::CacheStatus::Miss, why);
+            return Ok(crate::initramfs::Base::cached(dest.join("rootfs")));
+        }
+    };
+    let dest = commit(req, bs, &staging)?;
+    let _ = cleanup.keep();
+    run.finished(step, t, crate::reporter::CacheStatus::Miss, why);
+    if dest.join("meta.json").is_file() {
+        // A complete entry won the race: use it.
+        drop(proc);
+        return Ok(crate::initramfs::Base::cached(dest.join("rootfs")));
     }
+    crate::initramfs::start(run, &dest, versions, meta, lock, proc)
+}
+
+/// Commit a bootstrap's staging entry (replacing the entry with `--refresh-base`).
+fn commit(
+    req: &crate::bake::BakeRequest<'_>,
+    bs: &BootstrapPlan,
+    staging: &Path,
+) -> Result<PathBuf> {
     let dest = req.workspace.bootstrap_dir().join(&bs.key);
     if req.refresh_base {
         webake_sys::fsutil::remove_dir_all_if_exists(&dest)
             .map_err(|e| BuildError::io(&dest, e))?;
     }
-    commit_entry(&staging, &dest)?;
-    let _ = cleanup.keep();
-    run.finished(step, t, crate::reporter::CacheStatus::Miss, why);
-    if versions.is_empty() || dest.join("meta.json").is_file() {
-        // Nothing to build, or a complete entry won the race.
-        return Ok(crate::initramfs::Base::cached(dest.join("rootfs")));
-    }
-    crate::initramfs::start(run, bs, &dest, versions, meta, lock)
+    commit_entry(staging, &dest)?;
+    Ok(dest)
 }
 
-/// The sandboxed mmdebstrap command: in memory when there is room (dpkg's many small writes
-/// and renames are several times faster there; the finished tree is then copied into the
-/// cache in one go, and the tmpfs is gone with the sandbox), else straight into the cache.
-/// mmdebstrap runs from the host's installation, read-only, in the sandbox: its maintainer
-/// scripts are as untrusted as any step's.
+/// The sandboxed bootstrap ([`BOOTSTRAP_SCRIPT`]): in memory when there is room (the tmpfs is
+/// gone with the sandbox), else straight into the cache. mmdebstrap runs from the host's
+/// installation, read-only, in the sandbox: its maintainer scripts (and the initramfs build)
+/// are as untrusted as any step's. `sbx`: the sandbox's own directory (outside the entry,
+/// which is renamed while the sandbox still builds the initramfs).
 fn bootstrap_command(
     req: &crate::bake::BakeRequest<'_>,
     bs: &BootstrapPlan,
     staging: &Path,
     target: &Path,
+    sbx: &Path,
 ) -> Result<webake_sys::Cmd> {
     use webake_sys::sandbox::{Bind, Power, SandboxSpec, View};
     let merged;
@@ -671,30 +758,29 @@ fn bootstrap_command(
         }
         None => bs,
     };
-    let argv = match tmpfs_budget() {
-        Some(bytes) => {
-            let mem = staging.join("mem");
-            let mut argv = vec![
-                "sh".to_string(),
-                "-ec".into(),
-                IN_MEMORY_SCRIPT.into(),
-                "webake-bootstrap".into(),
-                mem.display().to_string(),
-                target.display().to_string(),
-                bytes.to_string(),
-            ];
-            argv.extend(bs.args(&mem.join("rootfs"), None));
-            argv
-        }
-        None => {
-            let mut argv = vec!["mmdebstrap".to_string()];
-            argv.extend(bs.args(target, None));
-            argv
-        }
+    let layer = staging.join(crate::initramfs::LAYER);
+    let (mem, mmdebstrap_target) = match tmpfs_budget() {
+        Some(bytes) => (
+            Some((staging.join("mem"), bytes)),
+            staging.join("mem/rootfs"),
+        ),
+        None => (None, target.to_path_buf()),
     };
-    let sbx = staging.join("sandbox");
-    crate::workspace::mkdir_p(&sbx)?;
-    let mut spec = SandboxSpec::host_tools(&sbx, argv);
+    let mut argv = vec![
+        "sh".to_string(),
+        "-ec".into(),
+        BOOTSTRAP_SCRIPT.into(),
+        "webake-bootstrap".into(),
+        mem.as_ref()
+            .map(|(m, _)| m.display().to_string())
+            .unwrap_or_default(),
+        target.display().to_string(),
+        mem.as_ref().map(|(_, b)| b.to_string()).unwrap_or_default(),
+        layer.display().to_string(),
+    ];
+    argv.extend(bs.args(&mmdebstrap_target, None));
+    crate::workspace::mkdir_p(sbx)?;
+    let mut spec = SandboxSpec::host_tools(sbx, argv);
     spec.view = View::Host {
         tree: None,
         image_at: "/image".into(),
@@ -719,7 +805,7 @@ fn bootstrap_command(
         });
     }
     spec.command(&req.helper_exe)
-        .map_err(|e| BuildError::io(&sbx, e))
+        .map_err(|e| BuildError::io(sbx, e))
 }
 
 /// apt as run by mmdebstrap trusts one keyring file and one directory: several keyrings (a
@@ -861,30 +947,19 @@ mod tests {
         assert!(p.env().contains(&("INITRD".to_string(), "No".to_string())));
     }
 
-    /// The in-memory bootstrap's copy, with a stand-in mmdebstrap, in a private mount
-    /// namespace (root): the copy is the tree, attributes, symlinks and hard links included,
-    /// whether it runs in two parts or (a hard link across them) in one.
+    /// The bootstrap script with a stand-in mmdebstrap and chroot, in a private mount
+    /// namespace (root): the tree is copied whole (attributes, symlinks, hard links; in two
+    /// parts, or in one when a hard link spans them), each kernel gets an empty placeholder,
+    /// and its initramfs, built after the tree is ready, lands in the layer; in memory or not.
     #[test]
-    fn in_memory_copy_is_the_tree_in_two_parts_or_one() {
+    fn bootstrap_script_copies_the_tree_then_builds_the_initramfs_into_its_layer() {
         assert!(
             nix_is_root(),
-            "this test needs root (a tmpfs in a private mount namespace); CI runs as root"
+            "this test needs root (a tmpfs and an overlay in a private mount namespace); CI runs as root"
         );
         let t = tempfile::tempdir().unwrap();
         let bin = t.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let fake = bin.join("mmdebstrap");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\nset -e\nr=$1\nmkdir -p $r/usr/lib/x $r/usr/bin $r/usr/share/doc $r/etc $r/var/tmp\n\
-             ln -s usr/lib $r/lib\necho lib > $r/usr/lib/x/f\necho a > $r/usr/bin/a\nln $r/usr/bin/a $r/usr/bin/b\n\
-             echo d > $r/.dot\nchmod 0710 $r/usr\nchmod 1777 $r/var/tmp\ntruncate -s 1M $r/usr/share/doc/sparse\n\
-             [ -z \"$CROSS\" ] || ln $r/usr/lib/x/f $r/etc/f\n\
-             find $r -exec touch -h -d @1000000000 {} +\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = fake_bootstrap_tools(&bin);
         let listing = |root: &Path| {
             let o = std::process::Command::new("find")
                 .arg(root)
@@ -893,15 +968,26 @@ mod tests {
                 .unwrap();
             let mut l: Vec<String> = String::from_utf8_lossy(&o.stdout)
                 .lines()
+                .filter(|l| !l.starts_with("boot ") && !l.starts_with("boot/initrd.img-"))
                 .map(str::to_string)
                 .collect();
             l.sort();
             l
         };
         let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
-        for (cross, split) in [(false, true), (true, false)] {
-            let case = t.path().join(format!("cross-{cross}"));
-            let (mem, dest, reference) = (case.join("mem"), case.join("dest"), case.join("ref"));
+        for (cross, in_memory, split) in [
+            (false, true, true),
+            (true, true, false),
+            (false, false, false),
+        ] {
+            let case = t.path().join(format!("cross-{cross}-mem-{in_memory}"));
+            let (mem, dest, layer, reference) = (
+                case.join("mem"),
+                case.join("rootfs"),
+                case.join("initramfs"),
+                case.join("ref"),
+            );
+            std::fs::create_dir_all(&case).unwrap();
             let env_cross = if cross { "1" } else { "" };
             let made = std::process::Command::new(&fake)
                 .arg(&reference)
@@ -909,26 +995,96 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(made.success());
+            let (mem_arg, size, target) = if in_memory {
+                (mem.display().to_string(), "64M", mem.join("rootfs"))
+            } else {
+                (String::new(), "", dest.clone())
+            };
             let out = std::process::Command::new("unshare")
-                .args(["-m", "sh", "-ec", IN_MEMORY_SCRIPT, "webake-bootstrap"])
-                .arg(&mem)
+                .args([
+                    "-m",
+                    "sh",
+                    "-ec",
+                    BOOTSTRAP_SCRIPT,
+                    "webake-bootstrap",
+                    &mem_arg,
+                ])
                 .arg(&dest)
-                .arg("64M")
-                .arg(mem.join("rootfs"))
+                .arg(size)
+                .arg(&layer)
+                .arg(&target)
                 .env("PATH", &path)
                 .env("CROSS", env_cross)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{out:?}");
             let said = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{out:?}");
             assert_eq!(
                 said.contains("usr/lib and the rest at once"),
                 split,
                 "{said}"
             );
-            assert_eq!(listing(&dest), listing(&reference), "cross link: {cross}");
+            let ready = said
+                .find("webake: tree ready: 1.0-test\n")
+                .expect("the ready line");
+            assert!(said[ready..].contains("I: initramfs built"), "{said}");
+            assert_eq!(
+                listing(&dest),
+                listing(&reference),
+                "cross {cross}, in memory {in_memory}"
+            );
+            assert_eq!(
+                std::fs::metadata(dest.join("boot/initrd.img-1.0-test"))
+                    .unwrap()
+                    .len(),
+                0,
+                "the tree has an empty placeholder"
+            );
+            assert_eq!(
+                std::fs::read_to_string(layer.join("boot/initrd.img-1.0-test")).unwrap(),
+                "initramfs of 1.0-test\n"
+            );
+            let in_layer: Vec<String> = listing(&layer);
+            assert!(
+                in_layer.is_empty(),
+                "only boot/initrd.img-* in the layer: {in_layer:?}"
+            );
             assert!(!mem.exists(), "the tmpfs mount point is left");
+            assert!(
+                !case.join("initramfs.work").exists(),
+                "the overlay's dirs are left"
+            );
         }
+    }
+
+    /// A stand-in mmdebstrap (a small tree with a kernel and initramfs-tools, `$CROSS`: a hard
+    /// link across usr/lib) and chroot (`update-initramfs -c -k V` as initramfs-tools writes
+    /// it) in `bin`; returns the mmdebstrap.
+    fn fake_bootstrap_tools(bin: &Path) -> PathBuf {
+        std::fs::create_dir_all(bin).unwrap();
+        let exe = |p: &Path, body: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(p, body).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let fake = bin.join("mmdebstrap");
+        exe(
+            &fake,
+            "#!/bin/sh\nset -e\nr=$1\nmkdir -p $r/usr/lib/x $r/usr/bin $r/usr/sbin $r/usr/share/doc $r/etc $r/var/tmp $r/boot $r/proc $r/dev $r/sys\n\
+             ln -s usr/lib $r/lib\necho lib > $r/usr/lib/x/f\necho a > $r/usr/bin/a\nln $r/usr/bin/a $r/usr/bin/b\n\
+             echo d > $r/.dot\nchmod 0710 $r/usr\nchmod 1777 $r/var/tmp\ntruncate -s 1M $r/usr/share/doc/sparse\n\
+             echo k > $r/boot/vmlinuz-1.0-test\nprintf '#!/bin/sh\\n' > $r/usr/sbin/update-initramfs\nchmod 755 $r/usr/sbin/update-initramfs\n\
+             [ -z \"$CROSS\" ] || ln $r/usr/lib/x/f $r/etc/f\n\
+             find $r -exec touch -h -d @1000000000 {} +\n",
+        );
+        // `chroot ROOT update-initramfs -c -k V`, the way initramfs-tools writes it.
+        exe(
+            &bin.join("chroot"),
+            "#!/bin/sh\nset -e\n[ \"$2 $3 $4\" = 'update-initramfs -c -k' ]\nsleep 0.3\n\
+             echo \"initramfs of $5\" > \"$1/boot/initrd.img-$5.new\"\nmv \"$1/boot/initrd.img-$5.new\" \"$1/boot/initrd.img-$5\"\n\
+             mkdir -p \"$1/var/tmp/mkinitramfs_x\"\n",
+        );
+        fake
     }
 
     fn nix_is_root() -> bool {

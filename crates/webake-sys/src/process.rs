@@ -298,6 +298,30 @@ pub fn run_with_heartbeat(
     every: Duration,
     beat: &mut dyn FnMut(Duration),
 ) -> Result<Output, ProcessError> {
+    let mut running = spawn(cmd)?;
+    running.pump(cancel, sink, every, beat, &mut |_| false);
+    running.wait(cancel)
+}
+
+/// A started command whose output is read on demand ([`spawn`]): the caller can go on when a
+/// line says so and leave the rest of the output and the exit to another thread. Dropped
+/// unfinished, the command's process group is killed and reaped.
+pub struct Running {
+    cmd: Cmd,
+    shown: String,
+    child: Option<std::process::Child>,
+    pid: i32,
+    rx: mpsc::Receiver<std::io::Result<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    tail: VecDeque<String>,
+    start: Instant,
+    cancelled_at: Option<Instant>,
+    io_error: Option<std::io::Error>,
+    ended: bool,
+}
+
+/// Start `cmd` (stdout and stderr merged into one stream of lines; see [`Running`]).
+pub fn spawn(cmd: &Cmd) -> Result<Running, ProcessError> {
     let shown = cmd.to_string();
     tracing::debug!(command = %shown, "running");
     let (reader, writer) = std::io::pipe().map_err(|source| ProcessError::Spawn {
@@ -311,14 +335,13 @@ pub fn run_with_heartbeat(
     let mut command = cmd.to_command();
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2);
     let start = Instant::now();
-    let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
+    let child = command.spawn().map_err(|source| ProcessError::Spawn {
         command: shown.clone(),
         source,
     })?;
     // Drop our copies of the write end (held by `command`) so EOF arrives when the child exits.
     drop(command);
     let pid = child.id() as i32;
-
     let (tx, rx) = mpsc::channel::<std::io::Result<String>>();
     let reader_thread = std::thread::spawn(move || {
         let mut r = BufReader::new(reader);
@@ -342,74 +365,124 @@ pub fn run_with_heartbeat(
             }
         }
     });
-
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
-    let mut cancelled_at: Option<Instant> = None;
-    let mut io_error = None;
-    let mut heard = Instant::now();
-    loop {
-        if heard.elapsed() >= every {
-            beat(start.elapsed());
-            heard = Instant::now();
-        }
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(line)) => {
-                heard = Instant::now();
-                let line = cmd.redact(&line);
-                sink(&line);
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-            Ok(Err(e)) => {
-                io_error = Some(e);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if cancel.is_cancelled() {
-            match cancelled_at {
-                None => {
-                    tracing::info!(command = %shown, "cancelling");
-                    kill_group(pid, libc::SIGTERM);
-                    cancelled_at = Some(Instant::now());
-                }
-                Some(t) if t.elapsed() > TERM_GRACE => {
-                    kill_group(pid, libc::SIGKILL);
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    let _ = reader_thread.join();
-    let status = child.wait().map_err(|source| ProcessError::Io {
-        command: shown.clone(),
-        source,
-    })?;
-    if let Some(source) = io_error {
-        return Err(ProcessError::Io {
-            command: shown,
-            source,
-        });
-    }
-    let tail: Vec<String> = tail.into_iter().collect();
-    if cancelled_at.is_some() || (cancel.is_cancelled() && !status.success()) {
-        return Err(ProcessError::Cancelled { command: shown });
-    }
-    if !status.success() {
-        return Err(ProcessError::Failed {
-            command: shown,
-            status: describe_status(&status),
-            code: status.code(),
-            tail,
-        });
-    }
-    Ok(Output {
-        status,
-        tail,
-        duration: start.elapsed(),
+    Ok(Running {
+        cmd: cmd.clone(),
+        shown,
+        child: Some(child),
+        pid,
+        rx,
+        reader: Some(reader_thread),
+        tail: VecDeque::with_capacity(TAIL_LINES),
+        start,
+        cancelled_at: None,
+        io_error: None,
+        ended: false,
     })
+}
+
+impl Running {
+    /// Stream output lines (redacted) to `sink` until the output ends (returns true), or until
+    /// `stop_after(line)` is true for a line just passed to the sink (returns false). Stops
+    /// the command on cancellation (SIGTERM, then SIGKILL after a grace period) and calls
+    /// `beat(elapsed)` when it has been silent for `every`.
+    pub fn pump(
+        &mut self,
+        cancel: &CancelToken,
+        sink: &mut dyn FnMut(&str),
+        every: Duration,
+        beat: &mut dyn FnMut(Duration),
+        stop_after: &mut dyn FnMut(&str) -> bool,
+    ) -> bool {
+        let mut heard = Instant::now();
+        while !self.ended {
+            if heard.elapsed() >= every {
+                beat(self.start.elapsed());
+                heard = Instant::now();
+            }
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(line)) => {
+                    heard = Instant::now();
+                    let line = self.cmd.redact(&line);
+                    sink(&line);
+                    if self.tail.len() == TAIL_LINES {
+                        self.tail.pop_front();
+                    }
+                    let stop = stop_after(&line);
+                    self.tail.push_back(line);
+                    if stop {
+                        return false;
+                    }
+                }
+                Ok(Err(e)) => self.io_error = Some(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.ended = true,
+            }
+            if cancel.is_cancelled() {
+                match self.cancelled_at {
+                    None => {
+                        tracing::info!(command = %self.shown, "cancelling");
+                        kill_group(self.pid, libc::SIGTERM);
+                        self.cancelled_at = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() > TERM_GRACE => kill_group(self.pid, libc::SIGKILL),
+                    Some(_) => {}
+                }
+            }
+        }
+        true
+    }
+
+    /// Read the rest of the output (dropped), wait for the command and say how it ended.
+    pub fn wait(mut self, cancel: &CancelToken) -> Result<Output, ProcessError> {
+        self.pump(cancel, &mut |_| {}, Duration::MAX, &mut |_| {}, &mut |_| {
+            false
+        });
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let shown = std::mem::take(&mut self.shown);
+        let status = self
+            .child
+            .take()
+            .expect("waited once")
+            .wait()
+            .map_err(|source| ProcessError::Io {
+                command: shown.clone(),
+                source,
+            })?;
+        if let Some(source) = self.io_error.take() {
+            return Err(ProcessError::Io {
+                command: shown,
+                source,
+            });
+        }
+        let tail: Vec<String> = std::mem::take(&mut self.tail).into_iter().collect();
+        if self.cancelled_at.is_some() || (cancel.is_cancelled() && !status.success()) {
+            return Err(ProcessError::Cancelled { command: shown });
+        }
+        if !status.success() {
+            return Err(ProcessError::Failed {
+                command: shown,
+                status: describe_status(&status),
+                code: status.code(),
+                tail,
+            });
+        }
+        Ok(Output {
+            status,
+            tail,
+            duration: self.start.elapsed(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(self.pid, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Run with the terminal: stdin, stdout and stderr inherited, nothing logged or redacted (an
