@@ -382,7 +382,11 @@ echo "webake: tree ready:$versions"
 if [ -n "$job" ]; then
     rc=0
     wait "$job" || rc=$?
-    umount -R "$work/tree"
+    # (proc and sys hold mounts the sandbox locked: detached, not unmounted one by one)
+    umount -R "$work/tree/dev"
+    umount -l "$work/tree/sys"
+    umount -l "$work/tree/proc"
+    umount "$work/tree" || umount -l "$work/tree"
     [ "$rc" = 0 ] || { echo "E: building the initramfs failed (exit $rc)" >&2; exit "$rc"; }
     mkdir -p "$layer/boot"
     for v in $versions; do
