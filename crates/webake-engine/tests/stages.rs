@@ -112,7 +112,7 @@ fn nix_uid_is_root() -> bool {
 fn settings(dir: &Path) -> Settings {
     let shared = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webake-cache");
     let cache = dir.join("cache");
-    for d in ["bootstrap", "layers"] {
+    for d in ["bootstrap", "layers", "locks"] {
         std::fs::create_dir_all(shared.join(d)).unwrap();
         std::fs::create_dir_all(&cache).unwrap();
         std::os::unix::fs::symlink(shared.join(d), cache.join(d)).unwrap();

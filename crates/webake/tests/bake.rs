@@ -877,10 +877,8 @@ fn a_step_that_rebuilds_the_initramfs_wins_over_the_base_s() {
 #[test]
 fn a_failed_or_killed_bake_never_leaves_a_half_built_base() {
     require_bake_capabilities();
-    let env = Env::new();
+    let env = Env::isolated(&["bootstrap"]);
     let bootstrap = env.cache.join("bootstrap");
-    std::fs::remove_file(&bootstrap).unwrap();
-    std::fs::create_dir(&bootstrap).unwrap();
     let (m0, l0) = (mounts(), loop_devices());
     let entries = || -> Vec<(String, bool)> {
         let mut v: Vec<(String, bool)> = std::fs::read_dir(&bootstrap)

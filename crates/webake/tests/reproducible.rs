@@ -22,11 +22,7 @@ use common::*;
 
 /// An env with its own, empty caches (nothing shared with the other tests).
 fn isolated() -> Env {
-    let env = Env::new();
-    for d in ["bootstrap", "layers"] {
-        std::fs::remove_file(env.cache.join(d)).unwrap();
-    }
-    env
+    Env::isolated(&["bootstrap", "layers"])
 }
 
 fn bake(env: &Env, recipe: &Path, extra: &[&str]) -> serde_json::Value {

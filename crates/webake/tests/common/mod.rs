@@ -77,11 +77,29 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
+/// The parts of a cache directory the tests share.
+pub const SHARED: [&str; 3] = ["bootstrap", "layers", "locks"];
+
 pub fn shared_cache() -> PathBuf {
     let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webake-cache");
-    std::fs::create_dir_all(p.join("bootstrap")).unwrap();
-    std::fs::create_dir_all(p.join("layers")).unwrap();
+    for d in SHARED {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
     p
+}
+
+impl Env {
+    /// An env whose caches are its own, nothing shared with other tests (`which`: the
+    /// entries of [`SHARED`] to make private).
+    pub fn isolated(which: &[&str]) -> Self {
+        let env = Self::new();
+        for d in which.iter().chain(["locks"].iter()) {
+            let p = env.cache.join(d);
+            std::fs::remove_file(&p).unwrap();
+            std::fs::create_dir(&p).unwrap();
+        }
+        env
+    }
 }
 
 /// One test's world: its own data dir, catalog and scratch, the shared caches.
@@ -102,7 +120,9 @@ impl Env {
         let cache = dir.path().join("cache");
         std::fs::create_dir_all(&cache).unwrap();
         let shared = shared_cache();
-        for d in ["bootstrap", "layers"] {
+        // The entry locks with the entries: one cache, one set of locks (a base or layer being
+        // built is waited for, never built twice or taken for a half-written entry).
+        for d in SHARED {
             std::os::unix::fs::symlink(shared.join(d), cache.join(d)).unwrap();
         }
         let catalog = data.join("catalog.db");
