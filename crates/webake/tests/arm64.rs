@@ -75,12 +75,7 @@ fn require_arm64_tools() -> PathBuf {
 /// The first bytes of a file of the image's root filesystem.
 fn elf_machine_in_image(raw: &Path, path: &str, scratch: &Path) -> u16 {
     let out = scratch.join("dumped");
-    let o = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("dump {path} {}", out.display()))
-        .arg(format!("{}?offset={}", raw.display(), root_offset(raw)))
-        .output()
-        .unwrap();
+    let o = dump_from_image(raw, path, &out);
     let bytes = std::fs::read(&out)
         .unwrap_or_else(|e| panic!("{path} not in the image ({e}): {}", text(&o)));
     assert_eq!(&bytes[..4], b"\x7fELF", "{path} is not ELF");

@@ -855,12 +855,7 @@ fn a_step_that_rebuilds_the_initramfs_wins_over_the_base_s() {
     );
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let out = tmp.path().join("initrd");
-    let d = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("dump {path} {}", out.display()))
-        .arg(format!("{}?offset={}", raw.display(), root_offset(raw)))
-        .output()
-        .unwrap();
+    let d = dump_from_image(raw, path, &out);
     assert!(d.status.success() && out.is_file(), "{}", text(&d));
     assert_eq!(
         sha256sum(&out),

@@ -317,6 +317,17 @@ pub fn cat_in_image(raw: &Path, path: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+/// `debugfs -R "dump PATH OUT"` from the root filesystem of a raw disk (the file's bytes,
+/// binary safe). Returns debugfs's output, for messages.
+pub fn dump_from_image(raw: &Path, path: &str, out: &Path) -> Output {
+    Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump {path} {}", out.display()))
+        .arg(format!("{}?offset={}", raw.display(), root_offset(raw)))
+        .output()
+        .unwrap()
+}
+
 pub fn sha256sum(p: &Path) -> String {
     let o = Command::new("sha256sum").arg(p).output().unwrap();
     String::from_utf8_lossy(&o.stdout)
