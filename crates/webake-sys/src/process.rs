@@ -129,12 +129,13 @@ impl Cmd {
             c.current_dir(d);
         }
         let pdeath = self.kill_on_parent_death;
+        let parent = std::process::id() as i32;
         let take_terminal = self.take_terminal;
         let pass = self
             .pass_fd
             .as_ref()
             .map(|(n, fd)| (*n, std::os::fd::AsRawFd::as_raw_fd(fd.as_ref())));
-        // SAFETY: only async-signal-safe calls (setpgid, prctl, fcntl, dup2) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, fcntl, dup2) between fork and exec.
         #[allow(unsafe_code)]
         unsafe {
             c.pre_exec(move || {
@@ -152,6 +153,10 @@ impl Cmd {
                 }
                 if pdeath && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // webake died between the fork and the prctl: no signal will come.
+                if pdeath && libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 if let Some((n, fd)) = pass {
                     // dup2 clears CLOEXEC on the new number; the same number needs it cleared.

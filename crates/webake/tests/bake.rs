@@ -491,6 +491,11 @@ fn sigkill_at_every_step_boundary_leaves_no_mounts_and_a_consistent_catalog() {
             "after kill at {marker}+{delay_ms}ms: processes left: {:?}",
             processes_mentioning(env.path().to_str().unwrap())
         );
+        assert!(
+            orphaned_sandbox_helpers().is_empty(),
+            "after kill at {marker}+{delay_ms}ms: sandbox helpers left: {:?}",
+            orphaned_sandbox_helpers()
+        );
         assert_eq!(
             mounts(),
             m0,
@@ -890,6 +895,11 @@ fn a_failed_or_killed_bake_never_leaves_a_half_built_base() {
     let no_leftovers = |when: &str| {
         let left = processes_mentioning(env.path().to_str().unwrap());
         assert!(left.is_empty(), "{when}: processes left: {left:?}");
+        let orphans = orphaned_sandbox_helpers();
+        assert!(
+            orphans.is_empty(),
+            "{when}: sandbox helpers left: {orphans:?}"
+        );
         assert_eq!(mounts(), m0, "{when}: mounts leaked");
         assert_eq!(loop_devices(), l0, "{when}: loop devices leaked");
     };

@@ -133,6 +133,8 @@ pub fn mapping_namespace(line: &str) -> Result<OwnedFd, String> {
     }
     // SAFETY: fresh fds from pipe2.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: plain getpid.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the child only makes async-signal-safe syscalls and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -142,6 +144,13 @@ pub fn mapping_namespace(line: &str) -> Result<OwnedFd, String> {
         // SAFETY: async-signal-safe calls only, then _exit.
         unsafe {
             let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            // A fork does not inherit the parent-death signal: without it, this child would
+            // pause forever if the helper were killed before it kills the child (a bake
+            // SIGKILLed during the sandbox's setup). If the helper is already gone, go too.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(0);
+            }
             libc::write(w.as_raw_fd(), [if ok { 1u8 } else { 0 }].as_ptr().cast(), 1);
             libc::pause();
             libc::_exit(0);

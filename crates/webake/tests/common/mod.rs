@@ -256,6 +256,28 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     v
 }
 
+/// Sandbox helpers whose bake is gone (re-parented to PID 1): a killed bake must not leave
+/// any, whatever their command line says.
+pub fn orphaned_sandbox_helpers() -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let ppid = std::fs::read_to_string(e.path().join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PPid:").map(|p| p.trim().to_string()))
+            });
+        if cmd.contains("__webake-sandbox") && ppid.as_deref() == Some("1") {
+            v.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    v
+}
+
 /// Extract the root filesystem of a raw disk into `dir/root` (offline, debugfs).
 pub fn extract_root(raw: &Path, dir: &Path) -> PathBuf {
     let start = root_offset(raw);
