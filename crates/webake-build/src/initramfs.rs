@@ -160,6 +160,7 @@ pub(crate) fn start(
     lock: EntryLock,
     proc: Running,
 ) -> Result<Base> {
+    run.req.log.line(LAYER, "building beside the steps");
     let stop = CancelToken::new();
     let job = {
         let (stop, dir, v) = (stop.clone(), entry.to_path_buf(), versions.clone());
@@ -178,7 +179,6 @@ pub(crate) fn start(
             started: Instant::now(),
         })),
     })
-    .inspect(|_| run.req.log.line(LAYER, "building beside the steps"))
 }
 
 /// The background job: the rest of the bootstrap, then complete the entry and release its

@@ -157,9 +157,10 @@ impl EntryLock {
         cancel: &webake_sys::CancelToken,
         waiting: &mut dyn FnMut(),
     ) -> Result<Self> {
-        let dir = cache_dir.join("locks");
-        mkdir_p(&dir)?;
-        let p = dir.join(format!("{kind}-{key}.lock"));
+        let p = entry_lock_path(cache_dir, kind, key);
+        if let Some(dir) = p.parent() {
+            mkdir_p(dir)?;
+        }
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -186,10 +187,15 @@ impl EntryLock {
     }
 }
 
+/// The lock file of one cache entry ([`EntryLock`]).
+fn entry_lock_path(cache_dir: &Path, kind: &str, key: &str) -> PathBuf {
+    cache_dir.join("locks").join(format!("{kind}-{key}.lock"))
+}
+
 /// Is the lock of this cache entry held (a bake is building it right now)? An entry without
 /// `meta.json` whose lock is held is being completed, not corrupt.
 pub fn entry_lock_held(cache_dir: &Path, kind: &str, key: &str) -> bool {
-    let p = cache_dir.join("locks").join(format!("{kind}-{key}.lock"));
+    let p = entry_lock_path(cache_dir, kind, key);
     let Ok(f) = std::fs::File::open(&p) else {
         return false;
     };
