@@ -560,6 +560,7 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
         source_date: req.plan.source_date,
         arch: &tree_debian_arch(recipe),
         sandbox_helper: Some(&req.helper_exe),
+        say: Some(&|l: &str| run.say(step, l)),
     };
     let assembled = {
         let r = &run;

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod finalize;
 pub mod initramfs;
 pub mod provision;
+pub mod qcow2;
 pub mod reporter;
 pub mod steps;
 pub mod workspace;

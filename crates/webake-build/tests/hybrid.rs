@@ -165,6 +165,7 @@ fn assemble_disk(dir: &Path, tree: &Path, boot: &[BootMode], size: u64, title: &
         source_date: 1_700_000_000,
         arch: "amd64",
         sandbox_helper: None,
+        say: None,
     };
     let cancel = webake_sys::CancelToken::new();
     let mut runner = |c: &Cmd| run_simple(c, &cancel);
