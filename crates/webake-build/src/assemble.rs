@@ -522,7 +522,14 @@ pub struct AssembleInput<'a> {
     pub sandbox_helper: Option<&'a Path>,
     /// Where a line about work done without a command goes (the bake log and the reporter).
     pub say: Option<&'a dyn Fn(&str)>,
+    /// Files that replace their placeholders in the root filesystem once it is made, as (path
+    /// in the image, file): the base's initramfs, built while the tree was exported, finalized
+    /// and written (waits for it).
+    pub late_files: Option<&'a LateFiles<'a>>,
 }
+
+/// Files put into the root filesystem after it is made: (path in the image, file) pairs.
+pub type LateFiles<'a> = dyn Fn() -> Result<Vec<(PathBuf, PathBuf)>> + 'a;
 
 /// How an architecture boots with UEFI: GRUB's platform and the removable-media file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -618,14 +625,7 @@ pub fn assemble(
     if let (Some(esp), Some(efi)) = (layout.esp, &efi) {
         make_esp(&raw_tmp, esp, &input.ids, efi, input.source_date, runner)?;
     }
-    make_root(
-        &raw_tmp,
-        layout.root,
-        &input.ids,
-        input.tree,
-        input.source_date,
-        runner,
-    )?;
+    make_root(&raw_tmp, layout.root, input, runner)?;
     // Last: boot.img keeps the partition table it finds in sector 0.
     if let (Some(part), Some(core)) = (layout.bios_boot, &core) {
         grub_bios::install(
@@ -861,11 +861,10 @@ fn make_esp(
 fn make_root(
     raw: &Path,
     root: Extent,
-    ids: &DiskIds,
-    tree: &Path,
-    source_date: i64,
+    input: &AssembleInput<'_>,
     runner: &mut Runner<'_>,
 ) -> Result<()> {
+    let (ids, tree, source_date) = (&input.ids, input.tree, input.source_date);
     // The htree hash seed is random unless given.
     let extended = format!(
         "offset={},nodiscard,root_owner=0:0,hash_seed={}",
@@ -892,7 +891,77 @@ fn make_root(
             .env("E2FSPROGS_FAKE_TIME", source_date.to_string())
             .env("MKE2FS_DEVICE_SECTSIZE", "512"),
     )?;
+    if let Some(late) = input.late_files {
+        put_late_files(raw, root, &late()?, input.scratch, source_date, runner)?;
+    }
     ext4_times::normalize(raw, root.offset, source_date)?;
+    Ok(())
+}
+
+/// Replace placeholders in the root filesystem with their files (the base's initramfs, built
+/// while the tree was exported and written), offline with debugfs, which resolves every path
+/// inside the filesystem image, never on the host. Each file keeps its mode and owner; its
+/// times are normalized with all the others afterwards. debugfs reports a failed command but
+/// exits 0: every file is checked after.
+fn put_late_files(
+    raw: &Path,
+    root: Extent,
+    files: &[(PathBuf, PathBuf)],
+    scratch: &Path,
+    source_date: i64,
+    runner: &mut Runner<'_>,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    use std::os::unix::fs::MetadataExt;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let device = format!("{}?offset={}", raw.display(), root.offset);
+    let mut cmds = String::new();
+    for (inner, host) in files {
+        let (i, h) = (inner.display().to_string(), host.display().to_string());
+        if [&i, &h].iter().any(|p| p.contains(['"', '\n'])) {
+            return Err(BuildError::Invalid(format!(
+                "cannot put {h} at {i} with debugfs (a quote or newline in the path)"
+            )));
+        }
+        let md = std::fs::metadata(host).map_err(|e| BuildError::io(host, e))?;
+        let _ = write!(
+            cmds,
+            "rm \"{i}\"\nwrite \"{h}\" \"{i}\"\nsif \"{i}\" mode 0{:o}\nsif \"{i}\" uid {}\nsif \"{i}\" gid {}\n",
+            md.mode(),
+            md.uid(),
+            md.gid()
+        );
+    }
+    let cmdfile = scratch.join("late-files.debugfs");
+    write_plain(&cmdfile, cmds.as_bytes())?;
+    runner(
+        &Cmd::new("debugfs")
+            .args(["-w", "-f"])
+            .arg(&cmdfile)
+            .arg(&device)
+            .env("E2FSPROGS_FAKE_TIME", source_date.to_string()),
+    )?;
+    for (inner, host) in files {
+        let want = std::fs::metadata(host)
+            .map_err(|e| BuildError::io(host, e))?
+            .len();
+        let stat = webake_sys::process::capture(
+            &Cmd::new("debugfs")
+                .arg("-R")
+                .arg(format!("stat \"{}\"", inner.display()))
+                .arg(&device),
+        )?;
+        if !stat.contains("Type: regular") || !stat.contains(&format!("Size: {want}\n")) {
+            return Err(BuildError::Invalid(format!(
+                "debugfs did not put {} ({want} bytes) at {} in the root filesystem: {}",
+                host.display(),
+                inner.display(),
+                stat.lines().take(3).collect::<Vec<_>>().join(" / ")
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -1165,7 +1234,8 @@ mod tests {
     }
 
     /// The same tree made at different times, from files with different access and change
-    /// times, gives the same root filesystem, byte for byte, and e2fsck finds it clean.
+    /// times, gives the same root filesystem, byte for byte, and e2fsck finds it clean; a late
+    /// file (the base's initramfs) replaces its placeholder with its content, mode and owner.
     #[test]
     fn the_root_filesystem_is_a_function_of_its_inputs() {
         assert!(
@@ -1193,13 +1263,55 @@ mod tests {
             old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000))
                 .unwrap();
             std::fs::write(tree.join("etc/sub/new"), "x").unwrap();
+            std::fs::create_dir_all(tree.join("boot")).unwrap();
+            std::fs::write(tree.join("boot/initrd.img-1.0"), "").unwrap();
+            let built = d.path().join(format!("initrd{n}"));
+            let content: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+            std::fs::write(&built, &content).unwrap();
+            std::fs::set_permissions(
+                &built,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+            )
+            .unwrap();
             let raw = d.path().join(format!("disk{n}.raw"));
             std::fs::File::create(&raw)
                 .unwrap()
                 .set_len(root.offset + root.bytes)
                 .unwrap();
             let mut runner = |c: &Cmd| run_simple(c, &webake_sys::CancelToken::new());
-            make_root(&raw, root, &ids, &tree, sde, &mut runner).unwrap();
+            let late = || Ok(vec![(PathBuf::from("/boot/initrd.img-1.0"), built.clone())]);
+            let scratch = d.path().join(format!("scratch{n}"));
+            std::fs::create_dir_all(&scratch).unwrap();
+            let disk = DiskSpec::default();
+            let input = AssembleInput {
+                tree: &tree,
+                disk: &disk,
+                ids: ids.clone(),
+                title: String::new(),
+                scratch: &scratch,
+                out_dir: d.path(),
+                base_name: String::new(),
+                outputs: &[],
+                source_date: sde,
+                arch: "amd64",
+                sandbox_helper: None,
+                say: None,
+                late_files: Some(&late),
+            };
+            make_root(&raw, root, &input, &mut runner).unwrap();
+            let dev = format!("{}?offset={}", raw.display(), root.offset);
+            let got = std::process::Command::new("debugfs")
+                .args(["-R", "cat /boot/initrd.img-1.0", &dev])
+                .output()
+                .unwrap();
+            assert!(got.stdout == content, "the late file's content");
+            let stat = webake_sys::process::capture(
+                &Cmd::new("debugfs")
+                    .args(["-R", "stat /boot/initrd.img-1.0"])
+                    .arg(&dev),
+            )
+            .unwrap();
+            assert!(stat.contains("Mode:  0600"), "{stat}");
             let fsck = std::process::Command::new("e2fsck")
                 .args(["-fn"])
                 .arg(format!("{}?offset={}", raw.display(), root.offset))

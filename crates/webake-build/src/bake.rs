@@ -21,6 +21,7 @@ use crate::assemble::{Artifact, AssembleInput, BootFiles, DiskIds};
 use crate::bootstrap::{BootstrapPlan, HostSources};
 use crate::digest::sha256_hex;
 use crate::error::{BuildError, Result};
+use crate::initramfs::Late;
 use crate::provision::{self, StepPlan};
 use crate::reporter::{CacheStatus, Reporter};
 use crate::workspace::{Workspace, mkdir_p};
@@ -231,6 +232,8 @@ pub struct RootFs {
     pub tree: PathBuf,
     pub steps: Vec<StepReport>,
     pub finalize_actions: Vec<String>,
+    /// The base's initramfs, put onto the disk after mkfs (still being built, maybe).
+    late: Option<Late>,
     scratch: Scratch,
     // The layers the tree hard-links must not be evicted before the disk is assembled.
     _cache_lock: crate::workspace::CacheLock,
@@ -381,24 +384,27 @@ pub fn build_root(req: &BakeRequest<'_>) -> Result<RootFs> {
         scratch: scratch.path.clone(),
         steps: Vec::new(),
     };
-    let built = (|| -> Result<(PathBuf, Vec<String>)> {
+    let built = (|| -> Result<(PathBuf, Vec<String>, Option<Late>)> {
         let base = crate::bootstrap::base_stage(&mut run)?;
         run.check_cancel()?;
         let mut layers = crate::steps::provision_stage(&mut run, base.rootfs.clone())?;
         // The steps ran on the base's tree; the export merges the base's layers under theirs.
+        // The base's initramfs, unless a step changed it, goes onto the disk after mkfs.
         layers.pop();
-        layers.extend(base.finish(&mut run)?);
+        let (base_layers, late) = base.defer(&layers, &mut run)?;
+        layers.extend(base_layers);
         let tree = export_stage(&mut run, &layers)?;
         run.check_cancel()?;
         let actions = finalize_stage(&mut run, &tree)?;
         run.check_cancel()?;
-        Ok((tree, actions))
+        Ok((tree, actions, late))
     })();
     match built {
-        Ok((tree, finalize_actions)) => Ok(RootFs {
+        Ok((tree, finalize_actions, late)) => Ok(RootFs {
             tree,
             steps: run.steps,
             finalize_actions,
+            late,
             scratch,
             _cache_lock: cache_lock,
         }),
@@ -512,10 +518,11 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
         tree,
         steps,
         finalize_actions,
+        late,
         mut scratch,
         _cache_lock,
     } = root;
-    let mut run = Run {
+    let run = Run {
         req,
         scratch: scratch.path.clone(),
         steps,
@@ -548,25 +555,38 @@ pub fn assemble_disk(req: &BakeRequest<'_>, root: RootFs) -> Result<DiskImage> {
     // Every identifier of the disk (GUIDs, filesystem UUIDs, hash seed, FAT volume id) from the
     // inputs digest: the same inputs give the same disk.
     let ids = DiskIds::derive(&req.plan.inputs_digest);
+    let assemble_dir = run.scratch.join("assemble");
+    // The runner, the log lines and the wait for the base's initramfs (after mkfs) all
+    // report through the run, one at a time.
+    let run = std::cell::RefCell::new(run);
+    let late = std::cell::RefCell::new(late);
+    let late_files = || -> Result<Vec<(PathBuf, PathBuf)>> {
+        match late.borrow_mut().take() {
+            Some(l) => l.files(&mut run.borrow_mut()),
+            None => Ok(Vec::new()),
+        }
+    };
     let input = AssembleInput {
         tree: &tree,
         disk: &recipe.recipe.disk,
         ids: ids.clone(),
         title: format!("{} {}", recipe.recipe.image.name, req.version),
-        scratch: &run.scratch.join("assemble"),
+        scratch: &assemble_dir,
         out_dir: &req.workspace.image_dir(&req.image_id),
         base_name: format!("{}-{}", recipe.recipe.image.name, req.version),
         outputs: &recipe.recipe.outputs,
         source_date: req.plan.source_date,
         arch: &tree_debian_arch(recipe),
         sandbox_helper: Some(&req.helper_exe),
-        say: Some(&|l: &str| run.say(step, l)),
+        say: Some(&|l: &str| run.borrow().say(step, l)),
+        late_files: Some(&late_files),
     };
     let assembled = {
-        let r = &run;
-        let mut runner = |c: &Cmd| r.exec(step, c);
+        let mut runner = |c: &Cmd| run.borrow().exec(step, c);
         crate::assemble::assemble(&input, &mut runner).map_err(|e| e.in_step(step))
     };
+    drop(input);
+    let mut run = run.into_inner();
     let (artifacts, boot) = match assembled {
         Ok(x) => x,
         Err(e) => {

@@ -91,6 +91,31 @@ pub fn link_layers(layers: &[PathBuf], dest: &Path) -> R<LinkStats> {
     Ok(stats)
 }
 
+/// Whether the overlay upper directory `layer` changes the entry `rel` (a relative path) of
+/// the layers below it: an entry at `rel` (a file, a whiteout, a metadata copy), or one of its
+/// parent directories replaced, removed, renamed or made opaque. Conservative: anything but a
+/// plain directory on the way counts.
+pub fn layer_changes(layer: &Path, rel: &Path) -> std::io::Result<bool> {
+    let mut at = layer.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let md = match std::fs::symlink_metadata(&at) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if i + 1 == parts.len() || !md.is_dir() {
+            return Ok(true);
+        }
+        let attrs = webake_sys::fsutil::xattrs(&at)?;
+        if xattr_of(&attrs, OPAQUE).is_some() || xattr_of(&attrs, REDIRECT).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn xattr_of(attrs: &[(std::ffi::CString, Vec<u8>)], name: &CStr) -> Option<Vec<u8>> {
     attrs
         .iter()
@@ -249,6 +274,40 @@ mod tests {
             std::fs::metadata(a.join("etc/one")).unwrap().ino()
         );
         assert_eq!(st.linked, 6, "4 entries of a, 2 of b");
+    }
+
+    #[test]
+    fn a_layer_changes_a_path_by_an_entry_there_or_by_any_parent_but_a_plain_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let rel = Path::new("boot/initrd.img-6.1");
+        let layer = |name: &str| {
+            let l = t.path().join(name);
+            std::fs::create_dir_all(&l).unwrap();
+            l
+        };
+        let untouched = layer("untouched");
+        w(&untouched.join("etc/motd"), "hi");
+        assert!(!layer_changes(&untouched, rel).unwrap(), "no boot/ at all");
+        let beside = layer("beside");
+        w(&beside.join("boot/config-6.1"), "x");
+        assert!(
+            !layer_changes(&beside, rel).unwrap(),
+            "another file in boot/"
+        );
+        let replaced = layer("replaced");
+        w(&replaced.join("boot/initrd.img-6.1"), "new");
+        assert!(layer_changes(&replaced, rel).unwrap(), "the file itself");
+        let not_a_dir = layer("not-a-dir");
+        symlink("/elsewhere", not_a_dir.join("boot")).unwrap();
+        assert!(
+            layer_changes(&not_a_dir, rel).unwrap(),
+            "boot replaced by a symlink"
+        );
+        let opaque = layer("opaque");
+        std::fs::create_dir_all(opaque.join("boot")).unwrap();
+        webake_sys::fsutil::set_xattr(&opaque.join("boot"), OPAQUE, b"y")
+            .expect("user xattrs on the test's temp dir");
+        assert!(layer_changes(&opaque, rel).unwrap(), "boot/ made opaque");
     }
 
     #[test]

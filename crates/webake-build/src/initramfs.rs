@@ -130,6 +130,82 @@ impl Base {
     }
 }
 
+/// The base's initramfs when it goes onto the disk after the root filesystem is made: the
+/// export, finalize, inspection and `mkfs.ext4` then run while it is still being built.
+pub(crate) struct Late {
+    versions: Vec<String>,
+    layer: Layer,
+}
+
+impl Base {
+    /// The base's layers for the export, and the initramfs to put onto the disk afterwards
+    /// ([`Late`]), when no step layer (`steps`, any order) changes a placeholder
+    /// `boot/initrd.img-V` or a directory above it. Otherwise (a step rebuilt the initramfs or
+    /// removed the kernel), as [`Base::finish`]: the initramfs layer is merged by the export.
+    /// The choice depends on the layers' content alone, never on whether the build is done,
+    /// so a bake on a cached base makes the same disk as the one that built it.
+    pub fn defer(
+        self,
+        steps: &[PathBuf],
+        run: &mut Run<'_>,
+    ) -> Result<(Vec<PathBuf>, Option<Late>)> {
+        let versions = match &self.layer {
+            Layer::InTree => return Ok((vec![self.rootfs], None)),
+            Layer::Ready(l) => ready_versions(l)?,
+            Layer::Building(p) => p.versions.clone(),
+        };
+        for v in &versions {
+            let rel = Path::new("boot").join(format!("initrd.img-{v}"));
+            for l in steps {
+                if crate::export::layer_changes(l, &rel).map_err(|e| BuildError::io(l, e))? {
+                    return Ok((self.finish(run)?, None));
+                }
+            }
+        }
+        Ok((
+            vec![self.rootfs],
+            Some(Late {
+                versions,
+                layer: self.layer,
+            }),
+        ))
+    }
+}
+
+/// The kernel versions of a built initramfs layer.
+fn ready_versions(layer: &Path) -> Result<Vec<String>> {
+    let boot = layer.join("boot");
+    let mut v: Vec<String> = std::fs::read_dir(&boot)
+        .map_err(|e| BuildError::io(&boot, e))?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("initrd.img-").map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+impl Late {
+    /// Waits for the initramfs if it is being built (and fails if that failed); returns each
+    /// file as (path in the image, the built file).
+    pub fn files(self, run: &mut Run<'_>) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let layer = match self.layer {
+            Layer::InTree => return Ok(Vec::new()),
+            Layer::Ready(l) => l,
+            Layer::Building(p) => (*p).finish(run)?,
+        };
+        Ok(self
+            .versions
+            .iter()
+            .map(|v| {
+                let rel = Path::new("boot").join(format!("initrd.img-{v}"));
+                (Path::new("/").join(&rel), layer.join(rel))
+            })
+            .collect())
+    }
+}
+
 /// What the background job hands back.
 struct Outcome {
     lines: Vec<String>,

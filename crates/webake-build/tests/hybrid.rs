@@ -166,6 +166,7 @@ fn assemble_disk(dir: &Path, tree: &Path, boot: &[BootMode], size: u64, title: &
         arch: "amd64",
         sandbox_helper: None,
         say: None,
+        late_files: None,
     };
     let cancel = webake_sys::CancelToken::new();
     let mut runner = |c: &Cmd| run_simple(c, &cancel);
