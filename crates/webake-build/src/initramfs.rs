@@ -14,6 +14,10 @@
 //! - a step that removes the kernel removes the placeholder: its whiteout hides the background
 //!   build too.
 //!
+//! When no step changed a placeholder, the export does not wait: `Base::defer` hands the
+//! initramfs to the assembly as a `Late` file, which puts it in place of the placeholder in
+//! the root filesystem once `mkfs.ext4` has made it (`assemble::put_late_files`).
+//!
 //! The cache entry is committed when the tree is ready, without `meta.json`, and completed
 //! (other bakes of the base stop waiting on its lock) as soon as the initramfs is built. A
 //! failed or killed build fails the bake and removes the incomplete entry.
