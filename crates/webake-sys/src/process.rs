@@ -38,6 +38,8 @@ pub struct Cmd {
     pass_fd: Option<(i32, std::sync::Arc<std::os::fd::OwnedFd>)>,
     /// [`interactive`]: the child's process group becomes the terminal's foreground group.
     take_terminal: bool,
+    /// Added to webake's nice value for the child (0: the same).
+    nice: i32,
 }
 
 impl Cmd {
@@ -53,6 +55,7 @@ impl Cmd {
             kill_on_parent_death: true,
             pass_fd: None,
             take_terminal: false,
+            nice: 0,
         }
     }
 
@@ -99,6 +102,13 @@ impl Cmd {
         self
     }
 
+    /// Run the child at a lower priority (`n` added to webake's nice value, at most 19): work
+    /// that should only use the CPU time the rest leaves idle.
+    pub fn nice(mut self, n: i32) -> Self {
+        self.nice = n;
+        self
+    }
+
     pub fn display_as(mut self, s: impl Into<String>) -> Self {
         self.display = Some(s.into());
         self
@@ -131,11 +141,13 @@ impl Cmd {
         let pdeath = self.kill_on_parent_death;
         let parent = std::process::id() as i32;
         let take_terminal = self.take_terminal;
+        let nice = self.nice;
         let pass = self
             .pass_fd
             .as_ref()
             .map(|(n, fd)| (*n, std::os::fd::AsRawFd::as_raw_fd(fd.as_ref())));
-        // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, fcntl, dup2) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setpgid, setpriority, prctl, getppid, fcntl,
+        // dup2) between fork and exec.
         #[allow(unsafe_code)]
         unsafe {
             c.pre_exec(move || {
@@ -150,6 +162,12 @@ impl Cmd {
                     let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
                     libc::tcsetpgrp(0, libc::getpid());
                     libc::signal(libc::SIGTTOU, old);
+                }
+                if nice != 0 {
+                    let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+                    if libc::setpriority(libc::PRIO_PROCESS, 0, (now + nice).min(19)) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 if pdeath && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -585,6 +603,14 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("exited with status 3"), "{msg}");
         assert!(msg.contains("| two"), "{msg}");
+    }
+
+    #[test]
+    fn a_niced_child_runs_at_that_priority_and_others_do_not() {
+        let base = capture(&Cmd::new("nice")).unwrap();
+        let base: i32 = base.trim().parse().unwrap();
+        let niced = capture(&Cmd::new("nice").nice(7)).unwrap();
+        assert_eq!(niced.trim().parse::<i32>().unwrap(), (base + 7).min(19));
     }
 
     #[test]
