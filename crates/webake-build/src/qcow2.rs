@@ -367,6 +367,16 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
+    /// `qemu-img check` finds no error in the qcow2 and `qemu-img compare` reads it back as
+    /// the raw disk.
+    fn check_and_compare(raw: &Path, q: &Path) {
+        let (raw, q) = (raw.to_str().unwrap(), q.to_str().unwrap());
+        let (ok, out) = qemu_img(&["check", "-f", "qcow2", q]);
+        assert!(ok && out.contains("No errors were found"), "{out}");
+        let (ok, out) = qemu_img(&["compare", "-f", "raw", "-F", "qcow2", raw, q]);
+        assert!(ok && out.contains("Images are identical"), "{out}");
+    }
+
     fn qemu_img(args: &[&str]) -> (bool, String) {
         let out = Command::new("qemu-img")
             .args(args)
@@ -384,16 +394,7 @@ mod tests {
         let content = sample_disk(&raw);
         let q = dir.path().join("disk.qcow2");
         convert(&raw, &q, 2).unwrap();
-
-        let (ok, out) = qemu_img(&["check", "-f", "qcow2", q.to_str().unwrap()]);
-        assert!(ok && out.contains("No errors were found"), "{out}");
-        let (ok, out) = qemu_img(
-            &["compare", "-f", "raw", "-F", "qcow2"]
-                .into_iter()
-                .chain([raw.to_str().unwrap(), q.to_str().unwrap()])
-                .collect::<Vec<_>>(),
-        );
-        assert!(ok && out.contains("Images are identical"), "{out}");
+        check_and_compare(&raw, &q);
         let (ok, info) = qemu_img(&["info", "--output=json", q.to_str().unwrap()]);
         assert!(ok, "{info}");
         let info: serde_json::Value = serde_json::from_str(&info).unwrap();
@@ -448,15 +449,7 @@ mod tests {
             .unwrap();
         let q = dir.path().join("zero.qcow2");
         convert(&raw, &q, 2).unwrap();
-        let (ok, out) = qemu_img(&["check", "-f", "qcow2", q.to_str().unwrap()]);
-        assert!(ok && out.contains("No errors were found"), "{out}");
-        let (ok, out) = qemu_img(
-            &["compare", "-f", "raw", "-F", "qcow2"]
-                .into_iter()
-                .chain([raw.to_str().unwrap(), q.to_str().unwrap()])
-                .collect::<Vec<_>>(),
-        );
-        assert!(ok, "{out}");
+        check_and_compare(&raw, &q);
         // Header, L1, refcount table and block: four clusters.
         assert_eq!(std::fs::metadata(&q).unwrap().len(), 4 * CLUSTER);
     }
