@@ -918,6 +918,7 @@ fn put_late_files(
     }
     let device = format!("{}?offset={}", raw.display(), root.offset);
     let mut cmds = String::new();
+    let mut sizes = Vec::new();
     for (inner, host) in files {
         let (i, h) = (inner.display().to_string(), host.display().to_string());
         if [&i, &h].iter().any(|p| p.contains(['"', '\n'])) {
@@ -933,6 +934,7 @@ fn put_late_files(
             md.uid(),
             md.gid()
         );
+        sizes.push(md.len());
     }
     let cmdfile = scratch.join("late-files.debugfs");
     write_plain(&cmdfile, cmds.as_bytes())?;
@@ -943,10 +945,7 @@ fn put_late_files(
             .arg(&device)
             .env("E2FSPROGS_FAKE_TIME", source_date.to_string()),
     )?;
-    for (inner, host) in files {
-        let want = std::fs::metadata(host)
-            .map_err(|e| BuildError::io(host, e))?
-            .len();
+    for ((inner, host), want) in files.iter().zip(sizes) {
         let stat = webake_sys::process::capture(
             &Cmd::new("debugfs")
                 .arg("-R")

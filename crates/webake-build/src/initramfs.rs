@@ -125,13 +125,27 @@ impl Base {
     /// The layers of the base, top first: waits for the initramfs if it is being built (and
     /// fails if that failed).
     pub fn finish(self, run: &mut Run<'_>) -> Result<Vec<PathBuf>> {
-        let layer = match self.layer {
-            Layer::InTree => return Ok(vec![self.rootfs]),
-            Layer::Ready(l) => l,
-            Layer::Building(p) => (*p).finish(run)?,
-        };
-        Ok(vec![layer, self.rootfs])
+        Ok(match self.layer.wait(run)? {
+            Some(layer) => vec![layer, self.rootfs],
+            None => vec![self.rootfs],
+        })
     }
+}
+
+impl Layer {
+    /// The initramfs layer, once built (none when the initramfs is in the tree).
+    fn wait(self, run: &mut Run<'_>) -> Result<Option<PathBuf>> {
+        Ok(match self {
+            Layer::InTree => None,
+            Layer::Ready(l) => Some(l),
+            Layer::Building(p) => Some((*p).finish(run)?),
+        })
+    }
+}
+
+/// Where the initrd of kernel `version` is, relative to the root.
+fn initrd_rel(version: &str) -> PathBuf {
+    Path::new("boot").join(format!("initrd.img-{version}"))
 }
 
 /// The base's initramfs when it goes onto the disk after the root filesystem is made: the
@@ -159,7 +173,7 @@ impl Base {
             Layer::Building(p) => p.versions.clone(),
         };
         for v in &versions {
-            let rel = Path::new("boot").join(format!("initrd.img-{v}"));
+            let rel = initrd_rel(v);
             for l in steps {
                 if crate::export::layer_changes(l, &rel).map_err(|e| BuildError::io(l, e))? {
                     return Ok((self.finish(run)?, None));
@@ -194,17 +208,17 @@ impl Late {
     /// Waits for the initramfs if it is being built (and fails if that failed); returns each
     /// file as (path in the image, the built file).
     pub fn files(self, run: &mut Run<'_>) -> Result<Vec<(PathBuf, PathBuf)>> {
-        let layer = match self.layer {
-            Layer::InTree => return Ok(Vec::new()),
-            Layer::Ready(l) => l,
-            Layer::Building(p) => (*p).finish(run)?,
+        let Some(layer) = self.layer.wait(run)? else {
+            return Ok(Vec::new());
         };
         Ok(self
             .versions
             .iter()
             .map(|v| {
-                let rel = Path::new("boot").join(format!("initrd.img-{v}"));
-                (Path::new("/").join(&rel), layer.join(rel))
+                (
+                    Path::new("/").join(initrd_rel(v)),
+                    layer.join(initrd_rel(v)),
+                )
             })
             .collect())
     }
@@ -281,10 +295,7 @@ fn build(
     );
     let result = proc.wait(stop).map_err(BuildError::from).and_then(|_| {
         for v in versions {
-            let f = entry
-                .join(LAYER)
-                .join("boot")
-                .join(format!("initrd.img-{v}"));
+            let f = entry.join(LAYER).join(initrd_rel(v));
             if !std::fs::metadata(&f).is_ok_and(|m| m.len() > 0) {
                 return Err(BuildError::Invalid(format!(
                     "the initramfs {} was not built",

@@ -10,8 +10,9 @@
 //! filesystem, systemd, the checks) is what the direct boot runs, from the same files.
 //!
 //! The proof runs on the second CPU while the checks boot, at a lower priority (the checks'
-//! boot is the critical path); it needs one vCPU for the 7 s to the kernel. A disk webake did not assemble, or a kernel command line that silences the
-//! kernel's messages (`quiet`, a low `loglevel`), is booted through the firmware instead.
+//! boot is the critical path); it needs one vCPU for the 7 s to the kernel. A disk webake did
+//! not assemble, or a kernel command line that silences the kernel's messages (`quiet`, a low
+//! `loglevel`), is booted through the firmware instead.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
