@@ -38,7 +38,8 @@ ARG DEBIAN_FRONTEND=noninteractive
 #                    mtools (mmd/mcopy into the ESP), grub-efi-amd64-bin (grub-mkimage),
 #                    grub-pc-bin (GRUB for BIOS: hybrid and BIOS-only disks),
 #                    qemu-utils (qemu-img: reading qcow2 images as a base; webake writes its qcow2 itself), zstd
-#   boot test        qemu-system-x86 + ovmf (UEFI firmware) + seabios (BIOS). qemu-utils is installed in the
+#   boot test        qemu-system-x86 + ovmf (UEFI firmware) + seabios (BIOS), openssh-client (the
+#                    test copy's RSA host key under emulation). qemu-utils is installed in the
 #                    same step: installing qemu-system-x86 alone can remove a newer qemu-img.
 #   rollout          git, openssh-client (ssh remotes), ca-certificates (https: forge, AWS)
 #   step sandbox     slirp4netns: user-mode outbound networking of the steps (docs/security.md)

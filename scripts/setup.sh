@@ -32,6 +32,7 @@ packages=(
   qemu-system-x86 "qemu-utils=${qemu_version}" ovmf seabios
   ansible git ca-certificates zstd python3 python3-venv
   slirp4netns iproute2
+  openssh-client  # the boot test under emulation: the test copy's RSA host key (docs/boot-test.md)
   diffoscope-minimal  # webake verify: what differs inside the files of a non-reproduced disk
   # arm64 images on x86-64 (docs/bake.md#other-architectures): qemu-user for the bootstrap and
   # steps (registered in the sandbox's own binfmt_misc only; this package registers nothing

@@ -128,9 +128,10 @@ pub fn plan_with_base_and(
         .last()
         .map(|s| s.key.clone())
         .unwrap_or_else(|| base.key().to_string());
-    // v2: the source date is an input (it is in every timestamp of the disk).
+    // v2: the source date is an input (it is in every timestamp of the disk). v3: finalize's
+    // first-boot key unit makes each missing key (the same inputs now make another disk).
     let inputs_digest = sha256_hex(
-        format!("webake-inputs-v2\n{recipe_digest}\n{last}\nsource-date {source_date}\n")
+        format!("webake-inputs-v3\n{recipe_digest}\n{last}\nsource-date {source_date}\n")
             .as_bytes(),
     );
     Ok(Plan {

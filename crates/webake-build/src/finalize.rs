@@ -39,6 +39,9 @@ fn clear_dir(t: &Tree, dir: &str, keep: &dyn Fn(&str) -> bool) -> Result<usize> 
     Ok(n)
 }
 
+/// The name of [`SSH_KEYGEN_UNIT`] in /etc/systemd/system.
+pub const KEYGEN_UNIT_NAME: &str = "webake-ssh-keygen.service";
+
 pub const SSH_KEYGEN_UNIT: &str = "[Unit]
 Description=Generate SSH host keys (webake images ship without them)
 Documentation=https://github.com/webake/webake
@@ -48,7 +51,10 @@ DefaultDependencies=no
 After=local-fs.target systemd-remount-fs.service
 Before=ssh.service shutdown.target
 Conflicts=shutdown.target
-ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+# Whichever key is missing (ssh-keygen -A makes only those).
+ConditionPathExists=|!/etc/ssh/ssh_host_rsa_key
+ConditionPathExists=|!/etc/ssh/ssh_host_ecdsa_key
+ConditionPathExists=|!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
@@ -96,7 +102,7 @@ fn ssh_host_keys(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
     if t.exists(p("usr/sbin/sshd")) || t.exists(p("lib/systemd/system/ssh.service")) {
         t.create_dir_all(p("etc/systemd/system"), 0o755)?;
         t.write(
-            p("etc/systemd/system/webake-ssh-keygen.service"),
+            &p("etc/systemd/system").join(KEYGEN_UNIT_NAME),
             SSH_KEYGEN_UNIT.as_bytes(),
             0o644,
         )?;
@@ -104,8 +110,8 @@ fn ssh_host_keys(t: &Tree, r: &mut FinalizeReport) -> Result<()> {
             let d = Path::new("etc/systemd/system").join(wants);
             t.create_dir_all(&d, 0o755)?;
             t.symlink(
-                p("/etc/systemd/system/webake-ssh-keygen.service"),
-                &d.join("webake-ssh-keygen.service"),
+                &p("/etc/systemd/system").join(KEYGEN_UNIT_NAME),
+                &d.join(KEYGEN_UNIT_NAME),
             )?;
         }
         r.did("installed webake-ssh-keygen.service (host keys are generated on first boot)".into());

@@ -363,6 +363,7 @@ fn test_direct(
         step,
         detail: &detail,
     });
+    vm.rsa_key_under_tcg(ctx, accel, log)?;
     let cmdline = kernel.cmdline.clone();
     vm.kernel = Some(kernel);
     let stop_proofs = CancelToken::new();
@@ -452,6 +453,7 @@ fn test_under(
         Some(vm) => vm,
         None => Prepared::new(ctx, disk, spec, firmware, log)?,
     };
+    vm.rsa_key_under_tcg(ctx, accel, log)?;
     let booted = boot(ctx, &vm, firmware, accel, spec, timeout, log)?;
     let checks_passed = verdict(ctx, &vm, spec, &booted, accel, timeout, log)
         .map_err(|e| e.context(format!("under {}", firmware.describe())))?;
@@ -532,6 +534,8 @@ impl Throwaway {
 struct Prepared {
     copy: Throwaway,
     raw: PathBuf,
+    /// An RSA host key made on the host, for a boot under emulation (or why there is none).
+    rsa_key: std::result::Result<tempfile::TempDir, String>,
     /// Boot this kernel directly instead of through the firmware.
     kernel: Option<direct::Kernel>,
     /// The UEFI variable store, or SeaBIOS's serial console switch (see `qemu::Machine`).
@@ -547,7 +551,16 @@ impl Prepared {
         firmware: &Firmware,
         log: &BakeLog,
     ) -> Result<Self> {
-        let copy = Throwaway::copy(ctx, disk, "webake-test-", log, "boot test")?;
+        // The RSA host key a test under emulation puts into the copy, made beside the copy.
+        let (copy, rsa_key) = std::thread::scope(|s| {
+            let key = s.spawn(harness::make_rsa_host_key);
+            let copy = Throwaway::copy(ctx, disk, "webake-test-", log, "boot test");
+            let key = key
+                .join()
+                .unwrap_or_else(|_| Err("the key generation panicked".into()));
+            (copy, key)
+        });
+        let copy = copy?;
         let vars = Some(copy.firmware_state(firmware, "")?);
         let imds = spec.imds.as_ref().map(imds::FakeImds::start).transpose()?;
         let dropin = imds.as_ref().map(|_| harness::IMDS_DROPIN);
@@ -556,10 +569,34 @@ impl Prepared {
         Ok(Self {
             raw: copy.raw.clone(),
             copy,
+            rsa_key,
             kernel: None,
             vars,
             imds,
         })
+    }
+
+    /// Under TCG, the copy's RSA host key made on the host ([`harness::preseed_rsa_host_key`]);
+    /// under KVM the guest makes all its keys.
+    fn rsa_key_under_tcg(&self, ctx: &Context<'_>, accel: Accel, log: &BakeLog) -> Result<()> {
+        if accel != Accel::Tcg {
+            return Ok(());
+        }
+        let line = match harness::preseed_rsa_host_key(&self.raw, self.copy.dir.path(), &self.rsa_key)? {
+            harness::Preseed::Done => {
+                "SSH RSA host key made on the host for this test copy (its prime search takes seconds to minutes under emulation); the image's first-boot unit makes the others".to_string()
+            }
+            harness::Preseed::NoKey(why) => format!(
+                "the guest makes its RSA host key under emulation, seconds to minutes: {why}"
+            ),
+            harness::Preseed::NotNeeded => return Ok(()),
+        };
+        log.line("boot test", &line);
+        ctx.reporter.event(&Event::Output {
+            step: "boot test",
+            line: &line,
+        });
+        Ok(())
     }
 }
 
@@ -675,6 +712,9 @@ fn verdict(
             problems.push(format!("check {:?}: expected {exp:?}, got {out:?}", c.name));
         }
     }
+    if let Some(problem) = rec.keygen.as_ref().and_then(host_keys_problem) {
+        problems.push(problem);
+    }
     if problems.is_empty() {
         return Ok(spec.checks.len());
     }
@@ -687,6 +727,21 @@ fn verdict(
         "boot test failed:\n  {}\n  failed units: {units}\nConsole tail:\n{tail_text}",
         problems.join("\n  ")
     )))
+}
+
+/// What is wrong with the first-boot host keys the harness saw (the key unit's state, the keys in
+/// /etc/ssh), if anything: every key `ssh-keygen -A` makes must be there after boot.
+fn host_keys_problem((state, keys): &(String, Vec<String>)) -> Option<String> {
+    let missing: Vec<&str> = harness::HOST_KEYS
+        .into_iter()
+        .filter(|k| !keys.iter().any(|have| have == k))
+        .collect();
+    (state == "failed" || !missing.is_empty()).then(|| {
+        format!(
+            "first-boot SSH host keys: webake-ssh-keygen.service is {state}, missing in /etc/ssh: {}",
+            if missing.is_empty() { "none".to_string() } else { missing.join(" ") }
+        )
+    })
 }
 
 /// What `test` boots: a disk file, or a catalog image (its raw artifact preferred).
@@ -765,4 +820,30 @@ pub fn test_subject(
         ctx.catalog()?.set_test_result(&img.id, r)?;
     }
     res.map_err(|e| e.context(format!("console log {}", log.path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_boot_host_keys_must_all_be_there_and_the_unit_not_failed() {
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let all = keys(&harness::HOST_KEYS);
+        assert_eq!(host_keys_problem(&("active".into(), all.clone())), None);
+        let p = host_keys_problem(&("failed".into(), all)).expect("a failed unit is a problem");
+        assert!(
+            p.contains("is failed") && p.contains("missing in /etc/ssh: none"),
+            "{p}"
+        );
+        let p = host_keys_problem(&(
+            "active".into(),
+            keys(&["ssh_host_rsa_key", "ssh_host_ed25519_key"]),
+        ))
+        .expect("a missing key is a problem");
+        assert!(
+            p.ends_with("missing in /etc/ssh: ssh_host_ecdsa_key"),
+            "{p}"
+        );
+    }
 }

@@ -433,7 +433,7 @@ pub const MILESTONES: &[(&str, &str)] = &[
     ("systemd[1]: Detected", "systemd started"),
     (
         "Starting webake-ssh-keygen",
-        "generating the SSH host keys (first boot; seconds under emulation)",
+        "generating the SSH host keys (first boot)",
     ),
     // Not its end: systemd stops printing status lines once a getty owns the console, and
     // getty's prompt has no newline (the console is read by lines).
