@@ -86,8 +86,9 @@ test:
         );
     }
     assert!(
-        err.contains("generating the SSH host keys (first boot)"),
-        "the first-boot key unit did not run:\n{err}"
+        err.contains("generating the SSH host keys (first boot)")
+            && err.contains("first-boot SSH host keys: webake-ssh-keygen.service active, in /etc/ssh: ssh_host_ecdsa_key ssh_host_ed25519_key ssh_host_rsa_key"),
+        "the first-boot key unit did not run or the harness did not see its keys:\n{err}"
     );
 }
 

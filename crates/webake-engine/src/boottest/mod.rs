@@ -712,8 +712,18 @@ fn verdict(
             problems.push(format!("check {:?}: expected {exp:?}, got {out:?}", c.name));
         }
     }
-    if let Some(problem) = rec.keygen.as_ref().and_then(host_keys_problem) {
-        problems.push(problem);
+    if let Some(keygen) = &rec.keygen {
+        let line = format!(
+            "first-boot SSH host keys: webake-ssh-keygen.service {}, in /etc/ssh: {}",
+            keygen.0,
+            keygen.1.join(" ")
+        );
+        log.line("boot test", &line);
+        ctx.reporter.event(&Event::Output {
+            step: "boot test",
+            line: &line,
+        });
+        problems.extend(host_keys_problem(keygen));
     }
     if problems.is_empty() {
         return Ok(spec.checks.len());
