@@ -52,7 +52,19 @@ pub struct BootstrapPlan {
 // v6: bootstrapped with SOURCE_DATE_EPOCH; the key carries the source date.
 // v7: the initramfs is a layer of its own (`initramfs/`), built beside the steps; the rootfs
 // has empty placeholders (crate::initramfs).
-const PLAN_VERSION: &str = "webake-bootstrap-v7";
+// v8: no RSA host key in the base ([`SKIP_RSA_HOST_KEY`]).
+const PLAN_VERSION: &str = "webake-bootstrap-v8";
+
+/// openssh-server's postinst makes the host keys that are missing; the RSA-3072 one is a prime
+/// search of 0.3-2 s natively (seconds more under qemu-user) on the bootstrap's critical path,
+/// for a key finalize removes from every image (the image makes its own on first boot). An
+/// empty placeholder, put there before the remaining packages are installed and removed at the
+/// end if still empty, makes the postinst skip it. The ECDSA and Ed25519 keys (milliseconds)
+/// stay in the base, so `sshd -t` in a step (a role validating its sshd_config) still works.
+pub const SKIP_RSA_HOST_KEY: [&str; 2] = [
+    r#"--essential-hook=mkdir -p "$1/etc/ssh" && : > "$1/etc/ssh/ssh_host_rsa_key""#,
+    r#"--customize-hook=k="$1/etc/ssh/ssh_host_rsa_key"; if [ -f "$k" ] && [ ! -s "$k" ]; then rm -f "$k"; fi; rmdir --ignore-fail-on-non-empty "$1/etc/ssh""#,
+];
 
 /// mmdebstrap's hook directory that runs dpkg under eatmydata (no fsync per file; the
 /// bootstrap is either completed and committed, or thrown away).
@@ -260,6 +272,7 @@ impl BootstrapPlan {
         {
             a.push(format!("--hook-dir={EATMYDATA_HOOKS}"));
         }
+        a.extend(SKIP_RSA_HOST_KEY.map(String::from));
         if !self.include.is_empty() {
             a.push(format!("--include={}", self.include.join(",")));
         }
@@ -945,9 +958,12 @@ mod tests {
         assert!(a.contains(&"--variant=apt".to_string()));
         assert!(a.contains(&"--skip=cleanup/apt/lists".to_string()));
         assert!(
-            !a.iter().any(|x| x.starts_with("--customize-hook=")),
+            !a.iter().any(|x| x.contains("initramfs")),
             "the initramfs is built beside the steps, not by mmdebstrap"
         );
+        for hook in SKIP_RSA_HOST_KEY {
+            assert!(a.iter().any(|x| x == hook), "{a:?}");
+        }
         assert!(p.env().contains(&("INITRD".to_string(), "No".to_string())));
     }
 

@@ -415,6 +415,7 @@ fn host_ansible_spec(
         resolv_conf: true,
         policy_rc_d: true,
         dpkg_unsafe_io: true,
+        apt_no_translations: true,
     };
     for d in [&recipe_dir, &gen_dir.to_path_buf()]
         .into_iter()

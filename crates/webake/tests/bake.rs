@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Tests that kill webake and then look for orphaned sandbox helpers host-wide take turns:
+/// a helper of the other one's killed bake, still being torn down, would count as theirs.
+static KILLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn bake_example_and_inspect_without_booting() {
     require_bake_capabilities();
@@ -96,7 +100,7 @@ fn assert_cached_bases_untouched(env: &Env, stderr: &str) {
         stderr.contains("hard-linked from the layers"),
         "export did not use hard links:\n{stderr}"
     );
-    let mut bases = 0;
+    let (mut bases, mut used_with_sshd) = (0, 0);
     for e in std::fs::read_dir(env.cache.join("bootstrap"))
         .unwrap()
         .flatten()
@@ -120,6 +124,11 @@ fn assert_cached_bases_untouched(env: &Env, stderr: &str) {
             "a bake wrote grub.cfg into the cached base {}",
             root.display()
         );
+        // The bases this bake used (the shared cache may hold older ones).
+        let used = e
+            .file_name()
+            .to_str()
+            .is_some_and(|k| k.len() >= 12 && stderr.contains(&k[..12]));
         if root.join("usr/sbin/sshd").exists() {
             assert!(
                 std::fs::read_dir(root.join("etc/ssh"))
@@ -129,9 +138,23 @@ fn assert_cached_bases_untouched(env: &Env, stderr: &str) {
                 "finalize removed the SSH host keys from the cached base {}, not only from the image",
                 root.display()
             );
+            // openssh-server's postinst made the quick keys; the RSA one it skipped
+            // (bootstrap::SKIP_RSA_HOST_KEY), and the placeholder that made it skip is gone.
+            used_with_sshd += usize::from(used);
+            assert!(
+                !used
+                    || root.join("etc/ssh/ssh_host_ed25519_key").is_file()
+                        && !root.join("etc/ssh/ssh_host_rsa_key").exists(),
+                "the cached base {} should have an Ed25519 host key and no RSA one",
+                root.display()
+            );
         }
     }
     assert!(bases > 0, "no cached base found");
+    assert!(
+        used_with_sshd > 0,
+        "the bake's base (with sshd) not found in the cache:\n{stderr}"
+    );
 }
 
 /// Artifacts: both formats, digests match the files, the qcow2 checks. Returns the raw path.
@@ -283,6 +306,12 @@ fn assert_extracted_root(raw: &Path) {
         !root.join("etc/dpkg/dpkg.cfg.d/webake-unsafe-io").exists(),
         "the build-time dpkg force-unsafe-io drop-in was left in the image"
     );
+    assert!(
+        !root
+            .join("etc/apt/apt.conf.d/00webake-no-translations")
+            .exists(),
+        "the build-time apt drop-in was left in the image"
+    );
     // Built once by the bootstrap's customize hook (INITRD=No during package installs).
     assert!(boot_has("initrd.img-"), "no initramfs in /boot");
     let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
@@ -432,6 +461,7 @@ fn failing_provisioner_leaves_nothing_behind() {
 
 #[test]
 fn sigkill_at_every_step_boundary_leaves_no_mounts_and_a_consistent_catalog() {
+    let _turn = KILLS.lock().unwrap_or_else(|e| e.into_inner());
     require_bake_capabilities();
     let env = Env::new();
     // Steps that take a moment, so a kill lands inside each of them too.
@@ -479,9 +509,11 @@ fn sigkill_at_every_step_boundary_leaves_no_mounts_and_a_consistent_catalog() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         assert!(seen, "never reached {marker}");
-        // The kernel tears down the sandbox (parent-death signal, PID and mount namespaces).
+        // The kernel tears down the sandbox (parent-death signal, PID and mount namespaces),
+        // asynchronously: a helper may still be exiting right after the kill.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !processes_mentioning(env.path().to_str().unwrap()).is_empty()
+        while (!processes_mentioning(env.path().to_str().unwrap()).is_empty()
+            || !orphaned_sandbox_helpers().is_empty())
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(100));
@@ -876,6 +908,7 @@ fn a_step_that_rebuilds_the_initramfs_wins_over_the_base_s() {
 /// Bootstraps its own base twice (a private bootstrap cache).
 #[test]
 fn a_failed_or_killed_bake_never_leaves_a_half_built_base() {
+    let _turn = KILLS.lock().unwrap_or_else(|e| e.into_inner());
     require_bake_capabilities();
     let env = Env::isolated(&["bootstrap"]);
     let bootstrap = env.cache.join("bootstrap");

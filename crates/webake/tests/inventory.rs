@@ -23,7 +23,8 @@ fn inventory_matches_dpkg_and_diff_shows_exactly_the_added_package() {
     let plain = env.recipe("plain", &format!("version: 1\nimage:\n  name: inv\n  family: inv\n{BASE}provisioners:\n  - shell:\n      inline: [\"true\"]\n"));
     let plus = env.recipe(
         "plus",
-        &format!("version: 1\nimage:\n  name: inv\n  family: inv\n{BASE}provisioners:\n  - shell:\n      inline: [\"apt-get update -qq\", \"apt-get install -y -qq --no-install-recommends less\"]\n"),
+        // While a step runs, apt fetches no translated descriptions (the sandbox's apt drop-in).
+        &format!("version: 1\nimage:\n  name: inv\n  family: inv\n{BASE}provisioners:\n  - shell:\n      inline:\n        - apt-get update -qq\n        - if ls /var/lib/apt/lists | grep -q Translation; then echo 'apt fetched Translation lists during the step' >&2; exit 1; fi\n        - apt-get install -y -qq --no-install-recommends less\n"),
     );
     let a = bake_json(&env, &plain, &[]);
     // --no-cache: apt must really run, so the shared package cache is exercised.

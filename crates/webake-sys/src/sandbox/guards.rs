@@ -12,6 +12,12 @@ pub const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 pub const POLICY_RC_D_BODY: &[u8] =
     b"#!/bin/sh\n# installed by webake during the bake: no services start\nexit 101\n";
 pub const DPKG_UNSAFE_IO_BODY: &[u8] = b"# installed by webake during the bake\nforce-unsafe-io\n";
+/// The apt configuration drop-in present while a step runs: `apt-get update` fetches no
+/// `Translation-*` lists (the long descriptions; 6 MB for bookworm) for lists that finalize
+/// removes from the image anyway. A step's own setting, in a later file, wins.
+pub const APT_NO_TRANSLATIONS: &str = "/etc/apt/apt.conf.d/00webake-no-translations";
+pub const APT_NO_TRANSLATIONS_BODY: &[u8] =
+    b"// installed by webake during the bake\nAcquire::Languages \"none\";\n";
 
 pub struct ReplacedFile {
     path: PathBuf,

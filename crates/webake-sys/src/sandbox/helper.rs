@@ -795,6 +795,13 @@ fn install_guards(
             0o644,
         )?);
     }
+    if spec.guards.apt_no_translations && inside("/etc/apt/apt.conf.d").is_dir() {
+        out.push(ReplacedFile::install(
+            &inside(guards::APT_NO_TRANSLATIONS),
+            guards::APT_NO_TRANSLATIONS_BODY,
+            0o644,
+        )?);
+    }
     Ok(out)
 }
 

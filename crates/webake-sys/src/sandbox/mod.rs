@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::process::Cmd;
 
-pub use guards::DPKG_UNSAFE_IO;
+pub use guards::{APT_NO_TRANSLATIONS, DPKG_UNSAFE_IO};
 pub use helper::safe_mkdir_in_root;
 pub use net::SLIRP_DNS;
 pub use offline::{
@@ -135,6 +135,9 @@ pub struct Guards {
     pub policy_rc_d: bool,
     /// A dpkg drop-in with `force-unsafe-io` (a step's tree is committed whole or thrown away).
     pub dpkg_unsafe_io: bool,
+    /// An apt drop-in that fetches no translated package descriptions.
+    #[serde(default)]
+    pub apt_no_translations: bool,
 }
 
 /// What to run and where.
@@ -177,6 +180,7 @@ impl SandboxSpec {
                 resolv_conf: true,
                 policy_rc_d: true,
                 dpkg_unsafe_io: true,
+                apt_no_translations: true,
             },
             power: Power::Step,
             hostname: "webake-build".into(),
