@@ -27,6 +27,9 @@ use webake_sys::process::Cmd;
 const MIB: u64 = 1 << 20;
 /// Generous for TCG on a busy two-core machine: OVMF reaches a login prompt in about 30 s.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// The Debian architecture of the bases these tests boot (they boot x86-64 qemu).
+const HOST_DEB_ARCH: &str = "amd64";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
@@ -98,7 +101,12 @@ fn bootable_tree(dir: &Path) -> PathBuf {
     bases.sort();
     let base = bases
         .into_iter()
-        .filter(|b| b.join("meta.json").is_file())
+        // This machine's architecture: tests/arm64.rs bootstraps arm64 bases into the same
+        // cache, and whichever key sorts first must not decide what qemu-system-x86_64 boots.
+        .filter(|b| {
+            std::fs::read_to_string(b.join("meta.json"))
+                .is_ok_and(|m| m.contains(&format!("\"architecture\":\"{HOST_DEB_ARCH}\"")))
+        })
         .map(|b| b.join("rootfs"))
         .find(|r| {
             // A kernel with a real initramfs, in the tree or the base's initramfs layer.

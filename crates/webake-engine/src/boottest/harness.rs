@@ -41,8 +41,9 @@ pub fn script(checks: &[BootCheck]) -> String {
     );
     s.push_str(&format!("R={RESULTS}\nmkdir -p \"$(dirname $R)\"\n: > $R\necho BEGIN >> $R\necho WEBAKE-TEST-BEGIN\n"));
     s.push_str("echo \"FAILED-UNITS $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}' | tr '\\n' ' ')\" >> $R\n");
-    // webake's first-boot host key unit (images webake finalized): its state and the keys there.
-    s.push_str(&format!("if [ -e /etc/systemd/system/{KEYGEN_UNIT} ]; then echo \"KEYGEN $(systemctl is-active {KEYGEN_UNIT}) $(cd /etc/ssh && ls ssh_host_*_key 2>/dev/null | tr '\\n' ' ')\" >> $R; fi\n"));
+    // webake's first-boot host key unit (images webake finalized), unless a step disabled or
+    // masked it (keys from elsewhere): its state and the keys there.
+    s.push_str(&format!("if systemctl -q is-enabled {KEYGEN_UNIT} 2>/dev/null; then echo \"KEYGEN $(systemctl is-active {KEYGEN_UNIT}) $(cd /etc/ssh && ls ssh_host_*_key 2>/dev/null | tr '\\n' ' ')\" >> $R; fi\n"));
     for (i, c) in checks.iter().enumerate() {
         let b64 = B64.encode(c.run.as_bytes());
         s.push_str(&format!("out=$(echo {b64} | base64 -d | sh 2>&1); rc=$?; echo \"CHECK {i} rc=$rc out=$(printf %s \"$out\" | base64 -w0)\" >> $R; echo \"WEBAKE-CHECK {i} rc=$rc\"\n"));
@@ -211,7 +212,7 @@ pub struct Recorded {
     pub ended: bool,
     pub failed_units: String,
     /// The first-boot host key unit's state (`systemctl is-active`) and the host keys in
-    /// /etc/ssh, when the image has that unit.
+    /// /etc/ssh, when the image has that unit enabled.
     pub keygen: Option<(String, Vec<String>)>,
     /// check index -> (exit code, output)
     pub checks: BTreeMap<usize, (i32, String)>,

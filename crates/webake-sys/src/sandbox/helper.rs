@@ -769,38 +769,43 @@ fn install_guards(
     let Some(img) = image else {
         return Ok(out);
     };
-    let inside = |p: &str| img.join(p.trim_start_matches('/'));
-    if spec.guards.resolv_conf && outbound && inside("/etc").is_dir() {
-        let body = format!("nameserver {}\n", net::SLIRP_DNS);
-        out.push(ReplacedFile::install(
-            &inside("/etc/resolv.conf"),
-            body.as_bytes(),
-            0o644,
-        )?);
-    }
-    if spec.guards.policy_rc_d && inside("/usr/sbin").is_dir() {
-        out.push(ReplacedFile::install(
-            &inside(guards::POLICY_RC_D),
-            guards::POLICY_RC_D_BODY,
-            0o755,
-        )?);
-    }
     if offline::wanted(spec) {
         offline::install(img)?;
     }
-    if spec.guards.dpkg_unsafe_io && inside("/etc/dpkg/dpkg.cfg.d").is_dir() {
-        out.push(ReplacedFile::install(
-            &inside(guards::DPKG_UNSAFE_IO),
+    let g = &spec.guards;
+    let resolv = format!("nameserver {}\n", net::SLIRP_DNS);
+    // (wanted, path in the image, content, mode); each only where its directory exists.
+    let files: [(bool, &str, &[u8], u32); 4] = [
+        (
+            g.resolv_conf && outbound,
+            "/etc/resolv.conf",
+            resolv.as_bytes(),
+            0o644,
+        ),
+        (
+            g.policy_rc_d,
+            guards::POLICY_RC_D,
+            guards::POLICY_RC_D_BODY,
+            0o755,
+        ),
+        (
+            g.dpkg_unsafe_io,
+            guards::DPKG_UNSAFE_IO,
             guards::DPKG_UNSAFE_IO_BODY,
             0o644,
-        )?);
-    }
-    if spec.guards.apt_no_translations && inside("/etc/apt/apt.conf.d").is_dir() {
-        out.push(ReplacedFile::install(
-            &inside(guards::APT_NO_TRANSLATIONS),
+        ),
+        (
+            g.apt_no_translations,
+            guards::APT_NO_TRANSLATIONS,
             guards::APT_NO_TRANSLATIONS_BODY,
             0o644,
-        )?);
+        ),
+    ];
+    for (wanted, path, body, mode) in files {
+        let file = img.join(path.trim_start_matches('/'));
+        if wanted && file.parent().is_some_and(Path::is_dir) {
+            out.push(ReplacedFile::install(&file, body, mode)?);
+        }
     }
     Ok(out)
 }
