@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use webake_build::bake::BakeLog;
+use webake_build::finalize::KEYGEN_UNIT_NAME;
 use webake_catalog::Image;
 use webake_spec::TestSpec;
 use webake_sys::CancelToken;
@@ -714,7 +715,7 @@ fn verdict(
     }
     if let Some(keygen) = &rec.keygen {
         let line = format!(
-            "first-boot SSH host keys: webake-ssh-keygen.service {}, in /etc/ssh: {}",
+            "first-boot SSH host keys: {KEYGEN_UNIT_NAME} {}, in /etc/ssh: {}",
             keygen.0,
             keygen.1.join(" ")
         );
@@ -748,8 +749,12 @@ fn host_keys_problem((state, keys): &(String, Vec<String>)) -> Option<String> {
         .collect();
     (state == "failed" || !missing.is_empty()).then(|| {
         format!(
-            "first-boot SSH host keys: webake-ssh-keygen.service is {state}, missing in /etc/ssh: {}",
-            if missing.is_empty() { "none".to_string() } else { missing.join(" ") }
+            "first-boot SSH host keys: {KEYGEN_UNIT_NAME} is {state}, missing in /etc/ssh: {}",
+            if missing.is_empty() {
+                "none".to_string()
+            } else {
+                missing.join(" ")
+            }
         )
     })
 }
